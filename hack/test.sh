@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what it needs (once, cached under
+# ~/.cache/hypersweep), builds or reuses the local Kubernetes control plane, lints, then pytest.
+# Extra arguments go to pytest, e.g. `bash hack/test.sh -k storage`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cache="${HYPERSWEEP_CACHE:-$HOME/.cache/hypersweep}"
+venv="$cache/venv"
+mkdir -p "$cache"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Python packages: a virtualenv outside the clone, reused; torch and TensorFlow are large.
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q -e '.[dev]'
+
+# PostgreSQL from Debian's package: the storage tests start their own server on loopback.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+
+# The Kubernetes control plane (etcd, kube-apiserver, scheduler, controller-manager, kwok).
+if [ -f hack/k8s/build.sh ]; then
+  bash hack/k8s/build.sh
+  export HYPERSWEEP_REQUIRE_K8S=1
+fi
+export HYPERSWEEP_REQUIRE_POSTGRES=1
+
+export PATH="$venv/bin:$PATH"
+ruff check .
+mypy
+exec python -m pytest "$@"

@@ -1,0 +1,54 @@
+"""The launcher interface: where and how trials run.
+
+The orchestrator's loop is the same for every launcher; a launcher only starts trial attempts,
+relays what they say as events, answers their reports, and stops them.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from hypersweep.orchestrator._events import Event, TrialAssignment
+from hypersweep.orchestrator._objective import ObjectiveRef
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What a launcher learns once, before the first trial."""
+
+    sweep_name: str
+    objective: ObjectiveRef
+    metric: str
+
+
+class Launcher(abc.ABC):
+    """Runs trial attempts somewhere and reports on them."""
+
+    @abc.abstractmethod
+    def start(self, context: SweepContext) -> None:
+        """Prepare to run trials of one sweep."""
+
+    @abc.abstractmethod
+    def free_slots(self) -> int:
+        """How many more trials could start now."""
+
+    @abc.abstractmethod
+    def launch(self, assignment: TrialAssignment) -> None:
+        """Start one attempt of a trial; it must not block on the trial itself."""
+
+    @abc.abstractmethod
+    def poll(self, timeout: float) -> list[Event]:
+        """Wait up to ``timeout`` seconds for events and return those that arrived."""
+
+    @abc.abstractmethod
+    def respond(self, trial_number: int, decision: str) -> None:
+        """Answer a trial's pending report with ``"continue"``, ``"stop"`` or ``"pause"``."""
+
+    @abc.abstractmethod
+    def stop(self, trial_number: int) -> None:
+        """Stop a trial's processes now; no further events come for this attempt."""
+
+    @abc.abstractmethod
+    def shutdown(self) -> None:
+        """Stop everything still running and release resources; safe to call twice."""

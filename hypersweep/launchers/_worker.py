@@ -1,0 +1,147 @@
+"""A local worker process: runs trial after trial of one driver, talking over a socket.
+
+Started as ``python -m hypersweep.launchers._worker FD`` by the local launcher. It dies with its
+driver (Linux's parent-death signal, with a polling fallback), so a killed driver leaves no
+orphaned worker. Each trial's stdout and stderr can go to a log file of its own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from hypersweep.orchestrator._events import TrialAssignment
+from hypersweep.orchestrator._objective import Objective, ObjectiveRef
+from hypersweep.orchestrator._reporting import (
+    TrialContext,
+    TrialPaused,
+    TrialPruned,
+    _set_context,
+)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make sure this process ends when the process that started it ends."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:  # for systems without prctl
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="hypersweep-parent-watch", daemon=True).start()
+
+
+class PipeChannel:
+    """The trial's line to the driver over the worker's socket."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def request(self, message: tuple[Any, ...]) -> Any:
+        self._connection.send(message)
+        reply = self._connection.recv()
+        assert reply[0] == "decision", reply
+        return reply[1]
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self._connection.send(message)
+
+
+def _redirect_output(log_path: str | None) -> None:
+    if log_path is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(descriptor, 1)
+    os.dup2(descriptor, 2)
+    os.close(descriptor)
+
+
+def run_assignment(
+    connection: Connection, objective: Objective, assignment: TrialAssignment, **context: Any
+) -> None:
+    """Run one trial attempt and send its outcome; never raises for the objective's errors."""
+    trial_context = TrialContext(
+        trial_number=assignment.trial_number,
+        config=assignment.config,
+        sweep_name=assignment.sweep_name,
+        checkpoint_dir=assignment.checkpoint_dir,
+        restore_path=assignment.restore_path,
+        attempt=assignment.attempt,
+        keep_checkpoints=assignment.keep_checkpoints,
+        channel=PipeChannel(connection),
+        **context,
+    )
+    _set_context(trial_context)
+    try:
+        result = objective(json.loads(json.dumps(assignment.config)))
+    except TrialPruned:
+        connection.send(("stopped", "stop"))
+    except TrialPaused:
+        connection.send(("stopped", "pause"))
+    except Exception as error:  # noqa: BLE001 - any error of the objective fails its trial
+        connection.send(("error", f"{type(error).__name__}: {error}", traceback.format_exc()))
+    else:
+        try:
+            connection.send(("result", result))
+        except Exception as error:  # noqa: BLE001 - an unpicklable result
+            message = f"objective returned an unsendable {type(result).__name__}: {error}"
+            connection.send(("error", message, message))
+    finally:
+        _set_context(None)
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def main(argv: list[str]) -> int:
+    connection = Connection(int(argv[1]))
+    die_with_parent(int(argv[2]))
+    for entry in reversed(json.loads(os.environ.get("HYPERSWEEP_SYS_PATH", "[]"))):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    objectives: dict[str, Objective | str] = {}
+    while True:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            return 0
+        kind = message[0]
+        if kind == "objective":
+            ref: ObjectiveRef = message[1]
+            try:
+                objectives[ref.key] = ref.load()
+            except Exception:  # noqa: BLE001 - reported with each trial that needs it
+                objectives[ref.key] = traceback.format_exc()
+        elif kind == "run":
+            key, assignment, log_path = message[1], message[2], message[3]
+            _redirect_output(log_path)
+            objective = objectives[key]
+            if isinstance(objective, str):
+                connection.send(("error", "the objective could not be loaded", objective))
+                continue
+            run_assignment(connection, objective, assignment)
+        elif kind == "exit":
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,1 @@
+"""Kubernetes operator: the TrainJob and Sweep custom resources and their controllers."""

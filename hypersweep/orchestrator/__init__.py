@@ -1,0 +1,27 @@
+"""The sweep loop, trial lifecycle, storage, and the trial-side reporting API."""
+
+from hypersweep.orchestrator._reporting import (
+    TrialContext,
+    TrialPaused,
+    TrialPruned,
+    checkpoint,
+    get_trial_context,
+    report,
+    restore,
+)
+from hypersweep.orchestrator._result import SweepResult, TrialRecord
+from hypersweep.orchestrator._tune import load, tune
+
+__all__ = [
+    "SweepResult",
+    "TrialContext",
+    "TrialPaused",
+    "TrialPruned",
+    "TrialRecord",
+    "checkpoint",
+    "get_trial_context",
+    "load",
+    "report",
+    "restore",
+    "tune",
+]

@@ -1,0 +1,110 @@
+"""Objectives by value or by reference, so that any worker process can load them.
+
+A callable is serialized with cloudpickle, which also carries functions and closures defined in
+a script's ``__main__`` or a notebook (plain pickle cannot). A reference ``module:function`` or
+``path/to/file.py:function`` is imported in the worker, which is how YAML sweeps and the
+Kubernetes operator name their objective.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hypersweep._errors import ConfigError
+
+Objective = Callable[[dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class ObjectiveRef:
+    """An objective in a form that crosses process (and machine) boundaries."""
+
+    display_name: str
+    reference: str | None = None
+    pickled: bytes | None = None
+
+    @property
+    def key(self) -> str:
+        """A short id, so that a warm worker loads each objective once."""
+        payload = self.pickled if self.pickled is not None else (self.reference or "").encode()
+        return hashlib.sha1(payload).hexdigest()[:16]
+
+    def load(self) -> Objective:
+        """The callable, imported or unpickled in this process."""
+        if self.pickled is not None:
+            import cloudpickle
+
+            function: Objective = cloudpickle.loads(self.pickled)
+            return function
+        assert self.reference is not None
+        return load_reference(self.reference)
+
+
+def load_reference(reference: str, field: str = "objective") -> Objective:
+    """Import ``module:function`` or ``file.py:function``, with errors that say what to fix."""
+    module_part, sep, attribute = reference.rpartition(":")
+    if not sep or not module_part or not attribute:
+        raise ConfigError(
+            f"{field}: {reference!r} is not a reference; write 'package.module:function' or "
+            "'path/to/file.py:function'"
+        )
+    if module_part.endswith(".py"):
+        path = Path(module_part)
+        if not path.is_file():
+            raise ConfigError(f"{field}: file {module_part!r} does not exist")
+        module_name = (
+            f"_hypersweep_objective_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+        )
+        module = sys.modules.get(module_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except ModuleNotFoundError as error:
+            raise ConfigError(
+                f"{field}: cannot import module {module_part!r} ({error}); run from the folder "
+                "that holds it or install it"
+            ) from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ConfigError(f"{field}: {module_part!r} has no function {attribute!r}")
+    return function
+
+
+def resolve_objective(objective: Objective | str) -> ObjectiveRef:
+    """Check ``objective`` in the driver and wrap it for the workers."""
+    if isinstance(objective, str):
+        load_reference(objective)
+        return ObjectiveRef(display_name=objective, reference=objective)
+    if not callable(objective):
+        raise ConfigError(
+            f"objective: expected a function config -> float | dict, or a 'module:function' "
+            f"reference, got {type(objective).__name__}"
+        )
+    import cloudpickle
+
+    name = getattr(objective, "__qualname__", type(objective).__name__)
+    return ObjectiveRef(display_name=name, pickled=cloudpickle.dumps(objective))
+
+
+def reference_of(objective: Objective | str) -> str | None:
+    """A reference that re-imports ``objective`` later (for ``hypersweep resume``), if any."""
+    if isinstance(objective, str):
+        return objective
+    module = getattr(objective, "__module__", None)
+    qualname = getattr(objective, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname or "." in qualname:
+        return None
+    return f"{module}:{qualname}"

@@ -1,0 +1,592 @@
+"""The one control loop: claim a trial, sample its config, launch it, act on what it reports.
+
+``tune()``, ``hypersweep run`` and the Kubernetes operator all run this loop; only the launcher
+differs. The loop holds no state that storage does not also hold, so a killed driver is resumed
+by another one (or itself, restarted) without losing or duplicating trials: see ``_storage``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Literal
+
+from hypersweep._errors import ConfigError
+from hypersweep.launchers._base import Launcher, SweepContext
+from hypersweep.orchestrator._checkpoints import latest_checkpoint, trial_checkpoint_dir
+from hypersweep.orchestrator._events import (
+    Checkpointed,
+    Completed,
+    Crashed,
+    Errored,
+    Event,
+    Reported,
+    Stopped,
+    TrialAssignment,
+)
+from hypersweep.orchestrator._objective import ObjectiveRef
+from hypersweep.orchestrator._result import SweepResult, TrialRecord
+from hypersweep.orchestrator._spec import SweepSettings
+from hypersweep.orchestrator._storage import (
+    ATTEMPTS_ATTR,
+    CHECKPOINT_ATTR,
+    ERROR_ATTR,
+    HISTORY_ATTR,
+    INTERRUPTED_ATTR,
+    OWNER_ATTR,
+    SPEC_ATTR,
+    SweepStore,
+    default_run_dir,
+    describe_storage,
+    new_driver_id,
+    open_storage,
+)
+from hypersweep.strategies import (
+    Decision,
+    OptunaPrunerScheduler,
+    make_sampler,
+    make_scheduler,
+    sample_config,
+)
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+logger = logging.getLogger("hypersweep")
+
+# Optuna raises this when a sampler calls study.stop() outside study.optimize().
+_SAMPLER_STOP = "`Study.stop` is supposed to be invoked"
+
+
+@dataclass
+class RunningTrial:
+    """A trial this driver is running, as the loop tracks it."""
+
+    trial: optuna.Trial
+    number: int
+    config: dict[str, Any]
+    attempt: int
+    started: float
+    reported_steps: set[int]
+    history: list[dict[str, float]]
+    latest: dict[str, float] = field(default_factory=dict)
+    decision: str = "continue"
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """A trial as a progress display shows it."""
+
+    number: int
+    state: str
+    config: dict[str, Any]
+    latest: dict[str, float]
+    value: float | None
+
+
+class Orchestrator:
+    """Runs one sweep to its end with a launcher.
+
+    Args:
+        settings: validated sweep settings.
+        objective: the objective, as the launcher's workers load it.
+        launcher: where trials run.
+        objective_reference: ``module:function`` to store with the sweep for ``resume``.
+        heartbeat_interval: seconds between this driver's lease renewals.
+        lease_grace: seconds after which another driver's silent lease counts as dead.
+    """
+
+    def __init__(
+        self,
+        settings: SweepSettings,
+        objective: ObjectiveRef,
+        launcher: Launcher,
+        *,
+        objective_reference: str | None = None,
+        heartbeat_interval: float = 5.0,
+        lease_grace: float = 30.0,
+    ) -> None:
+        assert settings.name is not None, "validate the settings first"
+        self.settings = settings
+        self.name: str = settings.name
+        self.objective = objective
+        self.launcher = launcher
+        self.objective_reference = objective_reference
+        self.heartbeat_interval = heartbeat_interval
+        self.lease_grace = lease_grace
+        self.driver_id = new_driver_id()
+        self.listeners: list[Callable[[Orchestrator], None]] = []
+        self.stop_reason: str | None = None
+        self.running: dict[int, RunningTrial] = {}
+        self.views: dict[int, TrialView] = {}
+        self.best: tuple[int, float] | None = None
+        run_dir = default_run_dir(self.name)
+        self.checkpoint_dir = Path(settings.checkpoint_dir or run_dir / "checkpoints").resolve()
+        self._waiting: list[FrozenTrial] = []
+        self._budget_exhausted = False
+        self._hard_stop = False
+        self._interrupt_requested = False
+        self._started = 0.0
+        self._next_heartbeat = 0.0
+        self._open()
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        import optuna
+
+        settings = self.settings
+        self.storage = open_storage(settings.storage, self.name)
+        self.storage_description = describe_storage(settings.storage, self.name)
+        self.scheduler = make_scheduler(settings.early_stopping)
+        pruner = (
+            self.scheduler.pruner
+            if isinstance(self.scheduler, OptunaPrunerScheduler)
+            else optuna.pruners.NopPruner()
+        )
+        sampler = make_sampler(
+            settings.strategy,
+            settings.space,
+            settings.seed,
+            parallel=(settings.max_concurrent or 2) > 1,
+        )
+        direction: Literal["minimize", "maximize"] = (
+            "minimize" if settings.mode == "min" else "maximize"
+        )
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        created = False
+        try:
+            self.study = optuna.create_study(
+                storage=self.storage,
+                study_name=self.name,
+                direction=direction,
+                sampler=sampler,
+                pruner=pruner,
+            )
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            if not settings.resume:
+                raise ConfigError(
+                    f"name: sweep {self.name!r} already exists in {self.storage_description}; "
+                    "pass resume=True (or run 'hypersweep resume "
+                    f"{self.name}') to continue it, or choose another name"
+                ) from None
+            self.study = optuna.load_study(
+                study_name=self.name, storage=self.storage, sampler=sampler, pruner=pruner
+            )
+        self.store = SweepStore(self.storage, self.study._study_id)
+        if created:
+            # Slots first, spec last: a driver joining at the same time waits for the spec, so
+            # it never mistakes a half-created budget for a smaller one.
+            if settings.n_trials is not None:
+                self.store.add_slots(settings.n_trials)
+            self.store.storage.set_study_system_attr(
+                self.store.study_id, SPEC_ATTR, settings.to_data(self.objective_reference)
+            )
+        else:
+            self._check_resumable(direction)
+        self.store.write_lease(self.driver_id)
+
+    def _check_resumable(self, direction: str) -> None:
+        stored = self._wait_for_spec()
+        if self.study.direction.name.lower() != direction:
+            raise ConfigError(
+                f"mode: sweep {self.name!r} was created to {self.study.direction.name.lower()}, "
+                f"not to {direction}; keep the original mode to resume it"
+            )
+        if stored.get("metric") not in (None, self.settings.metric):
+            raise ConfigError(
+                f"metric: sweep {self.name!r} optimizes {stored['metric']!r}, not "
+                f"{self.settings.metric!r}; keep the original metric to resume it"
+            )
+        wanted, budget = self.settings.n_trials, stored.get("n_trials")
+        if wanted is not None and budget is not None and wanted > budget:
+            logger.info("Adding %d trials to sweep %s", wanted - budget, self.name)
+            self.store.add_slots(wanted - budget)
+            self.store.storage.set_study_system_attr(
+                self.store.study_id, SPEC_ATTR, {**stored, "n_trials": wanted}
+            )
+
+    def _wait_for_spec(self, timeout: float = 60.0) -> dict[str, Any]:
+        """The stored spec; a driver that created the sweep an instant ago may still write it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            spec = self.store.spec()
+            if spec is not None:
+                return spec
+            if time.monotonic() > deadline:
+                return {}  # a study that plain Optuna created
+            time.sleep(0.05)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def run(self) -> SweepResult:
+        """Run until the budget is used, the timeout passes, or the sweep must stop.
+
+        Raises KeyboardInterrupt after a clean stop on Ctrl-C: running trials are stopped and
+        put back in the queue, so that ``resume`` continues them from their checkpoints.
+        """
+        self.launcher.start(SweepContext(self.name, self.objective, self.settings.metric))
+        self._started = time.monotonic()
+        restore_sigint = self._install_sigint_handler()
+        try:
+            self._heartbeat()
+            while True:
+                if self._interrupt_requested:
+                    raise KeyboardInterrupt
+                now = time.monotonic()
+                if now >= self._next_heartbeat:
+                    self._heartbeat()
+                timeout = self.settings.timeout
+                if self.stop_reason is None and timeout and now - self._started >= timeout:
+                    self._stop("timeout", hard=False)
+                if self.stop_reason is None:
+                    self._fill_slots()
+                if not self.running and (self.stop_reason is not None or self._all_done()):
+                    break
+                wait = min(0.5, max(0.0, self._next_heartbeat - time.monotonic()))
+                for event in self.launcher.poll(wait):
+                    self._handle(event)
+                self._notify()
+        except KeyboardInterrupt:
+            self.stop_reason = "interrupted"
+            raise
+        finally:
+            restore_sigint()
+            self._release_running()
+            self.launcher.shutdown()
+            self.store.write_lease(self.driver_id, alive=False)
+            self._notify()
+        return self.result()
+
+    def _install_sigint_handler(self) -> Callable[[], None]:
+        """First Ctrl-C: stop cleanly between two storage writes. Second: stop now."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            if self._interrupt_requested:
+                raise KeyboardInterrupt
+            self._interrupt_requested = True
+            logger.warning("Interrupted: stopping running trials (Ctrl-C again to force)")
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+
+        def restore() -> None:
+            signal.signal(signal.SIGINT, previous)
+
+        return restore
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            listener(self)
+
+    def _stop(self, reason: str, *, hard: bool) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            logger.warning("Sweep %s stops: %s", self.name, reason)
+        if hard:
+            self._hard_stop = True
+            self._release_running()
+
+    def _heartbeat(self) -> None:
+        self.store.write_lease(self.driver_id)
+        orphans = self.store.orphaned_trials(self.driver_id, self.lease_grace)
+        for trial in orphans:
+            logger.info("Trial %d lost its driver; queued to resume", trial.number)
+            self.store.requeue(trial._trial_id)
+        if orphans:
+            self._waiting = []
+        self._budget_exhausted = False
+        self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+
+    def _all_done(self) -> bool:
+        import optuna
+
+        states = optuna.trial.TrialState
+        if self.settings.n_trials is None:
+            return False
+        return not self.store.trials(states.WAITING, states.RUNNING)
+
+    # --- starting trials -----------------------------------------------------------------
+
+    def _fill_slots(self) -> None:
+        while self.launcher.free_slots() > 0 and self.stop_reason is None:
+            claimed = self._claim_next()
+            if claimed is None:
+                return
+            self._start(*claimed)
+
+    def _claim_next(self) -> tuple[int, dict[str, Any]] | None:
+        """Claim the next trial of the budget: requeued ones first, then fresh slots."""
+        import optuna
+
+        while True:
+            if not self._waiting:
+                if self._budget_exhausted:
+                    return None
+                waiting = self.store.trials(optuna.trial.TrialState.WAITING)
+                # Requeued trials (they have params) resume before fresh slots start.
+                self._waiting = sorted(waiting, key=lambda t: (not t.params, t.number))
+                if not self._waiting:
+                    if self.settings.n_trials is None:
+                        return self.store.storage.create_new_trial(self.store.study_id), {}
+                    self._budget_exhausted = True
+                    return None
+            candidate = self._waiting.pop(0)
+            if self.store.claim(candidate._trial_id):
+                return candidate._trial_id, dict(candidate.system_attrs)
+
+    def _start(self, trial_id: int, system_attrs: dict[str, Any]) -> None:
+        import optuna
+
+        storage = self.store.storage
+        storage.set_trial_system_attr(trial_id, OWNER_ATTR, self.driver_id)
+        if system_attrs.get(INTERRUPTED_ATTR):
+            storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, False)
+        trial = optuna.Trial(self.study, trial_id)
+        try:
+            config = sample_config(self.settings.space, trial)
+        except Exception as error:  # noqa: BLE001 - a sampler error fails only this trial
+            import traceback
+
+            self._fail(trial, f"sampling failed: {error}", traceback.format_exc())
+            return
+        frozen = storage.get_trial(trial_id)
+        running = RunningTrial(
+            trial=trial,
+            number=trial.number,
+            config=config,
+            attempt=int(system_attrs.get(ATTEMPTS_ATTR, 0)),
+            started=time.monotonic(),
+            reported_steps=set(frozen.intermediate_values),
+            history=list(system_attrs.get(HISTORY_ATTR, [])),
+        )
+        self.running[trial.number] = running
+        self._launch(running)
+
+    def _launch(self, running: RunningTrial) -> None:
+        restore = latest_checkpoint(trial_checkpoint_dir(self.checkpoint_dir, running.number))
+        running.decision = "continue"
+        self.views[running.number] = TrialView(
+            running.number, "running", running.config, running.latest, None
+        )
+        self.launcher.launch(
+            TrialAssignment(
+                trial_number=running.number,
+                config=running.config,
+                sweep_name=self.name,
+                checkpoint_dir=str(self.checkpoint_dir),
+                restore_path=str(restore) if restore else None,
+                attempt=running.attempt,
+                keep_checkpoints=self.settings.keep_checkpoints,
+            )
+        )
+
+    # --- events --------------------------------------------------------------------------
+
+    def _handle(self, event: Event) -> None:
+        running = self.running.get(event.trial_number)
+        if running is None:
+            return  # a late message from a trial we already stopped
+        if isinstance(event, Reported):
+            self._on_report(running, event)
+        elif isinstance(event, Checkpointed):
+            self.store.storage.set_trial_system_attr(
+                running.trial._trial_id, CHECKPOINT_ATTR, event.path
+            )
+        elif isinstance(event, Completed):
+            self._on_completed(running, event.result)
+        elif isinstance(event, Stopped):
+            if event.decision == "pause":
+                self._requeue(running, interrupted=False)
+            else:
+                self._finish(running, state="PRUNED")
+        elif isinstance(event, Errored):
+            logger.warning(
+                "Trial %d failed: %s\n%s", running.number, event.message, event.traceback
+            )
+            self._fail(running.trial, event.message, event.traceback, running)
+        elif isinstance(event, Crashed):
+            self._on_crash(running, event.message)
+
+    def _on_report(self, running: RunningTrial, event: Reported) -> None:
+        running.latest = dict(event.metrics)
+        running.history.append({"step": float(event.step), **event.metrics})
+        self.views[running.number] = TrialView(
+            running.number, "running", running.config, running.latest, None
+        )
+        decision = Decision.CONTINUE
+        value = event.metrics.get(self.settings.metric)
+        if value is not None and event.step not in running.reported_steps:
+            running.reported_steps.add(event.step)
+            running.trial.report(value, event.step)
+            if math.isfinite(value):
+                decision = self.scheduler.on_report(self.study, running.trial, event.step)
+        running.decision = decision.value
+        self.launcher.respond(running.number, decision.value)
+
+    def _on_completed(self, running: RunningTrial, result: Any) -> None:
+        metric = self.settings.metric
+        if isinstance(result, dict):
+            if metric not in result:
+                keys = ", ".join(map(str, result)) or "none"
+                message = f"objective returned a dict without the metric {metric!r} (keys: {keys})"
+                self._fail(running.trial, message, message, running)
+                return
+            metrics = result
+        else:
+            metrics = {metric: result}
+        try:
+            clean = {str(k): float(v) for k, v in metrics.items()}
+        except (TypeError, ValueError):
+            message = f"objective must return a number or a dict of numbers, got {result!r}"
+            self._fail(running.trial, message, message, running)
+            return
+        value = clean[metric]
+        if not math.isfinite(value):
+            message = f"objective returned {value} for {metric!r}"
+            self._fail(running.trial, message, message, running)
+            return
+        self.store.storage.set_trial_user_attr(running.trial._trial_id, "metrics", clean)
+        self._finish(running, state="COMPLETE", value=value)
+
+    def _on_crash(self, running: RunningTrial, message: str) -> None:
+        running.attempt += 1
+        self.store.storage.set_trial_system_attr(
+            running.trial._trial_id, ATTEMPTS_ATTR, running.attempt
+        )
+        if self._hard_stop or self.stop_reason == "interrupted":
+            return
+        if running.attempt <= self.settings.max_retries:
+            logger.warning(
+                "Trial %d: %s; retry %d of %d from its latest checkpoint",
+                running.number,
+                message,
+                running.attempt,
+                self.settings.max_retries,
+            )
+            self._launch(running)
+            return
+        reason = f"{message}; gave up after {running.attempt} attempts"
+        self._fail(running.trial, reason, reason, running)
+
+    # --- ending trials -------------------------------------------------------------------
+
+    def _fail(
+        self,
+        trial: optuna.Trial,
+        message: str,
+        details: str,
+        running: RunningTrial | None = None,
+    ) -> None:
+        import optuna
+
+        self.store.storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, details)
+        if running is not None:
+            self._finish(running, state="FAIL", message=message)
+        else:
+            self._tell(trial, optuna.trial.TrialState.FAIL, None)
+            self.views[trial.number] = TrialView(trial.number, "failed", {}, {}, None)
+        limit = self.settings.max_failed_trials
+        if limit is not None:
+            failed = len(self.store.trials(optuna.trial.TrialState.FAIL))
+            if failed >= limit:
+                self._stop(f"{failed} trials failed (max_failed_trials={limit})", hard=True)
+
+    def _finish(
+        self,
+        running: RunningTrial,
+        *,
+        state: str,
+        value: float | None = None,
+        message: str | None = None,
+    ) -> None:
+        import optuna
+
+        self.running.pop(running.number, None)
+        trial_id = running.trial._trial_id
+        if running.history:
+            self.store.storage.set_trial_system_attr(trial_id, HISTORY_ATTR, running.history)
+        self._tell(running.trial, optuna.trial.TrialState[state], value)
+        view_state = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}[state]
+        self.views[running.number] = TrialView(
+            running.number, view_state, running.config, running.latest, value
+        )
+        if state == "COMPLETE" and value is not None:
+            better = self.best is None or (
+                value < self.best[1] if self.settings.mode == "min" else value > self.best[1]
+            )
+            if better:
+                self.best = (running.number, value)
+            assert self.best is not None
+            logger.info(
+                "Trial %d completed with %s=%.6g; best is trial %d with %.6g",
+                running.number,
+                self.settings.metric,
+                value,
+                *self.best,
+            )
+        elif state == "PRUNED":
+            logger.info("Trial %d stopped early", running.number)
+        elif message:
+            logger.info("Trial %d failed: %s", running.number, message)
+
+    def _tell(self, trial: optuna.Trial, state: Any, value: float | None) -> None:
+        try:
+            self.study.tell(trial, value, state=state)
+        except RuntimeError as error:
+            if _SAMPLER_STOP not in str(error):
+                raise
+            self._stop("the strategy has no more configs to try", hard=False)
+
+    def _requeue(self, running: RunningTrial, *, interrupted: bool) -> None:
+        self.running.pop(running.number, None)
+        trial_id = running.trial._trial_id
+        storage = self.store.storage
+        if running.history:
+            storage.set_trial_system_attr(trial_id, HISTORY_ATTR, running.history)
+        if interrupted:
+            storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
+        self.store.requeue(trial_id)
+        state = "interrupted" if interrupted else "paused"
+        self.views[running.number] = TrialView(
+            running.number, state, running.config, running.latest, None
+        )
+
+    def _release_running(self) -> None:
+        """Stop every trial this driver runs and queue it to resume later."""
+        for running in list(self.running.values()):
+            self.launcher.stop(running.number)
+            self._requeue(running, interrupted=True)
+
+    # --- results -------------------------------------------------------------------------
+
+    def result(self) -> SweepResult:
+        """Every started trial of the sweep, from storage (all drivers' trials)."""
+        import optuna
+
+        records = []
+        queued = 0
+        for trial in self.store.trials():
+            if trial.state == optuna.trial.TrialState.WAITING and not trial.params:
+                queued += 1
+                continue
+            records.append(TrialRecord.from_frozen(trial, self.settings.space))
+        return SweepResult(
+            name=self.name,
+            metric=self.settings.metric,
+            mode=self.settings.mode,
+            trials=records,
+            storage=self.storage_description,
+            stopped_reason=self.stop_reason,
+            queued=queued,
+        )

@@ -1,0 +1,164 @@
+"""``tune()``: run a sweep on the embedded default (local worker processes, a journal file)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from hypersweep.orchestrator._objective import reference_of, resolve_objective
+from hypersweep.orchestrator._result import SweepResult, TrialRecord
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hypersweep.launchers._base import Launcher
+    from hypersweep.orchestrator._orchestrator import Orchestrator
+
+
+def _ensure_log_handler() -> None:
+    """Print trial results like Optuna does, unless the application set up logging itself."""
+    logger = logging.getLogger("hypersweep")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[hypersweep %(asctime)s] %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def tune(
+    space: dict[str, Any],
+    objective: Callable[[dict[str, Any]], Any] | str,
+    *,
+    metric: str,
+    mode: str = "min",
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    max_concurrent: int | None = None,
+    strategy: str | optuna.samplers.BaseSampler = "tpe",
+    early_stopping: str | dict[str, Any] | optuna.pruners.BasePruner | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    max_failed_trials: int | None = None,
+    max_retries: int = 2,
+    seed: int | None = None,
+    keep_checkpoints: int = 2,
+    checkpoint_dir: str | None = None,
+    launcher: Launcher | None = None,
+    verbose: bool = True,
+    on_update: Callable[[Orchestrator], None] | None = None,
+) -> SweepResult:
+    """Run a hyperparameter sweep and return every trial's result.
+
+    Args:
+        space: parameter names to domains (``uniform``, ``choice``...) or constants; nested
+            dicts allowed.
+        objective: ``objective(config) -> float | dict``, or a ``"module:function"`` reference.
+            It runs in worker processes; inside it call ``hypersweep.report`` to record
+            intermediate metrics and ``hypersweep.checkpoint``/``restore`` to save and resume.
+        metric: the metric to optimize (the returned float, or this key of the returned dict).
+        mode: ``"min"`` or ``"max"``.
+        n_trials: how many trials in all, across every driver and resume.
+        timeout: seconds after which no new trial starts.
+        max_concurrent: trials at once; defaults to the number of CPUs.
+        strategy: ``"tpe"`` (default), ``"random"``, ``"grid"``, ``"cmaes"``, ``"gp"``,
+            ``"qmc"``, ``"nsga2"`` or any ``optuna.samplers.BaseSampler``.
+        early_stopping: None, ``"median"``, ``"asha"``, ``"hyperband"``, a mapping
+            ``{"name": "asha", **settings}``, or any ``optuna.pruners.BasePruner``.
+        storage: None for ``./hypersweep-runs/<name>/journal.log``; an Optuna storage URL
+            (e.g. ``postgresql://...``), a journal file path, or a storage object.
+        name: the sweep's name (generated if None).
+        resume: continue (or join) the sweep ``name``: finished trials are kept, interrupted
+            ones resume from their checkpoints.
+        max_failed_trials: stop the sweep once this many trials failed.
+        max_retries: retries of a trial whose worker died (signal, OOM), from its checkpoint.
+        seed: seed of the strategy.
+        keep_checkpoints: checkpoints kept per trial.
+        checkpoint_dir: where checkpoints go; defaults to the sweep's folder.
+        launcher: where trials run; defaults to ``LocalLauncher(max_concurrent)``.
+        verbose: log one line per finished trial.
+        on_update: called with the orchestrator after each step (progress displays).
+
+    Raises:
+        ConfigError: invalid input, before anything starts.
+        KeyboardInterrupt: on Ctrl-C, after running trials were stopped and queued to resume.
+    """
+    from hypersweep.launchers._local import LocalLauncher
+    from hypersweep.orchestrator._orchestrator import Orchestrator
+    from hypersweep.orchestrator._spec import SweepSettings
+
+    settings = SweepSettings(
+        space=space,
+        metric=metric,
+        mode=mode,
+        n_trials=n_trials,
+        timeout=timeout,
+        max_concurrent=max_concurrent,
+        strategy=strategy,
+        early_stopping=early_stopping,
+        storage=storage,
+        name=name,
+        resume=resume,
+        max_failed_trials=max_failed_trials,
+        max_retries=max_retries,
+        seed=seed,
+        keep_checkpoints=keep_checkpoints,
+        checkpoint_dir=checkpoint_dir,
+    ).validated()
+    objective_ref = resolve_objective(objective)
+    if verbose:
+        _ensure_log_handler()
+    orchestrator = Orchestrator(
+        settings,
+        objective_ref,
+        launcher or LocalLauncher(max_concurrent),
+        objective_reference=reference_of(objective),
+    )
+    if on_update is not None:
+        orchestrator.listeners.append(on_update)
+    return orchestrator.run()
+
+
+def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) -> SweepResult:
+    """Read a stored sweep's results (running or finished) without running anything."""
+    import optuna
+
+    from hypersweep._errors import ConfigError
+    from hypersweep.orchestrator._storage import SweepStore, describe_storage, open_storage
+    from hypersweep.strategies import parse_space
+
+    if storage is None:
+        from hypersweep.orchestrator._storage import default_run_dir
+
+        if not (default_run_dir(name) / "journal.log").is_file():
+            raise ConfigError(
+                f"name: no sweep {name!r} under {default_run_dir(name).parent}; pass "
+                "--storage for sweeps stored elsewhere"
+            )
+    opened = open_storage(storage, name)
+    try:
+        study_id = opened.get_study_id_from_name(name)
+    except KeyError:
+        raise ConfigError(f"name: no sweep {name!r} in {describe_storage(storage, name)}") from None
+    store = SweepStore(opened, study_id)
+    spec = store.spec() or {}
+    space = parse_space(spec["space"]) if spec.get("space") else None
+    direction = opened.get_study_directions(study_id)[0]
+    records = []
+    queued = 0
+    for trial in store.trials():
+        if trial.state == optuna.trial.TrialState.WAITING and not trial.params:
+            queued += 1
+        else:
+            records.append(TrialRecord.from_frozen(trial, space))
+    return SweepResult(
+        name=name,
+        metric=spec.get("metric", "value"),
+        mode="min" if direction == optuna.study.StudyDirection.MINIMIZE else "max",
+        trials=records,
+        storage=describe_storage(storage, name),
+        queued=queued,
+    )

@@ -1,0 +1,411 @@
+"""Search spaces: the Python helpers (``uniform``, ``choice``...) and their plain-data form.
+
+A space is a (possibly nested) dict whose leaves are either :class:`Domain` objects or
+constants. The plain-data form is what YAML files and the Kubernetes ``Sweep`` resource carry,
+e.g. ``{"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}``; ``space_to_data``
+and ``parse_space`` convert between the two without loss.
+
+Sampling goes through Optuna's define-by-run API, so every Optuna sampler works unchanged. Nested
+keys become dotted parameter names (``model.lr``) in storage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hypersweep._errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = [
+    "Categorical",
+    "Domain",
+    "Float",
+    "Grid",
+    "Int",
+    "choice",
+    "flatten_space",
+    "grid",
+    "grid_search_space",
+    "loguniform",
+    "parse_space",
+    "quniform",
+    "randint",
+    "sample_config",
+    "space_to_data",
+    "uniform",
+    "validate_space",
+]
+
+_PRIMITIVES = (type(None), bool, int, float, str)
+_DOMAIN_TYPES = ("float", "int", "categorical", "grid", "constant")
+
+
+class Domain:
+    """A leaf of the search space that the strategy chooses a value for."""
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        """Ask Optuna's trial for a value of this domain under ``name``."""
+        raise NotImplementedError
+
+    def to_data(self) -> dict[str, Any]:
+        """The plain-data (YAML/JSON) form of this domain."""
+        raise NotImplementedError
+
+    def grid_values(self) -> list[Any] | None:
+        """The finite list of values to enumerate with the grid strategy, if there is one."""
+        return None
+
+
+def _check_number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{what} must be a finite number, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Float(Domain):
+    """A float in ``[low, high]``, optionally log-scaled or quantized by ``step``."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_number(self.low, "low")
+        _check_number(self.high, "high")
+        if not self.low < self.high:
+            raise ConfigError(f"low ({self.low}) must be less than high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ConfigError(f"a log-scaled range needs low > 0, got low={self.low}")
+        if self.step is not None:
+            _check_number(self.step, "step")
+            if self.step <= 0:
+                raise ConfigError(f"step must be positive, got {self.step}")
+            if self.log:
+                raise ConfigError("step and log cannot be combined; drop one of them")
+
+    def suggest(self, trial: optuna.Trial, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": "float", "low": self.low, "high": self.high}
+        if self.log:
+            data["log"] = True
+        if self.step is not None:
+            data["step"] = self.step
+        return data
+
+
+@dataclass(frozen=True)
+class Int(Domain):
+    """An integer in ``[low, high]`` (both inclusive, as in Optuna and Katib)."""
+
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    def __post_init__(self) -> None:
+        for what in ("low", "high", "step"):
+            value = getattr(self, what)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{what} must be an integer, got {value!r}")
+        if not self.low <= self.high:
+            raise ConfigError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.step < 1:
+            raise ConfigError(f"step must be at least 1, got {self.step}")
+        if self.log and self.low < 1:
+            raise ConfigError(f"a log-scaled integer range needs low >= 1, got low={self.low}")
+        if self.log and self.step != 1:
+            raise ConfigError("step and log cannot be combined; drop one of them")
+
+    def suggest(self, trial: optuna.Trial, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": "int", "low": self.low, "high": self.high}
+        if self.log:
+            data["log"] = True
+        if self.step != 1:
+            data["step"] = self.step
+        return data
+
+    def grid_values(self) -> list[Any] | None:
+        if self.log:
+            return None
+        return list(range(self.low, self.high + 1, self.step))
+
+
+def _check_values(values: Any) -> tuple[Any, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ConfigError(f"values must be a list, got {values!r}")
+    if not values:
+        raise ConfigError("values must not be empty")
+    for value in values:
+        if not isinstance(value, _PRIMITIVES):
+            raise ConfigError(
+                f"values may only hold null, booleans, numbers and strings, got {value!r}; "
+                "use a string key and look the object up in your objective"
+            )
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class Categorical(Domain):
+    """One of a list of values."""
+
+    values: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", _check_values(self.values))
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        return trial.suggest_categorical(name, self.values)
+
+    def to_data(self) -> dict[str, Any]:
+        return {"type": "categorical", "values": list(self.values)}
+
+    def grid_values(self) -> list[Any] | None:
+        return list(self.values)
+
+
+@dataclass(frozen=True)
+class Grid(Categorical):
+    """Values to enumerate exhaustively with ``strategy="grid"``; a plain choice otherwise."""
+
+    def to_data(self) -> dict[str, Any]:
+        return {"type": "grid", "values": list(self.values)}
+
+
+def uniform(low: float, high: float) -> Float:
+    """A float drawn uniformly from ``[low, high]``."""
+    return Float(low, high)
+
+
+def loguniform(low: float, high: float) -> Float:
+    """A float in ``[low, high]`` drawn uniformly in log space (for learning rates and such)."""
+    return Float(low, high, log=True)
+
+
+def quniform(low: float, high: float, q: float) -> Float:
+    """A float in ``[low, high]`` that is a multiple of ``q`` away from ``low``."""
+    return Float(low, high, step=q)
+
+
+def randint(low: int, high: int) -> Int:
+    """An integer in ``[low, high)``: ``high`` is excluded, as in Ray Tune and NumPy."""
+    if isinstance(high, int) and isinstance(low, int) and high <= low:
+        raise ConfigError(f"randint needs low < high (high is excluded), got ({low}, {high})")
+    return Int(low, high - 1)
+
+
+def choice(values: Sequence[Any]) -> Categorical:
+    """One of ``values``."""
+    return Categorical(tuple(values))
+
+
+def grid(values: Sequence[Any]) -> Grid:
+    """Every one of ``values`` in turn with ``strategy="grid"`` (like Ray Tune's grid_search)."""
+    return Grid(tuple(values))
+
+
+# --- plain-data form ----------------------------------------------------------------------
+
+
+def _path(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _check_key(key: Any, prefix: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"{prefix or 'space'}: keys must be non-empty strings, got {key!r}")
+    if "." in key:
+        raise ConfigError(
+            f"{_path(prefix, key)}: keys must not contain '.', which separates nested names; "
+            "nest a dict instead"
+        )
+    return key
+
+
+_ALLOWED_KEYS = {
+    "float": {"type", "low", "high", "log", "step"},
+    "int": {"type", "low", "high", "log", "step"},
+    "categorical": {"type", "values", "choices"},
+    "grid": {"type", "values"},
+    "constant": {"type", "value"},
+}
+
+
+def _parse_domain(data: Mapping[str, Any], where: str) -> Any:
+    kind = data["type"]
+    if kind not in _DOMAIN_TYPES:
+        raise ConfigError(
+            f"{where}.type: unknown type {kind!r}; expected one of {', '.join(_DOMAIN_TYPES)} "
+            "(for a constant dict that has a 'type' key, write {type: constant, value: {...}})"
+        )
+    unknown = set(data) - _ALLOWED_KEYS[kind]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(sorted(unknown))} for type {kind}; "
+            f"allowed: {', '.join(sorted(_ALLOWED_KEYS[kind]))}"
+        )
+    try:
+        if kind == "constant":
+            if "value" not in data:
+                raise ConfigError("a constant needs a 'value'")
+            return data["value"]
+        if kind in ("categorical", "grid"):
+            values = data.get("values", data.get("choices"))
+            if values is None:
+                raise ConfigError("needs 'values', the list to choose from")
+            return Grid(values) if kind == "grid" else Categorical(values)
+        missing = [k for k in ("low", "high") if k not in data]
+        if missing:
+            raise ConfigError(f"needs {' and '.join(missing)}")
+        log = data.get("log", False)
+        if not isinstance(log, bool):
+            raise ConfigError(f"log must be true or false, got {log!r}")
+        if kind == "float":
+            return Float(data["low"], data["high"], log=log, step=data.get("step"))
+        return Int(data["low"], data["high"], log=log, step=data.get("step", 1))
+    except ConfigError as error:
+        message = str(error)
+        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
+
+
+def parse_space(data: Any, prefix: str = "space") -> dict[str, Any]:
+    """Turn a plain-data space (from YAML/JSON) into a space of :class:`Domain` objects.
+
+    Errors name the field by its dotted path, starting with ``prefix``.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix}: expected a mapping of parameter names, got {data!r}")
+    if not data:
+        raise ConfigError(f"{prefix}: the space is empty; add at least one parameter")
+    return _parse_mapping(data, prefix)
+
+
+def _parse_mapping(data: Mapping[Any, Any], prefix: str) -> dict[str, Any]:
+    space: dict[str, Any] = {}
+    for key, value in data.items():
+        where = _path(prefix, _check_key(key, prefix))
+        if isinstance(value, Mapping) and "type" in value:
+            space[key] = _parse_domain(value, where)
+        elif isinstance(value, Mapping):
+            space[key] = _parse_mapping(value, where)
+        else:
+            space[key] = value
+    return space
+
+
+def space_to_data(space: Mapping[str, Any]) -> dict[str, Any]:
+    """The plain-data form of ``space``; ``parse_space`` of it gives ``space`` back."""
+    data: dict[str, Any] = {}
+    for key, value in space.items():
+        if isinstance(value, Domain):
+            data[key] = value.to_data()
+        elif isinstance(value, Mapping):
+            data[key] = (
+                {"type": "constant", "value": dict(value)}
+                if "type" in value and not any(isinstance(v, Domain) for v in value.values())
+                else space_to_data(value)
+            )
+        else:
+            data[key] = value
+    return data
+
+
+# --- using a space ------------------------------------------------------------------------
+
+
+def validate_space(space: Any, prefix: str = "space") -> dict[str, Any]:
+    """Check a Python-form space and return it; plain-data leaves are parsed too.
+
+    Raises :class:`ConfigError` naming the field, before any trial starts.
+    """
+    if not isinstance(space, Mapping):
+        raise ConfigError(
+            f"{prefix}: expected a dict of parameter names, got {type(space).__name__}"
+        )
+    checked: dict[str, Any] = {}
+    for key, value in space.items():
+        where = _path(prefix, _check_key(key, prefix))
+        if isinstance(value, Domain):
+            checked[key] = value
+        elif isinstance(value, Mapping) and "type" in value:
+            checked[key] = _parse_domain(value, where)
+        elif isinstance(value, Mapping):
+            checked[key] = validate_space(value, where)
+        else:
+            checked[key] = value
+    if not flatten_space(checked):
+        raise ConfigError(f"{prefix}: the space has no parameter to search; add e.g. uniform(0, 1)")
+    return checked
+
+
+def flatten_space(space: Mapping[str, Any], prefix: str = "") -> dict[str, Domain]:
+    """The space's domains keyed by dotted name, in definition order."""
+    flat: dict[str, Domain] = {}
+    for key, value in space.items():
+        name = _path(prefix, key)
+        if isinstance(value, Domain):
+            flat[name] = value
+        elif isinstance(value, Mapping):
+            flat.update(flatten_space(value, name))
+    return flat
+
+
+def sample_config(
+    space: Mapping[str, Any], trial: optuna.Trial, prefix: str = ""
+) -> dict[str, Any]:
+    """Draw a config from ``space`` through ``trial``; constants are copied as they are.
+
+    Calling it again on a trial that already has its parameters returns the same config, which
+    is how a retried or resumed trial keeps its identity.
+    """
+    config: dict[str, Any] = {}
+    for key, value in space.items():
+        name = _path(prefix, key)
+        if isinstance(value, Domain):
+            config[key] = value.suggest(trial, name)
+        elif isinstance(value, Mapping):
+            config[key] = sample_config(value, trial, name)
+        else:
+            config[key] = value
+    return config
+
+
+def unflatten_params(params: Mapping[str, Any], space: Mapping[str, Any]) -> dict[str, Any]:
+    """Rebuild a nested config from stored dotted parameters and the space's constants."""
+    config: dict[str, Any] = {}
+    for key, value in space.items():
+        if isinstance(value, Domain):
+            if key in params:
+                config[key] = params[key]
+        elif isinstance(value, Mapping):
+            prefix = f"{key}."
+            inner = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+            config[key] = unflatten_params(inner, value)
+        else:
+            config[key] = value
+    return config
+
+
+def grid_search_space(space: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The values the grid strategy enumerates, per dotted name."""
+    values: dict[str, list[Any]] = {}
+    for name, domain in flatten_space(space).items():
+        finite = domain.grid_values()
+        if finite is None:
+            raise ConfigError(
+                f"space.{name}: the grid strategy needs a finite set of values, but this is "
+                f"{domain.to_data()}; use grid([...]), choice([...]) or an int range without log"
+            )
+        values[name] = finite
+    return values

@@ -1,0 +1,31 @@
+"""Shared fixtures: every test runs in its own folder with its own sweeps."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run each test in a fresh folder, with sweeps stored under it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYPERSWEEP_RUNS_DIR", str(tmp_path / "runs"))
+    yield tmp_path
+
+
+def python_env() -> dict[str, str]:
+    """The environment for a driver started as a subprocess: it imports the tests' objectives."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+PYTHON = sys.executable
