@@ -456,7 +456,8 @@ class Orchestrator:
             message = f"objective returned {value} for {metric!r}"
             self._fail(running.trial, message, message, running)
             return
-        self.store.storage.set_trial_user_attr(running.trial._trial_id, "metrics", clean)
+        if isinstance(result, dict):  # a bare number is the value itself: no extra write
+            self.store.storage.set_trial_user_attr(running.trial._trial_id, "metrics", clean)
         self._finish(running, state="COMPLETE", value=value)
 
     def _on_crash(self, running: RunningTrial, message: str) -> None:
@@ -580,7 +581,9 @@ class Orchestrator:
             if trial.state == optuna.trial.TrialState.WAITING and not trial.params:
                 queued += 1
                 continue
-            records.append(TrialRecord.from_frozen(trial, self.settings.space))
+            records.append(
+                TrialRecord.from_frozen(trial, self.settings.space, self.settings.metric)
+            )
         return SweepResult(
             name=self.name,
             metric=self.settings.metric,

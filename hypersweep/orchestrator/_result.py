@@ -50,7 +50,9 @@ class TrialRecord:
     duration: float | None = None
 
     @classmethod
-    def from_frozen(cls, trial: FrozenTrial, space: Mapping[str, Any] | None) -> TrialRecord:
+    def from_frozen(
+        cls, trial: FrozenTrial, space: Mapping[str, Any] | None, metric: str | None = None
+    ) -> TrialRecord:
         """Read a record from an Optuna trial; ``space`` rebuilds the nested config."""
         params = dict(trial.params)
         config = unflatten_params(params, space) if space is not None else params
@@ -60,12 +62,16 @@ class TrialRecord:
         state = _STATE_NAMES.get(trial.state.name, trial.state.name.lower())
         if state == "waiting" and trial.system_attrs.get(INTERRUPTED_ATTR):
             state = "interrupted"
+        value = trial.value if trial.values is not None and len(trial.values) == 1 else None
+        metrics = dict(trial.user_attrs.get("metrics", {}))
+        if not metrics and value is not None and metric is not None:
+            metrics = {metric: value}
         return cls(
             number=trial.number,
             state=state,
             config=config,
-            value=trial.value if trial.values is not None and len(trial.values) == 1 else None,
-            metrics=dict(trial.user_attrs.get("metrics", {})),
+            value=value,
+            metrics=metrics,
             intermediate_values=dict(trial.intermediate_values),
             history=list(trial.system_attrs.get(HISTORY_ATTR, [])),
             error=trial.system_attrs.get(ERROR_ATTR),

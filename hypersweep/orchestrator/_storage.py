@@ -1,7 +1,7 @@
 """Where sweeps live: Optuna storages, the trial budget, and which driver owns which trial.
 
-The default storage is Optuna's journal file (``JournalFileBackend``) under
-``./hypersweep-runs/<name>/journal.log``. We prefer it to SQLite because it is an append-only
+The default storage is Optuna's journal format under ``./hypersweep-runs/<name>/journal.log``
+(``_journal`` says how it is locked). We prefer it to SQLite because it is an append-only
 log guarded by a file lock: several driver processes on one machine can share it without
 SQLite's "database is locked" errors (optuna#820), and a driver killed mid-write cannot corrupt
 what was written before. Any Optuna storage URL (PostgreSQL for many machines) works as well.
@@ -53,17 +53,17 @@ def default_run_dir(name: str) -> Path:
 
 def open_storage(storage: str | BaseStorage | None, name: str) -> BaseStorage:
     """The Optuna storage for a sweep: default journal file, a URL, a journal path, or as is."""
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.storages.journal import JournalStorage
+
+    from hypersweep.orchestrator._journal import FlockJournalFileBackend
 
     if storage is None:
-        path = default_run_dir(name) / "journal.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        storage = str(default_run_dir(name) / "journal.log")
     if isinstance(storage, str):
         if "://" in storage:
             return _open_rdb(storage)
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(storage))
+        return JournalStorage(FlockJournalFileBackend(storage))
     return storage
 
 

@@ -153,7 +153,7 @@ def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) ->
         if trial.state == optuna.trial.TrialState.WAITING and not trial.params:
             queued += 1
         else:
-            records.append(TrialRecord.from_frozen(trial, space))
+            records.append(TrialRecord.from_frozen(trial, space, spec.get("metric")))
     return SweepResult(
         name=name,
         metric=spec.get("metric", "value"),
