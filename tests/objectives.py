@@ -84,3 +84,60 @@ def slow_steps(config: dict[str, Any]) -> dict[str, float]:
         hs.checkpoint({"step": step}, step=step)
         hs.report(step, loss=value)
     return {"loss": value, "resumed_from": float(start)}
+
+
+ASHA_QUALITY = [0.5, 0.9, 0.1, 0.7, 0.3, 0.8]
+
+
+def _record_start(number: int, start: int) -> None:
+    markers = os.environ.get("HYPERSWEEP_TEST_MARKERS")
+    if markers:
+        Path(markers).mkdir(parents=True, exist_ok=True)
+        with open(Path(markers) / f"starts-{number}", "a") as handle:
+            handle.write(f"{start}\n")
+
+
+def asha_curve(config: dict[str, Any]) -> float:
+    """Known curves: loss = 1 - quality + 1/(step+1), quality by trial number; checkpointed."""
+    context = hs.get_trial_context()
+    assert context is not None
+    quality = ASHA_QUALITY[context.trial_number % len(ASHA_QUALITY)]
+    state = hs.restore()
+    start = 0 if state is None else state["step"] + 1
+    _record_start(context.trial_number, start)
+    delay = float(os.environ.get("HYPERSWEEP_TEST_STEP", "0"))
+    loss = math.inf
+    for step in range(start, 10):
+        time.sleep(delay)
+        loss = 1.0 - quality + 1.0 / (step + 1)
+        hs.checkpoint({"step": step}, step=step)
+        hs.report(step, loss=loss)
+    return loss
+
+
+def asha_curve_no_checkpoint(config: dict[str, Any]) -> float:
+    loss = math.inf
+    for step in range(10):
+        loss = 1.0 - config["quality"] + 1.0 / (step + 1)
+        hs.report(step, loss=loss)
+    return loss
+
+
+def lr_schedule_toy(config: dict[str, Any]) -> float:
+    """A toy where the best learning rate falls during training (Jaderberg et al.'s point).
+
+    theta shrinks by (1 - lr) per step, and the loss pays 0.5 * lr as a noise floor: a large lr
+    is best early, a small one late, so no fixed lr does as well as a schedule.
+    """
+    context = hs.get_trial_context()
+    state = hs.restore()
+    step0, theta = (0, 1.0) if state is None else (state["step"] + 1, state["theta"])
+    if context is not None:
+        _record_start(context.trial_number, step0)
+    loss = theta**2 + 0.5 * config["lr"]  # a clone may start from a finished checkpoint
+    for step in range(step0, 40):
+        theta *= 1.0 - config["lr"]
+        loss = theta**2 + 0.5 * config["lr"]
+        hs.checkpoint({"step": step, "theta": theta}, step=step)
+        hs.report(step, loss=loss)
+    return loss

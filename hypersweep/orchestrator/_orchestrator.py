@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import signal
 import threading
 import time
@@ -37,10 +38,13 @@ from hypersweep.orchestrator._spec import SweepSettings
 from hypersweep.orchestrator._storage import (
     ATTEMPTS_ATTR,
     CHECKPOINT_ATTR,
+    CLONED_FROM_ATTR,
     ERROR_ATTR,
     HISTORY_ATTR,
     INTERRUPTED_ATTR,
     OWNER_ATTR,
+    PARENT_ATTR,
+    PAUSED_ATTR,
     SPEC_ATTR,
     SweepStore,
     default_run_dir,
@@ -49,6 +53,7 @@ from hypersweep.orchestrator._storage import (
     open_storage,
 )
 from hypersweep.strategies import (
+    Clone,
     Decision,
     OptunaPrunerScheduler,
     make_sampler,
@@ -64,6 +69,13 @@ logger = logging.getLogger("hypersweep")
 
 # Optuna raises this when a sampler calls study.stop() outside study.optimize().
 _SAMPLER_STOP = "`Study.stop` is supposed to be invoked"
+
+
+def _has_checkpoint(trial: FrozenTrial) -> bool:
+    return (
+        trial.system_attrs.get(CHECKPOINT_ATTR) is not None
+        or CLONED_FROM_ATTR in trial.system_attrs
+    )
 
 
 @dataclass
@@ -131,6 +143,9 @@ class Orchestrator:
         run_dir = default_run_dir(self.name)
         self.checkpoint_dir = Path(settings.checkpoint_dir or run_dir / "checkpoints").resolve()
         self._waiting: list[FrozenTrial] = []
+        self._ready: list[tuple[int, dict[str, Any]]] = []
+        self._warned_no_checkpoint = False
+        self._sampler_exhausted = False
         self._budget_exhausted = False
         self._hard_stop = False
         self._interrupt_requested = False
@@ -147,6 +162,7 @@ class Orchestrator:
         self.storage = open_storage(settings.storage, self.name)
         self.storage_description = describe_storage(settings.storage, self.name)
         self.scheduler = make_scheduler(settings.early_stopping)
+        self.scheduler.has_checkpoint = _has_checkpoint
         pruner = (
             self.scheduler.pruner
             if isinstance(self.scheduler, OptunaPrunerScheduler)
@@ -314,7 +330,25 @@ class Orchestrator:
         states = optuna.trial.TrialState
         if self.settings.n_trials is None:
             return False
-        return not self.store.trials(states.WAITING, states.RUNNING)
+        left = [
+            t
+            for t in self.store.trials(states.WAITING, states.RUNNING)
+            if t.params or t.state == states.RUNNING or not self._sampler_exhausted
+        ]
+        if any(t.state == states.RUNNING or t.system_attrs.get(PAUSED_ATTR) is None for t in left):
+            return False
+        self._finalize_paused(left)
+        return True
+
+    def _finalize_paused(self, paused: list[FrozenTrial]) -> None:
+        """Paused trials that no promotion will resume end as stopped early."""
+        import optuna
+
+        for frozen in paused:
+            if self.store.claim(frozen._trial_id):
+                self._tell(
+                    optuna.Trial(self.study, frozen._trial_id), optuna.trial.TrialState.PRUNED, None
+                )
 
     # --- starting trials -----------------------------------------------------------------
 
@@ -326,24 +360,96 @@ class Orchestrator:
             self._start(*claimed)
 
     def _claim_next(self) -> tuple[int, dict[str, Any]] | None:
-        """Claim the next trial of the budget: requeued ones first, then fresh slots."""
+        """Claim the next trial to run.
+
+        In order: clones prepared for population-based training, requeued trials (interrupted
+        or orphaned), paused trials the scheduler promotes, then fresh slots of the budget.
+        """
+        if self._ready:
+            return self._ready.pop(0)
+        while True:
+            self._refresh_waiting()
+            head = self._waiting[0] if self._waiting else None
+            if self.scheduler.can_pause and (head is None or not head.params):
+                promoted = self._claim_promotion(final=head is None)
+                if promoted is not None:
+                    return promoted
+            if head is None:
+                if self.settings.n_trials is None:
+                    return self.store.storage.create_new_trial(self.store.study_id), {}
+                return None
+            self._waiting.pop(0)
+            if self.store.claim(head._trial_id):
+                return head._trial_id, dict(head.system_attrs)
+
+    def _refresh_waiting(self) -> None:
+        """Reload queued trials (not paused ones) when the local copy ran out."""
         import optuna
 
+        if self._waiting or self._budget_exhausted:
+            return
+        waiting = [
+            t
+            for t in self.store.trials(optuna.trial.TrialState.WAITING)
+            if t.system_attrs.get(PAUSED_ATTR) is None and (t.params or not self._sampler_exhausted)
+        ]
+        # Requeued trials (they have params) resume before fresh slots start.
+        self._waiting = sorted(waiting, key=lambda t: (not t.params, t.number))
+        self._budget_exhausted = not self._waiting and self.settings.n_trials is not None
+
+    def _paused_trials(self) -> list[FrozenTrial]:
+        import optuna
+
+        return [
+            t
+            for t in self.store.trials(optuna.trial.TrialState.WAITING)
+            if t.system_attrs.get(PAUSED_ATTR) is not None
+        ]
+
+    def _claim_promotion(self, *, final: bool) -> tuple[int, dict[str, Any]] | None:
+        paused = self._paused_trials()
+        while paused:
+            chosen = self.scheduler.choose_resume(self.study, paused, final=final)
+            if chosen is None:
+                return None
+            if self.store.claim(chosen._trial_id):
+                logger.info("Trial %d promoted: resuming from its checkpoint", chosen.number)
+                return chosen._trial_id, dict(chosen.system_attrs)
+            paused = [t for t in paused if t.number != chosen.number]
+        return None
+
+    def _claim_fresh(self) -> tuple[int, dict[str, Any]] | None:
+        """A slot of the budget that never ran (for a clone)."""
         while True:
-            if not self._waiting:
-                if self._budget_exhausted:
-                    return None
-                waiting = self.store.trials(optuna.trial.TrialState.WAITING)
-                # Requeued trials (they have params) resume before fresh slots start.
-                self._waiting = sorted(waiting, key=lambda t: (not t.params, t.number))
-                if not self._waiting:
-                    if self.settings.n_trials is None:
-                        return self.store.storage.create_new_trial(self.store.study_id), {}
-                    self._budget_exhausted = True
-                    return None
-            candidate = self._waiting.pop(0)
-            if self.store.claim(candidate._trial_id):
-                return candidate._trial_id, dict(candidate.system_attrs)
+            self._refresh_waiting()
+            fresh = [t for t in self._waiting if not t.params]
+            if not fresh or self._sampler_exhausted:
+                if self.settings.n_trials is None:
+                    return self.store.storage.create_new_trial(self.store.study_id), {}
+                return None
+            self._waiting.remove(fresh[0])
+            if self.store.claim(fresh[0]._trial_id):
+                return fresh[0]._trial_id, dict(fresh[0].system_attrs)
+
+    def _prepare_clone(self, clone: Clone) -> None:
+        """Claim a fresh slot for ``clone``: its params fixed, the source's checkpoint copied."""
+        claimed = self._claim_fresh()
+        if claimed is None:
+            return
+        trial_id, attrs = claimed
+        storage = self.store.storage
+        storage.set_trial_system_attr(trial_id, OWNER_ATTR, self.driver_id)
+        number = storage.get_trial(trial_id).number
+        source = latest_checkpoint(trial_checkpoint_dir(self.checkpoint_dir, clone.source_trial))
+        lineage: dict[str, Any] = {"fixed_params": clone.params, PARENT_ATTR: clone.source_trial}
+        if source is not None:
+            target = trial_checkpoint_dir(self.checkpoint_dir, number) / source.name
+            shutil.copytree(source, target, dirs_exist_ok=True)
+            lineage[CLONED_FROM_ATTR] = str(source)
+        for key, value in lineage.items():
+            storage.set_trial_system_attr(trial_id, key, value)
+        logger.info("Trial %d starts from trial %d's checkpoint", number, clone.source_trial)
+        self._ready.append((trial_id, {**attrs, **lineage}))
 
     def _start(self, trial_id: int, system_attrs: dict[str, Any]) -> None:
         import optuna
@@ -352,6 +458,8 @@ class Orchestrator:
         storage.set_trial_system_attr(trial_id, OWNER_ATTR, self.driver_id)
         if system_attrs.get(INTERRUPTED_ATTR):
             storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, False)
+        if system_attrs.get(PAUSED_ATTR) is not None:
+            storage.set_trial_system_attr(trial_id, PAUSED_ATTR, None)
         trial = optuna.Trial(self.study, trial_id)
         try:
             config = sample_config(self.settings.space, trial)
@@ -407,7 +515,7 @@ class Orchestrator:
             self._on_completed(running, event.result)
         elif isinstance(event, Stopped):
             if event.decision == "pause":
-                self._requeue(running, interrupted=False)
+                self._requeue(running, paused=True)
             else:
                 self._finish(running, state="PRUNED")
         elif isinstance(event, Errored):
@@ -430,9 +538,28 @@ class Orchestrator:
             running.reported_steps.add(event.step)
             running.trial.report(value, event.step)
             if math.isfinite(value):
-                decision = self.scheduler.on_report(self.study, running.trial, event.step)
+                decision = self._decide(running, event.step)
         running.decision = decision.value
         self.launcher.respond(running.number, decision.value)
+
+    def _decide(self, running: RunningTrial, step: int) -> Decision:
+        frozen = self.store.storage.get_trial(running.trial._trial_id)
+        decision = self.scheduler.on_report(self.study, frozen, step)
+        if decision is Decision.PAUSE and not _has_checkpoint(frozen):
+            # Resuming would retrain from zero; say so once and stop it instead.
+            if not self._warned_no_checkpoint:
+                self._warned_no_checkpoint = True
+                logger.warning(
+                    "Trial %d has no checkpoint to pause on, so it is stopped instead; call "
+                    "hypersweep.checkpoint() before hypersweep.report() to let ASHA resume it",
+                    running.number,
+                )
+            decision = Decision.STOP
+        if decision is Decision.STOP:
+            clone = self.scheduler.clone_for(self.study, frozen)
+            if clone is not None:
+                self._prepare_clone(clone)
+        return decision
 
     def _on_completed(self, running: RunningTrial, result: Any) -> None:
         metric = self.settings.metric
@@ -547,18 +674,26 @@ class Orchestrator:
         except RuntimeError as error:
             if _SAMPLER_STOP not in str(error):
                 raise
-            self._stop("the strategy has no more configs to try", hard=False)
+            # No new configs; requeued and paused trials still run to the end.
+            if not self._sampler_exhausted:
+                logger.info("The strategy has no more configs to try")
+            self._sampler_exhausted = True
+            self._waiting = [t for t in self._waiting if t.params]
 
-    def _requeue(self, running: RunningTrial, *, interrupted: bool) -> None:
+    def _requeue(self, running: RunningTrial, *, paused: bool) -> None:
+        """Back to the queue: paused (the scheduler resumes it) or interrupted (resumed first)."""
         self.running.pop(running.number, None)
         trial_id = running.trial._trial_id
         storage = self.store.storage
         if running.history:
             storage.set_trial_system_attr(trial_id, HISTORY_ATTR, running.history)
-        if interrupted:
+        if paused:
+            steps = running.reported_steps or {0}
+            storage.set_trial_system_attr(trial_id, PAUSED_ATTR, max(steps))
+        else:
             storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
         self.store.requeue(trial_id)
-        state = "interrupted" if interrupted else "paused"
+        state = "paused" if paused else "interrupted"
         self.views[running.number] = TrialView(
             running.number, state, running.config, running.latest, None
         )
@@ -567,7 +702,7 @@ class Orchestrator:
         """Stop every trial this driver runs and queue it to resume later."""
         for running in list(self.running.values()):
             self.launcher.stop(running.number)
-            self._requeue(running, interrupted=True)
+            self._requeue(running, paused=False)
 
     # --- results -------------------------------------------------------------------------
 

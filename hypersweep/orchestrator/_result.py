@@ -13,6 +13,8 @@ from hypersweep.orchestrator._storage import (
     ERROR_ATTR,
     HISTORY_ATTR,
     INTERRUPTED_ATTR,
+    PARENT_ATTR,
+    PAUSED_ATTR,
 )
 from hypersweep.strategies import unflatten_params
 
@@ -33,8 +35,9 @@ _STATE_NAMES = {
 class TrialRecord:
     """One trial of a sweep.
 
-    ``state`` is one of completed, pruned, failed, running or waiting (interrupted or paused,
-    to be resumed from its checkpoint).
+    ``state`` is one of completed, pruned (stopped early), failed, running, paused (by the
+    scheduler, to be promoted) or interrupted (to be resumed). ``parent`` is the trial whose
+    checkpoint a population-based-training clone started from.
     """
 
     number: int
@@ -48,6 +51,7 @@ class TrialRecord:
     checkpoint: str | None = None
     attempts: int = 1
     duration: float | None = None
+    parent: int | None = None
 
     @classmethod
     def from_frozen(
@@ -62,6 +66,8 @@ class TrialRecord:
         state = _STATE_NAMES.get(trial.state.name, trial.state.name.lower())
         if state == "waiting" and trial.system_attrs.get(INTERRUPTED_ATTR):
             state = "interrupted"
+        elif state == "waiting" and trial.system_attrs.get(PAUSED_ATTR) is not None:
+            state = "paused"
         value = trial.value if trial.values is not None and len(trial.values) == 1 else None
         metrics = dict(trial.user_attrs.get("metrics", {}))
         if not metrics and value is not None and metric is not None:
@@ -78,6 +84,7 @@ class TrialRecord:
             checkpoint=trial.system_attrs.get(CHECKPOINT_ATTR),
             attempts=int(trial.system_attrs.get(ATTEMPTS_ATTR, 0)) + 1,
             duration=duration,
+            parent=trial.system_attrs.get(PARENT_ATTR),
         )
 
 

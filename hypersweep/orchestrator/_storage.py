@@ -37,6 +37,9 @@ ATTEMPTS_ATTR = "hypersweep:attempts"
 CHECKPOINT_ATTR = "hypersweep:checkpoint"
 HISTORY_ATTR = "hypersweep:history"
 INTERRUPTED_ATTR = "hypersweep:interrupted"
+PAUSED_ATTR = "hypersweep:paused_at"  # the step a paused trial waits at
+PARENT_ATTR = "hypersweep:parent"  # the trial a clone started from (population-based training)
+CLONED_FROM_ATTR = "hypersweep:cloned_from"  # the checkpoint it started from
 LEASE_PREFIX = "hypersweep:lease:"
 ERROR_ATTR = "fail_reason"  # Optuna's own key for why a trial failed
 

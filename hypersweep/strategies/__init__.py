@@ -2,11 +2,14 @@
 
 from hypersweep.strategies._samplers import STRATEGY_NAMES, check_strategy, grid_size, make_sampler
 from hypersweep.strategies._schedulers import (
+    ASHA,
     EARLY_STOPPING_NAMES,
+    PBT,
+    Clone,
     Decision,
+    Hyperband,
     OptunaPrunerScheduler,
     Scheduler,
-    make_pruner,
     make_scheduler,
 )
 from hypersweep.strategies._space import (
@@ -31,13 +34,17 @@ from hypersweep.strategies._space import (
 )
 
 __all__ = [
+    "ASHA",
     "EARLY_STOPPING_NAMES",
+    "PBT",
     "STRATEGY_NAMES",
     "Categorical",
+    "Clone",
     "Decision",
     "Domain",
     "Float",
     "Grid",
+    "Hyperband",
     "Int",
     "OptunaPrunerScheduler",
     "Scheduler",
@@ -48,7 +55,6 @@ __all__ = [
     "grid_search_space",
     "grid_size",
     "loguniform",
-    "make_pruner",
     "make_sampler",
     "make_scheduler",
     "parse_space",

@@ -1,0 +1,46 @@
+"""Test helpers for hypersweep: a real local Kubernetes control plane and a node agent.
+
+See :mod:`hypersweep.testing._k8s` for :class:`LocalCluster` and the node-pool helpers, and
+:mod:`hypersweep.testing._node_agent` for the agent that really runs pods on a test node.
+"""
+
+from hypersweep.testing._k8s import (
+    BUILD_COMMAND,
+    CONTROL_PLANE_BINARIES,
+    DEFAULT_K8S_VERSION,
+    KWOK_NODE_ANNOTATION,
+    KWOK_STAGES_FILE,
+    NODE_AGENT_LABEL,
+    POOL_LABEL,
+    BinaryCheck,
+    ClusterStartError,
+    LocalCluster,
+    NodeAgentProcess,
+    binaries_dir,
+    create_namespace,
+    create_node_pool,
+    find_binaries,
+    wait_for_nodes_ready,
+)
+from hypersweep.testing._node_agent import NodeAgent, expand_vars
+
+__all__ = [
+    "BUILD_COMMAND",
+    "CONTROL_PLANE_BINARIES",
+    "DEFAULT_K8S_VERSION",
+    "KWOK_NODE_ANNOTATION",
+    "KWOK_STAGES_FILE",
+    "NODE_AGENT_LABEL",
+    "POOL_LABEL",
+    "BinaryCheck",
+    "ClusterStartError",
+    "LocalCluster",
+    "NodeAgent",
+    "NodeAgentProcess",
+    "binaries_dir",
+    "create_namespace",
+    "create_node_pool",
+    "expand_vars",
+    "find_binaries",
+    "wait_for_nodes_ready",
+]
