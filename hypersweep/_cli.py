@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--json", action="store_true", help="print JSON")
     _storage_argument(best)
 
+    plot = commands.add_parser("plot", help="save a picture of a sweep's values and curves")
+    plot.add_argument("name")
+    plot.add_argument("-o", "--output", help="file to write (default: NAME.png)")
+    _storage_argument(plot)
+
     dashboard = commands.add_parser("dashboard", help="open optuna-dashboard on a sweep")
     dashboard.add_argument("name")
     dashboard.add_argument("--port", type=int, default=8080)
@@ -189,6 +194,15 @@ def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace, console: Console) -> int:
+    from hypersweep._plots import plot_sweep
+    from hypersweep.orchestrator._tune import load
+
+    path = plot_sweep(load(args.name, args.storage), args.output or f"{args.name}.png")
+    console.print(f"saved {path}")
+    return 0
+
+
 def _cmd_dashboard(args: argparse.Namespace, console: Console) -> int:
     from hypersweep.orchestrator._storage import open_storage
 
@@ -210,6 +224,7 @@ _COMMANDS = {
     "validate": _cmd_validate,
     "status": _cmd_status,
     "best": _cmd_best,
+    "plot": _cmd_plot,
     "dashboard": _cmd_dashboard,
 }
 
