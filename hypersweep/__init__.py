@@ -6,7 +6,9 @@ in workers can ``import hypersweep`` to report without paying for the driver's d
 
 from hypersweep._errors import ConfigError
 from hypersweep._version import __version__
+from hypersweep.launchers import RayLauncher
 from hypersweep.orchestrator import (
+    Replicas,
     SweepResult,
     TrialContext,
     TrialPruned,
@@ -22,6 +24,8 @@ from hypersweep.strategies import choice, grid, loguniform, quniform, randint, u
 
 __all__ = [
     "ConfigError",
+    "RayLauncher",
+    "Replicas",
     "SweepResult",
     "TrialContext",
     "TrialPruned",

@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("name")
     dashboard.add_argument("--port", type=int, default=8080)
     _storage_argument(dashboard)
+
+    # Everything after "operator" goes to its own parser (hypersweep.operators._operator).
+    operator = commands.add_parser(
+        "operator", help="the Kubernetes operator (run, crds)", add_help=False, prefix_chars="\0"
+    )
+    operator.add_argument("operator_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -218,6 +224,12 @@ def _cmd_dashboard(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_operator(args: argparse.Namespace, console: Console) -> int:
+    from hypersweep.operators._operator import main as operator_main
+
+    return operator_main(args.operator_args)
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "resume": _cmd_resume,
@@ -226,6 +238,7 @@ _COMMANDS = {
     "best": _cmd_best,
     "plot": _cmd_plot,
     "dashboard": _cmd_dashboard,
+    "operator": _cmd_operator,
 }
 
 

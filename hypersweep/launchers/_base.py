@@ -10,16 +10,22 @@ import abc
 from dataclasses import dataclass
 
 from hypersweep.orchestrator._events import Event, TrialAssignment
+from hypersweep.orchestrator._job import TrainJob
 from hypersweep.orchestrator._objective import ObjectiveRef
 
 
 @dataclass(frozen=True)
 class SweepContext:
-    """What a launcher learns once, before the first trial."""
+    """What a launcher learns once, before the first trial.
+
+    ``job`` is set when every trial runs as several replicas: the launcher runs each attempt
+    of a trial as that job (``job.for_trial(...)``), all replicas together.
+    """
 
     sweep_name: str
     objective: ObjectiveRef
     metric: str
+    job: TrainJob | None = None
 
 
 class Launcher(abc.ABC):

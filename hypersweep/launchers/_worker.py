@@ -3,6 +3,10 @@
 Started as ``python -m hypersweep.launchers._worker FD`` by the local launcher. It dies with its
 driver (Linux's parent-death signal, with a polling fallback), so a killed driver leaves no
 orphaned worker. Each trial's stdout and stderr can go to a log file of its own.
+
+A worker can also be one replica of a multi-replica trial (``ReplicaRun``): its rendezvous
+environment was set when it started, it knows its rank, and rank 0 of a PyTorch gang serves the
+``torch.distributed`` store on the socket the launcher bound for it.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import sys
 import threading
 import time
 import traceback
+from datetime import timedelta
 from multiprocessing.connection import Connection
 from typing import Any
 
+from hypersweep.launchers._process import ReplicaRun
 from hypersweep.orchestrator._events import TrialAssignment
 from hypersweep.orchestrator._objective import Objective, ObjectiveRef
 from hypersweep.orchestrator._reporting import (
@@ -28,6 +34,27 @@ from hypersweep.orchestrator._reporting import (
 )
 
 _PR_SET_PDEATHSIG = 1
+
+
+def serve_torch_store(listen_fd: int, world_size: int) -> Any:
+    """Serve the c10d store of a PyTorch gang on an inherited listening socket.
+
+    This is what torchrun's agent does: with ``TORCHELASTIC_USE_AGENT_STORE`` set, every rank's
+    ``init_process_group()`` (env://) joins this store as a client, rank 0 included, instead of
+    rank 0 binding ``MASTER_PORT`` itself, which could race with other programs for the port.
+    The store lives as long as the returned object.
+    """
+    import torch.distributed as dist
+
+    return dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=True,
+        timeout=timedelta(minutes=30),  # torch's default process-group timeout
+        wait_for_workers=False,
+        master_listen_fd=listen_fd,
+    )
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -133,12 +160,25 @@ def main(argv: list[str]) -> int:
                 objectives[ref.key] = traceback.format_exc()
         elif kind == "run":
             key, assignment, log_path = message[1], message[2], message[3]
+            replica: ReplicaRun | None = message[4] if len(message) > 4 else None
             _redirect_output(log_path)
             objective = objectives[key]
             if isinstance(objective, str):
                 connection.send(("error", "the objective could not be loaded", objective))
                 continue
-            run_assignment(connection, objective, assignment)
+            context: dict[str, Any] = {}
+            store = None
+            if replica is not None:
+                context = {"rank": replica.rank, "world_size": replica.world_size}
+                if replica.store_fd is not None:
+                    try:
+                        store = serve_torch_store(replica.store_fd, replica.world_size)
+                    except Exception as error:  # noqa: BLE001 - reported as this replica's error
+                        problem = f"could not serve torch.distributed's store: {error}"
+                        connection.send(("error", problem, traceback.format_exc()))
+                        continue
+            run_assignment(connection, objective, assignment, **context)
+            del store
         elif kind == "exit":
             return 0
 

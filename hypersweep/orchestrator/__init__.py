@@ -1,5 +1,13 @@
 """The sweep loop, trial lifecycle, storage, and the trial-side reporting API."""
 
+from hypersweep.orchestrator._job import (
+    Entrypoint,
+    ReplicaGroup,
+    Replicas,
+    Resources,
+    RestartPolicy,
+    TrainJob,
+)
 from hypersweep.orchestrator._reporting import (
     TrialContext,
     TrialPaused,
@@ -13,7 +21,13 @@ from hypersweep.orchestrator._result import SweepResult, TrialRecord
 from hypersweep.orchestrator._tune import load, tune
 
 __all__ = [
+    "Entrypoint",
+    "ReplicaGroup",
+    "Replicas",
+    "Resources",
+    "RestartPolicy",
     "SweepResult",
+    "TrainJob",
     "TrialContext",
     "TrialPaused",
     "TrialPruned",

@@ -56,6 +56,7 @@ from hypersweep.strategies import (
     Clone,
     Decision,
     OptunaPrunerScheduler,
+    StrategyNotReady,
     make_sampler,
     make_scheduler,
     sample_config,
@@ -146,6 +147,7 @@ class Orchestrator:
         self._ready: list[tuple[int, dict[str, Any]]] = []
         self._warned_no_checkpoint = False
         self._sampler_exhausted = False
+        self._strategy_waits = False  # the strategy had no config: wait for a trial to end
         self._budget_exhausted = False
         self._hard_stop = False
         self._interrupt_requested = False
@@ -173,6 +175,8 @@ class Orchestrator:
             settings.space,
             settings.seed,
             parallel=(settings.max_concurrent or 2) > 1,
+            metric=settings.metric,
+            mode=settings.mode,
         )
         direction: Literal["minimize", "maximize"] = (
             "minimize" if settings.mode == "min" else "maximize"
@@ -250,7 +254,9 @@ class Orchestrator:
         Raises KeyboardInterrupt after a clean stop on Ctrl-C: running trials are stopped and
         put back in the queue, so that ``resume`` continues them from their checkpoints.
         """
-        self.launcher.start(SweepContext(self.name, self.objective, self.settings.metric))
+        self.launcher.start(
+            SweepContext(self.name, self.objective, self.settings.metric, self.settings.job)
+        )
         self._started = time.monotonic()
         restore_sigint = self._install_sigint_handler()
         try:
@@ -322,6 +328,7 @@ class Orchestrator:
         if orphans:
             self._waiting = []
         self._budget_exhausted = False
+        self._strategy_waits = False
         self._next_heartbeat = time.monotonic() + self.heartbeat_interval
 
     def _all_done(self) -> bool:
@@ -353,7 +360,9 @@ class Orchestrator:
     # --- starting trials -----------------------------------------------------------------
 
     def _fill_slots(self) -> None:
-        while self.launcher.free_slots() > 0 and self.stop_reason is None:
+        while (
+            self.launcher.free_slots() > 0 and self.stop_reason is None and not self._strategy_waits
+        ):
             claimed = self._claim_next()
             if claimed is None:
                 return
@@ -463,6 +472,13 @@ class Orchestrator:
         trial = optuna.Trial(self.study, trial_id)
         try:
             config = sample_config(self.settings.space, trial)
+        except StrategyNotReady as not_ready:
+            # Back to the queue, unstarted; claim no fresh trial until a running one ends.
+            self.store.requeue(trial_id)
+            self._strategy_waits = True
+            if not_ready.exhausted:
+                self._exhaust_sampler()
+            return
         except Exception as error:  # noqa: BLE001 - a sampler error fails only this trial
             import traceback
 
@@ -533,6 +549,9 @@ class Orchestrator:
             running.number, "running", running.config, running.latest, None
         )
         decision = Decision.CONTINUE
+        forward = getattr(self.study.sampler, "on_trial_result", None)  # Ray Tune searchers
+        if forward is not None:
+            forward(self.study, running.number, event.step, event.metrics)
         value = event.metrics.get(self.settings.metric)
         if value is not None and event.step not in running.reported_steps:
             running.reported_steps.add(event.step)
@@ -641,6 +660,7 @@ class Orchestrator:
         import optuna
 
         self.running.pop(running.number, None)
+        self._strategy_waits = False
         trial_id = running.trial._trial_id
         if running.history:
             self.store.storage.set_trial_system_attr(trial_id, HISTORY_ATTR, running.history)
@@ -674,15 +694,19 @@ class Orchestrator:
         except RuntimeError as error:
             if _SAMPLER_STOP not in str(error):
                 raise
-            # No new configs; requeued and paused trials still run to the end.
-            if not self._sampler_exhausted:
-                logger.info("The strategy has no more configs to try")
-            self._sampler_exhausted = True
-            self._waiting = [t for t in self._waiting if t.params]
+            self._exhaust_sampler()
+
+    def _exhaust_sampler(self) -> None:
+        """No new configs; requeued and paused trials still run to the end."""
+        if not self._sampler_exhausted:
+            logger.info("The strategy has no more configs to try")
+        self._sampler_exhausted = True
+        self._waiting = [t for t in self._waiting if t.params]
 
     def _requeue(self, running: RunningTrial, *, paused: bool) -> None:
         """Back to the queue: paused (the scheduler resumes it) or interrupted (resumed first)."""
         self.running.pop(running.number, None)
+        self._strategy_waits = False
         trial_id = running.trial._trial_id
         storage = self.store.storage
         if running.history:

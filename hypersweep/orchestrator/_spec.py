@@ -21,6 +21,7 @@ import pydantic
 import yaml
 
 from hypersweep._errors import ConfigError
+from hypersweep.orchestrator._job import Replicas, TrainJob
 from hypersweep.strategies import (
     check_strategy,
     grid_size,
@@ -64,6 +65,7 @@ class SweepSettings:
     seed: int | None = None
     keep_checkpoints: int = 2
     checkpoint_dir: str | None = None
+    replicas: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validated(self) -> SweepSettings:
@@ -96,6 +98,8 @@ class SweepSettings:
             grid_size(self.space)  # refuses continuous domains, naming them
         if self.n_trials is None and self.timeout is None:
             raise ConfigError("n_trials: give the number of trials to run (or a timeout)")
+        if self.replicas is not None:
+            self.replicas = Replicas.from_value(self.replicas)
         if self.name is None:
             if self.resume:
                 raise ConfigError("name: resume=True needs the name of the sweep to resume")
@@ -106,6 +110,19 @@ class SweepSettings:
                 "and '-' (at most 100 characters), starting with a letter or digit"
             )
         return self
+
+    @property
+    def job(self) -> TrainJob | None:
+        """The job each trial runs as, when trials have several replicas; else None.
+
+        The gang's backoff limit is ``max_retries``: a restart of the gang is a retry of the
+        trial.
+        """
+        if self.replicas is None:
+            return None
+        assert self.name is not None, "validate the settings first"
+        replicas = Replicas.from_value(self.replicas)
+        return replicas.to_job(self.name, backoff_limit=self.max_retries)
 
     def to_data(self, objective_reference: str | None) -> dict[str, Any]:
         """The plain-data form stored with the sweep (no secrets: the storage URL is left out)."""
@@ -126,7 +143,23 @@ class SweepSettings:
             "max_retries": self.max_retries,
             "seed": self.seed,
             "keep_checkpoints": self.keep_checkpoints,
+            "replicas": Replicas.from_value(self.replicas).to_dict()
+            if self.replicas is not None
+            else None,
         }
+
+
+class ReplicasSpec(pydantic.BaseModel):
+    """``replicas:`` in a sweep file: the fields of :class:`hypersweep.Replicas`."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    n: int = pydantic.Field(ge=1, description="replicas per trial")
+    framework: Literal["pytorch", "tensorflow"] = "pytorch"
+    gpus_per_replica: int = pydantic.Field(default=0, ge=0)
+    cpus_per_replica: float | None = pydantic.Field(default=None, gt=0)
+    env: dict[str, str] = pydantic.Field(default_factory=dict)
+    restart_policy: Literal["OnFailure", "ExitCode", "Never"] = "OnFailure"
 
 
 class SweepSpec(pydantic.BaseModel):
@@ -149,6 +182,7 @@ class SweepSpec(pydantic.BaseModel):
     max_retries: int = pydantic.Field(default=2, ge=0)
     seed: int | None = pydantic.Field(default=None, ge=0)
     keep_checkpoints: int = pydantic.Field(default=2, ge=1)
+    replicas: ReplicasSpec | None = None
 
     def to_settings(self, *, resume: bool = False) -> SweepSettings:
         """The validated settings; the space is parsed from its plain-data form."""
@@ -174,7 +208,9 @@ def parse_spec(data: Any, source: str = "sweep") -> SweepSpec:
             where = _format_location(item["loc"])
             message = item["msg"]
             if item["type"] == "extra_forbidden":
-                allowed = ", ".join(SweepSpec.model_fields)
+                nested = item["loc"][:1] == ("replicas",) and len(item["loc"]) > 1
+                model = ReplicasSpec if nested else SweepSpec
+                allowed = ", ".join(model.model_fields)
                 message = f"unknown field; allowed fields are {allowed}"
             problems.append(f"{source}: {where}: {message}")
         raise ConfigError("\n".join(problems)) from None

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import optuna
 
     from hypersweep.launchers._base import Launcher
+    from hypersweep.orchestrator._job import Replicas
     from hypersweep.orchestrator._orchestrator import Orchestrator
 
 
@@ -47,6 +48,7 @@ def tune(
     seed: int | None = None,
     keep_checkpoints: int = 2,
     checkpoint_dir: str | None = None,
+    replicas: Replicas | dict[str, Any] | None = None,
     launcher: Launcher | None = None,
     verbose: bool = True,
     on_update: Callable[[Orchestrator], None] | None = None,
@@ -78,6 +80,11 @@ def tune(
         seed: seed of the strategy.
         keep_checkpoints: checkpoints kept per trial.
         checkpoint_dir: where checkpoints go; defaults to the sweep's folder.
+        replicas: run every trial as several replicas of the objective (distributed
+            training), e.g. ``hs.Replicas(n=4, framework="pytorch")``: one process per rank,
+            with the rendezvous environment of torchrun or TFJob set, started and stopped
+            together. Rank 0's reports are the trial's; ``max_retries`` bounds the restarts
+            of the whole gang from the latest checkpoint.
         launcher: where trials run; defaults to ``LocalLauncher(max_concurrent)``.
         verbose: log one line per finished trial.
         on_update: called with the orchestrator after each step (progress displays).
@@ -107,6 +114,7 @@ def tune(
         seed=seed,
         keep_checkpoints=keep_checkpoints,
         checkpoint_dir=checkpoint_dir,
+        replicas=replicas,
     ).validated()
     objective_ref = resolve_objective(objective)
     if verbose:

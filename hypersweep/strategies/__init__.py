@@ -1,6 +1,12 @@
 """Search and early stopping: pure decision logic, no I/O."""
 
-from hypersweep.strategies._samplers import STRATEGY_NAMES, check_strategy, grid_size, make_sampler
+from hypersweep.strategies._samplers import (
+    STRATEGY_NAMES,
+    StrategyNotReady,
+    check_strategy,
+    grid_size,
+    make_sampler,
+)
 from hypersweep.strategies._schedulers import (
     ASHA,
     EARLY_STOPPING_NAMES,
@@ -48,6 +54,7 @@ __all__ = [
     "Int",
     "OptunaPrunerScheduler",
     "Scheduler",
+    "StrategyNotReady",
     "check_strategy",
     "choice",
     "flatten_space",

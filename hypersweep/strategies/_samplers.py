@@ -19,21 +19,40 @@ if TYPE_CHECKING:
 STRATEGY_NAMES = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2")
 
 
+class StrategyNotReady(Exception):
+    """Raised by a sampler that has no config to propose for a fresh trial right now.
+
+    The orchestrator puts the trial back in the queue and claims no other fresh trial until a
+    running one ends; with ``exhausted`` the strategy will never propose another config (the
+    sweep ends once the trials already proposed are done). Ray Tune's searchers work this way
+    (``suggest`` returns None or ``Searcher.FINISHED``).
+    """
+
+    def __init__(self, message: str = "", *, exhausted: bool = False) -> None:
+        super().__init__(message or ("no more configs" if exhausted else "no config yet"))
+        self.exhausted = exhausted
+
+
 def check_strategy(strategy: Any, field: str = "strategy") -> None:
     """Refuse an unknown strategy before anything starts."""
     if isinstance(strategy, str):
         if strategy not in STRATEGY_NAMES:
             raise ConfigError(
                 f"{field}: unknown strategy {strategy!r}; expected one of "
-                f"{', '.join(STRATEGY_NAMES)} or an optuna.samplers.BaseSampler instance"
+                f"{', '.join(STRATEGY_NAMES)}, an optuna.samplers.BaseSampler or a Ray Tune "
+                "Searcher instance"
             )
+        return
+    from hypersweep.strategies._ray_searcher import is_ray_search_algorithm
+
+    if is_ray_search_algorithm(strategy):
         return
     import optuna
 
     if not isinstance(strategy, optuna.samplers.BaseSampler):
         raise ConfigError(
-            f"{field}: expected a strategy name or an optuna.samplers.BaseSampler, "
-            f"got {type(strategy).__name__}"
+            f"{field}: expected a strategy name, an optuna.samplers.BaseSampler or a Ray Tune "
+            f"Searcher, got {type(strategy).__name__}"
         )
 
 
@@ -43,16 +62,24 @@ def make_sampler(
     seed: int | None = None,
     *,
     parallel: bool = True,
+    metric: str | None = None,
+    mode: str | None = None,
 ) -> optuna.samplers.BaseSampler:
     """Build the Optuna sampler for ``strategy``.
 
     ``parallel`` turns on TPE's constant liar, so that trials running at the same time are not
-    proposed the same point (Optuna's recommendation for parallel workers).
+    proposed the same point (Optuna's recommendation for parallel workers). A Ray Tune search
+    algorithm is wrapped in a sampler that asks it for configs; it is told the sweep's
+    ``metric`` and ``mode``.
     """
     import optuna
 
     check_strategy(strategy)
     if not isinstance(strategy, str):
+        from hypersweep.strategies._ray_searcher import RaySearcherSampler, is_ray_search_algorithm
+
+        if is_ray_search_algorithm(strategy):
+            return RaySearcherSampler(strategy, space, metric=metric, mode=mode, seed=seed)
         return strategy
     samplers = optuna.samplers
     if strategy == "tpe":

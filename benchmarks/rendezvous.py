@@ -1,0 +1,222 @@
+"""Rendezvous and gang restart: hypersweep's local launcher against a plain torchrun, in one run.
+
+Two measurements on the same script (``benchmarks/rendezvous_train.py``), gloo on CPU:
+
+1. Launch to the first completed all-reduce, for 2 and 4 replicas: from the moment the launch
+   command starts to the moment rank 0's first all-reduce returns. Compared: ``torchrun
+   --standalone --nproc-per-node N`` as a new process; ``hypersweep`` as a new process running
+   ``hs.tune(..., replicas=hs.Replicas(n=N))`` for one trial (the same start-up costs as
+   torchrun: interpreter, imports); and ``hs.tune()`` called in an already running driver.
+2. Replica kill to training resumed: SIGKILL rank 1 in the middle of an epoch, and time until
+   rank 0 completes its first training step (an all-reduce) after the restart from the latest
+   checkpoint. Compared: hypersweep's gang restart (``max_retries``) and torchrun's worker
+   group restart (``--max-restarts 1``, its default ``--monitor-interval``, and
+   ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, without which its restarted workers hang:
+   pytorch/pytorch#135712).
+
+    python benchmarks/rendezvous.py [--repeats 3]
+
+Prints a table and writes benchmarks/results/rendezvous.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import hypersweep as hs
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SCRIPT = HERE / "rendezvous_train.py"
+TRAIN = {"epochs": 40, "steps": 10, "step_s": 0.02}
+
+
+def _env(bench_dir: Path) -> dict[str, str]:
+    env = dict(os.environ, BENCH_DIR=str(bench_dir), HYPERSWEEP_RUNS_DIR=str(bench_dir / "runs"))
+    env.setdefault("OMP_NUM_THREADS", "1")  # what both launchers use by default
+    return env
+
+
+def _torchrun(replicas: int, *args: str, restarts: int = 0) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(replicas),
+        "--max-restarts",
+        str(restarts),
+        str(SCRIPT),
+        *args,
+    ]
+
+
+def _hypersweep(replicas: int, function: str, config: dict[str, Any]) -> list[str]:
+    """A new driver process that runs one multi-replica trial (like ``hypersweep run``)."""
+    code = (
+        "import hypersweep as hs, sys\n"
+        "space = {'x': hs.uniform(0, 1), **" + repr(config) + "}\n"
+        "r = hs.tune(space, " + repr(f"{SCRIPT}:{function}") + ", metric='loss', n_trials=1,\n"
+        "            replicas=hs.Replicas(n=" + str(replicas) + "), max_retries=1, verbose=False)\n"
+        "sys.exit(0 if r.counts() == {'completed': 1} else 1)\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+def _first_allreduce_done(bench_dir: Path) -> float:
+    return float(json.loads((bench_dir / "allreduce.json").read_text())["done"])
+
+
+def time_to_first_allreduce(launcher: str, replicas: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_dir = Path(tmp)
+        env = _env(bench_dir)
+        if launcher == "hs.tune() in a running driver":
+            saved = dict(os.environ)
+            os.environ.update(env)
+            try:
+                start = time.time()
+                result = hs.tune(
+                    {"x": hs.uniform(0, 1)},
+                    f"{SCRIPT}:first_allreduce",
+                    metric="loss",
+                    n_trials=1,
+                    replicas=hs.Replicas(n=replicas),
+                    verbose=False,
+                )
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+            assert result.counts() == {"completed": 1}, result.trials[0].error
+        else:
+            command = (
+                _torchrun(replicas, "first_allreduce")
+                if launcher == "torchrun"
+                else _hypersweep(replicas, "first_allreduce", {})
+            )
+            start = time.time()
+            subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
+        return _first_allreduce_done(bench_dir) - start
+
+
+def _progress(bench_dir: Path) -> list[dict[str, Any]]:
+    path = bench_dir / "progress.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def kill_to_resume(launcher: str, replicas: int) -> float:
+    """SIGKILL rank 1 during epoch 3; seconds until rank 0's first step after the restart."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_dir = Path(tmp)
+        command = (
+            _torchrun(replicas, "train", json.dumps(TRAIN), restarts=1)
+            if launcher == "torchrun"
+            else _hypersweep(replicas, "train", TRAIN)
+        )
+        env = _env(bench_dir)
+        if launcher == "torchrun":
+            # torchrun's agent-hosted store keeps the keys of the killed round, and the restarted
+            # workers hang in init_process_group (pytorch/pytorch#135712); its workaround is a
+            # store per round, served by rank 0, as before torch 2.5.
+            env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not any(r["epoch"] == 3 and r["step"] == 5 for r in _progress(bench_dir)):
+                assert time.monotonic() < deadline and process.poll() is None, "no progress"
+                time.sleep(0.01)
+            victim = int((bench_dir / "rank1-attempt0.pid").read_text())
+            killed = time.time()
+            os.kill(victim, signal.SIGKILL)
+            assert process.wait(timeout=120) == 0, f"{launcher} did not finish after the kill"
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        resumed = min(r["t"] for r in _progress(bench_dir) if r["attempt"] >= 1)
+        return resumed - killed
+
+
+def _summary(samples: list[float]) -> dict[str, Any]:
+    return {
+        "median_s": statistics.median(samples),
+        "min_s": min(samples),
+        "max_s": max(samples),
+        "samples_s": samples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--replicas", type=int, nargs="+", default=[2, 4])
+    args = parser.parse_args()
+
+    import torch
+
+    launchers = ["torchrun", "hypersweep (new driver process)", "hs.tune() in a running driver"]
+    first: dict[str, dict[str, Any]] = {}
+    restart: dict[str, dict[str, Any]] = {}
+    for replicas in args.replicas:
+        samples: dict[str, list[float]] = {name: [] for name in launchers}
+        for _ in range(args.repeats):  # interleaved, so that drifts in load hit all alike
+            for name in launchers:
+                samples[name].append(time_to_first_allreduce(name, replicas))
+        for name in launchers:
+            first[f"{name}, {replicas} replicas"] = _summary(samples[name])
+        restarts: dict[str, list[float]] = {"torchrun": [], "hypersweep": []}
+        for _ in range(args.repeats):
+            for name in restarts:
+                restarts[name].append(kill_to_resume(name, replicas))
+        for name, values in restarts.items():
+            restart[f"{name}, {replicas} replicas"] = _summary(values)
+
+    print("\nlaunch to first completed all-reduce (gloo, CPU)")
+    print(f"{'launcher':48} {'median s':>9} {'min s':>7} {'max s':>7}")
+    for name, entry in first.items():
+        print(f"{name:48} {entry['median_s']:9.2f} {entry['min_s']:7.2f} {entry['max_s']:7.2f}")
+    print("\nreplica SIGKILL to training resumed from the checkpoint")
+    print(f"{'launcher':48} {'median s':>9} {'min s':>7} {'max s':>7}")
+    for name, entry in restart.items():
+        print(f"{name:48} {entry['median_s']:9.2f} {entry['min_s']:7.2f} {entry['max_s']:7.2f}")
+
+    RESULTS.mkdir(exist_ok=True)
+    payload = {
+        "benchmark": "rendezvous",
+        "script": "benchmarks/rendezvous_train.py (gloo, CPU, OMP_NUM_THREADS=1)",
+        "repeats": args.repeats,
+        "train": TRAIN,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "versions": {"hypersweep": hs.__version__, "torch": torch.__version__},
+        "launch_to_first_allreduce": first,
+        "kill_to_resumed": restart,
+    }
+    (RESULTS / "rendezvous.json").write_text(json.dumps(payload, indent=2))
+    print(f"\nsaved {RESULTS / 'rendezvous.json'}")
+
+
+if __name__ == "__main__":
+    main()

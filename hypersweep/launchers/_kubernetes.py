@@ -1,0 +1,878 @@
+"""The Kubernetes launcher: each trial runs as a TrainJob, and reports to this process over HTTP.
+
+The orchestrator loop is the same as for local workers; only where trials run differs. For each
+attempt of a trial the launcher creates:
+
+* a Secret ``<sweep>-trial-<n>-trial`` holding the trial's token (a fresh random secret per
+  attempt) and its config, mounted and exposed to the trial's pods only;
+* a TrainJob ``<sweep>-trial-<n>`` from the trial template, with the trial's parameters injected
+  (``HYPERSWEEP_CONFIG``, the config file, ``${trialParameters.NAME}``), the reporting
+  environment, and the objective reference when the template names no command.
+
+The TrainJob controller runs its pods. Trials report through ``hypersweep.report`` over HTTP to
+:class:`~hypersweep.operators._server.ReportServer` (the operator's, or one this launcher starts),
+which hands each message to :meth:`KubernetesLauncher.handle_trial_message`: the token must be the
+one of that very trial, so a trial cannot report for another. A message is answered only once
+the orchestrator has handled it (a report gets its decision; a result is in storage).
+
+Names are deterministic, so the launcher of a restarted operator finds the TrainJobs of the
+trials it resumes: a TrainJob of the same trial and attempt that still runs is *adopted* (its
+pods go on, and their retried messages arrive here); anything else of that name is deleted and
+created again. Early stopping suspends the trial's TrainJob (its pods are deleted, the job stays
+for inspection); interrupting the sweep deletes the TrainJobs of the trials it stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypersweep._errors import ConfigError
+from hypersweep.launchers._base import Launcher, SweepContext
+from hypersweep.operators import _names as names
+from hypersweep.operators._crds import MAX_SWEEP_NAME
+from hypersweep.operators._kube import (
+    SECRETS,
+    TRAINJOBS,
+    ApiError,
+    JsonDict,
+    Kube,
+    owner_reference,
+)
+from hypersweep.operators._server import ReportServer
+from hypersweep.operators._trainjob import (
+    CONTAINER_NAMES,
+    JobSpec,
+    SpecError,
+    condition,
+    is_true,
+    main_container,
+    with_suspend,
+)
+from hypersweep.orchestrator._events import (
+    Checkpointed,
+    Completed,
+    Crashed,
+    Errored,
+    Event,
+    Reported,
+    Stopped,
+    TrialAssignment,
+)
+from hypersweep.orchestrator._job import TrainJob, dns_label
+
+logger = logging.getLogger("hypersweep")
+
+ENTRYPOINT = ("python", "-m", "hypersweep.operators.trial_entrypoint")
+_PARAMETER = re.compile(r"\$\{trialParameters\.([A-Za-z0-9_.\-]+)\}")
+_LONG_POLL = 20.0
+_FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+_MAX_PICKLE = 96 * 1024  # one environment variable holds at most 128 KiB on Linux
+_ROLE_NAMES = {"master": "Master", "worker": "Worker", "chief": "Chief"}
+
+
+class LauncherDetached(KeyboardInterrupt):
+    """Raised by :meth:`KubernetesLauncher.poll` after :meth:`~KubernetesLauncher.detach`.
+
+    A KeyboardInterrupt, so that the orchestrator stops as on Ctrl-C: it puts its running trials
+    back in the queue, and another driver (the next operator leader) resumes them by adopting
+    their TrainJobs, which were left running.
+    """
+
+
+@dataclass
+class _Trial:
+    """One attempt of a trial as this launcher tracks it."""
+
+    number: int
+    name: str
+    attempt: int
+    token: str
+    created: float
+    pending: deque[int] = field(default_factory=deque)  # rank 0's steps awaiting a decision
+    decisions: dict[int, str] = field(default_factory=dict)
+    latest_decided: int = -1
+    outcome: str | None = None
+    seen: dict[tuple[str, int], int | None] = field(default_factory=dict)  # message -> ticket
+    job_seen: bool = False
+    succeeded_at: float | None = None
+
+
+class KubernetesLauncher(Launcher):
+    """Runs each trial as a TrainJob in ``namespace``; trials report to this process.
+
+    Args:
+        namespace: where trials' TrainJobs and Secrets are created.
+        trial_template: the spec of each trial's TrainJob (``replicaSpecs``/``framework``,
+            or Kubeflow's ``pytorchReplicaSpecs``/``tfReplicaSpecs``, and ``runPolicy``).
+            Default: one replica of ``image`` running the sweep's objective (or, with
+            ``tune(replicas=...)``, the replicas it describes).
+        image: the trial image, for the default template.
+        max_concurrent: trials running at once.
+        kubeconfig: the kubeconfig to use; default: in-cluster, else ``~/.kube/config``.
+        report_url: the URL at which trial pods reach this process; default: this pod's IP
+            (``$POD_IP``) when running in a cluster.
+        report_port: the port to listen on for trials' reports (0: any free port).
+        sync_interval: seconds between checks of the TrainJobs' states.
+
+    Trials restore from checkpoints under the sweep's ``checkpoint_dir``, which must be on a
+    volume that trial pods mount at the same path (``volumes`` and ``volume_mounts``, added to
+    every replica), as the operator does with its data volume.
+
+    The operator also passes ``kube``, ``server``, ``sweep``, ``owner`` and ``trial_state``, to
+    share its client and server, own the trials by their Sweep, and answer trials that a
+    previous leader finished.
+    """
+
+    def __init__(
+        self,
+        namespace: str = "default",
+        *,
+        trial_template: Mapping[str, Any] | None = None,
+        image: str | None = None,
+        max_concurrent: int = 4,
+        kubeconfig: str | None = None,
+        report_url: str | None = None,
+        report_port: int = 0,
+        sync_interval: float = 2.0,
+        kube: Kube | None = None,
+        server: ReportServer | None = None,
+        sweep: str | None = None,
+        owner: Mapping[str, Any] | None = None,
+        volumes: Sequence[Mapping[str, Any]] = (),
+        volume_mounts: Sequence[Mapping[str, Any]] = (),
+        trial_state: Callable[[int], str | None] | None = None,
+    ) -> None:
+        if (
+            isinstance(max_concurrent, bool)
+            or not isinstance(max_concurrent, int)
+            or max_concurrent < 1
+        ):
+            raise ConfigError(f"max_concurrent: expected an integer >= 1, got {max_concurrent!r}")
+        self.namespace = namespace
+        self.max_concurrent = max_concurrent
+        self.sync_interval = sync_interval
+        self._template_given = copy.deepcopy(dict(trial_template)) if trial_template else None
+        self._image = image
+        self._kubeconfig = kubeconfig
+        self._kube = kube
+        self._report_url = report_url
+        self._report_port = report_port
+        self._server = server
+        self._own_server = False
+        self._sweep = sweep
+        self._owner = dict(owner) if owner else None
+        self._volumes = [dict(v) for v in volumes]
+        self._volume_mounts = [dict(m) for m in volume_mounts]
+        self._trial_state = trial_state
+        self._context: SweepContext | None = None
+        self._template: JsonDict = {}
+        self._spec_key = "replicaSpecs"
+        self._cond = threading.Condition()
+        self._trials: dict[int, _Trial] = {}
+        self._ended: dict[int, _Trial] = {}
+        self._queue: list[tuple[int, Event]] = []
+        self._ticket = 0
+        self._returned = 0
+        self._handled = 0
+        self._backlog: list[Event] = []
+        self._actions: list[Callable[[], None]] = []
+        self._next_sync = 0.0
+        self._detached = False
+        self._started = False
+
+    # --- properties ----------------------------------------------------------------------
+
+    @property
+    def kube(self) -> Kube:
+        if self._kube is None:
+            self._kube = Kube.from_config(self._kubeconfig)
+        return self._kube
+
+    @property
+    def sweep(self) -> str:
+        """The sweep's name in Kubernetes (TrainJob names and labels, report URLs)."""
+        assert self._sweep is not None, "start() first"
+        return self._sweep
+
+    def job_name(self, trial_number: int) -> str:
+        """The TrainJob of a trial: ``<sweep>-trial-<n>``, the same across attempts."""
+        return dns_label(f"{self.sweep}-trial-{trial_number}")
+
+    # --- Launcher ------------------------------------------------------------------------
+
+    def start(self, context: SweepContext) -> None:
+        self._context = context
+        if self._sweep is None:
+            self._sweep = dns_label(context.sweep_name)[:MAX_SWEEP_NAME].rstrip("-")
+        self._template = self._trial_template(context)
+        key = next(
+            k
+            for k in ("replicaSpecs", "pytorchReplicaSpecs", "tfReplicaSpecs")
+            if k in self._template
+        )
+        self._spec_key = key
+        if self._server is None:
+            self._server = ReportServer(port=self._report_port).start()
+            self._own_server = True
+        if self._report_url is None:
+            pod_ip = os.environ.get("POD_IP")
+            if not pod_ip:
+                raise ConfigError(
+                    "report_url: trial pods report to this process; pass "
+                    "KubernetesLauncher(report_url='http://HOST:PORT') with an address they can "
+                    f"reach (this process listens on port {self._server.port})"
+                )
+            self._report_url = f"http://{pod_ip}:{self._server.port}"
+        self._server.register(self.namespace, self.sweep, self)
+        self._started = True
+
+    def _trial_template(self, context: SweepContext) -> JsonDict:
+        if self._template_given is not None:
+            template = self._template_given
+        else:
+            if not self._image:
+                raise ConfigError(
+                    "image: give the trial image (KubernetesLauncher(image=...)) or a "
+                    "trial_template"
+                )
+            template = default_template(context.job, self._image)
+        try:
+            JobSpec.from_spec(template)
+        except SpecError as error:
+            raise ConfigError(f"trial_template: {error}") from None
+        objective = context.objective
+        pickled = objective.pickled if objective.reference is None else None
+        if pickled is not None and len(base64.b64encode(pickled)) > _MAX_PICKLE:
+            raise ConfigError(
+                "objective: the pickled function is too large to ship to trial pods; "
+                "pass a 'module:function' reference importable in the trial image"
+            )
+        return template
+
+    def free_slots(self) -> int:
+        with self._cond:
+            return max(0, self.max_concurrent - len(self._trials))
+
+    def launch(self, assignment: TrialAssignment) -> None:
+        number = assignment.trial_number
+        name = self.job_name(number)
+        with self._cond:
+            self._ended.pop(number, None)
+        try:
+            token = self._adopt(name, assignment)
+        except ApiError as error:
+            self._backlog.append(
+                Crashed(number, f"could not read TrainJob {name}: {error.message}")
+            )
+            return
+        trial = _Trial(number, name, assignment.attempt, token or _new_token(), time.monotonic())
+        with self._cond:
+            self._trials[number] = trial
+        if token is not None:
+            logger.info("Trial %d: adopted its running TrainJob %s", number, name)
+            return
+        try:
+            self._write_secret(trial, assignment)
+            self.kube.create(TRAINJOBS, self.namespace, self._render_job(trial, assignment))
+        except ApiError as error:
+            with self._cond:
+                self._trials.pop(number, None)
+            message = f"could not create TrainJob {name}: {error.message}"
+            if error.status in (400, 403, 422):
+                self._backlog.append(Errored(number, message, message))
+            else:
+                self._backlog.append(Crashed(number, message))
+
+    def poll(self, timeout: float) -> list[Event]:
+        if self._detached:
+            raise LauncherDetached
+        with self._cond:
+            actions, self._actions = self._actions, []
+        # First suspend the TrainJobs of trials that stopped early, then answer them: a pod
+        # exits only after its job is suspended, so the job ends Suspended, not Succeeded.
+        for action in actions:
+            try:
+                action()
+            except ApiError as error:
+                logger.warning("cleaning up a trial's TrainJob failed: %s", error)
+        with self._cond:
+            # The orchestrator handles every event of a poll before it polls again.
+            self._handled = self._returned
+            self._cond.notify_all()
+        events, self._backlog = self._backlog, []
+        deadline = time.monotonic() + (0.0 if events else timeout)
+        with self._cond:
+            while not self._queue and not self._detached:
+                remaining = min(deadline, self._next_sync) - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            taken, self._queue = self._queue, []
+            if taken:
+                self._returned = taken[-1][0]
+        events.extend(event for _, event in taken)
+        if time.monotonic() >= self._next_sync:
+            events.extend(self._sync())
+            self._next_sync = time.monotonic() + self.sync_interval
+        return events
+
+    def respond(self, trial_number: int, decision: str) -> None:
+        with self._cond:
+            trial = self._trials.get(trial_number)
+            if trial is None or not trial.pending:
+                return
+            step = trial.pending.popleft()
+            trial.decisions[step] = decision
+            trial.latest_decided = max(trial.latest_decided, step)
+            self._cond.notify_all()
+
+    def stop(self, trial_number: int) -> None:
+        with self._cond:
+            trial = self._trials.pop(trial_number, None)
+            self._cond.notify_all()
+        if trial is None or self._detached:
+            return  # detached: the TrainJob keeps running for the next driver to adopt
+        self._delete_trial(trial.name)
+
+    def shutdown(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        with self._cond:
+            leftover = list(self._trials.values())
+            self._trials.clear()
+            actions, self._actions = self._actions, []
+            finished_here = {t.name for t in self._ended.values() if t.outcome == "result"}
+            # The orchestrator is done: every event it was given is handled, so trials
+            # waiting for the answer to their last message get it and may exit.
+            self._handled = self._ticket
+            self._cond.notify_all()
+        if not self._detached:
+            for action in actions:
+                try:
+                    action()
+                except ApiError as error:
+                    logger.warning("cleaning up a trial's TrainJob failed: %s", error)
+            for trial in leftover:
+                self._delete_trial(trial.name)
+            suspend_unfinished_trainjobs(self.kube, self.namespace, self.sweep, finished_here)
+        assert self._server is not None
+        self._server.unregister(self.namespace, self.sweep, self, finished=not self._detached)
+        if self._own_server:
+            self._server.stop()
+
+    def detach(self) -> None:
+        """Stop driving the sweep but leave its TrainJobs running, for another driver to adopt.
+
+        The orchestrator's next :meth:`poll` raises :class:`LauncherDetached`.
+        """
+        with self._cond:
+            self._detached = True
+            self._cond.notify_all()
+
+    # --- TrainJobs and Secrets -----------------------------------------------------------
+
+    def _adopt(self, name: str, assignment: TrialAssignment) -> str | None:
+        """The token of this trial's TrainJob if it can be adopted; else delete what is there."""
+        job = self.kube.get(TRAINJOBS, self.namespace, name)
+        if job is None:
+            return None
+        meta = job["metadata"]
+        conditions = (job.get("status") or {}).get("conditions") or []
+        run_policy = (job.get("spec") or {}).get("runPolicy") or {}
+        owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
+        adoptable = (
+            not meta.get("deletionTimestamp")
+            and (meta.get("annotations") or {}).get(names.ATTEMPT_ANNOTATION)
+            == str(assignment.attempt)
+            and names.OUTCOME_ANNOTATION not in (meta.get("annotations") or {})
+            and not run_policy.get("suspend")
+            and not is_true(conditions, "Succeeded")
+            and not is_true(conditions, "Failed")
+            and (self._owner is None or self._owner["metadata"]["uid"] in owners)
+        )
+        token = self._read_token(name) if adoptable else None
+        if token is None:
+            self.kube.delete(TRAINJOBS, self.namespace, name, uid=meta["uid"])
+            self._wait_gone(name, meta["uid"])
+        return token
+
+    def _wait_gone(self, name: str, uid: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.kube.get(TRAINJOBS, self.namespace, name)
+            if job is None or job["metadata"]["uid"] != uid:
+                return
+            time.sleep(0.2)
+
+    def _secret_name(self, job_name: str) -> str:
+        return f"{job_name}-trial"
+
+    def _read_token(self, job_name: str) -> str | None:
+        secret = self.kube.get(SECRETS, self.namespace, self._secret_name(job_name))
+        if secret is None:
+            return None
+        encoded = (secret.get("data") or {}).get(names.TOKEN_KEY)
+        return base64.b64decode(encoded).decode() if encoded else None
+
+    def _labels(self, trial_number: int) -> dict[str, str]:
+        return {names.SWEEP_LABEL: self.sweep, names.TRIAL_LABEL: str(trial_number)}
+
+    def _metadata(self, name: str, trial_number: int) -> JsonDict:
+        meta: JsonDict = {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": self._labels(trial_number),
+        }
+        if self._owner is not None:
+            meta["ownerReferences"] = [owner_reference(self._owner)]
+        return meta
+
+    def _write_secret(self, trial: _Trial, assignment: TrialAssignment) -> None:
+        assert self._context is not None
+        data = {
+            names.TOKEN_KEY: trial.token,
+            names.CONFIG_KEY: json.dumps(assignment.config),
+        }
+        objective = self._context.objective
+        if objective.reference is None and objective.pickled is not None:
+            data[names.OBJECTIVE_KEY] = base64.b64encode(objective.pickled).decode()
+        name = self._secret_name(trial.name)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": self._metadata(name, trial.number),
+            "type": "Opaque",
+            "stringData": data,
+        }
+        try:
+            self.kube.create(SECRETS, self.namespace, body)
+        except ApiError as error:
+            if not error.conflict:
+                raise
+            self.kube.replace(SECRETS, self.namespace, name, body)
+
+    def _render_job(self, trial: _Trial, assignment: TrialAssignment) -> JsonDict:
+        """The trial's TrainJob: the template with the trial's parameters and environment."""
+        assert self._context is not None and self._report_url is not None
+        spec = substitute_parameters(self._template, assignment.config)
+        secret = self._secret_name(trial.name)
+        objective = self._context.objective
+        env: list[JsonDict] = [
+            {"name": names.REPORT_URL_ENV, "value": self._report_url},
+            {"name": names.NAMESPACE_ENV, "value": self.namespace},
+            {"name": names.SWEEP_ENV, "value": self.sweep},
+            {"name": names.TRIAL_ENV, "value": str(trial.number)},
+            {"name": names.ATTEMPT_ENV, "value": str(trial.attempt)},
+            {"name": names.CHECKPOINT_DIR_ENV, "value": assignment.checkpoint_dir},
+            {"name": names.KEEP_CHECKPOINTS_ENV, "value": str(assignment.keep_checkpoints)},
+            {
+                "name": names.CONFIG_FILE_ENV,
+                "value": f"{names.TRIAL_CONFIG_DIR}/{names.CONFIG_KEY}",
+            },
+            _secret_env(names.TOKEN_ENV, secret, names.TOKEN_KEY),
+            _secret_env(names.CONFIG_ENV, secret, names.CONFIG_KEY),
+        ]
+        if objective.reference is not None:
+            env.append({"name": names.OBJECTIVE_ENV, "value": objective.reference})
+        elif objective.pickled is not None:
+            env.append(_secret_env(names.OBJECTIVE_PICKLE_ENV, secret, names.OBJECTIVE_KEY))
+        env += [{"name": k, "value": v} for k, v in assignment.env.items()]
+        parsed = JobSpec.from_spec(spec)
+        for replica_spec in spec[self._spec_key].values():
+            pod = replica_spec["template"]["spec"]
+            pod.setdefault("automountServiceAccountToken", False)  # trials need no API access
+            # Defaults that pass the "restricted" Pod Security Standard; a template may differ.
+            security = pod.setdefault("securityContext", {})
+            security.setdefault("runAsNonRoot", True)
+            security.setdefault("seccompProfile", {"type": "RuntimeDefault"})
+            pod["volumes"] = [
+                *(pod.get("volumes") or []),
+                {
+                    "name": "hypersweep-trial",
+                    "secret": {
+                        "secretName": secret,
+                        "items": [{"key": names.CONFIG_KEY, "path": names.CONFIG_KEY}],
+                    },
+                },
+                *copy.deepcopy(self._volumes),
+            ]
+            main = main_container(parsed, pod["containers"])
+            if not main.get("command") and not main.get("args"):
+                main["command"] = list(ENTRYPOINT)
+            for container in pod["containers"]:
+                # Ours come last so that a template cannot point a trial at another's identity.
+                container["env"] = [*(container.get("env") or []), *copy.deepcopy(env)]
+                container["volumeMounts"] = [
+                    *(container.get("volumeMounts") or []),
+                    {
+                        "name": "hypersweep-trial",
+                        "mountPath": names.TRIAL_CONFIG_DIR,
+                        "readOnly": True,
+                    },
+                    *copy.deepcopy(self._volume_mounts),
+                ]
+                hardened = container.setdefault("securityContext", {})
+                hardened.setdefault("allowPrivilegeEscalation", False)
+                hardened.setdefault("capabilities", {"drop": ["ALL"]})
+        metadata = self._metadata(trial.name, trial.number)
+        metadata["annotations"] = {names.ATTEMPT_ANNOTATION: str(trial.attempt)}
+        return {
+            "apiVersion": TRAINJOBS.api_version,
+            "kind": "TrainJob",
+            "metadata": metadata,
+            "spec": spec,
+        }
+
+    def _delete_trial(self, job_name: str) -> None:
+        try:
+            self.kube.delete(TRAINJOBS, self.namespace, job_name)
+            self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
+        except ApiError as error:
+            logger.warning("could not delete TrainJob %s: %s", job_name, error)
+
+    def _end_job(self, job_name: str, outcome: str) -> Callable[[], None]:
+        """An action that suspends a trial's TrainJob (its pods go, the job stays to look at)."""
+
+        def action() -> None:
+            job = self.kube.get(TRAINJOBS, self.namespace, job_name)
+            if job is not None:
+                suspend_trainjob(self.kube, job, outcome)
+            self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
+
+        return action
+
+    def _forget_secret(self, job_name: str) -> Callable[[], None]:
+        def action() -> None:
+            self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
+
+        return action
+
+    def _sync(self) -> list[Event]:
+        """Events that only the TrainJobs' states tell: a job that failed or vanished."""
+        with self._cond:
+            if not self._trials:
+                return []
+        try:
+            listing = self.kube.list(
+                TRAINJOBS, self.namespace, label_selector=f"{names.SWEEP_LABEL}={self.sweep}"
+            )
+        except ApiError as error:
+            logger.warning("could not list the sweep's TrainJobs: %s", error)
+            return []
+        jobs = {job["metadata"]["name"]: job for job in listing.get("items") or []}
+        events: list[Event] = []
+        now = time.monotonic()
+        with self._cond:
+            for trial in list(self._trials.values()):
+                if trial.outcome is not None:
+                    continue
+                job = jobs.get(trial.name)
+                if job is None:
+                    if trial.job_seen or now - trial.created > 30.0:
+                        events.append(Crashed(trial.number, f"TrainJob {trial.name} was deleted"))
+                        self._drop(trial)
+                    continue
+                trial.job_seen = True
+                conditions = (job.get("status") or {}).get("conditions") or []
+                if is_true(conditions, "Failed"):
+                    failed = condition(conditions, "Failed") or {}
+                    message = (
+                        f"TrainJob {trial.name} failed: "
+                        f"{failed.get('reason')}: {failed.get('message')}"
+                    )
+                    events.append(Errored(trial.number, message, message))
+                    self._drop(trial)
+                elif is_true(conditions, "Succeeded"):
+                    if trial.succeeded_at is None:
+                        trial.succeeded_at = now
+                    elif now - trial.succeeded_at > 5.0:
+                        message = (
+                            f"TrainJob {trial.name} succeeded without reporting a result; run "
+                            "the objective with 'python -m hypersweep.operators.trial_entrypoint'"
+                        )
+                        events.append(Errored(trial.number, message, message))
+                        self._drop(trial)
+        return events
+
+    def _drop(self, trial: _Trial) -> None:
+        """Forget a trial whose TrainJob ended without an outcome (called with the lock)."""
+        self._trials.pop(trial.number, None)
+        trial.outcome = "lost"
+        self._ended[trial.number] = trial
+        self._actions.append(self._forget_secret(trial.name))
+        self._cond.notify_all()
+
+    # --- messages from trials (HTTP threads) ---------------------------------------------
+
+    def handle_trial_message(
+        self, trial_number: int, token: str, payload: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        """Handle one message of a trial; the token must be that trial's own."""
+        try:
+            session = str(payload["session"])
+            seq = int(payload["seq"])
+            attempt = int(payload.get("attempt", 0))
+            rank = int(payload.get("rank", 0))
+            message = dict(payload["message"])
+            kind = str(message["kind"])
+        except (KeyError, TypeError, ValueError):
+            return 400, {"error": "malformed message"}
+        with self._cond:
+            if self._detached:
+                return 503, {"error": "the operator is handing over"}
+            trial = self._trials.get(trial_number)
+            known = trial is not None or trial_number in self._ended
+            if trial is None and known:
+                return self._answer_ended(trial_number, token, session, seq)
+        if trial is None:
+            # Not ours (yet): a trial a previous leader finished may exit; others retry.
+            state = self._trial_state(trial_number) if self._trial_state is not None else None
+            if state in _FINISHED_STATES:
+                return 410, {"error": "the trial has ended"}
+            return 503, {"error": "the trial is not running here (yet)"}
+        with self._cond:
+            if self._trials.get(trial_number) is not trial:
+                return 503, {"error": "the trial is being relaunched"}
+            if not hmac.compare_digest(token.encode(), trial.token.encode()):
+                logger.warning("Trial %d: a message with a wrong token was refused", trial_number)
+                return 403, {"error": "wrong token for this trial"}
+            if attempt != trial.attempt:
+                return 410, {"error": f"attempt {attempt} of this trial is over"}
+            key = (session, seq)
+            if key in trial.seen:
+                ticket = trial.seen[key]
+            else:
+                accepted = self._accept(trial, kind, rank, message)
+                if isinstance(accepted, tuple):
+                    return accepted
+                ticket = trial.seen[key] = accepted
+            if kind == "report":
+                return self._await_decision(trial, int(message.get("step", 0)), rank)
+            return self._await_handled(ticket)
+
+    def _answer_ended(
+        self, trial_number: int, token: str, session: str, seq: int
+    ) -> tuple[int, dict[str, Any]]:
+        """A message of a trial whose outcome is in (called with the lock)."""
+        ended = self._ended[trial_number]
+        if not hmac.compare_digest(token.encode(), ended.token.encode()):
+            return 403, {"error": "wrong token for this trial"}
+        if (session, seq) in ended.seen:
+            return self._await_handled(ended.seen[(session, seq)])  # a retry of the last one
+        return 410, {"error": "the trial has ended"}
+
+    def _emit(self, event: Event) -> int:
+        self._ticket += 1
+        self._queue.append((self._ticket, event))
+        self._cond.notify_all()
+        return self._ticket
+
+    def _accept(
+        self, trial: _Trial, kind: str, rank: int, message: Mapping[str, Any]
+    ) -> int | tuple[int, dict[str, Any]] | None:
+        """Turn a new message into an event (rank 0) and return its ticket."""
+        number = trial.number
+        if kind == "report":
+            step = int(message.get("step", 0))
+            metrics = message.get("metrics") or {}
+            if rank != 0 or trial.outcome is not None:
+                return None
+            try:
+                clean = {str(k): float(v) for k, v in dict(metrics).items()}
+            except (TypeError, ValueError):
+                return 400, {"error": "metrics must be numbers"}
+            trial.pending.append(step)
+            return self._emit(Reported(number, step, clean))
+        if rank != 0:
+            return None  # only rank 0 speaks for the trial; a failing rank fails its TrainJob
+        if kind == "checkpoint":
+            at = message.get("step")
+            return self._emit(
+                Checkpointed(number, str(message.get("path")), None if at is None else int(at))
+            )
+        if trial.outcome is not None:
+            return None
+        if kind == "result":
+            event: Event = Completed(number, message.get("result"))
+            action = self._forget_secret(trial.name)
+        elif kind == "stopped":
+            decision = str(message.get("decision", "stop"))
+            event = Stopped(number, decision)
+            action = self._end_job(trial.name, "paused" if decision == "pause" else "pruned")
+        elif kind == "error":
+            event = Errored(number, str(message.get("message")), str(message.get("traceback")))
+            action = self._end_job(trial.name, "failed")
+        else:
+            return 400, {"error": f"unknown message kind {kind!r}"}
+        trial.outcome = kind
+        self._trials.pop(number, None)
+        self._ended[number] = trial
+        self._actions.append(action)
+        return self._emit(event)
+
+    def _await_handled(self, ticket: int | None) -> tuple[int, dict[str, Any]]:
+        """Answer once the orchestrator has handled the message's event (called with the lock)."""
+        deadline = time.monotonic() + _LONG_POLL
+        while ticket is not None and self._handled < ticket:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._detached:
+                return 202, {"retry": True}
+            self._cond.wait(remaining)
+        return 200, {}
+
+    def _await_decision(self, trial: _Trial, step: int, rank: int) -> tuple[int, dict[str, Any]]:
+        """The decision for ``step``, once rank 0's report of it is decided (with the lock)."""
+        deadline = time.monotonic() + _LONG_POLL
+        while True:
+            if step in trial.decisions:
+                return 200, {"decision": trial.decisions[step]}
+            if self._trials.get(trial.number) is not trial:
+                if trial.outcome in ("result", "stopped", "lost", "error"):
+                    return 200, {"decision": "continue"}  # rank 0 has ended; let this rank end
+                return 410, {"error": "the trial was stopped"}
+            if rank != 0 and step < trial.latest_decided:
+                return 200, {"decision": "continue"}  # rank 0 went past it without reporting it
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._detached:
+                return 202, {"retry": True}
+            self._cond.wait(remaining)
+
+
+def suspend_trainjob(kube: Kube, job: Mapping[str, Any], outcome: str) -> None:
+    """Suspend a trial's TrainJob, unless it finished: its pods go, the job stays to look at."""
+    if _finished(job) or ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
+        return
+    meta = job["metadata"]
+    kube.patch(
+        TRAINJOBS,
+        meta["namespace"],
+        meta["name"],
+        {
+            "metadata": {"annotations": {names.OUTCOME_ANNOTATION: outcome}},
+            "spec": with_suspend(job.get("spec") or {}, True),
+        },
+    )
+
+
+def suspend_unfinished_trainjobs(
+    kube: Kube, namespace: str, sweep: str, keep: Collection[str] = ()
+) -> None:
+    """Suspend every TrainJob of a finished sweep that still runs (but those in ``keep``,
+    trials whose result is in and whose pods are exiting): no trial pod outlives its sweep."""
+    try:
+        listing = kube.list(TRAINJOBS, namespace, label_selector=f"{names.SWEEP_LABEL}={sweep}")
+        for job in listing.get("items") or []:
+            if job["metadata"]["name"] not in keep:
+                suspend_trainjob(kube, job, "stopped")
+    except ApiError as error:
+        logger.warning("could not stop the TrainJobs left by sweep %s: %s", sweep, error)
+
+
+def _finished(job: Mapping[str, Any]) -> bool:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return is_true(conditions, "Succeeded") or is_true(conditions, "Failed")
+
+
+def _new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def _secret_env(name: str, secret: str, key: str) -> JsonDict:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _flat_parameters(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flat_parameters(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def substitute_parameters(template: Mapping[str, Any], config: Mapping[str, Any]) -> JsonDict:
+    """A copy of ``template`` with ``${trialParameters.NAME}`` replaced in every string, as
+    Katib's trial templates do (nested parameters by dotted name)."""
+    values = _flat_parameters(config)
+
+    def replace(text: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in values:
+                return match.group(0)
+            value = values[name]
+            return json.dumps(value) if isinstance(value, (bool, type(None))) else str(value)
+
+        return _PARAMETER.sub(one, text)
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            return replace(node)
+        if isinstance(node, Mapping):
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    result: JsonDict = walk(copy.deepcopy(dict(template)))
+    return result
+
+
+def default_template(job: TrainJob | None, image: str) -> JsonDict:
+    """The trial TrainJob spec for ``tune()``: one replica of ``image``, or the replicas of
+    ``job`` (from ``tune(replicas=...)``) with their resources and restart policy."""
+    if job is None:
+        single: JsonDict = {
+            "name": CONTAINER_NAMES["generic"],
+            "image": image,
+            "command": list(ENTRYPOINT),
+        }
+        return {
+            "framework": "generic",
+            "replicaSpecs": {
+                "Worker": {"replicas": 1, "template": {"spec": {"containers": [single]}}}
+            },
+        }
+    replica_specs: JsonDict = {}
+    for group in job.replicas:
+        resources: dict[str, str] = {}
+        if group.resources.cpus:
+            resources["cpu"] = str(group.resources.cpus)
+        if group.resources.memory:
+            resources["memory"] = group.resources.memory
+        if group.resources.gpus:
+            resources["nvidia.com/gpu"] = str(group.resources.gpus)
+        container: JsonDict = {
+            "name": CONTAINER_NAMES[job.framework],
+            "image": image,
+            "command": list(ENTRYPOINT),
+            "env": [{"name": k, "value": v} for k, v in {**job.env, **group.env}.items()],
+        }
+        if resources:
+            container["resources"] = {"requests": dict(resources), "limits": dict(resources)}
+        replica_specs[_ROLE_NAMES.get(group.role, group.role.capitalize())] = {
+            "replicas": group.count,
+            "restartPolicy": job.restart_policy.policy,
+            "template": {"spec": {"containers": [container]}},
+        }
+    return {
+        "framework": job.framework,
+        "replicaSpecs": replica_specs,
+        "runPolicy": {"backoffLimit": job.restart_policy.backoff_limit},
+    }

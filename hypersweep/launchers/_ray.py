@@ -1,0 +1,488 @@
+"""Ray as the engine for sweeps that outgrow one machine: trials as placement groups of actors.
+
+The orchestrator's loop, its storage, reporting and checkpoints are those of the local
+launcher; only where trials run changes. Each trial attempt reserves a Ray placement group
+with one bundle per replica (CPUs, GPUs and custom resources, accounted for by Ray), so a
+multi-replica trial starts on all its bundles or waits, and each replica is an actor pinned to
+its bundle (``_ray_gang``, ``_ray_actor``). The driver stays the only writer of the sweep's
+storage: actors never touch it, they queue their reports, checkpoints and outcomes, and the
+driver collects them with long-polling actor calls. Checkpoints are written by the trials
+themselves under the sweep's ``checkpoint_dir``, which every node must reach (a shared
+filesystem: NFS, a ReadWriteMany volume); on one machine any folder will do.
+
+Failures are the local launcher's: an actor that dies (killed, out of memory, its node removed
+from the cluster) is reported as a crash, and the orchestrator retries the whole gang from the
+trial's latest checkpoint, up to ``max_retries`` times.
+
+Ray stays optional: nothing here imports it before :meth:`RayLauncher.start`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from hypersweep._errors import ConfigError
+from hypersweep.launchers._base import Launcher, SweepContext
+from hypersweep.launchers._ray_actor import TrialActor
+from hypersweep.launchers._ray_gang import (
+    RayAttempt,
+    RayReplica,
+    describe_actor_error,
+    kill_actor,
+    remove_group,
+)
+from hypersweep.orchestrator._events import Crashed, Event, TrialAssignment
+from hypersweep.orchestrator._job import ReplicaId, TrainJob, dns_label
+
+__all__ = ["PLACEMENT_STRATEGIES", "RayLauncher"]
+
+logger = logging.getLogger("hypersweep")
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+# Threads of a replica actor: the objective's own, one long-polling messages() call, and room
+# for run(), decide() and prepare() calls to be served while the others wait.
+_ACTOR_CONCURRENCY = 4
+
+
+class RayLauncher(Launcher):
+    """Runs trials on a Ray cluster: each attempt a placement group, each replica an actor.
+
+    Args:
+        address: the cluster to connect to: ``"auto"`` (a cluster started on this machine
+            with ``ray start``, or ``RAY_ADDRESS``), ``"ray://host:10001"`` (Ray Client, e.g.
+            a KubeRay head service), a GCS address, or None to start Ray on this machine.
+            Ignored when Ray is already initialized in this process; the launcher then uses
+            that connection and leaves it open.
+        max_concurrent: trials running (or waiting for placement) at once; by default as many
+            as the cluster's resources hold when the sweep starts.
+        num_cpus: CPUs of each replica (of each trial, for trials without replicas); a
+            replica's own ``cpus_per_replica`` takes precedence.
+        num_gpus: GPUs of each replica, by Ray's accounting (Ray sets
+            ``CUDA_VISIBLE_DEVICES``); a replica's ``gpus_per_replica`` takes precedence.
+        resources: custom Ray resources of each replica, e.g. ``{"TPU": 1}`` or a node label
+            resource that pins trials to a node pool.
+        placement_strategy: how a trial's bundles spread over nodes: ``"PACK"`` (default,
+            as few nodes as possible), ``"SPREAD"``, ``"STRICT_PACK"`` (one node) or
+            ``"STRICT_SPREAD"`` (one node per replica).
+        reuse_actors: keep the actor (and its one-bundle placement group) of a trial without
+            replicas for the next trial, so that a trial costs a few actor calls, not a new
+            Python process. Replicas of multi-replica trials are never reused: a process
+            joins one ``torch.distributed`` group for its whole life.
+        env: environment variables of every actor (set when the actor's process starts).
+        runtime_env: a Ray runtime environment for the actors (``working_dir``, ``pip``...).
+        init_kwargs: extra arguments for ``ray.init`` when the launcher connects.
+        replica_grace: seconds the other replicas of a trial get to end by themselves once
+            rank 0 has returned or stopped, before they are killed.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        max_concurrent: int | None = None,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        resources: Mapping[str, float] | None = None,
+        placement_strategy: str = "PACK",
+        reuse_actors: bool = True,
+        env: Mapping[str, str] | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
+        init_kwargs: Mapping[str, Any] | None = None,
+        replica_grace: float = 5.0,
+    ) -> None:
+        if placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError(
+                f"launcher.placement_strategy: expected one of {', '.join(PLACEMENT_STRATEGIES)}"
+                f", got {placement_strategy!r}"
+            )
+        if max_concurrent is not None and max_concurrent < 1:
+            raise ConfigError(f"launcher.max_concurrent: expected >= 1, got {max_concurrent!r}")
+        for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"launcher.{name}: expected a number >= 0, got {value!r}")
+        self.address = address
+        self.max_concurrent = max_concurrent
+        self.num_cpus = float(num_cpus)
+        self.num_gpus = float(num_gpus)
+        self.resources = {str(k): float(v) for k, v in (resources or {}).items()}
+        self.placement_strategy = placement_strategy
+        self.reuse_actors = reuse_actors
+        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        self.runtime_env = dict(runtime_env or {})
+        self.init_kwargs = dict(init_kwargs or {})
+        self.replica_grace = replica_grace
+        self._context: SweepContext | None = None
+        self._job: TrainJob | None = None
+        self._owns_ray = False
+        self._actor_class: Any = None
+        self._actor_options: dict[str, Any] = {}
+        self._attempts: dict[int, RayAttempt] = {}
+        self._ending: list[RayAttempt] = []  # gangs whose outcome is known, still ending
+        self._idle: list[RayReplica] = []  # warm actors of trials without replicas
+        self._backlog: list[Event] = []
+        self._hosts: set[str] = set()
+        self._warned_shared_dir = False
+        self._slot_counter = 0
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> RayLauncher:
+        """The launcher a sweep file describes: ``launcher: {type: ray, address: auto, ...}``.
+
+        Every key but ``type`` is an argument of :class:`RayLauncher`.
+        """
+        options = {key: value for key, value in spec.items() if key != "type"}
+        if spec.get("type", "ray") != "ray":
+            raise ConfigError(f"launcher.type: expected 'ray', got {spec.get('type')!r}")
+        allowed = set(inspect.signature(cls).parameters)
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"launcher.{unknown[0]}: unknown field; allowed fields are type, "
+                f"{', '.join(sorted(allowed))}"
+            )
+        return cls(**options)
+
+    # --- start ---------------------------------------------------------------------------
+
+    def start(self, context: SweepContext) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError(
+                "launcher: RayLauncher needs Ray; pip install 'hypersweep[ray]'"
+            ) from None
+        self._context = context
+        self._job = context.job
+        if not ray.is_initialized():
+            ray.init(address=self.address, **self.init_kwargs)
+            self._owns_ray = True
+        runtime_env = dict(self.runtime_env)
+        if self.env:
+            runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **self.env}
+        self._actor_options = {"max_concurrency": _ACTOR_CONCURRENCY, "max_restarts": 0}
+        if runtime_env:
+            self._actor_options["runtime_env"] = runtime_env
+        self._actor_class = ray.remote(TrialActor)
+        self._size_to_cluster()
+
+    def _bundles(self) -> list[dict[str, float]]:
+        """The placement-group bundles of one attempt, in rank order."""
+        if self._job is None:
+            return [self._bundle(None, None)]
+        job = self._job
+        return [
+            self._bundle(job.group_of(r.rank).resources.cpus, job.group_of(r.rank).resources.gpus)
+            for r in job.replica_ids()
+        ]
+
+    def _bundle(self, cpus: float | None, gpus: int | None) -> dict[str, float]:
+        bundle: dict[str, float] = {}
+        cpu = self.num_cpus if cpus is None else float(cpus)
+        gpu = float(gpus) if gpus else self.num_gpus
+        if cpu:
+            bundle["CPU"] = cpu
+        if gpu:
+            bundle["GPU"] = gpu
+        bundle.update({name: amount for name, amount in self.resources.items() if amount})
+        if not bundle:
+            raise ConfigError("launcher: a trial must ask for some resource (num_cpus > 0)")
+        return bundle
+
+    def _size_to_cluster(self) -> None:
+        """Default ``max_concurrent`` from the cluster; warn about trials it cannot place."""
+        import ray
+
+        bundles = self._bundles()
+        nodes = [node for node in ray.nodes() if node.get("Alive")]
+        self._hosts = {str(node.get("NodeManagerAddress")) for node in nodes}
+        capacities = [dict(node.get("Resources") or {}) for node in nodes]
+        needed: dict[str, float] = {}
+        for bundle in bundles:
+            for name, amount in bundle.items():
+                needed[name] = needed.get(name, 0.0) + amount
+        totals = {name: sum(c.get(name, 0.0) for c in capacities) for name in needed}
+        fits = min(math.floor(totals[name] / needed[name] + 1e-9) for name in needed)
+        if not _placeable(bundles, capacities, self.placement_strategy):
+            logger.warning(
+                "The Ray cluster cannot place a trial now (%s, %s); trials wait until it "
+                "grows (an autoscaler adds nodes) or forever: check the launcher's resources",
+                " + ".join(_format_bundle(b) for b in bundles),
+                self.placement_strategy,
+            )
+        if self.max_concurrent is None:
+            self.max_concurrent = max(1, fits)
+            logger.info(
+                "Ray cluster: %d node(s); up to %d trial(s) at once",
+                len(nodes),
+                self.max_concurrent,
+            )
+
+    # --- trials --------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        assert self.max_concurrent is not None, "start() first"
+        used = len(self._attempts) + len(self._ending)
+        return max(0, self.max_concurrent - used)
+
+    def launch(self, assignment: TrialAssignment) -> None:
+        assert self._context is not None, "start() first"
+        self._warn_about_checkpoints(assignment)
+        number = assignment.trial_number
+        if self._job is None and self._idle:
+            member = self._idle.pop()
+            attempt = RayAttempt(assignment, None, [member], grace=self.replica_grace)
+            attempt.run(self._context.objective)
+            self._attempts[number] = attempt
+            return
+        try:
+            attempt = self._new_attempt(assignment)
+        except Exception as error:  # noqa: BLE001 - reported as a crash, retried or failed
+            self._backlog.append(Crashed(number, f"could not start the trial on Ray: {error}"))
+            return
+        self._attempts[number] = attempt
+
+    def _new_attempt(self, assignment: TrialAssignment) -> RayAttempt:
+        """A placement group for the attempt, and an actor in each of its bundles."""
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        sweep = self._context.sweep_name if self._context else assignment.sweep_name
+        number = assignment.trial_number
+        bundles = self._bundles()
+        self._slot_counter += 1
+        name = dns_label(f"hypersweep-{sweep}-t{number}-a{assignment.attempt}")
+        group = placement_group(
+            bundles, strategy=self.placement_strategy, name=f"{name}-{self._slot_counter}"
+        )
+        ids = [ReplicaId(0, "trial", 0)] if self._job is None else self._job.replica_ids()
+        sys_path = [entry or os.getcwd() for entry in sys.path]
+        replicas = []
+        for replica_id, bundle in zip(ids, bundles, strict=True):
+            custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
+            actor = self._actor_class.options(
+                **self._actor_options,
+                num_cpus=bundle.get("CPU", 0.0),
+                num_gpus=bundle.get("GPU", 0.0),
+                resources=custom or None,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    group,
+                    placement_group_bundle_index=replica_id.rank,
+                    placement_group_capture_child_tasks=True,
+                ),
+            ).remote(sys_path)
+            replicas.append(RayReplica(replica_id, actor))
+        if self._job is None:
+            # A warm slot: the actor keeps its placement group across trials.
+            replicas[0].placement_group, group = group, None
+        attempt = RayAttempt(
+            assignment, self._job, replicas, placement_group=group, grace=self.replica_grace
+        )
+        attempt.prepare()
+        return attempt
+
+    def _warn_about_checkpoints(self, assignment: TrialAssignment) -> None:
+        if self._warned_shared_dir or len(self._hosts) < 2:
+            return
+        self._warned_shared_dir = True
+        logger.info(
+            "Trials on %d Ray hosts checkpoint under %s: every node must reach this path "
+            "(a shared filesystem); set checkpoint_dir= to a shared mount otherwise",
+            len(self._hosts),
+            assignment.checkpoint_dir,
+        )
+
+    # --- events --------------------------------------------------------------------------
+
+    def poll(self, timeout: float) -> list[Event]:
+        import ray
+
+        events, self._backlog = self._backlog, []
+        waiting: dict[Any, tuple[RayAttempt | None, RayReplica]] = {}
+        for attempt in (*self._attempts.values(), *self._ending):
+            for member in attempt.replicas:
+                if member.pending is not None:
+                    waiting[member.pending] = (attempt, member)
+        for member in self._idle:
+            if member.pending is not None:
+                waiting[member.pending] = (None, member)
+        if events:
+            timeout = 0.0
+        deadlines = [
+            deadline
+            for attempt in (*self._attempts.values(), *self._ending)
+            if (deadline := attempt.next_deadline()) is not None
+        ]
+        if deadlines:
+            timeout = min(timeout, max(0.0, min(deadlines) - time.monotonic()))
+        if waiting:
+            refs = list(waiting)
+            ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+            if ready:
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in ready:
+                owner, member = waiting[ref]
+                if member.pending is not ref:
+                    continue  # superseded while handling an earlier reply
+                self._on_reply(owner, member, ref, events)
+        elif timeout > 0:
+            time.sleep(timeout)
+        self._settle(events)
+        return events
+
+    def _on_reply(
+        self, attempt: RayAttempt | None, member: RayReplica, ref: Any, events: list[Event]
+    ) -> None:
+        import ray
+
+        kind = member.pending_kind
+        member.pending = None
+        try:
+            value = ray.get(ref)
+        except Exception as error:  # noqa: BLE001 - any failed call means the actor is lost
+            if attempt is None:
+                self._drop_idle(member, error)
+            else:
+                events.extend(attempt.on_death(member, error))
+            return
+        if attempt is None:  # a warm actor between trials: keep watching it
+            member.poll()
+            return
+        if kind == "prepare":
+            assert self._context is not None
+            attempt.on_prepared(member, value, self._context.objective)
+        else:
+            events.extend(attempt.on_messages(member, value))
+
+    def _drop_idle(self, member: RayReplica, error: BaseException) -> None:
+        logger.info("A warm Ray actor was lost between trials: %s", describe_actor_error(error))
+        self._idle.remove(member)
+        kill_actor(member.actor)
+        remove_group(member.placement_group)
+
+    def _settle(self, events: list[Event]) -> None:
+        """End attempts whose outcome is settled; keep warm actors; free what is done."""
+        now = time.monotonic()
+        for number, attempt in list(self._attempts.items()):
+            events.extend(attempt.tick(now))
+            if attempt.phase == "finishing":
+                del self._attempts[number]
+                self._ending.append(attempt)
+            elif attempt.phase == "done":
+                del self._attempts[number]
+                self._retire(attempt)
+        for attempt in list(self._ending):
+            events.extend(attempt.tick(now))
+            if attempt.phase == "done":
+                self._ending.remove(attempt)
+                self._retire(attempt)
+        self._adopt_idle()
+
+    def _adopt_idle(self) -> None:
+        """Run trials still waiting for placement on warm actors that have become idle.
+
+        A warm actor keeps its bundle, so a trial whose own placement group waits for
+        resources (the cluster was smaller than it looked: a node died unnoticed, another
+        job took CPUs) would otherwise wait for the very resources the idle actors hold.
+        """
+        assert self._context is not None
+        for attempt in self._attempts.values():
+            if not self._idle:
+                return
+            if attempt.job is not None or attempt.phase != "starting":
+                continue
+            waiting = attempt.replicas[0]
+            kill_actor(waiting.actor)
+            remove_group(waiting.placement_group)
+            attempt.replicas = [self._idle.pop()]
+            attempt.run(self._context.objective)
+
+    def _retire(self, attempt: RayAttempt) -> None:
+        """Keep a reusable actor warm for the next trial, or kill the attempt's actors."""
+        if attempt.reusable and self.reuse_actors and attempt.job is None:
+            member = attempt.replicas[0]
+            if member.pending is None and not member.dead:
+                member.poll()
+            self._idle.append(member)
+            return
+        attempt.kill()
+
+    def respond(self, trial_number: int, decision: str) -> None:
+        attempt = self._attempts.get(trial_number)
+        if attempt is not None:
+            attempt.respond(decision)
+
+    def stop(self, trial_number: int) -> None:
+        attempt = self._attempts.pop(trial_number, None)
+        if attempt is not None:
+            attempt.kill()
+        self._backlog = [e for e in self._backlog if e.trial_number != trial_number]
+
+    def shutdown(self) -> None:
+        for attempt in (*self._attempts.values(), *self._ending):
+            attempt.kill()
+        self._attempts.clear()
+        self._ending.clear()
+        for member in self._idle:
+            kill_actor(member.actor)
+            remove_group(member.placement_group)
+        self._idle.clear()
+        self._backlog.clear()
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+            self._owns_ray = False
+
+    # --- introspection -------------------------------------------------------------------
+
+    def replica_nodes(self) -> dict[int, list[str | None]]:
+        """Trial number -> the Ray node id of each replica, by rank (for tests and tooling)."""
+        return {
+            number: [(member.info or {}).get("node_id") for member in attempt.replicas]
+            for number, attempt in self._attempts.items()
+        }
+
+
+def _format_bundle(bundle: Mapping[str, float]) -> str:
+    return "{" + ", ".join(f"{name}: {amount:g}" for name, amount in bundle.items()) + "}"
+
+
+def _fits(bundle: Mapping[str, float], capacity: Mapping[str, float]) -> bool:
+    return all(capacity.get(name, 0.0) + 1e-9 >= amount for name, amount in bundle.items())
+
+
+def _placeable(
+    bundles: list[dict[str, float]], capacities: list[dict[str, float]], strategy: str
+) -> bool:
+    """Whether an empty cluster of ``capacities`` could place ``bundles`` with ``strategy``."""
+    if strategy == "STRICT_PACK":
+        total: dict[str, float] = {}
+        for bundle in bundles:
+            for name, amount in bundle.items():
+                total[name] = total.get(name, 0.0) + amount
+        return any(_fits(total, capacity) for capacity in capacities)
+    if strategy == "STRICT_SPREAD":
+        # One distinct node per bundle: a greedy match is enough for identical bundles.
+        free = list(capacities)
+        for bundle in bundles:
+            match = next((c for c in free if _fits(bundle, c)), None)
+            if match is None:
+                return False
+            free.remove(match)
+        return True
+    remaining = [dict(capacity) for capacity in capacities]
+    for bundle in bundles:
+        match = next((c for c in remaining if _fits(bundle, c)), None)
+        if match is None:
+            return False
+        for name, amount in bundle.items():
+            match[name] = match.get(name, 0.0) - amount
+    return True

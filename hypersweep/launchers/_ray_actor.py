@@ -1,0 +1,182 @@
+"""The trial side of the Ray launcher: an actor that runs trial attempts in one Ray worker.
+
+The actor is the Ray counterpart of a local worker process (``_worker``): it loads the objective
+once, runs one attempt at a time, and speaks the same messages (``report``, ``checkpoint``,
+``result``, ``stopped``, ``error``). Only the transport differs. A local worker writes to a
+socket; this actor puts messages in a queue that the driver drains with a long-polling
+:meth:`TrialActor.messages` call, and gets decisions through :meth:`TrialActor.decide`. Every
+call goes from the driver to the actor, so it works wherever Ray's own calls do (``ray://``
+clients included) and needs no route from the cluster back to the driver. The objective runs
+in a thread of its own, so the actor keeps answering calls while the trial trains.
+
+A replica of a multi-replica trial learns its rendezvous environment only once every replica
+of its gang has been placed: :meth:`TrialActor.prepare` reports where it runs (and, for rank 0
+of a PyTorch gang, reserves the port of the ``torch.distributed`` store), then
+:meth:`TrialActor.run` sets the environment and starts the objective.
+
+This module imports nothing of Ray at import time; the launcher turns :class:`TrialActor` into
+a Ray actor class.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import traceback
+from typing import TYPE_CHECKING, Any, cast
+
+from hypersweep.orchestrator._events import TrialAssignment
+from hypersweep.orchestrator._objective import Objective, ObjectiveRef
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from hypersweep.launchers._resources import HeldPort
+
+Message = tuple[Any, ...]
+
+# How the actor holds a port for the rendezvous: rank 0 of a PyTorch gang serves the c10d store
+# on a listening socket; a TensorFlow replica reserves the port its gRPC server binds later.
+PORT_LISTEN = "listen"
+PORT_RESERVE = "reserve"
+
+
+class _QueueConnection:
+    """The two methods of a ``Connection`` that ``run_assignment`` uses, over two queues."""
+
+    def __init__(self, outbox: queue.Queue[Message], decisions: queue.Queue[Message]) -> None:
+        self._outbox = outbox
+        self._decisions = decisions
+
+    def send(self, message: Message) -> None:
+        self._outbox.put(message)
+
+    def recv(self) -> Message:
+        return self._decisions.get()
+
+
+class TrialActor:
+    """Runs trial attempts, one at a time, and queues what they say for the driver.
+
+    Args:
+        sys_path: the driver's ``sys.path``; entries that exist on this node are added, so
+            that objectives importable in the driver are importable here (on one machine, or
+            on nodes that mount the same paths).
+    """
+
+    def __init__(self, sys_path: list[str]) -> None:
+        for entry in reversed(sys_path):
+            if entry and entry not in sys.path and os.path.isdir(entry):
+                sys.path.insert(0, entry)
+        self._outbox: queue.Queue[Message] = queue.Queue()
+        self._decisions: queue.Queue[Message] = queue.Queue()
+        self._objectives: dict[str, Objective | str] = {}
+        self._held: HeldPort | None = None
+        self._thread: threading.Thread | None = None
+
+    def prepare(self, hold_port: str | None = None) -> dict[str, Any]:
+        """Where this replica runs (node id, IP, its GPUs) and, if asked, a port held for it."""
+        import ray
+
+        from hypersweep.launchers._resources import PortAllocator
+
+        if hold_port is not None and self._held is None:
+            self._held = PortAllocator().allocate("0.0.0.0", listen=hold_port == PORT_LISTEN)
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid(),
+            "gpus": [str(gpu) for gpu in ray.get_gpu_ids()],
+            "port": self._held.port if self._held is not None else None,
+        }
+
+    def run(
+        self,
+        objective: ObjectiveRef | None,
+        key: str,
+        assignment: TrialAssignment,
+        env: dict[str, str],
+        replica: tuple[int, int] | None = None,
+        serve_store: bool = False,
+    ) -> None:
+        """Start an attempt in a thread and return at once; its messages follow in the queue.
+
+        ``objective`` is sent once per actor (None afterwards: the cached ``key`` is used).
+        ``replica`` is ``(rank, world_size)`` for a replica of a multi-replica trial.
+        """
+        if objective is not None and key not in self._objectives:
+            try:
+                self._objectives[key] = objective.load()
+            except Exception:  # noqa: BLE001 - reported with the trial that needs it
+                self._objectives[key] = traceback.format_exc()
+        while not self._decisions.empty():  # nothing stale from an earlier attempt
+            self._decisions.get_nowait()
+        os.environ.update(env)
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(key, assignment, replica, serve_store),
+            name=f"hypersweep-trial-{assignment.trial_number}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(
+        self,
+        key: str,
+        assignment: TrialAssignment,
+        replica: tuple[int, int] | None,
+        serve_store: bool,
+    ) -> None:
+        from hypersweep.launchers._worker import run_assignment
+
+        objective = self._objectives.get(key, "the objective was never sent to this actor")
+        if isinstance(objective, str):
+            self._outbox.put(("error", "the objective could not be loaded", objective))
+            return
+        context: dict[str, Any] = {}
+        store = None
+        if replica is not None:
+            context = {"rank": replica[0], "world_size": replica[1]}
+            if serve_store:
+                try:
+                    store = self._serve_store(replica[1])
+                except Exception as error:  # noqa: BLE001 - reported as this replica's error
+                    message = f"could not serve torch.distributed's store: {error}"
+                    self._outbox.put(("error", message, traceback.format_exc()))
+                    return
+        connection = _QueueConnection(self._outbox, self._decisions)
+        try:
+            run_assignment(cast("Connection", connection), objective, assignment, **context)
+        finally:
+            del store
+
+    def _serve_store(self, world_size: int) -> Any:
+        """Serve the gang's c10d store on the held listening socket (which it takes over)."""
+        from hypersweep.launchers._worker import serve_torch_store
+
+        assert self._held is not None, "prepare(hold_port='listen') first"
+        descriptor = self._held.socket.detach()
+        self._held = None
+        return serve_torch_store(descriptor, world_size)
+
+    def messages(self, timeout: float) -> list[Message]:
+        """Wait up to ``timeout`` seconds for messages and return all that are queued."""
+        try:
+            batch = [self._outbox.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                batch.append(self._outbox.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def decide(self, decision: str) -> None:
+        """Answer the running attempt's pending report."""
+        self._decisions.put(("decision", decision))
+
+    def ping(self) -> int:
+        """This actor's process id (a cheap liveness check)."""
+        return os.getpid()

@@ -1,0 +1,371 @@
+"""One attempt of one trial on Ray, as the driver sees it: a placement group, actors, messages.
+
+A trial's attempt reserves one placement-group bundle per replica, so that its replicas start
+together or not at all (Ray places a group's bundles atomically), and runs each replica in a
+:class:`~hypersweep.launchers._ray_actor.TrialActor` pinned to its bundle. Once every replica
+has been placed, the gang learns where rank 0 runs and gets the same rendezvous environment as
+local replicas (``_rendezvous``): ``MASTER_ADDR``/``MASTER_PORT`` and friends for PyTorch, with
+rank 0's actor serving the c10d store on a port it reserved, or ``TF_CONFIG`` for TensorFlow.
+
+The rules once replicas run are those of local gangs (``_gang``): rank 0's reports are the
+trial's and its decision reaches every rank at the same step; rank 0's return ends the trial
+(the other ranks get a grace period); a replica that raises or dies fails the whole attempt
+after a short window that collects the failures it caused, and the job's restart policy says
+whether that is a crash (retried from the latest checkpoint) or an error. A replica whose actor
+died or whose node left the cluster counts as killed by a signal, as a lost pod does in
+Kubeflow. A trial without replicas is an attempt of one actor whose exception is reported at
+once, and whose actor can be kept warm for the next trial.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hypersweep.launchers._ray_actor import PORT_LISTEN, PORT_RESERVE
+from hypersweep.orchestrator._events import (
+    Checkpointed,
+    Completed,
+    Crashed,
+    Errored,
+    Event,
+    Reported,
+    Stopped,
+    TrialAssignment,
+)
+from hypersweep.orchestrator._job import ReplicaId, TrainJob
+from hypersweep.orchestrator._objective import ObjectiveRef
+from hypersweep.orchestrator._rendezvous import cluster_addresses, pytorch_env, tensorflow_env
+
+POLL_SECONDS = 30.0
+"""How long one ``messages`` call waits in the actor before it returns empty-handed."""
+
+Phase = Literal["starting", "running", "finishing", "failing", "done"]
+
+
+def describe_actor_error(error: BaseException) -> str:
+    """A one-line reading of why a Ray actor call failed (Ray's messages span many lines)."""
+    text = " ".join(str(error).split())
+    marker = "The actor is dead because "
+    if marker in text:
+        reason = text.split(marker, 1)[1].split(". ", 1)[0].rstrip(".")
+        return f"the Ray actor died: {reason}"
+    head = text.split(". ", 1)[0][:200] or "no details"
+    return f"the Ray actor was lost ({type(error).__name__}: {head})"
+
+
+@dataclass
+class RayReplica:
+    """One replica's actor and what the driver knows of it."""
+
+    id: ReplicaId
+    actor: Any
+    placement_group: Any = None  # owned by this replica when it is a warm, reusable slot
+    info: dict[str, Any] | None = None  # from TrialActor.prepare: node_id, ip, pid, port
+    has_objective: str | None = None  # the key of the objective the actor has loaded
+    pending: Any = None  # the outstanding prepare() or messages() call
+    pending_kind: Literal["prepare", "messages"] = "prepare"
+    finished: bool = False
+    dead: bool = False
+    waiting_step: int | None = None
+
+    def poll(self) -> None:
+        """Issue the next long-polling ``messages`` call."""
+        self.pending = self.actor.messages.remote(POLL_SECONDS)
+        self.pending_kind = "messages"
+
+
+@dataclass(frozen=True)
+class _Failure:
+    died: bool
+    killed_by_signal: bool
+    message: str
+    details: str = ""
+
+
+@dataclass
+class RayAttempt:
+    """One attempt of one trial: its replicas (rank order), placement group and phase.
+
+    ``phase`` is ``starting`` until every replica has been placed and told to run; then
+    ``running``; then ``finishing`` (rank 0 ended, the others get ``grace`` seconds) or
+    ``failing`` (a replica failed, ``failure_window`` seconds to collect the failures that
+    follow); then ``done``. ``reusable`` says that a trial without replicas ended normally and
+    its actor may run the next trial.
+    """
+
+    assignment: TrialAssignment
+    job: TrainJob | None
+    replicas: list[RayReplica]
+    placement_group: Any = None
+    grace: float = 5.0
+    failure_window: float = 1.0
+    phase: Phase = "starting"
+    deadline: float | None = None
+    reusable: bool = False
+    started: float = field(default_factory=time.monotonic)
+    _decisions: dict[int, str] = field(default_factory=dict)
+    _latest_decided: int | None = None
+    _pending_step: int | None = None
+    _failures: list[_Failure] = field(default_factory=list)
+
+    @property
+    def trial_number(self) -> int:
+        return self.assignment.trial_number
+
+    @property
+    def world_size(self) -> int:
+        return len(self.replicas)
+
+    # --- start ---------------------------------------------------------------------------
+
+    def hold_port(self, rank: int) -> str | None:
+        """What replica ``rank`` must reserve before the rendezvous environment is known."""
+        if self.job is None:
+            return None
+        if self.job.framework == "pytorch":
+            return PORT_LISTEN if rank == 0 else None
+        return PORT_RESERVE
+
+    def prepare(self) -> None:
+        """Ask every replica where it runs (each answers once its actor is placed)."""
+        for member in self.replicas:
+            member.pending = member.actor.prepare.remote(self.hold_port(member.id.rank))
+            member.pending_kind = "prepare"
+
+    def on_prepared(
+        self, member: RayReplica, info: dict[str, Any], objective: ObjectiveRef
+    ) -> None:
+        """Record a placed replica; once all are placed, start every one of them."""
+        member.info = info
+        if self.phase == "starting" and all(m.info is not None for m in self.replicas):
+            self.run(objective)
+
+    def run(self, objective: ObjectiveRef) -> None:
+        """Give every replica its environment and start the attempt."""
+        environments = self._environments()
+        for member in self.replicas:
+            rank = member.id.rank
+            send = None if member.has_objective == objective.key else objective
+            replica = (rank, self.world_size) if self.job is not None else None
+            serve_store = self.job is not None and self.hold_port(rank) == PORT_LISTEN
+            member.actor.run.remote(
+                send, objective.key, self.assignment, environments[rank], replica, serve_store
+            )
+            member.has_objective = objective.key
+            if member.pending is None:  # a warm actor is being polled already
+                member.poll()
+        self.phase = "running"
+
+    def _environments(self) -> list[dict[str, str]]:
+        """Each replica's rendezvous environment, from where the replicas were placed."""
+        job = self.job
+        if job is None:
+            return [{}]
+        infos = [member.info or {} for member in self.replicas]
+        if job.framework == "pytorch":
+            master = infos[0]
+            rendezvous = [
+                pytorch_env(
+                    job,
+                    rank,
+                    master_addr=master["ip"],
+                    master_port=master["port"],
+                    agent_store=True,
+                )
+                for rank in range(self.world_size)
+            ]
+        else:
+            cluster = cluster_addresses(
+                job, lambda replica: infos[replica.rank]["ip"], lambda r: infos[r.rank]["port"]
+            )
+            rendezvous = [tensorflow_env(job, rank, cluster) for rank in range(self.world_size)]
+        environments = []
+        for member, info in zip(self.replicas, infos, strict=True):
+            rank = member.id.rank
+            group = job.group_of(rank)
+            env = {**job.env, **group.env, **rendezvous[rank]}
+            if not info.get("gpus"):
+                # Ray sets CUDA_VISIBLE_DEVICES only for actors that asked for GPUs; as locally,
+                # a replica without GPUs sees none. (Ray sets OMP_NUM_THREADS from num_cpus.)
+                env["CUDA_VISIBLE_DEVICES"] = ""
+            environments.append(env)
+        return environments
+
+    # --- messages ------------------------------------------------------------------------
+
+    def on_messages(self, member: RayReplica, messages: list[tuple[Any, ...]]) -> list[Event]:
+        """Handle a batch from ``member``; poll it again unless the attempt is over for it."""
+        events: list[Event] = []
+        for message in messages:
+            self._on_message(member, message, events)
+        if not member.dead and (self.phase != "done" or self.reusable):
+            member.poll()
+        else:
+            member.pending = None
+        return events
+
+    def _on_message(
+        self, member: RayReplica, message: tuple[Any, ...], events: list[Event]
+    ) -> None:
+        kind = message[0]
+        rank = member.id.rank
+        number = self.trial_number
+        if kind == "report":
+            if rank == 0:
+                if self.phase == "running":
+                    self._pending_step = message[1]
+                    events.append(Reported(number, message[1], message[2]))
+            else:
+                self._answer_or_wait(member, message[1])
+        elif kind == "checkpoint":
+            if rank == 0 and self.phase == "running":
+                events.append(Checkpointed(number, message[1], message[2]))
+        elif kind in ("result", "stopped"):
+            member.finished = True
+            if rank == 0 and self.phase == "running":
+                if kind == "result":
+                    events.append(Completed(number, message[1]))
+                else:
+                    events.append(Stopped(number, message[1]))
+                if self.job is None:
+                    self._end(reusable=True)
+                else:
+                    self._enter("finishing", self.grace)
+                    self._release_waiting()
+        elif kind == "error":
+            member.finished = True
+            if self.job is None:
+                if self.phase == "running":
+                    events.append(Errored(number, message[1], message[2]))
+                    self._end(reusable=True)
+            elif self.phase in ("starting", "running", "failing"):
+                self._fail(member, f"raised {message[1]}", message[2], died=False, by_signal=False)
+
+    def on_death(self, member: RayReplica, error: BaseException) -> list[Event]:
+        """``member``'s actor died (killed, out of memory, its node gone) or never started."""
+        member.dead = member.finished = True
+        member.pending = None
+        events: list[Event] = []
+        if self.phase in ("starting", "running", "failing"):
+            what = describe_actor_error(error)
+            if self.job is None:
+                events.append(Crashed(self.trial_number, what))
+                self._end(reusable=False)
+            else:
+                self._fail(member, what, "", died=True, by_signal=True)
+        return events
+
+    def _fail(
+        self, member: RayReplica, what: str, details: str, *, died: bool, by_signal: bool
+    ) -> None:
+        replica = member.id
+        who = f"replica {replica.label} (rank {replica.rank} of {self.world_size})"
+        separator = ": " if died else " "
+        self._failures.append(_Failure(died, by_signal, f"{who}{separator}{what}", details))
+        if self.phase in ("starting", "running"):
+            self._enter("failing", self.failure_window)
+
+    def _enter(self, phase: Literal["finishing", "failing"], seconds: float) -> None:
+        self.phase = phase
+        self.deadline = time.monotonic() + seconds
+
+    def _end(self, *, reusable: bool) -> None:
+        self.phase = "done"
+        self.deadline = None
+        self.reusable = reusable
+
+    # --- decisions -----------------------------------------------------------------------
+
+    def respond(self, decision: str) -> None:
+        """Rank 0's pending report gets ``decision``; so does every rank waiting at its step."""
+        step = self._pending_step
+        if step is None or self.phase != "running":
+            return
+        self._pending_step = None
+        self._decisions[step] = decision
+        self._latest_decided = (
+            step if self._latest_decided is None else max(self._latest_decided, step)
+        )
+        self.replicas[0].actor.decide.remote(decision)
+        for member in self.replicas[1:]:
+            if member.waiting_step is not None and member.waiting_step <= step:
+                self._answer(member, self._decisions.get(member.waiting_step, "continue"))
+
+    def _answer_or_wait(self, member: RayReplica, step: int) -> None:
+        if step in self._decisions:
+            self._answer(member, self._decisions[step])
+        elif self.phase == "finishing" or (
+            self._latest_decided is not None and step < self._latest_decided
+        ):
+            self._answer(member, "continue")  # rank 0 ended, or never reported this step
+        else:
+            member.waiting_step = step
+
+    def _answer(self, member: RayReplica, decision: str) -> None:
+        member.waiting_step = None
+        if not member.dead:
+            member.actor.decide.remote(decision)
+
+    def _release_waiting(self) -> None:
+        for member in self.replicas[1:]:
+            if member.waiting_step is not None:
+                self._answer(member, self._decisions.get(member.waiting_step, "continue"))
+
+    # --- ending --------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Event]:
+        """End a finishing or failing attempt once settled or past its deadline."""
+        if self.phase not in ("finishing", "failing"):
+            return []
+        settled = all(member.finished for member in self.replicas)
+        if not settled and (self.deadline is None or now < self.deadline):
+            return []
+        failing = self.phase == "failing"
+        self._end(reusable=False)
+        return [self._failure_event()] if failing else []
+
+    def _failure_event(self) -> Event:
+        deaths = [failure for failure in self._failures if failure.died]
+        root = deaths[0] if deaths else self._failures[0]
+        described = f"{root.message}\n{root.details.rstrip()}" if root.details else root.message
+        assert self.job is not None
+        if not self.job.restart_policy.restarts(killed_by_signal=root.killed_by_signal):
+            return Errored(self.trial_number, root.message, described)
+        return Crashed(self.trial_number, described)
+
+    def next_deadline(self) -> float | None:
+        return self.deadline if self.phase in ("finishing", "failing") else None
+
+    def kill(self) -> None:
+        """Kill every replica's actor and give the placement group back to the cluster."""
+        self._end(reusable=False)
+        for member in self.replicas:
+            member.dead = member.finished = True
+            member.pending = None
+            kill_actor(member.actor)
+            remove_group(member.placement_group)
+        remove_group(self.placement_group)
+
+
+def kill_actor(actor: Any) -> None:
+    """Kill a Ray actor now; an actor that is already gone is fine."""
+    import ray
+
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - dead already, or the cluster is going away
+        pass
+
+
+def remove_group(group: Any) -> None:
+    """Remove a placement group (and whatever still runs in it), if there is one."""
+    if group is None:
+        return
+    from ray.util.placement_group import remove_placement_group
+
+    try:
+        remove_placement_group(group)
+    except Exception:  # noqa: BLE001 - removed already, or the cluster is going away
+        pass

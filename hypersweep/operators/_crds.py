@@ -1,0 +1,603 @@
+"""The CustomResourceDefinitions of ``TrainJob`` and ``Sweep`` (group ``hypersweep.io``).
+
+The schemas are structural, with defaults, so that the API server fills in what a user leaves out
+and ``kubectl explain`` documents every field. What can be checked without running code is
+checked by the API server itself, through OpenAPI constraints and CEL rules
+(``x-kubernetes-validations``): an invalid resource is refused at ``kubectl apply`` with the field
+named, instead of being accepted and failing later in the controller. The controllers still
+validate everything again (e.g. a search space's nested parameters, which CEL cannot see), and
+report what they refuse as a ``Failed`` condition with reason ``InvalidSpec``.
+
+``TrainJob`` has the shape of Kubeflow's PyTorchJob and TFJob: ``replicaSpecs`` keyed by role,
+each with ``replicas``, ``restartPolicy`` and a pod ``template``, and a ``runPolicy``. A Kubeflow
+manifest ports by changing ``apiVersion`` and ``kind``: ``pytorchReplicaSpecs`` and
+``tfReplicaSpecs`` are accepted as they are and imply the framework.
+
+The manifests under ``deploy/crds/`` are generated from this module
+(``hypersweep operator crds --output-dir deploy/crds``); a test keeps them in step.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hypersweep.operators._names import GROUP, VERSION
+from hypersweep.strategies import EARLY_STOPPING_NAMES, STRATEGY_NAMES
+
+JsonDict = dict[str, Any]
+
+PYTORCH_ROLES = ("Master", "Worker")
+TENSORFLOW_ROLES = ("Chief", "Master", "Worker", "PS", "Evaluator")
+FRAMEWORKS = ("pytorch", "tensorflow", "generic")
+RESTART_POLICIES = ("OnFailure", "Never", "ExitCode", "Always")
+CLEAN_POD_POLICIES = ("All", "Running", "None")
+DEFAULT_BACKOFF_LIMIT = 3
+DEFAULT_CLAIM = "hypersweep-data"
+
+#: Longest names: ``<sweep>-trial-<n>`` (n < 1,000,000) fits a TrainJob name, and
+#: ``<trainjob>-evaluator-<i>`` a 63-character DNS label (pod and service names).
+MAX_TRAINJOB_NAME = 48
+MAX_SWEEP_NAME = 35
+
+_PRESERVE = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+def _cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    item: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        item["fieldPath"] = field_path
+    return item
+
+
+def _quoted(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{value}'" for value in values) + "]"
+
+
+def _condition_schema() -> JsonDict:
+    return {
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "required": ["type", "status"],
+            "properties": {
+                "type": {"type": "string"},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                "reason": {"type": "string"},
+                "message": {"type": "string"},
+                "lastTransitionTime": {"type": "string", "format": "date-time"},
+                "lastUpdateTime": {"type": "string", "format": "date-time"},
+            },
+        },
+    }
+
+
+def _replica_spec_schema() -> JsonDict:
+    container = {
+        "type": "object",
+        "required": ["name"],
+        "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {"name": {"type": "string", "minLength": 1}},
+    }
+    return {
+        "type": "object",
+        "required": ["template"],
+        "description": "Replicas of one role, as in a Kubeflow replica spec.",
+        "properties": {
+            "replicas": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 1,
+                "description": "How many pods of this role.",
+            },
+            "restartPolicy": {
+                "type": "string",
+                "enum": list(RESTART_POLICIES),
+                "default": "OnFailure",
+                "description": (
+                    "What a failed replica does to the job. OnFailure (and Always): restart the "
+                    "whole gang from its checkpoint, up to runPolicy.backoffLimit times. ExitCode: "
+                    "restart on exit codes >= 128 (signals, OOM, preemption), fail the job on "
+                    "1-127. Never: fail the job."
+                ),
+            },
+            "template": {
+                "type": "object",
+                "description": "The pod template (a core/v1 PodTemplateSpec).",
+                "properties": {
+                    "metadata": copy.deepcopy(_PRESERVE),
+                    "spec": {
+                        "type": "object",
+                        "required": ["containers"],
+                        "x-kubernetes-preserve-unknown-fields": True,
+                        "properties": {
+                            "containers": {"type": "array", "minItems": 1, "items": container}
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
+def _replica_map_schema(roles: tuple[str, ...] | None, framework: str) -> JsonDict:
+    schema: JsonDict = {
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 8,
+        "additionalProperties": _replica_spec_schema(),
+    }
+    rules = []
+    if roles is not None:
+        rules.append(
+            _cel(
+                f"self.all(role, role in {_quoted(roles)})",
+                f"{framework} replica roles are {', '.join(roles)}",
+            )
+        )
+    if framework == "pytorch":
+        rules += [
+            _cel("'Master' in self", "a PyTorch job needs a Master replica (rank 0)"),
+            _cel(
+                "!('Master' in self) || self['Master'].replicas == 1",
+                "a PyTorch job has exactly one Master replica",
+            ),
+        ]
+    elif framework == "tensorflow":
+        rules += [
+            _cel(
+                "'Chief' in self || 'Master' in self || 'Worker' in self",
+                "a TensorFlow job needs a Chief or Worker replica",
+            ),
+            _cel(
+                "!('Chief' in self) || self['Chief'].replicas <= 1",
+                "a TensorFlow job has at most one Chief replica",
+            ),
+        ]
+    if rules:
+        schema["x-kubernetes-validations"] = rules
+    return schema
+
+
+def trainjob_spec_schema() -> JsonDict:
+    """The schema of ``TrainJob.spec``, also used for ``Sweep.spec.trialTemplate``."""
+    framework_rules = []
+    for name, roles in (("pytorch", PYTORCH_ROLES), ("tensorflow", TENSORFLOW_ROLES)):
+        applies = f"!has(self.replicaSpecs) || !has(self.framework) || self.framework != '{name}'"
+        framework_rules.append(
+            _cel(
+                f"{applies} || self.replicaSpecs.all(role, role in {_quoted(roles)})",
+                f"{name} replica roles are {', '.join(roles)}",
+                ".replicaSpecs",
+            )
+        )
+    pytorch = "!has(self.replicaSpecs) || !has(self.framework) || self.framework != 'pytorch'"
+    framework_rules += [
+        _cel(
+            f"{pytorch} || 'Master' in self.replicaSpecs",
+            "a PyTorch job needs a Master replica (rank 0)",
+            ".replicaSpecs",
+        ),
+        _cel(
+            f"{pytorch} || !('Master' in self.replicaSpecs) "
+            "|| self.replicaSpecs['Master'].replicas == 1",
+            "a PyTorch job has exactly one Master replica",
+            ".replicaSpecs",
+        ),
+    ]
+    tensorflow = "!has(self.replicaSpecs) || !has(self.framework) || self.framework != 'tensorflow'"
+    framework_rules += [
+        _cel(
+            f"{tensorflow} || 'Chief' in self.replicaSpecs || 'Master' in self.replicaSpecs "
+            "|| 'Worker' in self.replicaSpecs",
+            "a TensorFlow job needs a Chief or Worker replica",
+            ".replicaSpecs",
+        ),
+        _cel(
+            f"{tensorflow} || !('Chief' in self.replicaSpecs) "
+            "|| self.replicaSpecs['Chief'].replicas <= 1",
+            "a TensorFlow job has at most one Chief replica",
+            ".replicaSpecs",
+        ),
+    ]
+    return {
+        "type": "object",
+        "properties": {
+            "framework": {
+                "type": "string",
+                "enum": list(FRAMEWORKS),
+                "description": (
+                    "pytorch: MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK (and PET_*) as "
+                    "PyTorchJob sets them. tensorflow: TF_CONFIG as TFJob sets it. generic: "
+                    "RANK, WORLD_SIZE and HYPERSWEEP_CLUSTER only. Implied by "
+                    "pytorchReplicaSpecs and tfReplicaSpecs."
+                ),
+            },
+            "replicaSpecs": _replica_map_schema(None, "generic"),
+            "pytorchReplicaSpecs": _replica_map_schema(PYTORCH_ROLES, "pytorch"),
+            "tfReplicaSpecs": _replica_map_schema(TENSORFLOW_ROLES, "tensorflow"),
+            "successPolicy": {
+                "type": "string",
+                "enum": ["", "AllWorkers"],
+                "description": (
+                    "TensorFlow only: the job succeeds when the chief (or worker 0) succeeds "
+                    '("", the default) or when every worker does (AllWorkers).'
+                ),
+            },
+            "runPolicy": {
+                "type": "object",
+                "default": {},
+                "properties": {
+                    "backoffLimit": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "default": DEFAULT_BACKOFF_LIMIT,
+                        "description": "Restarts of the whole gang before the job fails.",
+                    },
+                    "activeDeadlineSeconds": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Seconds the job may run before it fails.",
+                    },
+                    "ttlSecondsAfterFinished": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Seconds after which a finished job is deleted.",
+                    },
+                    "cleanPodPolicy": {
+                        "type": "string",
+                        "enum": list(CLEAN_POD_POLICIES),
+                        "default": "Running",
+                        "description": "Pods deleted when the job finishes.",
+                    },
+                    "suspend": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "Delete the job's pods and keep it until unsuspended.",
+                    },
+                },
+            },
+        },
+        "x-kubernetes-validations": [
+            _cel(
+                "[has(self.replicaSpecs), has(self.pytorchReplicaSpecs), "
+                "has(self.tfReplicaSpecs)].filter(given, given).size() == 1",
+                "give exactly one of replicaSpecs, pytorchReplicaSpecs or tfReplicaSpecs",
+            ),
+            _cel(
+                "!has(self.replicaSpecs) || has(self.framework)",
+                "framework is required with replicaSpecs: pytorch, tensorflow or generic",
+                ".framework",
+            ),
+            _cel(
+                "!has(self.pytorchReplicaSpecs) || !has(self.framework) "
+                "|| self.framework == 'pytorch'",
+                "pytorchReplicaSpecs needs framework pytorch",
+                ".framework",
+            ),
+            _cel(
+                "!has(self.tfReplicaSpecs) || !has(self.framework) "
+                "|| self.framework == 'tensorflow'",
+                "tfReplicaSpecs needs framework tensorflow",
+                ".framework",
+            ),
+            *framework_rules,
+        ],
+    }
+
+
+def _trainjob_status_schema() -> JsonDict:
+    counts = {
+        "type": "object",
+        "properties": {
+            "active": {"type": "integer"},
+            "succeeded": {"type": "integer"},
+            "failed": {"type": "integer"},
+        },
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "conditions": _condition_schema(),
+            "replicaStatuses": {"type": "object", "additionalProperties": counts},
+            "restartCount": {"type": "integer"},
+            "startTime": {"type": "string", "format": "date-time"},
+            "completionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": {"type": "integer"},
+        },
+    }
+
+
+def _space_parameter_schema() -> JsonDict:
+    return {
+        "type": "object",
+        "description": (
+            "A parameter: {type: float|int, low, high, log, step}, {type: categorical|grid, "
+            "values}, {type: constant, value}, or a nested mapping of parameters."
+        ),
+        "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {
+            "type": {"type": "string", "enum": ["float", "int", "categorical", "grid", "constant"]},
+            "low": {"type": "number"},
+            "high": {"type": "number"},
+            "log": {"type": "boolean"},
+            "step": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+            "values": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"x-kubernetes-preserve-unknown-fields": True},
+            },
+            "value": {"x-kubernetes-preserve-unknown-fields": True},
+        },
+        "x-kubernetes-validations": [
+            _cel(
+                "!has(self.type) || !(self.type in ['float', 'int']) "
+                "|| (has(self.low) && has(self.high))",
+                "float and int parameters need low and high",
+            ),
+            _cel(
+                "!has(self.type) || !(self.type in ['float', 'int']) || !has(self.low) "
+                "|| !has(self.high) || self.low <= self.high",
+                "low must not exceed high",
+                ".low",
+            ),
+            _cel(
+                "!has(self.type) || self.type != 'float' || !has(self.low) "
+                "|| !has(self.log) || !self.log || self.low > 0.0",
+                "a log-scaled range needs low > 0",
+                ".low",
+            ),
+        ],
+    }
+
+
+def _sweep_spec_schema() -> JsonDict:
+    trial_template = trainjob_spec_schema()
+    trial_template["description"] = (
+        "The TrainJob every trial runs. Each trial's parameters are given to its containers as "
+        "HYPERSWEEP_CONFIG (JSON), as the file HYPERSWEEP_CONFIG_FILE, and in place of "
+        "${trialParameters.NAME} in commands, args and env values."
+    )
+    storage = {
+        "type": "object",
+        "default": {},
+        "description": "Where the sweep's trial records and checkpoints live.",
+        "properties": {
+            "persistentVolumeClaim": {
+                "type": "object",
+                "default": {},
+                "description": (
+                    "A ReadWriteMany claim mounted by the operator and by every trial pod at "
+                    "the operator's data directory: checkpoints, and the trial records unless "
+                    "url is given."
+                ),
+                "properties": {"claimName": {"type": "string", "default": DEFAULT_CLAIM}},
+            },
+            "url": {
+                "type": "object",
+                "required": ["secretKeyRef"],
+                "description": "An Optuna storage URL (e.g. postgresql://...) read from a Secret.",
+                "properties": {
+                    "secretKeyRef": {
+                        "type": "object",
+                        "required": ["name", "key"],
+                        "properties": {"name": {"type": "string"}, "key": {"type": "string"}},
+                    }
+                },
+            },
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["space", "objective", "maxTrials", "trialTemplate"],
+        "properties": {
+            "space": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 100,
+                "description": "The search space, in the plain-data form of sweep files.",
+                "additionalProperties": _space_parameter_schema(),
+            },
+            "objective": {
+                "type": "object",
+                "required": ["metric"],
+                "properties": {
+                    "metric": {"type": "string", "minLength": 1},
+                    "mode": {"type": "string", "enum": ["min", "max"], "default": "min"},
+                    "goal": {
+                        "type": "number",
+                        "description": "Stop starting trials once the best value reaches it.",
+                    },
+                },
+            },
+            "strategy": {
+                "type": "object",
+                "default": {"name": "tpe"},
+                "properties": {
+                    "name": {"type": "string", "enum": list(STRATEGY_NAMES), "default": "tpe"},
+                    "settings": {
+                        "type": "object",
+                        "properties": {"seed": {"type": "integer", "minimum": 0}},
+                    },
+                },
+            },
+            "earlyStopping": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "enum": ["none", *EARLY_STOPPING_NAMES]},
+                    "settings": copy.deepcopy(_PRESERVE),
+                },
+            },
+            "maxTrials": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+            "parallelism": {"type": "integer", "minimum": 1, "default": 3},
+            "maxFailedTrials": {"type": "integer", "minimum": 1},
+            "maxRetries": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 2,
+                "description": "New TrainJobs for a trial whose TrainJob vanished.",
+            },
+            "keepCheckpoints": {"type": "integer", "minimum": 1, "default": 2},
+            "trialTemplate": trial_template,
+            "storage": storage,
+        },
+        "x-kubernetes-validations": [
+            _cel("self.space == oldSelf.space", "space cannot change after creation", ".space"),
+            _cel(
+                "self.objective.metric == oldSelf.objective.metric "
+                "&& self.objective.mode == oldSelf.objective.mode",
+                "objective.metric and objective.mode cannot change after creation",
+                ".objective",
+            ),
+            _cel(
+                "self.storage == oldSelf.storage",
+                "storage cannot change after creation",
+                ".storage",
+            ),
+        ],
+    }
+
+
+def _sweep_status_schema() -> JsonDict:
+    counts = {
+        name: {"type": "integer"}
+        for name in ("total", "pending", "running", "paused", "succeeded", "pruned", "failed")
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "conditions": _condition_schema(),
+            "observedGeneration": {"type": "integer"},
+            "studyName": {"type": "string"},
+            "startTime": {"type": "string", "format": "date-time"},
+            "completionTime": {"type": "string", "format": "date-time"},
+            "trials": {"type": "object", "properties": counts},
+            "bestTrial": {
+                "type": "object",
+                "properties": {
+                    "number": {"type": "integer"},
+                    "value": {"type": "number"},
+                    "params": copy.deepcopy(_PRESERVE),
+                },
+            },
+        },
+    }
+
+
+def _crd(
+    kind: str,
+    plural: str,
+    short_names: list[str],
+    spec: JsonDict,
+    status: JsonDict,
+    columns: list[JsonDict],
+    root_rules: list[JsonDict],
+) -> JsonDict:
+    schema: JsonDict = {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "x-kubernetes-validations": root_rules,
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": short_names,
+                "categories": ["hypersweep"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": schema},
+                }
+            ],
+        },
+    }
+
+
+def _column(name: str, path: str, kind: str = "string", priority: int = 0) -> JsonDict:
+    column: JsonDict = {"name": name, "type": kind, "jsonPath": path}
+    if priority:
+        column["priority"] = priority
+    return column
+
+
+def trainjob_crd() -> JsonDict:
+    """The TrainJob CustomResourceDefinition."""
+    return _crd(
+        "TrainJob",
+        "trainjobs",
+        ["tj"],
+        trainjob_spec_schema(),
+        _trainjob_status_schema(),
+        [
+            _column("State", ".status.conditions[-1:].type"),
+            _column("Restarts", ".status.restartCount", "integer"),
+            _column("Framework", ".spec.framework", priority=1),
+            _column("Age", ".metadata.creationTimestamp", "date"),
+        ],
+        [
+            _cel(
+                f"self.metadata.name.size() <= {MAX_TRAINJOB_NAME}",
+                f"a TrainJob name has at most {MAX_TRAINJOB_NAME} characters, so that its pods' "
+                "and services' names are DNS labels",
+            )
+        ],
+    )
+
+
+def sweep_crd() -> JsonDict:
+    """The Sweep CustomResourceDefinition."""
+    return _crd(
+        "Sweep",
+        "sweeps",
+        ["sw"],
+        _sweep_spec_schema(),
+        _sweep_status_schema(),
+        [
+            _column("State", ".status.conditions[-1:].type"),
+            _column("Succeeded", ".status.trials.succeeded", "integer"),
+            _column("Pruned", ".status.trials.pruned", "integer"),
+            _column("Failed", ".status.trials.failed", "integer"),
+            _column("Running", ".status.trials.running", "integer"),
+            _column("Best-Trial", ".status.bestTrial.number", "integer"),
+            _column("Best-Value", ".status.bestTrial.value", "number"),
+            _column("Metric", ".spec.objective.metric", priority=1),
+            _column("Strategy", ".spec.strategy.name", priority=1),
+            _column("Age", ".metadata.creationTimestamp", "date"),
+        ],
+        [
+            _cel(
+                f"self.metadata.name.size() <= {MAX_SWEEP_NAME}",
+                f"a Sweep name has at most {MAX_SWEEP_NAME} characters, so that its trials' "
+                "TrainJob names stay short enough",
+            )
+        ],
+    )
+
+
+def crd_manifests() -> list[JsonDict]:
+    """Every CRD the operator serves, in install order."""
+    return [trainjob_crd(), sweep_crd()]

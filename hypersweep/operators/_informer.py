@@ -1,0 +1,349 @@
+"""Informers, a work queue and a controller loop: the client-go pattern, in a few hundred lines.
+
+Why not kopf (the usual Python operator framework)? Its model is edge-triggered handlers per
+change (``@kopf.on.create``, ``on.update``) with per-object progress stored in annotations, and its
+leader election is its own ``KopfPeering`` resource. The controllers here are level-triggered
+instead: every reconcile reads the whole observed state (the resource, its pods, services) and
+converges it on the desired state, whatever events were missed, coalesced or repeated; the only
+memory is the resource's own status. That is exactly what client-go's informer + work queue
+gives Go controllers, it needs nothing beyond the ``kubernetes`` client, it runs on threads
+(the orchestrator loop that a Sweep runs is synchronous code), and leader election uses a
+standard ``coordination.k8s.io`` Lease (``_leader``), which ``kubectl`` and other tools
+understand.
+
+* :class:`Informer` lists then watches one resource type, keeps a cache of every object, and
+  tells handlers what changed. A watch that expires is resumed from the last resource version;
+  one that is too old (410) is replaced by a fresh list.
+* :class:`WorkQueue` holds keys (``namespace/name``) to reconcile. A key is queued once however
+  many events arrive for it, is handed to one worker at a time, and can be requeued after a
+  delay or with exponential back-off after an error.
+* :class:`Controller` runs worker threads that take keys from the queue and reconcile them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from hypersweep.operators._kube import ApiError, JsonDict, Kube, Resource, object_key
+
+logger = logging.getLogger("hypersweep.operator")
+
+Handler = Callable[[str, JsonDict], None]
+
+
+class Informer:
+    """A watched, cached view of one resource type (in one namespace or all).
+
+    Args:
+        kube: the API client.
+        resource: what to watch.
+        namespace: the namespace to watch; None for all.
+        label_selector: only objects with these labels.
+    """
+
+    def __init__(
+        self,
+        kube: Kube,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        watch_timeout: int = 240,
+    ) -> None:
+        self.kube = kube
+        self.resource = resource
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.watch_timeout = watch_timeout
+        self._cache: dict[str, JsonDict] = {}
+        self._lock = threading.Lock()
+        self._handlers: list[Handler] = []
+        self._synced = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add_handler(self, handler: Handler) -> None:
+        """Call ``handler(event_type, obj)`` for every change (ADDED, MODIFIED, DELETED)."""
+        self._handlers.append(handler)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"informer-{self.resource.plural}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait_synced(self, timeout: float = 60.0) -> bool:
+        """Wait for the first complete list; the cache is usable after it."""
+        return self._synced.wait(timeout)
+
+    # --- reading the cache ---------------------------------------------------------------
+
+    def get(self, namespace: str, name: str) -> JsonDict | None:
+        with self._lock:
+            return self._cache.get(f"{namespace}/{name}")
+
+    def list(
+        self, namespace: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[JsonDict]:
+        """Cached objects in ``namespace`` (all if None) whose labels include ``labels``."""
+        with self._lock:
+            objects = list(self._cache.values())
+        wanted = dict(labels or {})
+        return [
+            obj
+            for obj in objects
+            if (namespace is None or obj["metadata"].get("namespace") == namespace)
+            and all(obj["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())
+        ]
+
+    # --- list and watch ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        resource_version: str | None = None
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if resource_version is None:
+                    resource_version = self._relist()
+                resource_version = self._watch(resource_version)
+                failures = 0
+            except _Expired:
+                resource_version = None
+            except Exception as error:  # noqa: BLE001 - an informer must outlive API hiccups
+                failures += 1
+                if not self._stop.is_set():
+                    logger.warning("watch of %s failed: %s", self.resource.plural, error)
+                resource_version = None
+                self._stop.wait(min(0.2 * 2**failures, 5.0))
+
+    def _relist(self) -> str:
+        listing = self.kube.list(self.resource, self.namespace, label_selector=self.label_selector)
+        fresh = {object_key(obj): obj for obj in listing.get("items") or []}
+        with self._lock:
+            old, self._cache = self._cache, fresh
+        for key, obj in fresh.items():
+            self._emit("MODIFIED" if key in old else "ADDED", obj)
+        for key, obj in old.items():
+            if key not in fresh:
+                self._emit("DELETED", obj)
+        self._synced.set()
+        return str(listing["metadata"]["resourceVersion"])
+
+    def _watch(self, resource_version: str) -> str:
+        events = self.kube.watch(
+            self.resource,
+            self.namespace,
+            resource_version,
+            label_selector=self.label_selector,
+            timeout_seconds=self.watch_timeout,
+        )
+        for event in events:
+            kind = event.get("type")
+            obj = event.get("object") or {}
+            if kind == "ERROR":
+                if obj.get("code") == 410:
+                    raise _Expired
+                raise ApiError(int(obj.get("code") or 500), str(obj.get("reason")), obj)
+            resource_version = str(obj["metadata"]["resourceVersion"])
+            if kind == "BOOKMARK":
+                continue
+            obj.setdefault("apiVersion", self.resource.api_version)
+            obj.setdefault("kind", self.resource.kind)
+            key = object_key(obj)
+            with self._lock:
+                if kind == "DELETED":
+                    self._cache.pop(key, None)
+                else:
+                    self._cache[key] = obj
+            self._emit(str(kind), obj)
+            if self._stop.is_set():
+                break
+        return resource_version
+
+    def _emit(self, kind: str, obj: JsonDict) -> None:
+        for handler in self._handlers:
+            try:
+                handler(kind, obj)
+            except Exception:
+                logger.exception("informer handler failed")
+
+
+class _Expired(Exception):
+    """The watch's resource version is too old: list again."""
+
+
+class WorkQueue:
+    """Keys to reconcile, each queued once and processed by one worker at a time."""
+
+    def __init__(self, base_delay: float = 0.05, max_delay: float = 30.0) -> None:
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._condition = threading.Condition()
+        self._queue: list[str] = []
+        self._dirty: set[str] = set()
+        self._processing: set[str] = set()
+        self._delayed: list[tuple[float, str]] = []
+        self._failures: dict[str, int] = {}
+        self._closed = False
+
+    def add(self, key: str) -> None:
+        with self._condition:
+            if self._closed or key in self._dirty:
+                return
+            self._dirty.add(key)
+            if key not in self._processing:
+                self._queue.append(key)
+                self._condition.notify()
+
+    def add_after(self, key: str, delay: float) -> None:
+        """Queue ``key`` in ``delay`` seconds (at once if ``delay`` <= 0)."""
+        if delay <= 0:
+            self.add(key)
+            return
+        with self._condition:
+            heapq.heappush(self._delayed, (time.monotonic() + delay, key))
+            self._condition.notify()
+
+    def add_rate_limited(self, key: str) -> None:
+        """Queue ``key`` again after an exponentially growing delay (after a failure)."""
+        with self._condition:
+            failures = self._failures.get(key, 0)
+            self._failures[key] = failures + 1
+        self.add_after(key, min(self.base_delay * 2**failures, self.max_delay))
+
+    def forget(self, key: str) -> None:
+        """Reset ``key``'s back-off after a successful reconcile."""
+        with self._condition:
+            self._failures.pop(key, None)
+
+    def get(self, timeout: float = 1.0) -> str | None:
+        """The next key to process (call :meth:`done` after), or None after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while True:
+                self._promote_delayed()
+                if self._queue:
+                    key = self._queue.pop(0)
+                    self._dirty.discard(key)
+                    self._processing.add(key)
+                    return key
+                if self._closed:
+                    return None
+                now = time.monotonic()
+                if now >= deadline:
+                    return None
+                wait = deadline - now
+                if self._delayed:
+                    wait = min(wait, max(0.0, self._delayed[0][0] - now))
+                self._condition.wait(wait)
+
+    def done(self, key: str) -> None:
+        with self._condition:
+            self._processing.discard(key)
+            if key in self._dirty:
+                self._queue.append(key)
+                self._condition.notify()
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    def _promote_delayed(self) -> None:
+        now = time.monotonic()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, key = heapq.heappop(self._delayed)
+            if key not in self._dirty:
+                self._dirty.add(key)
+                if key not in self._processing:
+                    self._queue.append(key)
+
+
+Reconcile = Callable[[str], "float | None"]
+
+
+class Controller:
+    """Worker threads that reconcile the keys of a work queue.
+
+    ``reconcile(key)`` converges one object and returns None, or the seconds after which to
+    look again (a deadline, a TTL, a pod still terminating). Conflicts (the object changed since
+    it was read) and other errors requeue the key with back-off.
+    """
+
+    def __init__(self, name: str, reconcile: Reconcile, *, workers: int = 2) -> None:
+        self.name = name
+        self.reconcile = reconcile
+        self.workers = workers
+        self.queue = WorkQueue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for index in range(self.workers):
+            thread = threading.Thread(
+                target=self._work, name=f"{self.name}-worker-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.queue.close()
+
+    def join(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            key = self.queue.get(timeout=0.5)
+            if key is None:
+                continue
+            try:
+                again = self.reconcile(key)
+            except ApiError as error:
+                if error.conflict:
+                    logger.debug("%s %s: %s; retrying", self.name, key, error)
+                else:
+                    logger.warning("%s %s: %s", self.name, key, error)
+                self.queue.add_rate_limited(key)
+            except Exception:
+                logger.exception("%s %s: reconcile failed", self.name, key)
+                self.queue.add_rate_limited(key)
+            else:
+                self.queue.forget(key)
+                if again is not None:
+                    self.queue.add_after(key, again)
+            finally:
+                self.queue.done(key)
+
+
+def enqueue_owner(queue: WorkQueue, label: str) -> Handler:
+    """An informer handler that queues the owner named by ``label`` of the changed object."""
+
+    def handler(kind: str, obj: JsonDict) -> None:
+        del kind
+        meta = obj["metadata"]
+        owner = (meta.get("labels") or {}).get(label)
+        if owner:
+            queue.add(f"{meta.get('namespace', '')}/{owner}")
+
+    return handler
+
+
+def enqueue_self(queue: WorkQueue) -> Handler:
+    """An informer handler that queues the changed object itself."""
+
+    def handler(kind: str, obj: JsonDict) -> None:
+        del kind
+        queue.add(object_key(obj))
+
+    return handler

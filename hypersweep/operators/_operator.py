@@ -1,0 +1,249 @@
+"""``hypersweep operator``: the process that runs the TrainJob and Sweep controllers.
+
+One process serves trials' reports (``_server``) and, while it leads (``_leader``), runs the
+TrainJob controller and the Sweep controller. Only the leader is ready, so the operator's
+Service routes trials' reports to it alone. On SIGTERM it stops cleanly: sweeps are detached
+(their trials keep running, to be adopted by the next leader), and the lease is released so the
+next leader starts at once. If it loses the lease it exits with status 1, and its Deployment
+starts it again as a candidate.
+
+Commands:
+
+* ``hypersweep operator run [options]``: run the operator (see ``--help``).
+* ``hypersweep operator crds [--output-dir DIR]``: print (or write) the CRD manifests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+
+from hypersweep.operators._crds import crd_manifests
+from hypersweep.operators._kube import Kube
+from hypersweep.operators._leader import LeaderElector
+from hypersweep.operators._names import COMPONENT
+from hypersweep.operators._recorder import EventRecorder
+from hypersweep.operators._server import ReportServer
+from hypersweep.operators._sweep import SweepController
+from hypersweep.operators._trainjob import Networking, TrainJobController
+
+logger = logging.getLogger("hypersweep.operator")
+
+EXIT_LOST_LEASE = 1
+
+
+@dataclass
+class OperatorOptions:
+    """How the operator runs; every field is also a ``hypersweep operator run`` flag."""
+
+    kubeconfig: str | None = None
+    namespace: str | None = None
+    data_dir: Path = Path("/var/lib/hypersweep")
+    bind: str = "0.0.0.0"
+    port: int = 8080
+    report_url: str | None = None
+    lease_namespace: str = "hypersweep-system"
+    lease_name: str = COMPONENT
+    lease_duration: float = 15.0
+    identity: str | None = None
+    replica_host: str | None = None
+    workers: int = 2
+    heartbeat_interval: float = 5.0
+    lease_grace: float = 15.0
+
+
+class Operator:
+    """The operator process: report server, leader election and both controllers."""
+
+    def __init__(self, options: OperatorOptions, kube: Kube | None = None) -> None:
+        self.options = options
+        self.kube = kube or Kube.from_config(options.kubeconfig)
+        self.identity = options.identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        self.ready = False
+        self.lost = threading.Event()
+        self.server = ReportServer(options.bind, options.port, ready=lambda: self.ready)
+
+    @property
+    def report_url(self) -> str:
+        if self.options.report_url:
+            return self.options.report_url.rstrip("/")
+        pod_ip = os.environ.get("POD_IP") or "127.0.0.1"
+        return f"http://{pod_ip}:{self.server.port}"
+
+    def run(self, stop: threading.Event) -> int:
+        """Serve until ``stop`` is set (0) or the lease is lost (1)."""
+        options = self.options
+        self.server.start()
+        logger.info(
+            "serving trial reports on port %d (trials use %s)", self.server.port, self.report_url
+        )
+        elector = LeaderElector(
+            self.kube,
+            options.lease_namespace,
+            options.lease_name,
+            self.identity,
+            lease_duration=options.lease_duration,
+            renew_deadline=options.lease_duration * 2 / 3,
+            retry_period=max(0.5, options.lease_duration / 7),
+        )
+        try:
+            if not elector.acquire(stop):
+                return 0
+
+            def on_lost() -> None:
+                self.lost.set()
+                stop.set()
+
+            keeper = threading.Thread(
+                target=elector.keep, args=(stop, on_lost), name="lease", daemon=True
+            )
+            keeper.start()
+            recorder = EventRecorder(self.kube, COMPONENT, self.identity)
+            trainjobs = TrainJobController(
+                self.kube,
+                recorder,
+                namespace=options.namespace,
+                networking=Networking(replica_host=options.replica_host),
+                workers=options.workers,
+            )
+            sweeps = SweepController(
+                self.kube,
+                recorder,
+                server=self.server,
+                report_url=self.report_url,
+                data_dir=options.data_dir,
+                namespace=options.namespace,
+                heartbeat_interval=options.heartbeat_interval,
+                lease_grace=options.lease_grace,
+                workers=options.workers,
+            )
+            trainjobs.start()
+            sweeps.start()
+            self.ready = True
+            logger.info("controllers running")
+            stop.wait()
+            self.ready = False
+            logger.info("stopping: sweeps are handed over with their trials running")
+            sweeps.stop()
+            trainjobs.stop()
+            if not self.lost.is_set():
+                elector.release()
+            return EXIT_LOST_LEASE if self.lost.is_set() else 0
+        finally:
+            self.server.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hypersweep operator", description="The Kubernetes operator for TrainJobs and Sweeps."
+    )
+    commands = parser.add_subparsers(dest="operator_command", required=True)
+    defaults = OperatorOptions()
+    run = commands.add_parser("run", help="run the controllers (leader-elected)")
+    run.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, else ~/.kube/config)"
+    )
+    run.add_argument("--namespace", help="manage only this namespace (default: all)")
+    run.add_argument(
+        "--data-dir",
+        default=os.environ.get("HYPERSWEEP_DATA_DIR", str(defaults.data_dir)),
+        help="where the data volume is mounted: sweeps' journals and checkpoints",
+    )
+    run.add_argument("--bind", default=defaults.bind, help="address of the report server")
+    run.add_argument("--port", type=int, default=defaults.port, help="port of the report server")
+    run.add_argument(
+        "--report-url",
+        default=os.environ.get("HYPERSWEEP_REPORT_URL"),
+        help="the URL at which trial pods reach this server (the operator's Service)",
+    )
+    run.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", defaults.lease_namespace),
+        help="namespace of the leader-election Lease",
+    )
+    run.add_argument("--lease-name", default=defaults.lease_name)
+    run.add_argument("--lease-duration", type=float, default=defaults.lease_duration)
+    run.add_argument("--identity", default=os.environ.get("POD_NAME"), help="this candidate's name")
+    run.add_argument(
+        "--replica-host",
+        help="address every replica by this host instead of its Service's DNS name (clusters "
+        "whose pods share one network and have no cluster DNS)",
+    )
+    run.add_argument("--workers", type=int, default=defaults.workers)
+    run.add_argument("--log-level", default="INFO")
+    crds = commands.add_parser("crds", help="print the CustomResourceDefinitions")
+    crds.add_argument("--output-dir", help="write one file per CRD into this directory")
+    return parser
+
+
+def write_crds(directory: str | Path) -> list[Path]:
+    """Write each CRD to ``<dir>/<group>_<plural>.yaml``; returns the paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for crd in crd_manifests():
+        spec = crd["spec"]
+        path = directory / f"{spec['group']}_{spec['names']['plural']}.yaml"
+        path.write_text(crd_yaml(crd))
+        written.append(path)
+    return written
+
+
+def crd_yaml(crd: dict[str, Any]) -> str:
+    header = "# Generated by `hypersweep operator crds --output-dir deploy/crds`; do not edit.\n"
+    return header + yaml.safe_dump(crd, sort_keys=False, width=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``hypersweep operator``."""
+    args = build_parser().parse_args(argv)
+    if args.operator_command == "crds":
+        if args.output_dir:
+            for path in write_crds(args.output_dir):
+                print(path)
+        else:
+            sys.stdout.write("---\n".join(crd_yaml(crd) for crd in crd_manifests()))
+        return 0
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    options = OperatorOptions(
+        kubeconfig=args.kubeconfig,
+        namespace=args.namespace,
+        data_dir=Path(args.data_dir),
+        bind=args.bind,
+        port=args.port,
+        report_url=args.report_url,
+        lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
+        lease_duration=args.lease_duration,
+        identity=args.identity,
+        replica_host=args.replica_host,
+        workers=args.workers,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return Operator(options).run(stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

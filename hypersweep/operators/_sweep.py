@@ -1,0 +1,624 @@
+"""The Sweep controller: each Sweep runs the same orchestrator loop as ``tune()``.
+
+A Sweep's spec becomes :class:`~hypersweep.orchestrator._spec.SweepSettings`, and a
+:class:`SweepRunner` thread runs :class:`~hypersweep.orchestrator._orchestrator.Orchestrator`
+with a :class:`~hypersweep.launchers._kubernetes.KubernetesLauncher` that runs each trial as a
+TrainJob owned by the Sweep. Everything about the trials lives in the sweep's Optuna storage (a
+journal file on the data volume, or a database URL from a Secret), never in the resource: the
+status holds counts and the best trial only, so it stays small however many trials run. Only
+the leading operator writes a sweep's journal (trial pods write checkpoints, never trial
+records), so the journal's known trouble with several writers over NFS (optuna#5138) does not
+arise on a shared ReadWriteMany volume.
+
+Restart safety comes from the orchestrator's storage conventions plus the launcher's adoption:
+the budget is ``maxTrials`` queued trials claimed atomically, a trial whose driver died is put
+back in the queue (by lease), and relaunching it adopts the TrainJob of that trial if it still
+runs. So an operator killed at any point and started again finishes the sweep with exactly
+``maxTrials`` trials, none lost, none run twice at once. A clean stop (SIGTERM, losing the lead,
+a changed spec) detaches the runner instead: its trials are queued to resume and their TrainJobs
+keep running for the next runner to adopt.
+
+The reconcile is level-triggered like the TrainJob controller's: it compares the Sweep with the
+runner it has (none, running, finished) and converges; the status is written from what storage
+says. A changed spec (``maxTrials`` raised, ``parallelism``...) restarts the runner, which resumes
+the same study: raising ``maxTrials`` of a finished sweep really continues it.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import logging
+import math
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hypersweep._errors import ConfigError
+from hypersweep.launchers._kubernetes import (
+    KubernetesLauncher,
+    LauncherDetached,
+    suspend_unfinished_trainjobs,
+)
+from hypersweep.operators._informer import Controller, Informer, enqueue_self
+from hypersweep.operators._kube import SECRETS, SWEEPS, ApiError, JsonDict, Kube, split_key
+from hypersweep.operators._names import SWEEP_FINALIZER
+from hypersweep.operators._recorder import EventRecorder
+from hypersweep.operators._server import ReportServer
+from hypersweep.operators._trainjob import JobSpec, SpecError, is_true, rfc3339, set_condition
+from hypersweep.orchestrator._objective import ObjectiveRef
+from hypersweep.orchestrator._spec import SweepSettings
+from hypersweep.orchestrator._storage import PAUSED_ATTR, describe_storage
+
+if TYPE_CHECKING:
+    from hypersweep.orchestrator._orchestrator import Orchestrator
+    from hypersweep.orchestrator._result import SweepResult
+
+logger = logging.getLogger("hypersweep.operator")
+
+DATA_VOLUME = "hypersweep-data"
+GOAL_REACHED = "goal reached"
+
+
+def study_name(sweep: JsonDict) -> str:
+    """The Optuna study of a Sweep: its name and uid, so a new Sweep of the same name starts
+    afresh even where an old one's records were kept."""
+    meta = sweep["metadata"]
+    return f"{meta['name']}-{meta['uid'][:8]}"
+
+
+def run_dir(data_dir: Path, sweep: JsonDict) -> Path:
+    """Where a Sweep's journal and checkpoints live on the data volume."""
+    return data_dir / sweep["metadata"]["namespace"] / study_name(sweep)
+
+
+def summarize(orchestrator: Orchestrator) -> JsonDict:
+    """The status fields that come from storage: trial counts and the best trial."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    counts = dict.fromkeys(("pending", "running", "paused", "succeeded", "pruned", "failed"), 0)
+    counts["total"] = orchestrator.settings.n_trials or 0
+    best = None
+    maximize = orchestrator.settings.mode == "max"
+    for trial in orchestrator.store.trials():
+        if trial.state == states.WAITING:
+            counts["paused" if trial.system_attrs.get(PAUSED_ATTR) is not None else "pending"] += 1
+        elif trial.state == states.RUNNING:
+            counts["running"] += 1
+        elif trial.state == states.COMPLETE:
+            counts["succeeded"] += 1
+            value = trial.value
+            if value is None or not math.isfinite(value):
+                continue
+            if best is None or (value > best[1] if maximize else value < best[1]):
+                best = (trial, value)
+        elif trial.state == states.PRUNED:
+            counts["pruned"] += 1
+        elif trial.state == states.FAIL:
+            counts["failed"] += 1
+    summary: JsonDict = {"trials": counts}
+    if best is not None:
+        trial, value = best
+        summary["bestTrial"] = {
+            "number": trial.number,
+            "value": value,
+            "params": {key: _plain(param) for key, param in trial.params.items()},
+        }
+    return summary
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+
+def scrub(text: str, storage: Any) -> str:
+    """``text`` without the storage URL's credentials (it comes from a Secret)."""
+    if not isinstance(storage, str) or "://" not in storage:
+        return text
+    text = text.replace(storage, describe_storage(storage, ""))
+    credentials = storage.split("://", 1)[1].rpartition("@")[0]
+    password = credentials.partition(":")[2]
+    return text.replace(password, "***") if password else text
+
+
+def goal_reached(summary: JsonDict, goal: float | None, mode: str) -> bool:
+    best = summary.get("bestTrial")
+    if goal is None or not best:
+        return False
+    value = float(best["value"])
+    return value <= goal if mode == "min" else value >= goal
+
+
+class SweepRunner:
+    """One Sweep's orchestrator, running in a thread of its own.
+
+    Args:
+        key: ``namespace/name`` of the Sweep.
+        sweep: the Sweep as read when the runner started.
+        settings: the sweep's validated settings.
+        make_launcher: builds the launcher, given the runner (for its ``trial_state``).
+        on_change: called (from the runner's thread) when the status should be written again.
+        goal: the objective's goal, if any.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        sweep: JsonDict,
+        settings: SweepSettings,
+        make_launcher: Callable[[SweepRunner], KubernetesLauncher],
+        on_change: Callable[[], None],
+        *,
+        goal: float | None = None,
+        heartbeat_interval: float = 5.0,
+        lease_grace: float = 15.0,
+    ) -> None:
+        self.key = key
+        self.uid: str = sweep["metadata"]["uid"]
+        self.generation = int(sweep["metadata"].get("generation", 1))
+        self.settings = settings
+        self.launcher = make_launcher(self)
+        self.on_change = on_change
+        self.goal = goal
+        self.heartbeat_interval = heartbeat_interval
+        self.lease_grace = lease_grace
+        self.orchestrator: Orchestrator | None = None
+        self.result: SweepResult | None = None
+        self.error: str | None = None
+        self.invalid = False
+        self.detached = False
+        self.summary: JsonDict = {}
+        self._last_summary = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sweep-{key}", daemon=True)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def detach(self) -> None:
+        """Stop driving the sweep, leaving its trials' TrainJobs running for the next runner."""
+        self.launcher.detach()
+
+    def join(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+    def trial_state(self, number: int) -> str | None:
+        """The stored state of trial ``number`` (for trials a previous leader finished)."""
+        orchestrator = self.orchestrator
+        if orchestrator is None:
+            return None
+        for trial in orchestrator.store.trials():
+            if trial.number == number:
+                return str(trial.state.name)
+        return None
+
+    def _run(self) -> None:
+        from hypersweep.orchestrator._orchestrator import Orchestrator
+
+        try:
+            orchestrator = Orchestrator(
+                self.settings,
+                ObjectiveRef(display_name=f"Sweep {self.key}"),
+                self.launcher,
+                heartbeat_interval=self.heartbeat_interval,
+                lease_grace=self.lease_grace,
+            )
+            self.orchestrator = orchestrator
+            orchestrator.listeners.append(self._on_update)
+            self._on_update(orchestrator, force=True)
+            self.result = orchestrator.run()
+        except LauncherDetached:
+            self.detached = True
+        except ConfigError as error:
+            self.invalid = True
+            self.error = str(error)
+        except Exception as error:  # noqa: BLE001 - reported on the Sweep, then retried
+            self.error = scrub(f"{type(error).__name__}: {error}", self.settings.storage)
+            logger.error("sweep %s stopped with an error: %s", self.key, self.error)
+        finally:
+            if self.orchestrator is not None:
+                try:
+                    self.summary = summarize(self.orchestrator)
+                except Exception:
+                    logger.exception("sweep %s: could not read its trials", self.key)
+            self._done.set()
+            self.on_change()
+
+    def _on_update(self, orchestrator: Orchestrator, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_summary < 2.0:
+            return
+        self._last_summary = now
+        summary = summarize(orchestrator)
+        if orchestrator.stop_reason is None and goal_reached(
+            summary, self.goal, self.settings.mode
+        ):
+            # No new trials; the running ones finish. ``stop_reason`` is how the loop stops.
+            orchestrator.stop_reason = GOAL_REACHED
+            logger.info("sweep %s reached its goal", self.key)
+        if summary != self.summary:
+            self.summary = summary
+            self.on_change()
+
+
+class SweepController:
+    """Watches Sweeps and runs each one's orchestrator until it is done.
+
+    Args:
+        kube: the API client.
+        recorder: where Events go.
+        server: the report server trials reach.
+        report_url: the URL of ``server`` as trial pods reach it.
+        data_dir: the operator's mount of the data volume (journals and checkpoints).
+        namespace: the namespace to manage; None for all.
+    """
+
+    def __init__(
+        self,
+        kube: Kube,
+        recorder: EventRecorder,
+        *,
+        server: ReportServer,
+        report_url: str,
+        data_dir: Path,
+        namespace: str | None = None,
+        heartbeat_interval: float = 5.0,
+        lease_grace: float = 15.0,
+        workers: int = 2,
+    ) -> None:
+        self.kube = kube
+        self.recorder = recorder
+        self.server = server
+        self.report_url = report_url
+        self.data_dir = data_dir
+        self.heartbeat_interval = heartbeat_interval
+        self.lease_grace = lease_grace
+        self.sweeps = Informer(kube, SWEEPS, namespace=namespace)
+        self.controller = Controller("sweep", self.reconcile, workers=workers)
+        self.sweeps.add_handler(enqueue_self(self.controller.queue))
+        self._runners: dict[str, SweepRunner] = {}
+        self._lock = threading.Lock()
+        self._failures: dict[str, int] = {}
+        self._swept: set[str] = set()  # finished sweeps whose leftover trials were stopped
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.sweeps.start()
+        if not self.sweeps.wait_synced(timeout):
+            raise TimeoutError("could not list sweeps")
+        self.controller.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop reconciling and detach every runner (their trials keep running)."""
+        self.controller.stop()
+        self.sweeps.stop()
+        self.controller.join(timeout)  # no reconcile may start a runner after this
+        with self._lock:
+            runners = list(self._runners.values())
+        for runner in runners:
+            runner.detach()
+        deadline = time.monotonic() + timeout
+        for runner in runners:
+            runner.join(max(0.0, deadline - time.monotonic()))
+
+    def runner(self, key: str) -> SweepRunner | None:
+        with self._lock:
+            return self._runners.get(key)
+
+    # --- reconcile -----------------------------------------------------------------------
+
+    def reconcile(self, key: str) -> float | None:
+        namespace, name = split_key(key)
+        sweep = self.kube.get(SWEEPS, namespace, name)
+        runner = self.runner(key)
+        if sweep is None:
+            if runner is not None:
+                runner.detach()
+                if not runner.join(30.0):
+                    return 1.0
+                self._drop(key, runner)
+            return None
+        sweep.setdefault("apiVersion", SWEEPS.api_version)
+        sweep.setdefault("kind", SWEEPS.kind)
+        meta = sweep["metadata"]
+        if runner is not None and runner.uid != meta["uid"]:
+            runner.detach()  # a Sweep of the same name was deleted and made again
+            if not runner.join(30.0):
+                return 1.0
+            self._drop(key, runner)
+            runner = None
+        if meta.get("deletionTimestamp"):
+            return self._finalize(key, sweep, runner)
+        finalizers = list(meta.get("finalizers") or [])
+        if SWEEP_FINALIZER not in finalizers:
+            self.kube.patch(
+                SWEEPS,
+                namespace,
+                name,
+                {
+                    "metadata": {
+                        "resourceVersion": meta["resourceVersion"],
+                        "finalizers": [*finalizers, SWEEP_FINALIZER],
+                    }
+                },
+            )
+            return None  # the update event brings us back
+        generation = int(meta.get("generation", 1))
+        status = sweep.get("status") or {}
+        if runner is None:
+            conditions = status.get("conditions") or []
+            settled = is_true(conditions, "Succeeded") or is_true(conditions, "Failed")
+            if settled and status.get("observedGeneration") == generation:
+                if meta["uid"] not in self._swept:
+                    # Once per process: a previous leader may have stopped before it could.
+                    suspend_unfinished_trainjobs(self.kube, namespace, name)
+                    self._swept.add(meta["uid"])
+                return None
+            return self._start(key, sweep)
+        if runner.generation != generation and not runner.done:
+            logger.info("sweep %s changed: restarting its runner", key)
+            runner.detach()
+            return 0.5
+        if runner.done:
+            self._drop(key, runner)
+            return self._finished(key, sweep, runner)
+        self._write_status(sweep, runner.summary, running=True)
+        return 10.0
+
+    def _drop(self, key: str, runner: SweepRunner) -> None:
+        with self._lock:
+            if self._runners.get(key) is runner:
+                del self._runners[key]
+
+    def _start(self, key: str, sweep: JsonDict) -> float | None:
+        meta = sweep["metadata"]
+        spec = sweep.get("spec") or {}
+        try:
+            settings, template = self.settings_for(sweep)
+        except ConfigError as error:
+            self._fail(sweep, "InvalidSpec", str(error))
+            return None
+        except ApiError as error:
+            self.recorder.event(sweep, "Warning", "StorageUnavailable", error.message)
+            return 10.0
+        goal = (spec.get("objective") or {}).get("goal")
+        volumes, mounts = self._data_volume(spec)
+
+        def make_launcher(runner: SweepRunner) -> KubernetesLauncher:
+            return KubernetesLauncher(
+                meta["namespace"],
+                trial_template=template,
+                max_concurrent=int(spec.get("parallelism") or 3),
+                kube=self.kube,
+                server=self.server,
+                report_url=self.report_url,
+                sweep=meta["name"],
+                owner=sweep,
+                volumes=volumes,
+                volume_mounts=mounts,
+                trial_state=runner.trial_state,
+            )
+
+        runner = SweepRunner(
+            key,
+            sweep,
+            settings,
+            make_launcher,
+            lambda: self.controller.queue.add(key),
+            goal=float(goal) if goal is not None else None,
+            heartbeat_interval=self.heartbeat_interval,
+            lease_grace=self.lease_grace,
+        )
+        with self._lock:
+            self._runners[key] = runner
+        status = copy.deepcopy(sweep.get("status") or {})
+        if not status.get("startTime"):
+            self.recorder.event(
+                sweep,
+                "Normal",
+                "Started",
+                f"Sweep started: {settings.n_trials} trials, {settings.max_concurrent} at once",
+            )
+        else:
+            self.recorder.event(sweep, "Normal", "Resumed", "Sweep resumed from its stored trials")
+        runner.start()
+        self._write_status(sweep, runner.summary, running=True)
+        return 10.0
+
+    def settings_for(self, sweep: JsonDict) -> tuple[SweepSettings, JsonDict]:
+        """The sweep's settings and trial template; raises ConfigError naming the field."""
+        meta = sweep["metadata"]
+        spec = sweep.get("spec") or {}
+        objective = spec.get("objective") or {}
+        strategy = spec.get("strategy") or {}
+        early = spec.get("earlyStopping") or {}
+        early_stopping = None
+        if early.get("name") not in (None, "none"):
+            early_stopping = {"name": early["name"], **(early.get("settings") or {})}
+        template = copy.deepcopy(spec.get("trialTemplate") or {})
+        try:
+            JobSpec.from_spec(template)
+        except SpecError as error:
+            raise ConfigError(f"spec.trialTemplate: {str(error).removeprefix('spec.')}") from None
+        directory = run_dir(self.data_dir, sweep)
+        storage = self._storage_url(meta["namespace"], spec) or str(directory / "journal.log")
+        settings = SweepSettings(
+            space=spec.get("space") or {},
+            metric=str(objective.get("metric") or ""),
+            mode=objective.get("mode", "min"),
+            n_trials=spec.get("maxTrials"),
+            max_concurrent=spec.get("parallelism", 3),
+            strategy=strategy.get("name", "tpe"),
+            early_stopping=early_stopping,
+            storage=storage,
+            name=study_name(sweep),
+            resume=True,
+            max_failed_trials=spec.get("maxFailedTrials"),
+            max_retries=spec.get("maxRetries", 2),
+            seed=(strategy.get("settings") or {}).get("seed"),
+            keep_checkpoints=spec.get("keepCheckpoints", 2),
+            checkpoint_dir=str(directory / "checkpoints"),
+        )
+        try:
+            return settings.validated(), template
+        except ConfigError as error:
+            raise ConfigError(f"spec.{error}") from None
+
+    def _storage_url(self, namespace: str, spec: JsonDict) -> str | None:
+        url = (spec.get("storage") or {}).get("url")
+        if not url:
+            return None
+        ref = url["secretKeyRef"]
+        secret = self.kube.get(SECRETS, namespace, ref["name"])
+        encoded = ((secret or {}).get("data") or {}).get(ref["key"])
+        if not encoded:
+            raise ConfigError(f"spec.storage.url: Secret {ref['name']!r} has no key {ref['key']!r}")
+        return base64.b64decode(encoded).decode().strip()
+
+    def _data_volume(self, spec: JsonDict) -> tuple[list[JsonDict], list[JsonDict]]:
+        claim = ((spec.get("storage") or {}).get("persistentVolumeClaim") or {}).get(
+            "claimName", "hypersweep-data"
+        )
+        volumes = [{"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": claim}}]
+        mounts = [{"name": DATA_VOLUME, "mountPath": str(self.data_dir)}]
+        return volumes, mounts
+
+    # --- endings -------------------------------------------------------------------------
+
+    def _finished(self, key: str, sweep: JsonDict, runner: SweepRunner) -> float | None:
+        if runner.detached:
+            return 0.1  # stopped for a spec change: start the next runner
+        if runner.invalid:
+            self._fail(sweep, "InvalidSpec", runner.error or "invalid sweep")
+            return None
+        if runner.error is not None:
+            failures = self._failures.get(key, 0) + 1
+            self._failures[key] = failures
+            self.recorder.event(sweep, "Warning", "RunnerError", runner.error)
+            self._write_status(sweep, runner.summary, running=False, error=runner.error)
+            return min(5.0 * 2 ** (failures - 1), 300.0)
+        self._failures.pop(key, None)
+        result = runner.result
+        assert result is not None
+        summary = runner.summary
+        counts = summary.get("trials") or {}
+        text = (
+            f"{counts.get('succeeded', 0)} trials succeeded, {counts.get('pruned', 0)} stopped "
+            f"early, {counts.get('failed', 0)} failed"
+        )
+        best = summary.get("bestTrial")
+        if best:
+            text += f"; best is trial {best['number']} with {result.metric}={best['value']:.6g}"
+        reason = result.stopped_reason
+        if reason is not None and "max_failed_trials" in reason:
+            self._write_status(
+                sweep,
+                summary,
+                running=False,
+                outcome=("Failed", "MaxFailedTrialsReached", f"{reason}; {text}"),
+            )
+            self.recorder.event(sweep, "Warning", "Failed", f"{reason}; {text}")
+        elif reason == GOAL_REACHED:
+            self._write_status(
+                sweep, summary, running=False, outcome=("Succeeded", "GoalReached", text)
+            )
+            self.recorder.event(sweep, "Normal", "Succeeded", f"Goal reached: {text}")
+        else:
+            self._write_status(
+                sweep, summary, running=False, outcome=("Succeeded", "MaxTrialsReached", text)
+            )
+            self.recorder.event(sweep, "Normal", "Succeeded", text)
+        return None
+
+    def _fail(self, sweep: JsonDict, reason: str, message: str) -> None:
+        status = sweep.get("status") or {}
+        if not (
+            is_true(status.get("conditions") or [], "Failed")
+            and status.get("observedGeneration") == sweep["metadata"].get("generation")
+        ):
+            self.recorder.event(sweep, "Warning", reason, message)
+        self._write_status(sweep, {}, running=False, outcome=("Failed", reason, message))
+
+    def _finalize(self, key: str, sweep: JsonDict, runner: SweepRunner | None) -> float | None:
+        """A deleted Sweep: stop its runner, delete its stored trials, release the finalizer."""
+        if runner is not None:
+            runner.detach()
+            if not runner.join(30.0):
+                return 1.0
+            self._drop(key, runner)
+        meta = sweep["metadata"]
+        spec = sweep.get("spec") or {}
+        try:
+            url = self._storage_url(meta["namespace"], spec)
+        except ConfigError:
+            url = None
+        if url:
+            import optuna
+
+            try:
+                optuna.delete_study(study_name=study_name(sweep), storage=url)
+            except KeyError:
+                pass
+        directory = run_dir(self.data_dir, sweep)
+        if directory.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+        finalizers = [f for f in meta.get("finalizers") or [] if f != SWEEP_FINALIZER]
+        self.kube.patch(
+            SWEEPS,
+            meta["namespace"],
+            meta["name"],
+            {"metadata": {"resourceVersion": meta["resourceVersion"], "finalizers": finalizers}},
+        )
+        logger.info("sweep %s deleted with its trials", key)
+        return None
+
+    # --- status --------------------------------------------------------------------------
+
+    def _write_status(
+        self,
+        sweep: JsonDict,
+        summary: JsonDict,
+        *,
+        running: bool,
+        outcome: tuple[str, str, str] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Write the status from the runner's view of storage; nothing if nothing changed."""
+        meta = sweep["metadata"]
+        old = sweep.get("status") or {}
+        status: JsonDict = copy.deepcopy(old)
+        conditions: list[JsonDict] = status.setdefault("conditions", [])
+        stamp = rfc3339(dt.datetime.now(dt.timezone.utc))
+        status["observedGeneration"] = int(meta.get("generation", 1))
+        status["studyName"] = study_name(sweep)
+        status.update({k: v for k, v in summary.items() if k in ("trials", "bestTrial")})
+        set_condition(
+            conditions, "Created", True, "SweepCreated", f"Sweep {meta['name']} is created.", stamp
+        )
+        if running:
+            status.setdefault("startTime", stamp)
+            status.pop("completionTime", None)
+            set_condition(
+                conditions, "Succeeded", False, "SweepRunning", "Sweep is running.", stamp
+            )
+            set_condition(conditions, "Failed", False, "SweepRunning", "Sweep is running.", stamp)
+            set_condition(conditions, "Running", True, "SweepRunning", "Sweep is running.", stamp)
+        elif error is not None:
+            set_condition(conditions, "Running", False, "RunnerError", f"{error}; retrying", stamp)
+        if outcome is not None:
+            kind, reason, message = outcome
+            set_condition(conditions, "Running", False, reason, message, stamp)
+            set_condition(conditions, kind, True, reason, message, stamp)
+            status.setdefault("completionTime", stamp)
+        if status == old:
+            return
+        body = {**sweep, "status": status}
+        self.kube.replace(SWEEPS, meta["namespace"], meta["name"], body, subresource="status")

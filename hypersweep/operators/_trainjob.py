@@ -1,0 +1,958 @@
+"""The TrainJob controller: a gang of replica pods with the rendezvous environment set.
+
+Level-triggered: each reconcile reads the TrainJob, the pods and services it owns, and computes
+what should change (:func:`decide`, a pure function of what it observed); then it writes the
+status, deletes, creates and records events. Running it twice changes nothing the second time;
+missing an event changes nothing either, because the next reconcile sees the same state.
+
+* **Pods and services.** One pod per replica, ``<job>-<role>-<index>``, and one headless Service
+  of the same name, as Kubeflow names them, all owned by the TrainJob (deleting the TrainJob
+  deletes them). Each pod gets the rendezvous environment of the job description
+  (``orchestrator._rendezvous``): ``MASTER_ADDR`` (the master's Service DNS name),
+  ``MASTER_PORT``, ``WORLD_SIZE``, ``RANK`` and ``PET_*`` for PyTorch; ``TF_CONFIG`` with every
+  replica's DNS name and port for TensorFlow. Services publish not-ready addresses, so a name
+  resolves as soon as its pod has an IP: workers do not crash looking up a master that is
+  still starting.
+* **Gang restarts.** Pods run with ``restartPolicy: Never``; the controller restarts the whole
+  gang instead, because one replica restarted alone cannot rejoin a collective its peers are
+  blocked in. A failed replica (as its ``restartPolicy`` says: any failure, or for ``ExitCode``
+  exit codes >= 128) increments ``status.restartCount``, every pod of the previous start is
+  deleted, and new pods start, restoring from the trial's latest checkpoint on the shared
+  volume. Pods carry the start they belong to (label ``hypersweep.io/restart-count``), so pods
+  of an old start are never mistaken for the current one, and the count is written with the
+  TrainJob's resourceVersion as a precondition, so a restart is never counted twice. After
+  ``runPolicy.backoffLimit`` restarts the job fails.
+* **Run policy.** ``activeDeadlineSeconds`` fails a job that runs too long; ``suspend`` deletes
+  the pods and keeps the job; ``cleanPodPolicy`` says which pods go when the job finishes, and
+  ``ttlSecondsAfterFinished`` deletes the finished job.
+
+Replica addresses: by default each replica is reached at its Service's DNS name and every
+replica listens on the same port (each pod has its own IP). When pods share one network
+namespace, that cannot work: with ``hostNetwork: true`` replicas on one node would collide on the
+port, so replica ``r`` listens on ``port + r`` (Kubeflow also gives host-network replicas ports of
+their own). The operator's ``replica_host`` option addresses every replica by one host instead
+of DNS names (and implies distinct ports): that is for clusters whose pods all run on one
+machine without cluster DNS, such as the process-based test node agent, where every pod's IP is
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypersweep.operators._crds import (
+    CLEAN_POD_POLICIES,
+    DEFAULT_BACKOFF_LIMIT,
+    FRAMEWORKS,
+    PYTORCH_ROLES,
+    RESTART_POLICIES,
+    TENSORFLOW_ROLES,
+)
+from hypersweep.operators._informer import Controller, Informer, enqueue_owner, enqueue_self
+from hypersweep.operators._kube import (
+    PODS,
+    SERVICES,
+    TRAINJOBS,
+    ApiError,
+    JsonDict,
+    Kube,
+    owned_by,
+    owner_reference,
+    split_key,
+)
+from hypersweep.operators._names import (
+    JOB_NAME_LABEL,
+    REPLICA_INDEX_LABEL,
+    REPLICA_TYPE_LABEL,
+    RESTART_LABEL,
+)
+from hypersweep.operators._recorder import EventRecorder
+from hypersweep.orchestrator._job import DEFAULT_PORTS, ReplicaGroup, ReplicaId, TrainJob
+from hypersweep.orchestrator._rendezvous import (
+    cluster_addresses,
+    kubernetes_cluster,
+    pytorch_env,
+    split_address,
+    tensorflow_env,
+)
+
+logger = logging.getLogger("hypersweep.operator")
+
+#: Container names and port names Kubeflow uses, by framework.
+CONTAINER_NAMES = {"pytorch": "pytorch", "tensorflow": "tensorflow", "generic": "main"}
+PORT_NAMES = {"pytorch": "pytorchjob-port", "tensorflow": "tfjob-port", "generic": "job-port"}
+GENERIC_PORT = 29500
+
+_ROLE_ORDER = {"pytorch": PYTORCH_ROLES, "tensorflow": TENSORFLOW_ROLES}
+# TensorFlow roles in no collective: the evaluator is not part of TF_CONFIG's cluster.
+_OUTSIDE_CLUSTER = ("evaluator",)
+
+
+class SpecError(ValueError):
+    """A TrainJob spec the controller cannot run; the message names the field."""
+
+
+# --- the spec ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """``replicaSpecs.<role>``: ``replicas`` pods of one role from one template."""
+
+    role: str
+    replicas: int
+    restart_policy: str
+    template: JsonDict
+
+    @property
+    def label(self) -> str:
+        """The role as it appears in names and labels: ``Worker`` -> ``worker``."""
+        return self.role.lower()
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One replica pod: its rank, its role's spec and its index within the role."""
+
+    rank: int
+    spec: ReplicaSpec
+    index: int
+
+    def pod_name(self, job_name: str) -> str:
+        return f"{job_name}-{self.spec.label}-{self.index}"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A TrainJob's spec, parsed and checked, with Kubeflow's aliases resolved."""
+
+    framework: str
+    replica_specs: tuple[ReplicaSpec, ...]
+    backoff_limit: int = DEFAULT_BACKOFF_LIMIT
+    active_deadline_seconds: int | None = None
+    ttl_seconds_after_finished: int | None = None
+    clean_pod_policy: str = "Running"
+    suspend: bool = False
+    success_policy: str = ""
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> JobSpec:
+        """Parse ``TrainJob.spec`` (or a Sweep's ``trialTemplate``); raises :class:`SpecError`."""
+        if not isinstance(spec, Mapping):
+            raise SpecError("spec: expected a mapping")
+        given = [
+            key for key in ("replicaSpecs", "pytorchReplicaSpecs", "tfReplicaSpecs") if key in spec
+        ]
+        if len(given) != 1:
+            raise SpecError(
+                "spec: give exactly one of replicaSpecs, pytorchReplicaSpecs or tfReplicaSpecs"
+            )
+        key = given[0]
+        implied = {"pytorchReplicaSpecs": "pytorch", "tfReplicaSpecs": "tensorflow"}.get(key)
+        framework = spec.get("framework") or implied
+        if framework not in FRAMEWORKS:
+            raise SpecError(
+                f"spec.framework: expected one of {', '.join(FRAMEWORKS)}, got {framework!r}"
+            )
+        if implied is not None and framework != implied:
+            raise SpecError(f"spec.framework: {key} needs framework {implied}")
+        replica_specs = _parse_replica_specs(spec[key], framework, f"spec.{key}")
+        run = spec.get("runPolicy") or {}
+        clean = run.get("cleanPodPolicy", "Running")
+        if clean not in CLEAN_POD_POLICIES:
+            raise SpecError(
+                f"spec.runPolicy.cleanPodPolicy: expected one of {', '.join(CLEAN_POD_POLICIES)}"
+            )
+        return cls(
+            framework=framework,
+            replica_specs=replica_specs,
+            backoff_limit=_count(
+                run.get("backoffLimit", DEFAULT_BACKOFF_LIMIT), "spec.runPolicy.backoffLimit", 0
+            ),
+            active_deadline_seconds=_optional_count(
+                run.get("activeDeadlineSeconds"), "spec.runPolicy.activeDeadlineSeconds", 1
+            ),
+            ttl_seconds_after_finished=_optional_count(
+                run.get("ttlSecondsAfterFinished"), "spec.runPolicy.ttlSecondsAfterFinished", 0
+            ),
+            clean_pod_policy=clean,
+            suspend=bool(run.get("suspend", False)),
+            success_policy=str(spec.get("successPolicy") or ""),
+        )
+
+    def replicas(self) -> list[Replica]:
+        """Every replica in rank order (PyTorch's master, or TF's chief, is rank 0)."""
+        out: list[Replica] = []
+        for replica_spec in self.replica_specs:
+            for index in range(replica_spec.replicas):
+                out.append(Replica(len(out), replica_spec, index))
+        return out
+
+    def role(self, role: str) -> ReplicaSpec | None:
+        for replica_spec in self.replica_specs:
+            if replica_spec.role == role:
+                return replica_spec
+        return None
+
+    @property
+    def host_network(self) -> bool:
+        return any(bool(r.template.get("spec", {}).get("hostNetwork")) for r in self.replica_specs)
+
+    def port(self) -> int:
+        """The port replicas listen on: the main container's port named as Kubeflow names it."""
+        wanted = PORT_NAMES[self.framework]
+        for replica_spec in self.replica_specs:
+            for container in replica_spec.template.get("spec", {}).get("containers") or []:
+                for port in container.get("ports") or []:
+                    if port.get("name") == wanted and port.get("containerPort"):
+                        return int(port["containerPort"])
+        if self.framework == "generic":
+            return GENERIC_PORT
+        return DEFAULT_PORTS[self.framework]
+
+    def description(self, name: str, port: int) -> TrainJob:
+        """The framework-independent job description that the rendezvous builders read.
+
+        Roles are lower case, as in :mod:`hypersweep.orchestrator._job`. A generic job is
+        described with PyTorch's framework, which only matters for the env builders that
+        generic jobs do not use.
+        """
+        groups = tuple(ReplicaGroup(r.label, r.replicas) for r in self.replica_specs if r.replicas)
+        if self.framework == "tensorflow":
+            return TrainJob(name=name, framework="tensorflow", replicas=groups, port=port)
+        return TrainJob(name=name, framework="pytorch", replicas=groups, port=port)
+
+
+def _count(value: Any, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SpecError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _optional_count(value: Any, where: str, minimum: int) -> int | None:
+    return None if value is None else _count(value, where, minimum)
+
+
+def _parse_replica_specs(data: Any, framework: str, where: str) -> tuple[ReplicaSpec, ...]:
+    if not isinstance(data, Mapping) or not data:
+        raise SpecError(f"{where}: give at least one replica role")
+    allowed = _ROLE_ORDER.get(framework)
+    specs: dict[str, ReplicaSpec] = {}
+    for role, body in data.items():
+        at = f"{where}.{role}"
+        if allowed is not None and role not in allowed:
+            raise SpecError(
+                f"{where}: {framework} replica roles are {', '.join(allowed)}, got {role!r}"
+            )
+        if not isinstance(body, Mapping):
+            raise SpecError(f"{at}: expected a mapping")
+        policy = body.get("restartPolicy", "OnFailure")
+        if policy not in RESTART_POLICIES:
+            raise SpecError(f"{at}.restartPolicy: expected one of {', '.join(RESTART_POLICIES)}")
+        template: Any = body.get("template")
+        containers = (
+            (template or {}).get("spec", {}).get("containers")
+            if isinstance(template, Mapping)
+            else None
+        )
+        if not containers:
+            raise SpecError(f"{at}.template.spec.containers: give at least one container")
+        specs[role] = ReplicaSpec(
+            role=role,
+            replicas=_count(body.get("replicas", 1), f"{at}.replicas", 0),
+            restart_policy=policy,
+            template=copy.deepcopy(dict(template)),
+        )
+    if framework == "pytorch":
+        if "Master" not in specs:
+            raise SpecError(f"{where}: a PyTorch job needs a Master replica (rank 0)")
+        if specs["Master"].replicas != 1:
+            raise SpecError(f"{where}.Master.replicas: a PyTorch job has exactly one Master")
+    if framework == "tensorflow" and "Chief" in specs and specs["Chief"].replicas > 1:
+        raise SpecError(f"{where}.Chief.replicas: a TensorFlow job has at most one Chief")
+    if sum(s.replicas for s in specs.values()) == 0:
+        raise SpecError(f"{where}: the job has no replicas")
+    if allowed is not None:
+        order = [role for role in allowed if role in specs]
+    else:
+        order = sorted(specs, key=lambda role: (role not in ("Master", "Chief"), role))
+    return tuple(specs[role] for role in order)
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Networking:
+    """How replicas address each other (see the module docstring)."""
+
+    replica_host: str | None = None
+
+
+def replica_ports(spec: JobSpec, networking: Networking) -> list[int]:
+    """Each replica's port, by rank: one port for all, or ``port + rank`` on a shared network."""
+    base = spec.port()
+    spread = networking.replica_host is not None or spec.host_network
+    return [base + replica.rank if spread else base for replica in spec.replicas()]
+
+
+def rendezvous_env(
+    spec: JobSpec, name: str, namespace: str, rank: int, networking: Networking
+) -> dict[str, str]:
+    """The environment that lets replica ``rank`` find the others (PyTorchJob's and TFJob's)."""
+    ports = replica_ports(spec, networking)
+    job = spec.description(name, ports[0])
+    replica_host = networking.replica_host
+
+    def host(replica: ReplicaId) -> str:
+        return replica_host or f"{name}-{replica.label}.{namespace}.svc"
+
+    def port(replica: ReplicaId) -> int:
+        return ports[replica.rank]
+
+    if replica_host is None and len(set(ports)) == 1:
+        cluster = kubernetes_cluster(job, namespace)
+    else:
+        cluster = cluster_addresses(job, host, port)
+    if spec.framework == "pytorch":
+        master_host, master_port = split_address(cluster[job.replicas[0].role][0])
+        return pytorch_env(job, rank, master_addr=master_host, master_port=master_port)
+    if spec.framework == "tensorflow":
+        in_cluster = {
+            role: hosts for role, hosts in cluster.items() if role not in _OUTSIDE_CLUSTER
+        }
+        return tensorflow_env(job, rank, in_cluster)
+    replica = job.replica_ids()[rank]
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(job.world_size),
+        "HYPERSWEEP_REPLICA_TYPE": replica.role,
+        "HYPERSWEEP_REPLICA_INDEX": str(replica.index),
+        "HYPERSWEEP_CLUSTER": json.dumps(cluster),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _selector(name: str, replica: Replica) -> dict[str, str]:
+    return {
+        JOB_NAME_LABEL: name,
+        REPLICA_TYPE_LABEL: replica.spec.label,
+        REPLICA_INDEX_LABEL: str(replica.index),
+    }
+
+
+def main_container(spec: JobSpec, containers: Sequence[JsonDict]) -> JsonDict:
+    """The container that runs the training code: named like Kubeflow's, else the first."""
+    wanted = CONTAINER_NAMES[spec.framework]
+    return next((c for c in containers if c.get("name") == wanted), containers[0])
+
+
+def render_pod(
+    job: Mapping[str, Any],
+    spec: JobSpec,
+    replica: Replica,
+    restart: int,
+    networking: Networking,
+) -> JsonDict:
+    """The pod of ``replica`` for start number ``restart`` of the gang."""
+    meta = job["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    template = copy.deepcopy(replica.spec.template)
+    template_meta = template.get("metadata") or {}
+    labels = {
+        **(template_meta.get("labels") or {}),
+        **_selector(name, replica),
+        RESTART_LABEL: str(restart),
+    }
+    pod_spec = template["spec"]
+    pod_spec["restartPolicy"] = "Never"  # the controller restarts the whole gang
+    env = rendezvous_env(spec, name, namespace, replica.rank, networking)
+    port = replica_ports(spec, networking)[replica.rank]
+    ours = [{"name": key, "value": value} for key, value in env.items()]
+    for container in pod_spec["containers"]:
+        # The template's own variables come last: where both set one, the template wins.
+        container["env"] = ours + list(container.get("env") or [])
+    container = main_container(spec, pod_spec["containers"])
+    port_name = PORT_NAMES[spec.framework]
+    ports = [p for p in container.get("ports") or [] if p.get("name") != port_name]
+    declared: JsonDict = {"name": port_name, "containerPort": port, "protocol": "TCP"}
+    if pod_spec.get("hostNetwork"):
+        declared["hostPort"] = port
+    container["ports"] = [*ports, declared]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": replica.pod_name(name),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": dict(template_meta.get("annotations") or {}),
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def render_service(
+    job: Mapping[str, Any], spec: JobSpec, replica: Replica, networking: Networking
+) -> JsonDict:
+    """The headless Service that gives ``replica`` its stable DNS name."""
+    meta = job["metadata"]
+    port = replica_ports(spec, networking)[replica.rank]
+    selector = _selector(meta["name"], replica)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": replica.pod_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": dict(selector),
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector,
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": PORT_NAMES[spec.framework], "port": port, "targetPort": port}],
+        },
+    }
+
+
+# --- status helpers -----------------------------------------------------------------------
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def condition(conditions: Sequence[Mapping[str, Any]], kind: str) -> Mapping[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == kind), None)
+
+
+def is_true(conditions: Sequence[Mapping[str, Any]], kind: str) -> bool:
+    found = condition(conditions, kind)
+    return found is not None and found.get("status") == "True"
+
+
+def set_condition(
+    conditions: list[JsonDict], kind: str, status: bool, reason: str, message: str, now: str
+) -> bool:
+    """Set a condition; returns True when its status changed.
+
+    A condition that turns True moves to the end of the list, so the last one is the latest
+    state (the ``State`` printer column). A False condition is only recorded where the type
+    was there before.
+    """
+    value = "True" if status else "False"
+    for index, existing in enumerate(conditions):
+        if existing.get("type") != kind:
+            continue
+        if existing.get("status") != value:
+            updated = {
+                **existing,
+                "status": value,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": now,
+                "lastUpdateTime": now,
+            }
+            del conditions[index]
+            if status:
+                conditions.append(updated)
+            else:
+                conditions.insert(index, updated)
+            return True
+        if existing.get("reason") != reason or existing.get("message") != message:
+            existing.update(reason=reason, message=message, lastUpdateTime=now)
+        return False
+    if status:
+        conditions.append(
+            {
+                "type": kind,
+                "status": value,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": now,
+                "lastUpdateTime": now,
+            }
+        )
+        return True
+    return False
+
+
+def _phase(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def _terminated(pod: Mapping[str, Any], container: str) -> Mapping[str, Any] | None:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    ordered = sorted(statuses, key=lambda s: s.get("name") != container)
+    for status in ordered:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated and (terminated.get("exitCode") or status.get("name") == container):
+            return dict(terminated)
+    return None
+
+
+def describe_failure(pod: Mapping[str, Any], container: str) -> tuple[int | None, str]:
+    """The failed pod's exit code (None if it never ran to an exit) and a reading of it."""
+    terminated = _terminated(pod, container)
+    if terminated is None:
+        status = pod.get("status") or {}
+        why = status.get("reason") or "failed"
+        detail = status.get("message")
+        return None, f"{why}: {detail}" if detail else str(why)
+    code = int(terminated.get("exitCode") or 0)
+    if code > 128:
+        return code, f"was killed by signal {code - 128} (exit code {code})"
+    reason = terminated.get("reason")
+    return code, f"exited with code {code}" + (
+        f" ({reason})" if reason and reason != "Error" else ""
+    )
+
+
+def restartable(policy: str, exit_code: int | None) -> bool:
+    """Kubeflow's rule: ExitCode restarts on signals (>= 128) and on failures without an exit
+    (eviction, a lost node); OnFailure and Always restart on any failure; Never does not."""
+    if policy == "Never":
+        return False
+    if policy == "ExitCode":
+        return exit_code is None or exit_code >= 128
+    return True
+
+
+# --- the decision -------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What one reconcile changes: the status to write, then pods and services, then events."""
+
+    status: JsonDict
+    create_pods: list[JsonDict] = field(default_factory=list)
+    delete_pods: list[JsonDict] = field(default_factory=list)
+    create_services: list[JsonDict] = field(default_factory=list)
+    delete_services: list[JsonDict] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    delete_job: bool = False
+    requeue_after: float | None = None
+
+    def requeue(self, seconds: float) -> None:
+        self.requeue_after = (
+            seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+        )
+
+
+def _alive(pod: Mapping[str, Any]) -> bool:
+    return not pod["metadata"].get("deletionTimestamp")
+
+
+def decide(
+    job: Mapping[str, Any],
+    spec: JobSpec,
+    pods: Sequence[JsonDict],
+    services: Sequence[JsonDict],
+    now: dt.datetime,
+    networking: Networking = Networking(),
+) -> Plan:
+    """Everything a reconcile of ``job`` should do, from what was observed. No I/O.
+
+    ``pods`` and ``services`` are those labelled with the job's name (whoever owns them).
+    """
+    meta = job["metadata"]
+    name, uid = meta["name"], meta["uid"]
+    status: JsonDict = copy.deepcopy(job.get("status") or {})
+    conditions: list[JsonDict] = status.setdefault("conditions", [])
+    plan = Plan(status=status)
+    stamp = rfc3339(now)
+    status["observedGeneration"] = meta.get("generation", 1)
+    gang = int(status.get("restartCount") or 0)
+    status["restartCount"] = gang
+    mine = [pod for pod in pods if owned_by(pod, uid)]
+    own_services = [svc for svc in services if owned_by(svc, uid)]
+    replicas = spec.replicas()
+    current: dict[str, JsonDict] = {}
+    stale: list[JsonDict] = []
+    for pod in mine:
+        labels = pod["metadata"].get("labels") or {}
+        if _alive(pod) and labels.get(RESTART_LABEL) == str(gang):
+            current[pod["metadata"]["name"]] = pod
+        elif _alive(pod):
+            stale.append(pod)
+    main_name = CONTAINER_NAMES[spec.framework]
+
+    if set_condition(
+        conditions, "Created", True, "TrainJobCreated", f"TrainJob {name} is created.", stamp
+    ):
+        plan.events.append(("Normal", "Created", f"TrainJob {name} is created"))
+    finished = is_true(conditions, "Succeeded") or is_true(conditions, "Failed")
+
+    def finish(kind: str, reason: str, message: str, event_type: str) -> None:
+        set_condition(conditions, kind, True, reason, message, stamp)
+        set_condition(conditions, "Running", False, reason, message, stamp)
+        set_condition(conditions, "Restarting", False, reason, message, stamp)
+        status.setdefault("completionTime", stamp)
+        plan.events.append((event_type, reason, message))
+
+    def counts() -> None:
+        by_role: dict[str, JsonDict] = {}
+        for replica_spec in spec.replica_specs:
+            by_role[replica_spec.role] = {"active": 0, "succeeded": 0, "failed": 0}
+        for replica in replicas:
+            pod = current.get(replica.pod_name(name))
+            if pod is None:
+                continue
+            phase = _phase(pod)
+            entry = by_role[replica.spec.role]
+            if phase == "Succeeded":
+                entry["succeeded"] += 1
+            elif phase == "Failed":
+                entry["failed"] += 1
+            else:
+                entry["active"] += 1
+        status["replicaStatuses"] = by_role
+
+    def clean_up() -> None:
+        """Delete pods and services as ``cleanPodPolicy`` says, for a finished job."""
+        policy = spec.clean_pod_policy
+        for pod in [*current.values(), *stale]:
+            if policy == "All" or (
+                policy == "Running" and _phase(pod) not in ("Succeeded", "Failed")
+            ):
+                plan.delete_pods.append(pod)
+        if policy != "None":
+            plan.delete_services.extend(own_services)
+
+    if finished:
+        counts()
+        clean_up()
+        if spec.ttl_seconds_after_finished is not None:
+            done_at = parse_time(status.get("completionTime")) or now
+            left = (done_at - now).total_seconds() + spec.ttl_seconds_after_finished
+            if left <= 0:
+                plan.delete_job = True
+            else:
+                plan.requeue(left)
+        return plan
+
+    if spec.suspend:
+        if set_condition(
+            conditions,
+            "Suspended",
+            True,
+            "TrainJobSuspended",
+            f"TrainJob {name} is suspended.",
+            stamp,
+        ):
+            plan.events.append(
+                ("Normal", "Suspended", f"TrainJob {name} is suspended: its pods are deleted")
+            )
+        set_condition(
+            conditions,
+            "Running",
+            False,
+            "TrainJobSuspended",
+            f"TrainJob {name} is suspended.",
+            stamp,
+        )
+        set_condition(
+            conditions,
+            "Restarting",
+            False,
+            "TrainJobSuspended",
+            f"TrainJob {name} is suspended.",
+            stamp,
+        )
+        status.pop("startTime", None)  # the deadline counts again from the resume
+        plan.delete_pods.extend([*current.values(), *stale])
+        current.clear()
+        counts()
+        return plan
+    if set_condition(
+        conditions, "Suspended", False, "TrainJobResumed", f"TrainJob {name} is resumed.", stamp
+    ):
+        plan.events.append(("Normal", "Resumed", f"TrainJob {name} is resumed"))
+
+    started = parse_time(status.get("startTime"))
+    if started is None:
+        status["startTime"] = stamp
+        started = now
+    deadline = spec.active_deadline_seconds
+    if deadline is not None:
+        left = (started - now).total_seconds() + deadline
+        if left <= 0:
+            finish(
+                "Failed",
+                "DeadlineExceeded",
+                f"TrainJob {name} was active longer than activeDeadlineSeconds ({deadline} s)",
+                "Warning",
+            )
+            counts()
+            clean_up()
+            plan.delete_pods = [*current.values(), *stale]  # a deadline stops everything
+            return plan
+        plan.requeue(left)
+
+    # A failed replica fails the job or restarts the gang, as its restart policy says.
+    failures: list[tuple[Replica, int | None, str]] = []
+    for replica in replicas:
+        observed = current.get(replica.pod_name(name))
+        if observed is not None and _phase(observed) == "Failed":
+            code, reading = describe_failure(observed, main_name)
+            who = f"replica {replica.spec.label}-{replica.index} (rank {replica.rank})"
+            failures.append((replica, code, f"{who} {reading}"))
+    if failures:
+        fatal = [f for f in failures if not restartable(f[0].spec.restart_policy, f[1])]
+        counts()
+        if fatal:
+            replica, _, message = fatal[0]
+            finish(
+                "Failed",
+                "TrainJobFailed",
+                f"{message} (restartPolicy {replica.spec.restart_policy})",
+                "Warning",
+            )
+            clean_up()
+            return plan
+        _, _, message = failures[0]
+        if gang >= spec.backoff_limit:
+            finish(
+                "Failed",
+                "BackoffLimitExceeded",
+                f"{message}; the job was restarted {gang} times "
+                f"(backoffLimit {spec.backoff_limit})",
+                "Warning",
+            )
+            clean_up()
+            return plan
+        status["restartCount"] = gang + 1
+        text = (
+            f"{message}; restarting every replica from the latest checkpoint "
+            f"(restart {gang + 1} of {spec.backoff_limit})"
+        )
+        set_condition(conditions, "Restarting", True, "TrainJobRestarting", text, stamp)
+        set_condition(conditions, "Running", False, "TrainJobRestarting", text, stamp)
+        plan.events.append(("Warning", "Restarting", text))
+        plan.delete_pods.extend([*current.values(), *stale])
+        plan.requeue(0.5)
+        return plan
+
+    if _succeeded(spec, replicas, current, name):
+        counts()
+        finish("Succeeded", "TrainJobSucceeded", f"TrainJob {name} succeeded.", "Normal")
+        clean_up()
+        return plan
+
+    # Converge on one live pod and one service per replica.
+    plan.delete_pods.extend(stale)
+    taken = {pod["metadata"]["name"] for pod in pods}
+    for replica in replicas:
+        pod_name = replica.pod_name(name)
+        if pod_name in current:
+            continue
+        if pod_name in taken:
+            plan.requeue(1.0)  # an old pod of that name is still going away
+            continue
+        plan.create_pods.append(render_pod(job, spec, replica, gang, networking))
+    have = {svc["metadata"]["name"] for svc in services}
+    for replica in replicas:
+        if replica.pod_name(name) not in have:
+            plan.create_services.append(render_service(job, spec, replica, networking))
+
+    counts()
+    phases = [_phase(current[r.pod_name(name)]) for r in replicas if r.pod_name(name) in current]
+    all_up = len(phases) == len(replicas) and all(p in ("Running", "Succeeded") for p in phases)
+    if all_up and "Running" in phases:
+        message = f"TrainJob {name} is running."
+        if set_condition(conditions, "Running", True, "TrainJobRunning", message, stamp):
+            plan.events.append(("Normal", "Running", f"All {len(replicas)} replicas are running"))
+        set_condition(conditions, "Restarting", False, "TrainJobRunning", message, stamp)
+    return plan
+
+
+def _succeeded(
+    spec: JobSpec, replicas: Sequence[Replica], current: Mapping[str, JsonDict], name: str
+) -> bool:
+    def done(role: str, index: int | None = None) -> bool:
+        chosen = [
+            r for r in replicas if r.spec.role == role and (index is None or r.index == index)
+        ]
+        return bool(chosen) and all(
+            _phase(current.get(r.pod_name(name), {})) == "Succeeded" for r in chosen
+        )
+
+    if spec.framework == "pytorch":
+        return done("Master", 0)
+    if spec.framework == "tensorflow":
+        for lead in ("Chief", "Master"):
+            if spec.role(lead) is not None and spec.role(lead).replicas:  # type: ignore[union-attr]
+                return done(lead, 0)
+        if spec.success_policy == "AllWorkers":
+            return done("Worker")
+        return done("Worker", 0)
+    return all(_phase(current.get(r.pod_name(name), {})) == "Succeeded" for r in replicas)
+
+
+# --- the controller -----------------------------------------------------------------------
+
+
+class TrainJobController:
+    """Watches TrainJobs, their pods and services, and reconciles each TrainJob.
+
+    Args:
+        kube: the API client.
+        recorder: where Events go.
+        namespace: the namespace to manage; None for all.
+        networking: how replicas address each other.
+        workers: reconciles that may run at once (on different TrainJobs).
+    """
+
+    def __init__(
+        self,
+        kube: Kube,
+        recorder: EventRecorder,
+        *,
+        namespace: str | None = None,
+        networking: Networking = Networking(),
+        workers: int = 2,
+    ) -> None:
+        self.kube = kube
+        self.recorder = recorder
+        self.networking = networking
+        self.jobs = Informer(kube, TRAINJOBS, namespace=namespace)
+        self.pods = Informer(kube, PODS, namespace=namespace, label_selector=JOB_NAME_LABEL)
+        self.services = Informer(kube, SERVICES, namespace=namespace, label_selector=JOB_NAME_LABEL)
+        self.controller = Controller("trainjob", self.reconcile, workers=workers)
+        queue = self.controller.queue
+        self.jobs.add_handler(enqueue_self(queue))
+        self.pods.add_handler(enqueue_owner(queue, JOB_NAME_LABEL))
+        self.services.add_handler(enqueue_owner(queue, JOB_NAME_LABEL))
+
+    def start(self, timeout: float = 60.0) -> None:
+        for informer in (self.jobs, self.pods, self.services):
+            informer.start()
+        for informer in (self.jobs, self.pods, self.services):
+            if not informer.wait_synced(timeout):
+                raise TimeoutError(f"could not list {informer.resource.plural}")
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+        for informer in (self.jobs, self.pods, self.services):
+            informer.stop()
+
+    def reconcile(self, key: str) -> float | None:
+        namespace, name = split_key(key)
+        # The TrainJob itself is read from the API server, not the cache: its status (the
+        # restart count above all) must be the latest when deciding to restart the gang.
+        job = self.kube.get(TRAINJOBS, namespace, name)
+        if job is None or job["metadata"].get("deletionTimestamp"):
+            return None
+        job.setdefault("apiVersion", TRAINJOBS.api_version)
+        job.setdefault("kind", TRAINJOBS.kind)
+        try:
+            spec = JobSpec.from_spec(job.get("spec") or {})
+        except SpecError as error:
+            self._refuse(job, str(error))
+            return None
+        labels = {JOB_NAME_LABEL: name}
+        plan = decide(
+            job,
+            spec,
+            self.pods.list(namespace, labels),
+            self.services.list(namespace, labels),
+            dt.datetime.now(dt.timezone.utc),
+            self.networking,
+        )
+        return self.apply(job, plan)
+
+    def apply(self, job: JsonDict, plan: Plan) -> float | None:
+        """Carry a plan out: status first (guarded by the resourceVersion), then the rest."""
+        meta = job["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if plan.status != (job.get("status") or {}):
+            body = {**job, "status": plan.status}
+            self.kube.replace(TRAINJOBS, namespace, name, body, subresource="status")
+        for kind, reason, message in plan.events:
+            self.recorder.event(job, kind, reason, message)
+        for pod in plan.delete_pods:
+            self.kube.delete(PODS, namespace, pod["metadata"]["name"], uid=pod["metadata"]["uid"])
+        for service in plan.delete_services:
+            self.kube.delete(
+                SERVICES, namespace, service["metadata"]["name"], uid=service["metadata"]["uid"]
+            )
+        for service in plan.create_services:
+            self._create(SERVICES, job, service, plan)
+        for pod in plan.create_pods:
+            if self._create(PODS, job, pod, plan):
+                self.recorder.event(
+                    job, "Normal", "SuccessfulCreatePod", f"Created pod: {pod['metadata']['name']}"
+                )
+        if plan.delete_job:
+            self.kube.delete(TRAINJOBS, namespace, name, uid=meta["uid"])
+            self.recorder.event(job, "Normal", "Deleted", f"TrainJob {name} deleted after its TTL")
+        return plan.requeue_after
+
+    def _create(self, resource: Any, job: JsonDict, body: JsonDict, plan: Plan) -> bool:
+        try:
+            self.kube.create(resource, job["metadata"]["namespace"], body)
+        except ApiError as error:
+            if error.conflict:
+                plan.requeue(1.0)  # the cache had not seen it yet, or an old one is going away
+                return False
+            if error.status in (400, 403, 422):  # invalid, or refused by admission
+                self._refuse(job, f"{resource.kind} {body['metadata']['name']}: {error.message}")
+                return False
+            raise
+        return True
+
+    def _refuse(self, job: JsonDict, message: str) -> None:
+        """Fail a TrainJob whose spec cannot run, once."""
+        status = copy.deepcopy(job.get("status") or {})
+        conditions: list[JsonDict] = status.setdefault("conditions", [])
+        if is_true(conditions, "Failed"):
+            return
+        stamp = rfc3339(dt.datetime.now(dt.timezone.utc))
+        set_condition(conditions, "Failed", True, "InvalidSpec", message, stamp)
+        set_condition(conditions, "Running", False, "InvalidSpec", message, stamp)
+        status.setdefault("completionTime", stamp)
+        status["observedGeneration"] = job["metadata"].get("generation", 1)
+        body = {**job, "status": status}
+        meta = job["metadata"]
+        self.kube.replace(TRAINJOBS, meta["namespace"], meta["name"], body, subresource="status")
+        self.recorder.event(job, "Warning", "InvalidSpec", message)
+
+
+def with_suspend(spec: Mapping[str, Any], suspend: bool) -> JsonDict:
+    """A copy of a TrainJob spec with ``runPolicy.suspend`` set."""
+    out = copy.deepcopy(dict(spec))
+    out["runPolicy"] = {**(out.get("runPolicy") or {}), "suspend": suspend}
+    return out
+
+
+__all__ = [
+    "JobSpec",
+    "Networking",
+    "Plan",
+    "Replica",
+    "ReplicaSpec",
+    "SpecError",
+    "TrainJobController",
+    "decide",
+    "render_pod",
+    "render_service",
+    "rendezvous_env",
+    "with_suspend",
+]

@@ -1,0 +1,1 @@
+"""Tests of the Kubernetes operator: CRDs, controllers, deploy manifests."""

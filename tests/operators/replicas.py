@@ -1,0 +1,114 @@
+"""Replica programs for the TrainJob tests: ``python replicas.py MODE``, run as pod commands.
+
+Each finds its peers only through the environment the TrainJob controller set.
+
+* ``torch``: ``torch.distributed`` with gloo, an all-reduce across every rank.
+* ``tf-config``: reads ``TF_CONFIG`` as TensorFlow would, listens on its own address and
+  connects to every peer's (plain sockets: importing TensorFlow takes too long on small CI
+  machines; what is tested is the cluster spec the controller wrote).
+* ``gang``: PyTorch-style master/worker over ``MASTER_ADDR``/``MASTER_PORT`` that checkpoints
+  each step to ``$CHECKPOINT_FILE`` (rank 0) and resumes from it after a gang restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+
+def connect(host: str, port: int, timeout: float = 60.0) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return socket.create_connection((host, port), timeout=5)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def listen(port: int) -> socket.socket:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", port))
+    server.listen(16)
+    return server
+
+
+def run_torch() -> int:
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    tensor = torch.tensor([float(rank + 1)])
+    dist.all_reduce(tensor)
+    expected = world * (world + 1) / 2
+    print(f"rank {rank} of {world}: all_reduce={tensor.item()} expected={expected}", flush=True)
+    dist.destroy_process_group()
+    return 0 if tensor.item() == expected else 1
+
+
+def run_tf_config() -> int:
+    config = json.loads(os.environ["TF_CONFIG"])
+    task = config["task"]
+    me = config["cluster"][task["type"]][task["index"]]
+    peers = [
+        address
+        for role, addresses in config["cluster"].items()
+        for address in addresses
+        if address != me
+    ]
+    server = listen(int(me.rsplit(":", 1)[1]))
+    heard: list[str] = []
+
+    def accept() -> None:
+        for _ in peers:
+            connection, _ = server.accept()
+            with connection:
+                heard.append(connection.recv(256).decode())
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    for address in peers:
+        host, port = address.rsplit(":", 1)
+        with connect(host, int(port)) as connection:
+            connection.sendall(me.encode())
+    thread.join(60)
+    print(f"{task['type']}-{task['index']} at {me} heard from {sorted(heard)}", flush=True)
+    return 0 if sorted(heard) == sorted(peers) else 1
+
+
+def run_gang() -> int:
+    rank = int(os.environ["RANK"])
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    steps = int(os.environ.get("STEPS", "30"))
+    checkpoint = os.environ["CHECKPOINT_FILE"]
+    if rank == 0:
+        server = listen(port)
+        peer, _ = server.accept()
+    else:
+        peer = connect(host, port)
+    start = 0
+    if os.path.exists(checkpoint):
+        with open(checkpoint) as handle:
+            start = int(handle.read().strip()) + 1
+    print(f"rank {rank} starts at step {start}", flush=True)
+    for step in range(start, steps):
+        time.sleep(0.2)
+        if rank == 0:
+            with open(checkpoint + ".tmp", "w") as handle:
+                handle.write(str(step))
+            os.replace(checkpoint + ".tmp", checkpoint)
+    peer.close()
+    print(f"rank {rank} done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    modes = {"torch": run_torch, "tf-config": run_tf_config, "gang": run_gang}
+    sys.exit(modes[sys.argv[1]]())

@@ -1,0 +1,524 @@
+"""The operator's logic without a cluster: the TrainJob controller's decisions, rendezvous
+environments, trial templates, and the report protocol between a trial and its launcher."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from hypersweep._errors import ConfigError
+from hypersweep.launchers._base import SweepContext
+from hypersweep.launchers._kubernetes import KubernetesLauncher, substitute_parameters
+from hypersweep.operators._channel import HttpChannel, ReportRefused, TrialGone
+from hypersweep.operators._informer import WorkQueue
+from hypersweep.operators._kube import ApiError, Resource
+from hypersweep.operators._server import ReportServer
+from hypersweep.operators._sweep import goal_reached, scrub
+from hypersweep.operators._trainjob import (
+    JobSpec,
+    Networking,
+    SpecError,
+    decide,
+    rendezvous_env,
+    set_condition,
+)
+from hypersweep.operators.trial_entrypoint import replica_rank
+from hypersweep.orchestrator._events import Completed, Reported, TrialAssignment
+from hypersweep.orchestrator._objective import ObjectiveRef
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def template(name: str = "pytorch") -> dict[str, Any]:
+    return {"spec": {"containers": [{"name": name, "image": "x", "command": ["train"]}]}}
+
+
+def pytorch_job(workers: int = 1, **run_policy: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "hypersweep.io/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": {"name": "job", "namespace": "ns", "uid": "uid-1", "generation": 1},
+        "spec": {
+            "framework": "pytorch",
+            "replicaSpecs": {
+                "Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template()},
+                "Worker": {
+                    "replicas": workers,
+                    "restartPolicy": "OnFailure",
+                    "template": template(),
+                },
+            },
+            "runPolicy": {"backoffLimit": 2, "cleanPodPolicy": "Running", **run_policy},
+        },
+    }
+
+
+def pod(
+    name: str, phase: str, restart: int = 0, exit_code: int | None = None, uid: str = "uid-1"
+) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase}
+    if exit_code is not None:
+        status["containerStatuses"] = [
+            {"name": "pytorch", "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}}}
+        ]
+    return {
+        "metadata": {
+            "name": name,
+            "uid": f"pod-{name}-{restart}",
+            "labels": {"hypersweep.io/restart-count": str(restart)},
+            "ownerReferences": [{"uid": uid}],
+        },
+        "status": status,
+    }
+
+
+def run(job: dict[str, Any], pods: list[dict[str, Any]], now: dt.datetime = NOW) -> Any:
+    return decide(job, JobSpec.from_spec(job["spec"]), pods, [], now)
+
+
+def true_conditions(plan: Any) -> set[str]:
+    return {c["type"] for c in plan.status["conditions"] if c["status"] == "True"}
+
+
+def with_status(job: dict[str, Any], plan: Any) -> dict[str, Any]:
+    return {**job, "status": plan.status}
+
+
+# --- the TrainJob controller's decisions --------------------------------------------------
+
+
+def test_a_new_job_gets_a_pod_and_a_service_per_replica() -> None:
+    plan = run(pytorch_job(workers=2), [])
+    names = sorted(p["metadata"]["name"] for p in plan.create_pods)
+    assert names == ["job-master-0", "job-worker-0", "job-worker-1"]
+    assert sorted(s["metadata"]["name"] for s in plan.create_services) == names
+    worker = next(p for p in plan.create_pods if p["metadata"]["name"] == "job-worker-1")
+    env = {e["name"]: e["value"] for e in worker["spec"]["containers"][0]["env"]}
+    assert env["MASTER_ADDR"] == "job-master-0.ns.svc"
+    assert env["MASTER_PORT"] == "23456"
+    assert (env["WORLD_SIZE"], env["RANK"], env["PET_NODE_RANK"]) == ("3", "2", "2")
+    assert worker["spec"]["restartPolicy"] == "Never"
+    assert worker["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert worker["spec"]["containers"][0]["ports"][-1] == {
+        "name": "pytorchjob-port",
+        "containerPort": 23456,
+        "protocol": "TCP",
+    }
+    service = plan.create_services[0]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert true_conditions(plan) == {"Created"}
+    assert plan.status["restartCount"] == 0
+
+
+def test_the_same_observed_state_gives_the_same_decision() -> None:
+    job = pytorch_job()
+    first = run(job, [])
+    job = with_status(job, first)
+    pods = [pod("job-master-0", "Running"), pod("job-worker-0", "Running")]
+    second = run(job, pods)
+    assert not second.create_pods and not second.delete_pods
+    assert "Running" in true_conditions(second)
+    again = run(with_status(job, second), pods)
+    assert again.status == second.status and not again.events
+
+
+def test_a_replica_killed_by_a_signal_restarts_the_whole_gang() -> None:
+    job = with_status(pytorch_job(), run(pytorch_job(), []))
+    pods = [pod("job-master-0", "Running"), pod("job-worker-0", "Failed", exit_code=137)]
+    plan = run(job, pods)
+    assert plan.status["restartCount"] == 1
+    assert "Restarting" in true_conditions(plan)
+    assert sorted(p["metadata"]["name"] for p in plan.delete_pods) == [
+        "job-master-0",
+        "job-worker-0",
+    ]
+    assert any(
+        reason == "Restarting" and "killed by signal 9" in text for _, reason, text in plan.events
+    )
+    # Next round: the old start's pods are stale; new ones start once their names are free.
+    job = with_status(job, plan)
+    terminating = copy.deepcopy(pods)
+    later = run(job, terminating)
+    assert not later.create_pods and later.requeue_after is not None
+    fresh = run(job, [])
+    assert all(
+        p["metadata"]["labels"]["hypersweep.io/restart-count"] == "1" for p in fresh.create_pods
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "outcome"),
+    [
+        ("OnFailure", 1, "restart"),
+        ("ExitCode", 1, "Failed"),
+        ("ExitCode", 137, "restart"),
+        ("Never", 137, "Failed"),
+    ],
+)
+def test_restart_policies(policy: str, code: int, outcome: str) -> None:
+    job = pytorch_job()
+    job["spec"]["replicaSpecs"]["Worker"]["restartPolicy"] = policy
+    job = with_status(job, run(job, []))
+    plan = run(job, [pod("job-master-0", "Running"), pod("job-worker-0", "Failed", exit_code=code)])
+    if outcome == "restart":
+        assert plan.status["restartCount"] == 1
+    else:
+        assert "Failed" in true_conditions(plan) and plan.status["restartCount"] == 0
+
+
+def test_the_backoff_limit_fails_the_job() -> None:
+    job = pytorch_job()
+    job["status"] = {"restartCount": 2, "conditions": []}
+    plan = run(
+        job,
+        [
+            pod("job-master-0", "Failed", restart=2, exit_code=137),
+            pod("job-worker-0", "Running", restart=2),
+        ],
+    )
+    assert "Failed" in true_conditions(plan)
+    failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    assert [p["metadata"]["name"] for p in plan.delete_pods] == [
+        "job-worker-0"
+    ]  # cleanPodPolicy Running
+
+
+def test_the_master_succeeding_ends_the_job_and_cleans_running_pods() -> None:
+    job = with_status(pytorch_job(), run(pytorch_job(), []))
+    plan = run(job, [pod("job-master-0", "Succeeded", exit_code=0), pod("job-worker-0", "Running")])
+    assert "Succeeded" in true_conditions(plan)
+    assert plan.status["conditions"][-1]["type"] == "Succeeded"
+    assert [p["metadata"]["name"] for p in plan.delete_pods] == ["job-worker-0"]
+    assert plan.status["replicaStatuses"]["Master"] == {"active": 0, "succeeded": 1, "failed": 0}
+
+
+def test_pods_of_another_owner_are_left_alone() -> None:
+    job = with_status(pytorch_job(), run(pytorch_job(), []))
+    foreign = pod("job-master-0", "Running", uid="an-older-job")
+    plan = run(job, [foreign])
+    assert foreign not in plan.delete_pods
+    assert [p["metadata"]["name"] for p in plan.create_pods] == ["job-worker-0"]
+    assert plan.requeue_after == 1.0
+
+
+def test_suspend_deletes_pods_and_the_deadline_fails_the_job() -> None:
+    job = with_status(pytorch_job(suspend=True), run(pytorch_job(), []))
+    plan = run(job, [pod("job-master-0", "Running"), pod("job-worker-0", "Running")])
+    assert "Suspended" in true_conditions(plan) and len(plan.delete_pods) == 2
+    assert "startTime" not in plan.status
+    job = pytorch_job(activeDeadlineSeconds=10)
+    job = with_status(job, run(job, []))
+    assert run(job, [], NOW + dt.timedelta(seconds=5)).requeue_after == pytest.approx(5.0)
+    late = run(job, [], NOW + dt.timedelta(seconds=11))
+    assert "Failed" in true_conditions(late)
+
+
+def test_ttl_deletes_a_finished_job() -> None:
+    job = pytorch_job(ttlSecondsAfterFinished=30)
+    job["status"] = {
+        "completionTime": "2026-11-28T12:00:00Z",
+        "conditions": [{"type": "Succeeded", "status": "True"}],
+    }
+    assert run(job, [], NOW + dt.timedelta(seconds=10)).requeue_after == pytest.approx(20.0)
+    assert run(job, [], NOW + dt.timedelta(seconds=31)).delete_job
+
+
+def test_conditions_turning_true_move_last() -> None:
+    conditions: list[dict[str, Any]] = []
+    assert set_condition(conditions, "Running", True, "A", "a", "t1")
+    assert set_condition(conditions, "Succeeded", True, "B", "b", "t2")
+    assert not set_condition(conditions, "Failed", False, "C", "c", "t3")  # absent stays absent
+    assert set_condition(conditions, "Running", False, "B", "b", "t4")
+    assert [c["type"] for c in conditions] == ["Running", "Succeeded"]
+    assert set_condition(conditions, "Running", True, "D", "d", "t5")
+    assert [c["type"] for c in conditions] == ["Succeeded", "Running"]
+
+
+# --- specs and rendezvous -----------------------------------------------------------------
+
+
+def test_kubeflow_aliases_and_errors_name_the_field() -> None:
+    spec = JobSpec.from_spec(
+        {"tfReplicaSpecs": {"Worker": {"replicas": 2, "template": template("tensorflow")}}}
+    )
+    assert spec.framework == "tensorflow" and spec.port() == 2222
+    with pytest.raises(SpecError, match=r"spec.pytorchReplicaSpecs: a PyTorch job needs a Master"):
+        JobSpec.from_spec({"pytorchReplicaSpecs": {"Worker": {"template": template()}}})
+    with pytest.raises(SpecError, match=r"spec.replicaSpecs.Worker.replicas"):
+        JobSpec.from_spec(
+            {
+                "framework": "generic",
+                "replicaSpecs": {"Worker": {"replicas": -1, "template": template()}},
+            }
+        )
+
+
+def test_tensorflow_cluster_by_dns_leaves_the_evaluator_out() -> None:
+    spec = JobSpec.from_spec(
+        {
+            "tfReplicaSpecs": {
+                "Chief": {"replicas": 1, "template": template("tensorflow")},
+                "Worker": {"replicas": 2, "template": template("tensorflow")},
+                "PS": {"replicas": 1, "template": template("tensorflow")},
+                "Evaluator": {"replicas": 1, "template": template("tensorflow")},
+            }
+        }
+    )
+    config = json.loads(rendezvous_env(spec, "mnist", "ml", 4, Networking())["TF_CONFIG"])
+    assert config["cluster"] == {
+        "chief": ["mnist-chief-0.ml.svc:2222"],
+        "worker": ["mnist-worker-0.ml.svc:2222", "mnist-worker-1.ml.svc:2222"],
+        "ps": ["mnist-ps-0.ml.svc:2222"],
+    }
+    assert config["task"] == {"type": "evaluator", "index": 0}
+    assert replica_rank(
+        {"TF_CONFIG": rendezvous_env(spec, "mnist", "ml", 2, Networking())["TF_CONFIG"]}
+    ) == (2, 3)
+
+
+def test_replicas_sharing_a_network_get_ports_of_their_own() -> None:
+    spec = JobSpec.from_spec(
+        {
+            "framework": "tensorflow",
+            "replicaSpecs": {
+                "Worker": {
+                    "replicas": 2,
+                    "template": {"spec": {"hostNetwork": True, **template("tensorflow")["spec"]}},
+                }
+            },
+        }
+    )
+    config = json.loads(rendezvous_env(spec, "j", "ns", 0, Networking())["TF_CONFIG"])
+    assert config["cluster"]["worker"] == ["j-worker-0.ns.svc:2222", "j-worker-1.ns.svc:2223"]
+    local = json.loads(rendezvous_env(spec, "j", "ns", 1, Networking("127.0.0.1"))["TF_CONFIG"])
+    assert local["cluster"]["worker"] == ["127.0.0.1:2222", "127.0.0.1:2223"]
+
+
+def test_trial_parameters_are_substituted_as_in_katib() -> None:
+    spec = {
+        "containers": [
+            {
+                "args": [
+                    "--lr=${trialParameters.lr}",
+                    "--opt=${trialParameters.optimizer.name}",
+                    "${trialParameters.missing}",
+                ]
+            }
+        ]
+    }
+    out = substitute_parameters(spec, {"lr": 0.1, "optimizer": {"name": "adam"}})
+    assert out["containers"][0]["args"] == ["--lr=0.1", "--opt=adam", "${trialParameters.missing}"]
+
+
+def test_work_queue_coalesces_and_delays() -> None:
+    queue = WorkQueue()
+    queue.add("a")
+    queue.add("a")
+    assert queue.get(0.1) == "a"
+    queue.add("a")  # while it is processed: again after done()
+    assert queue.get(0.05) is None
+    queue.done("a")
+    assert queue.get(0.1) == "a"
+    queue.done("a")
+    queue.add_after("b", 0.2)
+    assert queue.get(0.05) is None
+    assert queue.get(1.0) == "b"
+
+
+# --- the report protocol -------------------------------------------------------------------
+
+
+class FakeKube:
+    """Just enough of the API for a launcher: objects in a dict."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def get(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self.objects.get((resource.plural, name))
+
+    def create(
+        self, resource: Resource, namespace: str | None, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        key = (resource.plural, body["metadata"]["name"])
+        if key in self.objects:
+            raise ApiError(409, "AlreadyExists")
+        stored = copy.deepcopy(body)
+        stored["metadata"]["uid"] = f"uid-{len(self.objects)}"
+        self.objects[key] = stored
+        return stored
+
+    def replace(
+        self, resource: Resource, namespace: str | None, name: str, body: dict[str, Any], **_: Any
+    ) -> dict[str, Any]:
+        self.objects[(resource.plural, name)] = copy.deepcopy(body)
+        return body
+
+    def patch(
+        self, resource: Resource, namespace: str | None, name: str, body: dict[str, Any], **_: Any
+    ) -> dict[str, Any]:
+        return self.objects.get((resource.plural, name), {})
+
+    def delete(self, resource: Resource, namespace: str | None, name: str, **_: Any) -> bool:
+        return self.objects.pop((resource.plural, name), None) is not None
+
+    def list(self, resource: Resource, namespace: str | None = None, **_: Any) -> dict[str, Any]:
+        return {
+            "items": [o for (plural, _), o in self.objects.items() if plural == resource.plural]
+        }
+
+
+@pytest.fixture
+def launcher() -> Any:
+    server = ReportServer("127.0.0.1", 0).start()
+    kube = FakeKube()
+    launcher = KubernetesLauncher(
+        "ns",
+        trial_template={
+            "framework": "pytorch",
+            "replicaSpecs": {"Master": {"template": template()}},
+        },
+        kube=kube,  # type: ignore[arg-type]
+        server=server,
+        report_url=f"http://127.0.0.1:{server.port}",
+        sweep="demo",
+    )
+    launcher.start(SweepContext("demo", ObjectiveRef("objective", reference="m:f"), "loss"))
+    yield launcher
+    server.stop()
+
+
+def assignment(number: int) -> TrialAssignment:
+    return TrialAssignment(number, {"lr": 0.1}, "demo", "/tmp/ckpt", None, 0, 2)
+
+
+def channel(launcher: KubernetesLauncher, number: int, token: str, rank: int = 0) -> HttpChannel:
+    return HttpChannel(
+        launcher._report_url or "",
+        token,
+        namespace="ns",
+        sweep="demo",
+        trial_number=number,
+        rank=rank,
+        timeout=2.0,
+    )
+
+
+def token_of(launcher: KubernetesLauncher, number: int) -> str:
+    return launcher._trials[number].token
+
+
+def in_thread(function: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def target() -> None:
+        try:
+            out.append(function())
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            out.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def poll_until(launcher: KubernetesLauncher, kind: type) -> Any:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for event in launcher.poll(0.2):
+            if isinstance(event, kind):
+                return event
+    raise AssertionError(f"no {kind.__name__} event")
+
+
+def test_a_trial_reports_with_its_own_token_only(launcher: KubernetesLauncher) -> None:
+    launcher.launch(assignment(0))
+    launcher.launch(assignment(1))
+    job = launcher.kube.get(
+        Resource("hypersweep.io", "v1alpha1", "trainjobs", "TrainJob"), "ns", "demo-trial-0"
+    )
+    assert job is not None and job["metadata"]["annotations"]["hypersweep.io/attempt"] == "0"
+    env = job["spec"]["replicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    assert {
+        "name": "HYPERSWEEP_TRIAL_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "demo-trial-0-trial", "key": "token"}},
+    } in env
+    assert token_of(launcher, 0) not in json.dumps(job)  # the token is in the Secret only
+
+    with pytest.raises(ReportRefused):
+        channel(launcher, 1, token_of(launcher, 0)).request(("report", 0, {"loss": 1.0}))
+
+    thread, out = in_thread(
+        lambda: channel(launcher, 0, token_of(launcher, 0)).request(("report", 3, {"loss": 0.5}))
+    )
+    event = poll_until(launcher, Reported)
+    assert event == Reported(0, 3, {"loss": 0.5})
+    launcher.respond(0, "stop")
+    thread.join(5)
+    assert out == ["stop"]
+
+
+def test_an_outcome_is_answered_once_the_orchestrator_handled_it(
+    launcher: KubernetesLauncher,
+) -> None:
+    launcher.launch(assignment(0))
+    thread, out = in_thread(
+        lambda: channel(launcher, 0, token_of(launcher, 0)).send(("result", 0.25))
+    )
+    assert poll_until(launcher, Completed) == Completed(0, 0.25)
+    assert thread.is_alive()  # not yet handled
+    launcher.poll(0.0)  # the orchestrator polls again only after handling the event
+    thread.join(5)
+    assert out == [None]
+    assert launcher.free_slots() == launcher.max_concurrent
+    with pytest.raises(TrialGone):  # a new message after the outcome
+        channel(launcher, 0, launcher._ended[0].token).request(("report", 9, {"loss": 0.1}))
+
+
+def test_other_ranks_get_rank_zeros_decision(launcher: KubernetesLauncher) -> None:
+    launcher.launch(assignment(0))
+    token = token_of(launcher, 0)
+    worker, worker_out = in_thread(
+        lambda: channel(launcher, 0, token, rank=1).request(("report", 1, {"loss": 1.0}))
+    )
+    master, master_out = in_thread(
+        lambda: channel(launcher, 0, token).request(("report", 1, {"loss": 1.0}))
+    )
+    poll_until(launcher, Reported)
+    launcher.respond(0, "pause")
+    master.join(5)
+    worker.join(5)
+    assert master_out == ["pause"] and worker_out == ["pause"]
+
+
+def test_an_unknown_trial_is_retried_until_the_timeout(launcher: KubernetesLauncher) -> None:
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        channel(launcher, 7, "whatever").request(("report", 0, {"loss": 1.0}))
+    assert time.monotonic() - started >= 2.0
+
+
+def test_a_launcher_needs_a_reachable_report_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POD_IP", raising=False)
+    server = ReportServer("127.0.0.1", 0).start()
+    try:
+        launcher = KubernetesLauncher("ns", image="trial:1", kube=FakeKube(), server=server)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="report_url"):
+            launcher.start(SweepContext("demo", ObjectiveRef("f", reference="m:f"), "loss"))
+    finally:
+        server.stop()
+
+
+def test_goal_and_secret_scrubbing() -> None:
+    summary = {"bestTrial": {"number": 3, "value": 0.05, "params": {}}}
+    assert goal_reached(summary, 0.1, "min") and not goal_reached(summary, 0.01, "min")
+    assert goal_reached(summary, 0.01, "max") and not goal_reached({}, 0.1, "min")
+    url = "postgresql://optuna:hunter2@db:5432/sweeps"
+    assert "hunter2" not in scrub(f"could not connect to {url}; password hunter2 refused", url)

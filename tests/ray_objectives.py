@@ -1,0 +1,137 @@
+"""Objectives of the Ray tests; each records where it ran (Ray node, pid) under the markers.
+
+They run in Ray actors, which import this module by name (the driver's ``sys.path`` is passed
+on), and find the markers folder through ``HYPERSWEEP_TEST_MARKERS``, which the tests give the
+actors through ``RayLauncher(env=...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hypersweep as hs
+
+
+def _markers() -> Path:
+    path = Path(os.environ["HYPERSWEEP_TEST_MARKERS"])
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _context() -> hs.TrialContext:
+    context = hs.get_trial_context()
+    assert context is not None
+    return context
+
+
+def record(name: str, **extra: Any) -> None:
+    """Write where this replica runs, its rendezvous environment and ``extra``."""
+    import ray
+
+    context = _context()
+    data = {
+        "pid": os.getpid(),
+        "node": ray.get_runtime_context().get_node_id(),
+        "ip": ray.util.get_node_ip_address(),
+        "trial": context.trial_number,
+        "attempt": context.attempt,
+        "rank": context.rank,
+        "world_size": context.world_size,
+        "time": time.time(),
+        "env": {
+            name: os.environ.get(name)
+            for name in (
+                "MASTER_ADDR",
+                "MASTER_PORT",
+                "WORLD_SIZE",
+                "RANK",
+                "CUDA_VISIBLE_DEVICES",
+                "TORCHELASTIC_USE_AGENT_STORE",
+            )
+        },
+        **extra,
+    }
+    staging = _markers() / f".{name}.json"
+    staging.write_text(json.dumps(data))
+    staging.rename(_markers() / f"{name}.json")
+
+
+def gang_allreduce(config: dict[str, Any]) -> dict[str, float]:
+    """Every rank adds rank + 1 over gloo; all ranks must see the same total."""
+    import torch
+    import torch.distributed as dist
+
+    context = _context()
+    dist.init_process_group("gloo")
+    try:
+        total = torch.tensor([float(context.rank + 1)])
+        dist.all_reduce(total)
+        record(f"allreduce-t{context.trial_number}-r{context.rank}", total=total.item())
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return {"loss": total.item()}
+
+
+def node_loss_train(config: dict[str, Any]) -> dict[str, float]:
+    """Epochs of all-reduced "training", checkpointed by rank 0 after each.
+
+    In the first attempt every rank stops at the start of epoch 2 (after the epoch-1
+    checkpoint), records its node and waits for the test to remove a node; later attempts
+    run through. The loss is the same whether or not the trial was interrupted.
+    """
+    import torch
+    import torch.distributed as dist
+
+    context = _context()
+    dist.init_process_group("gloo")
+    state = hs.restore()
+    start = 0 if state is None else state["epoch"] + 1
+    weight = torch.zeros(1) if state is None else torch.tensor([state["weight"]])
+    record(f"train-a{context.attempt}-r{context.rank}", start=start)
+    for epoch in range(start, config["epochs"]):
+        if epoch == 2 and context.attempt == 0:
+            record(f"waiting-r{context.rank}")
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:  # killed with its node, or with its gang
+                time.sleep(0.1)
+        gradient = torch.tensor([float(context.rank + 1) * (epoch + 1)])
+        dist.all_reduce(gradient)
+        weight += config["lr"] * gradient
+        hs.checkpoint({"epoch": epoch, "weight": weight.item()}, step=epoch)
+        hs.report(epoch, loss=1.0 / (1.0 + weight.item()))
+    dist.destroy_process_group()
+    return {
+        "loss": 1.0 / (1.0 + weight.item()),
+        "resumed_from": float(start),
+        "attempt": float(context.attempt),
+    }
+
+
+def mixed(config: dict[str, Any]) -> float:
+    """Trial ``n`` of a 20-trial grid: fails if n % 7 == 3, is pruned if n % 5 == 1."""
+    context = _context()
+    with open(_markers() / f"pids-{context.trial_number}", "w") as handle:
+        handle.write(str(os.getpid()))
+    n = config["n"]
+    if n % 7 == 3:
+        raise ValueError(f"n={n} is unlucky")
+    loss = float(n)
+    for step in range(3):
+        hs.report(step, loss=1000.0 if n % 5 == 1 else loss + 1.0 / (step + 1))
+    return loss
+
+
+def timed(config: dict[str, Any]) -> float:
+    """Records when it ran (for concurrency checks); the quadratic of ``x`` and ``y``."""
+    began = time.time()
+    time.sleep(float(config.get("seconds", 0.2)))
+    context = _context()
+    (_markers() / f"span-{context.trial_number}.json").write_text(
+        json.dumps({"began": began, "ended": time.time()})
+    )
+    return (config["x"] - 2.0) ** 2 + (config["y"] + 1.0) ** 2

@@ -1,0 +1,303 @@
+"""Ray Tune search algorithms as strategies, run by hypersweep's own loop and storage.
+
+The searchers run in the driver, so these sweeps use the local launcher; no Ray cluster is
+started. ``HyperOptSearch`` (which has no ``add_evaluated_point``) is the searcher that must be
+resumed from its saved state.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray.tune")
+
+import objectives
+import optuna
+import ray_objectives
+from conftest import PYTHON, python_env
+from ray import tune as ray_tune
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
+
+import hypersweep as hs
+from hypersweep._errors import ConfigError
+from hypersweep.orchestrator._storage import open_storage
+from hypersweep.strategies._ray_searcher import RaySearcherSampler, _snap, to_ray_space
+from hypersweep.strategies._space import Float, Int
+
+SPACE = {"x": hs.uniform(-10, 10), "y": hs.uniform(-10, 10)}
+
+
+def _hyperopt(**options: Any) -> Any:
+    pytest.importorskip("hyperopt")
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    return HyperOptSearch(**options)
+
+
+class RecordingSearcher(Searcher):
+    """A random searcher that records every call hypersweep makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = {}
+        self.calls: list[tuple[Any, ...]] = []
+        self.counter = 0
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
+    ) -> bool:
+        self._metric, self._mode, self.config = metric, mode, config
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        self.counter += 1
+        self.calls.append(("suggest", trial_id))
+        return {"n": self.counter % 4, "nested": {"lr": 10.0**-self.counter}}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.calls.append(("result", trial_id, result["step"], result["loss"]))
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        self.calls.append(("complete", trial_id, None if result is None else result["loss"], error))
+
+
+def _sweep_values(strategy: Any, seed: int) -> tuple[hs.SweepResult, list[float]]:
+    result = hs.tune(
+        SPACE,
+        objectives.quadratic,
+        metric="loss",
+        n_trials=60,
+        max_concurrent=1,
+        strategy=strategy,
+        seed=seed,
+        verbose=False,
+    )
+    assert result.counts() == {"completed": 60}
+    return result, [t.value for t in sorted(result.trials, key=lambda t: t.number)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hyperopt_drives_a_sweep_to_a_good_result(seed: int) -> None:
+    result, values = _sweep_values(_hyperopt(random_state_seed=seed, n_initial_points=10), seed)
+    _, random_values = _sweep_values("random", seed)
+    # After its 10 random points, TPE samples near the minimum (0 at x=2, y=-1): its last
+    # 20 trials are better than random search's, and its best is close.
+    late = sorted(values[-20:])[10]
+    assert late < sorted(random_values[-20:])[10]
+    assert late < sorted(values[:10])[5]
+    assert min(values) < 3.0
+    # Stored like any trial: a plain Optuna study that Optuna itself reads.
+    storage = open_storage(result.storage, result.name)
+    study = optuna.load_study(study_name=result.name, storage=storage)
+    assert len(study.trials) == 60 and study.best_value == pytest.approx(min(values))
+
+
+def test_the_searcher_proposes_what_it_would_propose_alone() -> None:
+    """One trial at a time, the sweep sees exactly the configs of a hand-driven searcher."""
+    alone = _hyperopt(random_state_seed=3, n_initial_points=5)
+    alone.set_search_properties("loss", "min", to_ray_space(SPACE))
+    expected = []
+    for number in range(15):
+        config = alone.suggest(f"t{number}")
+        expected.append(config)
+        alone.on_trial_complete(f"t{number}", {"loss": objectives.quadratic(config)})
+    result = hs.tune(
+        SPACE,
+        objectives.quadratic,
+        metric="loss",
+        n_trials=15,
+        max_concurrent=1,
+        strategy=_hyperopt(random_state_seed=3, n_initial_points=5),
+    )
+    configs = [t.config for t in sorted(result.trials, key=lambda t: t.number)]
+    assert configs == [{k: float(v) for k, v in config.items()} for config in expected]
+
+
+def test_every_callback_reaches_the_searcher() -> None:
+    searcher = RecordingSearcher()
+    result = hs.tune(
+        {"n": hs.randint(0, 4), "nested": {"lr": hs.loguniform(1e-9, 1.0)}, "fixed": 7},
+        objectives.fail_on_odd,
+        metric="loss",
+        n_trials=4,
+        max_concurrent=1,
+        strategy=searcher,
+    )
+    # The space, as Ray Tune domains; hypersweep's inclusive int range became randint(0, 4).
+    assert isinstance(searcher.config["n"], ray_tune.search.sample.Integer)
+    assert (searcher.config["n"].lower, searcher.config["n"].upper) == (0, 4)
+    assert searcher.config["fixed"] == 7 and searcher.metric == "loss" and searcher.mode == "min"
+    by_number = {t.number: t for t in result.trials}
+    assert [by_number[i].config["n"] for i in range(4)] == [1, 2, 3, 0]  # the searcher's picks
+    assert by_number[1].config["nested"]["lr"] == pytest.approx(1e-2)
+    completes = {c[1]: c for c in searcher.calls if c[0] == "complete"}
+    assert completes["hypersweep_00000"][2:] == (None, True)  # n=1 raised: error=True
+    assert completes["hypersweep_00001"][2:] == (2.0, False)
+    assert result.counts() == {"completed": 2, "failed": 2}
+
+
+def test_intermediate_results_reach_the_searcher() -> None:
+    searcher = RecordingSearcher()
+    hs.tune(
+        {"quality": hs.uniform(0, 1)},
+        objectives.learning_curve,
+        metric="loss",
+        n_trials=2,
+        max_concurrent=1,
+        strategy=searcher,
+    )
+    reports = [c for c in searcher.calls if c[0] == "result" and c[1] == "hypersweep_00000"]
+    assert [c[2] for c in reports] == list(range(10))
+    final = next(c for c in searcher.calls if c[0] == "complete" and c[1] == "hypersweep_00000")
+    assert final[2] == pytest.approx(reports[-1][3])  # the last report is the trial's value
+
+
+def test_a_concurrency_limiter_caps_running_trials(run_dir: Path, monkeypatch: Any) -> None:
+    markers = run_dir / "markers"
+    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(markers))
+    result = hs.tune(
+        {**SPACE, "seconds": 0.3},
+        ray_objectives.timed,
+        metric="loss",
+        n_trials=8,
+        max_concurrent=4,
+        strategy=ConcurrencyLimiter(_hyperopt(random_state_seed=0), max_concurrent=2),
+    )
+    assert result.counts() == {"completed": 8}
+    spans = [json.loads(p.read_text()) for p in markers.glob("span-*.json")]
+    events = sorted([(s["began"], 1) for s in spans] + [(s["ended"], -1) for s in spans])
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    assert peak == 2  # the limiter's 2, not the sweep's 4
+
+
+def test_basic_variant_generator_runs_the_grid_once_then_ends() -> None:
+    result = hs.tune(
+        {"a": hs.grid([1, 2, 3]), "b": hs.choice(["good", "bad"])},
+        objectives.categorical,
+        metric="loss",
+        n_trials=10,
+        strategy=BasicVariantGenerator(random_state=0),
+    )
+    # One pass over the grid (Ray Tune's num_samples=1); the rest of the budget stays queued.
+    assert result.counts() == {"completed": 3, "queued": 7}
+    assert sorted(t.config["a"] for t in result.trials) == [1, 2, 3]
+
+
+def test_a_searcher_with_its_own_space_is_refused() -> None:
+    searcher = _hyperopt(space={"x": ray_tune.uniform(0, 1)}, metric="loss", mode="min")
+    with pytest.raises(ConfigError, match="did not accept the sweep's search space"):
+        hs.tune(SPACE, objectives.quadratic, metric="loss", n_trials=2, strategy=searcher)
+
+
+def test_space_conversion_and_values_snapped_into_optuna_ranges() -> None:
+    space = {
+        "q": hs.quniform(0.05, 0.95, 0.1),
+        "k": Int(1, 9, step=2),
+        "c": hs.choice([1, "1"]),
+        "g": hs.quniform(0.0, 1.0, 0.25),
+    }
+    ray_space = to_ray_space(space)
+    quantized = ray_tune.search.sample.Quantized
+    assert isinstance(ray_space["g"].get_sampler(), quantized)  # the same grid in both
+    assert not isinstance(ray_space["q"].get_sampler(), quantized)  # 0.05 + k * 0.1: snapped
+    assert (ray_space["k"].lower, ray_space["k"].upper) == (1, 10)
+    assert ray_space["c"].categories == [1, "1"]
+    assert _snap(Float(0.05, 0.95, step=0.1), 0.3) == pytest.approx(0.25)  # Optuna's grid
+    assert _snap(Float(0.05, 0.95, step=0.1), 1.0) == pytest.approx(0.95)
+    assert _snap(Int(1, 9, step=2), 4.0) in (3, 5)
+    assert _snap(Int(1, 9, step=2), 40) == 9
+    assert _snap(hs.choice([1, "1"]), "1") == "1"
+    assert _snap(hs.choice([1, 2]), 3) is None
+    distributions = RaySearcherSampler(
+        RecordingSearcher(), space, metric="loss", mode="min"
+    ).infer_relative_search_space(None, None)  # type: ignore[arg-type]
+    assert distributions["q"] == optuna.distributions.FloatDistribution(0.05, 0.95, step=0.1)
+
+
+DRIVER = textwrap.dedent(
+    """
+    import hypersweep as hs
+    import ray_objectives
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    hs.tune({{"x": hs.uniform(-10, 10), "y": hs.uniform(-10, 10), "seconds": 0.4}},
+            ray_objectives.timed, metric="loss", n_trials={n}, max_concurrent=2,
+            name="resumable", resume={resume},
+            strategy=HyperOptSearch(random_state_seed=0, n_initial_points=4), verbose=False)
+    """
+)
+
+
+@pytest.mark.slow
+def test_resume_after_a_driver_kill_restores_the_searcher(run_dir: Path, monkeypatch: Any) -> None:
+    """The killed driver's searcher state is restored; nothing is rerun or lost."""
+    pytest.importorskip("hyperopt")
+    markers = run_dir / "markers"
+    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(markers))
+    env = {**python_env(), "HYPERSWEEP_TEST_MARKERS": str(markers)}
+    script = run_dir / "driver.py"
+    n_trials = 14
+    script.write_text(DRIVER.format(n=n_trials, resume=True))
+    driver = subprocess.Popen([PYTHON, str(script)], env=env)
+
+    def progressed() -> bool:
+        try:
+            counts = hs.load("resumable").counts()
+        except ConfigError:
+            return False
+        return counts.get("completed", 0) >= 5 and counts.get("running", 0) >= 1
+
+    deadline = time.monotonic() + 120
+    while not progressed():
+        assert time.monotonic() < deadline and driver.poll() is None
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    before = hs.load("resumable")
+    completed_before = {t.number: t.config for t in before.trials if t.state == "completed"}
+
+    samplers: list[Any] = []
+    result = _resume(n_trials, samplers)
+    assert result.counts() == {"completed": n_trials}
+    for trial in result.trials:  # finished trials were kept, not rerun
+        if trial.number in completed_before:
+            assert trial.config == completed_before[trial.number]
+    sampler = samplers[0]
+    assert isinstance(sampler, RaySearcherSampler)
+    assert sampler.restored_trials >= len(completed_before) - 1  # saved after each trial
+    assert sampler.skipped_trials == 0
+    # HyperOpt's own record holds every trial's result: restored, replayed, or told anew.
+    hyperopt_trials = sampler.searcher._hpopt_trials.trials
+    done = [t for t in hyperopt_trials if t["result"].get("status") == "ok"]
+    assert len(done) == n_trials
+    losses = sorted(t["result"]["loss"] for t in done)
+    assert losses == pytest.approx(sorted(t.value for t in result.trials))
+
+
+def _resume(n_trials: int, samplers: list[Any]) -> hs.SweepResult:
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    return hs.tune(
+        {"x": hs.uniform(-10, 10), "y": hs.uniform(-10, 10), "seconds": 0.4},
+        ray_objectives.timed,
+        metric="loss",
+        n_trials=n_trials,
+        max_concurrent=2,
+        name="resumable",
+        resume=True,
+        strategy=HyperOptSearch(random_state_seed=0, n_initial_points=4),
+        on_update=lambda orchestrator: samplers.append(orchestrator.study.sampler),
+    )
