@@ -131,7 +131,13 @@ def ray_session() -> Iterator[None]:
     """One local Ray instance (2 CPUs) for every Ray row."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(
+        address="local",  # a fresh instance, even if a Ray cluster runs on this machine
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
     try:
         yield
     finally:

@@ -90,7 +90,7 @@ def _resolve_objective(reference: str, base: Path) -> str:
 
 def _run_sweep(settings: Any, objective: str, live: bool, console: Console) -> int:
     from hypersweep._progress import LiveTable, print_summary
-    from hypersweep.launchers import LocalLauncher
+    from hypersweep.launchers import Launcher, LocalLauncher, RayLauncher
     from hypersweep.orchestrator._objective import resolve_objective
     from hypersweep.orchestrator._orchestrator import Orchestrator
     from hypersweep.orchestrator._storage import default_run_dir
@@ -98,7 +98,11 @@ def _run_sweep(settings: Any, objective: str, live: bool, console: Console) -> i
 
     objective_ref = resolve_objective(objective)
     log_dir = default_run_dir(settings.name) / "logs" if live else None
-    launcher = LocalLauncher(settings.max_concurrent, log_dir=log_dir)
+    launcher: Launcher = LocalLauncher(settings.max_concurrent, log_dir=log_dir)
+    if settings.launcher is not None and settings.launcher.get("type", "local") == "ray":
+        launcher = RayLauncher.from_spec(
+            {"max_concurrent": settings.max_concurrent, **settings.launcher}
+        )
     orchestrator = Orchestrator(settings, objective_ref, launcher, objective_reference=objective)
     if live:
         logging.getLogger("hypersweep").setLevel(logging.WARNING)

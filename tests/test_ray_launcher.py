@@ -9,6 +9,9 @@ placement needs. Trials run real processes and real gloo collectives across the 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ import objectives
 import optuna
 import ray_objectives
 import replica_objectives
+from conftest import PYTHON, python_env
 from ray.cluster_utils import Cluster
 
 import hypersweep as hs
@@ -34,17 +38,26 @@ pytestmark = pytest.mark.slow
 NODE = {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 100 * 2**20}
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    """A head node without CPUs for trials, and two worker nodes."""
+    """A head node without CPUs for trials (serving Ray Client), and two worker nodes."""
+    client_port = _free_port()
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
             "num_cpus": 0,
             "object_store_memory": 100 * 2**20,
             "include_dashboard": False,
+            "ray_client_server_port": client_port,
         },
     )
+    cluster.client_port = client_port  # type: ignore[attr-defined]
     for _ in range(2):
         cluster.add_node(**NODE)
     cluster.wait_for_nodes()
@@ -217,6 +230,73 @@ def test_a_failing_rank_fails_the_trial_with_its_traceback(cluster: Cluster, mar
     error = trial.error or ""
     assert error.startswith("replica worker-0 (rank 1 of 2) raised ValueError: bad shard on rank 1")
     assert "Traceback (most recent call last)" in error and "gave up after 2 attempts" in error
+
+
+CLIENT_DRIVER = textwrap.dedent(
+    """
+    import hypersweep as hs
+    import objectives
+
+    result = hs.tune({{"x": hs.uniform(1, 2)}}, objectives.crash_once, metric="loss",
+                     n_trials=2, seed=0, name="client", verbose=False,
+                     launcher=hs.RayLauncher(address="ray://127.0.0.1:{port}"))
+    print("COUNTS", result.counts(), sorted(t.attempts for t in result.trials))
+    """
+)
+
+
+def test_a_driver_outside_the_cluster_runs_trials_through_ray_client(
+    cluster: Cluster, run_dir: Path
+) -> None:
+    port = cluster.client_port  # type: ignore[attr-defined]
+    script = run_dir / "driver.py"
+    script.write_text(CLIENT_DRIVER.format(port=port))
+    done = subprocess.run(
+        [PYTHON, str(script)], env=python_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Reports, checkpoints, a killed actor and its retry, all through Ray Client.
+    assert "COUNTS {'completed': 2} [2, 2]" in done.stdout
+
+
+SWEEP_FILE = """
+name: ray-file
+objective: objectives:crash_once
+metric: loss
+n_trials: 3
+max_concurrent: 2
+seed: 0
+space:
+  x: {{type: float, low: 1, high: 2}}
+launcher: {{type: ray, address: "{address}", num_cpus: 1}}
+"""
+
+
+def test_a_sweep_file_names_the_ray_launcher(cluster: Cluster, run_dir: Path) -> None:
+    (run_dir / "sweep.yaml").write_text(SWEEP_FILE.format(address=cluster.address))
+    run = subprocess.run(
+        [PYTHON, "-m", "hypersweep._cli", "run", "sweep.yaml", "--no-live"],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = hs.load("ray-file")
+    assert result.counts() == {"completed": 3}
+    assert sorted(t.attempts for t in result.trials) == [2, 2, 2]  # crashed once, on Ray
+    with pytest.raises(ConfigError, match=r"launcher\.gpus: unknown field"):
+        from hypersweep.orchestrator._spec import parse_spec
+
+        parse_spec(
+            {
+                "objective": "objectives:quadratic",
+                "space": {"x": {"type": "float", "low": 0, "high": 1}},
+                "metric": "loss",
+                "n_trials": 2,
+                "launcher": {"type": "ray", "gpus": 1},
+            }
+        )
 
 
 # --- without a cluster ----------------------------------------------------------------------

@@ -89,14 +89,14 @@ def test_hyperband_runs_brackets_to_completion(run_dir: Path) -> None:
 
 def test_pbt_beats_a_fixed_config_search_at_equal_budget(run_dir: Path) -> None:
     space = {"lr": hs.loguniform(0.01, 1.0)}
-    budget = dict(metric="loss", n_trials=24, max_concurrent=4, strategy="random", seed=0)
+    budget = dict(metric="loss", n_trials=32, max_concurrent=4, strategy="random", seed=1)
     fixed = hs.tune(space, objectives.lr_schedule_toy, name="fixed", **budget)
     pbt = hs.tune(
         space,
         objectives.lr_schedule_toy,
         name="pbt",
         **budget,
-        early_stopping=PBT(perturbation_interval=4, quantile_fraction=0.25, seed=0),
+        early_stopping=PBT(perturbation_interval=4, quantile_fraction=0.25, seed=1),
     )
     assert fixed.best_value is not None and pbt.best_value is not None
     # The best any fixed lr can do on this toy is 0.03697; only a schedule beats it.

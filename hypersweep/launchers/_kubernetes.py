@@ -51,6 +51,17 @@ from hypersweep.operators._kube import (
     Kube,
     owner_reference,
 )
+from hypersweep.operators._pools import (
+    Demand,
+    GangAdmission,
+    GangRequest,
+    Pool,
+    SchedulingPolicy,
+    describe_demand,
+    parse_policy,
+    parse_pools,
+    pod_requests,
+)
 from hypersweep.operators._server import ReportServer
 from hypersweep.operators._trainjob import (
     CONTAINER_NAMES,
@@ -110,6 +121,15 @@ class _Trial:
     succeeded_at: float | None = None
 
 
+@dataclass
+class _Queued:
+    """A trial attempt waiting for its gang to be admitted onto a pool."""
+
+    assignment: TrialAssignment
+    name: str
+    request: GangRequest
+
+
 class KubernetesLauncher(Launcher):
     """Runs each trial as a TrainJob in ``namespace``; trials report to this process.
 
@@ -126,6 +146,12 @@ class KubernetesLauncher(Launcher):
             (``$POD_IP``) when running in a cluster.
         report_port: the port to listen on for trials' reports (0: any free port).
         sync_interval: seconds between checks of the TrainJobs' states.
+        pools: the node pools trials may use (:class:`~hypersweep.operators._pools.Pool` or
+            their plain-data form, as in ``Sweep.spec.pools``). A trial starts only once one
+            pool has room for all of its replicas at once (gang admission); until then it
+            waits, and a trial that fits no pool even when empty fails.
+        scheduling_policy: ``{"gang": "builtin" | "none" | "kueue" | "podGroup", ...}``:
+            who makes a trial's replicas start together (see ``Sweep.spec.schedulingPolicy``).
 
     Trials restore from checkpoints under the sweep's ``checkpoint_dir``, which must be on a
     volume that trial pods mount at the same path (``volumes`` and ``volume_mounts``, added to
@@ -154,6 +180,11 @@ class KubernetesLauncher(Launcher):
         volumes: Sequence[Mapping[str, Any]] = (),
         volume_mounts: Sequence[Mapping[str, Any]] = (),
         trial_state: Callable[[int], str | None] | None = None,
+        pools: Sequence[Mapping[str, Any] | Pool] = (),
+        scheduling_policy: Mapping[str, Any] | SchedulingPolicy | None = None,
+        admission: GangAdmission | None = None,
+        on_change: Callable[[], None] | None = None,
+        notify: Callable[[str, str, str], None] | None = None,
     ) -> None:
         if (
             isinstance(max_concurrent, bool)
@@ -177,6 +208,16 @@ class KubernetesLauncher(Launcher):
         self._volumes = [dict(v) for v in volumes]
         self._volume_mounts = [dict(m) for m in volume_mounts]
         self._trial_state = trial_state
+        self._pools = parse_pools(list(pools), "pools")
+        self._policy = parse_policy(scheduling_policy, "scheduling_policy")
+        self._admission = admission
+        self._own_admission = False
+        self._on_change = on_change
+        self._notify = notify
+        self._demands: dict[str, list[Demand]] = {}
+        self._queued: dict[int, _Queued] = {}
+        self._queue_note = ""
+        self._refused_note = ""
         self._context: SweepContext | None = None
         self._template: JsonDict = {}
         self._spec_key = "replicaSpecs"
@@ -237,6 +278,12 @@ class KubernetesLauncher(Launcher):
                 )
             self._report_url = f"http://{pod_ip}:{self._server.port}"
         self._server.register(self.namespace, self.sweep, self)
+        if self._pools:
+            self._demands = {pool.name: self._gang_demand(pool) for pool in self._pools}
+            if self._admission is None:
+                self._admission = GangAdmission(self.kube)
+                self._own_admission = True
+            self._admission.start()
         self._started = True
 
     def _trial_template(self, context: SweepContext) -> JsonDict:
@@ -264,20 +311,138 @@ class KubernetesLauncher(Launcher):
 
     def free_slots(self) -> int:
         with self._cond:
-            return max(0, self.max_concurrent - len(self._trials))
+            return max(0, self.max_concurrent - len(self._trials) - len(self._queued))
 
     def launch(self, assignment: TrialAssignment) -> None:
         number = assignment.trial_number
         name = self.job_name(number)
         with self._cond:
-            self._ended.pop(number, None)
+            # A trial that ended under this launcher (paused, say) never adopts its old
+            # TrainJob: its pods are exiting even if the job's status does not say so yet.
+            ended_here = self._ended.pop(number, None) is not None
         try:
-            token = self._adopt(name, assignment)
+            token = None if ended_here else self._adopt(name, assignment)
+            if ended_here:
+                self._delete_job(name)
         except ApiError as error:
             self._backlog.append(
                 Crashed(number, f"could not read TrainJob {name}: {error.message}")
             )
             return
+        if token is not None or not self._pools:
+            self._create(number, name, assignment, token, None)
+            return
+        assert self._admission is not None
+        request = GangRequest(f"{self.namespace}/{name}", self.sweep, self._pools, self._demands)
+        fitting = tuple(
+            pool
+            for pool in self._pools
+            if self._admission.fits_empty(pool, self._demands[pool.name])
+        )
+        if not fitting:
+            self._refuse(number)
+            return
+        if self._policy.gang != "builtin":
+            # No admission here: the pods go to the preferred pool that could ever hold them.
+            self._create(number, name, assignment, None, max(fitting, key=lambda p: p.weight))
+            return
+        request.pools = fitting
+        self._admission.submit(request)
+        with self._cond:
+            self._queued[number] = _Queued(assignment, name, request)
+        self._admit()
+
+    # --- gang admission ------------------------------------------------------------------
+
+    def _gang_demand(self, pool: Pool) -> list[Demand]:
+        """What each replica of a trial requests in ``pool`` (the template, pointed there)."""
+        spec = copy.deepcopy(self._template)
+        parsed = JobSpec.from_spec(spec)
+        demands: list[Demand] = []
+        for replica_spec in spec[self._spec_key].values():
+            pod = replica_spec["template"]["spec"]
+            pool.apply(pod, main_container(parsed, pod["containers"]))
+            demands += [pod_requests(pod)] * int(replica_spec.get("replicas", 1))
+        return demands
+
+    def _refuse(self, number: int) -> None:
+        """Fail a trial whose gang fits in none of the pools, even empty ones."""
+        options = "; ".join(
+            f"{pool.name}: {describe_demand(self._demands[pool.name], pool)}"
+            for pool in self._pools
+        )
+        message = (
+            f"trial {number} fits in no pool even when it is empty ({options}): every replica "
+            "must fit on one node and all replicas in one pool at once"
+        )
+        logger.warning("sweep %s: %s", self.sweep, message)
+        if self._notify is not None:
+            self._notify("Warning", "Unschedulable", message)
+        self._refused_note = message
+        self._backlog.append(Errored(number, message, message))
+        self._changed()
+
+    def _admit(self) -> None:
+        """Run an admission pass and create the TrainJobs of this launcher's admitted trials."""
+        if not self._queued or self._admission is None:
+            return
+        self._admission.pump()
+        with self._cond:
+            admitted = [q for q in self._queued.values() if q.request.admitted is not None]
+            for queued in admitted:
+                del self._queued[queued.assignment.trial_number]
+            waiting = sorted(self._queued.values(), key=lambda q: q.request.seq)
+        for queued in admitted:
+            number = queued.assignment.trial_number
+            self._create(number, queued.name, queued.assignment, None, queued.request.admitted)
+        note = ""
+        if waiting:
+            head = waiting[0]
+            pool = head.request.pools[0]
+            note = (
+                f"{len(waiting)} trial(s) wait for capacity: trial "
+                f"{head.assignment.trial_number} needs "
+                f"{describe_demand(head.request.demands[pool.name], pool)} on one of "
+                f"{', '.join(p.name for p in head.request.pools)}, and none has room for all "
+                "replicas at once"
+            )
+        if note != self._queue_note:
+            if note and not self._queue_note and self._notify is not None:
+                self._notify("Normal", "TrialsQueued", note)
+            self._queue_note = note
+            self._changed()
+        elif admitted:
+            self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+    def admission_status(self) -> JsonDict | None:
+        """``{"queuedTrials": n, "message": ..., "refused": ...}`` for the Sweep's status (the
+        last trial refused for fitting no pool, if any); None without pools."""
+        if not self._pools:
+            return None
+        with self._cond:
+            return {
+                "queuedTrials": len(self._queued),
+                "message": self._queue_note,
+                "refused": self._refused_note,
+            }
+
+    def _withdraw(self, job_name: str) -> None:
+        if self._admission is not None:
+            self._admission.withdraw(f"{self.namespace}/{job_name}")
+
+    def _create(
+        self,
+        number: int,
+        name: str,
+        assignment: TrialAssignment,
+        token: str | None,
+        pool: Pool | None,
+    ) -> None:
+        """Create (or adopt, with ``token``) the TrainJob of one trial attempt."""
         trial = _Trial(number, name, assignment.attempt, token or _new_token(), time.monotonic())
         with self._cond:
             self._trials[number] = trial
@@ -286,8 +451,11 @@ class KubernetesLauncher(Launcher):
             return
         try:
             self._write_secret(trial, assignment)
-            self.kube.create(TRAINJOBS, self.namespace, self._render_job(trial, assignment))
+            if self._policy.gang == "podGroup":
+                self._create_pod_group(name, number)
+            self.kube.create(TRAINJOBS, self.namespace, self._render_job(trial, assignment, pool))
         except ApiError as error:
+            self._withdraw(name)
             with self._cond:
                 self._trials.pop(number, None)
             message = f"could not create TrainJob {name}: {error.message}"
@@ -299,6 +467,7 @@ class KubernetesLauncher(Launcher):
     def poll(self, timeout: float) -> list[Event]:
         if self._detached:
             raise LauncherDetached
+        self._admit()
         with self._cond:
             actions, self._actions = self._actions, []
         # First suspend the TrainJobs of trials that stopped early, then answer them: a pod
@@ -316,7 +485,10 @@ class KubernetesLauncher(Launcher):
         deadline = time.monotonic() + (0.0 if events else timeout)
         with self._cond:
             while not self._queue and not self._detached:
-                remaining = min(deadline, self._next_sync) - time.monotonic()
+                wake = min(deadline, self._next_sync)
+                if self._queued:
+                    wake = min(wake, time.monotonic() + 0.2)  # the next admission pass
+                remaining = wake - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
@@ -342,7 +514,10 @@ class KubernetesLauncher(Launcher):
     def stop(self, trial_number: int) -> None:
         with self._cond:
             trial = self._trials.pop(trial_number, None)
+            queued = self._queued.pop(trial_number, None)
             self._cond.notify_all()
+        if queued is not None:
+            self._withdraw(queued.name)
         if trial is None or self._detached:
             return  # detached: the TrainJob keeps running for the next driver to adopt
         self._delete_trial(trial.name)
@@ -354,6 +529,8 @@ class KubernetesLauncher(Launcher):
         with self._cond:
             leftover = list(self._trials.values())
             self._trials.clear()
+            queued = list(self._queued.values())
+            self._queued.clear()
             actions, self._actions = self._actions, []
             finished_here = {t.name for t in self._ended.values() if t.outcome == "result"}
             # The orchestrator is done: every event it was given is handled, so trials
@@ -369,6 +546,10 @@ class KubernetesLauncher(Launcher):
             for trial in leftover:
                 self._delete_trial(trial.name)
             suspend_unfinished_trainjobs(self.kube, self.namespace, self.sweep, finished_here)
+        for waiting in queued:
+            self._withdraw(waiting.name)
+        if self._own_admission and self._admission is not None:
+            self._admission.stop()
         assert self._server is not None
         self._server.unregister(self.namespace, self.sweep, self, finished=not self._detached)
         if self._own_server:
@@ -406,9 +587,25 @@ class KubernetesLauncher(Launcher):
         )
         token = self._read_token(name) if adoptable else None
         if token is None:
-            self.kube.delete(TRAINJOBS, self.namespace, name, uid=meta["uid"])
+            self.kube.delete(
+                TRAINJOBS, self.namespace, name, uid=meta["uid"], propagation="Foreground"
+            )
             self._wait_gone(name, meta["uid"])
         return token
+
+    def _delete_job(self, name: str) -> None:
+        """Delete the TrainJob ``name`` if there is one, and wait until it is gone."""
+        job = self.kube.get(TRAINJOBS, self.namespace, name)
+        if job is not None:
+            # Foreground: the job goes only after its pods, whose names the next attempt reuses.
+            self.kube.delete(
+                TRAINJOBS,
+                self.namespace,
+                name,
+                uid=job["metadata"]["uid"],
+                propagation="Foreground",
+            )
+            self._wait_gone(name, job["metadata"]["uid"])
 
     def _wait_gone(self, name: str, uid: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -465,8 +662,33 @@ class KubernetesLauncher(Launcher):
                 raise
             self.kube.replace(SECRETS, self.namespace, name, body)
 
-    def _render_job(self, trial: _Trial, assignment: TrialAssignment) -> JsonDict:
-        """The trial's TrainJob: the template with the trial's parameters and environment."""
+    def _create_pod_group(self, name: str, number: int) -> None:
+        """The PodGroup that makes the trial's pods one gang for a gang-scheduling scheduler."""
+        body = self._policy.pod_group(self._metadata(name, number), self._replica_total())
+        try:
+            self.kube.create(self._policy.pod_group_resource(), self.namespace, body)
+        except ApiError as error:
+            if error.conflict:
+                return  # left by an earlier attempt: the same gang
+            if error.not_found:
+                raise ApiError(
+                    422,
+                    "PodGroupUnavailable",
+                    {
+                        "message": f"schedulingPolicy.gang=podGroup, but {body['apiVersion']} "
+                        "PodGroup is not served here: install its scheduler first"
+                    },
+                ) from None
+            raise
+
+    def _replica_total(self) -> int:
+        return sum(int(r.get("replicas", 1)) for r in self._template[self._spec_key].values())
+
+    def _render_job(
+        self, trial: _Trial, assignment: TrialAssignment, pool: Pool | None = None
+    ) -> JsonDict:
+        """The trial's TrainJob: the template with the trial's parameters and environment,
+        pointed at ``pool`` and labelled for the gang scheduler the policy names."""
         assert self._context is not None and self._report_url is not None
         spec = substitute_parameters(self._template, assignment.config)
         secret = self._secret_name(trial.name)
@@ -528,8 +750,14 @@ class KubernetesLauncher(Launcher):
                 hardened = container.setdefault("securityContext", {})
                 hardened.setdefault("allowPrivilegeEscalation", False)
                 hardened.setdefault("capabilities", {"drop": ["ALL"]})
+            if pool is not None:
+                pool.apply(pod, main)
+            replica_spec["template"] = self._policy.pod_template(
+                replica_spec["template"], trial.name, self._replica_total()
+            )
         metadata = self._metadata(trial.name, trial.number)
         metadata["annotations"] = {names.ATTEMPT_ANNOTATION: str(trial.attempt)}
+        metadata["labels"].update(self._policy.job_labels())
         return {
             "apiVersion": TRAINJOBS.api_version,
             "kind": "TrainJob",
@@ -538,6 +766,7 @@ class KubernetesLauncher(Launcher):
         }
 
     def _delete_trial(self, job_name: str) -> None:
+        self._withdraw(job_name)
         try:
             self.kube.delete(TRAINJOBS, self.namespace, job_name)
             self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
@@ -548,6 +777,7 @@ class KubernetesLauncher(Launcher):
         """An action that suspends a trial's TrainJob (its pods go, the job stays to look at)."""
 
         def action() -> None:
+            self._withdraw(job_name)
             job = self.kube.get(TRAINJOBS, self.namespace, job_name)
             if job is not None:
                 suspend_trainjob(self.kube, job, outcome)
@@ -557,6 +787,7 @@ class KubernetesLauncher(Launcher):
 
     def _forget_secret(self, job_name: str) -> Callable[[], None]:
         def action() -> None:
+            self._withdraw(job_name)
             self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
 
         return action
@@ -753,19 +984,18 @@ class KubernetesLauncher(Launcher):
 
 
 def suspend_trainjob(kube: Kube, job: Mapping[str, Any], outcome: str) -> None:
-    """Suspend a trial's TrainJob, unless it finished: its pods go, the job stays to look at."""
-    if _finished(job) or ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
+    """Suspend a trial's TrainJob and record why: its pods go, the job stays to look at.
+
+    A job whose pods already exited after the decision (a paused trial's do) only gets the
+    outcome annotation, so that ``kubectl`` still tells a pruned trial from a completed one.
+    """
+    if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
         return
     meta = job["metadata"]
-    kube.patch(
-        TRAINJOBS,
-        meta["namespace"],
-        meta["name"],
-        {
-            "metadata": {"annotations": {names.OUTCOME_ANNOTATION: outcome}},
-            "spec": with_suspend(job.get("spec") or {}, True),
-        },
-    )
+    patch: dict[str, Any] = {"metadata": {"annotations": {names.OUTCOME_ANNOTATION: outcome}}}
+    if not _finished(job):
+        patch["spec"] = with_suspend(job.get("spec") or {}, True)
+    kube.patch(TRAINJOBS, meta["namespace"], meta["name"], patch)
 
 
 def suspend_unfinished_trainjobs(

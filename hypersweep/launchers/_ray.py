@@ -58,9 +58,11 @@ class RayLauncher(Launcher):
     Args:
         address: the cluster to connect to: ``"auto"`` (a cluster started on this machine
             with ``ray start``, or ``RAY_ADDRESS``), ``"ray://host:10001"`` (Ray Client, e.g.
-            a KubeRay head service), a GCS address, or None to start Ray on this machine.
-            Ignored when Ray is already initialized in this process; the launcher then uses
-            that connection and leaves it open.
+            a KubeRay head service), a GCS address, ``"local"`` to start a new Ray instance
+            on this machine, or None for Ray's default (``RAY_ADDRESS`` or a cluster running
+            on this machine if there is one, else a new instance). Ignored when Ray is already
+            initialized in this process; the launcher then uses that connection and leaves it
+            open.
         max_concurrent: trials running (or waiting for placement) at once; by default as many
             as the cluster's resources hold when the sweep starts.
         num_cpus: CPUs of each replica (of each trial, for trials without replicas); a
@@ -110,6 +112,7 @@ class RayLauncher(Launcher):
                 raise ConfigError(f"launcher.{name}: expected a number >= 0, got {value!r}")
         self.address = address
         self.max_concurrent = max_concurrent
+        self._max_concurrent_given = max_concurrent
         self.num_cpus = float(num_cpus)
         self.num_gpus = float(num_gpus)
         self.resources = {str(k): float(v) for k, v in (resources or {}).items()}
@@ -119,6 +122,7 @@ class RayLauncher(Launcher):
         self.runtime_env = dict(runtime_env or {})
         self.init_kwargs = dict(init_kwargs or {})
         self.replica_grace = replica_grace
+        self._bundle(None, None)  # refuse a trial that asks for nothing, before anything starts
         self._context: SweepContext | None = None
         self._job: TrainJob | None = None
         self._owns_ray = False
@@ -217,7 +221,7 @@ class RayLauncher(Launcher):
                 " + ".join(_format_bundle(b) for b in bundles),
                 self.placement_strategy,
             )
-        if self.max_concurrent is None:
+        if self._max_concurrent_given is None:
             self.max_concurrent = max(1, fits)
             logger.info(
                 "Ray cluster: %d node(s); up to %d trial(s) at once",
@@ -304,6 +308,7 @@ class RayLauncher(Launcher):
     def poll(self, timeout: float) -> list[Event]:
         import ray
 
+        self._adopt_idle()
         events, self._backlog = self._backlog, []
         waiting: dict[Any, tuple[RayAttempt | None, RayReplica]] = {}
         for attempt in (*self._attempts.values(), *self._ending):
@@ -329,8 +334,9 @@ class RayLauncher(Launcher):
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in ready:
                 owner, member = waiting[ref]
-                if member.pending is not ref:
-                    continue  # superseded while handling an earlier reply
+                if member.pending is None or member.pending != ref:
+                    continue  # superseded while handling an earlier reply (Ray Client hands
+                    # back equal refs, not the same objects: compare, do not use "is")
                 self._on_reply(owner, member, ref, events)
         elif timeout > 0:
             time.sleep(timeout)
@@ -383,14 +389,15 @@ class RayLauncher(Launcher):
             if attempt.phase == "done":
                 self._ending.remove(attempt)
                 self._retire(attempt)
-        self._adopt_idle()
 
     def _adopt_idle(self) -> None:
-        """Run trials still waiting for placement on warm actors that have become idle.
+        """Run trials still waiting for placement on warm actors that stayed idle.
 
-        A warm actor keeps its bundle, so a trial whose own placement group waits for
-        resources (the cluster was smaller than it looked: a node died unnoticed, another
-        job took CPUs) would otherwise wait for the very resources the idle actors hold.
+        Called at the start of :meth:`poll`, so that new trials launched since the last poll
+        had the first pick of the warm actors. A warm actor keeps its bundle, so a trial whose
+        own placement group waits for resources (the cluster was smaller than it looked: a
+        node died unnoticed, another job took CPUs) would otherwise wait for the very
+        resources that the idle actors hold.
         """
         assert self._context is not None
         for attempt in self._attempts.values():
@@ -426,9 +433,13 @@ class RayLauncher(Launcher):
         self._backlog = [e for e in self._backlog if e.trial_number != trial_number]
 
     def shutdown(self) -> None:
-        for attempt in (*self._attempts.values(), *self._ending):
+        for attempt in self._attempts.values():
             attempt.kill()
         self._attempts.clear()
+        # Gangs whose rank 0 has finished are ending by themselves: let them, within their
+        # grace period, so that the other ranks' last steps are not cut off.
+        while self._ending and self._context is not None:
+            self.poll(0.1)
         self._ending.clear()
         for member in self._idle:
             kill_actor(member.actor)

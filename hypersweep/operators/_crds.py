@@ -443,6 +443,8 @@ def _sweep_spec_schema() -> JsonDict:
             "keepCheckpoints": {"type": "integer", "minimum": 1, "default": 2},
             "trialTemplate": trial_template,
             "storage": storage,
+            "pools": _pools_schema(),
+            "schedulingPolicy": _scheduling_policy_schema(),
         },
         "x-kubernetes-validations": [
             _cel("self.space == oldSelf.space", "space cannot change after creation", ".space"),
@@ -461,6 +463,92 @@ def _sweep_spec_schema() -> JsonDict:
     }
 
 
+def _pools_schema() -> JsonDict:
+    toleration = {
+        "type": "object",
+        "properties": {
+            "key": {"type": "string"},
+            "operator": {"type": "string", "enum": ["Equal", "Exists"]},
+            "value": {"type": "string"},
+            "effect": {"type": "string", "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]},
+            "tolerationSeconds": {"type": "integer"},
+        },
+    }
+    return {
+        "type": "array",
+        "maxItems": 32,
+        "description": (
+            "The node pools trials may use. A trial starts only once one pool has room for all "
+            "of its replicas at once (each replica on one node); until then it waits "
+            "(status.queuedTrials). A trial that fits no pool even when empty fails."
+        ),
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+        "items": {
+            "type": "object",
+            "required": ["name", "nodeSelector"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 63},
+                "nodeSelector": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "description": "The labels of the pool's nodes, e.g. hypersweep.io/pool: a100.",
+                    "additionalProperties": {"type": "string"},
+                },
+                "accelerator": {
+                    "type": "object",
+                    "required": ["resource"],
+                    "description": "What each replica requests there (requests and limits).",
+                    "properties": {
+                        "resource": {"type": "string", "minLength": 1},
+                        "perReplica": {"type": "integer", "minimum": 0, "default": 1},
+                    },
+                },
+                "tolerations": {"type": "array", "items": toleration},
+                "weight": {
+                    "type": "integer",
+                    "default": 1,
+                    "description": "Preference: the pool of highest weight with room is used.",
+                },
+            },
+        },
+    }
+
+
+def _scheduling_policy_schema() -> JsonDict:
+    return {
+        "type": "object",
+        "default": {"gang": "builtin"},
+        "description": (
+            "Who starts a trial's replicas together: builtin (the operator admits a trial once a "
+            "pool has room for all replicas), none (pods go straight to the scheduler; partial "
+            "gangs can deadlock a pool), kueue (queueName: a LocalQueue) or podGroup "
+            "(scheduler-plugins coscheduling or Volcano)."
+        ),
+        "properties": {
+            "gang": {
+                "type": "string",
+                "enum": ["builtin", "none", "kueue", "podGroup"],
+                "default": "builtin",
+            },
+            "queueName": {"type": "string"},
+            "provider": {
+                "type": "string",
+                "enum": ["schedulerPlugins", "volcano"],
+                "default": "schedulerPlugins",
+            },
+            "schedulerName": {"type": "string"},
+            "scheduleTimeoutSeconds": {"type": "integer", "minimum": 1},
+        },
+        "x-kubernetes-validations": [
+            _cel(
+                "self.gang != 'kueue' || has(self.queueName)",
+                "queueName is required with gang: kueue",
+            )
+        ],
+    }
+
+
 def _sweep_status_schema() -> JsonDict:
     counts = {
         name: {"type": "integer"}
@@ -472,6 +560,10 @@ def _sweep_status_schema() -> JsonDict:
             "conditions": _condition_schema(),
             "observedGeneration": {"type": "integer"},
             "studyName": {"type": "string"},
+            "queuedTrials": {
+                "type": "integer",
+                "description": "Trials waiting for a pool with room for all their replicas.",
+            },
             "startTime": {"type": "string", "format": "date-time"},
             "completionTime": {"type": "string", "format": "date-time"},
             "trials": {"type": "object", "properties": counts},

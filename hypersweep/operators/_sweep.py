@@ -18,6 +18,11 @@ runs. So an operator killed at any point and started again finishes the sweep wi
 a changed spec) detaches the runner instead: its trials are queued to resume and their TrainJobs
 keep running for the next runner to adopt.
 
+A Sweep with ``spec.pools`` has its trials admitted onto GPU node pools by one
+:class:`~hypersweep.operators._pools.GangAdmission` that every sweep of this operator shares (one
+queue in arrival order, so sweeps sharing a pool take turns); trials waiting for room show as
+``status.queuedTrials`` and the ``TrialsQueued`` condition, refused ones as ``Unschedulable``.
+
 The reconcile is level-triggered like the TrainJob controller's: it compares the Sweep with the
 runner it has (none, running, finished) and converges; the status is written from what storage
 says. A changed spec (``maxTrials`` raised, ``parallelism``...) restarts the runner, which resumes
@@ -47,6 +52,7 @@ from hypersweep.launchers._kubernetes import (
 from hypersweep.operators._informer import Controller, Informer, enqueue_self
 from hypersweep.operators._kube import SECRETS, SWEEPS, ApiError, JsonDict, Kube, split_key
 from hypersweep.operators._names import SWEEP_FINALIZER
+from hypersweep.operators._pools import GangAdmission, parse_policy, parse_pools
 from hypersweep.operators._recorder import EventRecorder
 from hypersweep.operators._server import ReportServer
 from hypersweep.operators._trainjob import JobSpec, SpecError, is_true, rfc3339, set_condition
@@ -289,6 +295,7 @@ class SweepController:
         self._lock = threading.Lock()
         self._failures: dict[str, int] = {}
         self._swept: set[str] = set()  # finished sweeps whose leftover trials were stopped
+        self._admission: GangAdmission | None = None  # shared by every sweep with pools
 
     def start(self, timeout: float = 60.0) -> None:
         self.sweeps.start()
@@ -308,6 +315,15 @@ class SweepController:
         deadline = time.monotonic() + timeout
         for runner in runners:
             runner.join(max(0.0, deadline - time.monotonic()))
+        if self._admission is not None:
+            self._admission.stop()
+
+    def admission(self) -> GangAdmission:
+        """The gang admission every sweep of this operator shares: one queue, one fairness."""
+        with self._lock:
+            if self._admission is None:
+                self._admission = GangAdmission(self.kube)
+            return self._admission
 
     def runner(self, key: str) -> SweepRunner | None:
         with self._lock:
@@ -370,7 +386,9 @@ class SweepController:
         if runner.done:
             self._drop(key, runner)
             return self._finished(key, sweep, runner)
-        self._write_status(sweep, runner.summary, running=True)
+        self._write_status(
+            sweep, runner.summary, running=True, queue=runner.launcher.admission_status()
+        )
         return 10.0
 
     def _drop(self, key: str, runner: SweepRunner) -> None:
@@ -383,6 +401,8 @@ class SweepController:
         spec = sweep.get("spec") or {}
         try:
             settings, template = self.settings_for(sweep)
+            pools = parse_pools(spec.get("pools"), "spec.pools")
+            policy = parse_policy(spec.get("schedulingPolicy"), "spec.schedulingPolicy")
         except ConfigError as error:
             self._fail(sweep, "InvalidSpec", str(error))
             return None
@@ -405,6 +425,13 @@ class SweepController:
                 volumes=volumes,
                 volume_mounts=mounts,
                 trial_state=runner.trial_state,
+                pools=pools,
+                scheduling_policy=policy,
+                admission=self.admission() if pools else None,
+                on_change=lambda: self.controller.queue.add(key),
+                notify=lambda kind, reason, message: self.recorder.event(
+                    sweep, kind, reason, message
+                ),
             )
 
         runner = SweepRunner(
@@ -506,6 +533,7 @@ class SweepController:
             self._write_status(sweep, runner.summary, running=False, error=runner.error)
             return min(5.0 * 2 ** (failures - 1), 300.0)
         self._failures.pop(key, None)
+        queue = runner.launcher.admission_status()
         result = runner.result
         assert result is not None
         summary = runner.summary
@@ -523,17 +551,26 @@ class SweepController:
                 sweep,
                 summary,
                 running=False,
+                queue=queue,
                 outcome=("Failed", "MaxFailedTrialsReached", f"{reason}; {text}"),
             )
             self.recorder.event(sweep, "Warning", "Failed", f"{reason}; {text}")
         elif reason == GOAL_REACHED:
             self._write_status(
-                sweep, summary, running=False, outcome=("Succeeded", "GoalReached", text)
+                sweep,
+                summary,
+                running=False,
+                queue=queue,
+                outcome=("Succeeded", "GoalReached", text),
             )
             self.recorder.event(sweep, "Normal", "Succeeded", f"Goal reached: {text}")
         else:
             self._write_status(
-                sweep, summary, running=False, outcome=("Succeeded", "MaxTrialsReached", text)
+                sweep,
+                summary,
+                running=False,
+                queue=queue,
+                outcome=("Succeeded", "MaxTrialsReached", text),
             )
             self.recorder.event(sweep, "Normal", "Succeeded", text)
         return None
@@ -590,8 +627,12 @@ class SweepController:
         running: bool,
         outcome: tuple[str, str, str] | None = None,
         error: str | None = None,
+        queue: JsonDict | None = None,
     ) -> None:
-        """Write the status from the runner's view of storage; nothing if nothing changed."""
+        """Write the status from the runner's view of storage; nothing if nothing changed.
+
+        ``queue`` (sweeps with pools) gives ``queuedTrials`` and the ``TrialsQueued`` condition.
+        """
         meta = sweep["metadata"]
         old = sweep.get("status") or {}
         status: JsonDict = copy.deepcopy(old)
@@ -613,6 +654,29 @@ class SweepController:
             set_condition(conditions, "Running", True, "SweepRunning", "Sweep is running.", stamp)
         elif error is not None:
             set_condition(conditions, "Running", False, "RunnerError", f"{error}; retrying", stamp)
+        # Before the outcome: the last condition is the sweep's state.
+        if queue is None and not running and "queuedTrials" in status:
+            queue = {"queuedTrials": 0, "message": ""}
+        if queue is not None:
+            waiting = int(queue["queuedTrials"])
+            status["queuedTrials"] = waiting
+            if waiting:
+                set_condition(
+                    conditions,
+                    "TrialsQueued",
+                    True,
+                    "InsufficientCapacity",
+                    queue["message"],
+                    stamp,
+                )
+            else:
+                message = "No trial waits for capacity."
+                set_condition(conditions, "TrialsQueued", False, "Admitted", message, stamp)
+                # A False condition is no state: keep the last condition the sweep's own.
+                queued = [c for c in conditions if c.get("type") == "TrialsQueued"]
+                conditions[:] = queued + [c for c in conditions if c.get("type") != "TrialsQueued"]
+        if queue is not None and queue.get("refused"):
+            set_condition(conditions, "Unschedulable", True, "NoPoolFits", queue["refused"], stamp)
         if outcome is not None:
             kind, reason, message = outcome
             set_condition(conditions, "Running", False, reason, message, stamp)

@@ -66,6 +66,7 @@ class SweepSettings:
     keep_checkpoints: int = 2
     checkpoint_dir: str | None = None
     replicas: Any = None
+    launcher: Mapping[str, Any] | None = None  # a sweep file's ``launcher:``; None: local
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validated(self) -> SweepSettings:
@@ -100,6 +101,10 @@ class SweepSettings:
             raise ConfigError("n_trials: give the number of trials to run (or a timeout)")
         if self.replicas is not None:
             self.replicas = Replicas.from_value(self.replicas)
+        if self.launcher is not None and self.launcher.get("type", "local") != "local":
+            from hypersweep.launchers._ray import RayLauncher
+
+            RayLauncher.from_spec(self.launcher)  # refuses unknown or bad fields, naming them
         if self.name is None:
             if self.resume:
                 raise ConfigError("name: resume=True needs the name of the sweep to resume")
@@ -146,6 +151,7 @@ class SweepSettings:
             "replicas": Replicas.from_value(self.replicas).to_dict()
             if self.replicas is not None
             else None,
+            "launcher": dict(self.launcher) if self.launcher is not None else None,
         }
 
 
@@ -160,6 +166,15 @@ class ReplicasSpec(pydantic.BaseModel):
     cpus_per_replica: float | None = pydantic.Field(default=None, gt=0)
     env: dict[str, str] = pydantic.Field(default_factory=dict)
     restart_policy: Literal["OnFailure", "ExitCode", "Never"] = "OnFailure"
+
+
+class LauncherSpec(pydantic.BaseModel):
+    """``launcher:`` in a sweep file: ``type: ray`` and :class:`hypersweep.RayLauncher`'s
+    arguments (``address``, ``num_gpus``, ``placement_strategy``...), or ``type: local``."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+
+    type: Literal["local", "ray"] = "local"
 
 
 class SweepSpec(pydantic.BaseModel):
@@ -183,6 +198,7 @@ class SweepSpec(pydantic.BaseModel):
     seed: int | None = pydantic.Field(default=None, ge=0)
     keep_checkpoints: int = pydantic.Field(default=2, ge=1)
     replicas: ReplicasSpec | None = None
+    launcher: LauncherSpec | None = None
 
     def to_settings(self, *, resume: bool = False) -> SweepSettings:
         """The validated settings; the space is parsed from its plain-data form."""

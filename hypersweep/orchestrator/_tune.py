@@ -38,7 +38,7 @@ def tune(
     n_trials: int | None = None,
     timeout: float | None = None,
     max_concurrent: int | None = None,
-    strategy: str | optuna.samplers.BaseSampler = "tpe",
+    strategy: str | optuna.samplers.BaseSampler | Any = "tpe",
     early_stopping: str | dict[str, Any] | optuna.pruners.BasePruner | None = None,
     storage: str | optuna.storages.BaseStorage | None = None,
     name: str | None = None,
@@ -67,7 +67,8 @@ def tune(
         timeout: seconds after which no new trial starts.
         max_concurrent: trials at once; defaults to the number of CPUs.
         strategy: ``"tpe"`` (default), ``"random"``, ``"grid"``, ``"cmaes"``, ``"gp"``,
-            ``"qmc"``, ``"nsga2"`` or any ``optuna.samplers.BaseSampler``.
+            ``"qmc"``, ``"nsga2"``, any ``optuna.samplers.BaseSampler``, or a Ray Tune
+            ``Searcher`` (e.g. ``HyperOptSearch``, ``ConcurrencyLimiter``-wrapped).
         early_stopping: None, ``"median"``, ``"asha"``, ``"hyperband"``, a mapping
             ``{"name": "asha", **settings}``, or any ``optuna.pruners.BasePruner``.
         storage: None for ``./hypersweep-runs/<name>/journal.log``; an Optuna storage URL

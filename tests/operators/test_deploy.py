@@ -120,6 +120,9 @@ ALLOWED = [
     ("update", "secrets", "team-a"),
     ("create", "events", "team-a"),
     ("patch", "leases.coordination.k8s.io", OPERATOR_NAMESPACE),
+    ("list", "nodes", None),
+    ("watch", "nodes", None),
+    ("list", "pods", None),
 ]
 DENIED = [
     ("create", "sweeps.hypersweep.io", "team-a"),

@@ -176,7 +176,9 @@ def test_asha_sweep_end_to_end(
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert "Succeeded" in states, job["status"]
         else:
-            assert job["spec"]["runPolicy"]["suspend"] and "Suspended" in states
+            # Suspended, or already exited by itself after the decision (a paused trial does).
+            suspended = job["spec"]["runPolicy"].get("suspend") and "Suspended" in states
+            assert suspended or "Succeeded" in states, job["status"]
             assert job["metadata"]["annotations"]["hypersweep.io/outcome"] in ("paused", "pruned")
     events = cluster.kubectl(
         "get", "events", "-n", namespace.name, "--field-selector", "involvedObject.kind=Sweep"

@@ -1,0 +1,573 @@
+"""GPU node pools and gang admission: a trial starts only where all of its replicas fit at once.
+
+A sweep may name the node pools its trials can use (``Sweep.spec.pools``,
+``KubernetesLauncher(pools=...)``): each pool is a node selector, the accelerator resource and
+count every replica needs there, tolerations for the pool's taints and a weight (preference).
+
+Why admission here rather than leaving it to the scheduler: kube-scheduler places pods one at a
+time, so two multi-replica trials that each got half of a pool's GPUs both wait forever for the
+other half (a deadlock of partial gangs), and the usual cure is an extra gang scheduler. The
+operator already decides *when* a trial's pods are created, so it admits a trial only when one
+of its pools has room for every replica at once, and creates the pods then.
+
+Capacity is read from the API, not from our own bookkeeping: for each node, allocatable minus
+the requests of every non-terminated pod bound to it (``spec.nodeName``) or nominated for it
+(``status.nominatedNodeName``), whoever created the pod; a replica must fit on one node, so the
+check bin-packs replicas onto nodes (largest first, best fit). The only bookkeeping is a
+*reservation* per admitted gang, held from its admission until the scheduler has bound all of
+its pods (their requests then count from the API), so that two admissions in a row do not
+both count the same free GPUs.
+
+Fairness (several sweeps, one operator): waiting trials of every sweep form one queue in
+arrival order. An admission pass goes through it in that order; a trial that does not fit
+*blocks* the pools it could use for every trial behind it (no back-filling), so a large gang is
+never starved by a stream of small ones, and since a sweep's next trial joins the queue behind
+the trials already waiting, sweeps sharing a pool take turns. A trial that cannot fit in any
+of its pools even when they are empty is refused (it would wait forever).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from hypersweep._errors import ConfigError
+from hypersweep.operators._informer import Informer
+from hypersweep.operators._kube import PODS, JsonDict, Kube, Resource
+from hypersweep.operators._names import JOB_NAME_LABEL
+
+logger = logging.getLogger("hypersweep.operator")
+
+NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
+
+#: ``schedulingPolicy.gang``: built-in admission, none (pods go straight to the scheduler),
+#: or handing the gang to Kueue or to a PodGroup (scheduler-plugins or Volcano).
+GANG_MODES = ("builtin", "none", "kueue", "podGroup")
+
+_SUFFIXES: dict[str, Decimal | int] = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+}
+
+Demand = dict[str, int]  # resource -> milli-units
+
+
+def quantity(value: Any) -> int:
+    """A Kubernetes quantity (``"100m"``, ``"2"``, ``"1Gi"``) in milli-units."""
+    text = str(value).strip()
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if text.endswith(suffix) and text[: -len(suffix)]:
+            number, factor = text[: -len(suffix)], Decimal(_SUFFIXES[suffix])
+            break
+    else:
+        number, factor = text, Decimal(1)
+    try:
+        return int((Decimal(number) * factor * 1000).to_integral_value(rounding="ROUND_CEILING"))
+    except InvalidOperation:
+        raise ConfigError(f"{value!r} is not a resource quantity") from None
+
+
+# --- pools ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One node pool a sweep's trials may use."""
+
+    name: str
+    node_selector: Mapping[str, str]
+    resource: str | None = None  # the accelerator, e.g. nvidia.com/gpu
+    per_replica: int = 0
+    tolerations: tuple[JsonDict, ...] = ()
+    weight: int = 1
+
+    def matches(self, node: Mapping[str, Any]) -> bool:
+        labels = node["metadata"].get("labels") or {}
+        return all(labels.get(k) == v for k, v in self.node_selector.items())
+
+    def apply(self, pod_spec: JsonDict, main: JsonDict) -> None:
+        """Point one replica's pod spec at this pool (selector, tolerations, accelerator)."""
+        pod_spec["nodeSelector"] = {**(pod_spec.get("nodeSelector") or {}), **self.node_selector}
+        if self.tolerations:
+            pod_spec["tolerations"] = [*(pod_spec.get("tolerations") or []), *self.tolerations]
+        if self.resource and self.per_replica:
+            resources = main.setdefault("resources", {})
+            for kind in ("requests", "limits"):
+                resources.setdefault(kind, {})[self.resource] = str(self.per_replica)
+
+
+def parse_pools(raw: Any, where: str = "pools") -> tuple[Pool, ...]:
+    """Pools from their plain-data form (``Sweep.spec.pools``); ConfigError names the field."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
+        raise ConfigError(f"{where}: expected a list of pools")
+    pools: list[Pool] = []
+    for index, item in enumerate(raw):
+        if isinstance(item, Pool):
+            pools.append(item)
+            continue
+        at = f"{where}[{index}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{at}: expected a mapping")
+        name = str(item.get("name") or "")
+        selector = item.get("nodeSelector") or {}
+        if not name:
+            raise ConfigError(f"{at}.name: required")
+        if not isinstance(selector, Mapping) or not selector:
+            raise ConfigError(f"{at}.nodeSelector: give at least one node label")
+        accelerator = item.get("accelerator") or {}
+        count = accelerator.get("perReplica", 1 if accelerator.get("resource") else 0)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigError(f"{at}.accelerator.perReplica: expected an integer >= 0")
+        weight = item.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise ConfigError(f"{at}.weight: expected an integer")
+        pools.append(
+            Pool(
+                name=name,
+                node_selector={str(k): str(v) for k, v in selector.items()},
+                resource=accelerator.get("resource") or None,
+                per_replica=count,
+                tolerations=tuple(dict(t) for t in item.get("tolerations") or []),
+                weight=weight,
+            )
+        )
+    if len({pool.name for pool in pools}) != len(pools):
+        raise ConfigError(f"{where}: pool names must be unique")
+    return tuple(pools)
+
+
+def pod_requests(pod_spec: Mapping[str, Any]) -> Demand:
+    """What a pod requests, as the scheduler counts it: the sum over its containers, or the
+    largest init container if more, plus one pod."""
+    total: Demand = {}
+    for container in pod_spec.get("containers") or []:
+        for name, value in ((container.get("resources") or {}).get("requests") or {}).items():
+            total[name] = total.get(name, 0) + quantity(value)
+    for container in pod_spec.get("initContainers") or []:
+        for name, value in ((container.get("resources") or {}).get("requests") or {}).items():
+            total[name] = max(total.get(name, 0), quantity(value))
+    total["pods"] = 1000
+    return total
+
+
+# --- nodes and bin-packing -----------------------------------------------------------------
+
+
+def _tolerated(taint: Mapping[str, Any], tolerations: Sequence[Mapping[str, Any]]) -> bool:
+    for toleration in tolerations:
+        if toleration.get("effect") and toleration.get("effect") != taint.get("effect"):
+            continue
+        if toleration.get("operator") == "Exists":
+            if not toleration.get("key") or toleration.get("key") == taint.get("key"):
+                return True
+        elif toleration.get("key") == taint.get("key") and str(
+            toleration.get("value") or ""
+        ) == str(taint.get("value") or ""):
+            return True
+    return False
+
+
+def usable(node: Mapping[str, Any], pool: Pool, *, now: bool = True) -> bool:
+    """A node of ``pool`` that takes new pods: not cordoned, its taints tolerated and, if
+    ``now``, Ready. Without ``now`` (could the gang *ever* run here?), what node conditions
+    say for the moment (not Ready, ``node.kubernetes.io/*`` taints) does not count."""
+    if not pool.matches(node) or (node.get("spec") or {}).get("unschedulable"):
+        return False
+    conditions = (node.get("status") or {}).get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    if now and not ready:
+        return False
+    return all(
+        taint.get("effect") == "PreferNoSchedule"
+        or _tolerated(taint, pool.tolerations)
+        or (not now and str(taint.get("key", "")).startswith("node.kubernetes.io/"))
+        for taint in (node.get("spec") or {}).get("taints") or []
+    )
+
+
+def allocatable(node: Mapping[str, Any]) -> Demand:
+    raw = (node.get("status") or {}).get("allocatable") or {}
+    return {name: quantity(value) for name, value in raw.items()}
+
+
+def place(replicas: Sequence[Demand], free: Mapping[str, Demand]) -> dict[str, list[int]] | None:
+    """Bin-pack ``replicas`` onto nodes with ``free`` room: largest replica first, each on the
+    node it leaves the least room on (best fit). Returns node -> replica indexes, or None when
+    some replica fits nowhere. ``free`` is not changed."""
+    room = {node: dict(left) for node, left in free.items()}
+    placement: dict[str, list[int]] = {}
+    order = sorted(range(len(replicas)), key=lambda i: -sum(replicas[i].values()))
+    for index in order:
+        need = replicas[index]
+        best: tuple[int, str] | None = None
+        for node, left in room.items():
+            if all(left.get(name, 0) >= amount for name, amount in need.items()):
+                slack = sum(left.get(name, 0) - amount for name, amount in need.items())
+                if best is None or (slack, node) < best:
+                    best = (slack, node)
+        if best is None:
+            return None
+        node = best[1]
+        for name, amount in need.items():
+            room[node][name] = room[node].get(name, 0) - amount
+        placement.setdefault(node, []).append(index)
+    return placement
+
+
+# --- admission -----------------------------------------------------------------------------
+
+
+@dataclass
+class GangRequest:
+    """One trial's gang waiting for admission.
+
+    ``demands`` gives, per pool name, what each replica requests there.
+    """
+
+    key: str  # namespace/TrainJob name
+    owner: str  # the sweep, for messages
+    pools: tuple[Pool, ...]
+    demands: Mapping[str, Sequence[Demand]]
+    seq: int = 0
+    since: float = field(default_factory=time.monotonic)
+    admitted: Pool | None = None
+    reason: str = ""
+
+
+@dataclass
+class _Reservation:
+    namespace: str
+    name: str
+    replicas: int
+    per_node: dict[str, Demand]
+
+
+class GangAdmission:
+    """Admits trials' gangs onto node pools, for every sweep this process runs.
+
+    Thread-safe: each sweep's launcher calls :meth:`submit`, :meth:`pump` and :meth:`withdraw`
+    from its own thread. Node and pod state comes from two informers (all namespaces).
+    """
+
+    def __init__(self, kube: Kube, *, min_interval: float = 0.05) -> None:
+        self.kube = kube
+        self.min_interval = min_interval
+        self.nodes = Informer(kube, NODES)
+        self.pods = Informer(kube, PODS)
+        self._lock = threading.Lock()
+        self._waiting: list[GangRequest] = []
+        self._reserved: dict[str, _Reservation] = {}
+        self._seq = 0
+        self._changes = 0
+        self._last_pass: tuple[int, int] = (-1, -1)
+        self._last_time = 0.0
+        self._started = False
+        self._listeners: list[Callable[[], None]] = []
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start watching nodes and pods (once); returns when both caches are filled, for
+        every caller (sweeps start concurrently)."""
+        with self._lock:
+            if not self._started:
+                self._started = True
+                for informer in (self.nodes, self.pods):
+                    informer.add_handler(self._changed)
+                    informer.start()
+        for informer in (self.nodes, self.pods):
+            if not informer.wait_synced(timeout):
+                raise TimeoutError(f"could not list {informer.resource.plural}")
+
+    def stop(self) -> None:
+        self.nodes.stop()
+        self.pods.stop()
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` whenever nodes or pods change (to wake waiting launchers)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _changed(self, _type: str, _obj: JsonDict) -> None:
+        self._changes += 1
+        for listener in list(self._listeners):
+            listener()
+
+    # --- what fits -------------------------------------------------------------------------
+
+    def free(self) -> dict[str, Demand]:
+        """Free room per node: allocatable minus requests of live pods bound to or nominated
+        for the node, minus reservations of admitted gangs not fully bound yet."""
+        free = {node["metadata"]["name"]: allocatable(node) for node in self.nodes.list()}
+        reserved_jobs = {(r.namespace, r.name) for r in self._reserved.values()}
+        for pod in self.pods.list():
+            status = pod.get("status") or {}
+            if status.get("phase") in ("Succeeded", "Failed"):
+                continue
+            spec = pod.get("spec") or {}
+            node = spec.get("nodeName") or status.get("nominatedNodeName")
+            if not node or node not in free:
+                continue
+            meta = pod["metadata"]
+            job = (meta.get("labels") or {}).get(JOB_NAME_LABEL)
+            if job and (meta.get("namespace"), job) in reserved_jobs:
+                continue  # counted by its reservation until the whole gang is bound
+            left = free[node]
+            for name, amount in pod_requests(spec).items():
+                left[name] = left.get(name, 0) - amount
+        for reservation in self._reserved.values():
+            for node, demand in reservation.per_node.items():
+                if node in free:
+                    for name, amount in demand.items():
+                        free[node][name] = free[node].get(name, 0) - amount
+        return free
+
+    def fits_empty(self, pool: Pool, replicas: Sequence[Demand]) -> bool:
+        """Whether the gang would fit in ``pool`` with nothing else running there."""
+        empty = {
+            n["metadata"]["name"]: allocatable(n)
+            for n in self.nodes.list()
+            if usable(n, pool, now=False)
+        }
+        return bool(empty) and place(replicas, empty) is not None
+
+    # --- the queue -------------------------------------------------------------------------
+
+    def submit(self, request: GangRequest) -> None:
+        """Queue a gang; it is admitted by a later :meth:`pump` in arrival order."""
+        with self._lock:
+            self._seq += 1
+            request.seq = self._seq
+            self._waiting.append(request)
+
+    def withdraw(self, key: str) -> None:
+        """Forget a gang: waiting, or admitted and holding a reservation (its trial ended)."""
+        with self._lock:
+            self._waiting = [r for r in self._waiting if r.key != key]
+            self._reserved.pop(key, None)
+            self._changes += 1
+
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    def pump(self) -> None:
+        """One admission pass over the waiting gangs, in arrival order (see the module doc)."""
+        with self._lock:
+            state = (self._changes, self._seq)
+            now = time.monotonic()
+            if now - self._last_time < self.min_interval:
+                return
+            if state == self._last_pass and now - self._last_time < 1.0:
+                return  # nothing changed since the last pass
+            self._last_pass, self._last_time = state, now
+            self._release_bound()
+            if not self._waiting:
+                return
+            free = self.free()
+            blocked: set[str] = set()
+            still: list[GangRequest] = []
+            for request in self._waiting:
+                choice = self._choose(request, free, blocked)
+                if choice is None:
+                    blocked.update(pool.name for pool in request.pools)
+                    still.append(request)
+                    continue
+                pool, placement = choice
+                replicas = request.demands[pool.name]
+                per_node: dict[str, Demand] = {}
+                for node, indexes in placement.items():
+                    total = per_node.setdefault(node, {})
+                    for index in indexes:
+                        for name, amount in replicas[index].items():
+                            total[name] = total.get(name, 0) + amount
+                            free[node][name] = free[node].get(name, 0) - amount
+                namespace, _, name = request.key.partition("/")
+                self._reserved[request.key] = _Reservation(namespace, name, len(replicas), per_node)
+                request.admitted = pool
+            self._waiting = still
+
+    def _choose(
+        self, request: GangRequest, free: dict[str, Demand], blocked: set[str]
+    ) -> tuple[Pool, dict[str, list[int]]] | None:
+        """The pool for a gang now: highest weight, then the most accelerators left (spread)."""
+        best: tuple[tuple[int, int], Pool, dict[str, list[int]]] | None = None
+        names = [n["metadata"]["name"] for n in self.nodes.list()]
+        nodes = {n["metadata"]["name"]: n for n in self.nodes.list()}
+        for pool in request.pools:
+            if pool.name in blocked:
+                continue
+            room = {
+                name: free[name] for name in names if name in free and usable(nodes[name], pool)
+            }
+            placement = place(request.demands[pool.name], room)
+            if placement is None:
+                request.reason = f"pool {pool.name} has no room for all replicas"
+                continue
+            spare = sum(left.get(pool.resource or "pods", 0) for left in room.values())
+            rank = (pool.weight, spare)
+            if best is None or rank > best[0]:
+                best = (rank, pool, placement)
+        if best is None:
+            return None
+        return best[1], best[2]
+
+    def _release_bound(self) -> None:
+        """Drop reservations whose pods are all bound: the API accounts for them now."""
+        if not self._reserved:
+            return
+        bound: dict[tuple[str, str], int] = {}
+        for pod in self.pods.list():
+            meta = pod["metadata"]
+            job = (meta.get("labels") or {}).get(JOB_NAME_LABEL)
+            if (
+                job
+                and (pod.get("spec") or {}).get("nodeName")
+                and not meta.get("deletionTimestamp")
+            ):
+                key = (str(meta.get("namespace")), job)
+                bound[key] = bound.get(key, 0) + 1
+        for job, reservation in list(self._reserved.items()):
+            if bound.get((reservation.namespace, reservation.name), 0) >= reservation.replicas:
+                del self._reserved[job]
+
+
+def describe_demand(replicas: Sequence[Demand], pool: Pool) -> str:
+    """``4 replicas x nvidia.com/gpu=1`` for messages."""
+    if pool.resource:
+        return f"{len(replicas)} replicas x {pool.resource}={pool.per_replica}"
+    return f"{len(replicas)} replicas"
+
+
+# --- handing the gang to another scheduler ---------------------------------------------------
+
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
+COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
+VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+POD_GROUPS = {
+    "schedulerPlugins": Resource("scheduling.x-k8s.io", "v1alpha1", "podgroups", "PodGroup"),
+    "volcano": Resource("scheduling.volcano.sh", "v1beta1", "podgroups", "PodGroup"),
+}
+_DEFAULT_SCHEDULERS = {"schedulerPlugins": "scheduler-plugins-scheduler", "volcano": "volcano"}
+
+
+@dataclass(frozen=True)
+class SchedulingPolicy:
+    """Who makes a trial's replicas start together (``Sweep.spec.schedulingPolicy``).
+
+    * ``builtin`` (default): the operator's gang admission onto ``pools``;
+    * ``none``: pods go to the scheduler as soon as the trial starts (partial gangs can
+      deadlock a pool: only for comparison, or for single-replica trials);
+    * ``kueue``: Kueue admits the gang. Pods carry ``kueue.x-k8s.io/queue-name`` and Kueue's
+      pod-group label and total-count annotation, so Kueue's webhook creates them gated
+      (suspended) and ungates the whole group at once; the TrainJob carries the queue label;
+    * ``podGroup``: a PodGroup with ``minMember`` = all replicas, for the coscheduling plugin of
+      scheduler-plugins (``scheduling.x-k8s.io/v1alpha1``) or Volcano
+      (``scheduling.volcano.sh/v1beta1``), and pods that name it and that scheduler.
+    """
+
+    gang: str = "builtin"
+    queue_name: str | None = None
+    provider: str = "schedulerPlugins"
+    scheduler_name: str | None = None
+    schedule_timeout_seconds: int | None = None
+
+    def job_labels(self) -> dict[str, str]:
+        return (
+            {KUEUE_QUEUE_LABEL: self.queue_name} if self.gang == "kueue" and self.queue_name else {}
+        )
+
+    def pod_template(self, template: Mapping[str, Any], group: str, total: int) -> JsonDict:
+        """A replica's pod template with what the gang scheduler needs to see the gang."""
+        out: JsonDict = dict(template)
+        meta: JsonDict = dict(out.get("metadata") or {})
+        labels = dict(meta.get("labels") or {})
+        annotations = dict(meta.get("annotations") or {})
+        spec: JsonDict = dict(out.get("spec") or {})
+        if self.gang == "kueue":
+            if self.queue_name:
+                labels[KUEUE_QUEUE_LABEL] = self.queue_name
+            labels[KUEUE_GROUP_LABEL] = group
+            annotations[KUEUE_GROUP_COUNT] = str(total)
+        elif self.gang == "podGroup":
+            if self.provider == "volcano":
+                annotations[VOLCANO_GROUP_ANNOTATION] = group
+            else:
+                labels[COSCHEDULING_LABEL] = group
+            spec["schedulerName"] = self.scheduler_name or _DEFAULT_SCHEDULERS[self.provider]
+        else:
+            return out
+        meta["labels"], meta["annotations"], out["metadata"], out["spec"] = (
+            labels,
+            annotations,
+            meta,
+            spec,
+        )
+        return out
+
+    def pod_group_resource(self) -> Resource:
+        return POD_GROUPS[self.provider]
+
+    def pod_group(self, metadata: Mapping[str, Any], total: int) -> JsonDict:
+        """The PodGroup of one trial's gang: all replicas or none."""
+        resource = self.pod_group_resource()
+        spec: JsonDict = {"minMember": total}
+        if self.provider == "volcano" and self.queue_name:
+            spec["queue"] = self.queue_name
+        if self.provider == "schedulerPlugins" and self.schedule_timeout_seconds:
+            spec["scheduleTimeoutSeconds"] = self.schedule_timeout_seconds
+        return {
+            "apiVersion": resource.api_version,
+            "kind": resource.kind,
+            "metadata": dict(metadata),
+            "spec": spec,
+        }
+
+
+def parse_policy(raw: Any, where: str = "schedulingPolicy") -> SchedulingPolicy:
+    """The scheduling policy from its plain-data form; ConfigError names the field."""
+    if raw is None:
+        return SchedulingPolicy()
+    if isinstance(raw, SchedulingPolicy):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping")
+    gang = str(raw.get("gang") or "builtin")
+    if gang not in GANG_MODES:
+        raise ConfigError(f"{where}.gang: expected one of {', '.join(GANG_MODES)}, got {gang!r}")
+    provider = str(raw.get("provider") or "schedulerPlugins")
+    if provider not in POD_GROUPS:
+        raise ConfigError(f"{where}.provider: expected one of {', '.join(POD_GROUPS)}")
+    if gang == "kueue" and not raw.get("queueName"):
+        raise ConfigError(f"{where}.queueName: required with gang: kueue (a Kueue LocalQueue)")
+    timeout = raw.get("scheduleTimeoutSeconds")
+    return SchedulingPolicy(
+        gang=gang,
+        queue_name=raw.get("queueName") or None,
+        provider=provider,
+        scheduler_name=raw.get("schedulerName") or None,
+        schedule_timeout_seconds=int(timeout) if timeout else None,
+    )

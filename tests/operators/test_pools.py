@@ -1,0 +1,455 @@
+"""Sweeps over GPU node pools: gang admission with the real kube-scheduler.
+
+Pool nodes are of two kinds here. Trials that must *finish* run on node agents labelled and
+tainted as pool nodes, with GPU capacity: their pods really run the objective and exit (kwok's
+pods run forever, and a trial finishes by reporting its result, which only a real process
+does). Scenarios that only need pods to be *placed* (partial gangs, waiting, refusals) use kwok
+node pools, where many nodes cost nothing. Each test labels and taints its own nodes, so no
+other test's pods land there.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hypersweep.operators._pools import (
+    KUEUE_GROUP_COUNT,
+    KUEUE_GROUP_LABEL,
+    KUEUE_QUEUE_LABEL,
+    Pool,
+    parse_policy,
+    parse_pools,
+    place,
+    quantity,
+)
+from hypersweep.testing import LocalCluster, create_node_pool
+
+from .conftest import Namespace, OperatorProcess, kubectl_json, objective_command, wait_until
+
+POOL_LABEL = "test.hypersweep.io/pool"
+GPU = "nvidia.com/gpu"
+
+
+# --- pure parts ----------------------------------------------------------------------------
+
+
+def test_quantities_and_best_fit_bin_packing() -> None:
+    assert quantity("100m") == 100
+    assert quantity("2") == 2000
+    assert quantity("1Gi") == 2**30 * 1000
+    gpu = {GPU: 1000}
+    # Four 1-GPU replicas: 3 + 1 free GPUs fit them, 2 + 1 do not.
+    assert place([gpu] * 4, {"a": {GPU: 3000}, "b": {GPU: 1000}}) is not None
+    assert place([gpu] * 4, {"a": {GPU: 2000}, "b": {GPU: 1000}}) is None
+    # A replica must fit on one node: 2 GPUs each on four 1-GPU nodes does not fit.
+    assert place([{GPU: 2000}], {n: {GPU: 1000} for n in "abcd"}) is None
+    # Best fit keeps the emptier node whole for a later, bigger replica.
+    placement = place([gpu], {"big": {GPU: 4000}, "small": {GPU: 1000}})
+    assert placement == {"small": [0]}
+
+
+def test_scheduling_policies_render_kueue_and_podgroup_objects() -> None:
+    template = {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": []}}
+    kueue = parse_policy({"gang": "kueue", "queueName": "team-a"})
+    pod = kueue.pod_template(template, "s-trial-0", 4)
+    assert pod["metadata"]["labels"] == {
+        "app": "x",
+        KUEUE_QUEUE_LABEL: "team-a",
+        KUEUE_GROUP_LABEL: "s-trial-0",
+    }
+    assert pod["metadata"]["annotations"] == {KUEUE_GROUP_COUNT: "4"}
+    assert kueue.job_labels() == {KUEUE_QUEUE_LABEL: "team-a"}
+
+    plugins = parse_policy({"gang": "podGroup", "scheduleTimeoutSeconds": 60})
+    pod = plugins.pod_template(template, "s-trial-0", 4)
+    assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "s-trial-0"
+    assert pod["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
+    group = plugins.pod_group({"name": "s-trial-0", "namespace": "ns"}, 4)
+    assert group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1"
+    assert group["kind"] == "PodGroup"
+    assert group["spec"] == {"minMember": 4, "scheduleTimeoutSeconds": 60}
+
+    volcano = parse_policy({"gang": "podGroup", "provider": "volcano", "queueName": "q"})
+    pod = volcano.pod_template(template, "s-trial-0", 4)
+    assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "s-trial-0"
+    assert pod["spec"]["schedulerName"] == "volcano"
+    group = volcano.pod_group({"name": "s-trial-0"}, 4)
+    assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1"
+    assert group["spec"] == {"minMember": 4, "queue": "q"}
+    assert parse_policy(None).pod_template(template, "g", 4) == template
+
+
+def test_pools_point_pods_at_the_pool() -> None:
+    (pool,) = parse_pools(
+        [
+            {
+                "name": "a100",
+                "nodeSelector": {POOL_LABEL: "a100"},
+                "accelerator": {"resource": GPU, "perReplica": 2},
+                "tolerations": [{"key": GPU, "operator": "Exists", "effect": "NoSchedule"}],
+            }
+        ]
+    )
+    assert isinstance(pool, Pool)
+    main: dict[str, Any] = {"name": "pytorch", "resources": {"requests": {"cpu": "1"}}}
+    pod: dict[str, Any] = {"containers": [main], "nodeSelector": {"zone": "z"}}
+    pool.apply(pod, main)
+    assert pod["nodeSelector"] == {"zone": "z", POOL_LABEL: "a100"}
+    assert pod["tolerations"][0]["key"] == GPU
+    assert main["resources"] == {"requests": {"cpu": "1", GPU: "2"}, "limits": {GPU: "2"}}
+
+
+# --- with the control plane ----------------------------------------------------------------
+
+
+def gang_template(command: list[str], replicas: int = 4, env: dict[str, str] | None = None) -> Any:
+    """A PyTorch trial of one master and ``replicas - 1`` workers, all running ``command``."""
+    container: dict[str, Any] = {
+        "name": "pytorch",
+        "image": "hypersweep:test",
+        "command": command,
+        "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
+    }
+
+    def role(count: int) -> dict[str, Any]:
+        return {"replicas": count, "template": {"spec": {"containers": [container]}}}
+
+    return {
+        "framework": "pytorch",
+        "replicaSpecs": {"Master": role(1), "Worker": role(replicas - 1)},
+    }
+
+
+def pool(name: str, label: str, resource: str = GPU, per_replica: int = 1, weight: int = 1) -> Any:
+    return {
+        "name": name,
+        "nodeSelector": {POOL_LABEL: label},
+        "accelerator": {"resource": resource, "perReplica": per_replica},
+        "tolerations": [{"key": POOL_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
+        "weight": weight,
+    }
+
+
+def apply_sweep(
+    cluster: LocalCluster,
+    namespace: Namespace,
+    name: str,
+    pools: list[Any],
+    *,
+    max_trials: int,
+    parallelism: int,
+    command: list[str],
+    replicas: int = 4,
+    gang: str = "builtin",
+    max_failed: int | None = None,
+) -> None:
+    spec: dict[str, Any] = {
+        "space": {"lr": {"type": "float", "low": 0.0, "high": 1.0}},
+        "objective": {"metric": "loss", "mode": "min"},
+        "strategy": {"name": "random", "settings": {"seed": 3}},
+        "maxTrials": max_trials,
+        "parallelism": parallelism,
+        "trialTemplate": gang_template(
+            command, replicas, {"HYPERSWEEP_TEST_MARKERS": str(namespace.markers)}
+        ),
+        "pools": pools,
+        "schedulingPolicy": {"gang": gang},
+    }
+    if max_failed is not None:
+        spec["maxFailedTrials"] = max_failed
+    body = {
+        "apiVersion": "hypersweep.io/v1alpha1",
+        "kind": "Sweep",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    cluster.kubectl("apply", "-n", namespace.name, "-f", "-", input=json.dumps(body))
+
+
+def status_of(cluster: LocalCluster, namespace: Namespace, name: str) -> dict[str, Any]:
+    sweep = kubectl_json(cluster, "get", "sweep", name, "-n", namespace.name)
+    status: dict[str, Any] = sweep.get("status") or {}
+    status["by_type"] = {c["type"]: c for c in status.get("conditions") or []}
+    return status
+
+
+def finished(cluster: LocalCluster, namespace: Namespace, name: str) -> dict[str, Any] | None:
+    status = status_of(cluster, namespace, name)
+    for kind in ("Succeeded", "Failed"):
+        if (status["by_type"].get(kind) or {}).get("status") == "True":
+            return status
+    return None
+
+
+def pods_of(cluster: LocalCluster, namespace: Namespace) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = kubectl_json(cluster, "get", "pods", "-n", namespace.name)[
+        "items"
+    ]
+    return items
+
+
+def unschedulable(pod: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+def gangs(pods: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """TrainJob -> (pods bound to a node, pods not bound)."""
+    out: dict[str, tuple[int, int]] = {}
+    for pod in pods:
+        job = pod["metadata"]["labels"].get("hypersweep.io/job-name", "")
+        bound, waiting = out.get(job, (0, 0))
+        if pod["spec"].get("nodeName"):
+            bound += 1
+        else:
+            waiting += 1
+        out[job] = (bound, waiting)
+    return out
+
+
+def events_of(cluster: LocalCluster, namespace: Namespace, reason: str) -> list[str]:
+    items = kubectl_json(cluster, "get", "events", "-n", namespace.name)["items"]
+    return [e.get("message", "") for e in items if e.get("reason") == reason]
+
+
+class PoolAgents:
+    """Node agents a test starts as pool nodes (labelled and tainted as the pool)."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.started: list[Any] = []
+
+    def start(self, node: str, label: str, capacity: dict[str, str]) -> None:
+        self.started.append(
+            self.cluster.start_node_agent(
+                node,
+                labels={POOL_LABEL: label},
+                capacity={"cpu": "16", "memory": "64Gi", **capacity},
+                taints=[f"{POOL_LABEL}={label}:NoSchedule"],
+            )
+        )
+
+    def close(self) -> None:
+        for agent in self.started:
+            agent.component.process.terminate()
+            self.cluster.kubectl("delete", "node", agent.node_name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def agents(cluster: LocalCluster) -> Iterator[PoolAgents]:
+    started = PoolAgents(cluster)
+    yield started
+    started.close()
+
+
+@pytest.mark.k8s
+def test_gang_admission_fills_three_pools_and_every_trial_finishes(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess, agents: PoolAgents
+) -> None:
+    ns = namespace.name
+    # a100: one node of 4 GPUs (one gang); h100: two nodes of 2 (one gang across both);
+    # tpu: one node of 8 TPUs, 2 per replica (one gang). Three 4-replica trials at once.
+    agents.start(f"{ns}-a100-0", f"{ns}-a100", {GPU: "4"})
+    agents.start(f"{ns}-h100-0", f"{ns}-h100", {GPU: "2"})
+    agents.start(f"{ns}-h100-1", f"{ns}-h100", {GPU: "2"})
+    agents.start(f"{ns}-tpu-0", f"{ns}-tpu", {"google.com/tpu": "8"})
+    pools = [
+        pool("a100", f"{ns}-a100", weight=3),
+        pool("h100", f"{ns}-h100", weight=2),
+        pool("tpu", f"{ns}-tpu", "google.com/tpu", per_replica=2, weight=1),
+    ]
+    apply_sweep(
+        cluster,
+        namespace,
+        "pools",
+        pools,
+        max_trials=6,
+        parallelism=4,
+        command=objective_command("learning_curve"),
+    )
+    seen_unschedulable: list[str] = []
+    pools_used: set[str] = set()
+    queued: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                for pod in pods_of(cluster, namespace):
+                    if unschedulable(pod):
+                        seen_unschedulable.append(pod["metadata"]["name"])
+                    node = pod["spec"].get("nodeName") or ""
+                    pools_used.update(p for p in ("a100", "h100", "tpu") if f"-{p}-" in node)
+                queued.append(int(status_of(cluster, namespace, "pools").get("queuedTrials", 0)))
+            except Exception:  # noqa: BLE001 - a missed sample is fine
+                pass
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        status = wait_until(
+            lambda: finished(cluster, namespace, "pools"), timeout=240, what="the sweep to finish"
+        )
+    finally:
+        done.set()
+        watcher.join(5)
+    assert status["trials"]["succeeded"] == 6, (status, operator.log_tail())
+    assert status["by_type"]["Succeeded"]["status"] == "True"
+    assert not seen_unschedulable, f"pods of partial gangs waited: {seen_unschedulable}"
+    assert pools_used == {"a100", "h100", "tpu"}
+    assert max(queued, default=0) >= 1  # four at once asked for, three pools' worth of room
+    assert status["queuedTrials"] == 0
+
+
+@pytest.mark.k8s
+def test_two_sweeps_racing_for_one_small_pool_both_finish(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess, agents: PoolAgents
+) -> None:
+    ns = namespace.name
+    agents.start(f"{ns}-small-0", f"{ns}-small", {GPU: "4"})  # room for one gang at a time
+    pools = [pool("small", f"{ns}-small")]
+    for name in ("first", "second"):
+        apply_sweep(
+            cluster,
+            namespace,
+            name,
+            pools,
+            max_trials=3,
+            parallelism=2,
+            command=objective_command("learning_curve"),
+        )
+    for name in ("first", "second"):
+        status = wait_until(
+            lambda name=name: finished(cluster, namespace, name),
+            timeout=240,
+            what=f"sweep {name} to finish",
+        )
+        assert status["trials"]["succeeded"] == 3, (name, status["trials"], operator.log_tail(200))
+    jobs = kubectl_json(cluster, "get", "trainjobs", "-n", ns)["items"]
+    created = sorted(
+        (j["metadata"]["creationTimestamp"], j["metadata"]["labels"]["hypersweep.io/sweep"])
+        for j in jobs
+    )
+    order = [sweep for _, sweep in created]
+    # Turns, not one sweep first: the second sweep started before the first one's last trial.
+    assert order.index("second") < len(order) - 1 - order[::-1].index("first"), order
+
+
+@pytest.mark.k8s
+def test_without_gang_admission_partial_gangs_deadlock_a_pool(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    """Two 4-replica trials on 6 GPUs: without admission both start and some gang is left
+    half placed; with admission one runs whole and the other waits, visible in the status."""
+    ns = namespace.name
+    api = cluster.api_client()
+    for kind in ("none", "gang"):
+        create_node_pool(
+            api,
+            f"{ns}-{kind}",
+            3,
+            labels={POOL_LABEL: f"{ns}-{kind}"},
+            capacity={GPU: 2},
+            taints=[f"{POOL_LABEL}={ns}-{kind}:NoSchedule"],
+        )
+        apply_sweep(
+            cluster,
+            namespace,
+            kind,
+            [pool("kwok", f"{ns}-{kind}")],
+            max_trials=2,
+            parallelism=2,
+            command=["sleep", "3600"],
+            gang=kind if kind == "none" else "builtin",
+        )
+
+    def sweep_gangs(sweep: str) -> dict[str, tuple[int, int]]:
+        pods = [p for p in pods_of(cluster, namespace) if p["metadata"]["name"].startswith(sweep)]
+        return gangs(pods)
+
+    # No admission: 8 pods for 6 GPUs; the scheduler binds 6 and some trial is half placed.
+    def deadlocked() -> bool:
+        pods = [p for p in pods_of(cluster, namespace) if p["metadata"]["name"].startswith("none")]
+        placed = sum(1 for p in pods if p["spec"].get("nodeName"))
+        stuck = sum(1 for p in pods if unschedulable(p))
+        return len(pods) == 8 and placed == 6 and stuck == 2
+
+    wait_until(deadlocked, timeout=60, what="six pods placed and two unschedulable")
+    time.sleep(2)
+    partial = {job: g for job, g in sweep_gangs("none").items() if g[0] and g[1]}
+    assert partial, sweep_gangs("none")  # a gang holding GPUs while it waits for the rest
+    assert deadlocked()
+
+    # Admission: one whole gang placed, the other trial queued with no pod at all.
+    def one_queued() -> dict[str, Any] | None:
+        status = status_of(cluster, namespace, "gang")
+        placed = sweep_gangs("gang")
+        whole = [g for g in placed.values() if g == (4, 0)]
+        return (
+            status if status.get("queuedTrials") == 1 and len(whole) == len(placed) == 1 else None
+        )
+
+    try:
+        status = wait_until(one_queued, timeout=60, what="one gang placed and one queued")
+    except AssertionError:
+        raise AssertionError(
+            f"{status_of(cluster, namespace, 'gang')}\n{sweep_gangs('gang')}\n"
+            f"{operator.log_tail(80)}"
+        ) from None
+    queued = status["by_type"]["TrialsQueued"]
+    assert queued["status"] == "True" and queued["reason"] == "InsufficientCapacity"
+    assert "4 replicas x nvidia.com/gpu=1" in queued["message"]
+    assert not any(
+        unschedulable(p) for p in pods_of(cluster, namespace) if "gang" in p["metadata"]["name"]
+    )
+    assert wait_until(lambda: events_of(cluster, namespace, "TrialsQueued"), timeout=10)
+    for name in ("none", "gang"):
+        cluster.kubectl("delete", "sweep", name, "-n", ns, "--wait=false")
+
+
+@pytest.mark.k8s
+def test_a_trial_that_fits_no_pool_is_refused(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    ns = namespace.name
+    create_node_pool(
+        cluster.api_client(),
+        f"{ns}-tiny",
+        1,
+        labels={POOL_LABEL: f"{ns}-tiny"},
+        capacity={GPU: 4},
+        taints=[f"{POOL_LABEL}={ns}-tiny:NoSchedule"],
+    )
+    # 4 replicas x 2 GPUs = 8 GPUs, on a pool of one 4-GPU node: never fits.
+    apply_sweep(
+        cluster,
+        namespace,
+        "huge",
+        [pool("tiny", f"{ns}-tiny", per_replica=2)],
+        max_trials=1,
+        parallelism=1,
+        command=["sleep", "3600"],
+        max_failed=1,
+    )
+    status = wait_until(
+        lambda: finished(cluster, namespace, "huge"), timeout=60, what="the sweep to end"
+    )
+    assert status["by_type"]["Failed"]["status"] == "True"
+    assert status["trials"]["failed"] == 1
+    refused = status["by_type"]["Unschedulable"]
+    assert refused["reason"] == "NoPoolFits"
+    assert "fits in no pool" in refused["message"]
+    assert "tiny: 4 replicas x nvidia.com/gpu=2" in refused["message"]
+    events = wait_until(lambda: events_of(cluster, namespace, "Unschedulable"), timeout=10)
+    assert "fits in no pool" in events[0]
+    assert not pods_of(cluster, namespace)
