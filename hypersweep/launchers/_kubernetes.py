@@ -83,6 +83,7 @@ from hypersweep.orchestrator._events import (
     TrialAssignment,
 )
 from hypersweep.orchestrator._job import TrainJob, dns_label
+from hypersweep.strategies._space import flatten_config
 
 logger = logging.getLogger("hypersweep")
 
@@ -1025,21 +1026,10 @@ def _secret_env(name: str, secret: str, key: str) -> JsonDict:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def _flat_parameters(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flat_parameters(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def substitute_parameters(template: Mapping[str, Any], config: Mapping[str, Any]) -> JsonDict:
     """A copy of ``template`` with ``${trialParameters.NAME}`` replaced in every string, as
     Katib's trial templates do (nested parameters by dotted name)."""
-    values = _flat_parameters(config)
+    values = flatten_config(config)
 
     def replace(text: str) -> str:
         def one(match: re.Match[str]) -> str:

@@ -324,14 +324,19 @@ class Kube:
             timeout=(10.0, timeout_seconds + 30.0),
         )
         try:
-            buffer = b""
-            for chunk in response.stream(amt=None, decode_content=True):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        yield json.loads(line)
-            if buffer.strip():
-                yield json.loads(buffer)
+            yield from json_lines(response)
         finally:
             response.release_conn()
+
+
+def json_lines(response: Any) -> Iterator[JsonDict]:
+    """Decode a watch response (one JSON event per line) as it streams in."""
+    buffer = b""
+    for chunk in response.stream(amt=None, decode_content=True):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
+    if buffer.strip():
+        yield json.loads(buffer)

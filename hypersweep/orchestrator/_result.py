@@ -16,7 +16,7 @@ from hypersweep.orchestrator._storage import (
     PARENT_ATTR,
     PAUSED_ATTR,
 )
-from hypersweep.strategies import unflatten_params
+from hypersweep.strategies import flatten_config, unflatten_params
 
 if TYPE_CHECKING:
     import pandas
@@ -149,18 +149,7 @@ class SweepResult:
                 "error": trial.error,
                 "checkpoint": trial.checkpoint,
             }
-            row.update({f"config.{k}": v for k, v in _flatten(trial.config).items()})
+            row.update({f"config.{k}": v for k, v in flatten_config(trial.config).items()})
             row.update({f"metrics.{k}": v for k, v in trial.metrics.items()})
             rows.append(row)
         return pandas.DataFrame(rows)
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat

@@ -61,6 +61,7 @@ from hypersweep.strategies._space import (
     Float,
     Grid,
     Int,
+    flatten_config,
     flatten_space,
     unflatten_params,
 )
@@ -196,18 +197,6 @@ def _lookup(config: Mapping[str, Any], name: str) -> tuple[bool, Any]:
         if flat in config:
             return True, config[flat]
     return False, None
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config flattened with '/' (how Ray Tune's searchers name nested parameters)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, name))
-        else:
-            flat[name] = value
-    return flat
 
 
 # --- search algorithms behind one interface -------------------------------------------------
@@ -608,7 +597,7 @@ class RaySearcherSampler(BaseSampler):
         config = unflatten_params(trial.params, self._space)
         try:
             self._calls.add_evaluated_point(
-                _flatten(config),
+                flatten_config(config, "/"),
                 value,
                 error=state == TrialState.FAIL,
                 pruned=state == TrialState.PRUNED,

@@ -28,6 +28,7 @@ __all__ = [
     "Grid",
     "Int",
     "choice",
+    "flatten_config",
     "flatten_space",
     "grid",
     "grid_search_space",
@@ -379,6 +380,18 @@ def sample_config(
         else:
             config[key] = value
     return config
+
+
+def flatten_config(config: Mapping[str, Any], separator: str = ".") -> dict[str, Any]:
+    """A nested config as one level, keys joined by ``separator`` (``model.lr``)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            for inner, leaf in flatten_config(value, separator).items():
+                flat[f"{key}{separator}{inner}"] = leaf
+        else:
+            flat[str(key)] = value
+    return flat
 
 
 def unflatten_params(params: Mapping[str, Any], space: Mapping[str, Any]) -> dict[str, Any]:

@@ -43,9 +43,11 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+from hypersweep.operators._kube import json_lines
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -797,7 +799,7 @@ class NodeAgent:
                     _request_timeout=(5, 30),
                 )
                 try:
-                    for event in _json_lines(response):
+                    for event in json_lines(response):
                         kind = event.get("type")
                         obj = event.get("object") or {}
                         if kind == "ERROR":
@@ -892,19 +894,6 @@ class NodeAgent:
             if err.status == 404:
                 return None
             raise
-
-
-def _json_lines(response: Any) -> Iterator[JsonDict]:
-    """Decode a watch response (one JSON event per line) as it streams in."""
-    buffer = b""
-    for chunk in response.stream(amt=None, decode_content=True):
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if line.strip():
-                yield json.loads(line)
-    if buffer.strip():
-        yield json.loads(buffer)
 
 
 def _key_values(items: Sequence[str], what: str) -> dict[str, str]:
