@@ -174,7 +174,8 @@ def test_asha_sweep_end_to_end(
         job = by_trial[trial.number]
         states = {c["type"] for c in job["status"]["conditions"] if c["status"] == "True"}
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            assert "Succeeded" in states, job["status"]
+            # Its pod may still be exiting when the sweep ends and stops what is left.
+            assert "Succeeded" in states or "Suspended" in states, job["status"]
         else:
             # Suspended, or already exited by itself after the decision (a paused trial does).
             suspended = job["spec"]["runPolicy"].get("suspend") and "Suspended" in states
