@@ -9,7 +9,6 @@ placement needs. Trials run real processes and real gloo collectives across the 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import time
@@ -46,21 +45,15 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    """A head node without CPUs for trials (serving Ray Client), and two worker nodes."""
-    # Ray Client starts a server per driver and gives it 30 s by default; a loaded 2-core
-    # machine can need more. The head node inherits this environment.
-    os.environ.setdefault("RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S", "120")
-    client_port = _free_port()
+    """A head node without CPUs for trials, and two worker nodes."""
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
             "num_cpus": 0,
             "object_store_memory": 100 * 2**20,
             "include_dashboard": False,
-            "ray_client_server_port": client_port,
         },
     )
-    cluster.client_port = client_port  # type: ignore[attr-defined]
     for _ in range(2):
         cluster.add_node(**NODE)
     cluster.wait_for_nodes()
