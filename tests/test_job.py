@@ -86,9 +86,9 @@ def test_invalid_jobs_name_the_field(data: dict, field: str) -> None:
 def test_pytorch_env_is_torchruns_and_pytorchjobs() -> None:
     job = hs.Replicas(n=3).to_job("s", backoff_limit=0).for_trial("s", 0)
     cluster = kubernetes_cluster(job, "team")
-    assert cluster["master"] == ["s-trial-0-master-0.team.svc:23456"]
+    assert cluster["master"] == ["s-trial-0-master-0.s-trial-0.team.svc:23456"]
     env = replica_env(job, 2, cluster)
-    assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == "s-trial-0-master-0.team.svc"
+    assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == "s-trial-0-master-0.s-trial-0.team.svc"
     assert env["MASTER_PORT"] == env["PET_MASTER_PORT"] == "23456"
     assert (env["WORLD_SIZE"], env["RANK"], env["PET_NODE_RANK"]) == ("3", "2", "2")
     assert (env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"], env["PET_NPROC_PER_NODE"]) == (
@@ -114,8 +114,8 @@ def test_tf_config_is_tfjobs() -> None:
     config = tensorflow_config(job, 2, cluster)
     assert config == {
         "cluster": {
-            "chief": ["j-chief-0.ns.svc:2222"],
-            "worker": ["j-worker-0.ns.svc:2222", "j-worker-1.ns.svc:2222"],
+            "chief": ["j-chief-0.j.ns.svc:2222"],
+            "worker": ["j-worker-0.j.ns.svc:2222", "j-worker-1.j.ns.svc:2222"],
         },
         "task": {"type": "worker", "index": 1},
         "environment": "cloud",

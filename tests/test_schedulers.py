@@ -89,7 +89,7 @@ def test_hyperband_runs_brackets_to_completion(run_dir: Path) -> None:
 
 def test_pbt_beats_a_fixed_config_search_at_equal_budget(run_dir: Path) -> None:
     space = {"lr": hs.loguniform(0.01, 1.0)}
-    budget = dict(metric="loss", n_trials=32, max_concurrent=4, strategy="random", seed=1)
+    budget = dict(metric="loss", n_trials=48, max_concurrent=4, strategy="random", seed=1)
     fixed = hs.tune(space, objectives.lr_schedule_toy, name="fixed", **budget)
     pbt = hs.tune(
         space,

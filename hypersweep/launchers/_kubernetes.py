@@ -36,6 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,6 +214,11 @@ class KubernetesLauncher(Launcher):
         self._policy = parse_policy(scheduling_policy, "scheduling_policy")
         self._admission = admission
         self._own_admission = False
+        # Admitted trials' Secrets and TrainJobs are written in the background, so that the
+        # orchestrator goes on launching; their outcomes are handled in its thread.
+        self._creates: ThreadPoolExecutor | None = None
+        self._writing: dict[str, tuple[_Trial, Future[ApiError | None]]] = {}  # by TrainJob
+        self._may_exist: set[str] | None = None  # TrainJob names that may exist (None: any)
         self._on_change = on_change
         self._notify = notify
         self._demands: dict[str, list[Demand]] = {}
@@ -230,7 +236,9 @@ class KubernetesLauncher(Launcher):
         self._returned = 0
         self._handled = 0
         self._backlog: list[Event] = []
-        self._actions: list[Callable[[], None]] = []
+        # Clean-ups of ended trials (suspend the TrainJob, delete the Secret), by TrainJob
+        # name, run at the next poll: they must reach the API before the trial is answered.
+        self._actions: list[tuple[str, Callable[[], None]]] = []
         self._next_sync = 0.0
         self._detached = False
         self._started = False
@@ -279,12 +287,14 @@ class KubernetesLauncher(Launcher):
                 )
             self._report_url = f"http://{pod_ip}:{self._server.port}"
         self._server.register(self.namespace, self.sweep, self)
+        self._may_exist = self._existing_jobs()
         if self._pools:
             self._demands = {pool.name: self._gang_demand(pool) for pool in self._pools}
             if self._admission is None:
                 self._admission = GangAdmission(self.kube)
                 self._own_admission = True
             self._admission.start()
+            self._creates = ThreadPoolExecutor(8, thread_name_prefix="launcher-create")
         self._started = True
 
     def _trial_template(self, context: SweepContext) -> JsonDict:
@@ -321,6 +331,11 @@ class KubernetesLauncher(Launcher):
             # A trial that ended under this launcher (paused, say) never adopts its old
             # TrainJob: its pods are exiting even if the job's status does not say so yet.
             ended_here = self._ended.pop(number, None) is not None
+            stale = [action for job, action in self._actions if job == name]
+            self._actions = [(job, action) for job, action in self._actions if job != name]
+        # The clean-ups of the attempt that ended go first: run later, they would suspend
+        # the new TrainJob and delete the new Secret, which carry the same names.
+        self._run_actions(stale)
         try:
             token = None if ended_here else self._adopt(name, assignment)
             if ended_here:
@@ -385,6 +400,7 @@ class KubernetesLauncher(Launcher):
 
     def _admit(self) -> None:
         """Run an admission pass and create the TrainJobs of this launcher's admitted trials."""
+        self._harvest()
         if not self._queued or self._admission is None:
             return
         self._admission.pump()
@@ -395,7 +411,8 @@ class KubernetesLauncher(Launcher):
             waiting = sorted(self._queued.values(), key=lambda q: q.request.seq)
         for queued in admitted:
             number = queued.assignment.trial_number
-            self._create(number, queued.name, queued.assignment, None, queued.request.admitted)
+            pool = queued.request.admitted
+            self._create(number, queued.name, queued.assignment, None, pool, wait=False)
         note = ""
         if waiting:
             head = waiting[0]
@@ -442,42 +459,85 @@ class KubernetesLauncher(Launcher):
         assignment: TrialAssignment,
         token: str | None,
         pool: Pool | None,
+        *,
+        wait: bool = True,
     ) -> None:
-        """Create (or adopt, with ``token``) the TrainJob of one trial attempt."""
+        """Create (or adopt, with ``token``) the TrainJob of one trial attempt; without
+        ``wait``, in the background (see :meth:`_harvest`)."""
         trial = _Trial(number, name, assignment.attempt, token or _new_token(), time.monotonic())
         with self._cond:
             self._trials[number] = trial
         if token is not None:
             logger.info("Trial %d: adopted its running TrainJob %s", number, name)
             return
+        if wait or self._creates is None:
+            try:
+                error: BaseException | None = self._write_trial(trial, assignment, pool)
+            except Exception as failure:  # noqa: BLE001 - as in the background: see _created
+                error = failure
+            self._created(trial, error)
+        else:
+            future = self._creates.submit(self._write_trial, trial, assignment, pool)
+            self._writing[name] = (trial, future)
+
+    def _write_trial(
+        self, trial: _Trial, assignment: TrialAssignment, pool: Pool | None
+    ) -> ApiError | None:
+        """Write a trial attempt's Secret (and PodGroup) and TrainJob; the refusal, if any."""
         try:
             self._write_secret(trial, assignment)
             if self._policy.gang == "podGroup":
-                self._create_pod_group(name, number)
-            self.kube.create(TRAINJOBS, self.namespace, self._render_job(trial, assignment, pool))
+                self._create_pod_group(trial.name, trial.number)
+            job = self._render_job(trial, assignment, pool)
+            self.kube.create(TRAINJOBS, self.namespace, job)
         except ApiError as error:
-            self._withdraw(name)
-            with self._cond:
-                self._trials.pop(number, None)
-            message = f"could not create TrainJob {name}: {error.message}"
-            if error.status in (400, 403, 422):
-                self._backlog.append(Errored(number, message, message))
-            else:
-                self._backlog.append(Crashed(number, message))
+            return error
+        return None
+
+    def _created(self, trial: _Trial, error: BaseException | None) -> None:
+        """Handle the outcome of writing a trial's objects (in the orchestrator's thread).
+
+        A refusal fails the trial; any other error (the API server unreachable) crashes it, to
+        be retried: the relaunch replaces whatever of it was written.
+        """
+        if error is None:
+            return
+        self._withdraw(trial.name)
+        with self._cond:
+            if self._trials.get(trial.number) is not trial:
+                return  # stopped meanwhile: no one waits for this attempt
+            del self._trials[trial.number]
+        reason = error.message if isinstance(error, ApiError) else str(error)
+        message = f"could not create TrainJob {trial.name}: {reason}"
+        if isinstance(error, ApiError) and error.status in (400, 403, 422):
+            self._backlog.append(Errored(trial.number, message, message))
+        else:
+            self._backlog.append(Crashed(trial.number, message))
+
+    def _harvest(self) -> None:
+        """Handle the background writes that are done."""
+        for name, (_, future) in list(self._writing.items()):
+            if future.done():
+                self._settle(name)
+
+    def _settle(self, name: str | None = None) -> None:
+        """Wait for the background writes of TrainJob ``name`` (of all if None) and handle
+        them: before anything deletes or writes those objects again."""
+        for job_name in [name] if name is not None else list(self._writing):
+            writing = self._writing.pop(job_name, None)
+            if writing is not None:
+                trial, future = writing
+                self._created(trial, future.exception() or future.result())
 
     def poll(self, timeout: float) -> list[Event]:
         if self._detached:
             raise LauncherDetached
         self._admit()
         with self._cond:
-            actions, self._actions = self._actions, []
+            actions, self._actions = [a for _, a in self._actions], []
         # First suspend the TrainJobs of trials that stopped early, then answer them: a pod
         # exits only after its job is suspended, so the job ends Suspended, not Succeeded.
-        for action in actions:
-            try:
-                action()
-            except ApiError as error:
-                logger.warning("cleaning up a trial's TrainJob failed: %s", error)
+        self._run_actions(actions)
         with self._cond:
             # The orchestrator handles every event of a poll before it polls again.
             self._handled = self._returned
@@ -501,6 +561,14 @@ class KubernetesLauncher(Launcher):
             events.extend(self._sync())
             self._next_sync = time.monotonic() + self.sync_interval
         return events
+
+    @staticmethod
+    def _run_actions(actions: Sequence[Callable[[], None]]) -> None:
+        for action in actions:
+            try:
+                action()
+            except ApiError as error:
+                logger.warning("cleaning up a trial's TrainJob failed: %s", error)
 
     def respond(self, trial_number: int, decision: str) -> None:
         with self._cond:
@@ -527,23 +595,20 @@ class KubernetesLauncher(Launcher):
         if not self._started:
             return
         self._started = False
+        self._settle()
         with self._cond:
             leftover = list(self._trials.values())
             self._trials.clear()
             queued = list(self._queued.values())
             self._queued.clear()
-            actions, self._actions = self._actions, []
+            actions, self._actions = [a for _, a in self._actions], []
             finished_here = {t.name for t in self._ended.values() if t.outcome == "result"}
             # The orchestrator is done: every event it was given is handled, so trials
             # waiting for the answer to their last message get it and may exit.
             self._handled = self._ticket
             self._cond.notify_all()
         if not self._detached:
-            for action in actions:
-                try:
-                    action()
-                except ApiError as error:
-                    logger.warning("cleaning up a trial's TrainJob failed: %s", error)
+            self._run_actions(actions)
             for trial in leftover:
                 self._delete_trial(trial.name)
             suspend_unfinished_trainjobs(self.kube, self.namespace, self.sweep, finished_here)
@@ -551,6 +616,8 @@ class KubernetesLauncher(Launcher):
             self._withdraw(waiting.name)
         if self._own_admission and self._admission is not None:
             self._admission.stop()
+        if self._creates is not None:
+            self._creates.shutdown()
         assert self._server is not None
         self._server.unregister(self.namespace, self.sweep, self, finished=not self._detached)
         if self._own_server:
@@ -567,8 +634,28 @@ class KubernetesLauncher(Launcher):
 
     # --- TrainJobs and Secrets -----------------------------------------------------------
 
+    def _existing_jobs(self) -> set[str] | None:
+        """The names of the sweep's TrainJobs now (None if they cannot be listed).
+
+        A launcher drives its sweep alone (the operator's leader, or ``tune()``), so a trial
+        whose TrainJob did not exist at the start has none until this launcher creates it:
+        launching it needs no look-up, one round trip less per trial.
+        """
+        try:
+            listing = self.kube.list(
+                TRAINJOBS, self.namespace, label_selector=f"{names.SWEEP_LABEL}={self.sweep}"
+            )
+        except ApiError as error:
+            logger.warning("could not list the sweep's TrainJobs: %s", error)
+            return None
+        return {job["metadata"]["name"] for job in listing.get("items") or []}
+
     def _adopt(self, name: str, assignment: TrialAssignment) -> str | None:
         """The token of this trial's TrainJob if it can be adopted; else delete what is there."""
+        self._settle(name)
+        if self._may_exist is not None and name not in self._may_exist:
+            self._may_exist.add(name)  # it may from now on: this launcher creates it
+            return None
         job = self.kube.get(TRAINJOBS, self.namespace, name)
         if job is None:
             return None
@@ -596,6 +683,7 @@ class KubernetesLauncher(Launcher):
 
     def _delete_job(self, name: str) -> None:
         """Delete the TrainJob ``name`` if there is one, and wait until it is gone."""
+        self._settle(name)
         job = self.kube.get(TRAINJOBS, self.namespace, name)
         if job is not None:
             # Foreground: the job goes only after its pods, whose names the next attempt reuses.
@@ -758,6 +846,8 @@ class KubernetesLauncher(Launcher):
             )
         metadata = self._metadata(trial.name, trial.number)
         metadata["annotations"] = {names.ATTEMPT_ANNOTATION: str(trial.attempt)}
+        if pool is not None and self._policy.gang == "builtin":
+            metadata["annotations"][names.POOL_ANNOTATION] = json.dumps(pool.to_dict())
         metadata["labels"].update(self._policy.job_labels())
         return {
             "apiVersion": TRAINJOBS.api_version,
@@ -767,6 +857,7 @@ class KubernetesLauncher(Launcher):
         }
 
     def _delete_trial(self, job_name: str) -> None:
+        self._settle(job_name)
         self._withdraw(job_name)
         try:
             self.kube.delete(TRAINJOBS, self.namespace, job_name)
@@ -845,7 +936,7 @@ class KubernetesLauncher(Launcher):
         self._trials.pop(trial.number, None)
         trial.outcome = "lost"
         self._ended[trial.number] = trial
-        self._actions.append(self._forget_secret(trial.name))
+        self._actions.append((trial.name, self._forget_secret(trial.name)))
         self._cond.notify_all()
 
     # --- messages from trials (HTTP threads) ---------------------------------------------
@@ -953,7 +1044,7 @@ class KubernetesLauncher(Launcher):
         trial.outcome = kind
         self._trials.pop(number, None)
         self._ended[number] = trial
-        self._actions.append(action)
+        self._actions.append((trial.name, action))
         return self._emit(event)
 
     def _await_handled(self, ticket: int | None) -> tuple[int, dict[str, Any]]:
@@ -990,9 +1081,11 @@ def suspend_trainjob(kube: Kube, job: Mapping[str, Any], outcome: str) -> None:
     A job whose pods already exited after the decision (a paused trial's do) only gets the
     outcome annotation, so that ``kubectl`` still tells a pruned trial from a completed one.
     """
+    meta = job["metadata"]
     if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
         return
-    meta = job["metadata"]
+    if _finished(job) and names.OUTCOME_ANNOTATION in (meta.get("annotations") or {}):
+        return  # ended, and says why already
     patch: dict[str, Any] = {"metadata": {"annotations": {names.OUTCOME_ANNOTATION: outcome}}}
     if not _finished(job):
         patch["spec"] = with_suspend(job.get("spec") or {}, True)

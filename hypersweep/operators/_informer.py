@@ -13,7 +13,9 @@ understand.
 
 * :class:`Informer` lists then watches one resource type, keeps a cache of every object, and
   tells handlers what changed. A watch that expires is resumed from the last resource version;
-  one that is too old (410) is replaced by a fresh list.
+  one that is too old (410) is replaced by a fresh list. Like client-go's indexers, it can
+  index its cache by one label (a TrainJob's pods by the job's name), so a reconcile finds the
+  objects it owns without scanning every object of the cluster.
 * :class:`WorkQueue` holds keys (``namespace/name``) to reconcile. A key is queued once however
   many events arrive for it, is handed to one worker at a time, and can be requeued after a
   delay or with exponential back-off after an error.
@@ -43,6 +45,7 @@ class Informer:
         resource: what to watch.
         namespace: the namespace to watch; None for all.
         label_selector: only objects with these labels.
+        index: a label whose value, with the namespace, indexes the cache (see :meth:`list`).
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class Informer:
         namespace: str | None = None,
         label_selector: str | None = None,
         watch_timeout: int = 240,
+        index: str | None = None,
     ) -> None:
         self.kube = kube
         self.resource = resource
@@ -60,6 +64,8 @@ class Informer:
         self.label_selector = label_selector
         self.watch_timeout = watch_timeout
         self._cache: dict[str, JsonDict] = {}
+        self.index = index
+        self._indexed: dict[tuple[str, str], dict[str, JsonDict]] = {}  # (ns, value) -> objects
         self._lock = threading.Lock()
         self._handlers: list[Handler] = []
         self._synced = threading.Event()
@@ -92,10 +98,16 @@ class Informer:
     def list(
         self, namespace: str | None = None, labels: Mapping[str, str] | None = None
     ) -> list[JsonDict]:
-        """Cached objects in ``namespace`` (all if None) whose labels include ``labels``."""
-        with self._lock:
-            objects = list(self._cache.values())
+        """Cached objects in ``namespace`` (all if None) whose labels include ``labels``: from
+        the index when ``namespace`` and the index label are given."""
         wanted = dict(labels or {})
+        with self._lock:
+            if self.index is not None and namespace is not None and self.index in wanted:
+                objects = list(self._indexed.get((namespace, wanted[self.index]), {}).values())
+            else:
+                objects = list(self._cache.values())
+        if namespace is None and not wanted:
+            return objects
         return [
             obj
             for obj in objects
@@ -128,6 +140,9 @@ class Informer:
         fresh = {object_key(obj): obj for obj in listing.get("items") or []}
         with self._lock:
             old, self._cache = self._cache, fresh
+            self._indexed = {}
+            for key, obj in fresh.items():
+                self._index(key, obj)
         for key, obj in fresh.items():
             self._emit("MODIFIED" if key in old else "ADDED", obj)
         for key, obj in old.items():
@@ -158,14 +173,38 @@ class Informer:
             obj.setdefault("kind", self.resource.kind)
             key = object_key(obj)
             with self._lock:
+                self._unindex(key, self._cache.get(key))
                 if kind == "DELETED":
                     self._cache.pop(key, None)
                 else:
                     self._cache[key] = obj
+                    self._index(key, obj)
             self._emit(str(kind), obj)
             if self._stop.is_set():
                 break
         return resource_version
+
+    def _index_key(self, obj: JsonDict) -> tuple[str, str] | None:
+        if self.index is None:
+            return None
+        meta = obj["metadata"]
+        value = (meta.get("labels") or {}).get(self.index)
+        return None if value is None else (str(meta.get("namespace", "")), value)
+
+    def _index(self, key: str, obj: JsonDict) -> None:
+        """Add ``obj`` to the index (with the lock held)."""
+        where = self._index_key(obj)
+        if where is not None:
+            self._indexed.setdefault(where, {})[key] = obj
+
+    def _unindex(self, key: str, obj: JsonDict | None) -> None:
+        """Remove ``obj`` from the index (with the lock held)."""
+        where = self._index_key(obj) if obj is not None else None
+        if where is not None:
+            bucket = self._indexed.get(where, {})
+            bucket.pop(key, None)
+            if not bucket:
+                self._indexed.pop(where, None)
 
     def _emit(self, kind: str, obj: JsonDict) -> None:
         for handler in self._handlers:

@@ -28,6 +28,9 @@ TRIAL_LABEL = f"{GROUP}/trial"
 ATTEMPT_ANNOTATION = f"{GROUP}/attempt"
 #: On a trial's TrainJob once the trial ended early: ``pruned``, ``paused`` or ``failed``.
 OUTCOME_ANNOTATION = f"{GROUP}/outcome"
+#: On a trial's TrainJob that gang admission put on a node pool: the pool, as plain data, so
+#: that a restarted gang (a replica failed, a node was lost) is admitted again before it starts.
+POOL_ANNOTATION = f"{GROUP}/pool"
 #: On a Sweep: removed once the sweep's stored trials and checkpoints are deleted.
 SWEEP_FINALIZER = f"{GROUP}/cleanup"
 

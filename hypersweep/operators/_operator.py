@@ -59,7 +59,7 @@ class OperatorOptions:
     lease_duration: float = 15.0
     identity: str | None = None
     replica_host: str | None = None
-    workers: int = 2
+    workers: int = 8  # reconciles at once per controller (the Job controller runs 5)
     heartbeat_interval: float = 5.0
     lease_grace: float = 15.0
 
@@ -111,13 +111,6 @@ class Operator:
             )
             keeper.start()
             recorder = EventRecorder(self.kube, COMPONENT, self.identity)
-            trainjobs = TrainJobController(
-                self.kube,
-                recorder,
-                namespace=options.namespace,
-                networking=Networking(replica_host=options.replica_host),
-                workers=options.workers,
-            )
             sweeps = SweepController(
                 self.kube,
                 recorder,
@@ -129,6 +122,15 @@ class Operator:
                 lease_grace=options.lease_grace,
                 workers=options.workers,
             )
+            trainjobs = TrainJobController(
+                self.kube,
+                recorder,
+                namespace=options.namespace,
+                networking=Networking(replica_host=options.replica_host),
+                workers=options.workers,
+                # Gang restarts of trials that gang admission placed are admitted again.
+                admission=sweeps.admission,
+            )
             trainjobs.start()
             sweeps.start()
             self.ready = True
@@ -138,6 +140,7 @@ class Operator:
             logger.info("stopping: sweeps are handed over with their trials running")
             sweeps.stop()
             trainjobs.stop()
+            recorder.flush(5.0)  # the last events, written in the background
             if not self.lost.is_set():
                 elector.release()
             return EXIT_LOST_LEASE if self.lost.is_set() else 0

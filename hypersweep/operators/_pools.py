@@ -18,6 +18,10 @@ check bin-packs replicas onto nodes (largest first, best fit). The only bookkeep
 its pods (their requests then count from the API), so that two admissions in a row do not
 both count the same free GPUs.
 
+Restarts: a TrainJob admitted onto a pool carries it (annotation ``hypersweep.io/pool``), and
+when its gang restarts, the TrainJob controller submits it here again before it creates the new
+pods, so a restarted gang (after a failed replica or a lost node) is never partial either.
+
 Fairness (several sweeps, one operator): waiting trials of every sweep form one queue in
 arrival order. An admission pass goes through it in that order; a trial that does not fit
 *blocks* the pools it could use for every trial behind it (no back-filling), so a large gang is
@@ -28,6 +32,8 @@ of its pools even when they are empty is refused (it would wait forever).
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import threading
 import time
@@ -72,7 +78,12 @@ Demand = dict[str, int]  # resource -> milli-units
 
 def quantity(value: Any) -> int:
     """A Kubernetes quantity (``"100m"``, ``"2"``, ``"1Gi"``) in milli-units."""
-    text = str(value).strip()
+    return _quantity(str(value).strip())
+
+
+@functools.lru_cache(maxsize=4096)
+def _quantity(text: str) -> int:
+    # Cached: admission reads the same few quantities of every node and pod at each pass.
     for suffix in sorted(_SUFFIXES, key=len, reverse=True):
         if text.endswith(suffix) and text[: -len(suffix)]:
             number, factor = text[: -len(suffix)], Decimal(_SUFFIXES[suffix])
@@ -82,7 +93,7 @@ def quantity(value: Any) -> int:
     try:
         return int((Decimal(number) * factor * 1000).to_integral_value(rounding="ROUND_CEILING"))
     except InvalidOperation:
-        raise ConfigError(f"{value!r} is not a resource quantity") from None
+        raise ConfigError(f"{text!r} is not a resource quantity") from None
 
 
 # --- pools ---------------------------------------------------------------------------------
@@ -102,6 +113,18 @@ class Pool:
     def matches(self, node: Mapping[str, Any]) -> bool:
         labels = node["metadata"].get("labels") or {}
         return all(labels.get(k) == v for k, v in self.node_selector.items())
+
+    def to_dict(self) -> JsonDict:
+        """The plain-data form that :func:`parse_pools` reads (``Sweep.spec.pools``)."""
+        data: JsonDict = {
+            "name": self.name,
+            "nodeSelector": dict(self.node_selector),
+            "tolerations": [dict(t) for t in self.tolerations],
+            "weight": self.weight,
+        }
+        if self.resource:
+            data["accelerator"] = {"resource": self.resource, "perReplica": self.per_replica}
+        return data
 
     def apply(self, pod_spec: JsonDict, main: JsonDict) -> None:
         """Point one replica's pod spec at this pool (selector, tolerations, accelerator)."""
@@ -273,7 +296,7 @@ class GangAdmission:
         self.kube = kube
         self.min_interval = min_interval
         self.nodes = Informer(kube, NODES)
-        self.pods = Informer(kube, PODS)
+        self.pods = Informer(kube, PODS, index=JOB_NAME_LABEL)  # a gang's pods by its job
         self._lock = threading.Lock()
         self._waiting: list[GangRequest] = []
         self._reserved: dict[str, _Reservation] = {}
@@ -283,6 +306,14 @@ class GangAdmission:
         self._last_time = 0.0
         self._started = False
         self._listeners: list[Callable[[], None]] = []
+        # What fits_empty found, valid while no node changes what it depends on.
+        self._node_shapes: dict[str, tuple[str, ...]] = {}
+        self._node_version = 0
+        self._fits: dict[tuple[int, str, str], bool] = {}
+        # Parsed node allocatable (with the raw form it came from) and pod requests (by uid and
+        # resource version): an admission pass reads every node and pod, mostly unchanged.
+        self._allocatable: dict[str, tuple[Any, Demand]] = {}
+        self._requests: dict[tuple[str, str], Demand] = {}
 
     def start(self, timeout: float = 60.0) -> None:
         """Start watching nodes and pods (once); returns when both caches are filled, for
@@ -290,6 +321,7 @@ class GangAdmission:
         with self._lock:
             if not self._started:
                 self._started = True
+                self.nodes.add_handler(self._node_changed)
                 for informer in (self.nodes, self.pods):
                     informer.add_handler(self._changed)
                     informer.start()
@@ -319,8 +351,16 @@ class GangAdmission:
     def free(self) -> dict[str, Demand]:
         """Free room per node: allocatable minus requests of live pods bound to or nominated
         for the node, minus reservations of admitted gangs not fully bound yet."""
-        free = {node["metadata"]["name"]: allocatable(node) for node in self.nodes.list()}
+        free: dict[str, Demand] = {}
+        for item in self.nodes.list():
+            name = item["metadata"]["name"]
+            raw = (item.get("status") or {}).get("allocatable")
+            known = self._allocatable.get(name)
+            if known is None or known[0] != raw:
+                known = self._allocatable[name] = (raw, allocatable(item))
+            free[name] = dict(known[1])
         reserved_jobs = {(r.namespace, r.name) for r in self._reserved.values()}
+        requests, self._requests = self._requests, {}
         for pod in self.pods.list():
             status = pod.get("status") or {}
             if status.get("phase") in ("Succeeded", "Failed"):
@@ -333,8 +373,13 @@ class GangAdmission:
             job = (meta.get("labels") or {}).get(JOB_NAME_LABEL)
             if job and (meta.get("namespace"), job) in reserved_jobs:
                 continue  # counted by its reservation until the whole gang is bound
+            version = (str(meta.get("uid")), str(meta.get("resourceVersion")))
+            needs = requests.get(version)
+            if needs is None:
+                needs = pod_requests(spec)
+            self._requests[version] = needs
             left = free[node]
-            for name, amount in pod_requests(spec).items():
+            for name, amount in needs.items():
                 left[name] = left.get(name, 0) - amount
         for reservation in self._reserved.values():
             for node, demand in reservation.per_node.items():
@@ -344,19 +389,57 @@ class GangAdmission:
         return free
 
     def fits_empty(self, pool: Pool, replicas: Sequence[Demand]) -> bool:
-        """Whether the gang would fit in ``pool`` with nothing else running there."""
+        """Whether the gang would fit in ``pool`` with nothing else running there.
+
+        Remembered until a node is added, removed, or changes its labels, allocatable
+        resources, taints or cordon: every trial of a sweep asks the same question.
+        """
+        key = (self._node_version, repr(pool), repr(list(replicas)))
+        known = self._fits.get(key)
+        if known is not None:
+            return known
         empty = {
             n["metadata"]["name"]: allocatable(n)
             for n in self.nodes.list()
             if usable(n, pool, now=False)
         }
-        return bool(empty) and place(replicas, empty) is not None
+        fits = bool(empty) and place(replicas, empty) is not None
+        if len(self._fits) > 1024:
+            self._fits.clear()
+        self._fits[key] = fits
+        return fits
+
+    def _node_changed(self, kind: str, node: JsonDict) -> None:
+        """Count the node changes that can change what :meth:`fits_empty` finds (heartbeats,
+        which change a node every few seconds, do not)."""
+        meta = node["metadata"]
+        spec = node.get("spec") or {}
+        shape = (
+            json.dumps(meta.get("labels") or {}, sort_keys=True),
+            json.dumps((node.get("status") or {}).get("allocatable") or {}, sort_keys=True),
+            json.dumps(spec.get("taints") or [], sort_keys=True),
+            str(bool(spec.get("unschedulable"))),
+        )
+        name = str(meta["name"])
+        if kind == "DELETED":
+            self._node_shapes.pop(name, None)
+            self._allocatable.pop(name, None)
+        elif self._node_shapes.get(name) == shape:
+            return
+        else:
+            self._node_shapes[name] = shape
+        self._node_version += 1
 
     # --- the queue -------------------------------------------------------------------------
 
     def submit(self, request: GangRequest) -> None:
-        """Queue a gang; it is admitted by a later :meth:`pump` in arrival order."""
+        """Queue a gang; it is admitted by a later :meth:`pump` in arrival order.
+
+        A gang submitted again (restarted) supersedes its earlier admission: the reservation
+        of its old pods, which are gone or going, no longer holds room.
+        """
         with self._lock:
+            self._reserved.pop(request.key, None)
             self._seq += 1
             request.seq = self._seq
             self._waiting.append(request)
@@ -388,8 +471,9 @@ class GangAdmission:
             free = self.free()
             blocked: set[str] = set()
             still: list[GangRequest] = []
+            usable_nodes: dict[int, list[str]] = {}  # by pool (id), for this pass
             for request in self._waiting:
-                choice = self._choose(request, free, blocked)
+                choice = self._choose(request, free, blocked, usable_nodes)
                 if choice is None:
                     blocked.update(pool.name for pool in request.pools)
                     still.append(request)
@@ -409,18 +493,30 @@ class GangAdmission:
             self._waiting = still
 
     def _choose(
-        self, request: GangRequest, free: dict[str, Demand], blocked: set[str]
+        self,
+        request: GangRequest,
+        free: dict[str, Demand],
+        blocked: set[str],
+        usable_nodes: dict[int, list[str]],
     ) -> tuple[Pool, dict[str, list[int]]] | None:
-        """The pool for a gang now: highest weight, then the most accelerators left (spread)."""
+        """The pool for a gang now: highest weight, then the most accelerators left (spread).
+
+        ``usable_nodes`` keeps each pool's usable nodes for the pass (every gang of a sweep
+        looks at the same pools). Pools are tried heaviest first, and none lighter than one
+        that fits: it could not rank above it.
+        """
         best: tuple[tuple[int, int], Pool, dict[str, list[int]]] | None = None
-        names = [n["metadata"]["name"] for n in self.nodes.list()]
-        nodes = {n["metadata"]["name"]: n for n in self.nodes.list()}
-        for pool in request.pools:
-            if pool.name in blocked:
-                continue
-            room = {
-                name: free[name] for name in names if name in free and usable(nodes[name], pool)
-            }
+        pools = sorted(
+            (pool for pool in request.pools if pool.name not in blocked), key=lambda p: -p.weight
+        )
+        for pool in pools:
+            if best is not None and pool.weight < best[1].weight:
+                break
+            names = usable_nodes.get(id(pool))
+            if names is None:
+                names = [n["metadata"]["name"] for n in self.nodes.list() if usable(n, pool)]
+                usable_nodes[id(pool)] = names
+            room = {name: free[name] for name in names if name in free}
             placement = place(request.demands[pool.name], room)
             if placement is None:
                 request.reason = f"pool {pool.name} has no room for all replicas"
@@ -437,19 +533,15 @@ class GangAdmission:
         """Drop reservations whose pods are all bound: the API accounts for them now."""
         if not self._reserved:
             return
-        bound: dict[tuple[str, str], int] = {}
-        for pod in self.pods.list():
-            meta = pod["metadata"]
-            job = (meta.get("labels") or {}).get(JOB_NAME_LABEL)
-            if (
-                job
-                and (pod.get("spec") or {}).get("nodeName")
-                and not meta.get("deletionTimestamp")
-            ):
-                key = (str(meta.get("namespace")), job)
-                bound[key] = bound.get(key, 0) + 1
         for job, reservation in list(self._reserved.items()):
-            if bound.get((reservation.namespace, reservation.name), 0) >= reservation.replicas:
+            pods = self.pods.list(reservation.namespace, {JOB_NAME_LABEL: reservation.name})
+            bound = sum(
+                1
+                for pod in pods
+                if (pod.get("spec") or {}).get("nodeName")
+                and not pod["metadata"].get("deletionTimestamp")
+            )
+            if bound >= reservation.replicas:
                 del self._reserved[job]
 
 

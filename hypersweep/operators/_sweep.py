@@ -295,6 +295,7 @@ class SweepController:
         self._lock = threading.Lock()
         self._failures: dict[str, int] = {}
         self._swept: set[str] = set()  # finished sweeps whose leftover trials were stopped
+        self._completed_jobs: dict[str, set[str]] = {}  # sweep uid -> its completed trials' jobs
         self._admission: GangAdmission | None = None  # shared by every sweep with pools
 
     def start(self, timeout: float = 60.0) -> None:
@@ -375,7 +376,10 @@ class SweepController:
             if settled and status.get("observedGeneration") == generation:
                 if meta["uid"] not in self._swept:
                     # Once per process: a previous leader may have stopped before it could.
-                    suspend_unfinished_trainjobs(self.kube, namespace, name)
+                    # Completed trials' pods may still be exiting: their jobs succeed by
+                    # themselves.
+                    completed = self._completed_jobs.pop(meta["uid"], set())
+                    suspend_unfinished_trainjobs(self.kube, namespace, name, completed)
                     self._swept.add(meta["uid"])
                 return None
             return self._start(key, sweep)
@@ -536,6 +540,9 @@ class SweepController:
         queue = runner.launcher.admission_status()
         result = runner.result
         assert result is not None
+        self._completed_jobs[runner.uid] = {
+            runner.launcher.job_name(t.number) for t in result.trials if t.state == "completed"
+        }
         summary = runner.summary
         counts = summary.get("trials") or {}
         text = (

@@ -5,14 +5,24 @@ what should change (:func:`decide`, a pure function of what it observed); then i
 status, deletes, creates and records events. Running it twice changes nothing the second time;
 missing an event changes nothing either, because the next reconcile sees the same state.
 
-* **Pods and services.** One pod per replica, ``<job>-<role>-<index>``, and one headless Service
-  of the same name, as Kubeflow names them, all owned by the TrainJob (deleting the TrainJob
-  deletes them). Each pod gets the rendezvous environment of the job description
-  (``orchestrator._rendezvous``): ``MASTER_ADDR`` (the master's Service DNS name),
-  ``MASTER_PORT``, ``WORLD_SIZE``, ``RANK`` and ``PET_*`` for PyTorch; ``TF_CONFIG`` with every
-  replica's DNS name and port for TensorFlow. Services publish not-ready addresses, so a name
-  resolves as soon as its pod has an IP: workers do not crash looking up a master that is
-  still starting.
+* **Pods and a headless Service.** One pod per replica, ``<job>-<role>-<index>`` as Kubeflow
+  names them, and one headless Service named after the job, all owned by the TrainJob
+  (deleting the TrainJob deletes them). Each pod's ``hostname`` is its name and its
+  ``subdomain`` the Service, so every replica resolves as ``<pod>.<job>.<namespace>.svc`` (as
+  JobSet does): one Service per job rather than one per replica, which is a fraction of the
+  API writes (the Service, and the Endpoints and EndpointSlices that the control plane keeps
+  for each Service). Each pod gets the rendezvous environment of the job description
+  (``orchestrator._rendezvous``): ``MASTER_ADDR`` (the master's DNS name), ``MASTER_PORT``,
+  ``WORLD_SIZE``, ``RANK`` and ``PET_*`` for PyTorch; ``TF_CONFIG`` with every replica's DNS name
+  and port for TensorFlow. The Service publishes not-ready addresses, so a name resolves as soon
+  as its pod has an IP: workers do not crash looking up a master that is still starting.
+* **Creating fast, as Kubernetes' controllers do.** A reconcile creates the missing pods in
+  slow-start batches (4, 8, 16... at once, ``_batch``), like the Job controller, and records
+  one ``SuccessfulCreatePod`` event for them; events are written in the background
+  (``_recorder``). The TrainJob is read from the informer's cache, and a reconcile waits until
+  the caches show the controller's own writes (``_expectations``): a status it wrote, pods it
+  created or deleted. So no reconcile acts on a status older than its own last write (the
+  restart count above all), creates a pod twice, or counts half of a gang it just created.
 * **Gang restarts.** Pods run with ``restartPolicy: Never``; the controller restarts the whole
   gang instead, because one replica restarted alone cannot rejoin a collective its peers are
   blocked in. A failed replica (as its ``restartPolicy`` says: any failure, or for ``ExitCode``
@@ -42,10 +52,14 @@ import copy
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypersweep._errors import ConfigError
+from hypersweep.operators._batch import all_at_once, slow_start
 from hypersweep.operators._crds import (
     CLEAN_POD_POLICIES,
     DEFAULT_BACKOFF_LIMIT,
@@ -54,6 +68,7 @@ from hypersweep.operators._crds import (
     RESTART_POLICIES,
     TENSORFLOW_ROLES,
 )
+from hypersweep.operators._expectations import Expectations, LatestWrites
 from hypersweep.operators._informer import Controller, Informer, enqueue_owner, enqueue_self
 from hypersweep.operators._kube import (
     PODS,
@@ -62,27 +77,34 @@ from hypersweep.operators._kube import (
     ApiError,
     JsonDict,
     Kube,
+    object_key,
     owned_by,
     owner_reference,
     split_key,
 )
 from hypersweep.operators._names import (
     JOB_NAME_LABEL,
+    POOL_ANNOTATION,
     REPLICA_INDEX_LABEL,
     REPLICA_TYPE_LABEL,
     RESTART_LABEL,
 )
+from hypersweep.operators._pools import NODES, GangAdmission, GangRequest, parse_pools, pod_requests
 from hypersweep.operators._recorder import EventRecorder
 from hypersweep.orchestrator._job import DEFAULT_PORTS, ReplicaGroup, ReplicaId, TrainJob
 from hypersweep.orchestrator._rendezvous import (
     cluster_addresses,
     kubernetes_cluster,
     pytorch_env,
+    replica_dns_name,
     split_address,
     tensorflow_env,
 )
 
 logger = logging.getLogger("hypersweep.operator")
+
+#: Pods a reconcile creates at once at first (then 8, 16...): a 4-replica gang in one round trip.
+FIRST_BATCH = 4
 
 #: Container names and port names Kubeflow uses, by framework.
 CONTAINER_NAMES = {"pytorch": "pytorch", "tensorflow": "tensorflow", "generic": "main"}
@@ -311,7 +333,7 @@ def rendezvous_env(
     replica_host = networking.replica_host
 
     def host(replica: ReplicaId) -> str:
-        return replica_host or f"{name}-{replica.label}.{namespace}.svc"
+        return replica_host or replica_dns_name(name, replica, namespace)
 
     def port(replica: ReplicaId) -> int:
         return ports[replica.rank]
@@ -372,6 +394,9 @@ def render_pod(
     }
     pod_spec = template["spec"]
     pod_spec["restartPolicy"] = "Never"  # the controller restarts the whole gang
+    # <pod>.<job>.<ns>.svc: the pod's DNS name under the job's headless Service.
+    pod_spec["hostname"] = replica.pod_name(name)
+    pod_spec["subdomain"] = name
     env = rendezvous_env(spec, name, namespace, replica.rank, networking)
     port = replica_ports(spec, networking)[replica.rank]
     ours = [{"name": key, "value": value} for key, value in env.items()]
@@ -399,18 +424,25 @@ def render_pod(
     }
 
 
-def render_service(
-    job: Mapping[str, Any], spec: JobSpec, replica: Replica, networking: Networking
-) -> JsonDict:
-    """The headless Service that gives ``replica`` its stable DNS name."""
+def render_service(job: Mapping[str, Any], spec: JobSpec, networking: Networking) -> JsonDict:
+    """The job's headless Service, named after the job: the ``subdomain`` of its pods, which
+    gives each replica the stable DNS name ``<pod>.<job>.<ns>.svc``."""
     meta = job["metadata"]
-    port = replica_ports(spec, networking)[replica.rank]
-    selector = _selector(meta["name"], replica)
+    name = meta["name"]
+    ports = replica_ports(spec, networking)
+    if len(set(ports)) == 1:
+        listed = [{"name": PORT_NAMES[spec.framework], "port": ports[0], "targetPort": ports[0]}]
+    else:  # replicas sharing a network listen on ports of their own
+        listed = [
+            {"name": f"rank-{rank}", "port": port, "targetPort": port}
+            for rank, port in enumerate(ports)
+        ]
+    selector = {JOB_NAME_LABEL: name}
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": replica.pod_name(meta["name"]),
+            "name": name,
             "namespace": meta["namespace"],
             "labels": dict(selector),
             "ownerReferences": [owner_reference(job)],
@@ -419,7 +451,7 @@ def render_service(
             "clusterIP": "None",
             "selector": selector,
             "publishNotReadyAddresses": True,
-            "ports": [{"name": PORT_NAMES[spec.framework], "port": port, "targetPort": port}],
+            "ports": listed,
         },
     }
 
@@ -496,6 +528,12 @@ def _phase(pod: Mapping[str, Any]) -> str:
     return str((pod.get("status") or {}).get("phase") or "Pending")
 
 
+def _disrupted(pod: Mapping[str, Any]) -> bool:
+    """Whether the control plane is taking the pod away (eviction, preemption, node loss)."""
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return is_true(conditions, "DisruptionTarget")
+
+
 def _terminated(pod: Mapping[str, Any], container: str) -> Mapping[str, Any] | None:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     ordered = sorted(statuses, key=lambda s: s.get("name") != container)
@@ -548,6 +586,11 @@ class Plan:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     delete_job: bool = False
     requeue_after: float | None = None
+    #: Pods on a node that is gone: no kubelet will finish their deletion, so they are
+    #: removed at once (grace period 0), as the pod garbage collector does.
+    force_delete_pods: list[JsonDict] = field(default_factory=list)
+    #: The gang's pods wait for gang admission to find room for all of them again.
+    awaiting_admission: bool = False
 
     def requeue(self, seconds: float) -> None:
         self.requeue_after = (
@@ -566,10 +609,17 @@ def decide(
     services: Sequence[JsonDict],
     now: dt.datetime,
     networking: Networking = Networking(),
+    *,
+    nodes: Collection[str] | None = None,
+    admitted: bool = True,
 ) -> Plan:
     """Everything a reconcile of ``job`` should do, from what was observed. No I/O.
 
     ``pods`` and ``services`` are those labelled with the job's name (whoever owns them).
+    ``nodes`` are the names of the nodes that exist (None: not watched); a replica on a node
+    that is gone is lost, and so is one whose pod vanished while the gang ran: either restarts
+    the gang, whatever the restart policy, since the trial did not fail. ``admitted`` is False
+    while a restarted gang waits for gang admission: its pods are not created yet.
     """
     meta = job["metadata"]
     name, uid = meta["name"], meta["uid"]
@@ -585,12 +635,26 @@ def decide(
     replicas = spec.replicas()
     current: dict[str, JsonDict] = {}
     stale: list[JsonDict] = []
+    lost: dict[str, str] = {}  # pod name -> how its replica was lost
     for pod in mine:
         labels = pod["metadata"].get("labels") or {}
-        if _alive(pod) and labels.get(RESTART_LABEL) == str(gang):
+        node = (pod.get("spec") or {}).get("nodeName")
+        if nodes is not None and node and node not in nodes:
+            plan.force_delete_pods.append(pod)
+            if labels.get(RESTART_LABEL) == str(gang) and _phase(pod) != "Succeeded":
+                lost[pod["metadata"]["name"]] = f"was lost with its node {node}"
+        elif _alive(pod) and labels.get(RESTART_LABEL) == str(gang):
             current[pod["metadata"]["name"]] = pod
+            if _disrupted(pod):
+                lost[pod["metadata"]["name"]] = "was evicted or preempted"
         elif _alive(pod):
             stale.append(pod)
+    if is_true(conditions, "Running"):
+        # Every replica ran: one whose pod is gone now was deleted under the gang's feet.
+        for replica in replicas:
+            pod_name = replica.pod_name(name)
+            if pod_name not in current and pod_name not in lost:
+                lost[pod_name] = "disappeared (its pod was deleted)"
     main_name = CONTAINER_NAMES[spec.framework]
 
     if set_condition(
@@ -713,8 +777,15 @@ def decide(
             code, reading = describe_failure(observed, main_name)
             who = f"replica {replica.spec.label}-{replica.index} (rank {replica.rank})"
             failures.append((replica, code, f"{who} {reading}"))
+    for replica in replicas:
+        if replica.pod_name(name) in lost:
+            who = f"replica {replica.spec.label}-{replica.index} (rank {replica.rank})"
+            failures.insert(0, (replica, None, f"{who} {lost[replica.pod_name(name)]}"))
     if failures:
-        fatal = [f for f in failures if not restartable(f[0].spec.restart_policy, f[1])]
+        # After a lost replica its peers fail too (their collective broke): not their fault.
+        fatal = (
+            [] if lost else [f for f in failures if not restartable(f[0].spec.restart_policy, f[1])]
+        )
         counts()
         if fatal:
             replica, _, message = fatal[0]
@@ -755,7 +826,17 @@ def decide(
         clean_up()
         return plan
 
-    # Converge on one live pod and one service per replica.
+    if not admitted and not current:
+        # A restarted gang under gang admission: its pods wait until all of them fit at once.
+        plan.awaiting_admission = True
+        text = f"TrainJob {name} waits for room for all {len(replicas)} replicas in its pool"
+        set_condition(conditions, "Restarting", True, "WaitingForCapacity", text, stamp)
+        plan.delete_pods.extend(stale)
+        plan.requeue(0.5)
+        counts()
+        return plan
+
+    # Converge on one live pod per replica and the job's headless Service.
     plan.delete_pods.extend(stale)
     taken = {pod["metadata"]["name"] for pod in pods}
     for replica in replicas:
@@ -766,10 +847,8 @@ def decide(
             plan.requeue(1.0)  # an old pod of that name is still going away
             continue
         plan.create_pods.append(render_pod(job, spec, replica, gang, networking))
-    have = {svc["metadata"]["name"] for svc in services}
-    for replica in replicas:
-        if replica.pod_name(name) not in have:
-            plan.create_services.append(render_service(job, spec, replica, networking))
+    if name not in {svc["metadata"]["name"] for svc in services}:
+        plan.create_services.append(render_service(job, spec, networking))
 
     counts()
     phases = [_phase(current[r.pod_name(name)]) for r in replicas if r.pod_name(name) in current]
@@ -817,6 +896,15 @@ class TrainJobController:
         namespace: the namespace to manage; None for all.
         networking: how replicas address each other.
         workers: reconciles that may run at once (on different TrainJobs).
+        calls: API calls that the reconciles may make at once, all together (pods created or
+            deleted concurrently).
+        admission: the operator's gang admission (called when first needed): a gang that
+            admission put on a pool (annotation ``hypersweep.io/pool``) and then restarted is
+            admitted again before its new pods are created, so a restart never makes a partial
+            gang either; it queues behind the trials already waiting.
+
+    Nodes are watched too: a replica on a node that is deleted is lost, and its gang restarts
+    on other capacity (see :func:`decide`).
     """
 
     def __init__(
@@ -827,93 +915,301 @@ class TrainJobController:
         namespace: str | None = None,
         networking: Networking = Networking(),
         workers: int = 2,
+        calls: int = 16,
+        admission: Callable[[], GangAdmission] | None = None,
     ) -> None:
         self.kube = kube
+        self._admission = admission
+        self._readmitting: dict[str, tuple[int, GangRequest]] = {}  # job key -> restart, request
+        self._lock = threading.Lock()
         self.recorder = recorder
         self.networking = networking
+        self._calls = ThreadPoolExecutor(calls, thread_name_prefix="trainjob-call")
+        # Own writes that the caches may not show yet (see _expectations), and keys whose
+        # next reconcile reads the TrainJob from the API server (a status write conflicted).
+        self._expectations = Expectations()
+        self._written = LatestWrites()
+        self._reread: set[str] = set()
+        self._specs: dict[tuple[str, int], JobSpec] = {}  # by TrainJob uid and generation
         self.jobs = Informer(kube, TRAINJOBS, namespace=namespace)
-        self.pods = Informer(kube, PODS, namespace=namespace, label_selector=JOB_NAME_LABEL)
-        self.services = Informer(kube, SERVICES, namespace=namespace, label_selector=JOB_NAME_LABEL)
+        self.pods = Informer(
+            kube, PODS, namespace=namespace, label_selector=JOB_NAME_LABEL, index=JOB_NAME_LABEL
+        )
+        self.services = Informer(
+            kube, SERVICES, namespace=namespace, label_selector=JOB_NAME_LABEL, index=JOB_NAME_LABEL
+        )
+        self.nodes = Informer(kube, NODES)
         self.controller = Controller("trainjob", self.reconcile, workers=workers)
         queue = self.controller.queue
+        # Expectations are ticked off first: the reconcile that an event queues must see them.
+        self.jobs.add_handler(self._job_seen)
         self.jobs.add_handler(enqueue_self(queue))
+        self.pods.add_handler(self._pod_seen)
         self.pods.add_handler(enqueue_owner(queue, JOB_NAME_LABEL))
         self.services.add_handler(enqueue_owner(queue, JOB_NAME_LABEL))
+        self.nodes.add_handler(self._node_changed)
+
+    def _job_seen(self, kind: str, job: JsonDict) -> None:
+        key = object_key(job)
+        if kind == "DELETED":
+            self._written.forget(key)
+            self._expectations.forget(key)
+        else:
+            self._written.observed(key, job)
+
+    def _pod_seen(self, kind: str, pod: JsonDict) -> None:
+        meta = pod["metadata"]
+        job = (meta.get("labels") or {}).get(JOB_NAME_LABEL)
+        if not job:
+            return
+        key = f"{meta.get('namespace', '')}/{job}"
+        if kind == "ADDED":
+            self._expectations.created(key)
+        if kind == "DELETED" or meta.get("deletionTimestamp"):
+            self._expectations.deleted(key, str(meta.get("uid")))
+
+    def _node_changed(self, kind: str, node: JsonDict) -> None:
+        """A node went away: reconcile the TrainJobs with pods there (their replicas are lost)."""
+        if kind != "DELETED":
+            return
+        gone = node["metadata"]["name"]
+        for pod in self.pods.list():
+            if (pod.get("spec") or {}).get("nodeName") == gone:
+                job = (pod["metadata"].get("labels") or {}).get(JOB_NAME_LABEL)
+                if job:
+                    self.controller.queue.add(f"{pod['metadata'].get('namespace')}/{job}")
 
     def start(self, timeout: float = 60.0) -> None:
-        for informer in (self.jobs, self.pods, self.services):
+        for informer in (self.jobs, self.pods, self.services, self.nodes):
             informer.start()
-        for informer in (self.jobs, self.pods, self.services):
+        for informer in (self.jobs, self.pods, self.services, self.nodes):
             if not informer.wait_synced(timeout):
                 raise TimeoutError(f"could not list {informer.resource.plural}")
         self.controller.start()
 
     def stop(self) -> None:
         self.controller.stop()
-        for informer in (self.jobs, self.pods, self.services):
+        for informer in (self.jobs, self.pods, self.services, self.nodes):
             informer.stop()
+        self.controller.join()  # no reconcile is left to make calls
+        self._calls.shutdown(wait=False)
 
     def reconcile(self, key: str) -> float | None:
         namespace, name = split_key(key)
-        # The TrainJob itself is read from the API server, not the cache: its status (the
-        # restart count above all) must be the latest when deciding to restart the gang.
-        job = self.kube.get(TRAINJOBS, namespace, name)
+        waiting = self._expectations.pending(key)
+        if waiting is not None:
+            return waiting  # the events of its own pod writes queue it again (or expiry does)
+        job = self._latest(key)
         if job is None or job["metadata"].get("deletionTimestamp"):
+            self._forget_readmission(key)
             return None
         job.setdefault("apiVersion", TRAINJOBS.api_version)
         job.setdefault("kind", TRAINJOBS.kind)
         try:
-            spec = JobSpec.from_spec(job.get("spec") or {})
+            spec = self._spec(job)
         except SpecError as error:
             self._refuse(job, str(error))
             return None
         labels = {JOB_NAME_LABEL: name}
+        pods = self.pods.list(namespace, labels)
         plan = decide(
             job,
             spec,
-            self.pods.list(namespace, labels),
+            pods,
             self.services.list(namespace, labels),
             dt.datetime.now(dt.timezone.utc),
             self.networking,
+            nodes={node["metadata"]["name"] for node in self.nodes.list()},
+            admitted=self._gang_admitted(key, job, spec, pods),
         )
+        if not plan.awaiting_admission:
+            finished = plan.status.get("conditions") or []
+            if is_true(finished, "Succeeded") or is_true(finished, "Failed"):
+                self._forget_readmission(key)
         return self.apply(job, plan)
+
+    def _spec(self, job: JsonDict) -> JobSpec:
+        """The job's parsed spec: parsed once per generation (a spec change bumps it), not at
+        every reconcile. Raises :class:`SpecError`."""
+        meta = job["metadata"]
+        key = (str(meta["uid"]), int(meta.get("generation") or 0))
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = JobSpec.from_spec(job.get("spec") or {})
+            if len(self._specs) >= 4096:
+                self._specs.clear()  # old jobs' and generations' specs; any job parses again
+            self._specs[key] = spec
+        return spec
+
+    def _latest(self, key: str) -> JsonDict | None:
+        """The TrainJob, with the status of this controller's last write at least.
+
+        Its status (the restart count above all) must be current when deciding to restart the
+        gang. It comes from the cache once the cache shows that write (until then, from the
+        write's answer), so a reconcile reads nothing from the API server; after a conflict
+        (someone else wrote meanwhile), from the API server.
+        """
+        namespace, name = split_key(key)
+        if key in self._reread:
+            self._reread.discard(key)
+            return self.kube.get(TRAINJOBS, namespace, name)
+        job = self._written.get(key) or self.jobs.get(namespace, name)
+        if job is None:
+            return None  # deleted (or not seen yet: its ADDED event will queue it)
+        # A reconcile sets fields at the top and in metadata only; decide() copies the rest.
+        return {**job, "metadata": dict(job["metadata"])}
+
+    def _gang_admitted(
+        self, key: str, job: JsonDict, spec: JobSpec, pods: Sequence[JsonDict]
+    ) -> bool:
+        """Whether the gang may create its pods now; False while a restarted gang that gang
+        admission placed on a pool waits to be admitted there again."""
+        pool_data = (job["metadata"].get("annotations") or {}).get(POOL_ANNOTATION)
+        restart = int((job.get("status") or {}).get("restartCount") or 0)
+        if pool_data is None or self._admission is None or restart == 0:
+            return True
+        uid = job["metadata"]["uid"]
+        started = any(
+            owned_by(pod, uid)
+            and (pod["metadata"].get("labels") or {}).get(RESTART_LABEL) == str(restart)
+            for pod in pods
+        )
+        admission = self._admission()
+        with self._lock:
+            waiting = self._readmitting.get(key)
+            if started:
+                self._readmitting.pop(key, None)  # its reservation ends once its pods are bound
+                return True
+            if waiting is None or waiting[0] != restart:
+                try:
+                    (pool,) = parse_pools([json.loads(pool_data)], POOL_ANNOTATION)
+                except (ValueError, ConfigError) as error:
+                    logger.warning("TrainJob %s: unreadable %s: %s", key, POOL_ANNOTATION, error)
+                    return True
+                demands = [pod_requests(r.spec.template.get("spec") or {}) for r in spec.replicas()]
+                request = GangRequest(key, f"TrainJob {key}", (pool,), {pool.name: demands})
+                admission.start()
+                admission.submit(request)
+                waiting = self._readmitting[key] = (restart, request)
+        admission.pump()
+        return waiting[1].admitted is not None
+
+    def _forget_readmission(self, key: str) -> None:
+        with self._lock:
+            waiting = self._readmitting.pop(key, None)
+        if waiting is not None and self._admission is not None:
+            self._admission().withdraw(key)
 
     def apply(self, job: JsonDict, plan: Plan) -> float | None:
         """Carry a plan out: status first (guarded by the resourceVersion), then the rest."""
         meta = job["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        key = f"{namespace}/{name}"
+        latest = job  # the TrainJob as of the last write, for a refusal's own status write
         if plan.status != (job.get("status") or {}):
             body = {**job, "status": plan.status}
-            self.kube.replace(TRAINJOBS, namespace, name, body, subresource="status")
+            try:
+                latest = self.kube.replace(TRAINJOBS, namespace, name, body, subresource="status")
+            except ApiError as error:
+                if error.conflict:
+                    self._written.forget(key)
+                    self._reread.add(key)
+                raise
+            self._written.wrote(key, latest)
         for kind, reason, message in plan.events:
             self.recorder.event(job, kind, reason, message)
-        for pod in plan.delete_pods:
-            self.kube.delete(PODS, namespace, pod["metadata"]["name"], uid=pod["metadata"]["uid"])
-        for service in plan.delete_services:
+        for pod in plan.force_delete_pods:
             self.kube.delete(
-                SERVICES, namespace, service["metadata"]["name"], uid=service["metadata"]["uid"]
+                PODS,
+                namespace,
+                pod["metadata"]["name"],
+                uid=pod["metadata"]["uid"],
+                grace_seconds=0,
             )
-        for service in plan.create_services:
-            self._create(SERVICES, job, service, plan)
-        for pod in plan.create_pods:
-            if self._create(PODS, job, pod, plan):
-                self.recorder.event(
-                    job, "Normal", "SuccessfulCreatePod", f"Created pod: {pod['metadata']['name']}"
-                )
+        self._delete(key, plan)
+        # The Service goes alongside the pods: their DNS names resolve once both exist.
+        refused: list[str] = []
+        services = [
+            self._calls.submit(self._create, SERVICES, job, service, plan, refused)
+            for service in plan.create_services
+        ]
+        try:
+            created = self._create_pods(key, job, plan, refused)
+        finally:
+            for service in services:
+                service.result()
+        if refused:
+            self._refuse(latest, refused[0])
+        if created:
+            names = [pod["metadata"]["name"] for pod in created]
+            message = (
+                f"Created pod: {names[0]}"
+                if len(names) == 1
+                else f"Created {len(names)} pods: {', '.join(names)}"
+            )
+            self.recorder.event(job, "Normal", "SuccessfulCreatePod", message)
         if plan.delete_job:
             self.kube.delete(TRAINJOBS, namespace, name, uid=meta["uid"])
             self.recorder.event(job, "Normal", "Deleted", f"TrainJob {name} deleted after its TTL")
         return plan.requeue_after
 
-    def _create(self, resource: Any, job: JsonDict, body: JsonDict, plan: Plan) -> bool:
+    def _delete(self, key: str, plan: Plan) -> None:
+        """Delete the plan's pods and services at once; the pods' deletions are expected."""
+        namespace = split_key(key)[0]
+        pods = {pod["metadata"]["uid"]: pod for pod in plan.delete_pods}
+        self._expectations.expect(key, deletions=pods)
+
+        def delete(item: tuple[Any, JsonDict]) -> None:
+            resource, obj = item
+            uid = obj["metadata"]["uid"]
+            gone = False
+            try:
+                gone = self.kube.delete(resource, namespace, obj["metadata"]["name"], uid=uid)
+            finally:
+                if resource is PODS and not gone:
+                    self._expectations.deleted(key, uid)  # no event of it will come
+
+        deletes = [(PODS, pod) for pod in pods.values()]
+        deletes += [(SERVICES, service) for service in plan.delete_services]
+        all_at_once(deletes, delete, self._calls)
+
+    def _create_pods(
+        self, key: str, job: JsonDict, plan: Plan, refused: list[str]
+    ) -> list[JsonDict]:
+        """Create the plan's pods in slow-start batches; their creations are expected."""
+        pods = plan.create_pods
+        self._expectations.expect(key, creations=len(pods))
+        tried: list[JsonDict] = []
+
+        def create(pod: JsonDict) -> bool:
+            tried.append(pod)
+            created = False
+            try:
+                created = self._create(PODS, job, pod, plan, refused)
+            finally:
+                if not created:
+                    self._expectations.created(key)  # no event of it will come
+            return created
+
+        try:
+            return slow_start(pods, create, self._calls, initial=FIRST_BATCH)
+        finally:
+            for _ in range(len(pods) - len(tried)):
+                self._expectations.created(key)  # never tried after a failed batch
+
+    def _create(
+        self, resource: Any, job: JsonDict, body: JsonDict, plan: Plan, refused: list[str]
+    ) -> bool:
+        """Create one object; a refusal (invalid, or refused by admission) goes to
+        ``refused``, for the job to be refused once however many creations it failed."""
         try:
             self.kube.create(resource, job["metadata"]["namespace"], body)
         except ApiError as error:
             if error.conflict:
                 plan.requeue(1.0)  # the cache had not seen it yet, or an old one is going away
                 return False
-            if error.status in (400, 403, 422):  # invalid, or refused by admission
-                self._refuse(job, f"{resource.kind} {body['metadata']['name']}: {error.message}")
+            if error.status in (400, 403, 422):
+                refused.append(f"{resource.kind} {body['metadata']['name']}: {error.message}")
                 return False
             raise
         return True
@@ -931,7 +1227,10 @@ class TrainJobController:
         status["observedGeneration"] = job["metadata"].get("generation", 1)
         body = {**job, "status": status}
         meta = job["metadata"]
-        self.kube.replace(TRAINJOBS, meta["namespace"], meta["name"], body, subresource="status")
+        written = self.kube.replace(
+            TRAINJOBS, meta["namespace"], meta["name"], body, subresource="status"
+        )
+        self._written.wrote(object_key(job), written)
         self.recorder.event(job, "Warning", "InvalidSpec", message)
 
 

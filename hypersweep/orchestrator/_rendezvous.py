@@ -1,8 +1,9 @@
 """The environment that lets replicas find each other, as the frameworks' own launchers set it.
 
 Pure functions of a :class:`TrainJob`, a rank and the replicas' addresses: the local launcher
-passes ``127.0.0.1`` and ports it allocated, a Kubernetes launcher passes the replicas' service
-DNS names and the job's fixed port, and both get what users' code already reads:
+passes ``127.0.0.1`` and ports it allocated, a Kubernetes launcher passes the replicas' DNS
+names under the job's headless Service and the job's fixed port, and both get what users' code
+already reads:
 
 - PyTorch: ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
   ``LOCAL_WORLD_SIZE`` (torchrun's names) and ``PET_*`` (PyTorchJob's names for torchrun run
@@ -36,10 +37,16 @@ def cluster_addresses(
     return cluster
 
 
+def replica_dns_name(job_name: str, replica: ReplicaId, namespace: str) -> str:
+    """``<job>-<role>-<i>.<job>.<ns>.svc``: the replica's pod (its ``hostname``) under the job's
+    one headless Service (the pods' ``subdomain``), as JobSet names them."""
+    return f"{job_name}-{replica.label}.{job_name}.{namespace}.svc"
+
+
 def kubernetes_cluster(job: TrainJob, namespace: str) -> dict[str, list[str]]:
-    """Addresses as Kubeflow's headless services give them: ``<job>-<role>-<i>.<ns>.svc``."""
+    """Addresses as the job's headless Service gives them (see :func:`replica_dns_name`)."""
     return cluster_addresses(
-        job, lambda replica: f"{job.name}-{replica.label}.{namespace}.svc", job.cluster_port
+        job, lambda replica: replica_dns_name(job.name, replica, namespace), job.cluster_port
     )
 
 

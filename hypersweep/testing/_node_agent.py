@@ -168,18 +168,26 @@ class _PodRunner(threading.Thread):
         self.pod_dir = agent.workdir / "pods" / self.namespace / self.pod_name
         self.start_time = pod.get("status", {}).get("startTime") or _now()
         self._delete_grace: float | None = None
+        self._ended = False  # run() returned: a deletion asked now is the caller's to finish
         self._forget = threading.Event()  # pod is gone from the API: just kill
         self._wake = threading.Event()
         self._lock = threading.Lock()
 
     # -- requests from the watch loop ---------------------------------------------------
 
-    def request_delete(self, grace_seconds: float) -> None:
-        """The pod has a deletionTimestamp: stop it within ``grace_seconds``, then remove it."""
+    def request_delete(self, grace_seconds: float) -> bool:
+        """The pod has a deletionTimestamp: stop it within ``grace_seconds``, then remove it.
+
+        False if the runner has already ended (its containers exited by themselves): then the
+        caller removes the pod, which nothing else would.
+        """
         with self._lock:
+            if self._ended:
+                return False
             if self._delete_grace is None or grace_seconds < self._delete_grace:
                 self._delete_grace = grace_seconds
         self._wake.set()
+        return True
 
     def forget(self) -> None:
         """The pod was removed from the API: kill its processes, report nothing."""
@@ -200,6 +208,12 @@ class _PodRunner(threading.Thread):
             for c in self.init_containers + self.containers:
                 if c.log_file is not None:
                     c.log_file.close()
+            with self._lock:
+                self._ended = True
+                deleting = self._delete_grace is not None
+            if deleting:  # asked while the containers were exiting by themselves
+                with contextlib.suppress(Exception):
+                    self.agent._delete_pod(self.namespace, self.pod_name, self.uid)
             self.agent._runner_finished(self.uid)
 
     def _stopping(self) -> bool:
@@ -833,10 +847,10 @@ class NodeAgent:
                 runner.forget()
             return
         if meta.get("deletionTimestamp"):
-            if runner is not None:
-                grace = meta.get("deletionGracePeriodSeconds")
-                runner.request_delete(float(grace) if grace is not None else 30.0)
-            else:
+            grace = meta.get("deletionGracePeriodSeconds")
+            if runner is None or not runner.request_delete(
+                float(grace) if grace is not None else 30.0
+            ):
                 self._delete_pod(meta["namespace"], meta["name"], uid)
             return
         phase = pod.get("status", {}).get("phase")
@@ -880,20 +894,29 @@ class NodeAgent:
                 raise
 
     def _read_config(self, namespace: str, name: str, secret: bool) -> dict[str, str] | None:
-        """Data of a ConfigMap or Secret (decoded), or None when it does not exist."""
+        """Data of a ConfigMap or Secret (decoded), or None when it does not exist.
+
+        A 403 is retried for a few seconds, as a kubelet does: the Node authorizer lets a node
+        read a pod's Secrets only once its graph has the pod bound there, which can lag the
+        pod's binding that this agent saw.
+        """
         from kubernetes.client.exceptions import ApiException
 
-        try:
-            if secret:
-                raw = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
-                data = json.loads(raw.data).get("data") or {}
-                return {k: base64.b64decode(v).decode() for k, v in data.items()}
-            raw = self.core.read_namespaced_config_map(name, namespace, _preload_content=False)
-            return dict(json.loads(raw.data).get("data") or {})
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                if secret:
+                    raw = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+                    data = json.loads(raw.data).get("data") or {}
+                    return {k: base64.b64decode(v).decode() for k, v in data.items()}
+                raw = self.core.read_namespaced_config_map(name, namespace, _preload_content=False)
+                return dict(json.loads(raw.data).get("data") or {})
+            except ApiException as err:
+                if err.status == 404:
+                    return None
+                if err.status != 403 or time.monotonic() > deadline or self._stop.is_set():
+                    raise
+            time.sleep(0.2)
 
 
 def _key_values(items: Sequence[str], what: str) -> dict[str, str]:

@@ -48,3 +48,45 @@ def wait_for_release(config: dict[str, Any]) -> float:
     while not release.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     return float(config["lr"])
+
+
+def gang_steps(config: dict[str, Any]) -> dict[str, float]:
+    """Two replicas that step together over ``MASTER_ADDR``/``MASTER_PORT`` (plain sockets, one
+    byte per step each way), so that losing either breaks the other; rank 0 checkpoints and
+    reports each step, and every start resumes from the latest checkpoint."""
+    import socket
+
+    context = hs.get_trial_context()
+    assert context is not None
+    state = hs.restore()
+    start = state["step"] + 1 if state else 0
+    _mark(f"start-rank{context.rank}-step{start}")
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    if context.rank == 0:
+        server = socket.create_server(("0.0.0.0", port), reuse_port=False)
+        server.settimeout(120)
+        peer, _ = server.accept()
+    else:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                peer = socket.create_connection((host, port), timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    peer.settimeout(60)
+    steps = int(config.get("steps", 30))
+    loss = float("nan")
+    for step in range(start, steps):
+        peer.sendall(b"s")
+        if peer.recv(1) != b"s":
+            raise ConnectionError(f"rank {context.rank}: the peer went away at step {step}")
+        time.sleep(float(config.get("pause", 0.2)))
+        loss = (config["lr"] - 0.3) ** 2 + 1.0 / (step + 1)
+        if context.rank == 0:
+            hs.checkpoint({"step": step})
+        hs.report(step, loss=loss)
+    peer.close()
+    return {"loss": loss}

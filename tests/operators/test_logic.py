@@ -93,14 +93,16 @@ def with_status(job: dict[str, Any], plan: Any) -> dict[str, Any]:
 # --- the TrainJob controller's decisions --------------------------------------------------
 
 
-def test_a_new_job_gets_a_pod_and_a_service_per_replica() -> None:
+def test_a_new_job_gets_a_pod_per_replica_and_one_headless_service() -> None:
     plan = run(pytorch_job(workers=2), [])
     names = sorted(p["metadata"]["name"] for p in plan.create_pods)
     assert names == ["job-master-0", "job-worker-0", "job-worker-1"]
-    assert sorted(s["metadata"]["name"] for s in plan.create_services) == names
+    assert [s["metadata"]["name"] for s in plan.create_services] == ["job"]
     worker = next(p for p in plan.create_pods if p["metadata"]["name"] == "job-worker-1")
+    # <pod>.<job>.<ns>.svc: the pod's hostname under the job's Service, its subdomain.
+    assert (worker["spec"]["hostname"], worker["spec"]["subdomain"]) == ("job-worker-1", "job")
     env = {e["name"]: e["value"] for e in worker["spec"]["containers"][0]["env"]}
-    assert env["MASTER_ADDR"] == "job-master-0.ns.svc"
+    assert env["MASTER_ADDR"] == "job-master-0.job.ns.svc"
     assert env["MASTER_PORT"] == "23456"
     assert (env["WORLD_SIZE"], env["RANK"], env["PET_NODE_RANK"]) == ("3", "2", "2")
     assert worker["spec"]["restartPolicy"] == "Never"
@@ -112,6 +114,8 @@ def test_a_new_job_gets_a_pod_and_a_service_per_replica() -> None:
     }
     service = plan.create_services[0]
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert service["spec"]["selector"] == {"hypersweep.io/job-name": "job"}
+    assert [p["port"] for p in service["spec"]["ports"]] == [23456]
     assert true_conditions(plan) == {"Created"}
     assert plan.status["restartCount"] == 0
 
@@ -150,6 +154,46 @@ def test_a_replica_killed_by_a_signal_restarts_the_whole_gang() -> None:
     assert all(
         p["metadata"]["labels"]["hypersweep.io/restart-count"] == "1" for p in fresh.create_pods
     )
+
+
+def test_a_replica_on_a_deleted_node_restarts_the_gang_whatever_its_policy() -> None:
+    job = pytorch_job()
+    for role in job["spec"]["replicaSpecs"].values():
+        role["restartPolicy"] = "ExitCode"  # the master's exit 1 alone would fail the job
+    job = with_status(job, run(job, []))
+    master, worker = pod("job-master-0", "Failed", exit_code=1), pod("job-worker-0", "Running")
+    master["spec"], worker["spec"] = {"nodeName": "node-a"}, {"nodeName": "node-b"}
+    plan = decide(job, JobSpec.from_spec(job["spec"]), [master, worker], [], NOW, nodes={"node-a"})
+    assert plan.status["restartCount"] == 1 and "Failed" not in true_conditions(plan)
+    # The pod on the lost node is removed at once (no kubelet will), the other gracefully.
+    assert [p["metadata"]["name"] for p in plan.force_delete_pods] == ["job-worker-0"]
+    assert [p["metadata"]["name"] for p in plan.delete_pods] == ["job-master-0"]
+    assert any("was lost with its node node-b" in text for _, _, text in plan.events)
+    # Without node information the same failure is the master's own: fatal under ExitCode.
+    assert "Failed" in true_conditions(run(job, [master, worker]))
+
+
+def test_a_pod_that_vanishes_from_a_running_gang_restarts_it() -> None:
+    job = with_status(pytorch_job(), run(pytorch_job(), []))
+    running = [pod("job-master-0", "Running"), pod("job-worker-0", "Running")]
+    job = with_status(job, run(job, running))
+    assert "Running" in true_conditions(run(job, running))
+    plan = run(job, running[:1])
+    assert plan.status["restartCount"] == 1
+    assert any("disappeared" in text for _, _, text in plan.events)
+
+
+def test_a_restarted_gang_waits_for_admission_before_creating_pods() -> None:
+    job = pytorch_job()
+    job["status"] = {"restartCount": 1, "conditions": []}
+    spec = JobSpec.from_spec(job["spec"])
+    waiting = decide(job, spec, [], [], NOW, admitted=False)
+    assert waiting.awaiting_admission and not waiting.create_pods
+    assert waiting.requeue_after is not None
+    restarting = next(c for c in waiting.status["conditions"] if c["type"] == "Restarting")
+    assert restarting["reason"] == "WaitingForCapacity"
+    admitted = decide(job, spec, [], [], NOW, admitted=True)
+    assert len(admitted.create_pods) == 2
 
 
 @pytest.mark.parametrize(
@@ -273,9 +317,9 @@ def test_tensorflow_cluster_by_dns_leaves_the_evaluator_out() -> None:
     )
     config = json.loads(rendezvous_env(spec, "mnist", "ml", 4, Networking())["TF_CONFIG"])
     assert config["cluster"] == {
-        "chief": ["mnist-chief-0.ml.svc:2222"],
-        "worker": ["mnist-worker-0.ml.svc:2222", "mnist-worker-1.ml.svc:2222"],
-        "ps": ["mnist-ps-0.ml.svc:2222"],
+        "chief": ["mnist-chief-0.mnist.ml.svc:2222"],
+        "worker": ["mnist-worker-0.mnist.ml.svc:2222", "mnist-worker-1.mnist.ml.svc:2222"],
+        "ps": ["mnist-ps-0.mnist.ml.svc:2222"],
     }
     assert config["task"] == {"type": "evaluator", "index": 0}
     assert replica_rank(
@@ -296,7 +340,7 @@ def test_replicas_sharing_a_network_get_ports_of_their_own() -> None:
         }
     )
     config = json.loads(rendezvous_env(spec, "j", "ns", 0, Networking())["TF_CONFIG"])
-    assert config["cluster"]["worker"] == ["j-worker-0.ns.svc:2222", "j-worker-1.ns.svc:2223"]
+    assert config["cluster"]["worker"] == ["j-worker-0.j.ns.svc:2222", "j-worker-1.j.ns.svc:2223"]
     local = json.loads(rendezvous_env(spec, "j", "ns", 1, Networking("127.0.0.1"))["TF_CONFIG"])
     assert local["cluster"]["worker"] == ["127.0.0.1:2222", "127.0.0.1:2223"]
 

@@ -11,6 +11,8 @@ other test's pods land there.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +32,14 @@ from hypersweep.operators._pools import (
 )
 from hypersweep.testing import LocalCluster, create_node_pool
 
-from .conftest import Namespace, OperatorProcess, kubectl_json, objective_command, wait_until
+from .conftest import (
+    Namespace,
+    OperatorProcess,
+    free_port,
+    kubectl_json,
+    objective_command,
+    wait_until,
+)
 
 POOL_LABEL = "test.hypersweep.io/pool"
 GPU = "nvidia.com/gpu"
@@ -453,3 +462,104 @@ def test_a_trial_that_fits_no_pool_is_refused(
     events = wait_until(lambda: events_of(cluster, namespace, "Unschedulable"), timeout=10)
     assert "fits in no pool" in events[0]
     assert not pods_of(cluster, namespace)
+
+
+@pytest.mark.k8s
+def test_a_lost_node_restarts_the_gang_from_its_checkpoint_on_other_capacity(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess, agents: PoolAgents
+) -> None:
+    """A 2-replica trial on a pool of three 1-GPU nodes: the node of one replica is deleted
+    (and its pod's processes die with it). The gang restarts, is admitted again onto the two
+    nodes left, and resumes from its checkpoint. ``restartPolicy: ExitCode`` makes the proof
+    sharp: the surviving replica's own failure (exit 1, its peer gone) would fail the trial;
+    only the lost node restarts it."""
+    ns = namespace.name
+    for index in range(3):
+        agents.start(f"{ns}-gpu-{index}", f"{ns}-gpu", {GPU: "1"})
+    template = gang_template(
+        objective_command("gang_steps"), 2, {"HYPERSWEEP_TEST_MARKERS": str(namespace.markers)}
+    )
+    port = free_port(span=2)
+    for role in template["replicaSpecs"].values():
+        role["restartPolicy"] = "ExitCode"
+        role["template"]["spec"]["containers"][0]["ports"] = [
+            {"name": "pytorchjob-port", "containerPort": port}
+        ]
+    body = {
+        "apiVersion": "hypersweep.io/v1alpha1",
+        "kind": "Sweep",
+        "metadata": {"name": "lost"},
+        "spec": {
+            "space": {
+                "lr": {"type": "float", "low": 0.0, "high": 1.0},
+                "steps": {"type": "constant", "value": 40},
+                "pause": {"type": "constant", "value": 0.2},
+            },
+            "objective": {"metric": "loss", "mode": "min"},
+            "maxTrials": 1,
+            "parallelism": 1,
+            "trialTemplate": template,
+            "pools": [pool("gpu", f"{ns}-gpu")],
+        },
+    }
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(body))
+    markers = namespace.markers / "trial-0.log"
+
+    def worker_node() -> tuple[str, int] | None:
+        if not markers.exists() or "start-rank0-step0" not in markers.read_text():
+            return None
+        pods = {p["metadata"]["name"]: p for p in pods_of(cluster, namespace)}
+        worker = pods.get("lost-trial-0-worker-0")
+        if worker is None or not worker["spec"].get("nodeName"):
+            return None
+        for status in worker["status"].get("containerStatuses") or []:
+            if "running" in (status.get("state") or {}):
+                pid = int(str(status["containerID"]).rsplit("/", 1)[-1])
+                return worker["spec"]["nodeName"], pid
+        return None
+
+    node, pid = wait_until(worker_node, 120, "the worker replica running")
+    wait_until(
+        lambda: len(list((namespace.data_dir).rglob("checkpoint-*"))) >= 1, 60, "a checkpoint"
+    )
+    time.sleep(1.0)  # a few steps in
+    # The node goes: its Node object, its agent (frozen, as a dead kubelet), its processes.
+    lost_agent = next(a for a in agents.started if a.node_name == node)
+    os.kill(lost_agent.component.process.pid, signal.SIGSTOP)
+    try:
+        cluster.kubectl("delete", "node", node, "--wait=false")
+        job = wait_until(
+            lambda: (
+                (j := kubectl_json(cluster, "get", "trainjob", "lost-trial-0", "-n", ns))
+                .get("status", {})
+                .get("restartCount")
+                == 1
+                and j
+            ),
+            60,
+            "the gang to restart",
+        )
+    finally:
+        os.killpg(pid, signal.SIGKILL)
+        os.kill(lost_agent.component.process.pid, signal.SIGKILL)
+    try:
+        status = wait_until(
+            lambda: finished(cluster, namespace, "lost"), 180, "the sweep to finish"
+        )
+    except AssertionError:
+        job = kubectl_json(cluster, "get", "trainjob", "lost-trial-0", "-n", ns)
+        pods = [
+            (p["metadata"]["name"], p["spec"].get("nodeName"), p["status"])
+            for p in pods_of(cluster, namespace)
+        ]
+        raise AssertionError(f"{job.get('status')}\n{pods}\n{operator.log_tail(150)}") from None
+    assert status["trials"]["succeeded"] == 1, (status, operator.log_tail(150))
+    job = kubectl_json(cluster, "get", "trainjob", "lost-trial-0", "-n", ns)
+    assert job["status"]["restartCount"] == 1
+    events = events_of(cluster, namespace, "Restarting")
+    assert any(f"was lost with its node {node}" in e for e in events), events
+    # The new gang ran on the two nodes left, and rank 0 resumed past step 0.
+    starts = [line.split()[0] for line in markers.read_text().splitlines()]
+    resumed = [s for s in starts if s.startswith("start-rank0-") and s != "start-rank0-step0"]
+    assert resumed, starts
+    assert all(p["spec"].get("nodeName") != node for p in pods_of(cluster, namespace))

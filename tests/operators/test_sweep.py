@@ -130,9 +130,10 @@ def test_asha_sweep_end_to_end(
         "learning_curve",
         max_trials=8,
         parallelism=3,
-        # Stop-only early stopping: promotion of paused trials on Kubernetes can stall (a known
-        # bug, being fixed), and a red suite would hide everything else.
-        early_stopping={"name": "median", "settings": {"n_startup_trials": 2}},
+        early_stopping={
+            "name": "asha",
+            "settings": {"min_resource": 1, "max_resource": 9, "reduction_factor": 3},
+        },
     )
     status = wait_sweep(cluster, namespace, "asha", operator)
     assert "Succeeded" in status["true"], status
@@ -173,8 +174,7 @@ def test_asha_sweep_end_to_end(
         job = by_trial[trial.number]
         states = {c["type"] for c in job["status"]["conditions"] if c["status"] == "True"}
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            # Its pod may still be exiting when the sweep ends and stops what is left.
-            assert "Succeeded" in states or "Suspended" in states, job["status"]
+            assert "Succeeded" in states, job["status"]
         else:
             # Suspended, or already exited by itself after the decision (a paused trial does).
             suspended = job["spec"]["runPolicy"].get("suspend") and "Suspended" in states

@@ -295,3 +295,35 @@ def test_run_policies(
         60,
         "the TTL to delete the finished job",
     )
+
+
+def test_a_job_whose_pods_the_api_server_refuses_fails_once(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    # A container name that no pod may have: the schema lets it through, pod validation not.
+    invalid = {"name": "Not_A_Label", "image": "x", "command": [sys.executable, "-c", "pass"]}
+    create(
+        cluster,
+        namespace.name,
+        "refused",
+        {"framework": "generic", "replicaSpecs": {"Worker": replica(invalid, replicas=3)}},
+    )
+    status = wait_finished(cluster, namespace.name, "refused", timeout=60)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "InvalidSpec"), status
+    assert "Pod refused-worker-" in failed["message"]
+
+    def refusals() -> list[str]:
+        events = kubectl_json(
+            cluster,
+            "get",
+            "events",
+            "-n",
+            namespace.name,
+            "--field-selector",
+            "involvedObject.name=refused",
+        )["items"]
+        return [e["message"] for e in events if e["reason"] == "InvalidSpec"]
+
+    # The three pods are refused together, and the job is refused once.
+    assert len(wait_until(refusals, 10, "the InvalidSpec event")) == 1
