@@ -269,3 +269,20 @@ def test_ctrl_c_stops_every_replica(run_dir: Path, markers: Path) -> None:
     assert driver.returncode != 0
     assert not _alive([r["pid"] for r in _read(markers, "hold-*")])  # gone before it exited
     assert hs.load("gang").counts() == {"interrupted": 2}
+
+
+def test_every_rank_gets_rank_zeros_decision_for_its_step() -> None:
+    from hypersweep.launchers._decisions import SharedDecisions
+
+    shared = SharedDecisions()
+    assert shared.answer(0, rank0_ended=False) is None  # rank 1 waits for rank 0's step 0
+    shared.pending = 0
+    assert shared.decide("continue") == 0 and shared.decide("stop") is None  # nothing pends
+    assert shared.answer(0, rank0_ended=False) == "continue"
+    shared.pending = 2
+    assert shared.decide("stop") == 2
+    assert shared.answer(2, rank0_ended=False) == "stop"
+    assert shared.answer(1, rank0_ended=False) == "continue"  # rank 0 went past step 1
+    assert shared.answer(3, rank0_ended=False) is None
+    assert shared.answer(3, rank0_ended=True) == "continue"
+    assert shared.settled(2) == "stop" and shared.settled(5) == "continue"

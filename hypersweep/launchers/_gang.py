@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Literal
 
+from hypersweep.launchers._decisions import SharedDecisions
 from hypersweep.launchers._process import ReplicaRun, Worker, describe_exit
 from hypersweep.launchers._resources import HeldPort, PortAllocator
 from hypersweep.orchestrator._events import (
@@ -86,9 +87,7 @@ class Gang:
     deadline: float | None = None
     replicas: list[_Replica] = field(default_factory=list)
     held_ports: list[HeldPort] = field(default_factory=list)
-    _decisions: dict[int, str] = field(default_factory=dict)
-    _latest_decided: int | None = None
-    _pending_step: int | None = None  # rank 0's report that awaits the orchestrator
+    _shared: SharedDecisions = field(default_factory=SharedDecisions)
     _failures: list[_Failure] = field(default_factory=list)
     _ports: PortAllocator | None = None
 
@@ -200,7 +199,7 @@ class Gang:
         if kind == "report":
             if rank == 0:
                 if self.phase == "running":
-                    self._pending_step = message[1]
+                    self._shared.pending = message[1]
                     events.append(Reported(number, message[1], message[2]))
             else:
                 self._answer_or_wait(member, message[1])
@@ -249,30 +248,22 @@ class Gang:
 
     def respond(self, decision: str) -> None:
         """Rank 0's pending report gets ``decision``; so does every rank waiting at its step."""
-        step = self._pending_step
-        if step is None or self.phase != "running":
+        if self.phase != "running":
             return
-        self._pending_step = None
-        self._decisions[step] = decision
-        self._latest_decided = (
-            step if self._latest_decided is None else max(self._latest_decided, step)
-        )
+        step = self._shared.decide(decision)
+        if step is None:
+            return
         self._send(self.replicas[0], ("decision", decision))
         for member in self.replicas[1:]:
             if member.waiting_step is not None and member.waiting_step <= step:
-                self._answer(member, self._decisions.get(member.waiting_step, "continue"))
+                self._answer(member, self._shared.settled(member.waiting_step))
 
     def _answer_or_wait(self, member: _Replica, step: int) -> None:
-        if step in self._decisions:
-            self._answer(member, self._decisions[step])
-        elif self.phase == "finishing" or (
-            self._latest_decided is not None and step < self._latest_decided
-        ):
-            # Rank 0 has ended, or went past this step without reporting it: nothing to wait
-            # for, and nothing was decided.
-            self._answer(member, "continue")
-        else:
+        decision = self._shared.answer(step, rank0_ended=self.phase == "finishing")
+        if decision is None:
             member.waiting_step = step
+        else:
+            self._answer(member, decision)
 
     def _answer(self, member: _Replica, decision: str) -> None:
         member.waiting_step = None
@@ -281,7 +272,7 @@ class Gang:
     def _release_waiting(self) -> None:
         for member in self.replicas[1:]:
             if member.waiting_step is not None:
-                self._answer(member, self._decisions.get(member.waiting_step, "continue"))
+                self._answer(member, self._shared.settled(member.waiting_step))
 
     def _send(self, member: _Replica, message: tuple[Any, ...]) -> None:
         try:

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hypersweep.launchers._decisions import SharedDecisions
 from hypersweep.launchers._ray_actor import PORT_LISTEN, PORT_RESERVE
 from hypersweep.orchestrator._events import (
     Checkpointed,
@@ -105,9 +106,7 @@ class RayAttempt:
     deadline: float | None = None
     reusable: bool = False
     started: float = field(default_factory=time.monotonic)
-    _decisions: dict[int, str] = field(default_factory=dict)
-    _latest_decided: int | None = None
-    _pending_step: int | None = None
+    _shared: SharedDecisions = field(default_factory=SharedDecisions)
     _failures: list[_Failure] = field(default_factory=list)
 
     @property
@@ -215,7 +214,7 @@ class RayAttempt:
         if kind == "report":
             if rank == 0:
                 if self.phase == "running":
-                    self._pending_step = message[1]
+                    self._shared.pending = message[1]
                     events.append(Reported(number, message[1], message[2]))
             else:
                 self._answer_or_wait(member, message[1])
@@ -280,28 +279,22 @@ class RayAttempt:
 
     def respond(self, decision: str) -> None:
         """Rank 0's pending report gets ``decision``; so does every rank waiting at its step."""
-        step = self._pending_step
-        if step is None or self.phase != "running":
+        if self.phase != "running":
             return
-        self._pending_step = None
-        self._decisions[step] = decision
-        self._latest_decided = (
-            step if self._latest_decided is None else max(self._latest_decided, step)
-        )
+        step = self._shared.decide(decision)
+        if step is None:
+            return
         self.replicas[0].actor.decide.remote(decision)
         for member in self.replicas[1:]:
             if member.waiting_step is not None and member.waiting_step <= step:
-                self._answer(member, self._decisions.get(member.waiting_step, "continue"))
+                self._answer(member, self._shared.settled(member.waiting_step))
 
     def _answer_or_wait(self, member: RayReplica, step: int) -> None:
-        if step in self._decisions:
-            self._answer(member, self._decisions[step])
-        elif self.phase == "finishing" or (
-            self._latest_decided is not None and step < self._latest_decided
-        ):
-            self._answer(member, "continue")  # rank 0 ended, or never reported this step
-        else:
+        decision = self._shared.answer(step, rank0_ended=self.phase == "finishing")
+        if decision is None:
             member.waiting_step = step
+        else:
+            self._answer(member, decision)
 
     def _answer(self, member: RayReplica, decision: str) -> None:
         member.waiting_step = None
@@ -311,7 +304,7 @@ class RayAttempt:
     def _release_waiting(self) -> None:
         for member in self.replicas[1:]:
             if member.waiting_step is not None:
-                self._answer(member, self._decisions.get(member.waiting_step, "continue"))
+                self._answer(member, self._shared.settled(member.waiting_step))
 
     # --- ending --------------------------------------------------------------------------
 
