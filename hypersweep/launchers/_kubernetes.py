@@ -44,6 +44,7 @@ from hypersweep._errors import ConfigError
 from hypersweep.launchers._base import Launcher, SweepContext
 from hypersweep.operators import _names as names
 from hypersweep.operators._crds import MAX_SWEEP_NAME
+from hypersweep.operators._informer import Informer
 from hypersweep.operators._kube import (
     SECRETS,
     TRAINJOBS,
@@ -121,6 +122,7 @@ class _Trial:
     seen: dict[tuple[str, int], int | None] = field(default_factory=dict)  # message -> ticket
     job_seen: bool = False
     succeeded_at: float | None = None
+    uid: str | None = None  # of this attempt's TrainJob, once written (or adopted)
 
 
 @dataclass
@@ -147,7 +149,7 @@ class KubernetesLauncher(Launcher):
         report_url: the URL at which trial pods reach this process; default: this pod's IP
             (``$POD_IP``) when running in a cluster.
         report_port: the port to listen on for trials' reports (0: any free port).
-        sync_interval: seconds between checks of the TrainJobs' states.
+        sync_interval: seconds between checks of the TrainJobs' states (from a watch).
         pools: the node pools trials may use (:class:`~hypersweep.operators._pools.Pool` or
             their plain-data form, as in ``Sweep.spec.pools``). A trial starts only once one
             pool has room for all of its replicas at once (gang admission); until then it
@@ -159,9 +161,9 @@ class KubernetesLauncher(Launcher):
     volume that trial pods mount at the same path (``volumes`` and ``volume_mounts``, added to
     every replica), as the operator does with its data volume.
 
-    The operator also passes ``kube``, ``server``, ``sweep``, ``owner`` and ``trial_state``, to
-    share its client and server, own the trials by their Sweep, and answer trials that a
-    previous leader finished.
+    The operator also passes ``kube``, ``server``, ``sweep``, ``owner``, ``trial_state`` and
+    ``trainjobs``, to share its client, server and TrainJob cache, own the trials by their
+    Sweep, and answer trials that a previous leader finished.
     """
 
     def __init__(
@@ -185,6 +187,7 @@ class KubernetesLauncher(Launcher):
         pools: Sequence[Mapping[str, Any] | Pool] = (),
         scheduling_policy: Mapping[str, Any] | SchedulingPolicy | None = None,
         admission: GangAdmission | None = None,
+        trainjobs: Informer | None = None,
         on_change: Callable[[], None] | None = None,
         notify: Callable[[str, str, str], None] | None = None,
     ) -> None:
@@ -214,6 +217,8 @@ class KubernetesLauncher(Launcher):
         self._policy = parse_policy(scheduling_policy, "scheduling_policy")
         self._admission = admission
         self._own_admission = False
+        self._trainjobs = trainjobs  # the TrainJobs' states, watched (own one if None)
+        self._own_trainjobs = False
         # Admitted trials' Secrets and TrainJobs are written in the background, so that the
         # orchestrator goes on launching; their outcomes are handled in its thread.
         self._creates: ThreadPoolExecutor | None = None
@@ -288,13 +293,26 @@ class KubernetesLauncher(Launcher):
             self._report_url = f"http://{pod_ip}:{self._server.port}"
         self._server.register(self.namespace, self.sweep, self)
         self._may_exist = self._existing_jobs()
+        if self._trainjobs is None:
+            self._trainjobs = Informer(
+                self.kube,
+                TRAINJOBS,
+                namespace=self.namespace,
+                label_selector=f"{names.SWEEP_LABEL}={self.sweep}",
+            )
+            self._own_trainjobs = True
+        self._trainjobs.start()
+        if not self._trainjobs.wait_synced():
+            raise TimeoutError(f"could not list the TrainJobs of namespace {self.namespace}")
         if self._pools:
             self._demands = {pool.name: self._gang_demand(pool) for pool in self._pools}
             if self._admission is None:
                 self._admission = GangAdmission(self.kube)
                 self._own_admission = True
             self._admission.start()
-            self._creates = ThreadPoolExecutor(8, thread_name_prefix="launcher-create")
+            # Two round trips per trial (Secret, TrainJob): enough at once to keep pace with
+            # admission when hundreds of trials fit at the start of a sweep.
+            self._creates = ThreadPoolExecutor(16, thread_name_prefix="launcher-create")
         self._started = True
 
     def _trial_template(self, context: SweepContext) -> JsonDict:
@@ -337,7 +355,7 @@ class KubernetesLauncher(Launcher):
         # the new TrainJob and delete the new Secret, which carry the same names.
         self._run_actions(stale)
         try:
-            token = None if ended_here else self._adopt(name, assignment)
+            adopted = None if ended_here else self._adopt(name, assignment)
             if ended_here:
                 self._delete_job(name)
         except ApiError as error:
@@ -345,8 +363,8 @@ class KubernetesLauncher(Launcher):
                 Crashed(number, f"could not read TrainJob {name}: {error.message}")
             )
             return
-        if token is not None or not self._pools:
-            self._create(number, name, assignment, token, None)
+        if adopted is not None or not self._pools:
+            self._create(number, name, assignment, adopted, None)
             return
         assert self._admission is not None
         request = GangRequest(f"{self.namespace}/{name}", self.sweep, self._pools, self._demands)
@@ -457,17 +475,18 @@ class KubernetesLauncher(Launcher):
         number: int,
         name: str,
         assignment: TrialAssignment,
-        token: str | None,
+        adopted: tuple[str, str] | None,
         pool: Pool | None,
         *,
         wait: bool = True,
     ) -> None:
-        """Create (or adopt, with ``token``) the TrainJob of one trial attempt; without
+        """Create (or adopt: its token and uid) the TrainJob of one trial attempt; without
         ``wait``, in the background (see :meth:`_harvest`)."""
-        trial = _Trial(number, name, assignment.attempt, token or _new_token(), time.monotonic())
+        token, uid = adopted or (_new_token(), None)
+        trial = _Trial(number, name, assignment.attempt, token, time.monotonic(), uid=uid)
         with self._cond:
             self._trials[number] = trial
-        if token is not None:
+        if adopted is not None:
             logger.info("Trial %d: adopted its running TrainJob %s", number, name)
             return
         if wait or self._creates is None:
@@ -489,7 +508,7 @@ class KubernetesLauncher(Launcher):
             if self._policy.gang == "podGroup":
                 self._create_pod_group(trial.name, trial.number)
             job = self._render_job(trial, assignment, pool)
-            self.kube.create(TRAINJOBS, self.namespace, job)
+            trial.uid = self.kube.create(TRAINJOBS, self.namespace, job)["metadata"]["uid"]
         except ApiError as error:
             return error
         return None
@@ -616,6 +635,8 @@ class KubernetesLauncher(Launcher):
             self._withdraw(waiting.name)
         if self._own_admission and self._admission is not None:
             self._admission.stop()
+        if self._own_trainjobs and self._trainjobs is not None:
+            self._trainjobs.stop()
         if self._creates is not None:
             self._creates.shutdown()
         assert self._server is not None
@@ -650,8 +671,9 @@ class KubernetesLauncher(Launcher):
             return None
         return {job["metadata"]["name"] for job in listing.get("items") or []}
 
-    def _adopt(self, name: str, assignment: TrialAssignment) -> str | None:
-        """The token of this trial's TrainJob if it can be adopted; else delete what is there."""
+    def _adopt(self, name: str, assignment: TrialAssignment) -> tuple[str, str] | None:
+        """The token and uid of this trial's TrainJob if it can be adopted; else delete what
+        is there."""
         self._settle(name)
         if self._may_exist is not None and name not in self._may_exist:
             self._may_exist.add(name)  # it may from now on: this launcher creates it
@@ -679,7 +701,8 @@ class KubernetesLauncher(Launcher):
                 TRAINJOBS, self.namespace, name, uid=meta["uid"], propagation="Foreground"
             )
             self._wait_gone(name, meta["uid"])
-        return token
+            return None
+        return token, meta["uid"]
 
     def _delete_job(self, name: str) -> None:
         """Delete the TrainJob ``name`` if there is one, and wait until it is gone."""
@@ -885,25 +908,26 @@ class KubernetesLauncher(Launcher):
         return action
 
     def _sync(self) -> list[Event]:
-        """Events that only the TrainJobs' states tell: a job that failed or vanished."""
+        """Events that only the TrainJobs' states tell: a job that failed or vanished.
+
+        The states come from the watched cache, not a list per check: listing every TrainJob
+        of a large sweep each time cost more than anything else the operator did at scale.
+        """
         with self._cond:
             if not self._trials:
                 return []
-        try:
-            listing = self.kube.list(
-                TRAINJOBS, self.namespace, label_selector=f"{names.SWEEP_LABEL}={self.sweep}"
-            )
-        except ApiError as error:
-            logger.warning("could not list the sweep's TrainJobs: %s", error)
-            return []
-        jobs = {job["metadata"]["name"]: job for job in listing.get("items") or []}
+        assert self._trainjobs is not None
         events: list[Event] = []
         now = time.monotonic()
         with self._cond:
             for trial in list(self._trials.values()):
                 if trial.outcome is not None:
                     continue
-                job = jobs.get(trial.name)
+                if trial.uid is None and trial.name in self._writing:
+                    continue  # not written yet
+                job = self._trainjobs.get(self.namespace, trial.name)
+                if job is not None and job["metadata"].get("uid") != trial.uid:
+                    job = None  # an earlier attempt's, not gone from the cache yet
                 if job is None:
                     if trial.job_seen or now - trial.created > 30.0:
                         events.append(Crashed(trial.number, f"TrainJob {trial.name} was deleted"))

@@ -45,6 +45,7 @@ class Informer:
         resource: what to watch.
         namespace: the namespace to watch; None for all.
         label_selector: only objects with these labels.
+        field_selector: only objects with these fields.
         index: a label whose value, with the namespace, indexes the cache (see :meth:`list`).
     """
 
@@ -55,6 +56,7 @@ class Informer:
         *,
         namespace: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         watch_timeout: int = 240,
         index: str | None = None,
     ) -> None:
@@ -62,6 +64,7 @@ class Informer:
         self.resource = resource
         self.namespace = namespace
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self.watch_timeout = watch_timeout
         self._cache: dict[str, JsonDict] = {}
         self.index = index
@@ -77,9 +80,14 @@ class Informer:
         self._handlers.append(handler)
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name=f"informer-{self.resource.plural}", daemon=True
-        )
+        """Start listing and watching (once: an informer shared by several users is started
+        by each of them)."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name=f"informer-{self.resource.plural}", daemon=True
+            )
         self._thread.start()
 
     def stop(self) -> None:
@@ -136,7 +144,12 @@ class Informer:
                 self._stop.wait(min(0.2 * 2**failures, 5.0))
 
     def _relist(self) -> str:
-        listing = self.kube.list(self.resource, self.namespace, label_selector=self.label_selector)
+        listing = self.kube.list(
+            self.resource,
+            self.namespace,
+            label_selector=self.label_selector,
+            field_selector=self.field_selector,
+        )
         fresh = {object_key(obj): obj for obj in listing.get("items") or []}
         with self._lock:
             old, self._cache = self._cache, fresh
@@ -157,6 +170,7 @@ class Informer:
             self.namespace,
             resource_version,
             label_selector=self.label_selector,
+            field_selector=self.field_selector,
             timeout_seconds=self.watch_timeout,
         )
         for event in events:
@@ -365,15 +379,16 @@ class Controller:
                 self.queue.done(key)
 
 
-def enqueue_owner(queue: WorkQueue, label: str) -> Handler:
-    """An informer handler that queues the owner named by ``label`` of the changed object."""
+def enqueue_owner(queue: WorkQueue, label: str, *, batch: float = 0.0) -> Handler:
+    """An informer handler that queues the owner named by ``label`` of the changed object,
+    ``batch`` seconds later: the changes of that time are reconciled at once."""
 
     def handler(kind: str, obj: JsonDict) -> None:
         del kind
         meta = obj["metadata"]
         owner = (meta.get("labels") or {}).get(label)
         if owner:
-            queue.add(f"{meta.get('namespace', '')}/{owner}")
+            queue.add_after(f"{meta.get('namespace', '')}/{owner}", batch)
 
     return handler
 

@@ -34,6 +34,7 @@ from hypersweep.operators._crds import crd_manifests
 from hypersweep.operators._kube import Kube
 from hypersweep.operators._leader import LeaderElector
 from hypersweep.operators._names import COMPONENT
+from hypersweep.operators._pools import GangAdmission
 from hypersweep.operators._recorder import EventRecorder
 from hypersweep.operators._server import ReportServer
 from hypersweep.operators._sweep import SweepController
@@ -111,6 +112,18 @@ class Operator:
             )
             keeper.start()
             recorder = EventRecorder(self.kube, COMPONENT, self.identity)
+            trainjobs = TrainJobController(
+                self.kube,
+                recorder,
+                namespace=options.namespace,
+                networking=Networking(replica_host=options.replica_host),
+                workers=options.workers,
+                # Gang restarts of trials that gang admission placed are admitted again.
+                admission=lambda: admission,
+            )
+            # One watch per kind of object: admission and the sweeps' launchers read the
+            # TrainJob controller's caches (admission watches the other pods itself).
+            admission = GangAdmission(self.kube, nodes=trainjobs.nodes, trial_pods=trainjobs.pods)
             sweeps = SweepController(
                 self.kube,
                 recorder,
@@ -121,15 +134,8 @@ class Operator:
                 heartbeat_interval=options.heartbeat_interval,
                 lease_grace=options.lease_grace,
                 workers=options.workers,
-            )
-            trainjobs = TrainJobController(
-                self.kube,
-                recorder,
-                namespace=options.namespace,
-                networking=Networking(replica_host=options.replica_host),
-                workers=options.workers,
-                # Gang restarts of trials that gang admission placed are admitted again.
-                admission=sweeps.admission,
+                admission=admission,
+                trainjobs=trainjobs.jobs,
             )
             trainjobs.start()
             sweeps.start()

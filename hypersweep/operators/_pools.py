@@ -289,14 +289,48 @@ class GangAdmission:
     """Admits trials' gangs onto node pools, for every sweep this process runs.
 
     Thread-safe: each sweep's launcher calls :meth:`submit`, :meth:`pump` and :meth:`withdraw`
-    from its own thread. Node and pod state comes from two informers (all namespaces).
+    from its own thread. Node and pod state comes from informers (all namespaces).
+
+    Args:
+        kube: the API client.
+        min_interval: the shortest time between two admission passes.
+        nodes: a node informer to share (the operator's TrainJob controller has one); default:
+            an own one.
+        trial_pods: an informer of the trial pods (those labelled with their job's name,
+            indexed by it) of one namespace or all, to share; the other pods then come from
+            informers of their own (other namespaces', and pods without that label). Default:
+            one informer of every pod. Sharing spares decoding each trial pod event twice, the
+            operator's largest cost at scale.
     """
 
-    def __init__(self, kube: Kube, *, min_interval: float = 0.05) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        min_interval: float = 0.2,
+        nodes: Informer | None = None,
+        trial_pods: Informer | None = None,
+    ) -> None:
         self.kube = kube
         self.min_interval = min_interval
-        self.nodes = Informer(kube, NODES)
-        self.pods = Informer(kube, PODS, index=JOB_NAME_LABEL)  # a gang's pods by its job
+        self.nodes = nodes or Informer(kube, NODES)
+        # The pods together are every pod, each in exactly one informer.
+        self._other_pods: list[Informer] = []
+        if trial_pods is not None:
+            if trial_pods.label_selector != JOB_NAME_LABEL or trial_pods.index != JOB_NAME_LABEL:
+                raise ValueError("trial_pods: expected an informer of trial pods, by job")
+            self.pods = trial_pods  # a gang's pods by its job
+            space = trial_pods.namespace
+            self._other_pods.append(
+                Informer(kube, PODS, namespace=space, label_selector=f"!{JOB_NAME_LABEL}")
+            )
+            if space is not None:
+                self._other_pods.append(
+                    Informer(kube, PODS, field_selector=f"metadata.namespace!={space}")
+                )
+        else:
+            self.pods = Informer(kube, PODS, index=JOB_NAME_LABEL)
+        self._shared = {id(i) for i in (nodes, trial_pods) if i is not None}
         self._lock = threading.Lock()
         self._waiting: list[GangRequest] = []
         self._reserved: dict[str, _Reservation] = {}
@@ -322,16 +356,27 @@ class GangAdmission:
             if not self._started:
                 self._started = True
                 self.nodes.add_handler(self._node_changed)
-                for informer in (self.nodes, self.pods):
+                for informer in self._informers():
                     informer.add_handler(self._changed)
                     informer.start()
-        for informer in (self.nodes, self.pods):
+        for informer in self._informers():
             if not informer.wait_synced(timeout):
                 raise TimeoutError(f"could not list {informer.resource.plural}")
 
     def stop(self) -> None:
-        self.nodes.stop()
-        self.pods.stop()
+        """Stop the informers of its own (shared ones belong to whoever shared them)."""
+        for informer in self._informers():
+            if id(informer) not in self._shared:
+                informer.stop()
+
+    def _informers(self) -> list[Informer]:
+        return [self.nodes, self.pods, *self._other_pods]
+
+    def _all_pods(self) -> list[JsonDict]:
+        pods = self.pods.list()
+        for informer in self._other_pods:
+            pods += informer.list()
+        return pods
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` whenever nodes or pods change (to wake waiting launchers)."""
@@ -361,7 +406,7 @@ class GangAdmission:
             free[name] = dict(known[1])
         reserved_jobs = {(r.namespace, r.name) for r in self._reserved.values()}
         requests, self._requests = self._requests, {}
-        for pod in self.pods.list():
+        for pod in self._all_pods():
             status = pod.get("status") or {}
             if status.get("phase") in ("Succeeded", "Failed"):
                 continue

@@ -49,8 +49,17 @@ from hypersweep.launchers._kubernetes import (
     LauncherDetached,
     suspend_unfinished_trainjobs,
 )
+from hypersweep.operators._expectations import LatestWrites
 from hypersweep.operators._informer import Controller, Informer, enqueue_self
-from hypersweep.operators._kube import SECRETS, SWEEPS, ApiError, JsonDict, Kube, split_key
+from hypersweep.operators._kube import (
+    SECRETS,
+    SWEEPS,
+    ApiError,
+    JsonDict,
+    Kube,
+    object_key,
+    split_key,
+)
 from hypersweep.operators._names import SWEEP_FINALIZER
 from hypersweep.operators._pools import GangAdmission, parse_policy, parse_pools
 from hypersweep.operators._recorder import EventRecorder
@@ -266,6 +275,10 @@ class SweepController:
         report_url: the URL of ``server`` as trial pods reach it.
         data_dir: the operator's mount of the data volume (journals and checkpoints).
         namespace: the namespace to manage; None for all.
+        admission: the gang admission every sweep with pools shares (default: one made when
+            the first such sweep starts).
+        trainjobs: an informer of the TrainJobs (the TrainJob controller's), which the sweeps'
+            launchers read their trials' states from; default: each launcher watches its own.
     """
 
     def __init__(
@@ -280,9 +293,12 @@ class SweepController:
         heartbeat_interval: float = 5.0,
         lease_grace: float = 15.0,
         workers: int = 2,
+        admission: GangAdmission | None = None,
+        trainjobs: Informer | None = None,
     ) -> None:
         self.kube = kube
         self.recorder = recorder
+        self.trainjobs = trainjobs
         self.server = server
         self.report_url = report_url
         self.data_dir = data_dir
@@ -290,13 +306,17 @@ class SweepController:
         self.lease_grace = lease_grace
         self.sweeps = Informer(kube, SWEEPS, namespace=namespace)
         self.controller = Controller("sweep", self.reconcile, workers=workers)
+        self.sweeps.add_handler(self._seen)
         self.sweeps.add_handler(enqueue_self(self.controller.queue))
+        # A reconcile reads the Sweep from the cache, or this controller's last write of it
+        # until the cache shows that (a GET per reconcile cost a request per trial event).
+        self._written = LatestWrites()
         self._runners: dict[str, SweepRunner] = {}
         self._lock = threading.Lock()
         self._failures: dict[str, int] = {}
         self._swept: set[str] = set()  # finished sweeps whose leftover trials were stopped
         self._completed_jobs: dict[str, set[str]] = {}  # sweep uid -> its completed trials' jobs
-        self._admission: GangAdmission | None = None  # shared by every sweep with pools
+        self._admission = admission  # shared by every sweep with pools
 
     def start(self, timeout: float = 60.0) -> None:
         self.sweeps.start()
@@ -332,9 +352,25 @@ class SweepController:
 
     # --- reconcile -----------------------------------------------------------------------
 
-    def reconcile(self, key: str) -> float | None:
+    def _seen(self, kind: str, sweep: JsonDict) -> None:
+        if kind == "DELETED":
+            self._written.forget(object_key(sweep))
+        else:
+            self._written.observed(object_key(sweep), sweep)
+
+    def _latest(self, key: str) -> JsonDict | None:
+        """The Sweep as this controller last saw or wrote it (a copy: a reconcile may keep it)."""
         namespace, name = split_key(key)
-        sweep = self.kube.get(SWEEPS, namespace, name)
+        cached = self.sweeps.get(namespace, name)
+        if cached is None:
+            return None
+        return copy.deepcopy(self._written.get(key) or cached)
+
+    def _wrote(self, sweep: JsonDict) -> None:
+        self._written.wrote(object_key(sweep), sweep)
+
+    def reconcile(self, key: str) -> float | None:
+        sweep = self._latest(key)
         runner = self.runner(key)
         if sweep is None:
             if runner is not None:
@@ -356,17 +392,14 @@ class SweepController:
             return self._finalize(key, sweep, runner)
         finalizers = list(meta.get("finalizers") or [])
         if SWEEP_FINALIZER not in finalizers:
-            self.kube.patch(
-                SWEEPS,
-                namespace,
-                name,
-                {
-                    "metadata": {
-                        "resourceVersion": meta["resourceVersion"],
-                        "finalizers": [*finalizers, SWEEP_FINALIZER],
-                    }
-                },
-            )
+            namespace, name = split_key(key)
+            patch = {
+                "metadata": {
+                    "resourceVersion": meta["resourceVersion"],
+                    "finalizers": [*finalizers, SWEEP_FINALIZER],
+                }
+            }
+            self._wrote(self.kube.patch(SWEEPS, namespace, name, patch))
             return None  # the update event brings us back
         generation = int(meta.get("generation", 1))
         status = sweep.get("status") or {}
@@ -432,6 +465,7 @@ class SweepController:
                 pools=pools,
                 scheduling_policy=policy,
                 admission=self.admission() if pools else None,
+                trainjobs=self.trainjobs,
                 on_change=lambda: self.controller.queue.add(key),
                 notify=lambda kind, reason, message: self.recorder.event(
                     sweep, kind, reason, message
@@ -615,12 +649,8 @@ class SweepController:
         if directory.exists():
             shutil.rmtree(directory, ignore_errors=True)
         finalizers = [f for f in meta.get("finalizers") or [] if f != SWEEP_FINALIZER]
-        self.kube.patch(
-            SWEEPS,
-            meta["namespace"],
-            meta["name"],
-            {"metadata": {"resourceVersion": meta["resourceVersion"], "finalizers": finalizers}},
-        )
+        patch = {"metadata": {"resourceVersion": meta["resourceVersion"], "finalizers": finalizers}}
+        self._wrote(self.kube.patch(SWEEPS, meta["namespace"], meta["name"], patch))
         logger.info("sweep %s deleted with its trials", key)
         return None
 
@@ -692,4 +722,6 @@ class SweepController:
         if status == old:
             return
         body = {**sweep, "status": status}
-        self.kube.replace(SWEEPS, meta["namespace"], meta["name"], body, subresource="status")
+        self._wrote(
+            self.kube.replace(SWEEPS, meta["namespace"], meta["name"], body, subresource="status")
+        )

@@ -23,6 +23,9 @@ missing an event changes nothing either, because the next reconcile sees the sam
   the caches show the controller's own writes (``_expectations``): a status it wrote, pods it
   created or deleted. So no reconcile acts on a status older than its own last write (the
   restart count above all), creates a pod twice, or counts half of a gang it just created.
+  Pod changes reach a job's reconcile after a short batch period, as in the Job controller,
+  so a gang whose pods change together costs one reconcile and one status write; a start
+  writes its status alongside the pods' creation, counting them as active.
 * **Gang restarts.** Pods run with ``restartPolicy: Never``; the controller restarts the whole
   gang instead, because one replica restarted alone cannot rejoin a collective its peers are
   blocked in. A failed replica (as its ``restartPolicy`` says: any failure, or for ``ExitCode``
@@ -54,7 +57,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +108,8 @@ logger = logging.getLogger("hypersweep.operator")
 
 #: Pods a reconcile creates at once at first (then 8, 16...): a 4-replica gang in one round trip.
 FIRST_BATCH = 4
+#: Seconds a pod's change waits before its job is reconciled, with the other changes since.
+POD_BATCH_SECONDS = 0.5
 
 #: Container names and port names Kubeflow uses, by framework.
 CONTAINER_NAMES = {"pytorch": "pytorch", "tensorflow": "tensorflow", "generic": "main"}
@@ -670,13 +675,17 @@ def decide(
         status.setdefault("completionTime", stamp)
         plan.events.append((event_type, reason, message))
 
-    def counts() -> None:
+    def counts(creating: Collection[str] = ()) -> None:
+        """``replicaStatuses`` from the pods, counting those being created as active (as the
+        Job controller does: one status write less per start)."""
         by_role: dict[str, JsonDict] = {}
         for replica_spec in spec.replica_specs:
             by_role[replica_spec.role] = {"active": 0, "succeeded": 0, "failed": 0}
         for replica in replicas:
             pod = current.get(replica.pod_name(name))
             if pod is None:
+                if replica.pod_name(name) in creating:
+                    by_role[replica.spec.role]["active"] += 1
                 continue
             phase = _phase(pod)
             entry = by_role[replica.spec.role]
@@ -700,7 +709,7 @@ def decide(
             plan.delete_services.extend(own_services)
 
     if finished:
-        counts()
+        # The counts stay as the job ended: its clean-up changes nothing a user asked about.
         clean_up()
         if spec.ttl_seconds_after_finished is not None:
             done_at = parse_time(status.get("completionTime")) or now
@@ -822,6 +831,10 @@ def decide(
 
     if _succeeded(spec, replicas, current, name):
         counts()
+        # Kubeflow's rule: the job succeeded, so did the replicas still active (cleaned up now).
+        for entry in status["replicaStatuses"].values():
+            entry["succeeded"] += entry["active"]
+            entry["active"] = 0
         finish("Succeeded", "TrainJobSucceeded", f"TrainJob {name} succeeded.", "Normal")
         clean_up()
         return plan
@@ -850,7 +863,7 @@ def decide(
     if name not in {svc["metadata"]["name"] for svc in services}:
         plan.create_services.append(render_service(job, spec, networking))
 
-    counts()
+    counts({pod["metadata"]["name"] for pod in plan.create_pods})
     phases = [_phase(current[r.pod_name(name)]) for r in replicas if r.pod_name(name) in current]
     all_up = len(phases) == len(replicas) and all(p in ("Running", "Succeeded") for p in phases)
     if all_up and "Running" in phases:
@@ -897,7 +910,7 @@ class TrainJobController:
         networking: how replicas address each other.
         workers: reconciles that may run at once (on different TrainJobs).
         calls: API calls that the reconciles may make at once, all together (pods created or
-            deleted concurrently).
+            deleted concurrently); default: 6 per worker.
         admission: the operator's gang admission (called when first needed): a gang that
             admission put on a pool (annotation ``hypersweep.io/pool``) and then restarted is
             admitted again before its new pods are created, so a restart never makes a partial
@@ -915,16 +928,18 @@ class TrainJobController:
         namespace: str | None = None,
         networking: Networking = Networking(),
         workers: int = 2,
-        calls: int = 16,
+        calls: int | None = None,
         admission: Callable[[], GangAdmission] | None = None,
     ) -> None:
         self.kube = kube
         self._admission = admission
         self._readmitting: dict[str, tuple[int, GangRequest]] = {}  # job key -> restart, request
         self._lock = threading.Lock()
+        self._node_names: frozenset[str] | None = None
         self.recorder = recorder
         self.networking = networking
-        self._calls = ThreadPoolExecutor(calls, thread_name_prefix="trainjob-call")
+        # Default: every worker's status write, Service and 4-replica gang at once.
+        self._calls = ThreadPoolExecutor(calls or 6 * workers, thread_name_prefix="trainjob-call")
         # Own writes that the caches may not show yet (see _expectations), and keys whose
         # next reconcile reads the TrainJob from the API server (a status write conflicted).
         self._expectations = Expectations()
@@ -945,7 +960,9 @@ class TrainJobController:
         self.jobs.add_handler(self._job_seen)
         self.jobs.add_handler(enqueue_self(queue))
         self.pods.add_handler(self._pod_seen)
-        self.pods.add_handler(enqueue_owner(queue, JOB_NAME_LABEL))
+        # Like the Job controller's sync batch period: the pods of a gang change together, and
+        # one reconcile (one status write) for them all is enough.
+        self.pods.add_handler(enqueue_owner(queue, JOB_NAME_LABEL, batch=POD_BATCH_SECONDS))
         self.services.add_handler(enqueue_owner(queue, JOB_NAME_LABEL))
         self.nodes.add_handler(self._node_changed)
 
@@ -970,6 +987,9 @@ class TrainJobController:
 
     def _node_changed(self, kind: str, node: JsonDict) -> None:
         """A node went away: reconcile the TrainJobs with pods there (their replicas are lost)."""
+        if kind in ("ADDED", "DELETED"):
+            with self._lock:
+                self._node_names = None  # heartbeats (MODIFIED) change no name
         if kind != "DELETED":
             return
         gone = node["metadata"]["name"]
@@ -1019,7 +1039,7 @@ class TrainJobController:
             self.services.list(namespace, labels),
             dt.datetime.now(dt.timezone.utc),
             self.networking,
-            nodes={node["metadata"]["name"] for node in self.nodes.list()},
+            nodes=self._nodes(),
             admitted=self._gang_admitted(key, job, spec, pods),
         )
         if not plan.awaiting_admission:
@@ -1027,6 +1047,13 @@ class TrainJobController:
             if is_true(finished, "Succeeded") or is_true(finished, "Failed"):
                 self._forget_readmission(key)
         return self.apply(job, plan)
+
+    def _nodes(self) -> frozenset[str]:
+        """The names of the nodes that exist, remembered until a node comes or goes."""
+        with self._lock:
+            if self._node_names is None:
+                self._node_names = frozenset(n["metadata"]["name"] for n in self.nodes.list())
+            return self._node_names
 
     def _spec(self, job: JsonDict) -> JobSpec:
         """The job's parsed spec: parsed once per generation (a spec change bumps it), not at
@@ -1101,21 +1128,27 @@ class TrainJobController:
             self._admission().withdraw(key)
 
     def apply(self, job: JsonDict, plan: Plan) -> float | None:
-        """Carry a plan out: status first (guarded by the resourceVersion), then the rest."""
+        """Carry a plan out: status first (guarded by the resourceVersion), then the rest.
+
+        A plan that starts pods of the same gang writes its status alongside their creation
+        (one round trip instead of two, the critical path of a trial's start): the pods' names
+        are fixed, so a plan made from a stale cache cannot create a second set, and a
+        conflicting status write still requeues the job. A plan that restarts the gang writes
+        its new restart count before anything else.
+        """
         meta = job["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         key = f"{namespace}/{name}"
         latest = job  # the TrainJob as of the last write, for a refusal's own status write
+        status_write: Future[JsonDict] | None = None
         if plan.status != (job.get("status") or {}):
-            body = {**job, "status": plan.status}
-            try:
-                latest = self.kube.replace(TRAINJOBS, namespace, name, body, subresource="status")
-            except ApiError as error:
-                if error.conflict:
-                    self._written.forget(key)
-                    self._reread.add(key)
-                raise
-            self._written.wrote(key, latest)
+            same_gang = plan.status.get("restartCount") == (job.get("status") or {}).get(
+                "restartCount", 0
+            )
+            if plan.create_pods and same_gang:
+                status_write = self._calls.submit(self._write_status, key, job, plan.status)
+            else:
+                latest = self._write_status(key, job, plan.status)
         for kind, reason, message in plan.events:
             self.recorder.event(job, kind, reason, message)
         for pod in plan.force_delete_pods:
@@ -1138,6 +1171,8 @@ class TrainJobController:
         finally:
             for service in services:
                 service.result()
+            if status_write is not None:
+                latest = status_write.result()  # a conflict raises: the job is queued again
         if refused:
             self._refuse(latest, refused[0])
         if created:
@@ -1152,6 +1187,23 @@ class TrainJobController:
             self.kube.delete(TRAINJOBS, namespace, name, uid=meta["uid"])
             self.recorder.event(job, "Normal", "Deleted", f"TrainJob {name} deleted after its TTL")
         return plan.requeue_after
+
+    def _write_status(self, key: str, job: JsonDict, status: JsonDict) -> JsonDict:
+        """Replace the job's status (if its resourceVersion is still current); the job as
+        written."""
+        meta = job["metadata"]
+        body = {**job, "status": status}
+        try:
+            written = self.kube.replace(
+                TRAINJOBS, meta["namespace"], meta["name"], body, subresource="status"
+            )
+        except ApiError as error:
+            if error.conflict:
+                self._written.forget(key)
+                self._reread.add(key)
+            raise
+        self._written.wrote(key, written)
+        return written
 
     def _delete(self, key: str, plan: Plan) -> None:
         """Delete the plan's pods and services at once; the pods' deletions are expected."""

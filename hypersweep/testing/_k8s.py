@@ -491,6 +491,12 @@ class LocalCluster:
             ]
         return [p.pid for p in procs if p.poll() is None]
 
+    @property
+    def component_pids(self) -> dict[str, int]:
+        """Process id of each running control-plane component, by name (``kube-apiserver``...)."""
+        with self._lock:
+            return {c.name: c.process.pid for c in self._components if c.alive()}
+
     def log_path(self, component: str) -> Path:
         """Log file of a component (``etcd``, ``kube-apiserver``, ``kwok``, ...)."""
         return self.workdir / "logs" / f"{component}.log"

@@ -125,6 +125,7 @@ ALLOWED = [
     ("list", "pods", None),
 ]
 DENIED = [
+    ("get", "sweeps.hypersweep.io", "team-a"),  # read from the watch's cache only
     ("create", "sweeps.hypersweep.io", "team-a"),
     ("delete", "sweeps.hypersweep.io", "team-a"),
     ("update", "trainjobs.hypersweep.io", "team-a"),

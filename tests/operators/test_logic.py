@@ -6,19 +6,12 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
-import threading
-import time
 from typing import Any
 
 import pytest
 
-from hypersweep._errors import ConfigError
-from hypersweep.launchers._base import SweepContext
-from hypersweep.launchers._kubernetes import KubernetesLauncher, substitute_parameters
-from hypersweep.operators._channel import HttpChannel, ReportRefused, TrialGone
+from hypersweep.launchers._kubernetes import substitute_parameters
 from hypersweep.operators._informer import WorkQueue
-from hypersweep.operators._kube import ApiError, Resource
-from hypersweep.operators._server import ReportServer
 from hypersweep.operators._sweep import goal_reached, scrub
 from hypersweep.operators._trainjob import (
     JobSpec,
@@ -29,8 +22,6 @@ from hypersweep.operators._trainjob import (
     set_condition,
 )
 from hypersweep.operators.trial_entrypoint import replica_rank
-from hypersweep.orchestrator._events import Completed, Reported, TrialAssignment
-from hypersweep.orchestrator._objective import ObjectiveRef
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -374,190 +365,6 @@ def test_work_queue_coalesces_and_delays() -> None:
     queue.add_after("b", 0.2)
     assert queue.get(0.05) is None
     assert queue.get(1.0) == "b"
-
-
-# --- the report protocol -------------------------------------------------------------------
-
-
-class FakeKube:
-    """Just enough of the API for a launcher: objects in a dict."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def get(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
-        return self.objects.get((resource.plural, name))
-
-    def create(
-        self, resource: Resource, namespace: str | None, body: dict[str, Any]
-    ) -> dict[str, Any]:
-        key = (resource.plural, body["metadata"]["name"])
-        if key in self.objects:
-            raise ApiError(409, "AlreadyExists")
-        stored = copy.deepcopy(body)
-        stored["metadata"]["uid"] = f"uid-{len(self.objects)}"
-        self.objects[key] = stored
-        return stored
-
-    def replace(
-        self, resource: Resource, namespace: str | None, name: str, body: dict[str, Any], **_: Any
-    ) -> dict[str, Any]:
-        self.objects[(resource.plural, name)] = copy.deepcopy(body)
-        return body
-
-    def patch(
-        self, resource: Resource, namespace: str | None, name: str, body: dict[str, Any], **_: Any
-    ) -> dict[str, Any]:
-        return self.objects.get((resource.plural, name), {})
-
-    def delete(self, resource: Resource, namespace: str | None, name: str, **_: Any) -> bool:
-        return self.objects.pop((resource.plural, name), None) is not None
-
-    def list(self, resource: Resource, namespace: str | None = None, **_: Any) -> dict[str, Any]:
-        return {
-            "items": [o for (plural, _), o in self.objects.items() if plural == resource.plural]
-        }
-
-
-@pytest.fixture
-def launcher() -> Any:
-    server = ReportServer("127.0.0.1", 0).start()
-    kube = FakeKube()
-    launcher = KubernetesLauncher(
-        "ns",
-        trial_template={
-            "framework": "pytorch",
-            "replicaSpecs": {"Master": {"template": template()}},
-        },
-        kube=kube,  # type: ignore[arg-type]
-        server=server,
-        report_url=f"http://127.0.0.1:{server.port}",
-        sweep="demo",
-    )
-    launcher.start(SweepContext("demo", ObjectiveRef("objective", reference="m:f"), "loss"))
-    yield launcher
-    server.stop()
-
-
-def assignment(number: int) -> TrialAssignment:
-    return TrialAssignment(number, {"lr": 0.1}, "demo", "/tmp/ckpt", None, 0, 2)
-
-
-def channel(launcher: KubernetesLauncher, number: int, token: str, rank: int = 0) -> HttpChannel:
-    return HttpChannel(
-        launcher._report_url or "",
-        token,
-        namespace="ns",
-        sweep="demo",
-        trial_number=number,
-        rank=rank,
-        timeout=2.0,
-    )
-
-
-def token_of(launcher: KubernetesLauncher, number: int) -> str:
-    return launcher._trials[number].token
-
-
-def in_thread(function: Any) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def target() -> None:
-        try:
-            out.append(function())
-        except BaseException as error:  # noqa: BLE001 - handed to the test
-            out.append(error)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, out
-
-
-def poll_until(launcher: KubernetesLauncher, kind: type) -> Any:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for event in launcher.poll(0.2):
-            if isinstance(event, kind):
-                return event
-    raise AssertionError(f"no {kind.__name__} event")
-
-
-def test_a_trial_reports_with_its_own_token_only(launcher: KubernetesLauncher) -> None:
-    launcher.launch(assignment(0))
-    launcher.launch(assignment(1))
-    job = launcher.kube.get(
-        Resource("hypersweep.io", "v1alpha1", "trainjobs", "TrainJob"), "ns", "demo-trial-0"
-    )
-    assert job is not None and job["metadata"]["annotations"]["hypersweep.io/attempt"] == "0"
-    env = job["spec"]["replicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
-    assert {
-        "name": "HYPERSWEEP_TRIAL_TOKEN",
-        "valueFrom": {"secretKeyRef": {"name": "demo-trial-0-trial", "key": "token"}},
-    } in env
-    assert token_of(launcher, 0) not in json.dumps(job)  # the token is in the Secret only
-
-    with pytest.raises(ReportRefused):
-        channel(launcher, 1, token_of(launcher, 0)).request(("report", 0, {"loss": 1.0}))
-
-    thread, out = in_thread(
-        lambda: channel(launcher, 0, token_of(launcher, 0)).request(("report", 3, {"loss": 0.5}))
-    )
-    event = poll_until(launcher, Reported)
-    assert event == Reported(0, 3, {"loss": 0.5})
-    launcher.respond(0, "stop")
-    thread.join(5)
-    assert out == ["stop"]
-
-
-def test_an_outcome_is_answered_once_the_orchestrator_handled_it(
-    launcher: KubernetesLauncher,
-) -> None:
-    launcher.launch(assignment(0))
-    thread, out = in_thread(
-        lambda: channel(launcher, 0, token_of(launcher, 0)).send(("result", 0.25))
-    )
-    assert poll_until(launcher, Completed) == Completed(0, 0.25)
-    assert thread.is_alive()  # not yet handled
-    launcher.poll(0.0)  # the orchestrator polls again only after handling the event
-    thread.join(5)
-    assert out == [None]
-    assert launcher.free_slots() == launcher.max_concurrent
-    with pytest.raises(TrialGone):  # a new message after the outcome
-        channel(launcher, 0, launcher._ended[0].token).request(("report", 9, {"loss": 0.1}))
-
-
-def test_other_ranks_get_rank_zeros_decision(launcher: KubernetesLauncher) -> None:
-    launcher.launch(assignment(0))
-    token = token_of(launcher, 0)
-    worker, worker_out = in_thread(
-        lambda: channel(launcher, 0, token, rank=1).request(("report", 1, {"loss": 1.0}))
-    )
-    master, master_out = in_thread(
-        lambda: channel(launcher, 0, token).request(("report", 1, {"loss": 1.0}))
-    )
-    poll_until(launcher, Reported)
-    launcher.respond(0, "pause")
-    master.join(5)
-    worker.join(5)
-    assert master_out == ["pause"] and worker_out == ["pause"]
-
-
-def test_an_unknown_trial_is_retried_until_the_timeout(launcher: KubernetesLauncher) -> None:
-    started = time.monotonic()
-    with pytest.raises(TimeoutError):
-        channel(launcher, 7, "whatever").request(("report", 0, {"loss": 1.0}))
-    assert time.monotonic() - started >= 2.0
-
-
-def test_a_launcher_needs_a_reachable_report_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("POD_IP", raising=False)
-    server = ReportServer("127.0.0.1", 0).start()
-    try:
-        launcher = KubernetesLauncher("ns", image="trial:1", kube=FakeKube(), server=server)  # type: ignore[arg-type]
-        with pytest.raises(ConfigError, match="report_url"):
-            launcher.start(SweepContext("demo", ObjectiveRef("f", reference="m:f"), "loss"))
-    finally:
-        server.stop()
 
 
 def test_goal_and_secret_scrubbing() -> None:

@@ -167,6 +167,20 @@ def test_asha_sweep_end_to_end(
         f"asha-trial-{n}" for n in range(8)
     )
     wait_until(lambda: not active_pods(cluster, namespace), 60, "no trial pod left running")
+
+    def ended(job: dict[str, Any]) -> bool:
+        states = {c["type"] for c in job["status"]["conditions"] if c["status"] == "True"}
+        return bool(states & {"Succeeded", "Failed", "Suspended"})
+
+    # The TrainJobs' states follow their pods' (within the controller's batch period).
+    wait_until(
+        lambda: all(
+            ended(job)
+            for job in kubectl_json(cluster, "get", "trainjobs", "-n", namespace.name)["items"]
+        ),
+        30,
+        "every TrainJob ended",
+    )
     # A completed trial's TrainJob succeeded; one stopped early was suspended, and says why.
     jobs = kubectl_json(cluster, "get", "trainjobs", "-n", namespace.name)["items"]
     by_trial = {int(j["metadata"]["labels"]["hypersweep.io/trial"]): j for j in jobs}
