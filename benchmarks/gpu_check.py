@@ -59,6 +59,30 @@ def _in_env(env: dict[str, str], run: Callable[[], Any]) -> Any:
         os.environ.update(saved)
 
 
+def _tune_on_one_gpu(
+    env: dict[str, str],
+    objective: str,
+    space: dict[str, Any],
+    cpu: bool,
+    *,
+    max_concurrent: int = 1,
+    **options: Any,
+) -> hs.SweepResult:
+    """``hs.tune`` of an objective of the training script, one GPU per trial, in ``env``."""
+    return _in_env(
+        env,
+        lambda: hs.tune(
+            space,
+            f"{SCRIPT}:{objective}",
+            metric="loss",
+            replicas=hs.Replicas(n=1, gpus_per_replica=1),
+            launcher=_launcher(cpu, max_concurrent),
+            verbose=False,
+            **options,
+        ),
+    )
+
+
 def nccl_first_allreduce(repeats: int, cpu: bool) -> dict[str, Any]:
     samples: dict[str, list[float]] = {"torchrun": [], "hs.tune() in a running driver": []}
     seen: dict[str, Any] = {}
@@ -76,17 +100,8 @@ def nccl_first_allreduce(repeats: int, cpu: bool) -> dict[str, Any]:
                         command, env={**os.environ, **env}, check=True, capture_output=True
                     )
                 else:
-                    result = _in_env(
-                        env,
-                        lambda: hs.tune(
-                            {"x": hs.uniform(0, 1)},
-                            f"{SCRIPT}:first_allreduce",
-                            metric="loss",
-                            n_trials=1,
-                            replicas=hs.Replicas(n=1, gpus_per_replica=1),
-                            launcher=_launcher(cpu),
-                            verbose=False,
-                        ),
+                    result = _tune_on_one_gpu(
+                        env, "first_allreduce", {"x": hs.uniform(0, 1)}, cpu, n_trials=1
                     )
                     assert result.counts() == {"completed": 1}, result.trials[0].error
                 seen = json.loads((Path(tmp) / "allreduce.json").read_text())
@@ -108,19 +123,14 @@ def cuda_checkpoint_resume(cpu: bool) -> dict[str, Any]:
         env = {"BENCH_DIR": tmp, "HYPERSWEEP_RUNS_DIR": f"{tmp}/runs"}
         results = {}
         for kill in (False, True):
-            results[kill] = _in_env(
+            results[kill] = _tune_on_one_gpu(
                 env,
-                lambda kill=kill: hs.tune(
-                    {"lr": hs.choice([0.05]), "epochs": 5, "kill": kill},
-                    f"{SCRIPT}:cuda_train",
-                    metric="loss",
-                    n_trials=1,
-                    max_retries=1,
-                    replicas=hs.Replicas(n=1, gpus_per_replica=1),
-                    launcher=_launcher(cpu),
-                    name=f"cuda-train-{kill}",
-                    verbose=False,
-                ),
+                "cuda_train",
+                {"lr": hs.choice([0.05]), "epochs": 5, "kill": kill},
+                cpu,
+                n_trials=1,
+                max_retries=1,
+                name=f"cuda-train-{kill}",
             )
         killed = json.loads((Path(tmp) / "killed.json").read_text())
         a = torch.load(Path(tmp) / "uninterrupted.pt")
@@ -142,17 +152,8 @@ def cuda_checkpoint_resume(cpu: bool) -> dict[str, Any]:
 def gpu_exclusivity(cpu: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         env = {"BENCH_DIR": tmp, "HYPERSWEEP_RUNS_DIR": f"{tmp}/runs"}
-        result = _in_env(
-            env,
-            lambda: hs.tune(
-                {"x": hs.uniform(0, 1)},
-                f"{SCRIPT}:hold_gpu",
-                metric="loss",
-                n_trials=2,
-                replicas=hs.Replicas(n=1, gpus_per_replica=1),
-                launcher=_launcher(cpu, max_concurrent=2),
-                verbose=False,
-            ),
+        result = _tune_on_one_gpu(
+            env, "hold_gpu", {"x": hs.uniform(0, 1)}, cpu, max_concurrent=2, n_trials=2
         )
         holds = sorted(
             (json.loads(p.read_text()) for p in Path(tmp).glob("hold-*.json")),

@@ -313,7 +313,11 @@ class GangAdmission:
     ) -> None:
         self.kube = kube
         self.min_interval = min_interval
-        self.nodes = nodes or Informer(kube, NODES)
+        self._own: list[Informer] = []  # made here, so stopped here
+        if nodes is None:
+            nodes = Informer(kube, NODES)
+            self._own.append(nodes)
+        self.nodes = nodes
         # The pods together are every pod, each in exactly one informer.
         self._other_pods: list[Informer] = []
         if trial_pods is not None:
@@ -330,7 +334,8 @@ class GangAdmission:
                 )
         else:
             self.pods = Informer(kube, PODS, index=JOB_NAME_LABEL)
-        self._shared = {id(i) for i in (nodes, trial_pods) if i is not None}
+            self._own.append(self.pods)
+        self._own += self._other_pods
         self._lock = threading.Lock()
         self._waiting: list[GangRequest] = []
         self._reserved: dict[str, _Reservation] = {}
@@ -365,9 +370,8 @@ class GangAdmission:
 
     def stop(self) -> None:
         """Stop the informers of its own (shared ones belong to whoever shared them)."""
-        for informer in self._informers():
-            if id(informer) not in self._shared:
-                informer.stop()
+        for informer in self._own:
+            informer.stop()
 
     def _informers(self) -> list[Informer]:
         return [self.nodes, self.pods, *self._other_pods]
