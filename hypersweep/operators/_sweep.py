@@ -255,7 +255,7 @@ class SweepRunner:
         self._last_summary = now
         summary = summarize(orchestrator)
         if orchestrator.stop_reason is None and goal_reached(
-            summary, self.goal, self.settings.mode
+            summary, self.goal, self.settings.modes[0]
         ):
             # No new trials; the running ones finish. ``stop_reason`` is how the loop stops.
             orchestrator.stop_reason = GOAL_REACHED
