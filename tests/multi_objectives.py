@@ -37,3 +37,25 @@ def constrained_two(config: dict[str, Any]) -> dict[str, float]:
     """ZDT1 with a memory bound: memory_gb = 10 * f1, so memory_gb <= 5 keeps f1 <= 0.5."""
     metrics = zdt1(config)
     return {**metrics, "memory_gb": 10 * metrics["f1"]}
+
+
+def grid_loss(config: dict[str, Any]) -> float:
+    """Any number that depends on the config (for grid sweeps over branches)."""
+    model = config["model"]
+    if model["kind"] == "linear":
+        return model["alpha"] + config["seed"]
+    return model["depth"] + (model["split"] == "b") + config["seed"]
+
+
+def sum_loss(config: dict[str, Any]) -> float:
+    """The sum of the config's numbers, nested ones included."""
+    total = 0.0
+    for value in config.values():
+        total += sum_loss(value) if isinstance(value, dict) else float(value)
+    return total
+
+
+def layers_loss(config: dict[str, Any]) -> float:
+    """For a define-by-run space: prefers two layers of 100 units."""
+    layers = config["layers"]
+    return (len(layers) - 2) ** 2 + sum((units - 100) ** 2 for units in layers) / 1e4

@@ -183,7 +183,7 @@ class Orchestrator:
             parallel=(settings.max_concurrent or 2) > 1,
             metric=settings.metrics[0],
             mode=settings.modes[0],
-            constraints_func=self._constraints_func() if settings.constraints else None,
+            constraints_func=self._constraints_func() if self._needs_constraints_func() else None,
         )
         directions: list[Literal["minimize", "maximize"]] = [
             "minimize" if mode == "min" else "maximize" for mode in settings.modes
@@ -222,6 +222,13 @@ class Orchestrator:
             self._check_resumable(directions)
         self.store.write_lease(self.driver_id)
 
+    def _needs_constraints_func(self) -> bool:
+        """Optuna 5 samplers read constraints stored with the trial (``set_constraint``);
+        before that, a sampler sees them only through a ``constraints_func``."""
+        import optuna
+
+        return bool(self.settings.constraints) and not hasattr(optuna.Trial, "set_constraint")
+
     def _constraints_func(self) -> Callable[[FrozenTrial], list[float]]:
         """Optuna's ``constraints_func``: the values the loop stored when the trial ended."""
         constraints = self.settings.constraints or {}
@@ -229,7 +236,8 @@ class Orchestrator:
 
         def constraints_func(trial: FrozenTrial) -> list[float]:
             # A trial stopped early before reporting the constrained metrics: no evidence.
-            return list(trial.user_attrs.get(CONSTRAINTS_ATTR, neutral))
+            stored = trial.user_attrs.get(CONSTRAINTS_ATTR)
+            return list(stored.values()) if stored else neutral
 
         return constraints_func
 
@@ -755,7 +763,10 @@ class Orchestrator:
             violations = constraint_violations(constraints, metrics)
         except KeyError:
             return None
-        feasible = all(v <= 0 for v in violations)
+        feasible = all(v <= 0 for v in violations.values())
+        if hasattr(running.trial, "set_constraint"):  # Optuna 5: where its samplers look
+            for key, violation in violations.items():
+                running.trial.set_constraint(key, violation)
         storage = self.store.storage
         storage.set_trial_user_attr(running.trial._trial_id, CONSTRAINTS_ATTR, violations)
         storage.set_trial_user_attr(running.trial._trial_id, FEASIBLE_ATTR, feasible)

@@ -115,18 +115,18 @@ def parse_constraints(data: Any, field: str = "constraints") -> dict[str, dict[s
 
 def constraint_violations(
     constraints: Mapping[str, Mapping[str, float]], metrics: Mapping[str, float]
-) -> list[float]:
-    """One number per bound, as Optuna's ``constraints_func`` wants: <= 0 where it holds.
+) -> dict[str, float]:
+    """One number per bound (``memory_gb.max``), as Optuna wants them: <= 0 where it holds.
 
     Raises KeyError naming a constrained metric that ``metrics`` lacks.
     """
-    violations = []
+    violations = {}
     for name, bounds in constraints.items():
         value = metrics[name]
         if "min" in bounds:
-            violations.append(bounds["min"] - value)
+            violations[f"{name}.min"] = bounds["min"] - value
         if "max" in bounds:
-            violations.append(value - bounds["max"])
+            violations[f"{name}.max"] = value - bounds["max"]
     return violations
 
 
