@@ -84,6 +84,10 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
     return target
 
 
+def _columns(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    return [p[0] for p in points], [p[1] for p in points]
+
+
 def plot_front(result: SweepResult, path: str | Path) -> Path:
     """Save a scatter of the first two objectives: every completed trial, infeasible ones
     marked, and the Pareto front highlighted and joined in the order of the first objective."""
@@ -108,7 +112,7 @@ def plot_front(result: SweepResult, path: str | Path) -> Path:
             groups["trial"].append(point)
     if groups["trial"]:
         axes.scatter(
-            *zip(*groups["trial"], strict=True),
+            *_columns(groups["trial"]),
             s=14,
             color="tab:gray",
             alpha=0.6,
@@ -116,7 +120,7 @@ def plot_front(result: SweepResult, path: str | Path) -> Path:
         )
     if groups["infeasible"]:
         axes.scatter(
-            *zip(*groups["infeasible"], strict=True),
+            *_columns(groups["infeasible"]),
             s=18,
             marker="x",
             color="tab:red",
@@ -124,9 +128,9 @@ def plot_front(result: SweepResult, path: str | Path) -> Path:
         )
     if groups["front"]:
         line = sorted(groups["front"])
-        axes.plot(*zip(*line, strict=True), color="tab:blue", linewidth=1, alpha=0.7)
+        axes.plot(*_columns(line), color="tab:blue", linewidth=1, alpha=0.7)
         axes.scatter(
-            *zip(*line, strict=True),
+            *_columns(line),
             s=36,
             color="tab:blue",
             edgecolor="black",
