@@ -266,3 +266,23 @@ def test_grid_configs_of_a_nested_choice() -> None:
         {"a": 0, "a[0].b": 1},
         {"a": 1, "a[1].d": 0},
     ]
+
+
+def test_ray_tune_searchers_are_refused_for_conditional_spaces_and_several_metrics() -> None:
+    search = pytest.importorskip("ray.tune.search")
+    with pytest.raises(hs.ConfigError, match="strategy: a Ray Tune searcher gets a fixed space"):
+        hs.tune(
+            nested_space(),
+            multi_objectives.branch_loss,
+            metric="loss",
+            n_trials=1,
+            strategy=search.BasicVariantGenerator(),
+        )
+    with pytest.raises(hs.ConfigError, match="strategy: a Ray Tune searcher optimizes a single"):
+        hs.tune(
+            {"x0": hs.uniform(0, 1), "x1": hs.uniform(0, 1)},
+            multi_objectives.zdt1,
+            metric=["f1", "f2"],
+            n_trials=1,
+            strategy=search.BasicVariantGenerator(),
+        )

@@ -56,9 +56,23 @@ def test_nsga2_finds_the_zdt1_front_and_returns_only_non_dominated_trials() -> N
         assert values in front_values or any(dominates(f, values) for f in front_values)  # type: ignore[arg-type]
     points = [(v[0], v[1]) for v in front_values if v is not None]
     assert len(points) >= 20
-    assert igd(points) < 0.1  # measured 0.04 (random search: 0.3, benchmarks/results)
+    # benchmarks/results/zdt1_front.json: median 0.05, worst of 3 seeds 0.10; random 0.25.
+    assert igd(points) < 0.15
+    random = hs.tune(
+        ZDT1_SPACE,
+        multi_objectives.zdt1,
+        metric=["f1", "f2"],
+        mode="min",
+        strategy="random",
+        n_trials=1000,
+        seed=0,
+        verbose=False,
+    )
+    assert igd([(t.values[0], t.values[1]) for t in random.best_trials if t.values]) > igd(points)
     with pytest.raises(ValueError, match="several metrics .* use best_trials"):
         _ = result.best_trial
+    with pytest.raises(ValueError, match="there is no single best trial"):
+        _ = result.best_config
 
     frame = result.to_dataframe()
     assert {"value.f1", "value.f2", "pareto"} <= set(frame.columns)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
+from pydantic_core import PydanticCustomError
 
 from hypersweep._errors import ConfigError
 from hypersweep.orchestrator._job import Replicas, TrainJob
@@ -206,10 +207,11 @@ class SweepSpec(pydantic.BaseModel):
 
     objective: str = pydantic.Field(description="module:function or path/to/file.py:function")
     space: dict[str, Any]
-    metric: str | list[str] = pydantic.Field(
+    # One type each, checked below, so that errors read as for a plain field (no union branches).
+    metric: Any = pydantic.Field(
         description="the metric to optimize, or a list of metrics for several objectives"
     )
-    mode: Literal["min", "max"] | list[Literal["min", "max"]] = "min"
+    mode: Any = pydantic.Field(default="min", description="min or max, or a list: one per metric")
     constraints: dict[str, Any] | None = pydantic.Field(
         default=None, description="bounds on reported metrics, e.g. {memory_gb: {max: 16}}"
     )
@@ -226,6 +228,23 @@ class SweepSpec(pydantic.BaseModel):
     keep_checkpoints: int = pydantic.Field(default=2, ge=1)
     replicas: ReplicasSpec | None = None
     launcher: LauncherSpec | None = None
+
+    @pydantic.field_validator("metric")
+    @classmethod
+    def _check_metric(cls, value: Any) -> Any:
+        if isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            return value
+        raise PydanticCustomError("string_type", "Input should be a string or a list of strings")
+
+    @pydantic.field_validator("mode")
+    @classmethod
+    def _check_mode(cls, value: Any) -> Any:
+        for mode in value if isinstance(value, list) else [value]:
+            if mode not in ("min", "max"):
+                raise PydanticCustomError("literal_error", "Input should be 'min' or 'max'")
+        return value
 
     def to_settings(self, *, resume: bool = False) -> SweepSettings:
         """The validated settings; the space is parsed from its plain-data form."""

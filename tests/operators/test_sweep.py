@@ -258,10 +258,14 @@ def test_a_sweep_with_several_objectives_constraints_and_branches(
             f"optimizer[{branch}].{'lr' if branch == 0 else 'beta'}",
         }
     assert {t.params["optimizer"] for t in stored} == {0, 1}
-    events = cluster.kubectl(
-        "get", "events", "-n", namespace.name, "--field-selector", "involvedObject.kind=Sweep"
-    ).stdout
-    assert f"the Pareto front has {len(feasible)} trials" in events
+
+    def front_event() -> bool:
+        events = cluster.kubectl(
+            "get", "events", "-n", namespace.name, "--field-selector", "involvedObject.kind=Sweep"
+        ).stdout
+        return f"the Pareto front has {len(feasible)} trials" in events
+
+    wait_until(front_event, 30, "the Succeeded event naming the front's size")
 
 
 def test_operator_killed_mid_sweep_finishes_exactly(
