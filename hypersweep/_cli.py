@@ -154,6 +154,12 @@ def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
     stored = store.spec()
     if stored is None:
         raise ConfigError(f"name: sweep {args.name!r} was not created by hypersweep")
+    if stored.get("space") is None:
+        raise ConfigError(
+            f"space: sweep {args.name!r} was started from Python with a space function, which "
+            f"a file cannot hold; resume it from Python: tune(space, objective, ..., "
+            f"name={args.name!r}, resume=True)"
+        )
     objective = args.objective or stored.get("objective")
     if not objective:
         raise ConfigError(

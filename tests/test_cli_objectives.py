@@ -136,3 +136,32 @@ def test_bad_objective_fields_in_a_file_are_refused_naming_them(run_dir: Path) -
     check = hypersweep("validate", "bad.yaml")
     assert check.returncode == 2
     assert "space.x2[0].a: low (1) must be less than high (0)" in check.stderr, check.stderr
+
+
+def test_a_define_by_run_sweep_is_resumed_from_python_not_the_cli(run_dir: Path) -> None:
+    import multi_objectives
+
+    def space(trial: object) -> dict[str, object]:
+        return {"layers": [trial.suggest_int("units", 16, 256)]}  # type: ignore[attr-defined]
+
+    hs.tune(
+        space,
+        multi_objectives.layers_loss,
+        metric="loss",
+        n_trials=2,
+        name="dbr-cli",
+        verbose=False,
+    )
+    resume = hypersweep("resume", "dbr-cli", "--no-live")
+    assert resume.returncode == 2
+    assert "space: sweep 'dbr-cli' was started from Python with a space function" in resume.stderr
+    more = hs.tune(
+        space,
+        multi_objectives.layers_loss,
+        metric="loss",
+        n_trials=3,
+        name="dbr-cli",
+        resume=True,
+        verbose=False,
+    )
+    assert more.counts() == {"completed": 3}

@@ -57,7 +57,7 @@ def check_branch_keys(config: dict[str, Any]) -> str:
     return f"adam-{schedule['kind']}"
 
 
-@pytest.mark.parametrize("strategy", ["tpe", "random", "gp", "nsga2"])
+@pytest.mark.parametrize("strategy", ["tpe", "random", "gp", "nsga2", "nsga3"])
 def test_a_trial_holds_only_its_branch_keys(strategy: str) -> None:
     result = hs.tune(
         nested_space(),

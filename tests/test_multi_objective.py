@@ -82,10 +82,11 @@ def test_nsga2_finds_the_zdt1_front_and_returns_only_non_dominated_trials() -> N
     assert sorted(on_front["number"]) == [t.number for t in front]
 
 
-@pytest.mark.parametrize("strategy", ["nsga3", "tpe", "gp", "random"])
+@pytest.mark.parametrize("strategy", ["nsga3", "tpe", "gp", "random", "qmc", "grid"])
 def test_multi_objective_strategies_by_name(strategy: str) -> None:
+    grid = {"x0": hs.grid([0.0, 0.25, 0.5]), "x1": hs.grid([0.0, 0.5]), "x2": hs.grid([0.0, 1.0])}
     result = hs.tune(
-        ZDT1_SPACE,
+        grid if strategy == "grid" else ZDT1_SPACE,
         multi_objectives.zdt1,
         metric=["f1", "f2"],
         mode="min",  # one mode for every metric
