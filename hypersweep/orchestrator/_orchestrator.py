@@ -711,11 +711,14 @@ class Orchestrator:
         feasible = self._record_feasibility(running, state)
         self._tell(running.trial, optuna.trial.TrialState[state], value)
         view_state = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}[state]
+        latest = running.latest
+        if isinstance(value, list):  # no single value: show each objective's
+            latest = {**latest, **dict(zip(self.settings.metrics, value, strict=True))}
         self.views[running.number] = TrialView(
             running.number,
             view_state,
             running.config,
-            running.latest,
+            latest,
             value if isinstance(value, float) else None,
         )
         if isinstance(value, list):
