@@ -21,7 +21,7 @@ SPACE = {
     "layers": hs.randint(1, 4),
     "width": hs.choice([8, 16, 32, 64, 128, 256]),
     "lr": hs.loguniform(1e-3, 1e-1),
-    "epochs": 10,
+    "epochs": 8,
 }
 
 
@@ -54,7 +54,7 @@ def train(config: dict[str, Any]) -> dict[str, float]:
     return {"accuracy": best, "params": float(size)}
 
 
-def main() -> None:
+def main(n_trials: int = 40, name: str = "multi-objective") -> hs.SweepResult:
     result = hs.tune(
         SPACE,
         train,
@@ -62,15 +62,16 @@ def main() -> None:
         mode=["max", "min"],
         constraints={"params": {"max": 40_000}},
         strategy="nsga2",
-        n_trials=60,
+        n_trials=n_trials,
         seed=0,
-        name="multi-objective",
+        name=name,
         resume=True,
     )
     print(f"\n{result.counts()}; Pareto front:")
     for trial in result.best_trials:
         accuracy, size = trial.values or (0.0, 0.0)
         print(f"  trial {trial.number}: accuracy {accuracy:.4f}, {size:.0f} parameters")
+    return result
 
 
 if __name__ == "__main__":

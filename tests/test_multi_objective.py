@@ -320,3 +320,19 @@ def test_best_trials_of_a_hand_made_result() -> None:
         constraints={"m": {"max": 1}},
     )
     assert [t.number for t in result.best_trials] == [0, 1, 4]
+
+
+def test_the_multi_objective_example_runs() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "multi_objective.py"
+    spec = importlib.util.spec_from_file_location("multi_objective_example", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(n_trials=4, name="example")
+    assert result.counts() == {"completed": 4}
+    front = result.best_trials
+    assert front and all(t.feasible and t.metrics["params"] <= 40_000 for t in front)
+    assert all(0.0 < t.metrics["accuracy"] <= 1.0 for t in front)
