@@ -59,3 +59,8 @@ def layers_loss(config: dict[str, Any]) -> float:
     """For a define-by-run space: prefers two layers of 100 units."""
     layers = config["layers"]
     return (len(layers) - 2) ** 2 + sum((units - 100) ** 2 for units in layers) / 1e4
+
+
+def trade_off(config: dict[str, Any]) -> dict[str, float]:
+    """Two objectives on one line: every trial is on the Pareto front."""
+    return {"f1": config["x"], "f2": 1.0 - config["x"]}

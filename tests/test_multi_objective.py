@@ -337,3 +337,50 @@ def test_the_multi_objective_example_runs() -> None:
     front = result.best_trials
     assert front and all(t.feasible and t.metrics["params"] <= 40_000 for t in front)
     assert all(0.0 < t.metrics["accuracy"] <= 1.0 for t in front)
+
+
+def test_the_sweep_resource_status_summary() -> None:
+    """What the operator writes to a Sweep's status, from the same orchestrator: a feasible
+    best trial and the infeasible count; with several objectives, the front's size and its
+    first 10 trials only."""
+    pytest.importorskip("kubernetes")
+    from hypersweep.operators._sweep import summarize
+
+    seen: list[Any] = []
+    result = hs.tune(
+        {"x": hs.uniform(0, 5)},
+        multi_objectives.constrained,
+        metric="loss",
+        constraints={"memory_gb": {"max": 8}},
+        strategy="random",
+        n_trials=12,
+        seed=0,
+        verbose=False,
+        on_update=seen.append,
+    )
+    summary = summarize(seen[-1])
+    best = result.best_trial
+    assert best is not None
+    assert summary["bestTrial"]["number"] == best.number
+    assert summary["trials"]["infeasible"] == sum(t.feasible is False for t in result.trials) > 0
+
+    seen.clear()
+    result = hs.tune(
+        {"x": hs.uniform(0, 1)},
+        multi_objectives.trade_off,
+        metric=["f1", "f2"],
+        strategy="random",
+        n_trials=15,
+        seed=0,
+        verbose=False,
+        on_update=seen.append,
+    )
+    summary = summarize(seen[-1])
+    assert "bestTrial" not in summary and "infeasible" not in summary["trials"]
+    front = summary["paretoFront"]
+    assert front["size"] == len(result.best_trials) == 15
+    assert [t["number"] for t in front["trials"]] == list(range(10))
+    assert front["trials"][0]["values"] == {
+        "f1": result.trials[0].values[0],  # type: ignore[index]
+        "f2": result.trials[0].values[1],  # type: ignore[index]
+    }
