@@ -133,6 +133,11 @@ def test_modes_per_metric_are_respected() -> None:
         ({"strategy": "cmaes"}, r"strategy: cmaes optimizes a single objective; .* nsga2"),
         ({"early_stopping": "asha"}, r"early_stopping: no scheduler can rank trials on several"),
         ({"early_stopping": "median"}, r"early_stopping: no scheduler can rank trials on several"),
+        ({"early_stopping": "pbt"}, r"early_stopping: no scheduler can rank trials on several"),
+        (
+            {"early_stopping": optuna.pruners.MedianPruner()},
+            r"early_stopping: no scheduler can rank trials on several",
+        ),
         ({"mode": ["min"]}, r"mode: give one mode per metric \(2: f1, f2\)"),
         ({"mode": ["min", "up"]}, r"mode\[1\]: expected 'min' or 'max', got 'up'"),
         ({"metric": ["f1", "f1"]}, r"metric: each objective must be named once"),
@@ -384,3 +389,21 @@ def test_the_sweep_resource_status_summary() -> None:
         "f1": result.trials[0].values[0],  # type: ignore[index]
         "f2": result.trials[0].values[1],  # type: ignore[index]
     }
+
+
+def test_a_lower_bound_constraint() -> None:
+    result = hs.tune(
+        {"x": hs.uniform(0, 5)},
+        multi_objectives.constrained,
+        metric="loss",
+        constraints={"memory_gb": {"min": 14, "max": 18}},  # 3.5 <= x <= 4.5
+        strategy="random",
+        n_trials=20,
+        seed=0,
+        verbose=False,
+    )
+    for trial in result.trials:
+        assert trial.feasible is (14 <= trial.metrics["memory_gb"] <= 18)
+    best = result.best_trial
+    assert best is not None and 3.5 <= best.config["x"] <= 4.5
+    assert any(t.feasible is False and t.value < best.value for t in result.trials)  # type: ignore[operator]
