@@ -115,7 +115,7 @@ def _run_sweep(settings: Any, objective: str, live: bool, console: Console) -> i
         _ensure_log_handler()
         result = orchestrator.run()
     print_summary(result, console)
-    if result.best_trial is None or (
+    if not result.best_trials or (
         result.stopped_reason and "max_failed_trials" in result.stopped_reason
     ):
         return EXIT_FAILED
@@ -154,6 +154,12 @@ def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
     stored = store.spec()
     if stored is None:
         raise ConfigError(f"name: sweep {args.name!r} was not created by hypersweep")
+    if stored.get("space") is None:
+        raise ConfigError(
+            f"space: sweep {args.name!r} was started from Python with a space function, which "
+            f"a file cannot hold; resume it from Python: tune(space, objective, ..., "
+            f"name={args.name!r}, resume=True)"
+        )
     objective = args.objective or stored.get("objective")
     if not objective:
         raise ConfigError(
@@ -184,6 +190,8 @@ def _cmd_best(args: argparse.Namespace, console: Console) -> int:
     from hypersweep.orchestrator._tune import load
 
     result = load(args.name, args.storage)
+    if result.multi_objective:
+        return _print_front(result, args, console)
     best = result.best_trial
     if best is None:
         console.print(f"sweep {args.name}: no trial completed yet")
@@ -194,6 +202,26 @@ def _cmd_best(args: argparse.Namespace, console: Console) -> int:
         console.print(f"trial {best.number}: {result.metric}={best.value:.6g}")
         console.print(format_config(best.config))
     return 0
+
+
+def _print_front(result: Any, args: argparse.Namespace, console: Console) -> int:
+    """``hypersweep best`` of a sweep with several objectives: its Pareto front."""
+    from hypersweep._progress import print_front
+
+    front = result.best_trials
+    if args.json:
+        trials = [
+            {
+                "trial": t.number,
+                "values": dict(zip(result.metrics, t.values or [], strict=True)),
+                "config": t.config,
+            }
+            for t in front
+        ]
+        print(json.dumps({"metrics": result.metrics, "modes": result.modes, "front": trials}))
+    else:
+        print_front(result, console, limit=len(front) or 1)
+    return 0 if front else EXIT_FAILED
 
 
 def _cmd_validate(args: argparse.Namespace, console: Console) -> int:

@@ -35,6 +35,8 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if result.multi_objective:
+        return plot_front(result, path)
     figure, (history, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
     completed = sorted(
         (t for t in result.trials if t.state == "completed" and t.value is not None),
@@ -75,6 +77,73 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
     curves.set_title("learning curves")
     if seen:
         curves.legend(fontsize=8)
+    figure.tight_layout()
+    target = Path(path)
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+    return target
+
+
+def _columns(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_front(result: SweepResult, path: str | Path) -> Path:
+    """Save a scatter of the first two objectives: every completed trial, infeasible ones
+    marked, and the Pareto front highlighted and joined in the order of the first objective."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_name, y_name = result.metrics[0], result.metrics[1]
+    figure, axes = plt.subplots(figsize=(6.5, 5))
+    front = {t.number for t in result.best_trials}
+    groups: dict[str, list[tuple[float, float]]] = {"trial": [], "infeasible": [], "front": []}
+    for trial in result.trials:
+        if trial.state != "completed" or not trial.values or len(trial.values) < 2:
+            continue
+        point = (trial.values[0], trial.values[1])
+        if trial.number in front:
+            groups["front"].append(point)
+        elif trial.feasible is False:
+            groups["infeasible"].append(point)
+        else:
+            groups["trial"].append(point)
+    if groups["trial"]:
+        axes.scatter(
+            *_columns(groups["trial"]),
+            s=14,
+            color="tab:gray",
+            alpha=0.6,
+            label="completed trial",
+        )
+    if groups["infeasible"]:
+        axes.scatter(
+            *_columns(groups["infeasible"]),
+            s=18,
+            marker="x",
+            color="tab:red",
+            label="infeasible (breaks a constraint)",
+        )
+    if groups["front"]:
+        line = sorted(groups["front"])
+        axes.plot(*_columns(line), color="tab:blue", linewidth=1, alpha=0.7)
+        axes.scatter(
+            *_columns(line),
+            s=36,
+            color="tab:blue",
+            edgecolor="black",
+            zorder=3,
+            label=f"Pareto front ({len(line)} trials)",
+        )
+    modes = result.modes
+    axes.set_xlabel(f"{x_name} ({modes[0]})")
+    axes.set_ylabel(f"{y_name} ({modes[1]})")
+    others = result.metrics[2:]
+    title = f"sweep {result.name}" + (f" (also {', '.join(others)})" if others else "")
+    axes.set_title(title)
+    axes.legend(fontsize=8)
     figure.tight_layout()
     target = Path(path)
     figure.savefig(target, dpi=110)

@@ -74,7 +74,7 @@ class LiveTable:
         table.add_column("state")
         table.add_column("config", overflow="fold", max_width=60)
         table.add_column("latest", overflow="fold", max_width=40)
-        table.add_column(settings.metric, justify="right")
+        table.add_column(" / ".join(settings.metrics), justify="right")
         for view in views[: self.rows]:
             latest = " ".join(f"{k}={_short(v)}" for k, v in view.latest.items())
             table.add_row(
@@ -106,8 +106,13 @@ def print_summary(result: SweepResult, console: Console | None = None) -> None:
     console = console or Console()
     counts = ", ".join(f"{n} {state}" for state, n in sorted(result.counts().items()))
     console.print(f"[bold]sweep {result.name}[/bold]: {counts or 'no trials'}")
-    best = result.best_trial
-    if best is None:
+    if result.constraints:
+        infeasible = sum(1 for t in result.trials if t.feasible is False)
+        console.print(f"{infeasible} infeasible (constraints: {format_constraints(result)})")
+    best = None if result.multi_objective else result.best_trial
+    if result.multi_objective:
+        print_front(result, console)
+    elif best is None:
         console.print("no trial completed")
     else:
         console.print(
@@ -119,18 +124,63 @@ def print_summary(result: SweepResult, console: Console | None = None) -> None:
     console.print(f"storage: {result.storage}")
 
 
+def format_constraints(result: SweepResult) -> str:
+    """``memory_gb <= 16, accuracy >= 0.9``."""
+    parts = []
+    for name, bounds in (result.constraints or {}).items():
+        if "min" in bounds:
+            parts.append(f"{name} >= {bounds['min']:g}")
+        if "max" in bounds:
+            parts.append(f"{name} <= {bounds['max']:g}")
+    return ", ".join(parts)
+
+
+def format_values(result: SweepResult, values: list[float] | None) -> str:
+    """``accuracy=0.95 size=1200``: a trial's value per objective."""
+    if values is None:
+        return ""
+    return " ".join(f"{m}={v:.6g}" for m, v in zip(result.metrics, values, strict=False))
+
+
+def print_front(result: SweepResult, console: Console, limit: int = 20) -> None:
+    """The Pareto front of a sweep with several objectives, one line per trial."""
+    front = result.best_trials
+    goals = ", ".join(f"{mode} {m}" for m, mode in zip(result.metrics, result.modes, strict=True))
+    if not front:
+        console.print(f"Pareto front ({goals}): no feasible trial completed")
+        return
+    console.print(f"Pareto front ({goals}): {len(front)} trials")
+    for trial in front[:limit]:
+        console.print(
+            f"  trial {trial.number}: {format_values(result, trial.values)}  "
+            f"config: {format_config(trial.config)}"
+        )
+    if len(front) > limit:
+        console.print(f"  ... and {len(front) - limit} more ('hypersweep best NAME --json')")
+
+
 def trials_table(result: SweepResult) -> Table:
     """Every trial of a stored sweep, for ``hypersweep status``."""
     table = Table(title=f"sweep {result.name}")
-    for column in ("trial", "state", "config", result.metric, "attempts", "error"):
+    extra = (["front"] if result.multi_objective else []) + (
+        ["feasible"] if result.constraints else []
+    )
+    for column in ("trial", "state", "config", *result.metrics, *extra, "attempts", "error"):
         table.add_column(column)
+    front = {t.number for t in result.best_trials} if result.multi_objective else set()
     for trial in result.trials:
         error = (trial.error or "").strip().splitlines()
+        values = trial.values or []
+        cells = [_short(values[i]) if i < len(values) else "" for i in range(len(result.metrics))]
+        if result.multi_objective:
+            cells.append("*" if trial.number in front else "")
+        if result.constraints:
+            cells.append({True: "yes", False: "no", None: ""}[trial.feasible])
         table.add_row(
             str(trial.number),
             Text(trial.state, style=_STYLES.get(trial.state, "")),
             format_config(trial.config),
-            _short(trial.value) if trial.value is not None else "",
+            *cells,
             str(trial.attempts),
             error[-1] if error else "",
         )

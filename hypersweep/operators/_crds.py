@@ -34,6 +34,8 @@ RESTART_POLICIES = ("OnFailure", "Never", "ExitCode", "Always")
 CLEAN_POD_POLICIES = ("All", "Running", "None")
 DEFAULT_BACKOFF_LIMIT = 3
 DEFAULT_CLAIM = "hypersweep-data"
+# Trials of the Pareto front listed in a Sweep's status; the status never lists every trial.
+FRONT_LIMIT = 10
 
 #: Longest names: ``<sweep>-trial-<n>`` (n < 1,000,000) fits a TrainJob name, and
 #: ``<trainjob>-evaluator-<i>`` a 63-character DNS label (pod and service names).
@@ -315,7 +317,8 @@ def _space_parameter_schema() -> JsonDict:
         "type": "object",
         "description": (
             "A parameter: {type: float|int, low, high, log, step}, {type: categorical|grid, "
-            "values}, {type: constant, value}, or a nested mapping of parameters."
+            "values}, {type: constant, value}, or a nested mapping of parameters. A categorical "
+            "whose values are mappings is a choice among sub-spaces."
         ),
         "x-kubernetes-preserve-unknown-fields": True,
         "properties": {
@@ -402,15 +405,59 @@ def _sweep_spec_schema() -> JsonDict:
             },
             "objective": {
                 "type": "object",
-                "required": ["metric"],
                 "properties": {
                     "metric": {"type": "string", "minLength": 1},
                     "mode": {"type": "string", "enum": ["min", "max"], "default": "min"},
+                    "metrics": {
+                        "type": "array",
+                        "minItems": 2,
+                        "maxItems": 10,
+                        "description": (
+                            "Several objectives, instead of metric and mode: the status shows "
+                            "their Pareto front."
+                        ),
+                        "items": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string", "minLength": 1, "maxLength": 253},
+                                "mode": {
+                                    "type": "string",
+                                    "enum": ["min", "max"],
+                                    "default": "min",
+                                },
+                            },
+                        },
+                    },
+                    "constraints": {
+                        "type": "object",
+                        "maxProperties": 20,
+                        "description": (
+                            "Bounds on reported metrics, e.g. {memory_gb: {max: 16}}: a trial "
+                            "that breaks one is infeasible and never the best."
+                        ),
+                        "additionalProperties": {
+                            "type": "object",
+                            "minProperties": 1,
+                            "properties": {"min": {"type": "number"}, "max": {"type": "number"}},
+                        },
+                    },
                     "goal": {
                         "type": "number",
                         "description": "Stop starting trials once the best value reaches it.",
                     },
                 },
+                "x-kubernetes-validations": [
+                    _cel(
+                        "has(self.metric) != has(self.metrics)",
+                        "give either metric (one objective) or metrics (several)",
+                    ),
+                    _cel(
+                        "!has(self.goal) || has(self.metric)",
+                        "goal needs a single metric; with several there is no single best value",
+                        ".goal",
+                    ),
+                ],
             },
             "strategy": {
                 "type": "object",
@@ -449,9 +496,16 @@ def _sweep_spec_schema() -> JsonDict:
         "x-kubernetes-validations": [
             _cel("self.space == oldSelf.space", "space cannot change after creation", ".space"),
             _cel(
-                "self.objective.metric == oldSelf.objective.metric "
-                "&& self.objective.mode == oldSelf.objective.mode",
-                "objective.metric and objective.mode cannot change after creation",
+                "has(self.objective.metric) == has(oldSelf.objective.metric) "
+                "&& (!has(self.objective.metric) || self.objective.metric == "
+                "oldSelf.objective.metric) && self.objective.mode == oldSelf.objective.mode "
+                "&& has(self.objective.metrics) == has(oldSelf.objective.metrics) "
+                "&& (!has(self.objective.metrics) || self.objective.metrics == "
+                "oldSelf.objective.metrics) "
+                "&& has(self.objective.constraints) == has(oldSelf.objective.constraints) "
+                "&& (!has(self.objective.constraints) || self.objective.constraints == "
+                "oldSelf.objective.constraints)",
+                "objective.metric, mode, metrics and constraints cannot change after creation",
                 ".objective",
             ),
             _cel(
@@ -552,7 +606,16 @@ def _scheduling_policy_schema() -> JsonDict:
 def _sweep_status_schema() -> JsonDict:
     counts = {
         name: {"type": "integer"}
-        for name in ("total", "pending", "running", "paused", "succeeded", "pruned", "failed")
+        for name in (
+            "total",
+            "pending",
+            "running",
+            "paused",
+            "succeeded",
+            "pruned",
+            "failed",
+            "infeasible",
+        )
     }
     return {
         "type": "object",
@@ -567,6 +630,31 @@ def _sweep_status_schema() -> JsonDict:
             "startTime": {"type": "string", "format": "date-time"},
             "completionTime": {"type": "string", "format": "date-time"},
             "trials": {"type": "object", "properties": counts},
+            "paretoFront": {
+                "type": "object",
+                "description": (
+                    "With several objectives: the front's size and its first trials (the "
+                    "whole front: hypersweep best)."
+                ),
+                "properties": {
+                    "size": {"type": "integer"},
+                    "trials": {
+                        "type": "array",
+                        "maxItems": FRONT_LIMIT,
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "number": {"type": "integer"},
+                                "values": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "number"},
+                                },
+                                "params": copy.deepcopy(_PRESERVE),
+                            },
+                        },
+                    },
+                },
+            },
             "bestTrial": {
                 "type": "object",
                 "properties": {
@@ -677,6 +765,7 @@ def sweep_crd() -> JsonDict:
             _column("Best-Trial", ".status.bestTrial.number", "integer"),
             _column("Best-Value", ".status.bestTrial.value", "number"),
             _column("Metric", ".spec.objective.metric", priority=1),
+            _column("Front", ".status.paretoFront.size", "integer", priority=1),
             _column("Strategy", ".spec.strategy.name", priority=1),
             _column("Age", ".metadata.creationTimestamp", "date"),
         ],

@@ -49,6 +49,7 @@ from hypersweep.launchers._kubernetes import (
     LauncherDetached,
     suspend_unfinished_trainjobs,
 )
+from hypersweep.operators._crds import FRONT_LIMIT
 from hypersweep.operators._expectations import LatestWrites
 from hypersweep.operators._informer import Controller, Informer, enqueue_self
 from hypersweep.operators._kube import (
@@ -68,8 +69,11 @@ from hypersweep.operators._trainjob import JobSpec, SpecError, is_true, rfc3339,
 from hypersweep.orchestrator._objective import ObjectiveRef
 from hypersweep.orchestrator._spec import SweepSettings
 from hypersweep.orchestrator._storage import PAUSED_ATTR, describe_storage
+from hypersweep.strategies import pareto_front
 
 if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
     from hypersweep.orchestrator._orchestrator import Orchestrator
     from hypersweep.orchestrator._result import SweepResult
 
@@ -92,14 +96,21 @@ def run_dir(data_dir: Path, sweep: JsonDict) -> Path:
 
 
 def summarize(orchestrator: Orchestrator) -> JsonDict:
-    """The status fields that come from storage: trial counts and the best trial."""
+    """The status fields that come from storage: trial counts and the best trial (or, with
+    several objectives, the Pareto front's size and its first ``FRONT_LIMIT`` trials)."""
     import optuna
 
+    from hypersweep.orchestrator._orchestrator import FEASIBLE_ATTR
+
+    settings = orchestrator.settings
     states = optuna.trial.TrialState
     counts = dict.fromkeys(("pending", "running", "paused", "succeeded", "pruned", "failed"), 0)
-    counts["total"] = orchestrator.settings.n_trials or 0
+    counts["total"] = settings.n_trials or 0
+    if settings.constraints:
+        counts["infeasible"] = 0
     best = None
-    maximize = orchestrator.settings.mode == "max"
+    maximize = settings.modes[0] == "max"
+    candidates: list[FrozenTrial] = []
     for trial in orchestrator.store.trials():
         if trial.state == states.WAITING:
             counts["paused" if trial.system_attrs.get(PAUSED_ATTR) is not None else "pending"] += 1
@@ -107,9 +118,14 @@ def summarize(orchestrator: Orchestrator) -> JsonDict:
             counts["running"] += 1
         elif trial.state == states.COMPLETE:
             counts["succeeded"] += 1
-            value = trial.value
-            if value is None or not math.isfinite(value):
+            if trial.user_attrs.get(FEASIBLE_ATTR) is False:
+                counts["infeasible"] += 1
                 continue
+            values = trial.values or []
+            if len(values) != len(settings.metrics) or not all(map(math.isfinite, values)):
+                continue
+            candidates.append(trial)
+            value = values[0]
             if best is None or (value > best[1] if maximize else value < best[1]):
                 best = (trial, value)
         elif trial.state == states.PRUNED:
@@ -117,6 +133,23 @@ def summarize(orchestrator: Orchestrator) -> JsonDict:
         elif trial.state == states.FAIL:
             counts["failed"] += 1
     summary: JsonDict = {"trials": counts}
+    if len(settings.metrics) > 1:
+        front = sorted(
+            (candidates[i] for i in pareto_front([t.values for t in candidates], settings.modes)),
+            key=lambda t: t.number,
+        )
+        summary["paretoFront"] = {
+            "size": len(front),
+            "trials": [
+                {
+                    "number": t.number,
+                    "values": dict(zip(settings.metrics, t.values, strict=True)),
+                    "params": {key: _plain(param) for key, param in t.params.items()},
+                }
+                for t in front[:FRONT_LIMIT]
+            ],
+        }
+        return summary
     if best is not None:
         trial, value = best
         summary["bestTrial"] = {
@@ -255,7 +288,7 @@ class SweepRunner:
         self._last_summary = now
         summary = summarize(orchestrator)
         if orchestrator.stop_reason is None and goal_reached(
-            summary, self.goal, self.settings.mode
+            summary, self.goal, self.settings.modes[0]
         ):
             # No new trials; the running ones finish. ``stop_reason`` is how the loop stops.
             orchestrator.stop_reason = GOAL_REACHED
@@ -515,10 +548,16 @@ class SweepController:
             raise ConfigError(f"spec.trialTemplate: {str(error).removeprefix('spec.')}") from None
         directory = run_dir(self.data_dir, sweep)
         storage = self._storage_url(meta["namespace"], spec) or str(directory / "journal.log")
+        several = objective.get("metrics")
         settings = SweepSettings(
             space=spec.get("space") or {},
-            metric=str(objective.get("metric") or ""),
-            mode=objective.get("mode", "min"),
+            metric=[str(m.get("name") or "") for m in several]
+            if several
+            else str(objective.get("metric") or ""),
+            mode=[m.get("mode", "min") for m in several]
+            if several
+            else objective.get("mode", "min"),
+            constraints=objective.get("constraints"),
             n_trials=spec.get("maxTrials"),
             max_concurrent=spec.get("parallelism", 3),
             strategy=strategy.get("name", "tpe"),
@@ -586,6 +625,9 @@ class SweepController:
         best = summary.get("bestTrial")
         if best:
             text += f"; best is trial {best['number']} with {result.metric}={best['value']:.6g}"
+        front = summary.get("paretoFront")
+        if front:
+            text += f"; the Pareto front has {front['size']} trials"
         reason = result.stopped_reason
         if reason is not None and "max_failed_trials" in reason:
             self._write_status(
@@ -677,7 +719,9 @@ class SweepController:
         stamp = rfc3339(dt.datetime.now(dt.timezone.utc))
         status["observedGeneration"] = int(meta.get("generation", 1))
         status["studyName"] = study_name(sweep)
-        status.update({k: v for k, v in summary.items() if k in ("trials", "bestTrial")})
+        status.update(
+            {k: v for k, v in summary.items() if k in ("trials", "bestTrial", "paretoFront")}
+        )
         set_condition(
             conditions, "Created", True, "SweepCreated", f"Sweep {meta['name']} is created.", stamp
         )

@@ -13,7 +13,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -57,6 +57,7 @@ from hypersweep.strategies import (
     Decision,
     OptunaPrunerScheduler,
     StrategyNotReady,
+    constraint_violations,
     make_sampler,
     make_scheduler,
     sample_config,
@@ -70,6 +71,11 @@ logger = logging.getLogger("hypersweep")
 
 # Optuna raises this when a sampler calls study.stop() outside study.optimize().
 _SAMPLER_STOP = "`Study.stop` is supposed to be invoked"
+# User attributes of a trial: its constraint values (<= 0 where a bound holds), whether it met
+# every bound, and, for a define-by-run space, the config the space function returned.
+CONSTRAINTS_ATTR = "constraints"
+FEASIBLE_ATTR = "feasible"
+CONFIG_ATTR = "config"
 
 
 def _has_checkpoint(trial: FrozenTrial) -> bool:
@@ -175,19 +181,20 @@ class Orchestrator:
             settings.space,
             settings.seed,
             parallel=(settings.max_concurrent or 2) > 1,
-            metric=settings.metric,
-            mode=settings.mode,
+            metric=settings.metrics[0],
+            mode=settings.modes[0],
+            constraints_func=self._constraints_func() if self._needs_constraints_func() else None,
         )
-        direction: Literal["minimize", "maximize"] = (
-            "minimize" if settings.mode == "min" else "maximize"
-        )
+        directions: list[Literal["minimize", "maximize"]] = [
+            "minimize" if mode == "min" else "maximize" for mode in settings.modes
+        ]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         created = False
         try:
             self.study = optuna.create_study(
                 storage=self.storage,
                 study_name=self.name,
-                direction=direction,
+                directions=directions,
                 sampler=sampler,
                 pruner=pruner,
             )
@@ -212,15 +219,35 @@ class Orchestrator:
                 self.store.study_id, SPEC_ATTR, settings.to_data(self.objective_reference)
             )
         else:
-            self._check_resumable(direction)
+            self._check_resumable(directions)
         self.store.write_lease(self.driver_id)
 
-    def _check_resumable(self, direction: str) -> None:
+    def _needs_constraints_func(self) -> bool:
+        """Optuna 5 samplers read constraints stored with the trial (``set_constraint``);
+        before that, a sampler sees them only through a ``constraints_func``."""
+        import optuna
+
+        return bool(self.settings.constraints) and not hasattr(optuna.Trial, "set_constraint")
+
+    def _constraints_func(self) -> Callable[[FrozenTrial], list[float]]:
+        """Optuna's ``constraints_func``: the values the loop stored when the trial ended."""
+        constraints = self.settings.constraints or {}
+        neutral = [0.0] * sum(len(bounds) for bounds in constraints.values())
+
+        def constraints_func(trial: FrozenTrial) -> list[float]:
+            # A trial stopped early before reporting the constrained metrics: no evidence.
+            stored = trial.user_attrs.get(CONSTRAINTS_ATTR)
+            return list(stored.values()) if stored else neutral
+
+        return constraints_func
+
+    def _check_resumable(self, directions: Sequence[str]) -> None:
         stored = self._wait_for_spec()
-        if self.study.direction.name.lower() != direction:
+        created = [d.name.lower() for d in self.study.directions]
+        if created != list(directions):
             raise ConfigError(
-                f"mode: sweep {self.name!r} was created to {self.study.direction.name.lower()}, "
-                f"not to {direction}; keep the original mode to resume it"
+                f"mode: sweep {self.name!r} was created to {', '.join(created)}, "
+                f"not to {', '.join(directions)}; keep the original mode to resume it"
             )
         if stored.get("metric") not in (None, self.settings.metric):
             raise ConfigError(
@@ -255,7 +282,7 @@ class Orchestrator:
         put back in the queue, so that ``resume`` continues them from their checkpoints.
         """
         self.launcher.start(
-            SweepContext(self.name, self.objective, self.settings.metric, self.settings.job)
+            SweepContext(self.name, self.objective, self.settings.metrics[0], self.settings.job)
         )
         self._started = time.monotonic()
         restore_sigint = self._install_sigint_handler()
@@ -485,6 +512,9 @@ class Orchestrator:
             self._fail(trial, f"sampling failed: {error}", traceback.format_exc())
             return
         frozen = storage.get_trial(trial_id)
+        if callable(self.settings.space) and CONFIG_ATTR not in frozen.user_attrs:
+            # A function's config cannot be rebuilt from the parameters: keep it.
+            storage.set_trial_user_attr(trial_id, CONFIG_ATTR, config)
         running = RunningTrial(
             trial=trial,
             number=trial.number,
@@ -552,7 +582,9 @@ class Orchestrator:
         forward = getattr(self.study.sampler, "on_trial_result", None)  # Ray Tune searchers
         if forward is not None:
             forward(self.study, running.number, event.step, event.metrics)
-        value = event.metrics.get(self.settings.metric)
+        value = event.metrics.get(self.settings.metrics[0])
+        if len(self.settings.metrics) > 1:
+            value = None  # Optuna's intermediate values (for early stopping) are single-objective
         if value is not None and event.step not in running.reported_steps:
             running.reported_steps.add(event.step)
             running.trial.report(value, event.step)
@@ -581,30 +613,42 @@ class Orchestrator:
         return decision
 
     def _on_completed(self, running: RunningTrial, result: Any) -> None:
-        metric = self.settings.metric
+        names = self.settings.metrics
+        needed = [*names, *(self.settings.constraints or {})]
         if isinstance(result, dict):
-            if metric not in result:
+            missing = [name for name in needed if name not in result]
+            if missing:
                 keys = ", ".join(map(str, result)) or "none"
-                message = f"objective returned a dict without the metric {metric!r} (keys: {keys})"
+                what = "metric" if len(missing) == 1 else "metrics"
+                listed = ", ".join(map(repr, missing))
+                message = f"objective returned a dict without the {what} {listed} (keys: {keys})"
                 self._fail(running.trial, message, message, running)
                 return
             metrics = result
+        elif len(needed) > 1:
+            message = (
+                f"objective returned {result!r}; return a dict with the metrics "
+                f"{', '.join(map(repr, needed))}"
+            )
+            self._fail(running.trial, message, message, running)
+            return
         else:
-            metrics = {metric: result}
+            metrics = {names[0]: result}
         try:
             clean = {str(k): float(v) for k, v in metrics.items()}
         except (TypeError, ValueError):
             message = f"objective must return a number or a dict of numbers, got {result!r}"
             self._fail(running.trial, message, message, running)
             return
-        value = clean[metric]
-        if not math.isfinite(value):
-            message = f"objective returned {value} for {metric!r}"
-            self._fail(running.trial, message, message, running)
-            return
+        for name in needed:
+            if not math.isfinite(clean[name]):
+                message = f"objective returned {clean[name]} for {name!r}"
+                self._fail(running.trial, message, message, running)
+                return
         if isinstance(result, dict):  # a bare number is the value itself: no extra write
             self.store.storage.set_trial_user_attr(running.trial._trial_id, "metrics", clean)
-        self._finish(running, state="COMPLETE", value=value)
+        values = [clean[name] for name in names]
+        self._finish(running, state="COMPLETE", value=values[0] if len(values) == 1 else values)
 
     def _on_crash(self, running: RunningTrial, message: str) -> None:
         running.attempt += 1
@@ -654,7 +698,7 @@ class Orchestrator:
         running: RunningTrial,
         *,
         state: str,
-        value: float | None = None,
+        value: float | list[float] | None = None,
         message: str | None = None,
     ) -> None:
         import optuna
@@ -664,12 +708,33 @@ class Orchestrator:
         trial_id = running.trial._trial_id
         if running.history:
             self.store.storage.set_trial_system_attr(trial_id, HISTORY_ATTR, running.history)
+        feasible = self._record_feasibility(running, state)
         self._tell(running.trial, optuna.trial.TrialState[state], value)
         view_state = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}[state]
+        latest = running.latest
+        if isinstance(value, list):  # no single value: show each objective's
+            latest = {**latest, **dict(zip(self.settings.metrics, value, strict=True))}
         self.views[running.number] = TrialView(
-            running.number, view_state, running.config, running.latest, value
+            running.number,
+            view_state,
+            running.config,
+            latest,
+            value if isinstance(value, float) else None,
         )
-        if state == "COMPLETE" and value is not None:
+        if isinstance(value, list):
+            shown = ", ".join(
+                f"{n}={v:.6g}" for n, v in zip(self.settings.metrics, value, strict=True)
+            )
+            infeasible = "" if feasible is not False else " (infeasible)"
+            logger.info("Trial %d completed with %s%s", running.number, shown, infeasible)
+        elif state == "COMPLETE" and value is not None and feasible is False:
+            logger.info(
+                "Trial %d completed with %s=%.6g but breaks a constraint",
+                running.number,
+                self.settings.metric,
+                value,
+            )
+        elif state == "COMPLETE" and value is not None:
             better = self.best is None or (
                 value < self.best[1] if self.settings.mode == "min" else value > self.best[1]
             )
@@ -688,7 +753,29 @@ class Orchestrator:
         elif message:
             logger.info("Trial %d failed: %s", running.number, message)
 
-    def _tell(self, trial: optuna.Trial, state: Any, value: float | None) -> None:
+    def _record_feasibility(self, running: RunningTrial, state: str) -> bool | None:
+        """Store the trial's constraint values and whether it meets them (before ``tell``,
+        where the samplers read them); None when the sweep has no constraints or the trial
+        did not report the constrained metrics."""
+        constraints = self.settings.constraints
+        if not constraints or state == "FAIL":
+            return None
+        frozen = self.store.storage.get_trial(running.trial._trial_id)
+        metrics = {**running.latest, **frozen.user_attrs.get("metrics", {})}
+        try:
+            violations = constraint_violations(constraints, metrics)
+        except KeyError:
+            return None
+        feasible = all(v <= 0 for v in violations.values())
+        if hasattr(running.trial, "set_constraint"):  # Optuna 5: where its samplers look
+            for key, violation in violations.items():
+                running.trial.set_constraint(key, violation)
+        storage = self.store.storage
+        storage.set_trial_user_attr(running.trial._trial_id, CONSTRAINTS_ATTR, violations)
+        storage.set_trial_user_attr(running.trial._trial_id, FEASIBLE_ATTR, feasible)
+        return feasible
+
+    def _tell(self, trial: optuna.Trial, state: Any, value: float | list[float] | None) -> None:
         try:
             self.study.tell(trial, value, state=state)
         except RuntimeError as error:
@@ -747,6 +834,7 @@ class Orchestrator:
             name=self.name,
             metric=self.settings.metric,
             mode=self.settings.mode,
+            constraints=self.settings.constraints,
             trials=records,
             storage=self.storage_description,
             stopped_reason=self.stop_reason,

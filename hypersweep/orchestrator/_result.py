@@ -16,7 +16,7 @@ from hypersweep.orchestrator._storage import (
     PARENT_ATTR,
     PAUSED_ATTR,
 )
-from hypersweep.strategies import flatten_config, unflatten_params
+from hypersweep.strategies import flatten_config, pareto_front, unflatten_params
 
 if TYPE_CHECKING:
     import pandas
@@ -37,7 +37,9 @@ class TrialRecord:
 
     ``state`` is one of completed, pruned (stopped early), failed, running, paused (by the
     scheduler, to be promoted) or interrupted (to be resumed). ``parent`` is the trial whose
-    checkpoint a population-based-training clone started from.
+    checkpoint a population-based-training clone started from. ``values`` holds one value per
+    objective (``value`` is set only with one objective); ``feasible`` says whether the trial
+    met the sweep's constraints (None: no constraints, or not known).
     """
 
     number: int
@@ -52,14 +54,25 @@ class TrialRecord:
     attempts: int = 1
     duration: float | None = None
     parent: int | None = None
+    values: list[float] | None = None
+    feasible: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.values is None and self.value is not None:
+            object.__setattr__(self, "values", [self.value])
 
     @classmethod
     def from_frozen(
-        cls, trial: FrozenTrial, space: Mapping[str, Any] | None, metric: str | None = None
+        cls, trial: FrozenTrial, space: Any, metric: str | list[str] | None = None
     ) -> TrialRecord:
         """Read a record from an Optuna trial; ``space`` rebuilds the nested config."""
         params = dict(trial.params)
-        config = unflatten_params(params, space) if space is not None else params
+        if "config" in trial.user_attrs:  # a define-by-run space's config, as it returned it
+            config = dict(trial.user_attrs["config"])
+        elif space is not None and isinstance(space, Mapping):
+            config = unflatten_params(params, space)
+        else:
+            config = params
         duration = None
         if trial.datetime_start is not None and trial.datetime_complete is not None:
             duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
@@ -70,7 +83,7 @@ class TrialRecord:
             state = "paused"
         value = trial.value if trial.values is not None and len(trial.values) == 1 else None
         metrics = dict(trial.user_attrs.get("metrics", {}))
-        if not metrics and value is not None and metric is not None:
+        if not metrics and value is not None and isinstance(metric, str):
             metrics = {metric: value}
         return cls(
             number=trial.number,
@@ -85,6 +98,8 @@ class TrialRecord:
             attempts=int(trial.system_attrs.get(ATTEMPTS_ATTR, 0)) + 1,
             duration=duration,
             parent=trial.system_attrs.get(PARENT_ATTR),
+            values=list(trial.values) if trial.values is not None else None,
+            feasible=trial.user_attrs.get("feasible"),
         )
 
 
@@ -93,25 +108,69 @@ class SweepResult:
     """The outcome of a sweep: every started trial, and the best completed one."""
 
     name: str
-    metric: str
-    mode: str
+    metric: str | list[str]
+    mode: str | list[str]
     trials: list[TrialRecord]
     storage: str
     stopped_reason: str | None = None
     queued: int = 0
+    constraints: Mapping[str, Any] | None = None
+
+    @property
+    def metrics(self) -> list[str]:
+        """The objectives' names, in order."""
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def modes(self) -> list[str]:
+        """``min``/``max`` per objective."""
+        return [self.mode] * len(self.metrics) if isinstance(self.mode, str) else list(self.mode)
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the sweep optimizes several metrics (see ``best_trials``)."""
+        return len(self.metrics) > 1
+
+    def _candidates(self) -> list[TrialRecord]:
+        """Completed trials with a finite value per objective that meet every constraint."""
+        n = len(self.metrics)
+        return [
+            t
+            for t in self.trials
+            if t.state == "completed"
+            and t.feasible is not False
+            and t.values is not None
+            and len(t.values) == n
+            and all(math.isfinite(v) for v in t.values)
+        ]
 
     @property
     def best_trial(self) -> TrialRecord | None:
-        """The completed trial with the best value, or None if none completed."""
-        completed = [
-            t
-            for t in self.trials
-            if t.state == "completed" and t.value is not None and math.isfinite(t.value)
-        ]
+        """The feasible completed trial with the best value, or None if none completed.
+
+        With several objectives there is no single best: use ``best_trials``.
+        """
+        if self.multi_objective:
+            raise ValueError(
+                f"sweep {self.name} optimizes several metrics ({', '.join(self.metrics)}): "
+                "there is no single best trial; use best_trials, the Pareto front"
+            )
+        completed = self._candidates()
         if not completed:
             return None
         pick = min if self.mode == "min" else max
-        return pick(completed, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
+        return pick(completed, key=lambda t: t.values[0])  # type: ignore[index]
+
+    @property
+    def best_trials(self) -> list[TrialRecord]:
+        """The Pareto front: feasible completed trials that no other one beats on every
+        objective (the best trial, alone, with one objective), by trial number."""
+        if not self.multi_objective:
+            best = self.best_trial
+            return [best] if best is not None else []
+        candidates = self._candidates()
+        front = pareto_front([t.values or [] for t in candidates], self.modes)
+        return sorted((candidates[i] for i in front), key=lambda t: t.number)
 
     @property
     def best_config(self) -> dict[str, Any] | None:
@@ -121,7 +180,7 @@ class SweepResult:
 
     @property
     def best_value(self) -> float | None:
-        """The best trial's value of the sweep's metric."""
+        """The best trial's value of the sweep's metric (one objective only)."""
         best = self.best_trial
         return best.value if best else None
 
@@ -135,20 +194,33 @@ class SweepResult:
         return counts
 
     def to_dataframe(self) -> pandas.DataFrame:
-        """One row per trial: number, state, value, ``config.*`` and ``metrics.*`` columns."""
+        """One row per trial: number, state, value, ``config.*`` and ``metrics.*`` columns.
+
+        With several objectives ``value`` gives way to a ``value.<metric>`` column per
+        objective and a ``pareto`` column (on the front); with constraints, ``feasible``.
+        """
         import pandas
 
+        front = {t.number for t in self.best_trials} if self.multi_objective else set()
         rows = []
         for trial in self.trials:
-            row: dict[str, Any] = {
-                "number": trial.number,
-                "state": trial.state,
-                "value": trial.value,
-                "attempts": trial.attempts,
-                "duration": trial.duration,
-                "error": trial.error,
-                "checkpoint": trial.checkpoint,
-            }
+            row: dict[str, Any] = {"number": trial.number, "state": trial.state}
+            if self.multi_objective:
+                values: list[Any] = trial.values or [None] * len(self.metrics)
+                row.update({f"value.{m}": v for m, v in zip(self.metrics, values, strict=True)})
+                row["pareto"] = trial.number in front
+            else:
+                row["value"] = trial.value
+            if self.constraints:
+                row["feasible"] = trial.feasible
+            row.update(
+                {
+                    "attempts": trial.attempts,
+                    "duration": trial.duration,
+                    "error": trial.error,
+                    "checkpoint": trial.checkpoint,
+                }
+            )
             row.update({f"config.{k}": v for k, v in flatten_config(trial.config).items()})
             row.update({f"metrics.{k}": v for k, v in trial.metrics.items()})
             rows.append(row)

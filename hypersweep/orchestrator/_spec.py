@@ -19,13 +19,17 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
+from pydantic_core import PydanticCustomError
 
 from hypersweep._errors import ConfigError
 from hypersweep.orchestrator._job import Replicas, TrainJob
 from hypersweep.strategies import (
+    check_objectives,
     check_strategy,
+    check_strategy_fits,
     grid_size,
     make_scheduler,
+    parse_constraints,
     space_to_data,
     validate_space,
 )
@@ -49,9 +53,9 @@ def _check_int(value: Any, field_name: str, minimum: int) -> None:
 class SweepSettings:
     """Every knob of a sweep except the objective and the launcher."""
 
-    space: dict[str, Any]
-    metric: str
-    mode: str = "min"
+    space: Any  # a dict of domains, or a function of an Optuna trial (define-by-run)
+    metric: str | list[str]
+    mode: str | list[str] = "min"
     n_trials: int | None = None
     timeout: float | None = None
     max_concurrent: int | None = None
@@ -67,17 +71,23 @@ class SweepSettings:
     checkpoint_dir: str | None = None
     replicas: Any = None
     launcher: Mapping[str, Any] | None = None  # a sweep file's ``launcher:``; None: local
+    constraints: Mapping[str, Any] | None = None  # metric -> {min, max}
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validated(self) -> SweepSettings:
         """Check every field; raise :class:`ConfigError` naming the first bad one."""
         self.space = validate_space(self.space)
-        if not isinstance(self.metric, str) or not self.metric:
-            raise ConfigError("metric: give the name of the metric to optimize, e.g. 'loss'")
-        if self.mode not in ("min", "max"):
-            raise ConfigError(f"mode: expected 'min' or 'max', got {self.mode!r}")
+        self.metric, self.mode = check_objectives(self.metric, self.mode)
+        self.constraints = parse_constraints(self.constraints)
         check_strategy(self.strategy)
+        check_strategy_fits(self.strategy, self.space, len(self.metrics))
         make_scheduler(self.early_stopping)
+        if len(self.metrics) > 1 and self.early_stopping is not None:
+            raise ConfigError(
+                "early_stopping: no scheduler can rank trials on several objectives "
+                f"({', '.join(self.metrics)}); leave early_stopping unset, or optimize one "
+                "metric and bound the others with constraints"
+            )
         _check_int(self.n_trials, "n_trials", 1)
         _check_int(self.max_concurrent, "max_concurrent", 1)
         _check_int(self.max_failed_trials, "max_failed_trials", 1)
@@ -117,6 +127,18 @@ class SweepSettings:
         return self
 
     @property
+    def metrics(self) -> list[str]:
+        """The objectives' names, in order (one for a single-objective sweep)."""
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def modes(self) -> list[str]:
+        """``min``/``max`` per objective, in the order of ``metrics``."""
+        if isinstance(self.mode, str):
+            return [self.mode] * len(self.metrics)
+        return list(self.mode)
+
+    @property
     def job(self) -> TrainJob | None:
         """The job each trial runs as, when trials have several replicas; else None.
 
@@ -152,6 +174,7 @@ class SweepSettings:
             if self.replicas is not None
             else None,
             "launcher": dict(self.launcher) if self.launcher is not None else None,
+            "constraints": dict(self.constraints) if self.constraints is not None else None,
         }
 
 
@@ -184,8 +207,14 @@ class SweepSpec(pydantic.BaseModel):
 
     objective: str = pydantic.Field(description="module:function or path/to/file.py:function")
     space: dict[str, Any]
-    metric: str
-    mode: Literal["min", "max"] = "min"
+    # One type each, checked below, so that errors read as for a plain field (no union branches).
+    metric: Any = pydantic.Field(
+        description="the metric to optimize, or a list of metrics for several objectives"
+    )
+    mode: Any = pydantic.Field(default="min", description="min or max, or a list: one per metric")
+    constraints: dict[str, Any] | None = pydantic.Field(
+        default=None, description="bounds on reported metrics, e.g. {memory_gb: {max: 16}}"
+    )
     name: str | None = None
     n_trials: int | None = pydantic.Field(default=None, ge=1)
     timeout: float | None = pydantic.Field(default=None, gt=0)
@@ -199,6 +228,23 @@ class SweepSpec(pydantic.BaseModel):
     keep_checkpoints: int = pydantic.Field(default=2, ge=1)
     replicas: ReplicasSpec | None = None
     launcher: LauncherSpec | None = None
+
+    @pydantic.field_validator("metric")
+    @classmethod
+    def _check_metric(cls, value: Any) -> Any:
+        if isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            return value
+        raise PydanticCustomError("string_type", "Input should be a string or a list of strings")
+
+    @pydantic.field_validator("mode")
+    @classmethod
+    def _check_mode(cls, value: Any) -> Any:
+        for mode in value if isinstance(value, list) else [value]:
+            if mode not in ("min", "max"):
+                raise PydanticCustomError("literal_error", "Input should be 'min' or 'max'")
+        return value
 
     def to_settings(self, *, resume: bool = False) -> SweepSettings:
         """The validated settings; the space is parsed from its plain-data form."""

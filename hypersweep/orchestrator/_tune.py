@@ -30,11 +30,12 @@ def _ensure_log_handler() -> None:
 
 
 def tune(
-    space: dict[str, Any],
+    space: dict[str, Any] | Callable[[optuna.Trial], dict[str, Any]],
     objective: Callable[[dict[str, Any]], Any] | str,
     *,
-    metric: str,
-    mode: str = "min",
+    metric: str | list[str],
+    mode: str | list[str] = "min",
+    constraints: dict[str, dict[str, float]] | None = None,
     n_trials: int | None = None,
     timeout: float | None = None,
     max_concurrent: int | None = None,
@@ -57,17 +58,22 @@ def tune(
 
     Args:
         space: parameter names to domains (``uniform``, ``choice``...) or constants; nested
-            dicts allowed.
+            dicts allowed, and ``choice([{...}, {...}])`` among sub-spaces (a trial's config
+            holds only the chosen one's keys). Or a function that takes an Optuna trial and
+            returns the config (define-by-run), called in the driver.
         objective: ``objective(config) -> float | dict``, or a ``"module:function"`` reference.
             It runs in worker processes; inside it call ``hypersweep.report`` to record
             intermediate metrics and ``hypersweep.checkpoint``/``restore`` to save and resume.
-        metric: the metric to optimize (the returned float, or this key of the returned dict).
-        mode: ``"min"`` or ``"max"``.
+        metric: the metric to optimize (the returned float, or this key of the returned dict),
+            or a list of metrics to optimize together (see ``SweepResult.best_trials``).
+        mode: ``"min"`` or ``"max"``, or one per metric.
+        constraints: bounds on metrics the objective returns, e.g.
+            ``{"memory_gb": {"max": 16}}``: trials that break one are infeasible, never best.
         n_trials: how many trials in all, across every driver and resume.
         timeout: seconds after which no new trial starts.
         max_concurrent: trials at once; defaults to the number of CPUs.
         strategy: ``"tpe"`` (default), ``"random"``, ``"grid"``, ``"cmaes"``, ``"gp"``,
-            ``"qmc"``, ``"nsga2"``, any ``optuna.samplers.BaseSampler``, or a Ray Tune
+            ``"qmc"``, ``"nsga2"``, ``"nsga3"``, any ``optuna.samplers.BaseSampler``, or a Ray Tune
             ``Searcher`` (e.g. ``HyperOptSearch``, ``ConcurrencyLimiter``-wrapped).
         early_stopping: None, ``"median"``, ``"asha"``, ``"hyperband"``, a mapping
             ``{"name": "asha", **settings}``, or any ``optuna.pruners.BasePruner``.
@@ -102,6 +108,7 @@ def tune(
         space=space,
         metric=metric,
         mode=mode,
+        constraints=constraints,
         n_trials=n_trials,
         timeout=timeout,
         max_concurrent=max_concurrent,
@@ -155,7 +162,8 @@ def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) ->
     store = SweepStore(opened, study_id)
     spec = store.spec() or {}
     space = parse_space(spec["space"]) if spec.get("space") else None
-    direction = opened.get_study_directions(study_id)[0]
+    directions = opened.get_study_directions(study_id)
+    modes = ["min" if d == optuna.study.StudyDirection.MINIMIZE else "max" for d in directions]
     records = []
     queued = 0
     for trial in store.trials():
@@ -166,8 +174,9 @@ def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) ->
     return SweepResult(
         name=name,
         metric=spec.get("metric", "value"),
-        mode="min" if direction == optuna.study.StudyDirection.MINIMIZE else "max",
+        mode=modes[0] if len(modes) == 1 else modes,
         trials=records,
         storage=describe_storage(storage, name),
         queued=queued,
+        constraints=spec.get("constraints"),
     )

@@ -1,5 +1,14 @@
 """Search and early stopping: pure decision logic, no I/O."""
 
+from hypersweep.strategies._objectives import (
+    CONSTRAINT_STRATEGIES,
+    MULTI_OBJECTIVE_STRATEGIES,
+    check_objectives,
+    check_strategy_fits,
+    constraint_violations,
+    pareto_front,
+    parse_constraints,
+)
 from hypersweep.strategies._samplers import (
     STRATEGY_NAMES,
     StrategyNotReady,
@@ -19,6 +28,7 @@ from hypersweep.strategies._schedulers import (
     make_scheduler,
 )
 from hypersweep.strategies._space import (
+    Branches,
     Categorical,
     Domain,
     Float,
@@ -28,7 +38,9 @@ from hypersweep.strategies._space import (
     flatten_config,
     flatten_space,
     grid,
+    grid_configs,
     grid_search_space,
+    is_conditional,
     loguniform,
     parse_space,
     quniform,
@@ -42,9 +54,12 @@ from hypersweep.strategies._space import (
 
 __all__ = [
     "ASHA",
+    "CONSTRAINT_STRATEGIES",
     "EARLY_STOPPING_NAMES",
+    "MULTI_OBJECTIVE_STRATEGIES",
     "PBT",
     "STRATEGY_NAMES",
+    "Branches",
     "Categorical",
     "Clone",
     "Decision",
@@ -56,16 +71,23 @@ __all__ = [
     "OptunaPrunerScheduler",
     "Scheduler",
     "StrategyNotReady",
+    "check_objectives",
     "check_strategy",
+    "check_strategy_fits",
     "choice",
+    "constraint_violations",
     "flatten_config",
     "flatten_space",
     "grid",
+    "grid_configs",
     "grid_search_space",
     "grid_size",
+    "is_conditional",
     "loguniform",
     "make_sampler",
     "make_scheduler",
+    "pareto_front",
+    "parse_constraints",
     "parse_space",
     "quniform",
     "randint",

@@ -7,16 +7,16 @@ instance is accepted as it is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hypersweep._errors import ConfigError
-from hypersweep.strategies._space import grid_search_space
+from hypersweep.strategies._space import grid_configs, grid_search_space, is_conditional
 
 if TYPE_CHECKING:
     import optuna
 
-STRATEGY_NAMES = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2")
+STRATEGY_NAMES = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2", "nsga3")
 
 
 class StrategyNotReady(Exception):
@@ -64,13 +64,15 @@ def make_sampler(
     parallel: bool = True,
     metric: str | None = None,
     mode: str | None = None,
+    constraints_func: Callable[[Any], Sequence[float]] | None = None,
 ) -> optuna.samplers.BaseSampler:
     """Build the Optuna sampler for ``strategy``.
 
     ``parallel`` turns on TPE's constant liar, so that trials running at the same time are not
     proposed the same point (Optuna's recommendation for parallel workers). A Ray Tune search
     algorithm is wrapped in a sampler that asks it for configs; it is told the sweep's
-    ``metric`` and ``mode``.
+    ``metric`` and ``mode``. ``constraints_func`` goes to the samplers that take it (TPE,
+    NSGA-II/III, GP).
     """
     import optuna
 
@@ -83,22 +85,32 @@ def make_sampler(
         return strategy
     samplers = optuna.samplers
     if strategy == "tpe":
-        return samplers.TPESampler(seed=seed, constant_liar=parallel)
+        return samplers.TPESampler(
+            seed=seed, constant_liar=parallel, constraints_func=constraints_func
+        )
     if strategy == "random":
         return samplers.RandomSampler(seed=seed)
+    if strategy == "grid" and is_conditional(space):
+        from hypersweep.strategies._branch_grid import BranchGridSampler
+
+        return BranchGridSampler(grid_configs(space), seed=seed)
     if strategy == "grid":
         return samplers.GridSampler(grid_search_space(space), seed=seed)
     if strategy == "cmaes":
         return samplers.CmaEsSampler(seed=seed)
     if strategy == "gp":
-        return samplers.GPSampler(seed=seed)
+        return samplers.GPSampler(seed=seed, constraints_func=constraints_func)
     if strategy == "qmc":
         return samplers.QMCSampler(seed=seed)
-    return samplers.NSGAIISampler(seed=seed)
+    if strategy == "nsga3":
+        return samplers.NSGAIIISampler(seed=seed, constraints_func=constraints_func)
+    return samplers.NSGAIISampler(seed=seed, constraints_func=constraints_func)
 
 
 def grid_size(space: Mapping[str, Any]) -> int:
     """How many configs the grid strategy enumerates."""
+    if is_conditional(space):
+        return len(grid_configs(space))
     size = 1
     for values in grid_search_space(space).values():
         size *= len(values)

@@ -7,12 +7,19 @@ and ``parse_space`` convert between the two without loss.
 
 Sampling goes through Optuna's define-by-run API, so every Optuna sampler works unchanged. Nested
 keys become dotted parameter names (``model.lr``) in storage.
+
+A choice among sub-spaces (``choice([{"name": "sgd", ...}, {"name": "adam", ...}])``) is a
+conditional space: a trial draws the branch's index under the choice's name, then only that
+branch's parameters, named under ``optimizer[1].`` so that equal names in different branches
+never share a parameter in storage. The space may also be a function of an Optuna trial that
+returns the config (define-by-run), as in plain Optuna.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +29,7 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = [
+    "Branches",
     "Categorical",
     "Domain",
     "Float",
@@ -31,7 +39,9 @@ __all__ = [
     "flatten_config",
     "flatten_space",
     "grid",
+    "grid_configs",
     "grid_search_space",
+    "is_conditional",
     "loguniform",
     "parse_space",
     "quniform",
@@ -184,6 +194,30 @@ class Grid(Categorical):
         return {"type": "grid", "values": list(self.values)}
 
 
+@dataclass(frozen=True)
+class Branches(Domain):
+    """A choice among sub-spaces: a trial takes one branch, and its config only that branch's keys.
+
+    The branch's index is the parameter of the choice's own name (a categorical over 0..n-1);
+    branch ``i``'s parameters are named under ``NAME[i].``, so that two branches may use the
+    same key (``lr``) with different ranges without sharing a parameter in storage.
+    """
+
+    branches: tuple[Mapping[str, Any], ...]
+
+    def __post_init__(self) -> None:
+        if not self.branches:
+            raise ConfigError("values must not be empty")
+        object.__setattr__(self, "branches", tuple(self.branches))
+
+    def suggest(self, trial: optuna.Trial, name: str) -> dict[str, Any]:
+        index = trial.suggest_categorical(name, list(range(len(self.branches))))
+        return sample_config(self.branches[index], trial, f"{name}[{index}]")
+
+    def to_data(self) -> dict[str, Any]:
+        return {"type": "categorical", "values": [space_to_data(b) for b in self.branches]}
+
+
 def uniform(low: float, high: float) -> Float:
     """A float drawn uniformly from ``[low, high]``."""
     return Float(low, high)
@@ -206,14 +240,34 @@ def randint(low: int, high: int) -> Int:
     return Int(low, high - 1)
 
 
-def choice(values: Sequence[Any]) -> Categorical:
-    """One of ``values``."""
-    return Categorical(tuple(values))
+def _branches(values: Sequence[Any]) -> Branches | None:
+    """``values`` as sub-spaces if they are mappings; None if they are plain values."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        return None
+    mappings = [isinstance(v, Mapping) for v in values]
+    if not any(mappings):
+        return None
+    if not all(mappings):
+        index = mappings.index(False)
+        raise ConfigError(
+            f"values[{index}]: a choice among sub-spaces needs a mapping for every value, got "
+            f"{values[index]!r}; write it as a mapping too, e.g. {{name: {values[index]!r}}}"
+        )
+    return Branches(tuple(values))
 
 
-def grid(values: Sequence[Any]) -> Grid:
-    """Every one of ``values`` in turn with ``strategy="grid"`` (like Ray Tune's grid_search)."""
-    return Grid(tuple(values))
+def choice(values: Sequence[Any]) -> Categorical | Branches:
+    """One of ``values``; a list of dicts is a choice among sub-spaces (a conditional space)."""
+    return _branches(values) or Categorical(tuple(values))
+
+
+def grid(values: Sequence[Any]) -> Grid | Branches:
+    """Every one of ``values`` in turn with ``strategy="grid"`` (like Ray Tune's grid_search).
+
+    A list of dicts is a choice among sub-spaces: the grid strategy enumerates every branch
+    times the grid of its own parameters.
+    """
+    return _branches(values) or Grid(tuple(values))
 
 
 # --- plain-data form ----------------------------------------------------------------------
@@ -230,6 +284,11 @@ def _check_key(key: Any, prefix: str) -> str:
         raise ConfigError(
             f"{_path(prefix, key)}: keys must not contain '.', which separates nested names; "
             "nest a dict instead"
+        )
+    if "[" in key or "]" in key:
+        raise ConfigError(
+            f"{_path(prefix, key)}: keys must not contain '[' or ']', which name the branches "
+            "of a choice among sub-spaces"
         )
     return key
 
@@ -265,6 +324,14 @@ def _parse_domain(data: Mapping[str, Any], where: str) -> Any:
             values = data.get("values", data.get("choices"))
             if values is None:
                 raise ConfigError("needs 'values', the list to choose from")
+            branches = _branches(values)
+            if branches is not None:
+                return Branches(
+                    tuple(
+                        _parse_mapping(branch, f"{where}[{i}]")
+                        for i, branch in enumerate(branches.branches)
+                    )
+                )
             return Grid(values) if kind == "grid" else Categorical(values)
         missing = [k for k in ("low", "high") if k not in data]
         if missing:
@@ -277,7 +344,11 @@ def _parse_domain(data: Mapping[str, Any], where: str) -> Any:
         return Int(data["low"], data["high"], log=log, step=data.get("step", 1))
     except ConfigError as error:
         message = str(error)
-        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
+        if message.startswith(where):
+            raise ConfigError(message) from None
+        if message.startswith("values["):  # a plain value among sub-spaces: name its index
+            raise ConfigError(f"{where}.{message}") from None
+        raise ConfigError(f"{where}: {message}") from None
 
 
 def parse_space(data: Any, prefix: str = "space") -> dict[str, Any]:
@@ -305,8 +376,13 @@ def _parse_mapping(data: Mapping[Any, Any], prefix: str) -> dict[str, Any]:
     return space
 
 
-def space_to_data(space: Mapping[str, Any]) -> dict[str, Any]:
-    """The plain-data form of ``space``; ``parse_space`` of it gives ``space`` back."""
+def space_to_data(space: Mapping[str, Any] | Callable[..., Any]) -> dict[str, Any] | None:
+    """The plain-data form of ``space``; ``parse_space`` of it gives ``space`` back.
+
+    A define-by-run space (a function) has no plain-data form: None.
+    """
+    if not isinstance(space, Mapping):
+        return None
     data: dict[str, Any] = {}
     for key, value in space.items():
         if isinstance(value, Domain):
@@ -325,29 +401,53 @@ def space_to_data(space: Mapping[str, Any]) -> dict[str, Any]:
 # --- using a space ------------------------------------------------------------------------
 
 
-def validate_space(space: Any, prefix: str = "space") -> dict[str, Any]:
+def validate_space(space: Any, prefix: str = "space") -> Any:
     """Check a Python-form space and return it; plain-data leaves are parsed too.
 
-    Raises :class:`ConfigError` naming the field, before any trial starts.
+    A function (define-by-run: it takes an Optuna trial and returns the config) is returned
+    as it is; it is checked when it runs. Raises :class:`ConfigError` naming the field (e.g.
+    ``space.optimizer[1].beta1``), before any trial starts.
     """
+    if callable(space) and not isinstance(space, Mapping):
+        return space
     if not isinstance(space, Mapping):
         raise ConfigError(
-            f"{prefix}: expected a dict of parameter names, got {type(space).__name__}"
+            f"{prefix}: expected a dict of parameter names or a function of an Optuna trial "
+            f"that returns the config, got {type(space).__name__}"
         )
+    checked = _validate_mapping(space, prefix)
+    if not flatten_space(checked):
+        raise ConfigError(f"{prefix}: the space has no parameter to search; add e.g. uniform(0, 1)")
+    return checked
+
+
+def _validate_mapping(space: Mapping[Any, Any], prefix: str) -> dict[str, Any]:
     checked: dict[str, Any] = {}
     for key, value in space.items():
         where = _path(prefix, _check_key(key, prefix))
-        if isinstance(value, Domain):
+        if isinstance(value, Branches):
+            checked[key] = Branches(
+                tuple(
+                    _validate_mapping(branch, f"{where}[{i}]")
+                    for i, branch in enumerate(value.branches)
+                )
+            )
+        elif isinstance(value, Domain):
             checked[key] = value
         elif isinstance(value, Mapping) and "type" in value:
             checked[key] = _parse_domain(value, where)
         elif isinstance(value, Mapping):
-            checked[key] = validate_space(value, where)
+            checked[key] = _validate_mapping(value, where)
         else:
             checked[key] = value
-    if not flatten_space(checked):
-        raise ConfigError(f"{prefix}: the space has no parameter to search; add e.g. uniform(0, 1)")
     return checked
+
+
+def is_conditional(space: Any) -> bool:
+    """Whether some parameters exist only in some trials (sub-space choices, or a function)."""
+    if not isinstance(space, Mapping):
+        return True
+    return any(isinstance(d, Branches) for d in flatten_space(space).values())
 
 
 def flatten_space(space: Mapping[str, Any], prefix: str = "") -> dict[str, Domain]:
@@ -363,13 +463,24 @@ def flatten_space(space: Mapping[str, Any], prefix: str = "") -> dict[str, Domai
 
 
 def sample_config(
-    space: Mapping[str, Any], trial: optuna.Trial, prefix: str = ""
+    space: Mapping[str, Any] | Callable[[optuna.Trial], Any],
+    trial: optuna.Trial,
+    prefix: str = "",
 ) -> dict[str, Any]:
     """Draw a config from ``space`` through ``trial``; constants are copied as they are.
 
     Calling it again on a trial that already has its parameters returns the same config, which
-    is how a retried or resumed trial keeps its identity.
+    is how a retried or resumed trial keeps its identity. A define-by-run space is called with
+    the trial.
     """
+    if not isinstance(space, Mapping):
+        drawn = space(trial)
+        if not isinstance(drawn, Mapping):
+            raise ConfigError(
+                f"space: the space function must return the config as a dict, got "
+                f"{type(drawn).__name__}"
+            )
+        return dict(drawn)
     config: dict[str, Any] = {}
     for key, value in space.items():
         name = _path(prefix, key)
@@ -398,7 +509,13 @@ def unflatten_params(params: Mapping[str, Any], space: Mapping[str, Any]) -> dic
     """Rebuild a nested config from stored dotted parameters and the space's constants."""
     config: dict[str, Any] = {}
     for key, value in space.items():
-        if isinstance(value, Domain):
+        if isinstance(value, Branches):
+            index = params.get(key)
+            if isinstance(index, int) and 0 <= index < len(value.branches):
+                prefix = f"{key}[{index}]."
+                inner = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+                config[key] = unflatten_params(inner, value.branches[index])
+        elif isinstance(value, Domain):
             if key in params:
                 config[key] = params[key]
         elif isinstance(value, Mapping):
@@ -422,3 +539,40 @@ def grid_search_space(space: Mapping[str, Any]) -> dict[str, list[Any]]:
             )
         values[name] = finite
     return values
+
+
+def grid_configs(space: Mapping[str, Any], prefix: str = "") -> list[dict[str, Any]]:
+    """Every parameter assignment the grid strategy runs, as dotted name -> value.
+
+    A choice among sub-spaces contributes each branch times the grid of that branch, so the
+    assignments of different branches hold different names.
+    """
+    factors: list[list[dict[str, Any]]] = []
+    for key, value in space.items():
+        name = _path(prefix, key)
+        if isinstance(value, Branches):
+            factors.append(
+                [
+                    {name: i, **inner}
+                    for i, branch in enumerate(value.branches)
+                    for inner in grid_configs(branch, f"{name}[{i}]")
+                ]
+            )
+        elif isinstance(value, Domain):
+            finite = value.grid_values()
+            if finite is None:
+                raise ConfigError(
+                    f"space.{name}: the grid strategy needs a finite set of values, but this "
+                    f"is {value.to_data()}; use grid([...]), choice([...]) or an int range "
+                    "without log"
+                )
+            factors.append([{name: v} for v in finite])
+        elif isinstance(value, Mapping):
+            factors.append(grid_configs(value, name))
+    combos = []
+    for parts in itertools.product(*factors):
+        merged: dict[str, Any] = {}
+        for part in parts:
+            merged.update(part)
+        combos.append(merged)
+    return combos

@@ -90,3 +90,15 @@ def gang_steps(config: dict[str, Any]) -> dict[str, float]:
         hs.report(step, loss=loss)
     peer.close()
     return {"loss": loss}
+
+
+def two_objectives(config: dict[str, Any]) -> dict[str, float]:
+    """Two objectives on one trade-off line (every feasible trial is on the Pareto front) and a
+    memory metric; fails if the config holds keys of the branch it did not choose."""
+    _mark("start")
+    optimizer = config["optimizer"]
+    key = "lr" if optimizer["name"] == "sgd" else "beta"
+    if set(optimizer) != {"name", key}:
+        raise ValueError(f"keys of another branch in {optimizer}")
+    x = float(optimizer[key])
+    return {"loss": x, "size": 1.0 - x, "memory_gb": 10.0 * x}

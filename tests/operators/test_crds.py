@@ -283,3 +283,45 @@ def test_a_sweeps_space_and_objective_cannot_change(
     assert "space cannot change" in result.stderr
     more = _with(sweep("fixed"), 10, "spec", "maxTrials")
     assert apply(cluster, namespace.name, more).returncode == 0  # the budget may grow
+    several = {"metrics": [{"name": "loss"}, {"name": "size"}]}
+    result = apply(cluster, namespace.name, _with(more, several, "spec", "objective"))
+    assert result.returncode != 0
+    assert "objective.metric, mode, metrics and constraints cannot change" in result.stderr
+
+
+def test_a_sweep_with_several_objectives_and_constraints_is_served(
+    cluster: LocalCluster, namespace: Namespace
+) -> None:
+    objective = {
+        "metrics": [{"name": "loss"}, {"name": "size", "mode": "max"}],
+        "constraints": {"memory_gb": {"max": 16}},
+    }
+    branches = {
+        "type": "categorical",
+        "values": [
+            {"name": "sgd", "lr": {"type": "float", "low": 0.1, "high": 1}},
+            {"name": "adam"},
+        ],
+    }
+    body = _with(sweep("several"), objective, "spec", "objective")
+    body = _with(body, branches, "spec", "space", "optimizer")
+    result = apply(cluster, namespace.name, body)
+    assert result.returncode == 0, result.stderr
+    stored = kubectl_json(cluster, "get", "sweep", "several", "-n", namespace.name)["spec"]
+    assert stored["objective"]["metrics"] == [
+        {"name": "loss", "mode": "min"},
+        {"name": "size", "mode": "max"},
+    ]
+    assert stored["space"]["optimizer"] == branches
+    changed = _with(body, {"memory_gb": {"max": 8}}, "spec", "objective", "constraints")
+    result = apply(cluster, namespace.name, changed)
+    assert result.returncode != 0 and "cannot change after creation" in result.stderr
+    for bad, message in (
+        ({"metric": "loss", "metrics": objective["metrics"]}, "give either metric"),
+        ({"metrics": objective["metrics"], "goal": 1.0}, "goal needs a single metric"),
+        ({"metrics": [{"name": "loss"}]}, "spec.objective.metrics"),
+        ({"metric": "loss", "constraints": {"m": {}}}, "spec.objective.constraints.m"),
+    ):
+        result = apply(cluster, namespace.name, _with(sweep("bad"), bad, "spec", "objective"))
+        assert result.returncode != 0
+        assert message in result.stderr, result.stderr

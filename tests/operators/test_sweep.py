@@ -200,6 +200,74 @@ def test_asha_sweep_end_to_end(
     assert "Started" in events and "Succeeded" in events
 
 
+def test_a_sweep_with_several_objectives_constraints_and_branches(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    body = {
+        "apiVersion": "hypersweep.io/v1alpha1",
+        "kind": "Sweep",
+        "metadata": {"name": "front"},
+        "spec": {
+            "space": {
+                "optimizer": {
+                    "type": "categorical",
+                    "values": [
+                        {"name": "sgd", "lr": {"type": "float", "low": 0.0, "high": 1.0}},
+                        {"name": "adam", "beta": {"type": "float", "low": 0.0, "high": 1.0}},
+                    ],
+                }
+            },
+            "objective": {
+                "metrics": [{"name": "loss", "mode": "min"}, {"name": "size", "mode": "min"}],
+                "constraints": {"memory_gb": {"max": 8}},
+            },
+            "strategy": {"name": "nsga2", "settings": {"seed": 3}},
+            "maxTrials": 16,
+            "parallelism": 4,
+            "trialTemplate": trial_template(
+                objective_command("two_objectives"),
+                {"HYPERSWEEP_TEST_MARKERS": str(namespace.markers)},
+            ),
+        },
+    }
+    cluster.kubectl("apply", "-n", namespace.name, "-f", "-", input=json.dumps(body))
+    status = wait_sweep(cluster, namespace, "front", operator)
+    assert "Succeeded" in status["true"], status
+    trials = status["trials"]
+    assert trials["succeeded"] == 16 and trials["failed"] == 0, trials  # only chosen keys
+    assert "bestTrial" not in status
+
+    stored = stored_trials(namespace, status)
+    infeasible = [t for t in stored if t.user_attrs["feasible"] is False]
+    feasible = [t for t in stored if t.user_attrs["feasible"] is True]
+    assert trials["infeasible"] == len(infeasible) > 0
+    assert all(t.user_attrs["metrics"]["memory_gb"] > 8 for t in infeasible)
+    # Every feasible trial is on the front (one trade-off line); the status lists ten at most.
+    front = status["paretoFront"]
+    assert front["size"] == len(feasible)
+    listed = front["trials"]
+    assert len(listed) == min(10, len(feasible))
+    by_number = {t.number: t for t in stored}
+    for entry in listed:
+        trial = by_number[entry["number"]]
+        assert trial.user_attrs["feasible"] is True
+        assert entry["values"] == pytest.approx({"loss": trial.values[0], "size": trial.values[1]})
+        branch = trial.params["optimizer"]
+        assert set(entry["params"]) == {
+            "optimizer",
+            f"optimizer[{branch}].{'lr' if branch == 0 else 'beta'}",
+        }
+    assert {t.params["optimizer"] for t in stored} == {0, 1}
+
+    def front_event() -> bool:
+        events = cluster.kubectl(
+            "get", "events", "-n", namespace.name, "--field-selector", "involvedObject.kind=Sweep"
+        ).stdout
+        return f"the Pareto front has {len(feasible)} trials" in events
+
+    wait_until(front_event, 30, "the Succeeded event naming the front's size")
+
+
 def test_operator_killed_mid_sweep_finishes_exactly(
     cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
 ) -> None:
