@@ -15,6 +15,8 @@ from hypersweep.orchestrator._storage import (
     INTERRUPTED_ATTR,
     PARENT_ATTR,
     PAUSED_ATTR,
+    PROMOTED_ATTR,
+    SEGMENTS_ATTR,
 )
 from hypersweep.strategies import flatten_config, unflatten_params
 
@@ -31,6 +33,11 @@ _STATE_NAMES = {
 }
 
 
+def history_of(trial: FrozenTrial) -> list[dict[str, float]]:
+    """Every report of ``trial`` (all metrics, with ``step``), over all its runs."""
+    return list(trial.system_attrs.get(HISTORY_ATTR, []))
+
+
 @dataclass(frozen=True)
 class TrialRecord:
     """One trial of a sweep.
@@ -38,6 +45,12 @@ class TrialRecord:
     ``state`` is one of completed, pruned (stopped early), failed, running, paused (by the
     scheduler, to be promoted) or interrupted (to be resumed). ``parent`` is the trial whose
     checkpoint a population-based-training clone started from.
+
+    ``duration`` is the trial's total running time in seconds: the sum of its ``segments``,
+    the ``(start, end)`` wall-clock times of each run (a paused trial that is promoted runs
+    again, as does one resumed after an interruption). ``step`` is the latest step it reported,
+    where a stopped or paused trial stands; ``promoted_at`` lists the steps it was promoted
+    from, in order.
     """
 
     number: int
@@ -52,6 +65,9 @@ class TrialRecord:
     attempts: int = 1
     duration: float | None = None
     parent: int | None = None
+    step: int | None = None
+    promoted_at: list[int] = field(default_factory=list)
+    segments: list[tuple[float, float]] = field(default_factory=list)
 
     @classmethod
     def from_frozen(
@@ -60,9 +76,13 @@ class TrialRecord:
         """Read a record from an Optuna trial; ``space`` rebuilds the nested config."""
         params = dict(trial.params)
         config = unflatten_params(params, space) if space is not None else params
+        segments = [(float(a), float(b)) for a, b in trial.system_attrs.get(SEGMENTS_ATTR, [])]
         duration = None
-        if trial.datetime_start is not None and trial.datetime_complete is not None:
+        if segments:
+            duration = sum(end - start for start, end in segments)
+        elif trial.datetime_start is not None and trial.datetime_complete is not None:
             duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        steps = [*trial.intermediate_values, *(int(h["step"]) for h in history_of(trial))]
         state = _STATE_NAMES.get(trial.state.name, trial.state.name.lower())
         if state == "waiting" and trial.system_attrs.get(INTERRUPTED_ATTR):
             state = "interrupted"
@@ -79,12 +99,15 @@ class TrialRecord:
             value=value,
             metrics=metrics,
             intermediate_values=dict(trial.intermediate_values),
-            history=list(trial.system_attrs.get(HISTORY_ATTR, [])),
+            history=history_of(trial),
             error=trial.system_attrs.get(ERROR_ATTR),
             checkpoint=trial.system_attrs.get(CHECKPOINT_ATTR),
             attempts=int(trial.system_attrs.get(ATTEMPTS_ATTR, 0)) + 1,
             duration=duration,
             parent=trial.system_attrs.get(PARENT_ATTR),
+            step=max(steps) if steps else None,
+            promoted_at=list(trial.system_attrs.get(PROMOTED_ATTR, [])),
+            segments=segments,
         )
 
 
@@ -99,6 +122,7 @@ class SweepResult:
     storage: str
     stopped_reason: str | None = None
     queued: int = 0
+    space: dict[str, Any] | None = None  # the search space, when hypersweep stored it
 
     @property
     def best_trial(self) -> TrialRecord | None:
@@ -134,22 +158,36 @@ class SweepResult:
             counts["queued"] = self.queued
         return counts
 
-    def to_dataframe(self) -> pandas.DataFrame:
-        """One row per trial: number, state, value, ``config.*`` and ``metrics.*`` columns."""
-        import pandas
+    def to_records(self) -> list[dict[str, Any]]:
+        """One flat row per trial, without pandas: what ``to_dataframe`` and
+        ``hypersweep export`` hold.
 
+        Columns: number, state, value, step (latest reported), promotions, duration (total
+        running time), segments (runs), attempts, parent, error, checkpoint, then
+        ``config.*`` (nested names dotted) and ``metrics.*`` (the final metrics).
+        """
         rows = []
         for trial in self.trials:
             row: dict[str, Any] = {
                 "number": trial.number,
                 "state": trial.state,
                 "value": trial.value,
-                "attempts": trial.attempts,
+                "step": trial.step,
+                "promotions": len(trial.promoted_at),
                 "duration": trial.duration,
+                "segments": len(trial.segments),
+                "attempts": trial.attempts,
+                "parent": trial.parent,
                 "error": trial.error,
                 "checkpoint": trial.checkpoint,
             }
             row.update({f"config.{k}": v for k, v in flatten_config(trial.config).items()})
             row.update({f"metrics.{k}": v for k, v in trial.metrics.items()})
             rows.append(row)
-        return pandas.DataFrame(rows)
+        return rows
+
+    def to_dataframe(self) -> pandas.DataFrame:
+        """One row per trial (the columns of :meth:`to_records`), as a pandas DataFrame."""
+        import pandas
+
+        return pandas.DataFrame(self.to_records())

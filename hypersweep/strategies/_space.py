@@ -346,7 +346,10 @@ def validate_space(space: Any, prefix: str = "space") -> dict[str, Any]:
         else:
             checked[key] = value
     if not flatten_space(checked):
-        raise ConfigError(f"{prefix}: the space has no parameter to search; add e.g. uniform(0, 1)")
+        raise ConfigError(
+            f"{prefix}: the space has no parameter to search, only constants; add one, e.g. "
+            "x: {type: float, low: 0, high: 1} in a sweep file or hs.uniform(0, 1) in Python"
+        )
     return checked
 
 
