@@ -21,7 +21,7 @@ from rich.text import Text
 
 if TYPE_CHECKING:
     from hypersweep.orchestrator._orchestrator import Orchestrator
-    from hypersweep.orchestrator._result import SweepResult
+    from hypersweep.orchestrator._result import SweepResult, TrialRecord
 
 _STYLES = {
     "running": "cyan",
@@ -343,22 +343,40 @@ def log_summary(result: SweepResult, logger: logging.Logger, elapsed: float | No
 
 
 def trials_table(result: SweepResult) -> Table:
-    """Every trial of a stored sweep, for ``hypersweep status``."""
+    """Every trial of a stored sweep, for ``hypersweep status``.
+
+    Columns that would be empty for every trial (promotions, retries, errors) are left out,
+    so that the table fits a narrow terminal.
+    """
+    trials = result.trials
+    columns: dict[str, Callable[[TrialRecord], str]] = {
+        "trial": lambda t: str(t.number),
+        "state": lambda t: _state_label(t.state, t.step),
+        "promoted": lambda t: ", ".join(map(str, t.promoted_at)),
+        "config": lambda t: format_config(t.config),
+        result.metric: lambda t: _short(t.value) if t.value is not None else "",
+        "duration": lambda t: f"{t.duration:.2f}s" if t.duration is not None else "",
+        "attempts": lambda t: str(t.attempts),
+        "error": lambda t: ((t.error or "").strip().splitlines() or [""])[-1],
+    }
+    optional = {
+        "promoted": lambda t: t.promoted_at,
+        "attempts": lambda t: t.attempts > 1,
+        "error": lambda t: t.error,
+    }
+    shown = [c for c in columns if c not in optional or any(optional[c](t) for t in trials)]
     table = Table(title=f"sweep {result.name}")
-    columns = ("trial", "state", "step", "promoted", "config", result.metric, "duration")
-    for column in (*columns, "attempts", "error"):
-        table.add_column(column)
-    for trial in result.trials:
-        error = (trial.error or "").strip().splitlines()
-        table.add_row(
-            str(trial.number),
-            Text(_state_label(trial.state, trial.step), style=_STYLES.get(trial.state, "")),
-            "" if trial.step is None else str(trial.step),
-            ", ".join(f"from {s}" for s in trial.promoted_at),
-            format_config(trial.config),
-            _short(trial.value) if trial.value is not None else "",
-            f"{trial.duration:.2f}s" if trial.duration is not None else "",
-            str(trial.attempts),
-            error[-1] if error else "",
+    for column in shown:
+        wide = column in ("config", "error", "promoted")
+        table.add_column(
+            column,
+            no_wrap=not wide,
+            min_width=12 if column == "config" else None,
+            overflow="fold" if wide else "ellipsis",
+            justify="right" if column in ("trial", result.metric, "duration") else "left",
         )
+    for trial in trials:
+        cells = [columns[c](trial) for c in shown]
+        cells[1] = Text(cells[1], style=_STYLES.get(trial.state, ""))  # type: ignore[call-overload]
+        table.add_row(*cells)
     return table
