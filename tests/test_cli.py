@@ -56,14 +56,6 @@ def test_run_status_best(run_dir: Path) -> None:
     assert more.returncode == 0 and "8 completed" in more.stdout
 
 
-def test_the_live_table_runs(run_dir: Path) -> None:
-    (run_dir / "sweep.yaml").write_text(SWEEP)
-    run = hypersweep("run", "sweep.yaml")
-    assert run.returncode == 0, run.stderr
-    assert "cli-sweep" in run.stderr and "completed" in run.stderr  # the table is drawn
-    assert (run_dir / "runs" / "cli-sweep" / "logs").is_dir()
-
-
 def test_resume_by_name_uses_the_stored_spec(run_dir: Path) -> None:
     (run_dir / "sweep.yaml").write_text(SWEEP.replace("n_trials: 6", "n_trials: 3"))
     assert hypersweep("run", "sweep.yaml", "--no-live").returncode == 0
