@@ -110,6 +110,7 @@ def test_version_and_help_read_as_plain_text() -> None:
         page = hypersweep(command, "--help")
         assert page.returncode == 0 and "``" not in page.stdout, command
     assert "--host" in hypersweep("dashboard", "--help").stdout
+    assert "(default 5)" in " ".join(hypersweep("run", "--help").stdout.split())
 
 
 def _write_objective(folder: Path, name: str, text: str) -> None:
@@ -125,6 +126,7 @@ def test_objective_import_errors_are_invalid_input_with_their_location(run_dir: 
         run_dir, "needs.py", "import no_such_package_xyz\n\ndef f(config):\n    return 0\n"
     )
     _write_objective(run_dir, "good.py", "def f(config):\n    return config['x']\n")
+    _write_objective(run_dir, "names.py", "import os\n\nrate = x + 1\n")
     cases = [
         (
             "raises.py:f",
@@ -134,6 +136,10 @@ def test_objective_import_errors_are_invalid_input_with_their_location(run_dir: 
         (
             "needs:f",
             ["ModuleNotFoundError: No module named 'no_such_package_xyz'", "needs.py, line 1"],
+        ),
+        (
+            "names.py:f",
+            ["NameError: name 'x' is not defined (at ", "names.py, line 3: rate = x + 1"],
         ),
         ("missing.py:f", ["file", "missing.py", "does not exist"]),
         ("good.py:nope", ["has no function 'nope'"]),

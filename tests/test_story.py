@@ -4,6 +4,7 @@ promoted; a promoted trial's duration adds up all its runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -223,3 +224,21 @@ def test_python_messages_name_the_argument_not_the_flag(run_dir: Path) -> None:
             verbose=False,
         )
     assert "pass resume=True" in str(error.value) and "--resume" not in str(error.value)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_readme_shows_the_recorded_quickstart_and_its_picture() -> None:
+    readme = (ROOT / "README.md").read_text()
+    record = json.loads((ROOT / "benchmarks" / "results" / "quickstart_story.json").read_text())
+    assert f"```text\n{record['summary']}\n```" in readme
+    counts = record["counts"]
+    stopped = ", ".join(f"{n} at step {s}" for s, n in record["stopped_at_step"].items())
+    assert record["summary"].startswith(
+        f"sweep quickstart-cli: {counts['completed']} completed, {counts['pruned']} stopped "
+        f"early ({stopped}); {record['promotions']} promotions"
+    )
+    assert "![hypersweep plot of the quickstart sweep](docs/plot-quickstart.png)" in readme
+    picture = (ROOT / record["picture"]).read_bytes()
+    assert picture[:8] == b"\x89PNG\r\n\x1a\n" and 10_000 < len(picture) < 200_000
