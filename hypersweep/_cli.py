@@ -168,7 +168,7 @@ def _run_sweep(args: argparse.Namespace, settings: Any, objective: str, console:
             result = orchestrator.run()
     else:
         _ensure_log_handler()
-        lines = ProgressLines(logging.getLogger("hypersweep").warning, args.progress_every)
+        lines = ProgressLines(logging.getLogger("hypersweep").info, args.progress_every)
         orchestrator.listeners.append(lines.update)
         result = orchestrator.run()
     print_summary(result, console, time.monotonic() - started)

@@ -203,6 +203,28 @@ def test_tune_prints_a_short_summary_when_verbose(run_dir: Path) -> None:
     assert quiet.returncode == 0 and "quiet-sweep" not in quiet.stderr
 
 
+def test_an_interrupted_tune_says_how_to_resume_in_python(run_dir: Path) -> None:
+    code = (
+        "import hypersweep as hs, objectives\n"
+        "def stop(orchestrator):\n"
+        "    if orchestrator.views:\n"
+        "        raise KeyboardInterrupt\n"
+        "try:\n"
+        "    hs.tune({'x': hs.uniform(-1, 1)}, objectives.quadratic, metric='loss', n_trials=3,"
+        " name='cut', on_update=stop)\n"
+        "except KeyboardInterrupt:\n"
+        "    pass\n"
+    )
+    run = subprocess.run(
+        [PYTHON, "-c", code], capture_output=True, text=True, env=python_env(), timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Sweep cut interrupted; continue it with tune(..., name='cut', resume=True)" in (
+        run.stderr
+    )
+    assert "--resume" not in run.stderr
+
+
 def test_python_messages_name_the_argument_not_the_flag(run_dir: Path) -> None:
     import objectives
 

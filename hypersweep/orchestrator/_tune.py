@@ -138,7 +138,15 @@ def tune(
     logger.info("Sweep %s starts; storage: %s", orchestrator.name, orchestrator.storage_description)
     orchestrator.listeners.append(ProgressLines(logger.info, interval=10.0).update)
     started = time.monotonic()
-    result = orchestrator.run()
+    try:
+        result = orchestrator.run()
+    except KeyboardInterrupt:
+        logger.warning(
+            "Sweep %s interrupted; continue it with tune(..., name=%r, resume=True)",
+            orchestrator.name,
+            orchestrator.name,
+        )
+        raise
     log_summary(result, logger, time.monotonic() - started)
     return result
 
