@@ -253,9 +253,7 @@ def test_list_shows_the_sweeps_under_the_runs_folder(run_dir: Path) -> None:
     (run_dir / "sweep.yaml").write_text(SWEEP.replace("n_trials: 6", "n_trials: 2"))
     assert hypersweep("run", "sweep.yaml", "--no-live").returncode == 0
     assert hypersweep("run", "sweep.yaml", "--no-live", "--name", "other").returncode == 0
-    listing = hypersweep("list", env={"COLUMNS": "200"})
-    assert listing.returncode == 0, listing.stderr
-    rows = {line.split("│")[1].strip(): line for line in listing.stdout.splitlines() if "│" in line}
+    rows = _list_rows()
     assert set(rows) == {"cli-sweep", "other"}
     for name in ("cli-sweep", "other"):
         best = hs.load(name).best_trial
@@ -348,7 +346,15 @@ def test_the_start_names_the_sweep_and_ctrl_c_says_how_to_resume_it(run_dir: Pat
     while not list((run_dir / "m").glob("starts-*")):  # a trial is running
         assert time.monotonic() < deadline and driver.poll() is None
         time.sleep(0.05)
+    assert "running" in _list_rows()[name]  # hypersweep list sees the live driver
     os.kill(driver.pid, signal.SIGINT)
     _, err = driver.communicate(timeout=60)
     assert driver.returncode == 130
     assert f"continue with 'hypersweep resume {name}'" in " ".join(err.split())
+    assert "stopped (resume it)" in _list_rows()[name]
+
+
+def _list_rows() -> dict[str, str]:
+    listing = hypersweep("list", env={"COLUMNS": "200"})
+    assert listing.returncode == 0, listing.stderr
+    return {line.split("│")[1].strip(): line for line in listing.stdout.splitlines() if "│" in line}

@@ -33,7 +33,7 @@ _STATE_NAMES = {
 }
 
 
-def history_of(trial: FrozenTrial) -> list[dict[str, float]]:
+def _history_of(trial: FrozenTrial) -> list[dict[str, float]]:
     """Every report of ``trial`` (all metrics, with ``step``), over all its runs."""
     return list(trial.system_attrs.get(HISTORY_ATTR, []))
 
@@ -47,8 +47,8 @@ class TrialRecord:
     checkpoint a population-based-training clone started from.
 
     ``duration`` is the trial's total running time in seconds: the sum of its ``segments``,
-    the ``(start, end)`` wall-clock times of each run (a paused trial that is promoted runs
-    again, as does one resumed after an interruption). ``step`` is the latest step it reported,
+    the ``(start, end)`` wall-clock times of each finished run (a paused trial that is promoted
+    runs again, as does one resumed after an interruption). ``step`` is the latest step it reported,
     where a stopped or paused trial stands; ``promoted_at`` lists the steps it was promoted
     from, in order.
     """
@@ -82,7 +82,7 @@ class TrialRecord:
             duration = sum(end - start for start, end in segments)
         elif trial.datetime_start is not None and trial.datetime_complete is not None:
             duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        steps = [*trial.intermediate_values, *(int(h["step"]) for h in history_of(trial))]
+        steps = [*trial.intermediate_values, *(int(h["step"]) for h in _history_of(trial))]
         state = _STATE_NAMES.get(trial.state.name, trial.state.name.lower())
         if state == "waiting" and trial.system_attrs.get(INTERRUPTED_ATTR):
             state = "interrupted"
@@ -99,7 +99,7 @@ class TrialRecord:
             value=value,
             metrics=metrics,
             intermediate_values=dict(trial.intermediate_values),
-            history=history_of(trial),
+            history=_history_of(trial),
             error=trial.system_attrs.get(ERROR_ATTR),
             checkpoint=trial.system_attrs.get(CHECKPOINT_ATTR),
             attempts=int(trial.system_attrs.get(ATTEMPTS_ATTR, 0)) + 1,
