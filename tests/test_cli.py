@@ -106,7 +106,8 @@ def test_version_and_help_read_as_plain_text() -> None:
     assert top.returncode == 0 and "``" not in top.stdout
     for command in ("list", "export", "run", "resume", "validate", "status", "best", "plot"):
         assert command in top.stdout
-    for command in ("run", "resume", "validate", "list", "status", "best", "export", "plot"):
+    commands = ("run", "resume", "validate", "list", "status", "best", "export", "plot", "operator")
+    for command in commands:
         page = hypersweep(command, "--help")
         assert page.returncode == 0 and "``" not in page.stdout, command
     assert "--host" in hypersweep("dashboard", "--help").stdout
