@@ -22,6 +22,13 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
 
+# Headless Chromium from Debian's package: the dashboard tests load the page as a person would.
+if ! command -v chromium >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+export HYPERSWEEP_REQUIRE_BROWSER=1
+
 # The Kubernetes control plane (etcd, kube-apiserver, scheduler, controller-manager, kwok).
 if [ -f hack/k8s/build.sh ]; then
   bash hack/k8s/build.sh

@@ -7,9 +7,11 @@ Exit codes: 0 done; 1 the sweep failed (no trial completed, or max_failed_trials
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,18 @@ from rich.console import Console
 from rich.markup import escape
 
 from hypersweep._errors import ConfigError
+from hypersweep._version import __version__
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_INTERRUPTED = 130
+
+_DESCRIPTION = "Run, resume and inspect hyperparameter sweeps."
+_EPILOG = (
+    "exit codes: 0 done, 1 the sweep failed, 2 invalid input (the message names the field), "
+    "130 interrupted (continue with 'hypersweep resume NAME')"
+)
+_EXPORT_FORMATS = ("csv", "json", "parquet")
 
 
 def _storage_argument(parser: argparse.ArgumentParser) -> None:
@@ -30,10 +40,24 @@ def _storage_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _progress_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-live", action="store_true", help="log lines and progress lines, no live table"
+    )
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between progress lines when the output is not a terminal (default 5)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="hypersweep", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="hypersweep", description=_DESCRIPTION, epilog=_EPILOG)
+    parser.add_argument("--version", action="version", version=f"hypersweep {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the sweep described in a YAML file")
     run.add_argument("file", help="sweep YAML file")
@@ -41,17 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the sweep if it exists")
     run.add_argument("--n-trials", type=int, help="number of trials (overrides the file's)")
     run.add_argument("--max-concurrent", type=int, help="trials at once (overrides the file's)")
-    run.add_argument("--no-live", action="store_true", help="log lines instead of a live table")
+    _progress_arguments(run)
     _storage_argument(run)
 
     resume = commands.add_parser("resume", help="continue a stopped or killed sweep")
     resume.add_argument("name")
     resume.add_argument("--objective", help="module:function, if the sweep did not store one")
-    resume.add_argument("--no-live", action="store_true", help="log lines instead of a live table")
+    _progress_arguments(resume)
     _storage_argument(resume)
 
-    validate = commands.add_parser("validate", help="check a sweep file without running it")
+    validate = commands.add_parser(
+        "validate", help="check a sweep file and its objective without running anything"
+    )
     validate.add_argument("file")
+
+    commands.add_parser("list", help="the sweeps under the runs folder")
 
     status = commands.add_parser("status", help="show the trials of a stored sweep")
     status.add_argument("name")
@@ -59,16 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     best = commands.add_parser("best", help="print the best trial of a stored sweep")
     best.add_argument("name")
-    best.add_argument("--json", action="store_true", help="print JSON")
+    best.add_argument("--json", action="store_true", help="print JSON (also when none is best)")
     _storage_argument(best)
 
-    plot = commands.add_parser("plot", help="save a picture of a sweep's values and curves")
+    export = commands.add_parser("export", help="write one row per trial to a file")
+    export.add_argument("name")
+    export.add_argument("--format", choices=_EXPORT_FORMATS, default="csv")
+    export.add_argument("-o", "--output", help="file to write (default: NAME.FORMAT)")
+    _storage_argument(export)
+
+    plot = commands.add_parser("plot", help="save a picture of a sweep's trials and curves")
     plot.add_argument("name")
     plot.add_argument("-o", "--output", help="file to write (default: NAME.png)")
     _storage_argument(plot)
 
-    dashboard = commands.add_parser("dashboard", help="open optuna-dashboard on a sweep")
+    dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on a sweep")
     dashboard.add_argument("name")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on")
     dashboard.add_argument("--port", type=int, default=8080)
     _storage_argument(dashboard)
 
@@ -88,33 +123,55 @@ def _resolve_objective(reference: str, base: Path) -> str:
     return reference
 
 
-def _run_sweep(settings: Any, objective: str, live: bool, console: Console) -> int:
-    from hypersweep._progress import LiveTable, print_summary
+def _objective_of_file(spec: Any, path: Path) -> str:
+    """The spec's objective as an absolute reference, its folder importable."""
+    base = path.resolve().parent
+    if str(base) not in sys.path:
+        sys.path.insert(0, str(base))
+    return _resolve_objective(spec.objective, base)
+
+
+def _run_sweep(args: argparse.Namespace, settings: Any, objective: str, console: Console) -> int:
+    from hypersweep._progress import LiveTable, ProgressLines, print_summary
     from hypersweep.launchers import Launcher, LocalLauncher, RayLauncher
     from hypersweep.orchestrator._objective import resolve_objective
     from hypersweep.orchestrator._orchestrator import Orchestrator
     from hypersweep.orchestrator._storage import default_run_dir
     from hypersweep.orchestrator._tune import _ensure_log_handler
 
+    error_console = Console(stderr=True)
     objective_ref = resolve_objective(objective)
-    log_dir = default_run_dir(settings.name) / "logs" if live else None
+    args.sweep_name = settings.name  # for the Ctrl-C hint
+    live = not args.no_live and error_console.is_terminal
+    log_dir = default_run_dir(settings.name) / "logs" if not args.no_live else None
     launcher: Launcher = LocalLauncher(settings.max_concurrent, log_dir=log_dir)
     if settings.launcher is not None and settings.launcher.get("type", "local") == "ray":
         launcher = RayLauncher.from_spec(
             {"max_concurrent": settings.max_concurrent, **settings.launcher}
         )
-    orchestrator = Orchestrator(settings, objective_ref, launcher, objective_reference=objective)
+    orchestrator = Orchestrator(
+        settings, objective_ref, launcher, objective_reference=objective, resume_hint="--resume"
+    )
+    budget = f"{settings.n_trials} trials" if settings.n_trials else f"{settings.timeout:g} s"
+    error_console.print(
+        f"sweep [bold]{escape(settings.name)}[/bold]: {budget}, storage "
+        f"{escape(orchestrator.storage_description)}"
+        + (f", trial logs in {log_dir}" if log_dir else ""),
+        highlight=False,
+    )
+    started = time.monotonic()
     if live:
         logging.getLogger("hypersweep").setLevel(logging.WARNING)
-        table = LiveTable()
+        table = LiveTable(error_console)
         orchestrator.listeners.append(table.update)
         with table:
             result = orchestrator.run()
-        console.print(f"trial logs: {log_dir}")
     else:
         _ensure_log_handler()
+        lines = ProgressLines(logging.getLogger("hypersweep").info, args.progress_every)
+        orchestrator.listeners.append(lines.update)
         result = orchestrator.run()
-    print_summary(result, console)
+    print_summary(result, console, time.monotonic() - started)
     if not result.best_trials or (
         result.stopped_reason and "max_failed_trials" in result.stopped_reason
     ):
@@ -134,12 +191,11 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         "max_concurrent": args.max_concurrent,
     }
     spec = spec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    base = path.resolve().parent
-    if str(base) not in sys.path:
-        sys.path.insert(0, str(base))
-    objective = _resolve_objective(spec.objective, base)
+    if args.resume and spec.name is None:
+        raise ConfigError(f"name: --resume needs the sweep's name; set name: in {path} or --name")
+    objective = _objective_of_file(spec, path)
     settings = spec.to_settings(resume=args.resume)
-    return _run_sweep(settings, objective, not args.no_live, console)
+    return _run_sweep(args, settings, objective, console)
 
 
 def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
@@ -172,7 +228,31 @@ def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
         if key not in stored or stored[key] is None:
             data.pop(key, None)
     settings = parse_spec(data, f"sweep {args.name}").to_settings(resume=True)
-    return _run_sweep(settings, objective, not args.no_live, console)
+    return _run_sweep(args, settings, objective, console)
+
+
+def _print_space(space: dict[str, Any], console: Console) -> None:
+    from hypersweep._progress import describe_space
+
+    for line in describe_space(space):
+        console.print(f"  {escape(line)}", highlight=False)
+
+
+def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    from hypersweep.orchestrator._objective import load_reference
+    from hypersweep.orchestrator._spec import load_spec_file
+
+    path = Path(args.file)
+    spec = load_spec_file(path)
+    load_reference(_objective_of_file(spec, path))  # what `run` would import, errors included
+    settings = spec.to_settings()
+    console.print(
+        f"{escape(args.file)}: valid sweep ({spec.strategy}, metric {spec.metric} {spec.mode}, "
+        f"objective {escape(spec.objective)}); space:",
+        highlight=False,
+    )
+    _print_space(settings.space, console)
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace, console: Console) -> int:
@@ -181,6 +261,9 @@ def _cmd_status(args: argparse.Namespace, console: Console) -> int:
 
     result = load(args.name, args.storage)
     console.print(trials_table(result))
+    if result.space is not None:
+        console.print("space:")
+        _print_space(result.space, console)
     print_summary(result, console)
     return 0
 
@@ -193,14 +276,93 @@ def _cmd_best(args: argparse.Namespace, console: Console) -> int:
     if result.multi_objective:
         return _print_front(result, args, console)
     best = result.best_trial
-    if best is None:
-        console.print(f"sweep {args.name}: no trial completed yet")
-        return EXIT_FAILED
     if args.json:
-        print(json.dumps({"trial": best.number, "value": best.value, "config": best.config}))
+        data: dict[str, Any] = {"sweep": result.name, "metric": result.metric, "mode": result.mode}
+        if best is None:
+            data.update(trial=None, value=None, config=None, metrics=None)
+            data["message"] = "no trial completed yet"
+        else:
+            data.update(
+                trial=best.number, value=best.value, config=best.config, metrics=best.metrics
+            )
+        print(json.dumps(data))
+        return 0 if best is not None else EXIT_FAILED
+    if best is None:
+        console.print(f"sweep {escape(args.name)}: no trial completed yet")
+        return EXIT_FAILED
+    console.print(f"trial {best.number}: {result.metric}={best.value:.6g}", highlight=False)
+    others = {k: v for k, v in best.metrics.items() if k != result.metric}
+    if others:
+        console.print(" ".join(f"{k}={v:.6g}" for k, v in others.items()), highlight=False)
+    console.print(escape(format_config(best.config)), highlight=False)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    from hypersweep.orchestrator._storage import runs_root
+
+    root = runs_root()
+    folders = sorted(p.parent for p in root.glob("*/journal.log"))
+    if not folders:
+        console.print(f"no sweeps under {escape(str(root))}", highlight=False)
+        return 0
+    table = Table(title=f"sweeps under {root}")
+    for column in ("name", "state", "trials", "best", "last update"):
+        table.add_column(column)
+    for folder in folders:
+        table.add_row(*_overview(folder.name))
+    console.print(table)
+    return 0
+
+
+def _overview(name: str) -> tuple[str, str, str, str, str]:
+    """A row of ``hypersweep list``: name, state, trials by state, best, last update."""
+    import datetime
+
+    from hypersweep._progress import counts_text
+    from hypersweep.orchestrator._storage import (
+        LEASE_PREFIX,
+        SweepStore,
+        default_run_dir,
+        driver_is_alive,
+        open_storage,
+    )
+    from hypersweep.orchestrator._tune import load
+
+    journal = default_run_dir(name) / "journal.log"
+    updated = datetime.datetime.fromtimestamp(journal.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    try:
+        result = load(name)
+    except ConfigError:  # a journal that holds no sweep of this name
+        return name, "unreadable", "", "", updated
+    storage = open_storage(None, name)
+    store = SweepStore(storage, storage.get_study_id_from_name(name))
+    attrs = store.system_attrs()
+    leases = {k[len(LEASE_PREFIX) :]: v for k, v in attrs.items() if k.startswith(LEASE_PREFIX)}
+    counts = result.counts()
+    if any(driver_is_alive(lease, driver, 30.0) for driver, lease in leases.items()):
+        state = "running"
+    elif any(counts.get(s) for s in ("running", "paused", "interrupted", "queued")):
+        state = "stopped (resume it)"
     else:
-        console.print(f"trial {best.number}: {result.metric}={best.value:.6g}")
-        console.print(format_config(best.config))
+        state = "finished"
+    stopped = [t.step for t in result.trials if t.state == "pruned"]
+    best = result.best_trial
+    best_text = f"{result.metric}={best.value:.6g} (trial {best.number})" if best else ""
+    return name, state, counts_text(counts, stopped), best_text, updated
+
+
+def _cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from hypersweep._export import export_result
+    from hypersweep.orchestrator._tune import load
+
+    output = Path(args.output or f"{args.name}.{args.format}")
+    _check_output_folder(output)
+    result = load(args.name, args.storage)
+    export_result(result, output, args.format)
+    console.print(f"wrote {len(result.trials)} trials to {escape(str(output))}", highlight=False)
     return 0
 
 
@@ -215,34 +377,38 @@ def _print_front(result: Any, args: argparse.Namespace, console: Console) -> int
                 "trial": t.number,
                 "values": dict(zip(result.metrics, t.values or [], strict=True)),
                 "config": t.config,
+                "metrics": t.metrics,
             }
             for t in front
         ]
-        print(json.dumps({"metrics": result.metrics, "modes": result.modes, "front": trials}))
+        data = {"sweep": result.name, "metrics": result.metrics, "modes": result.modes}
+        print(json.dumps({**data, "front": trials}))
     else:
         print_front(result, console, limit=len(front) or 1)
     return 0 if front else EXIT_FAILED
 
 
-def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
-    from hypersweep.orchestrator._spec import load_spec_file
-
-    spec = load_spec_file(args.file)
-    console.print(f"{args.file}: valid sweep ({spec.strategy}, metric {spec.metric} {spec.mode})")
-    return 0
+def _check_output_folder(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"output: folder {str(path.parent)!r} does not exist; create it or write elsewhere"
+        )
 
 
 def _cmd_plot(args: argparse.Namespace, console: Console) -> int:
     from hypersweep._plots import plot_sweep
     from hypersweep.orchestrator._tune import load
 
-    path = plot_sweep(load(args.name, args.storage), args.output or f"{args.name}.png")
-    console.print(f"saved {path}")
+    output = Path(args.output or f"{args.name}.png")
+    _check_output_folder(output)
+    path = plot_sweep(load(args.name, args.storage), output)
+    console.print(f"saved {escape(str(path))}", highlight=False)
     return 0
 
 
 def _cmd_dashboard(args: argparse.Namespace, console: Console) -> int:
     from hypersweep.orchestrator._storage import open_storage
+    from hypersweep.orchestrator._tune import load
 
     try:
         import optuna_dashboard
@@ -250,15 +416,37 @@ def _cmd_dashboard(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(
             "dashboard: optuna-dashboard is not installed; pip install 'hypersweep[dashboard]'"
         ) from None
+    load(args.name, args.storage)  # refuses an unknown sweep instead of serving an empty one
     storage = open_storage(args.storage, args.name)
-    console.print(f"dashboard on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
-    optuna_dashboard.run_server(storage, host="127.0.0.1", port=args.port)
+    console.print(
+        f"dashboard of sweep {escape(args.name)} on http://{args.host}:{args.port} "
+        "(Ctrl-C to stop)",
+        highlight=False,
+    )
+    try:
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port: {args.port} on {args.host} is busy (another server listens there); "
+                "pass --port with a free one"
+            ) from None
+        if error.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
+            raise ConfigError(
+                f"host: cannot listen on {args.host}:{args.port} ({error.strerror})"
+            ) from None
+        raise
     return 0
 
 
 def _cmd_operator(args: argparse.Namespace, console: Console) -> int:
-    from hypersweep.operators._operator import main as operator_main
-
+    try:
+        from hypersweep.operators._operator import main as operator_main
+    except ModuleNotFoundError as error:
+        raise ConfigError(
+            f"operator: needs the kubernetes extra (module {error.name!r} is missing); "
+            "pip install 'hypersweep[kubernetes]'"
+        ) from None
     return operator_main(args.operator_args)
 
 
@@ -266,8 +454,10 @@ _COMMANDS = {
     "run": _cmd_run,
     "resume": _cmd_resume,
     "validate": _cmd_validate,
+    "list": _cmd_list,
     "status": _cmd_status,
     "best": _cmd_best,
+    "export": _cmd_export,
     "plot": _cmd_plot,
     "dashboard": _cmd_dashboard,
     "operator": _cmd_operator,
@@ -285,10 +475,11 @@ def main(argv: list[str] | None = None) -> int:
         error_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         return EXIT_INVALID
     except KeyboardInterrupt:
-        name = getattr(args, "name", None) or "NAME"
+        name = getattr(args, "sweep_name", None) or getattr(args, "name", None) or "NAME"
         error_console.print(
             "interrupted: running trials were stopped and queued; continue with "
-            f"'hypersweep resume {name}'"
+            f"'hypersweep resume {name}'",
+            highlight=False,
         )
         return EXIT_INTERRUPTED
 

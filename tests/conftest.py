@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,3 +30,20 @@ def python_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+# The installed console script, so that CLI tests run the command a user runs.
+HYPERSWEEP = str(Path(sys.executable).with_name("hypersweep"))
+
+
+def hypersweep(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run ``hypersweep ARGS`` to its end, output captured as text."""
+    return subprocess.run(
+        [HYPERSWEEP, *args],
+        capture_output=True,
+        text=True,
+        env={**python_env(), **(env or {})},
+        timeout=timeout,
+    )

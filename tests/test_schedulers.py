@@ -169,7 +169,10 @@ def test_scheduler_settings_are_validated() -> None:
         ({"name": "asha", "reduction_factor": 1}, "reduction_factor: expected an integer >= 2"),
         ({"name": "asha", "min_resource": 5, "max_resource": 3}, "max_resource: expected"),
         ({"name": "pbt", "quantile_fraction": 0.9}, "quantile_fraction"),
-        ({"name": "hyperband", "bogus": 1}, "invalid settings for hyperband"),
+        (
+            {"name": "hyperband", "bogus": 1},
+            r"unknown setting\(s\) bogus for hyperband; allowed: name,",
+        ),
     ]:
         with pytest.raises(hs.ConfigError, match=message):
             hs.tune(

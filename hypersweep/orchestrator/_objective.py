@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,19 +69,55 @@ def load_reference(reference: str, field: str = "objective") -> Objective:
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
-            spec.loader.exec_module(module)
+            try:
+                spec.loader.exec_module(module)
+            except Exception as error:  # noqa: BLE001 - any error of the user's file
+                del sys.modules[module_name]
+                raise ConfigError(_import_failure(field, module_part, error)) from None
     else:
         try:
             module = importlib.import_module(module_part)
         except ModuleNotFoundError as error:
+            if error.name is None or not module_part.startswith(error.name):
+                raise ConfigError(_import_failure(field, module_part, error)) from None
             raise ConfigError(
                 f"{field}: cannot import module {module_part!r} ({error}); run from the folder "
                 "that holds it or install it"
             ) from None
+        except Exception as error:  # noqa: BLE001 - any error of the user's module
+            raise ConfigError(_import_failure(field, module_part, error)) from None
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ConfigError(f"{field}: {module_part!r} has no function {attribute!r}")
     return function
+
+
+def _import_failure(field: str, module: str, error: BaseException) -> str:
+    """``objective: importing 'train.py' failed: NameError: ... (train.py, line 3: ...)``.
+
+    The location is the user's line that raised: for a syntax error, where Python points; else
+    the deepest frame of the traceback outside the import machinery.
+    """
+    if isinstance(error, SyntaxError) and error.filename:
+        where = f"{error.filename}, line {error.lineno}"
+        if error.text:
+            where += f": {error.text.strip()}"
+        message = f"SyntaxError: {error.msg}"
+    else:
+        frames = [
+            frame
+            for frame in traceback.extract_tb(error.__traceback__)
+            if not frame.filename.startswith("<frozen") and frame.filename != __file__
+        ]
+        where = ""
+        if frames:
+            frame = frames[-1]
+            where = f"{frame.filename}, line {frame.lineno}"
+            if frame.line:
+                where += f": {frame.line.strip()}"
+        message = f"{type(error).__name__}: {error}"
+    located = f" (at {where})" if where else ""
+    return f"{field}: importing {module!r} failed: {message}{located}"
 
 
 def resolve_objective(objective: Objective | str) -> ObjectiveRef:

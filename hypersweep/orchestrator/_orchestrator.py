@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,6 +45,8 @@ from hypersweep.orchestrator._storage import (
     OWNER_ATTR,
     PARENT_ATTR,
     PAUSED_ATTR,
+    PROMOTED_ATTR,
+    SEGMENTS_ATTR,
     SPEC_ATTR,
     SweepStore,
     default_run_dir,
@@ -98,17 +100,47 @@ class RunningTrial:
     history: list[dict[str, float]]
     latest: dict[str, float] = field(default_factory=dict)
     decision: str = "continue"
+    promoted_at: list[int] = field(default_factory=list)
+    segments: list[list[float]] = field(default_factory=list)  # earlier runs: [start, end]
+    wall_started: float = 0.0  # time.time() when this run started
+
+    @property
+    def step(self) -> int | None:
+        """The latest step reported, over every run of the trial."""
+        return int(self.history[-1]["step"]) if self.history else None
 
 
 @dataclass(frozen=True)
 class TrialView:
-    """A trial as a progress display shows it."""
+    """A trial as a progress display shows it.
+
+    ``step`` is the latest step reported (where a paused or stopped trial stands), ``steps``
+    how many reports it made (the resource it used) and ``promotions`` how often it was resumed
+    from a pause.
+    """
 
     number: int
     state: str
     config: dict[str, Any]
     latest: dict[str, float]
     value: float | None
+    step: int | None = None
+    steps: int = 0
+    promotions: int = 0
+
+    @classmethod
+    def of(cls, running: RunningTrial, state: str, value: float | None = None) -> TrialView:
+        """The view of a trial this driver runs (or just ran)."""
+        return cls(
+            running.number,
+            state,
+            running.config,
+            running.latest,
+            value,
+            running.step,
+            len(running.history),
+            len(running.promoted_at),
+        )
 
 
 class Orchestrator:
@@ -121,6 +153,7 @@ class Orchestrator:
         objective_reference: ``module:function`` to store with the sweep for ``resume``.
         heartbeat_interval: seconds between this driver's lease renewals.
         lease_grace: seconds after which another driver's silent lease counts as dead.
+        resume_hint: how the caller resumes a sweep, for messages (``--resume`` in the CLI).
     """
 
     def __init__(
@@ -132,6 +165,7 @@ class Orchestrator:
         objective_reference: str | None = None,
         heartbeat_interval: float = 5.0,
         lease_grace: float = 30.0,
+        resume_hint: str = "resume=True",
     ) -> None:
         assert settings.name is not None, "validate the settings first"
         self.settings = settings
@@ -141,6 +175,7 @@ class Orchestrator:
         self.objective_reference = objective_reference
         self.heartbeat_interval = heartbeat_interval
         self.lease_grace = lease_grace
+        self.resume_hint = resume_hint
         self.driver_id = new_driver_id()
         self.listeners: list[Callable[[Orchestrator], None]] = []
         self.stop_reason: str | None = None
@@ -203,8 +238,8 @@ class Orchestrator:
             if not settings.resume:
                 raise ConfigError(
                     f"name: sweep {self.name!r} already exists in {self.storage_description}; "
-                    "pass resume=True (or run 'hypersweep resume "
-                    f"{self.name}') to continue it, or choose another name"
+                    f"pass {self.resume_hint} (or run 'hypersweep resume {self.name}') to "
+                    "continue it, or choose another name"
                 ) from None
             self.study = optuna.load_study(
                 study_name=self.name, storage=self.storage, sampler=sampler, pruner=pruner
@@ -378,11 +413,24 @@ class Orchestrator:
         """Paused trials that no promotion will resume end as stopped early."""
         import optuna
 
+        at_step: dict[int, int] = {}
         for frozen in paused:
             if self.store.claim(frozen._trial_id):
                 self._tell(
                     optuna.Trial(self.study, frozen._trial_id), optuna.trial.TrialState.PRUNED, None
                 )
+                step = int(frozen.system_attrs[PAUSED_ATTR])
+                at_step[step] = at_step.get(step, 0) + 1
+                view = self.views.get(frozen.number)
+                if view is not None:
+                    self.views[frozen.number] = replace(view, state="pruned")
+        if at_step:
+            where = ", ".join(f"{n} at step {step}" for step, n in sorted(at_step.items()))
+            logger.info(
+                "%d paused trials stay stopped where they were paused (%s): no promotion is left",
+                sum(at_step.values()),
+                where,
+            )
 
     # --- starting trials -----------------------------------------------------------------
 
@@ -449,7 +497,11 @@ class Orchestrator:
             if chosen is None:
                 return None
             if self.store.claim(chosen._trial_id):
-                logger.info("Trial %d promoted: resuming from its checkpoint", chosen.number)
+                logger.info(
+                    "Trial %d promoted from step %s: resuming from its checkpoint",
+                    chosen.number,
+                    chosen.system_attrs.get(PAUSED_ATTR),
+                )
                 return chosen._trial_id, dict(chosen.system_attrs)
             paused = [t for t in paused if t.number != chosen.number]
         return None
@@ -494,8 +546,11 @@ class Orchestrator:
         storage.set_trial_system_attr(trial_id, OWNER_ATTR, self.driver_id)
         if system_attrs.get(INTERRUPTED_ATTR):
             storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, False)
+        promoted_at = list(system_attrs.get(PROMOTED_ATTR, []))
         if system_attrs.get(PAUSED_ATTR) is not None:
             storage.set_trial_system_attr(trial_id, PAUSED_ATTR, None)
+            promoted_at.append(int(system_attrs[PAUSED_ATTR]))
+            storage.set_trial_system_attr(trial_id, PROMOTED_ATTR, promoted_at)
         trial = optuna.Trial(self.study, trial_id)
         try:
             config = sample_config(self.settings.space, trial)
@@ -523,6 +578,9 @@ class Orchestrator:
             started=time.monotonic(),
             reported_steps=set(frozen.intermediate_values),
             history=list(system_attrs.get(HISTORY_ATTR, [])),
+            promoted_at=promoted_at,
+            segments=list(system_attrs.get(SEGMENTS_ATTR, [])),
+            wall_started=time.time(),
         )
         self.running[trial.number] = running
         self._launch(running)
@@ -530,9 +588,7 @@ class Orchestrator:
     def _launch(self, running: RunningTrial) -> None:
         restore = latest_checkpoint(trial_checkpoint_dir(self.checkpoint_dir, running.number))
         running.decision = "continue"
-        self.views[running.number] = TrialView(
-            running.number, "running", running.config, running.latest, None
-        )
+        self.views[running.number] = TrialView.of(running, "running")
         self.launcher.launch(
             TrialAssignment(
                 trial_number=running.number,
@@ -575,9 +631,7 @@ class Orchestrator:
     def _on_report(self, running: RunningTrial, event: Reported) -> None:
         running.latest = dict(event.metrics)
         running.history.append({"step": float(event.step), **event.metrics})
-        self.views[running.number] = TrialView(
-            running.number, "running", running.config, running.latest, None
-        )
+        self.views[running.number] = TrialView.of(running, "running")
         decision = Decision.CONTINUE
         forward = getattr(self.study.sampler, "on_trial_result", None)  # Ray Tune searchers
         if forward is not None:
@@ -709,18 +763,14 @@ class Orchestrator:
         if running.history:
             self.store.storage.set_trial_system_attr(trial_id, HISTORY_ATTR, running.history)
         feasible = self._record_feasibility(running, state)
+        self._end_segment(running)
         self._tell(running.trial, optuna.trial.TrialState[state], value)
         view_state = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}[state]
-        latest = running.latest
+        view = TrialView.of(running, view_state, value if isinstance(value, float) else None)
         if isinstance(value, list):  # no single value: show each objective's
-            latest = {**latest, **dict(zip(self.settings.metrics, value, strict=True))}
-        self.views[running.number] = TrialView(
-            running.number,
-            view_state,
-            running.config,
-            latest,
-            value if isinstance(value, float) else None,
-        )
+            metrics = dict(zip(self.settings.metrics, value, strict=True))
+            view = replace(view, latest={**view.latest, **metrics})
+        self.views[running.number] = view
         if isinstance(value, list):
             shown = ", ".join(
                 f"{n}={v:.6g}" for n, v in zip(self.settings.metrics, value, strict=True)
@@ -749,7 +799,7 @@ class Orchestrator:
                 *self.best,
             )
         elif state == "PRUNED":
-            logger.info("Trial %d stopped early", running.number)
+            logger.info("Trial %d stopped early at step %s", running.number, running.step)
         elif message:
             logger.info("Trial %d failed: %s", running.number, message)
 
@@ -798,15 +848,26 @@ class Orchestrator:
         storage = self.store.storage
         if running.history:
             storage.set_trial_system_attr(trial_id, HISTORY_ATTR, running.history)
+        self._end_segment(running)
         if paused:
             steps = running.reported_steps or {0}
             storage.set_trial_system_attr(trial_id, PAUSED_ATTR, max(steps))
+            logger.info(
+                "Trial %d paused at step %d: not in its rung's top yet; it resumes if promoted",
+                running.number,
+                max(steps),
+            )
         else:
             storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
         self.store.requeue(trial_id)
         state = "paused" if paused else "interrupted"
-        self.views[running.number] = TrialView(
-            running.number, state, running.config, running.latest, None
+        self.views[running.number] = TrialView.of(running, state)
+
+    def _end_segment(self, running: RunningTrial) -> None:
+        """Record this run of the trial, so that its duration adds up every run."""
+        running.segments.append([running.wall_started, time.time()])
+        self.store.storage.set_trial_system_attr(
+            running.trial._trial_id, SEGMENTS_ATTR, running.segments
         )
 
     def _release_running(self) -> None:
@@ -839,4 +900,5 @@ class Orchestrator:
             storage=self.storage_description,
             stopped_reason=self.stop_reason,
             queued=queued,
+            space=self.settings.space,
         )

@@ -15,6 +15,8 @@ from hypersweep.orchestrator._storage import (
     INTERRUPTED_ATTR,
     PARENT_ATTR,
     PAUSED_ATTR,
+    PROMOTED_ATTR,
+    SEGMENTS_ATTR,
 )
 from hypersweep.strategies import flatten_config, pareto_front, unflatten_params
 
@@ -31,6 +33,11 @@ _STATE_NAMES = {
 }
 
 
+def _history_of(trial: FrozenTrial) -> list[dict[str, float]]:
+    """Every report of ``trial`` (all metrics, with ``step``), over all its runs."""
+    return list(trial.system_attrs.get(HISTORY_ATTR, []))
+
+
 @dataclass(frozen=True)
 class TrialRecord:
     """One trial of a sweep.
@@ -40,6 +47,12 @@ class TrialRecord:
     checkpoint a population-based-training clone started from. ``values`` holds one value per
     objective (``value`` is set only with one objective); ``feasible`` says whether the trial
     met the sweep's constraints (None: no constraints, or not known).
+
+    ``duration`` is the trial's total running time in seconds: the sum of its ``segments``,
+    the ``(start, end)`` wall-clock times of each finished run (a paused trial that is promoted
+    runs again, as does one resumed after an interruption). ``step`` is the latest step it reported,
+    where a stopped or paused trial stands; ``promoted_at`` lists the steps it was promoted
+    from, in order.
     """
 
     number: int
@@ -56,6 +69,9 @@ class TrialRecord:
     parent: int | None = None
     values: list[float] | None = None
     feasible: bool | None = None
+    step: int | None = None
+    promoted_at: list[int] = field(default_factory=list)
+    segments: list[tuple[float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.values is None and self.value is not None:
@@ -73,9 +89,13 @@ class TrialRecord:
             config = unflatten_params(params, space)
         else:
             config = params
+        segments = [(float(a), float(b)) for a, b in trial.system_attrs.get(SEGMENTS_ATTR, [])]
         duration = None
-        if trial.datetime_start is not None and trial.datetime_complete is not None:
+        if segments:
+            duration = sum(end - start for start, end in segments)
+        elif trial.datetime_start is not None and trial.datetime_complete is not None:
             duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        steps = [*trial.intermediate_values, *(int(h["step"]) for h in _history_of(trial))]
         state = _STATE_NAMES.get(trial.state.name, trial.state.name.lower())
         if state == "waiting" and trial.system_attrs.get(INTERRUPTED_ATTR):
             state = "interrupted"
@@ -92,7 +112,7 @@ class TrialRecord:
             value=value,
             metrics=metrics,
             intermediate_values=dict(trial.intermediate_values),
-            history=list(trial.system_attrs.get(HISTORY_ATTR, [])),
+            history=_history_of(trial),
             error=trial.system_attrs.get(ERROR_ATTR),
             checkpoint=trial.system_attrs.get(CHECKPOINT_ATTR),
             attempts=int(trial.system_attrs.get(ATTEMPTS_ATTR, 0)) + 1,
@@ -100,6 +120,9 @@ class TrialRecord:
             parent=trial.system_attrs.get(PARENT_ATTR),
             values=list(trial.values) if trial.values is not None else None,
             feasible=trial.user_attrs.get("feasible"),
+            step=max(steps) if steps else None,
+            promoted_at=list(trial.system_attrs.get(PROMOTED_ATTR, [])),
+            segments=segments,
         )
 
 
@@ -114,6 +137,7 @@ class SweepResult:
     storage: str
     stopped_reason: str | None = None
     queued: int = 0
+    space: dict[str, Any] | None = None  # the search space, when hypersweep stored it
     constraints: Mapping[str, Any] | None = None
 
     @property
@@ -193,14 +217,16 @@ class SweepResult:
             counts["queued"] = self.queued
         return counts
 
-    def to_dataframe(self) -> pandas.DataFrame:
-        """One row per trial: number, state, value, ``config.*`` and ``metrics.*`` columns.
+    def to_records(self) -> list[dict[str, Any]]:
+        """One flat row per trial, without pandas: what ``to_dataframe`` and
+        ``hypersweep export`` hold.
 
-        With several objectives ``value`` gives way to a ``value.<metric>`` column per
-        objective and a ``pareto`` column (on the front); with constraints, ``feasible``.
+        Columns: number, state, value, step (latest reported), promotions, duration (total
+        running time), segments (runs), attempts, parent, error, checkpoint, then
+        ``config.*`` (nested names dotted) and ``metrics.*`` (the final metrics). With several
+        objectives ``value`` gives way to a ``value.<metric>`` column per objective and a
+        ``pareto`` column (on the front); with constraints, ``feasible`` follows.
         """
-        import pandas
-
         front = {t.number for t in self.best_trials} if self.multi_objective else set()
         rows = []
         for trial in self.trials:
@@ -215,8 +241,12 @@ class SweepResult:
                 row["feasible"] = trial.feasible
             row.update(
                 {
-                    "attempts": trial.attempts,
+                    "step": trial.step,
+                    "promotions": len(trial.promoted_at),
                     "duration": trial.duration,
+                    "segments": len(trial.segments),
+                    "attempts": trial.attempts,
+                    "parent": trial.parent,
                     "error": trial.error,
                     "checkpoint": trial.checkpoint,
                 }
@@ -224,4 +254,10 @@ class SweepResult:
             row.update({f"config.{k}": v for k, v in flatten_config(trial.config).items()})
             row.update({f"metrics.{k}": v for k, v in trial.metrics.items()})
             rows.append(row)
-        return pandas.DataFrame(rows)
+        return rows
+
+    def to_dataframe(self) -> pandas.DataFrame:
+        """One row per trial (the columns of :meth:`to_records`), as a pandas DataFrame."""
+        import pandas
+
+        return pandas.DataFrame(self.to_records())

@@ -256,31 +256,96 @@ def _format_location(location: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in location) or "(top level)"
 
 
+def _kind_of(value: Any) -> str:
+    """What a YAML value is, in the file's words."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping"
+
+
+def _file_terms(message: str) -> str:
+    """Pydantic's wording in YAML's terms (mapping, not dictionary; no Python class names)."""
+    message = re.sub(r"a valid dictionary or instance of \w+", "a mapping", message)
+    return message.replace("a valid dictionary", "a mapping").replace("a valid string", "a string")
+
+
+def _is_field(part: Any) -> bool:
+    """Whether a pydantic location part names a field (not a member of a union type)."""
+    type_tags = {"str", "int", "float", "bool", "dict", "list", "none"}
+    return isinstance(part, int) or (
+        isinstance(part, str) and part.isidentifier() and part not in type_tags
+    )
+
+
 def parse_spec(data: Any, source: str = "sweep") -> SweepSpec:
     """Validate a plain-data sweep; errors say ``source: field: problem``."""
-    if not isinstance(data, Mapping):
+    if data is None:
         raise ConfigError(
-            f"{source}: expected a mapping of sweep fields, got {type(data).__name__}"
+            f"{source}: the file is empty; write the sweep's fields (see examples/quickstart.yaml)"
         )
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of sweep fields, got {_kind_of(data)}")
     try:
         spec = SweepSpec.model_validate(dict(data))
     except pydantic.ValidationError as error:
-        problems = []
+        problems: dict[str, list[str]] = {}
         for item in error.errors():
-            where = _format_location(item["loc"])
-            message = item["msg"]
+            where = _format_location(tuple(p for p in item["loc"] if _is_field(p)))
+            message = _file_terms(item["msg"])
             if item["type"] == "extra_forbidden":
                 nested = item["loc"][:1] == ("replicas",) and len(item["loc"]) > 1
                 model = ReplicasSpec if nested else SweepSpec
                 allowed = ", ".join(model.model_fields)
                 message = f"unknown field; allowed fields are {allowed}"
-            problems.append(f"{source}: {where}: {message}")
-        raise ConfigError("\n".join(problems)) from None
+            elif item["type"] != "missing":
+                message += f", got {_kind_of(item.get('input'))}"
+            if message not in problems.setdefault(where, []):
+                problems[where].append(message)
+        lines = []
+        for where, messages in problems.items():
+            # A field that takes one of several types (early_stopping: name or mapping).
+            should = [m.split(", got ")[0].removeprefix("Input should be ") for m in messages]
+            if len(messages) > 1 and all(m.startswith("Input should be") for m in messages):
+                got = messages[0].split(", got ")[-1]
+                lines.append(f"{source}: {where}: Input should be {' or '.join(should)}, got {got}")
+            else:
+                lines.extend(f"{source}: {where}: {m}" for m in messages)
+        raise ConfigError("\n".join(lines)) from None
     try:
         spec.to_settings()
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
     return spec
+
+
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's numbers: ``1e-3`` is a float, not a string.
+
+    PyYAML follows YAML 1.1, whose floats need a dot (``1.0e-3``); people write ``1e-3``.
+    """
+
+
+_FLOAT_12 = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+# After the int resolver, so that "3" stays an int; the float one then takes "1e-3" and "1.5".
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
 
 
 def load_spec_file(path: str | Path) -> SweepSpec:
@@ -291,7 +356,7 @@ def load_spec_file(path: str | Path) -> SweepSpec:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the sweep file ({error.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=SpecLoader)  # a SafeLoader
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

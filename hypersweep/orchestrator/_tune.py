@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +94,8 @@ def tune(
             together. Rank 0's reports are the trial's; ``max_retries`` bounds the restarts
             of the whole gang from the latest checkpoint.
         launcher: where trials run; defaults to ``LocalLauncher(max_concurrent)``.
-        verbose: log one line per finished trial.
+        verbose: log what happens to trials (completed, stopped early, paused, promoted), a
+            progress line every 10 seconds, and a short summary at the end.
         on_update: called with the orchestrator after each step (progress displays).
 
     Raises:
@@ -135,7 +137,25 @@ def tune(
     )
     if on_update is not None:
         orchestrator.listeners.append(on_update)
-    return orchestrator.run()
+    if not verbose:
+        return orchestrator.run()
+    from hypersweep._progress import ProgressLines, log_summary
+
+    logger = logging.getLogger("hypersweep")
+    logger.info("Sweep %s starts; storage: %s", orchestrator.name, orchestrator.storage_description)
+    orchestrator.listeners.append(ProgressLines(logger.info, interval=10.0).update)
+    started = time.monotonic()
+    try:
+        result = orchestrator.run()
+    except KeyboardInterrupt:
+        logger.warning(
+            "Sweep %s interrupted; continue it with tune(..., name=%r, resume=True)",
+            orchestrator.name,
+            orchestrator.name,
+        )
+        raise
+    log_summary(result, logger, time.monotonic() - started)
+    return result
 
 
 def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) -> SweepResult:
@@ -179,4 +199,5 @@ def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) ->
         storage=describe_storage(storage, name),
         queued=queued,
         constraints=spec.get("constraints"),
+        space=space,
     )

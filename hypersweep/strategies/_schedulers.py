@@ -391,6 +391,15 @@ def _split_settings(early_stopping: Any) -> tuple[Any, dict[str, Any]]:
     return early_stopping, {}
 
 
+def _settings_of(factory: Callable[..., Any]) -> set[str]:
+    """The keyword arguments a scheduler or pruner class takes."""
+    import inspect
+
+    parameters = inspect.signature(factory).parameters.values()
+    keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {p.name for p in parameters if p.name != "self" and p.kind in keyword}
+
+
 def make_scheduler(early_stopping: Any, field: str = "early_stopping") -> Scheduler:
     """The scheduler for a name, a ``{name: ..., **settings}`` mapping, a pruner or scheduler.
 
@@ -416,6 +425,13 @@ def make_scheduler(early_stopping: Any, field: str = "early_stopping") -> Schedu
         raise ConfigError(
             f"{field}: unknown early stopping {name!r}; expected one of "
             f"{', '.join(EARLY_STOPPING_NAMES)}, null, or an optuna.pruners.BasePruner instance"
+        )
+    allowed = _settings_of(optuna.pruners.MedianPruner if name == "median" else factories[name])
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{field}: unknown setting(s) {', '.join(map(str, unknown))} for {name}; allowed: "
+            f"name, {', '.join(sorted(allowed))}"
         )
     try:
         return factories[name](**settings)

@@ -417,7 +417,10 @@ def validate_space(space: Any, prefix: str = "space") -> Any:
         )
     checked = _validate_mapping(space, prefix)
     if not flatten_space(checked):
-        raise ConfigError(f"{prefix}: the space has no parameter to search; add e.g. uniform(0, 1)")
+        raise ConfigError(
+            f"{prefix}: the space has no parameter to search, only constants; add one, e.g. "
+            "x: {type: float, low: 0, high: 1} in a sweep file or hs.uniform(0, 1) in Python"
+        )
     return checked
 
 
