@@ -230,6 +230,7 @@ class KubernetesLauncher(Launcher):
         self._queued: dict[int, _Queued] = {}
         self._queue_note = ""
         self._refused_note = ""
+        self._stalled_note: tuple[str, str] | None = None  # a trial whose pods cannot start
         self._context: SweepContext | None = None
         self._template: JsonDict = {}
         self._spec_key = "replicaSpecs"
@@ -864,6 +865,9 @@ class KubernetesLauncher(Launcher):
                 hardened.setdefault("capabilities", {"drop": ["ALL"]})
             if pool is not None:
                 pool.apply(pod, main)
+            # Pods say which sweep and trial they run: kubectl logs -l hypersweep.io/trial=N.
+            pod_meta = replica_spec["template"].setdefault("metadata", {})
+            pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **self._labels(trial.number)}
             replica_spec["template"] = self._policy.pod_template(
                 replica_spec["template"], trial.name, self._replica_total()
             )
@@ -915,12 +919,14 @@ class KubernetesLauncher(Launcher):
         """
         with self._cond:
             if not self._trials:
+                self._note_stalled(None)
                 return []
         assert self._trainjobs is not None
         events: list[Event] = []
         now = time.monotonic()
+        stuck: tuple[str, str] | None = None
         with self._cond:
-            for trial in list(self._trials.values()):
+            for trial in sorted(self._trials.values(), key=lambda t: t.number):
                 if trial.outcome is not None:
                     continue
                 if trial.uid is None and trial.name in self._writing:
@@ -935,6 +941,12 @@ class KubernetesLauncher(Launcher):
                     continue
                 trial.job_seen = True
                 conditions = (job.get("status") or {}).get("conditions") or []
+                if stuck is None and is_true(conditions, "Stalled"):
+                    found = condition(conditions, "Stalled") or {}
+                    stuck = (
+                        str(found.get("reason")),
+                        f"trial {trial.number}: {found.get('message')}",
+                    )
                 if is_true(conditions, "Failed"):
                     failed = condition(conditions, "Failed") or {}
                     message = (
@@ -953,7 +965,18 @@ class KubernetesLauncher(Launcher):
                         )
                         events.append(Errored(trial.number, message, message))
                         self._drop(trial)
+        self._note_stalled(stuck)
         return events
+
+    def _note_stalled(self, stuck: tuple[str, str] | None) -> None:
+        if stuck != self._stalled_note:
+            self._stalled_note = stuck
+            self._changed()
+
+    def stalled_status(self) -> tuple[str, str] | None:
+        """(reason, message) of the first running trial whose pods cannot start, if any: the
+        Sweep's ``TrialsStalled`` condition."""
+        return self._stalled_note
 
     def _drop(self, trial: _Trial) -> None:
         """Forget a trial whose TrainJob ended without an outcome (called with the lock)."""
@@ -1099,14 +1122,24 @@ class KubernetesLauncher(Launcher):
             self._cond.wait(remaining)
 
 
-def suspend_trainjob(kube: Kube, job: Mapping[str, Any], outcome: str) -> None:
+def suspend_trainjob(
+    kube: Kube, job: Mapping[str, Any], outcome: str, *, final: bool = False
+) -> None:
     """Suspend a trial's TrainJob and record why: its pods go, the job stays to look at.
 
     A job whose pods already exited after the decision (a paused trial's do) only gets the
     outcome annotation, so that ``kubectl`` still tells a pruned trial from a completed one.
+    With ``final`` (the sweep has ended), a job suspended as ``paused`` becomes ``pruned``:
+    no trial resumes any more, and the TrainJob controller finishes the job (its Service goes,
+    its TTL applies).
     """
     meta = job["metadata"]
     if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
+        recorded = (meta.get("annotations") or {}).get(names.OUTCOME_ANNOTATION)
+        if final and recorded in (None, "paused") and not _finished(job):
+            ending = "pruned" if recorded == "paused" else outcome
+            patch = {"metadata": {"annotations": {names.OUTCOME_ANNOTATION: ending}}}
+            kube.patch(TRAINJOBS, meta["namespace"], meta["name"], patch)
         return
     if _finished(job) and names.OUTCOME_ANNOTATION in (meta.get("annotations") or {}):
         return  # ended, and says why already
@@ -1125,7 +1158,7 @@ def suspend_unfinished_trainjobs(
         listing = kube.list(TRAINJOBS, namespace, label_selector=f"{names.SWEEP_LABEL}={sweep}")
         for job in listing.get("items") or []:
             if job["metadata"]["name"] not in keep:
-                suspend_trainjob(kube, job, "stopped")
+                suspend_trainjob(kube, job, "stopped", final=True)
     except ApiError as error:
         logger.warning("could not stop the TrainJobs left by sweep %s: %s", sweep, error)
 

@@ -33,6 +33,8 @@ FRAMEWORKS = ("pytorch", "tensorflow", "generic")
 RESTART_POLICIES = ("OnFailure", "Never", "ExitCode", "Always")
 CLEAN_POD_POLICIES = ("All", "Running", "None")
 DEFAULT_BACKOFF_LIMIT = 3
+#: Seconds a TrainJob's pod may stay unable to start before the job fails (runPolicy).
+DEFAULT_STALLED_TIMEOUT = 300
 DEFAULT_CLAIM = "hypersweep-data"
 
 #: Longest names: ``<sweep>-trial-<n>`` (n < 1,000,000) fits a TrainJob name, and
@@ -256,6 +258,16 @@ def trainjob_spec_schema() -> JsonDict:
                         "type": "boolean",
                         "default": False,
                         "description": "Delete the job's pods and keep it until unsuspended.",
+                    },
+                    "stalledTimeoutSeconds": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "default": DEFAULT_STALLED_TIMEOUT,
+                        "description": (
+                            "Seconds a pod may stay unable to start (Unschedulable, "
+                            "ImagePullBackOff, CreateContainerConfigError...) before the job "
+                            "fails with that reason."
+                        ),
                     },
                 },
             },

@@ -109,20 +109,28 @@ class LatestWrites:
             self._written[key] = (obj, time.monotonic())
 
     def observed(self, key: str, obj: JsonDict) -> None:
-        """The informer delivered ``obj``: the cache has caught up if it is the written one."""
-        version = obj["metadata"].get("resourceVersion")
+        """The informer delivered ``obj``: the cache has caught up if it is the written one,
+        or if it is another object of that name (the written one was deleted)."""
+        meta = obj["metadata"]
         with self._lock:
             written = self._written.get(key)
-            if written is not None and written[0]["metadata"].get("resourceVersion") == version:
+            if written is None:
+                return
+            seen = written[0]["metadata"]
+            if seen.get("resourceVersion") == meta.get("resourceVersion") or (
+                seen.get("uid") != meta.get("uid")
+            ):
                 del self._written[key]
 
-    def get(self, key: str) -> JsonDict | None:
-        """The last object written under ``key`` if the cache may not show it yet."""
+    def get(self, key: str, uid: str | None = None) -> JsonDict | None:
+        """The last object written under ``key`` if the cache may not show it yet; with
+        ``uid``, only if it is that object (not a deleted one of the same name)."""
         with self._lock:
             written = self._written.get(key)
             if written is None:
                 return None
-            if time.monotonic() - written[1] > self.ttl:
+            stale = uid is not None and written[0]["metadata"].get("uid") != uid
+            if stale or time.monotonic() - written[1] > self.ttl:
                 del self._written[key]
                 return None
             return written[0]

@@ -141,6 +141,23 @@ def scrub(text: str, storage: Any) -> str:
     return text.replace(password, "***") if password else text
 
 
+def first_failure(result: SweepResult) -> str | None:
+    """Why the lowest-numbered failed trial failed, in one line (a traceback's last line)."""
+    for trial in sorted(result.trials, key=lambda t: t.number):
+        if trial.state == "failed" and trial.error:
+            return f"trial {trial.number}: {one_line(trial.error)}"
+    return None
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """A readable line from an error: a traceback's last line, else the first one."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def goal_reached(summary: JsonDict, goal: float | None, mode: str) -> bool:
     best = summary.get("bestTrial")
     if goal is None or not best:
@@ -364,12 +381,14 @@ class SweepController:
         cached = self.sweeps.get(namespace, name)
         if cached is None:
             return None
-        return copy.deepcopy(self._written.get(key) or cached)
+        # By uid: a write to a deleted Sweep says nothing about a new one of the same name.
+        return copy.deepcopy(self._written.get(key, cached["metadata"].get("uid")) or cached)
 
     def _wrote(self, sweep: JsonDict) -> None:
         self._written.wrote(object_key(sweep), sweep)
 
     def reconcile(self, key: str) -> float | None:
+        namespace, name = split_key(key)
         sweep = self._latest(key)
         runner = self.runner(key)
         if sweep is None:
@@ -392,7 +411,6 @@ class SweepController:
             return self._finalize(key, sweep, runner)
         finalizers = list(meta.get("finalizers") or [])
         if SWEEP_FINALIZER not in finalizers:
-            namespace, name = split_key(key)
             patch = {
                 "metadata": {
                     "resourceVersion": meta["resourceVersion"],
@@ -424,7 +442,11 @@ class SweepController:
             self._drop(key, runner)
             return self._finished(key, sweep, runner)
         self._write_status(
-            sweep, runner.summary, running=True, queue=runner.launcher.admission_status()
+            sweep,
+            runner.summary,
+            running=True,
+            queue=runner.launcher.admission_status(),
+            stalled=runner.launcher.stalled_status(),
         )
         return 10.0
 
@@ -596,6 +618,18 @@ class SweepController:
                 outcome=("Failed", "MaxFailedTrialsReached", f"{reason}; {text}"),
             )
             self.recorder.event(sweep, "Warning", "Failed", f"{reason}; {text}")
+        elif not counts.get("succeeded"):
+            # However the budget ran out, a sweep without one completed trial did not succeed.
+            why = first_failure(result)
+            message = f"no trial completed ({text})" + (f"; first failure: {why}" if why else "")
+            self._write_status(
+                sweep,
+                summary,
+                running=False,
+                queue=queue,
+                outcome=("Failed", "NoTrialCompleted", message),
+            )
+            self.recorder.event(sweep, "Warning", "Failed", message)
         elif reason == GOAL_REACHED:
             self._write_status(
                 sweep,
@@ -665,6 +699,7 @@ class SweepController:
         outcome: tuple[str, str, str] | None = None,
         error: str | None = None,
         queue: JsonDict | None = None,
+        stalled: tuple[str, str] | None = None,
     ) -> None:
         """Write the status from the runner's view of storage; nothing if nothing changed.
 
@@ -712,6 +747,14 @@ class SweepController:
                 # A False condition is no state: keep the last condition the sweep's own.
                 queued = [c for c in conditions if c.get("type") == "TrialsQueued"]
                 conditions[:] = queued + [c for c in conditions if c.get("type") != "TrialsQueued"]
+        if stalled is not None:
+            set_condition(conditions, "TrialsStalled", True, stalled[0], stalled[1], stamp)
+        elif set_condition(
+            conditions, "TrialsStalled", False, "PodsStarting", "No trial is stalled.", stamp
+        ):
+            # A False condition is no state: keep the last condition the sweep's own.
+            moved = [c for c in conditions if c.get("type") == "TrialsStalled"]
+            conditions[:] = moved + [c for c in conditions if c.get("type") != "TrialsStalled"]
         if queue is not None and queue.get("refused"):
             set_condition(conditions, "Unschedulable", True, "NoPoolFits", queue["refused"], stamp)
         if outcome is not None:

@@ -66,6 +66,7 @@ from hypersweep.operators._batch import all_at_once, slow_start
 from hypersweep.operators._crds import (
     CLEAN_POD_POLICIES,
     DEFAULT_BACKOFF_LIMIT,
+    DEFAULT_STALLED_TIMEOUT,
     FRAMEWORKS,
     PYTORCH_ROLES,
     RESTART_POLICIES,
@@ -87,6 +88,7 @@ from hypersweep.operators._kube import (
 )
 from hypersweep.operators._names import (
     JOB_NAME_LABEL,
+    OUTCOME_ANNOTATION,
     POOL_ANNOTATION,
     REPLICA_INDEX_LABEL,
     REPLICA_TYPE_LABEL,
@@ -167,6 +169,7 @@ class JobSpec:
     clean_pod_policy: str = "Running"
     suspend: bool = False
     success_policy: str = ""
+    stalled_timeout_seconds: int = DEFAULT_STALLED_TIMEOUT
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> JobSpec:
@@ -210,6 +213,11 @@ class JobSpec:
             ),
             clean_pod_policy=clean,
             suspend=bool(run.get("suspend", False)),
+            stalled_timeout_seconds=_count(
+                run.get("stalledTimeoutSeconds", DEFAULT_STALLED_TIMEOUT),
+                "spec.runPolicy.stalledTimeoutSeconds",
+                0,
+            ),
             success_policy=str(spec.get("successPolicy") or ""),
         )
 
@@ -566,6 +574,45 @@ def describe_failure(pod: Mapping[str, Any], container: str) -> tuple[int | None
     )
 
 
+#: Container waiting reasons that a pod does not get out of by itself: the image cannot be
+#: pulled, or the container cannot be made (a missing Secret or ConfigMap key, a root image
+#: under ``runAsNonRoot``...). ``ContainerCreating`` and ``PodInitializing`` are progress.
+STALLED_WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+def stalled(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why a pending pod cannot start (reason, message), or None if it is making progress:
+    the scheduler found no node for it, or a container waits for what will not come."""
+    if _phase(pod) != "Pending" or not _alive(pod):
+        return None
+    status = pod.get("status") or {}
+    name = pod["metadata"]["name"]
+    scheduled = condition(status.get("conditions") or [], "PodScheduled")
+    if scheduled is not None and scheduled.get("status") == "False":
+        reason = str(scheduled.get("reason") or "Unschedulable")
+        return reason, f"pod {name}: {scheduled.get('message') or 'no node fits it'}"
+    for entry in [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]:
+        waiting = (entry.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in STALLED_WAITING_REASONS:
+            detail = waiting.get("message") or reason
+            return str(reason), f"pod {name}, container {entry.get('name')}: {detail}"
+    return None
+
+
 def restartable(policy: str, exit_code: int | None) -> bool:
     """Kubeflow's rule: ExitCode restarts on signals (>= 128) and on failures without an exit
     (eviction, a lost node); OnFailure and Always restart on any failure; Never does not."""
@@ -577,6 +624,15 @@ def restartable(policy: str, exit_code: int | None) -> bool:
 
 
 # --- the decision -------------------------------------------------------------------------
+
+#: The outcomes (annotation ``hypersweep.io/outcome``) that end a suspended trial's TrainJob
+#: for good: its condition, reason and what happened. ``paused`` is not one of them (the trial
+#: may resume) until its sweep ends, which makes it ``pruned``.
+FINAL_OUTCOMES: dict[str, tuple[str, str, str]] = {
+    "pruned": ("Succeeded", "EarlyStopped", "was stopped early by the sweep's early stopping."),
+    "stopped": ("Succeeded", "SweepEnded", "was stopped because its sweep ended."),
+    "failed": ("Failed", "TrialFailed", "failed: its trial reported an error."),
+}
 
 
 @dataclass
@@ -720,6 +776,19 @@ def decide(
                 plan.requeue(left)
         return plan
 
+    ended = FINAL_OUTCOMES.get(str((meta.get("annotations") or {}).get(OUTCOME_ANNOTATION)))
+    if spec.suspend and ended is not None:
+        # A trial that the sweep ended for good (not paused to resume): the job finishes, so
+        # that its Service goes and ttlSecondsAfterFinished applies.
+        kind, reason, text = ended
+        message = f"TrainJob {name} {text}"
+        finish(kind, reason, message, "Warning" if kind == "Failed" else "Normal")
+        set_condition(conditions, "Suspended", False, reason, message, stamp)
+        counts()
+        clean_up()
+        plan.delete_pods = [*current.values(), *stale]  # a suspended job runs nothing
+        return plan
+
     if spec.suspend:
         if set_condition(
             conditions,
@@ -828,6 +897,33 @@ def decide(
         plan.delete_pods.extend([*current.values(), *stale])
         plan.requeue(0.5)
         return plan
+
+    # A pod that cannot start fails the job after the grace period (it counts as active, not
+    # failed, to the pods' phases: nothing else would ever end the trial).
+    stuck = [
+        why
+        for why in (
+            stalled(current[r.pod_name(name)]) for r in replicas if r.pod_name(name) in current
+        )
+        if why is not None
+    ]
+    if stuck:
+        reason, message = stuck[0]
+        grace = spec.stalled_timeout_seconds
+        text = f"{message} (the job fails if this lasts {grace} s: runPolicy.stalledTimeoutSeconds)"
+        if set_condition(conditions, "Stalled", True, reason, text, stamp):
+            plan.events.append(("Warning", reason, message))
+        since = parse_time((condition(conditions, "Stalled") or {}).get("lastTransitionTime"))
+        left = ((since or now) - now).total_seconds() + grace
+        if left <= 0:
+            finish("Failed", reason, f"{message}; for {grace} s or more", "Warning")
+            counts()
+            clean_up()
+            plan.delete_pods = [*current.values(), *stale]  # none of them can run
+            return plan
+        plan.requeue(left)
+    else:
+        set_condition(conditions, "Stalled", False, "PodsStarting", "No pod is stalled.", stamp)
 
     if _succeeded(spec, replicas, current, name):
         counts()
@@ -1080,9 +1176,11 @@ class TrainJobController:
         if key in self._reread:
             self._reread.discard(key)
             return self.kube.get(TRAINJOBS, namespace, name)
-        job = self._written.get(key) or self.jobs.get(namespace, name)
-        if job is None:
+        cached = self.jobs.get(namespace, name)
+        if cached is None:
             return None  # deleted (or not seen yet: its ADDED event will queue it)
+        # By uid: a write to a deleted TrainJob says nothing about a new one of the same name.
+        job = self._written.get(key, cached["metadata"].get("uid")) or cached
         # A reconcile sets fields at the top and in metadata only; decide() copies the rest.
         return {**job, "metadata": dict(job["metadata"])}
 
