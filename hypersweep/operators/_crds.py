@@ -584,6 +584,10 @@ def _sweep_status_schema() -> JsonDict:
                 "properties": {
                     "number": {"type": "integer"},
                     "value": {"type": "number"},
+                    "rounded": {
+                        "type": "string",
+                        "description": "The value to 6 significant digits, as printed.",
+                    },
                     "params": copy.deepcopy(_PRESERVE),
                 },
             },
@@ -657,10 +661,16 @@ def trainjob_crd() -> JsonDict:
         trainjob_spec_schema(),
         _trainjob_status_schema(),
         [
+            # A trial's TrainJob shows the trial (kubectl get trainjobs -l hypersweep.io/sweep=S).
+            _column("Trial", ".metadata.labels.hypersweep\\.io/trial"),
+            _column("Trial-State", ".metadata.annotations.hypersweep\\.io/trial-state"),
+            _column("Value", ".metadata.annotations.hypersweep\\.io/value"),
+            _column("Params", ".metadata.annotations.hypersweep\\.io/params"),
             _column("State", ".status.conditions[-1:].type"),
             _column("Restarts", ".status.restartCount", "integer"),
             _column("Framework", ".spec.framework", priority=1),
             _column("Age", ".metadata.creationTimestamp", "date"),
+            _column("Failure", ".metadata.annotations.hypersweep\\.io/failure"),
         ],
         [
             _cel(
@@ -687,7 +697,9 @@ def sweep_crd() -> JsonDict:
             _column("Failed", ".status.trials.failed", "integer"),
             _column("Running", ".status.trials.running", "integer"),
             _column("Best-Trial", ".status.bestTrial.number", "integer"),
-            _column("Best-Value", ".status.bestTrial.value", "number"),
+            _column("Best-Value", ".status.bestTrial.rounded"),
+            _column("Paused", ".status.trials.paused", "integer"),
+            _column("Total", ".status.trials.total", "integer"),
             _column("Metric", ".spec.objective.metric", priority=1),
             _column("Strategy", ".spec.strategy.name", priority=1),
             _column("Age", ".metadata.creationTimestamp", "date"),

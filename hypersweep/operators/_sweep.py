@@ -47,6 +47,7 @@ from hypersweep._errors import ConfigError
 from hypersweep.launchers._kubernetes import (
     KubernetesLauncher,
     LauncherDetached,
+    one_line,
     suspend_unfinished_trainjobs,
 )
 from hypersweep.operators._expectations import LatestWrites
@@ -122,6 +123,7 @@ def summarize(orchestrator: Orchestrator) -> JsonDict:
         summary["bestTrial"] = {
             "number": trial.number,
             "value": value,
+            "rounded": f"{value:.6g}",
             "params": {key: _plain(param) for key, param in trial.params.items()},
         }
     return summary
@@ -147,15 +149,6 @@ def first_failure(result: SweepResult) -> str | None:
         if trial.state == "failed" and trial.error:
             return f"trial {trial.number}: {one_line(trial.error)}"
     return None
-
-
-def one_line(text: str, limit: int = 400) -> str:
-    """A readable line from an error: a traceback's last line, else the first one."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if not lines:
-        return ""
-    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def goal_reached(summary: JsonDict, goal: float | None, mode: str) -> bool:
