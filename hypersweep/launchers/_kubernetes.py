@@ -1173,7 +1173,10 @@ class KubernetesLauncher(Launcher):
             event = Errored(number, text, str(message.get("traceback")))
             shown = self._shown(trial, "failed")
             shown[names.FAILURE_ANNOTATION] = one_line(text)
-            action = self._end_job(trial.name, "failed", shown)
+            shown[names.OUTCOME_ANNOTATION] = "failed"
+            # Not suspended: its pods exit by themselves and stay for ``kubectl logs`` (as
+            # cleanPodPolicy says); the TrainJob controller finishes the job, restarting nothing.
+            action = self._forget_secret(trial.name, shown)
         else:
             return 400, {"error": f"unknown message kind {kind!r}"}
         trial.outcome = kind

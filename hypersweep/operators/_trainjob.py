@@ -87,6 +87,7 @@ from hypersweep.operators._kube import (
     split_key,
 )
 from hypersweep.operators._names import (
+    FAILURE_ANNOTATION,
     JOB_NAME_LABEL,
     OUTCOME_ANNOTATION,
     POOL_ANNOTATION,
@@ -416,6 +417,8 @@ def render_pod(
     for container in pod_spec["containers"]:
         # The template's own variables come last: where both set one, the template wins.
         container["env"] = ours + list(container.get("env") or [])
+        # A crash's last lines of output become the failure's message (TrainJob, Sweep).
+        container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
     container = main_container(spec, pod_spec["containers"])
     port_name = PORT_NAMES[spec.framework]
     ports = [p for p in container.get("ports") or [] if p.get("name") != port_name]
@@ -566,12 +569,23 @@ def describe_failure(pod: Mapping[str, Any], container: str) -> tuple[int | None
         detail = status.get("message")
         return None, f"{why}: {detail}" if detail else str(why)
     code = int(terminated.get("exitCode") or 0)
+    said = _last_line(str(terminated.get("message") or ""))
     if code > 128:
-        return code, f"was killed by signal {code - 128} (exit code {code})"
+        return code, f"was killed by signal {code - 128} (exit code {code})" + (
+            f": {said}" if said else ""
+        )
     reason = terminated.get("reason")
     return code, f"exited with code {code}" + (
         f" ({reason})" if reason and reason != "Error" else ""
-    )
+    ) + (f": {said}" if said else "")
+
+
+def _last_line(text: str, limit: int = 300) -> str:
+    """The last line of a termination message (a crash's output ends with its error)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if len(lines[-1]) <= limit else lines[-1][: limit - 3] + "..."
 
 
 #: Container waiting reasons that a pod does not get out of by itself: the image cannot be
@@ -611,6 +625,18 @@ def stalled(pod: Mapping[str, Any]) -> tuple[str, str] | None:
             detail = waiting.get("message") or reason
             return str(reason), f"pod {name}, container {entry.get('name')}: {detail}"
     return None
+
+
+#: Seconds before the first restart of a gang after a replica failed; doubled at each
+#: further restart, up to RESTART_BACKOFF_MAX (the Job controller's 10 s, 20 s ... is meant
+#: for pods retried alone; a gang restart already costs a rendezvous).
+RESTART_BACKOFF = 2.0
+RESTART_BACKOFF_MAX = 120.0
+
+
+def restart_backoff(restart: int) -> float:
+    """Seconds to wait before start number ``restart`` (>= 1) after a replica failure."""
+    return float(min(RESTART_BACKOFF * 2 ** max(restart - 1, 0), RESTART_BACKOFF_MAX))
 
 
 def restartable(policy: str, exit_code: int | None) -> bool:
@@ -776,18 +802,28 @@ def decide(
                 plan.requeue(left)
         return plan
 
-    ended = FINAL_OUTCOMES.get(str((meta.get("annotations") or {}).get(OUTCOME_ANNOTATION)))
-    if spec.suspend and ended is not None:
-        # A trial that the sweep ended for good (not paused to resume): the job finishes, so
-        # that its Service goes and ttlSecondsAfterFinished applies.
-        kind, reason, text = ended
-        message = f"TrainJob {name} {text}"
-        finish(kind, reason, message, "Warning" if kind == "Failed" else "Normal")
-        set_condition(conditions, "Suspended", False, reason, message, stamp)
+    annotations = meta.get("annotations") or {}
+    ended = FINAL_OUTCOMES.get(str(annotations.get(OUTCOME_ANNOTATION)))
+    if ended is not None:
+        # A trial that ended for good (not paused to resume): the job finishes, so that its
+        # Service goes and ttlSecondsAfterFinished applies; nothing restarts it. Unsuspended
+        # (a failed trial's), it finishes once a replica has exited, and cleanPodPolicy says
+        # which pods stay: a failed trial's exited pods stay for ``kubectl logs``.
+        exited = [p for p in current.values() if _phase(p) in ("Succeeded", "Failed")]
+        if spec.suspend or exited or not current:
+            kind, reason, text = ended
+            failure = annotations.get(FAILURE_ANNOTATION)
+            message = f"TrainJob {name} {text}" + (f" {failure}" if failure else "")
+            finish(kind, reason, message, "Warning" if kind == "Failed" else "Normal")
+            if spec.suspend:
+                set_condition(conditions, "Suspended", False, reason, message, stamp)
+            counts()
+            clean_up()
+            if spec.suspend:
+                plan.delete_pods = [*current.values(), *stale]  # a suspended job runs nothing
+            return plan
         counts()
-        clean_up()
-        plan.delete_pods = [*current.values(), *stale]  # a suspended job runs nothing
-        return plan
+        return plan  # its replicas are exiting: their events bring the job back
 
     if spec.suspend:
         if set_condition(
@@ -887,11 +923,19 @@ def decide(
             clean_up()
             return plan
         status["restartCount"] = gang + 1
+        # A replica's own failure backs off before the next start, as the Job controller does
+        # (a lost replica is no one's fault: its gang starts again at once).
+        reason = "ReplicaLost" if lost else "TrainJobRestarting"
+        delay = 0.0 if lost else restart_backoff(gang + 1)
         text = (
             f"{message}; restarting every replica from the latest checkpoint "
-            f"(restart {gang + 1} of {spec.backoff_limit})"
+            f"(restart {gang + 1} of {spec.backoff_limit}"
+            + (f", in {delay:g} s)" if delay else ")")
         )
-        set_condition(conditions, "Restarting", True, "TrainJobRestarting", text, stamp)
+        set_condition(conditions, "Restarting", True, reason, text, stamp)
+        restarting = condition(conditions, "Restarting")
+        assert restarting is not None
+        restarting["lastUpdateTime"] = stamp  # when the back-off starts
         set_condition(conditions, "Running", False, "TrainJobRestarting", text, stamp)
         plan.events.append(("Warning", "Restarting", text))
         plan.delete_pods.extend([*current.values(), *stale])
@@ -947,6 +991,20 @@ def decide(
 
     # Converge on one live pod per replica and the job's headless Service.
     plan.delete_pods.extend(stale)
+    restarting = condition(conditions, "Restarting")
+    if (
+        not current
+        and gang > 0
+        and restarting is not None
+        and restarting.get("status") == "True"
+        and restarting.get("reason") == "TrainJobRestarting"
+    ):
+        since = parse_time(restarting.get("lastUpdateTime")) or now
+        left = (since - now).total_seconds() + restart_backoff(gang)
+        if left > 0:
+            plan.requeue(left)  # backing off after a failure
+            counts()
+            return plan
     taken = {pod["metadata"]["name"] for pod in pods}
     for replica in replicas:
         pod_name = replica.pod_name(name)

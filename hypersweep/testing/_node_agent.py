@@ -382,18 +382,44 @@ class _PodRunner(threading.Thread):
             # A signal shows as a negative return code; container runtimes report 128+signal.
             exit_code = code if code >= 0 else 128 - code
             container.exit_code = exit_code
-            container.state = {
-                "terminated": {
-                    "exitCode": exit_code,
-                    "reason": "Completed" if exit_code == 0 else "Error",
-                    "startedAt": container.started_at or _now(),
-                    "finishedAt": _now(),
-                    "containerID": f"process://{proc.pid}",
-                }
+            terminated: JsonDict = {
+                "exitCode": exit_code,
+                "reason": "Completed" if exit_code == 0 else "Error",
+                "startedAt": container.started_at or _now(),
+                "finishedAt": _now(),
+                "containerID": f"process://{proc.pid}",
             }
+            message = self._termination_message(container)
+            if message:
+                terminated["message"] = message
+            container.state = {"terminated": terminated}
             self._after_exit(container, allow_restart=allow_restart and not container.init)
             changed = True
         return changed
+
+    def _termination_message(self, container: _Container) -> str:
+        """As a kubelet does: the file at ``terminationMessagePath`` if the container wrote
+        one, else with ``FallbackToLogsOnError`` and a failure, the end of its output (the
+        last 80 lines, at most 2048 bytes)."""
+        path = Path(container.spec.get("terminationMessagePath") or "/dev/termination-log")
+        with contextlib.suppress(OSError):
+            if path.is_file() and str(path) != "/dev/termination-log":
+                return path.read_bytes()[:4096].decode(errors="replace")
+        policy = container.spec.get("terminationMessagePolicy") or "File"
+        if policy != "FallbackToLogsOnError" or not container.exit_code:
+            return ""
+        if container.log_file is not None:
+            container.log_file.flush()
+        try:
+            with (self.pod_dir / f"{container.name}.log").open("rb") as log_file:
+                log_file.seek(0, os.SEEK_END)
+                size = log_file.tell()
+                log_file.seek(max(0, size - 2048))
+                tail = log_file.read()
+        except OSError:
+            return ""
+        lines = tail.decode(errors="replace").splitlines()[-80:]
+        return "\n".join(lines)
 
     def _after_exit(self, container: _Container, *, allow_restart: bool) -> None:
         """Decide whether an exited container restarts (restartPolicy) or is done."""

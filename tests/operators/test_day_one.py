@@ -160,12 +160,18 @@ def test_a_sweep_without_a_completed_trial_fails_with_the_first_reason(
         parallelism=2,
         maxRetries=0,
     )
-    # A command with bad arguments: every replica exits 2.
-    bad = trial_template([sys.executable, "-c", "import sys; sys.exit(2)", "--epochs=x"])
+    # A command with bad arguments: every replica exits 2, saying why on stderr.
+    parse = "import argparse; a = argparse.ArgumentParser(); a.add_argument('--epochs', type=int)"
+    bad = trial_template([sys.executable, "-c", f"{parse}; a.parse_args()", "--epochs=x"])
     bad["runPolicy"] = {"backoffLimit": 0}
     apply_sweep(cluster, namespace, "bad-args", template=bad, maxTrials=2, maxRetries=0)
 
-    for name, why in (("wrong-metric", "val_loss"), ("bad-args", "exited with code 2")):
+    cases = (
+        ("wrong-metric", "val_loss"),
+        # The container's last output line is its termination message (FallbackToLogsOnError).
+        ("bad-args", "exited with code 2: usage: -c [-h] [--epochs EPOCHS]"),
+    )
+    for name, why in cases:
         status = finished(cluster, namespace, name, operator)
         assert "Failed" in status["true"] and "Succeeded" not in status["true"], status
         ended = outcome(status)
@@ -327,3 +333,121 @@ def test_trial_pods_carry_their_sweep_and_trial(
             f"hypersweep.io/sweep=labels,hypersweep.io/trial={trial}",
         )["items"]
         assert [p["metadata"]["name"] for p in pods] == [f"labels-trial-{trial}-master-0"]
+
+
+def test_the_per_trial_view_and_a_failed_trials_pods(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    # Grid over two settings: one trial completes, the other raises in the objective.
+    apply_sweep(
+        cluster,
+        namespace,
+        "view",
+        space={
+            "lr": {"type": "constant", "value": 0.5},
+            "steps": {"type": "choice", "values": [3, "bad"]},
+            "pause": {"type": "constant", "value": 0.05},
+        },
+        strategy={"name": "grid"},
+        maxTrials=2,
+        parallelism=2,
+        maxRetries=0,
+    )
+    status = finished(cluster, namespace, "view", operator)
+    assert status["trials"]["succeeded"] == 1 and status["trials"]["failed"] == 1, status
+    jobs = {
+        int(j["metadata"]["labels"]["hypersweep.io/trial"]): j
+        for j in trainjobs(cluster, namespace, "view")
+    }
+    good = next(
+        n
+        for n, j in jobs.items()
+        if '"steps":3' in j["metadata"]["annotations"]["hypersweep.io/params"]
+    )
+    bad = 1 - good
+    wait_until(
+        lambda: (
+            "Failed"
+            in true_conditions(
+                kubectl_json(cluster, "get", "trainjob", f"view-trial-{bad}", "-n", namespace.name)
+            )
+        ),
+        60,
+        "the failed trial's TrainJob to fail",
+    )
+    table = cluster.kubectl(
+        "get", "trainjobs", "-n", namespace.name, "-l", "hypersweep.io/sweep=view"
+    ).stdout.splitlines()
+    header = table[0].split()
+    assert header[:7] == ["NAME", "TRIAL", "TRIAL-STATE", "VALUE", "PARAMS", "STATE", "RESTARTS"]
+    assert header[-1] == "FAILURE"
+    rows = {line.split()[0]: line for line in table[1:]}
+    final = 0.2**2 + 1.0 / 3  # learning_curve's last loss at lr=0.5 after 3 steps
+    row = rows[f"view-trial-{good}"].split()
+    assert row[1:4] == [str(good), "completed", f"{final:.6g}"], row
+    assert row[5] == "Succeeded"
+    row = rows[f"view-trial-{bad}"].split()
+    assert row[1:3] == [str(bad), "failed"] and row[5] == "Failed", row
+    assert "ValueError: invalid literal for int()" in rows[f"view-trial-{bad}"]
+    # The failed trial's job failed with the trial's error, without a restart, and its pod is
+    # kept (cleanPodPolicy Running deletes only running pods) for its logs.
+    job = kubectl_json(cluster, "get", "trainjob", f"view-trial-{bad}", "-n", namespace.name)
+    failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "TrialFailed" and "ValueError" in failed["message"], failed
+    assert job["status"]["restartCount"] == 0
+    pod = kubectl_json(cluster, "get", "pod", f"view-trial-{bad}-master-0", "-n", namespace.name)
+    assert pod["status"]["phase"] == "Failed"
+    assert pod["metadata"]["labels"]["hypersweep.io/trial"] == str(bad)
+    # kubectl get sweeps: paused and total, and the best value rounded.
+    table = cluster.kubectl("get", "sweeps", "-n", namespace.name).stdout.splitlines()
+    header, row = table[0].split(), table[1].split()
+    assert header[6:10] == ["BEST-TRIAL", "BEST-VALUE", "PAUSED", "TOTAL"], header
+    assert row[6:10] == [str(good), f"{final:.6g}", "0", "2"], row
+
+
+def test_a_crashing_gang_backs_off_between_restarts(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    crash = "import sys; print('boom: no such file data.csv', file=sys.stderr); sys.exit(1)"
+    spec = trial_template([sys.executable, "-c", crash])
+    spec["runPolicy"] = {"backoffLimit": 3}
+    body = {
+        "apiVersion": "hypersweep.io/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": {"name": "crash"},
+        "spec": spec,
+    }
+    cluster.kubectl("apply", "-n", namespace.name, "-f", "-", input=json.dumps(body))
+    job = wait_until(
+        lambda: (
+            (j := kubectl_json(cluster, "get", "trainjob", "crash", "-n", namespace.name))
+            and "Failed" in true_conditions(j)
+            and j
+        ),
+        120,
+        "the crashing job to fail",
+    )
+    failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    assert "boom: no such file data.csv" in failed["message"], failed  # its last output line
+    events = kubectl_json(
+        cluster,
+        "get",
+        "events",
+        "-n",
+        namespace.name,
+        "--field-selector",
+        "involvedObject.name=crash",
+    )["items"]
+    restarts = sorted(
+        e["firstTimestamp"] or e["eventTime"] for e in events if e["reason"] == "Restarting"
+    )
+    messages = [e["message"] for e in events if e["reason"] == "Restarting"]
+    assert len(messages) == 3 and all("in " in m for m in messages), messages
+    # 2 s, 4 s, 8 s between the starts: four starts take 14 s or more, not two.
+    from hypersweep.operators._trainjob import parse_time
+
+    started = parse_time(job["status"]["startTime"])
+    ended = parse_time(job["status"]["completionTime"])
+    assert started is not None and ended is not None and restarts
+    assert (ended - started).total_seconds() >= 13, (started, ended)
