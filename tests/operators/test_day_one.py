@@ -169,7 +169,7 @@ def test_a_sweep_without_a_completed_trial_fails_with_the_first_reason(
     cases = (
         ("wrong-metric", "val_loss"),
         # The container's last output line is its termination message (FallbackToLogsOnError).
-        ("bad-args", "exited with code 2: usage: -c [-h] [--epochs EPOCHS]"),
+        ("bad-args", "exited with code 2: -c: error: argument --epochs: invalid int value: 'x'"),
     )
     for name, why in cases:
         status = finished(cluster, namespace, name, operator)
