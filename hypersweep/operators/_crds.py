@@ -415,9 +415,22 @@ def _sweep_spec_schema() -> JsonDict:
             "objective": {
                 "type": "object",
                 "required": ["metric"],
+                "description": "What the sweep optimizes.",
                 "properties": {
-                    "metric": {"type": "string", "minLength": 1},
-                    "mode": {"type": "string", "enum": ["min", "max"], "default": "min"},
+                    "metric": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": (
+                            "The metric to optimize: a key of what the objective returns and "
+                            "reports (e.g. loss)."
+                        ),
+                    },
+                    "mode": {
+                        "type": "string",
+                        "enum": ["min", "max"],
+                        "default": "min",
+                        "description": "min to minimize the metric, max to maximize it.",
+                    },
                     "goal": {
                         "type": "number",
                         "description": "Stop starting trials once the best value reaches it.",
@@ -427,10 +440,23 @@ def _sweep_spec_schema() -> JsonDict:
             "strategy": {
                 "type": "object",
                 "default": {"name": "tpe"},
+                "description": "How the next trials' parameters are chosen.",
                 "properties": {
-                    "name": {"type": "string", "enum": list(STRATEGY_NAMES), "default": "tpe"},
+                    "name": {
+                        "type": "string",
+                        "enum": list(STRATEGY_NAMES),
+                        "default": "tpe",
+                        "description": "The search strategy (an Optuna sampler).",
+                    },
                     "settings": {
                         "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                        "description": (
+                            "Options of the strategy's Optuna sampler: seed for all, e.g. "
+                            "n_startup_trials and multivariate for tpe, sigma0 for cmaes, "
+                            "population_size for nsga2. An unknown one fails the sweep, naming "
+                            "the options there are."
+                        ),
                         "properties": {"seed": {"type": "integer", "minimum": 0}},
                     },
                 },
@@ -438,21 +464,55 @@ def _sweep_spec_schema() -> JsonDict:
             "earlyStopping": {
                 "type": "object",
                 "required": ["name"],
+                "description": "Stopping unpromising trials early, from their reports.",
                 "properties": {
-                    "name": {"type": "string", "enum": ["none", *EARLY_STOPPING_NAMES]},
-                    "settings": copy.deepcopy(_PRESERVE),
+                    "name": {
+                        "type": "string",
+                        "enum": ["none", *EARLY_STOPPING_NAMES],
+                        "description": (
+                            "asha, hyperband and pbt pause, promote and clone trials on "
+                            "checkpoints; median is Optuna's median pruner."
+                        ),
+                    },
+                    "settings": {
+                        **copy.deepcopy(_PRESERVE),
+                        "description": (
+                            "Its settings, e.g. min_resource, max_resource and reduction_factor "
+                            "for asha. An unknown one fails the sweep, naming the settings there "
+                            "are."
+                        ),
+                    },
                 },
             },
-            "maxTrials": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
-            "parallelism": {"type": "integer", "minimum": 1, "default": 3},
-            "maxFailedTrials": {"type": "integer", "minimum": 1},
+            "maxTrials": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 1_000_000,
+                "description": "Trials the sweep runs in all (its budget).",
+            },
+            "parallelism": {
+                "type": "integer",
+                "minimum": 1,
+                "default": 3,
+                "description": "Trials running at once.",
+            },
+            "maxFailedTrials": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Failed trials after which the sweep stops and fails.",
+            },
             "maxRetries": {
                 "type": "integer",
                 "minimum": 0,
                 "default": 2,
                 "description": "New TrainJobs for a trial whose TrainJob vanished.",
             },
-            "keepCheckpoints": {"type": "integer", "minimum": 1, "default": 2},
+            "keepCheckpoints": {
+                "type": "integer",
+                "minimum": 1,
+                "default": 2,
+                "description": "Checkpoints kept per trial (the latest ones).",
+            },
             "trialTemplate": trial_template,
             "storage": storage,
             "pools": _pools_schema(),

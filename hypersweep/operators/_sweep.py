@@ -66,6 +66,11 @@ from hypersweep.operators._pools import GangAdmission, parse_policy, parse_pools
 from hypersweep.operators._recorder import EventRecorder
 from hypersweep.operators._server import ReportServer
 from hypersweep.operators._trainjob import JobSpec, SpecError, is_true, rfc3339, set_condition
+from hypersweep.operators._validation import (
+    check_early_stopping,
+    check_trial_parameters,
+    strategy_for,
+)
 from hypersweep.orchestrator._objective import ObjectiveRef
 from hypersweep.orchestrator._spec import SweepSettings
 from hypersweep.orchestrator._storage import PAUSED_ATTR, describe_storage
@@ -520,6 +525,7 @@ class SweepController:
         objective = spec.get("objective") or {}
         strategy = spec.get("strategy") or {}
         early = spec.get("earlyStopping") or {}
+        check_early_stopping(early)
         early_stopping = None
         if early.get("name") not in (None, "none"):
             early_stopping = {"name": early["name"], **(early.get("settings") or {})}
@@ -528,6 +534,12 @@ class SweepController:
             JobSpec.from_spec(template)
         except SpecError as error:
             raise ConfigError(f"spec.trialTemplate: {str(error).removeprefix('spec.')}") from None
+        try:
+            check_trial_parameters(template, spec.get("space") or {})
+            sampler, seed = strategy_for(strategy, spec.get("space") or {})
+        except ConfigError as error:
+            text = str(error)
+            raise ConfigError(text if text.startswith("spec.") else f"spec.{text}") from None
         directory = run_dir(self.data_dir, sweep)
         storage = self._storage_url(meta["namespace"], spec) or str(directory / "journal.log")
         settings = SweepSettings(
@@ -536,14 +548,14 @@ class SweepController:
             mode=objective.get("mode", "min"),
             n_trials=spec.get("maxTrials"),
             max_concurrent=spec.get("parallelism", 3),
-            strategy=strategy.get("name", "tpe"),
+            strategy=sampler,
             early_stopping=early_stopping,
             storage=storage,
             name=study_name(sweep),
             resume=True,
             max_failed_trials=spec.get("maxFailedTrials"),
             max_retries=spec.get("maxRetries", 2),
-            seed=(strategy.get("settings") or {}).get("seed"),
+            seed=seed,
             keep_checkpoints=spec.get("keepCheckpoints", 2),
             checkpoint_dir=str(directory / "checkpoints"),
         )

@@ -345,7 +345,7 @@ def test_the_per_trial_view_and_a_failed_trials_pods(
         "view",
         space={
             "lr": {"type": "constant", "value": 0.5},
-            "steps": {"type": "choice", "values": [3, "bad"]},
+            "steps": {"type": "grid", "values": [3, "bad"]},
             "pause": {"type": "constant", "value": 0.05},
         },
         strategy={"name": "grid"},
