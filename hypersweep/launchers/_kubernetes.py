@@ -1230,10 +1230,10 @@ def suspend_trainjob(
     its TTL applies).
     """
     meta = job["metadata"]
-    if final and _finished(job):
-        return  # ended by itself: nothing to stop, and its own outcome stands
+    recorded = (meta.get("annotations") or {}).get(names.OUTCOME_ANNOTATION)
+    if final and (_finished(job) or recorded in ("pruned", "failed", "stopped")):
+        return  # ended (or ending: its pods are exiting), and its own outcome stands
     if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
-        recorded = (meta.get("annotations") or {}).get(names.OUTCOME_ANNOTATION)
         if final and recorded in (None, "paused"):
             ending = "pruned" if recorded == "paused" else outcome
             annotations = {names.OUTCOME_ANNOTATION: ending, names.TRIAL_STATE_ANNOTATION: ending}

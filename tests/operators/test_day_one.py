@@ -103,6 +103,24 @@ def trainjobs(cluster: LocalCluster, namespace: Namespace, sweep: str) -> list[d
     )["items"]
 
 
+def table(text: str) -> list[dict[str, str]]:
+    """A ``kubectl get`` table as rows by column name (cells may be empty)."""
+    lines = text.splitlines()
+    header = lines[0]
+    names = header.split()
+    starts = [header.index(f"{name}") for name in names]
+    for i in range(1, len(starts)):  # a name may also occur inside an earlier one
+        starts[i] = header.index(f" {names[i]}", starts[i - 1]) + 1
+    bounds = [*starts[1:], None]
+    return [
+        {
+            name: line[start:end].strip()
+            for name, start, end in zip(names, starts, bounds, strict=True)
+        }
+        for line in lines[1:]
+    ]
+
+
 def true_conditions(obj: dict[str, Any]) -> set[str]:
     conditions = (obj.get("status") or {}).get("conditions") or []
     return {c["type"] for c in conditions if c["status"] == "True"}
@@ -365,30 +383,31 @@ def test_the_per_trial_view_and_a_failed_trials_pods(
         if '"steps":3' in j["metadata"]["annotations"]["hypersweep.io/params"]
     )
     bad = 1 - good
+    # The TrainJobs' states follow their pods' (within the controller's batch period).
     wait_until(
-        lambda: (
-            "Failed"
-            in true_conditions(
-                kubectl_json(cluster, "get", "trainjob", f"view-trial-{bad}", "-n", namespace.name)
-            )
-        ),
+        lambda: all(true_conditions(j) & FINISHED for j in trainjobs(cluster, namespace, "view")),
         60,
-        "the failed trial's TrainJob to fail",
+        "both TrainJobs to finish",
     )
-    table = cluster.kubectl(
+    text = cluster.kubectl(
         "get", "trainjobs", "-n", namespace.name, "-l", "hypersweep.io/sweep=view"
-    ).stdout.splitlines()
-    header = table[0].split()
-    assert header[:7] == ["NAME", "TRIAL", "TRIAL-STATE", "VALUE", "PARAMS", "STATE", "RESTARTS"]
-    assert header[-1] == "FAILURE"
-    rows = {line.split()[0]: line for line in table[1:]}
+    ).stdout
+    columns = text.splitlines()[0].split()
+    assert columns[:7] == ["NAME", "TRIAL", "TRIAL-STATE", "VALUE", "PARAMS", "STATE", "RESTARTS"]
+    assert columns[-1] == "FAILURE"
+    rows = {row["NAME"]: row for row in table(text)}
     final = 0.2**2 + 1.0 / 3  # learning_curve's last loss at lr=0.5 after 3 steps
-    row = rows[f"view-trial-{good}"].split()
-    assert row[1:4] == [str(good), "completed", f"{final:.6g}"], row
-    assert row[5] == "Succeeded"
-    row = rows[f"view-trial-{bad}"].split()
-    assert row[1:3] == [str(bad), "failed"] and row[5] == "Failed", row
-    assert "ValueError: invalid literal for int()" in rows[f"view-trial-{bad}"]
+    row = rows[f"view-trial-{good}"]
+    assert (row["TRIAL"], row["TRIAL-STATE"], row["VALUE"]) == (
+        str(good),
+        "completed",
+        f"{final:.6g}",
+    )
+    assert row["STATE"] == "Succeeded" and row["FAILURE"] == "", row
+    assert json.loads(row["PARAMS"]) == {"lr": 0.5, "pause": 0.05, "steps": 3}
+    row = rows[f"view-trial-{bad}"]
+    assert (row["TRIAL"], row["TRIAL-STATE"], row["STATE"]) == (str(bad), "failed", "Failed"), row
+    assert row["FAILURE"].startswith("ValueError: invalid literal for int()"), row
     # The failed trial's job failed with the trial's error, without a restart, and its pod is
     # kept (cleanPodPolicy Running deletes only running pods) for its logs.
     job = kubectl_json(cluster, "get", "trainjob", f"view-trial-{bad}", "-n", namespace.name)
@@ -399,10 +418,9 @@ def test_the_per_trial_view_and_a_failed_trials_pods(
     assert pod["status"]["phase"] == "Failed"
     assert pod["metadata"]["labels"]["hypersweep.io/trial"] == str(bad)
     # kubectl get sweeps: paused and total, and the best value rounded.
-    table = cluster.kubectl("get", "sweeps", "-n", namespace.name).stdout.splitlines()
-    header, row = table[0].split(), table[1].split()
-    assert header[6:10] == ["BEST-TRIAL", "BEST-VALUE", "PAUSED", "TOTAL"], header
-    assert row[6:10] == [str(good), f"{final:.6g}", "0", "2"], row
+    (row,) = table(cluster.kubectl("get", "sweeps", "-n", namespace.name).stdout)
+    shown = [row[k] for k in ("BEST-TRIAL", "BEST-VALUE", "PAUSED", "TOTAL")]
+    assert shown == [str(good), f"{final:.6g}", "0", "2"], row
 
 
 def test_a_crashing_gang_backs_off_between_restarts(
