@@ -1236,9 +1236,10 @@ def suspend_trainjob(
     if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
         if final and recorded in (None, "paused"):
             ending = "pruned" if recorded == "paused" else outcome
-            annotations = {names.OUTCOME_ANNOTATION: ending, names.TRIAL_STATE_ANNOTATION: ending}
-            patch = {"metadata": {"annotations": annotations}}
-            kube.patch(TRAINJOBS, meta["namespace"], meta["name"], patch)
+            ended = {names.OUTCOME_ANNOTATION: ending, names.TRIAL_STATE_ANNOTATION: ending}
+            kube.patch(
+                TRAINJOBS, meta["namespace"], meta["name"], {"metadata": {"annotations": ended}}
+            )
         return
     if _finished(job) and names.OUTCOME_ANNOTATION in (meta.get("annotations") or {}):
         return  # ended, and says why already

@@ -513,6 +513,14 @@ def _sweep_spec_schema() -> JsonDict:
                 "default": 2,
                 "description": "Checkpoints kept per trial (the latest ones).",
             },
+            "retain": {
+                "type": "boolean",
+                "default": False,
+                "description": (
+                    "Keep the trial records and the best trial's checkpoints when the Sweep is "
+                    "deleted (its TrainJobs, pods and Secrets still go), as Katib's retain."
+                ),
+            },
             "trialTemplate": trial_template,
             "storage": storage,
             "pools": _pools_schema(),

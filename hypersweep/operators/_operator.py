@@ -63,6 +63,13 @@ class OperatorOptions:
     workers: int = 8  # reconciles at once per controller (the Job controller runs 5)
     heartbeat_interval: float = 5.0
     lease_grace: float = 15.0
+    #: Watch nodes (a replica on a deleted node restarts its gang; gang admission onto
+    #: pools). None: yes cluster-wide, no with ``namespace`` (a Role cannot grant nodes).
+    watch_nodes: bool | None = None
+
+    @property
+    def watching_nodes(self) -> bool:
+        return self.watch_nodes if self.watch_nodes is not None else self.namespace is None
 
 
 class Operator:
@@ -120,6 +127,7 @@ class Operator:
                 workers=options.workers,
                 # Gang restarts of trials that gang admission placed are admitted again.
                 admission=lambda: admission,
+                watch_nodes=options.watching_nodes,
             )
             # One watch per kind of object: admission and the sweeps' launchers read the
             # TrainJob controller's caches (admission watches the other pods itself).
@@ -134,8 +142,9 @@ class Operator:
                 heartbeat_interval=options.heartbeat_interval,
                 lease_grace=options.lease_grace,
                 workers=options.workers,
-                admission=admission,
+                admission=admission if options.watching_nodes else None,
                 trainjobs=trainjobs.jobs,
+                pools_allowed=options.watching_nodes,
             )
             trainjobs.start()
             sweeps.start()
@@ -191,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         "whose pods share one network and have no cluster DNS)",
     )
     run.add_argument("--workers", type=int, default=defaults.workers)
+    run.add_argument(
+        "--watch-nodes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="watch nodes: gangs restart at once when a node is deleted, and spec.pools works "
+        "(default: on cluster-wide, off with --namespace, whose Role cannot grant nodes)",
+    )
     run.add_argument("--log-level", default="INFO")
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions")
     crds.add_argument("--output-dir", help="write one file per CRD into this directory")
@@ -242,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         identity=args.identity,
         replica_host=args.replica_host,
         workers=args.workers,
+        watch_nodes=args.watch_nodes,
     )
     stop = threading.Event()
 

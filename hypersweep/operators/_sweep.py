@@ -71,6 +71,7 @@ from hypersweep.operators._validation import (
     check_trial_parameters,
     strategy_for,
 )
+from hypersweep.orchestrator._checkpoints import trial_checkpoint_dir
 from hypersweep.orchestrator._objective import ObjectiveRef
 from hypersweep.orchestrator._spec import SweepSettings
 from hypersweep.orchestrator._storage import PAUSED_ATTR, describe_storage
@@ -310,8 +311,10 @@ class SweepController:
         workers: int = 2,
         admission: GangAdmission | None = None,
         trainjobs: Informer | None = None,
+        pools_allowed: bool = True,
     ) -> None:
         self.kube = kube
+        self.pools_allowed = pools_allowed
         self.recorder = recorder
         self.trainjobs = trainjobs
         self.server = server
@@ -459,6 +462,12 @@ class SweepController:
         try:
             settings, template = self.settings_for(sweep)
             pools = parse_pools(spec.get("pools"), "spec.pools")
+            if pools and not self.pools_allowed:
+                raise ConfigError(
+                    "spec.pools: this operator does not watch nodes (it runs for one namespace, "
+                    "or with --no-watch-nodes), and gang admission onto pools counts their "
+                    "room from nodes: run the cluster-wide operator, or leave pools out"
+                )
             policy = parse_policy(spec.get("schedulingPolicy"), "spec.schedulingPolicy")
         except ConfigError as error:
             self._fail(sweep, "InvalidSpec", str(error))
@@ -673,6 +682,11 @@ class SweepController:
             self._drop(key, runner)
         meta = sweep["metadata"]
         spec = sweep.get("spec") or {}
+        directory = run_dir(self.data_dir, sweep)
+        if spec.get("retain"):
+            self._retain(key, sweep, directory)
+            self._release(sweep)
+            return None
         try:
             url = self._storage_url(meta["namespace"], spec)
         except ConfigError:
@@ -684,14 +698,41 @@ class SweepController:
                 optuna.delete_study(study_name=study_name(sweep), storage=url)
             except KeyError:
                 pass
-        directory = run_dir(self.data_dir, sweep)
         if directory.exists():
             shutil.rmtree(directory, ignore_errors=True)
+        logger.info("sweep %s deleted with its trials", key)
+        self._release(sweep)
+        return None
+
+    def _retain(self, key: str, sweep: JsonDict, directory: Path) -> None:
+        """``spec.retain``: keep the trial records (journal or database study) and the best
+        trial's checkpoints; the other trials' checkpoints go (as Katib's ``retain`` keeps a
+        finished trial's resources for inspection)."""
+        best = ((sweep.get("status") or {}).get("bestTrial") or {}).get("number")
+        checkpoints = directory / "checkpoints"
+        keep = trial_checkpoint_dir(checkpoints, int(best)).name if best is not None else None
+        if checkpoints.is_dir():
+            for child in checkpoints.iterdir():
+                if child.name != keep:
+                    shutil.rmtree(child, ignore_errors=True)
+        logger.info(
+            "sweep %s deleted; its trial records and best checkpoint are kept in %s",
+            key,
+            directory,
+        )
+        self.recorder.event(
+            sweep,
+            "Normal",
+            "Retained",
+            f"trial records and the best trial's checkpoints kept (study {study_name(sweep)})",
+        )
+
+    def _release(self, sweep: JsonDict) -> None:
+        """Remove this operator's finalizer: the Sweep goes, and its TrainJobs with it."""
+        meta = sweep["metadata"]
         finalizers = [f for f in meta.get("finalizers") or [] if f != SWEEP_FINALIZER]
         patch = {"metadata": {"resourceVersion": meta["resourceVersion"], "finalizers": finalizers}}
         self._wrote(self.kube.patch(SWEEPS, meta["namespace"], meta["name"], patch))
-        logger.info("sweep %s deleted with its trials", key)
-        return None
 
     # --- status --------------------------------------------------------------------------
 

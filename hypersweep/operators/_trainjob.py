@@ -620,10 +620,10 @@ def stalled(pod: Mapping[str, Any]) -> tuple[str, str] | None:
         *(status.get("containerStatuses") or []),
     ]:
         waiting = (entry.get("state") or {}).get("waiting") or {}
-        reason = waiting.get("reason")
-        if reason in STALLED_WAITING_REASONS:
-            detail = waiting.get("message") or reason
-            return str(reason), f"pod {name}, container {entry.get('name')}: {detail}"
+        why = waiting.get("reason")
+        if why in STALLED_WAITING_REASONS:
+            detail = waiting.get("message") or why
+            return str(why), f"pod {name}, container {entry.get('name')}: {detail}"
     return None
 
 
@@ -933,9 +933,9 @@ def decide(
             + (f", in {delay:g} s)" if delay else ")")
         )
         set_condition(conditions, "Restarting", True, reason, text, stamp)
-        restarting = condition(conditions, "Restarting")
-        assert restarting is not None
-        restarting["lastUpdateTime"] = stamp  # when the back-off starts
+        for entry in conditions:
+            if entry.get("type") == "Restarting":
+                entry["lastUpdateTime"] = stamp  # when the back-off starts
         set_condition(conditions, "Running", False, "TrainJobRestarting", text, stamp)
         plan.events.append(("Warning", "Restarting", text))
         plan.delete_pods.extend([*current.values(), *stale])
@@ -1084,6 +1084,7 @@ class TrainJobController:
         workers: int = 2,
         calls: int | None = None,
         admission: Callable[[], GangAdmission] | None = None,
+        watch_nodes: bool = True,
     ) -> None:
         self.kube = kube
         self._admission = admission
@@ -1107,7 +1108,9 @@ class TrainJobController:
         self.services = Informer(
             kube, SERVICES, namespace=namespace, label_selector=JOB_NAME_LABEL, index=JOB_NAME_LABEL
         )
-        self.nodes = Informer(kube, NODES)
+        # Nodes are cluster-scoped: a namespaced operator (a Role only) cannot watch them, and
+        # then a replica on a deleted node is noticed only once its pod is deleted.
+        self.nodes: Informer | None = Informer(kube, NODES) if watch_nodes else None
         self.controller = Controller("trainjob", self.reconcile, workers=workers)
         queue = self.controller.queue
         # Expectations are ticked off first: the reconcile that an event queues must see them.
@@ -1118,7 +1121,8 @@ class TrainJobController:
         # one reconcile (one status write) for them all is enough.
         self.pods.add_handler(enqueue_owner(queue, JOB_NAME_LABEL, batch=POD_BATCH_SECONDS))
         self.services.add_handler(enqueue_owner(queue, JOB_NAME_LABEL))
-        self.nodes.add_handler(self._node_changed)
+        if self.nodes is not None:
+            self.nodes.add_handler(self._node_changed)
 
     def _job_seen(self, kind: str, job: JsonDict) -> None:
         key = object_key(job)
@@ -1153,17 +1157,21 @@ class TrainJobController:
                 if job:
                     self.controller.queue.add(f"{pod['metadata'].get('namespace')}/{job}")
 
+    def _informers(self) -> list[Informer]:
+        informers = [self.jobs, self.pods, self.services]
+        return informers + ([self.nodes] if self.nodes is not None else [])
+
     def start(self, timeout: float = 60.0) -> None:
-        for informer in (self.jobs, self.pods, self.services, self.nodes):
+        for informer in self._informers():
             informer.start()
-        for informer in (self.jobs, self.pods, self.services, self.nodes):
+        for informer in self._informers():
             if not informer.wait_synced(timeout):
                 raise TimeoutError(f"could not list {informer.resource.plural}")
         self.controller.start()
 
     def stop(self) -> None:
         self.controller.stop()
-        for informer in (self.jobs, self.pods, self.services, self.nodes):
+        for informer in self._informers():
             informer.stop()
         self.controller.join()  # no reconcile is left to make calls
         self._calls.shutdown(wait=False)
@@ -1202,8 +1210,11 @@ class TrainJobController:
                 self._forget_readmission(key)
         return self.apply(job, plan)
 
-    def _nodes(self) -> frozenset[str]:
-        """The names of the nodes that exist, remembered until a node comes or goes."""
+    def _nodes(self) -> frozenset[str] | None:
+        """The names of the nodes that exist, remembered until a node comes or goes (None
+        when nodes are not watched)."""
+        if self.nodes is None:
+            return None
         with self._lock:
             if self._node_names is None:
                 self._node_names = frozenset(n["metadata"]["name"] for n in self.nodes.list())

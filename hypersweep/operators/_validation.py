@@ -121,7 +121,7 @@ def strategy_for(strategy: Mapping[str, Any], space: Any) -> tuple[Any, int | No
         base = make_sampler(name, validate_space(space), seed)
         extra = {**_current_arguments(base, name, seed), **settings}
         if name == "grid":
-            extra["search_space"] = base._search_space
+            extra["search_space"] = base._search_space  # type: ignore[attr-defined]
         return classes[name](**extra), seed
     except (TypeError, ValueError) as error:
         raise ConfigError(f"spec.strategy.settings: {error}") from None

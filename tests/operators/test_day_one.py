@@ -469,3 +469,27 @@ def test_a_crashing_gang_backs_off_between_restarts(
     ended = parse_time(job["status"]["completionTime"])
     assert started is not None and ended is not None and restarts
     assert (ended - started).total_seconds() >= 13, (started, ended)
+
+
+def test_retain_keeps_the_records_and_the_best_checkpoint(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    import optuna
+
+    from hypersweep.orchestrator._storage import open_storage
+
+    apply_sweep(cluster, namespace, "kept", maxTrials=3, parallelism=3, retain=True)
+    status = finished(cluster, namespace, "kept", operator)
+    best = status["bestTrial"]["number"]
+    study = status["studyName"]
+    run_dir = namespace.data_dir / namespace.name / study
+    checkpoints = run_dir / "checkpoints"
+    assert len(list(checkpoints.iterdir())) == 3
+    cluster.kubectl("delete", "sweep", "kept", "-n", namespace.name, "--timeout=60s")
+    wait_until(lambda: not trainjobs(cluster, namespace, "kept"), 60, "the TrainJobs to go")
+    # The trial records stay, and only the best trial's checkpoints.
+    journal = run_dir / "journal.log"
+    trials = optuna.load_study(study_name=study, storage=open_storage(str(journal), study)).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2]
+    assert [p.name for p in checkpoints.iterdir()] == [f"trial-{best:05d}"]
+    assert list((checkpoints / f"trial-{best:05d}").iterdir())
