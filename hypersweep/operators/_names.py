@@ -66,3 +66,5 @@ OBJECTIVE_KEY = "objective.pkl"
 
 #: The component name in Events and the default name of the operator's Lease.
 COMPONENT = "hypersweep-operator"
+#: On the leading operator's pod: the operator's Service selects it, so reports reach the leader.
+LEADER_LABEL = f"{GROUP}/leader"
