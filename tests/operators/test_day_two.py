@@ -8,7 +8,9 @@ enforcement.)"""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -94,6 +96,8 @@ def _get(url: str) -> int:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
+    except OSError:
+        return 0  # not listening yet
 
 
 def _placeholder_pod(cluster: LocalCluster, name: str) -> None:
@@ -108,10 +112,79 @@ def _placeholder_pod(cluster: LocalCluster, name: str) -> None:
         },
         "spec": {
             "nodeName": "no-such-node",
-            "containers": [{"name": "operator", "image": "hypersweep"}],
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "operator",
+                    "image": "hypersweep",
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
         },
     }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    created = cluster.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
+    assert created.returncode == 0, created.stderr
+
+
+class LeaderService:
+    """What the operator's Service does for trial pods, in the test: a proxy to the operator
+    process whose pod carries ``hypersweep.io/leader=true`` (looked up every 0.3 s)."""
+
+    def __init__(self, cluster: LocalCluster, backends: dict[str, OperatorProcess]) -> None:
+        self.cluster = cluster
+        self.backends = backends
+        self.leader: OperatorProcess | None = None
+        self._stop = threading.Event()
+        service = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                target = service.leader
+                if target is None:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                request = urllib.request.Request(target.url + self.path, data=body, method="POST")
+                for name in ("Content-Type", "Authorization"):
+                    if self.headers.get(name):
+                        request.add_header(name, self.headers[name])
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as response:
+                        code, data = int(response.status), response.read()
+                except urllib.error.HTTPError as error:
+                    code, data = int(error.code), error.read()
+                except OSError:
+                    code, data = 503, b"{}"
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.3):
+            leaders = [
+                process
+                for pod, process in self.backends.items()
+                if _leader_label(self.cluster, pod) == "true"
+            ]
+            self.leader = leaders[0] if len(leaders) == 1 else None
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.shutdown()
 
 
 def _leader_label(cluster: LocalCluster, name: str) -> str | None:
@@ -134,7 +207,11 @@ def test_an_upgrade_runs_the_new_operator_alongside_the_old_one(
     old.extra_env = {"POD_NAME": old_pod, "POD_NAMESPACE": OPERATOR_NAMESPACE}
     new = OperatorProcess(operator_kubeconfig, namespace, tmp_path / "new.log")
     new.extra_env = {"POD_NAME": new_pod, "POD_NAMESPACE": OPERATOR_NAMESPACE}
+    new.starts = 100  # another candidate's identity (test-operator-101)
     release = tmp_path / "release"
+    service = LeaderService(cluster, {old_pod: old, new_pod: new})
+    for process in (old, new):
+        process.extra_args = [f"--report-url={service.url}"]  # trials reach the Service
     try:
         old.start()
         wait_until(lambda: _leader_label(cluster, old_pod) == "true", 30, "the leader label")
@@ -176,6 +253,7 @@ def test_an_upgrade_runs_the_new_operator_alongside_the_old_one(
     finally:
         new.stop()
         old.stop()
+        service.close()
         for name in (old_pod, new_pod):
             cluster.kubectl(
                 "delete", "pod", name, "-n", OPERATOR_NAMESPACE, "--wait=false", check=False
