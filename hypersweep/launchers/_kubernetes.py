@@ -956,18 +956,18 @@ class KubernetesLauncher(Launcher):
         """Write running trials' latest values on their TrainJobs, each at most every
         ``VALUE_INTERVAL`` seconds: one write per trial now and then, not one per report."""
         now = time.monotonic()
+        due: list[tuple[str, float]] = []
         with self._cond:
-            due = [
-                (trial.name, trial.value)
-                for trial in self._trials.values()
-                if trial.value is not None
-                and trial.value != trial.value_shown
-                and trial.uid is not None
-                and now - trial.value_shown_at >= VALUE_INTERVAL
-            ]
             for trial in self._trials.values():
-                if any(trial.name == name for name, _ in due):
-                    trial.value_shown, trial.value_shown_at = trial.value, now
+                value = trial.value
+                if (
+                    value is not None
+                    and value != trial.value_shown
+                    and trial.uid is not None
+                    and now - trial.value_shown_at >= VALUE_INTERVAL
+                ):
+                    trial.value_shown, trial.value_shown_at = value, now
+                    due.append((trial.name, value))
         for name, value in due:
             try:
                 self._annotate(name, {names.VALUE_ANNOTATION: _show(value)})

@@ -493,3 +493,48 @@ def test_retain_keeps_the_records_and_the_best_checkpoint(
     assert sorted(t.number for t in trials) == [0, 1, 2]
     assert [p.name for p in checkpoints.iterdir()] == [f"trial-{best:05d}"]
     assert list((checkpoints / f"trial-{best:05d}").iterdir())
+
+
+def test_sweep_settings_are_checked_in_the_sweeps_terms(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    typo = trial_template([sys.executable, "-c", "pass", "--lr=${trialParameters.lrate}"])
+    apply_sweep(cluster, namespace, "typo", template=typo)
+    apply_sweep(
+        cluster,
+        namespace,
+        "asha-typo",
+        earlyStopping={"name": "asha", "settings": {"min_resources": 1}},
+    )
+    apply_sweep(
+        cluster,
+        namespace,
+        "tpe-typo",
+        strategy={"name": "tpe", "settings": {"seed": 1, "n_startup_trial": 2}},
+    )
+    expected = {
+        "typo": "spec.trialTemplate: ${trialParameters.lrate} names no parameter of spec.space",
+        "asha-typo": "spec.earlyStopping.settings.min_resources: asha has no setting",
+        "tpe-typo": "spec.strategy.settings.n_startup_trial: the tpe strategy has no setting",
+    }
+    for name, text in expected.items():
+        status = finished(cluster, namespace, name, operator, timeout=60)
+        failed = outcome(status)
+        assert failed["reason"] == "InvalidSpec" and text in failed["message"], failed
+    assert "n_startup_trials" in outcome(status_of(cluster, namespace, "tpe-typo"))["message"]
+    # The sampler's documented options reach it (kept by the CRD, not pruned).
+    apply_sweep(
+        cluster,
+        namespace,
+        "tpe-options",
+        strategy={"name": "tpe", "settings": {"seed": 1, "n_startup_trials": 2}},
+    )
+    sweep = kubectl_json(cluster, "get", "sweep", "tpe-options", "-n", namespace.name)
+    assert sweep["spec"]["strategy"]["settings"] == {"seed": 1, "n_startup_trials": 2}
+    assert "Succeeded" in finished(cluster, namespace, "tpe-options", operator)["true"]
+    explained = cluster.kubectl("explain", "sweep.spec").stdout
+    assert "Trials the sweep runs in all" in explained and "retain" in explained
+    assert (
+        "Options of the strategy's Optuna sampler"
+        in cluster.kubectl("explain", "sweep.spec.strategy").stdout
+    )

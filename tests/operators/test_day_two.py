@@ -230,6 +230,24 @@ def test_an_upgrade_runs_the_new_operator_alongside_the_old_one(
             120,
             "two running trials",
         )
+
+        # The per-trial view shows each running trial's latest value (its report of lr).
+        def latest_shown() -> bool:
+            jobs = trainjobs(cluster, namespace, "upgrade")
+            shown = [
+                (
+                    j["metadata"]["annotations"],
+                    json.loads(j["metadata"]["annotations"]["hypersweep.io/params"]),
+                )
+                for j in jobs
+            ]
+            return len(shown) == 2 and all(
+                a.get("hypersweep.io/trial-state") == "running"
+                and a.get("hypersweep.io/value") == f"{params['lr']:.6g}"
+                for a, params in shown
+            )
+
+        wait_until(latest_shown, 60, "the running trials' latest values on their TrainJobs")
         # The new pod starts alongside: Ready (a rolling update may go on), not leading.
         new.start(wait=False)
         wait_until(lambda: _get(f"{new.url}/readyz") == 200, 60, "the new operator to be Ready")
