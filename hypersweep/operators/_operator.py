@@ -66,12 +66,9 @@ class OperatorOptions:
     heartbeat_interval: float = 5.0
     lease_grace: float = 15.0
     #: Watch nodes (a replica on a deleted node restarts its gang; gang admission onto
-    #: pools). None: yes cluster-wide, no with ``namespace`` (a Role cannot grant nodes).
-    watch_nodes: bool | None = None
-
-    @property
-    def watching_nodes(self) -> bool:
-        return self.watch_nodes if self.watch_nodes is not None else self.namespace is None
+    #: pools). Off for an operator with a Role only, which cannot grant nodes (the namespaced
+    #: overlay passes ``--no-watch-nodes``).
+    watch_nodes: bool = True
 
 
 class Operator:
@@ -134,7 +131,7 @@ class Operator:
                 workers=options.workers,
                 # Gang restarts of trials that gang admission placed are admitted again.
                 admission=lambda: admission,
-                watch_nodes=options.watching_nodes,
+                watch_nodes=options.watch_nodes,
             )
             # One watch per kind of object: admission and the sweeps' launchers read the
             # TrainJob controller's caches (admission watches the other pods itself).
@@ -149,9 +146,9 @@ class Operator:
                 heartbeat_interval=options.heartbeat_interval,
                 lease_grace=options.lease_grace,
                 workers=options.workers,
-                admission=admission if options.watching_nodes else None,
+                admission=admission if options.watch_nodes else None,
                 trainjobs=trainjobs.jobs,
-                pools_allowed=options.watching_nodes,
+                pools_allowed=options.watch_nodes,
             )
             trainjobs.start()
             sweeps.start()
@@ -232,9 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--watch-nodes",
         action=argparse.BooleanOptionalAction,
-        default=None,
+        default=True,
         help="watch nodes: gangs restart at once when a node is deleted, and spec.pools works "
-        "(default: on cluster-wide, off with --namespace, whose Role cannot grant nodes)",
+        "(default: on; --no-watch-nodes for an operator whose Role cannot grant nodes)",
     )
     run.add_argument("--log-level", default="INFO")
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions")

@@ -43,7 +43,7 @@ def test_the_namespaced_overlay_runs_a_sweep_without_cluster_rights(
     assert not [o for o in objects if o["kind"].startswith("Cluster")]
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--namespace=$(POD_NAMESPACE)" in args and "--watch-nodes" not in args
+    assert "--namespace=$(POD_NAMESPACE)" in args and "--no-watch-nodes" in args
     # Its ServiceAccount, Roles and bindings, in the test's namespace instead of "ml".
     rbac = [o for o in objects if o["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
     for obj in rbac:
@@ -63,6 +63,7 @@ def test_the_namespaced_overlay_runs_a_sweep_without_cluster_rights(
 
     operator = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log")
     operator.lease_namespace = namespace.name  # the Role grants leases there only
+    operator.extra_args = ["--no-watch-nodes"]  # as the overlay's Deployment runs it
     operator.start()  # leads: it needs no node
     try:
         apply_sweep(cluster, namespace, "team", maxTrials=2, parallelism=2)
