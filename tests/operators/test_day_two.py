@@ -44,6 +44,10 @@ def test_the_namespaced_overlay_runs_a_sweep_without_cluster_rights(
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=$(POD_NAMESPACE)" in args and "--no-watch-nodes" in args
+    from hypersweep.operators._operator import build_parser
+
+    parsed = build_parser().parse_args([a.replace("$(POD_NAMESPACE)", "ml") for a in args[1:]])
+    assert parsed.namespace == "ml" and parsed.watch_nodes is False
     # Its ServiceAccount, Roles and bindings, in the test's namespace instead of "ml".
     rbac = [o for o in objects if o["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
     for obj in rbac:
