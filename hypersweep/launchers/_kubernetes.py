@@ -93,6 +93,8 @@ ENTRYPOINT = ("python", "-m", "hypersweep.operators.trial_entrypoint")
 _PARAMETER = re.compile(r"\$\{trialParameters\.([A-Za-z0-9_.\-]+)\}")
 _LONG_POLL = 20.0
 _FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+#: Seconds between writes of a running trial's latest value on its TrainJob.
+VALUE_INTERVAL = 10.0
 _MAX_PICKLE = 96 * 1024  # one environment variable holds at most 128 KiB on Linux
 _ROLE_NAMES = {"master": "Master", "worker": "Worker", "chief": "Chief"}
 
@@ -123,6 +125,9 @@ class _Trial:
     job_seen: bool = False
     succeeded_at: float | None = None
     uid: str | None = None  # of this attempt's TrainJob, once written (or adopted)
+    value: float | None = None  # the latest reported value of the sweep's metric
+    value_shown: float | None = None  # the value last written on the TrainJob
+    value_shown_at: float = 0.0
 
 
 @dataclass
@@ -230,6 +235,7 @@ class KubernetesLauncher(Launcher):
         self._queued: dict[int, _Queued] = {}
         self._queue_note = ""
         self._refused_note = ""
+        self._stalled_note: tuple[str, str] | None = None  # a trial whose pods cannot start
         self._context: SweepContext | None = None
         self._template: JsonDict = {}
         self._spec_key = "replicaSpecs"
@@ -578,6 +584,7 @@ class KubernetesLauncher(Launcher):
         events.extend(event for _, event in taken)
         if time.monotonic() >= self._next_sync:
             events.extend(self._sync())
+            self._show_values()
             self._next_sync = time.monotonic() + self.sync_interval
         return events
 
@@ -864,11 +871,20 @@ class KubernetesLauncher(Launcher):
                 hardened.setdefault("capabilities", {"drop": ["ALL"]})
             if pool is not None:
                 pool.apply(pod, main)
+            # Pods say which sweep and trial they run: kubectl logs -l hypersweep.io/trial=N.
+            pod_meta = replica_spec["template"].setdefault("metadata", {})
+            pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **self._labels(trial.number)}
             replica_spec["template"] = self._policy.pod_template(
                 replica_spec["template"], trial.name, self._replica_total()
             )
         metadata = self._metadata(trial.name, trial.number)
-        metadata["annotations"] = {names.ATTEMPT_ANNOTATION: str(trial.attempt)}
+        metadata["annotations"] = {
+            names.ATTEMPT_ANNOTATION: str(trial.attempt),
+            names.TRIAL_STATE_ANNOTATION: "running",
+            names.PARAMS_ANNOTATION: json.dumps(
+                flatten_config(assignment.config), separators=(",", ":"), default=str
+            ),
+        }
         if pool is not None and self._policy.gang == "builtin":
             metadata["annotations"][names.POOL_ANNOTATION] = json.dumps(pool.to_dict())
         metadata["labels"].update(self._policy.job_labels())
@@ -888,24 +904,75 @@ class KubernetesLauncher(Launcher):
         except ApiError as error:
             logger.warning("could not delete TrainJob %s: %s", job_name, error)
 
-    def _end_job(self, job_name: str, outcome: str) -> Callable[[], None]:
-        """An action that suspends a trial's TrainJob (its pods go, the job stays to look at)."""
+    def _end_job(self, job_name: str, outcome: str, shown: Mapping[str, str]) -> Callable[[], None]:
+        """An action that suspends a trial's TrainJob (its pods go, the job stays to look at)
+        and shows the trial's state on it."""
 
         def action() -> None:
             self._withdraw(job_name)
             job = self.kube.get(TRAINJOBS, self.namespace, job_name)
             if job is not None:
-                suspend_trainjob(self.kube, job, outcome)
+                suspend_trainjob(self.kube, job, outcome, shown=shown)
             self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
 
         return action
 
-    def _forget_secret(self, job_name: str) -> Callable[[], None]:
+    def _forget_secret(
+        self, job_name: str, shown: Mapping[str, str] | None = None
+    ) -> Callable[[], None]:
         def action() -> None:
             self._withdraw(job_name)
+            if shown:
+                self._annotate(job_name, shown)
             self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
 
         return action
+
+    def _annotate(self, job_name: str, shown: Mapping[str, str]) -> None:
+        """Show a trial's state on its TrainJob (for ``kubectl get trainjobs``)."""
+        patch = {"metadata": {"annotations": dict(shown)}}
+        try:
+            self.kube.patch(TRAINJOBS, self.namespace, job_name, patch)
+        except ApiError as error:
+            if not error.not_found:
+                raise
+
+    def _metric_of(self, result: Any) -> float | None:
+        metric = self._context.metric if self._context is not None else None
+        value = result.get(metric) if isinstance(result, Mapping) else result
+        try:
+            return None if value is None or isinstance(value, bool) else float(value)
+        except (TypeError, ValueError):
+            return None
+
+    @staticmethod
+    def _shown(trial: _Trial, state: str) -> dict[str, str]:
+        shown = {names.TRIAL_STATE_ANNOTATION: state}
+        if trial.value is not None:
+            shown[names.VALUE_ANNOTATION] = _show(trial.value)
+        return shown
+
+    def _show_values(self) -> None:
+        """Write running trials' latest values on their TrainJobs, each at most every
+        ``VALUE_INTERVAL`` seconds: one write per trial now and then, not one per report."""
+        now = time.monotonic()
+        due: list[tuple[str, float]] = []
+        with self._cond:
+            for trial in self._trials.values():
+                value = trial.value
+                if (
+                    value is not None
+                    and value != trial.value_shown
+                    and trial.uid is not None
+                    and now - trial.value_shown_at >= VALUE_INTERVAL
+                ):
+                    trial.value_shown, trial.value_shown_at = value, now
+                    due.append((trial.name, value))
+        for name, value in due:
+            try:
+                self._annotate(name, {names.VALUE_ANNOTATION: _show(value)})
+            except ApiError as error:
+                logger.warning("could not show trial %s's value: %s", name, error)
 
     def _sync(self) -> list[Event]:
         """Events that only the TrainJobs' states tell: a job that failed or vanished.
@@ -915,12 +982,14 @@ class KubernetesLauncher(Launcher):
         """
         with self._cond:
             if not self._trials:
+                self._note_stalled(None)
                 return []
         assert self._trainjobs is not None
         events: list[Event] = []
         now = time.monotonic()
+        stuck: tuple[str, str] | None = None
         with self._cond:
-            for trial in list(self._trials.values()):
+            for trial in sorted(self._trials.values(), key=lambda t: t.number):
                 if trial.outcome is not None:
                     continue
                 if trial.uid is None and trial.name in self._writing:
@@ -935,6 +1004,12 @@ class KubernetesLauncher(Launcher):
                     continue
                 trial.job_seen = True
                 conditions = (job.get("status") or {}).get("conditions") or []
+                if stuck is None and is_true(conditions, "Stalled"):
+                    found = condition(conditions, "Stalled") or {}
+                    stuck = (
+                        str(found.get("reason")),
+                        f"trial {trial.number}: {found.get('message')}",
+                    )
                 if is_true(conditions, "Failed"):
                     failed = condition(conditions, "Failed") or {}
                     message = (
@@ -942,7 +1017,7 @@ class KubernetesLauncher(Launcher):
                         f"{failed.get('reason')}: {failed.get('message')}"
                     )
                     events.append(Errored(trial.number, message, message))
-                    self._drop(trial)
+                    self._drop(trial, failure=message)
                 elif is_true(conditions, "Succeeded"):
                     if trial.succeeded_at is None:
                         trial.succeeded_at = now
@@ -952,15 +1027,30 @@ class KubernetesLauncher(Launcher):
                             "the objective with 'python -m hypersweep.operators.trial_entrypoint'"
                         )
                         events.append(Errored(trial.number, message, message))
-                        self._drop(trial)
+                        self._drop(trial, failure=message)
+        self._note_stalled(stuck)
         return events
 
-    def _drop(self, trial: _Trial) -> None:
+    def _note_stalled(self, stuck: tuple[str, str] | None) -> None:
+        if stuck != self._stalled_note:
+            self._stalled_note = stuck
+            self._changed()
+
+    def stalled_status(self) -> tuple[str, str] | None:
+        """(reason, message) of the first running trial whose pods cannot start, if any: the
+        Sweep's ``TrialsStalled`` condition."""
+        return self._stalled_note
+
+    def _drop(self, trial: _Trial, failure: str | None = None) -> None:
         """Forget a trial whose TrainJob ended without an outcome (called with the lock)."""
         self._trials.pop(trial.number, None)
         trial.outcome = "lost"
         self._ended[trial.number] = trial
-        self._actions.append((trial.name, self._forget_secret(trial.name)))
+        shown = None
+        if failure is not None:
+            shown = self._shown(trial, "failed")
+            shown[names.FAILURE_ANNOTATION] = one_line(failure)
+        self._actions.append((trial.name, self._forget_secret(trial.name, shown)))
         self._cond.notify_all()
 
     # --- messages from trials (HTTP threads) ---------------------------------------------
@@ -1043,6 +1133,8 @@ class KubernetesLauncher(Launcher):
             except (TypeError, ValueError):
                 return 400, {"error": "metrics must be numbers"}
             trial.pending.append(step)
+            if self._context is not None and self._context.metric in clean:
+                trial.value = clean[self._context.metric]
             return self._emit(Reported(number, step, clean))
         if rank != 0:
             return None  # only rank 0 speaks for the trial; a failing rank fails its TrainJob
@@ -1054,15 +1146,37 @@ class KubernetesLauncher(Launcher):
         if trial.outcome is not None:
             return None
         if kind == "result":
-            event: Event = Completed(number, message.get("result"))
-            action = self._forget_secret(trial.name)
+            result = message.get("result")
+            event: Event = Completed(number, result)
+            final = self._metric_of(result)
+            if final is not None:
+                shown = {
+                    names.TRIAL_STATE_ANNOTATION: "completed",
+                    names.VALUE_ANNOTATION: _show(final),
+                }
+            else:  # the orchestrator fails it: the pods succeeded, the trial did not
+                shown = self._shown(trial, "failed")
+                metric = self._context.metric if self._context is not None else "?"
+                keys = ", ".join(map(str, result)) if isinstance(result, Mapping) else "-"
+                shown[names.FAILURE_ANNOTATION] = one_line(
+                    f"the objective returned no number for the metric {metric!r} "
+                    f"(returned: {keys if isinstance(result, Mapping) else repr(result)})"
+                )
+            action = self._forget_secret(trial.name, shown)
         elif kind == "stopped":
             decision = str(message.get("decision", "stop"))
             event = Stopped(number, decision)
-            action = self._end_job(trial.name, "paused" if decision == "pause" else "pruned")
+            ending = "paused" if decision == "pause" else "pruned"
+            action = self._end_job(trial.name, ending, self._shown(trial, ending))
         elif kind == "error":
-            event = Errored(number, str(message.get("message")), str(message.get("traceback")))
-            action = self._end_job(trial.name, "failed")
+            text = str(message.get("message"))
+            event = Errored(number, text, str(message.get("traceback")))
+            shown = self._shown(trial, "failed")
+            shown[names.FAILURE_ANNOTATION] = one_line(text)
+            shown[names.OUTCOME_ANNOTATION] = "failed"
+            # Not suspended: its pods exit by themselves and stay for ``kubectl logs`` (as
+            # cleanPodPolicy says); the TrainJob controller finishes the job, restarting nothing.
+            action = self._forget_secret(trial.name, shown)
         else:
             return 400, {"error": f"unknown message kind {kind!r}"}
         trial.outcome = kind
@@ -1099,18 +1213,39 @@ class KubernetesLauncher(Launcher):
             self._cond.wait(remaining)
 
 
-def suspend_trainjob(kube: Kube, job: Mapping[str, Any], outcome: str) -> None:
+def suspend_trainjob(
+    kube: Kube,
+    job: Mapping[str, Any],
+    outcome: str,
+    *,
+    final: bool = False,
+    shown: Mapping[str, str] | None = None,
+) -> None:
     """Suspend a trial's TrainJob and record why: its pods go, the job stays to look at.
 
     A job whose pods already exited after the decision (a paused trial's do) only gets the
     outcome annotation, so that ``kubectl`` still tells a pruned trial from a completed one.
+    With ``final`` (the sweep has ended), a job suspended as ``paused`` becomes ``pruned``:
+    no trial resumes any more, and the TrainJob controller finishes the job (its Service goes,
+    its TTL applies).
     """
     meta = job["metadata"]
+    recorded = (meta.get("annotations") or {}).get(names.OUTCOME_ANNOTATION)
+    if final and (_finished(job) or recorded in ("pruned", "failed", "stopped")):
+        return  # ended (or ending: its pods are exiting), and its own outcome stands
     if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
+        if final and recorded in (None, "paused"):
+            ending = "pruned" if recorded == "paused" else outcome
+            ended = {names.OUTCOME_ANNOTATION: ending, names.TRIAL_STATE_ANNOTATION: ending}
+            kube.patch(
+                TRAINJOBS, meta["namespace"], meta["name"], {"metadata": {"annotations": ended}}
+            )
         return
     if _finished(job) and names.OUTCOME_ANNOTATION in (meta.get("annotations") or {}):
         return  # ended, and says why already
-    patch: dict[str, Any] = {"metadata": {"annotations": {names.OUTCOME_ANNOTATION: outcome}}}
+    annotations = {names.TRIAL_STATE_ANNOTATION: outcome, **(shown or {})}
+    annotations[names.OUTCOME_ANNOTATION] = outcome
+    patch: dict[str, Any] = {"metadata": {"annotations": annotations}}
     if not _finished(job):
         patch["spec"] = with_suspend(job.get("spec") or {}, True)
     kube.patch(TRAINJOBS, meta["namespace"], meta["name"], patch)
@@ -1125,9 +1260,23 @@ def suspend_unfinished_trainjobs(
         listing = kube.list(TRAINJOBS, namespace, label_selector=f"{names.SWEEP_LABEL}={sweep}")
         for job in listing.get("items") or []:
             if job["metadata"]["name"] not in keep:
-                suspend_trainjob(kube, job, "stopped")
+                suspend_trainjob(kube, job, "stopped", final=True)
     except ApiError as error:
         logger.warning("could not stop the TrainJobs left by sweep %s: %s", sweep, error)
+
+
+def _show(value: float) -> str:
+    """A metric value as the per-trial view shows it: 6 significant digits."""
+    return f"{value:.6g}"
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A readable line from an error: a traceback's last line, else the first one."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _finished(job: Mapping[str, Any]) -> bool:

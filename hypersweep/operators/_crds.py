@@ -33,6 +33,8 @@ FRAMEWORKS = ("pytorch", "tensorflow", "generic")
 RESTART_POLICIES = ("OnFailure", "Never", "ExitCode", "Always")
 CLEAN_POD_POLICIES = ("All", "Running", "None")
 DEFAULT_BACKOFF_LIMIT = 3
+#: Seconds a TrainJob's pod may stay unable to start before the job fails (runPolicy).
+DEFAULT_STALLED_TIMEOUT = 300
 DEFAULT_CLAIM = "hypersweep-data"
 # Trials of the Pareto front listed in a Sweep's status; the status never lists every trial.
 FRONT_LIMIT = 10
@@ -259,6 +261,16 @@ def trainjob_spec_schema() -> JsonDict:
                         "default": False,
                         "description": "Delete the job's pods and keep it until unsuspended.",
                     },
+                    "stalledTimeoutSeconds": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "default": DEFAULT_STALLED_TIMEOUT,
+                        "description": (
+                            "Seconds a pod may stay unable to start (Unschedulable, "
+                            "ImagePullBackOff, CreateContainerConfigError...) before the job "
+                            "fails with that reason."
+                        ),
+                    },
                 },
             },
         },
@@ -405,9 +417,22 @@ def _sweep_spec_schema() -> JsonDict:
             },
             "objective": {
                 "type": "object",
+                "description": "What the sweep optimizes: metric and mode, or metrics.",
                 "properties": {
-                    "metric": {"type": "string", "minLength": 1},
-                    "mode": {"type": "string", "enum": ["min", "max"], "default": "min"},
+                    "metric": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": (
+                            "The metric to optimize: a key of what the objective returns and "
+                            "reports (e.g. loss)."
+                        ),
+                    },
+                    "mode": {
+                        "type": "string",
+                        "enum": ["min", "max"],
+                        "default": "min",
+                        "description": "min to minimize the metric, max to maximize it.",
+                    },
                     "metrics": {
                         "type": "array",
                         "minItems": 2,
@@ -462,10 +487,23 @@ def _sweep_spec_schema() -> JsonDict:
             "strategy": {
                 "type": "object",
                 "default": {"name": "tpe"},
+                "description": "How the next trials' parameters are chosen.",
                 "properties": {
-                    "name": {"type": "string", "enum": list(STRATEGY_NAMES), "default": "tpe"},
+                    "name": {
+                        "type": "string",
+                        "enum": list(STRATEGY_NAMES),
+                        "default": "tpe",
+                        "description": "The search strategy (an Optuna sampler).",
+                    },
                     "settings": {
                         "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                        "description": (
+                            "Options of the strategy's Optuna sampler: seed for all, e.g. "
+                            "n_startup_trials and multivariate for tpe, sigma0 for cmaes, "
+                            "population_size for nsga2. An unknown one fails the sweep, naming "
+                            "the options there are."
+                        ),
                         "properties": {"seed": {"type": "integer", "minimum": 0}},
                     },
                 },
@@ -473,21 +511,63 @@ def _sweep_spec_schema() -> JsonDict:
             "earlyStopping": {
                 "type": "object",
                 "required": ["name"],
+                "description": "Stopping unpromising trials early, from their reports.",
                 "properties": {
-                    "name": {"type": "string", "enum": ["none", *EARLY_STOPPING_NAMES]},
-                    "settings": copy.deepcopy(_PRESERVE),
+                    "name": {
+                        "type": "string",
+                        "enum": ["none", *EARLY_STOPPING_NAMES],
+                        "description": (
+                            "asha, hyperband and pbt pause, promote and clone trials on "
+                            "checkpoints; median is Optuna's median pruner."
+                        ),
+                    },
+                    "settings": {
+                        **copy.deepcopy(_PRESERVE),
+                        "description": (
+                            "Its settings, e.g. min_resource, max_resource and reduction_factor "
+                            "for asha. An unknown one fails the sweep, naming the settings there "
+                            "are."
+                        ),
+                    },
                 },
             },
-            "maxTrials": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
-            "parallelism": {"type": "integer", "minimum": 1, "default": 3},
-            "maxFailedTrials": {"type": "integer", "minimum": 1},
+            "maxTrials": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 1_000_000,
+                "description": "Trials the sweep runs in all (its budget).",
+            },
+            "parallelism": {
+                "type": "integer",
+                "minimum": 1,
+                "default": 3,
+                "description": "Trials running at once.",
+            },
+            "maxFailedTrials": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Failed trials after which the sweep stops and fails.",
+            },
             "maxRetries": {
                 "type": "integer",
                 "minimum": 0,
                 "default": 2,
                 "description": "New TrainJobs for a trial whose TrainJob vanished.",
             },
-            "keepCheckpoints": {"type": "integer", "minimum": 1, "default": 2},
+            "keepCheckpoints": {
+                "type": "integer",
+                "minimum": 1,
+                "default": 2,
+                "description": "Checkpoints kept per trial (the latest ones).",
+            },
+            "retain": {
+                "type": "boolean",
+                "default": False,
+                "description": (
+                    "Keep the trial records and the best trial's checkpoints when the Sweep is "
+                    "deleted (its TrainJobs, pods and Secrets still go), as Katib's retain."
+                ),
+            },
             "trialTemplate": trial_template,
             "storage": storage,
             "pools": _pools_schema(),
@@ -660,6 +740,10 @@ def _sweep_status_schema() -> JsonDict:
                 "properties": {
                     "number": {"type": "integer"},
                     "value": {"type": "number"},
+                    "rounded": {
+                        "type": "string",
+                        "description": "The value to 6 significant digits, as printed.",
+                    },
                     "params": copy.deepcopy(_PRESERVE),
                 },
             },
@@ -733,10 +817,16 @@ def trainjob_crd() -> JsonDict:
         trainjob_spec_schema(),
         _trainjob_status_schema(),
         [
+            # A trial's TrainJob shows the trial (kubectl get trainjobs -l hypersweep.io/sweep=S).
+            _column("Trial", ".metadata.labels.hypersweep\\.io/trial"),
+            _column("Trial-State", ".metadata.annotations.hypersweep\\.io/trial-state"),
+            _column("Value", ".metadata.annotations.hypersweep\\.io/value"),
+            _column("Params", ".metadata.annotations.hypersweep\\.io/params"),
             _column("State", ".status.conditions[-1:].type"),
             _column("Restarts", ".status.restartCount", "integer"),
             _column("Framework", ".spec.framework", priority=1),
             _column("Age", ".metadata.creationTimestamp", "date"),
+            _column("Failure", ".metadata.annotations.hypersweep\\.io/failure"),
         ],
         [
             _cel(
@@ -763,7 +853,9 @@ def sweep_crd() -> JsonDict:
             _column("Failed", ".status.trials.failed", "integer"),
             _column("Running", ".status.trials.running", "integer"),
             _column("Best-Trial", ".status.bestTrial.number", "integer"),
-            _column("Best-Value", ".status.bestTrial.value", "number"),
+            _column("Best-Value", ".status.bestTrial.rounded"),
+            _column("Paused", ".status.trials.paused", "integer"),
+            _column("Total", ".status.trials.total", "integer"),
             _column("Metric", ".spec.objective.metric", priority=1),
             _column("Front", ".status.paretoFront.size", "integer", priority=1),
             _column("Strategy", ".spec.strategy.name", priority=1),

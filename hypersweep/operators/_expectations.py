@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -97,32 +98,54 @@ class LatestWrites:
     written, its cached object is older than the write; after that, the cache is as new or
     newer. Entries also expire (``ttl``): after a relist the exact version may never be
     delivered, and the cache is newer then anyway.
+
+    The watch event of a write may come before the write's answer: the versions the informer
+    delivered lately are remembered, and a write that it already delivered is not kept (kept,
+    it would hide every later change, a deletion above all, until it expired).
     """
+
+    #: Versions remembered per object: more than a write's answer can lag behind its event.
+    RECENT = 16
 
     def __init__(self, ttl: float = TTL) -> None:
         self.ttl = ttl
         self._lock = threading.Lock()
         self._written: dict[str, tuple[JsonDict, float]] = {}
+        self._delivered: dict[str, deque[str]] = {}
 
     def wrote(self, key: str, obj: JsonDict) -> None:
+        version = obj["metadata"].get("resourceVersion")
         with self._lock:
+            if version is not None and version in self._delivered.get(key, ()):
+                self._written.pop(key, None)  # the cache shows it already, or newer
+                return
             self._written[key] = (obj, time.monotonic())
 
     def observed(self, key: str, obj: JsonDict) -> None:
-        """The informer delivered ``obj``: the cache has caught up if it is the written one."""
-        version = obj["metadata"].get("resourceVersion")
+        """The informer delivered ``obj``: the cache has caught up if it is the written one,
+        or if it is another object of that name (the written one was deleted)."""
+        meta = obj["metadata"]
         with self._lock:
+            recent = self._delivered.setdefault(key, deque(maxlen=self.RECENT))
+            recent.append(str(meta.get("resourceVersion")))
             written = self._written.get(key)
-            if written is not None and written[0]["metadata"].get("resourceVersion") == version:
+            if written is None:
+                return
+            seen = written[0]["metadata"]
+            if seen.get("resourceVersion") == meta.get("resourceVersion") or (
+                seen.get("uid") != meta.get("uid")
+            ):
                 del self._written[key]
 
-    def get(self, key: str) -> JsonDict | None:
-        """The last object written under ``key`` if the cache may not show it yet."""
+    def get(self, key: str, uid: str | None = None) -> JsonDict | None:
+        """The last object written under ``key`` if the cache may not show it yet; with
+        ``uid``, only if it is that object (not a deleted one of the same name)."""
         with self._lock:
             written = self._written.get(key)
             if written is None:
                 return None
-            if time.monotonic() - written[1] > self.ttl:
+            stale = uid is not None and written[0]["metadata"].get("uid") != uid
+            if stale or time.monotonic() - written[1] > self.ttl:
                 del self._written[key]
                 return None
             return written[0]
@@ -130,3 +153,4 @@ class LatestWrites:
     def forget(self, key: str) -> None:
         with self._lock:
             self._written.pop(key, None)
+            self._delivered.pop(key, None)

@@ -28,6 +28,13 @@ TRIAL_LABEL = f"{GROUP}/trial"
 ATTEMPT_ANNOTATION = f"{GROUP}/attempt"
 #: On a trial's TrainJob once the trial ended early: ``pruned``, ``paused`` or ``failed``.
 OUTCOME_ANNOTATION = f"{GROUP}/outcome"
+#: On a trial's TrainJob, for ``kubectl get trainjobs``: the trial's state (running, paused,
+#: pruned, completed, failed, stopped), its parameters (JSON), the latest or final value of the
+#: sweep's metric, and why it failed.
+TRIAL_STATE_ANNOTATION = f"{GROUP}/trial-state"
+PARAMS_ANNOTATION = f"{GROUP}/params"
+VALUE_ANNOTATION = f"{GROUP}/value"
+FAILURE_ANNOTATION = f"{GROUP}/failure"
 #: On a trial's TrainJob that gang admission put on a node pool: the pool, as plain data, so
 #: that a restarted gang (a replica failed, a node was lost) is admitted again before it starts.
 POOL_ANNOTATION = f"{GROUP}/pool"
@@ -59,3 +66,5 @@ OBJECTIVE_KEY = "objective.pkl"
 
 #: The component name in Events and the default name of the operator's Lease.
 COMPONENT = "hypersweep-operator"
+#: On the leading operator's pod: the operator's Service selects it, so reports reach the leader.
+LEADER_LABEL = f"{GROUP}/leader"

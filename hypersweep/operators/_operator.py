@@ -1,8 +1,10 @@
 """``hypersweep operator``: the process that runs the TrainJob and Sweep controllers.
 
 One process serves trials' reports (``_server``) and, while it leads (``_leader``), runs the
-TrainJob controller and the Sweep controller. Only the leader is ready, so the operator's
-Service routes trials' reports to it alone. On SIGTERM it stops cleanly: sweeps are detached
+TrainJob controller and the Sweep controller. Every candidate is ready (readiness does not wait
+for the lease, so rolling upgrades and node drains proceed); the leader labels its own pod
+``hypersweep.io/leader=true`` (``$POD_NAME`` in ``$POD_NAMESPACE``), which the operator's Service
+selects, so trials' reports reach the leader alone. On SIGTERM it stops cleanly: sweeps are detached
 (their trials keep running, to be adopted by the next leader), and the lease is released so the
 next leader starts at once. If it loses the lease it exits with status 1, and its Deployment
 starts it again as a candidate.
@@ -31,9 +33,9 @@ from typing import Any
 import yaml
 
 from hypersweep.operators._crds import crd_manifests
-from hypersweep.operators._kube import Kube
+from hypersweep.operators._kube import PODS, ApiError, Kube
 from hypersweep.operators._leader import LeaderElector
-from hypersweep.operators._names import COMPONENT
+from hypersweep.operators._names import COMPONENT, LEADER_LABEL
 from hypersweep.operators._pools import GangAdmission
 from hypersweep.operators._recorder import EventRecorder
 from hypersweep.operators._server import ReportServer
@@ -63,6 +65,10 @@ class OperatorOptions:
     workers: int = 8  # reconciles at once per controller (the Job controller runs 5)
     heartbeat_interval: float = 5.0
     lease_grace: float = 15.0
+    #: Watch nodes (a replica on a deleted node restarts its gang; gang admission onto
+    #: pools). Off for an operator with a Role only, which cannot grant nodes (the namespaced
+    #: overlay passes ``--no-watch-nodes``).
+    watch_nodes: bool = True
 
 
 class Operator:
@@ -73,8 +79,11 @@ class Operator:
         self.kube = kube or Kube.from_config(options.kubeconfig)
         self.identity = options.identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.ready = False
+        self.leading = False
         self.lost = threading.Event()
-        self.server = ReportServer(options.bind, options.port, ready=lambda: self.ready)
+        self.server = ReportServer(
+            options.bind, options.port, ready=lambda: self.ready, leading=lambda: self.leading
+        )
 
     @property
     def report_url(self) -> str:
@@ -99,6 +108,8 @@ class Operator:
             renew_deadline=options.lease_duration * 2 / 3,
             retry_period=max(0.5, options.lease_duration / 7),
         )
+        self._label_pod(leader=False)  # a restarted container leads no more
+        self.ready = True
         try:
             if not elector.acquire(stop):
                 return 0
@@ -120,6 +131,7 @@ class Operator:
                 workers=options.workers,
                 # Gang restarts of trials that gang admission placed are admitted again.
                 admission=lambda: admission,
+                watch_nodes=options.watch_nodes,
             )
             # One watch per kind of object: admission and the sweeps' launchers read the
             # TrainJob controller's caches (admission watches the other pods itself).
@@ -134,15 +146,18 @@ class Operator:
                 heartbeat_interval=options.heartbeat_interval,
                 lease_grace=options.lease_grace,
                 workers=options.workers,
-                admission=admission,
+                admission=admission if options.watch_nodes else None,
                 trainjobs=trainjobs.jobs,
+                pools_allowed=options.watch_nodes,
             )
             trainjobs.start()
             sweeps.start()
-            self.ready = True
+            self.leading = True
+            self._label_pod(leader=True)
             logger.info("controllers running")
             stop.wait()
-            self.ready = False
+            self.leading = False
+            self._label_pod(leader=False)
             logger.info("stopping: sweeps are handed over with their trials running")
             sweeps.stop()
             trainjobs.stop()
@@ -151,7 +166,27 @@ class Operator:
                 elector.release()
             return EXIT_LOST_LEASE if self.lost.is_set() else 0
         finally:
+            self.ready = False
             self.server.stop()
+
+    def _label_pod(self, *, leader: bool) -> None:
+        """Put (or take off) the leader label on this operator's pod, which the Service
+        selects; nothing outside a pod (no ``$POD_NAME``)."""
+        pod, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+        if not pod or not namespace:
+            return
+        value = "true" if leader else None
+        try:
+            self.kube.patch(PODS, namespace, pod, {"metadata": {"labels": {LEADER_LABEL: value}}})
+        except ApiError as error:
+            logger.error(
+                "could not %s the label %s on pod %s/%s (trials reach the leader through it): %s",
+                "set" if leader else "remove",
+                LEADER_LABEL,
+                namespace,
+                pod,
+                error.message,
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         "whose pods share one network and have no cluster DNS)",
     )
     run.add_argument("--workers", type=int, default=defaults.workers)
+    run.add_argument(
+        "--watch-nodes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="watch nodes: gangs restart at once when a node is deleted, and spec.pools works "
+        "(default: on; --no-watch-nodes for an operator whose Role cannot grant nodes)",
+    )
     run.add_argument("--log-level", default="INFO")
     crds = commands.add_parser("crds", help="print the CustomResourceDefinitions")
     crds.add_argument("--output-dir", help="write one file per CRD into this directory")
@@ -242,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         identity=args.identity,
         replica_host=args.replica_host,
         workers=args.workers,
+        watch_nodes=args.watch_nodes,
     )
     stop = threading.Event()
 

@@ -5,8 +5,11 @@ One server serves every sweep the process runs; each sweep's launcher registers 
 
 * ``POST /v1/namespaces/NS/sweeps/SWEEP/trials/N``: a trial's message (``_channel``).
 * ``GET /healthz``: the process is alive (liveness probe).
-* ``GET /readyz``: the process leads and runs its controllers (readiness probe). Only the leader
-  is ready, so the operator's Service sends trials' reports to the leader only.
+* ``GET /readyz``: the process serves and takes part in leader election (readiness probe).
+  Readiness does not wait for the lease, so that a rolling upgrade's new pod becomes Ready
+  while the old one still leads; the operator's Service selects the leader by the label
+  ``hypersweep.io/leader`` that the leading pod puts on itself.
+* ``GET /leaderz``: 200 while the process leads and runs its controllers, else 503.
 
 Tokens are never logged: request lines are logged at debug level and carry no secret. The
 server speaks plain HTTP inside the cluster; where the pod network is not trusted, encrypt it
@@ -45,15 +48,22 @@ class ReportServer:
         host: the address to bind (all interfaces by default, as a pod serves its Service).
         port: the port to bind; 0 picks a free one (see :attr:`port`).
         ready: what ``/readyz`` reports; always ready if None.
+        leading: what ``/leaderz`` reports; same as ``ready`` if None.
     """
 
     def __init__(
-        self, host: str = "0.0.0.0", port: int = 0, *, ready: Callable[[], bool] | None = None
+        self,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        *,
+        ready: Callable[[], bool] | None = None,
+        leading: Callable[[], bool] | None = None,
     ) -> None:
         self._endpoints: dict[tuple[str, str], TrialEndpoint] = {}
         self._retired: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self.ready = ready or (lambda: True)
+        self.leading = leading or self.ready
         self._server = _QuietServer((host, port), _make_handler(self))
         self._thread: threading.Thread | None = None
 
@@ -133,6 +143,9 @@ def _make_handler(server: ReportServer) -> type[BaseHTTPRequestHandler]:
             elif self.path == "/readyz":
                 ready = server.ready()
                 self._answer(200 if ready else 503, {"ready": ready})
+            elif self.path == "/leaderz":
+                leading = server.leading()
+                self._answer(200 if leading else 503, {"leading": leading})
             else:
                 self._answer(404, {"error": "not found"})
 

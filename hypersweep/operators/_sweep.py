@@ -47,6 +47,7 @@ from hypersweep._errors import ConfigError
 from hypersweep.launchers._kubernetes import (
     KubernetesLauncher,
     LauncherDetached,
+    one_line,
     suspend_unfinished_trainjobs,
 )
 from hypersweep.operators._crds import FRONT_LIMIT
@@ -66,6 +67,12 @@ from hypersweep.operators._pools import GangAdmission, parse_policy, parse_pools
 from hypersweep.operators._recorder import EventRecorder
 from hypersweep.operators._server import ReportServer
 from hypersweep.operators._trainjob import JobSpec, SpecError, is_true, rfc3339, set_condition
+from hypersweep.operators._validation import (
+    check_early_stopping,
+    check_trial_parameters,
+    strategy_for,
+)
+from hypersweep.orchestrator._checkpoints import trial_checkpoint_dir
 from hypersweep.orchestrator._objective import ObjectiveRef
 from hypersweep.orchestrator._spec import SweepSettings
 from hypersweep.orchestrator._storage import PAUSED_ATTR, describe_storage
@@ -155,6 +162,7 @@ def summarize(orchestrator: Orchestrator) -> JsonDict:
         summary["bestTrial"] = {
             "number": trial.number,
             "value": value,
+            "rounded": f"{value:.6g}",
             "params": {key: _plain(param) for key, param in trial.params.items()},
         }
     return summary
@@ -172,6 +180,14 @@ def scrub(text: str, storage: Any) -> str:
     credentials = storage.split("://", 1)[1].rpartition("@")[0]
     password = credentials.partition(":")[2]
     return text.replace(password, "***") if password else text
+
+
+def first_failure(result: SweepResult) -> str | None:
+    """Why the lowest-numbered failed trial failed, in one line (a traceback's last line)."""
+    for trial in sorted(result.trials, key=lambda t: t.number):
+        if trial.state == "failed" and trial.error:
+            return f"trial {trial.number}: {one_line(trial.error)}"
+    return None
 
 
 def goal_reached(summary: JsonDict, goal: float | None, mode: str) -> bool:
@@ -328,8 +344,10 @@ class SweepController:
         workers: int = 2,
         admission: GangAdmission | None = None,
         trainjobs: Informer | None = None,
+        pools_allowed: bool = True,
     ) -> None:
         self.kube = kube
+        self.pools_allowed = pools_allowed
         self.recorder = recorder
         self.trainjobs = trainjobs
         self.server = server
@@ -397,12 +415,14 @@ class SweepController:
         cached = self.sweeps.get(namespace, name)
         if cached is None:
             return None
-        return copy.deepcopy(self._written.get(key) or cached)
+        # By uid: a write to a deleted Sweep says nothing about a new one of the same name.
+        return copy.deepcopy(self._written.get(key, cached["metadata"].get("uid")) or cached)
 
     def _wrote(self, sweep: JsonDict) -> None:
         self._written.wrote(object_key(sweep), sweep)
 
     def reconcile(self, key: str) -> float | None:
+        namespace, name = split_key(key)
         sweep = self._latest(key)
         runner = self.runner(key)
         if sweep is None:
@@ -425,7 +445,6 @@ class SweepController:
             return self._finalize(key, sweep, runner)
         finalizers = list(meta.get("finalizers") or [])
         if SWEEP_FINALIZER not in finalizers:
-            namespace, name = split_key(key)
             patch = {
                 "metadata": {
                     "resourceVersion": meta["resourceVersion"],
@@ -457,7 +476,11 @@ class SweepController:
             self._drop(key, runner)
             return self._finished(key, sweep, runner)
         self._write_status(
-            sweep, runner.summary, running=True, queue=runner.launcher.admission_status()
+            sweep,
+            runner.summary,
+            running=True,
+            queue=runner.launcher.admission_status(),
+            stalled=runner.launcher.stalled_status(),
         )
         return 10.0
 
@@ -472,6 +495,12 @@ class SweepController:
         try:
             settings, template = self.settings_for(sweep)
             pools = parse_pools(spec.get("pools"), "spec.pools")
+            if pools and not self.pools_allowed:
+                raise ConfigError(
+                    "spec.pools: this operator does not watch nodes (it runs for one namespace, "
+                    "or with --no-watch-nodes), and gang admission onto pools counts their "
+                    "room from nodes: run the cluster-wide operator, or leave pools out"
+                )
             policy = parse_policy(spec.get("schedulingPolicy"), "spec.schedulingPolicy")
         except ConfigError as error:
             self._fail(sweep, "InvalidSpec", str(error))
@@ -538,6 +567,7 @@ class SweepController:
         objective = spec.get("objective") or {}
         strategy = spec.get("strategy") or {}
         early = spec.get("earlyStopping") or {}
+        check_early_stopping(early)
         early_stopping = None
         if early.get("name") not in (None, "none"):
             early_stopping = {"name": early["name"], **(early.get("settings") or {})}
@@ -546,6 +576,12 @@ class SweepController:
             JobSpec.from_spec(template)
         except SpecError as error:
             raise ConfigError(f"spec.trialTemplate: {str(error).removeprefix('spec.')}") from None
+        try:
+            check_trial_parameters(template, spec.get("space") or {})
+            sampler, seed = strategy_for(strategy, spec.get("space") or {})
+        except ConfigError as error:
+            text = str(error)
+            raise ConfigError(text if text.startswith("spec.") else f"spec.{text}") from None
         directory = run_dir(self.data_dir, sweep)
         storage = self._storage_url(meta["namespace"], spec) or str(directory / "journal.log")
         several = objective.get("metrics")
@@ -560,14 +596,14 @@ class SweepController:
             constraints=objective.get("constraints"),
             n_trials=spec.get("maxTrials"),
             max_concurrent=spec.get("parallelism", 3),
-            strategy=strategy.get("name", "tpe"),
+            strategy=sampler,
             early_stopping=early_stopping,
             storage=storage,
             name=study_name(sweep),
             resume=True,
             max_failed_trials=spec.get("maxFailedTrials"),
             max_retries=spec.get("maxRetries", 2),
-            seed=(strategy.get("settings") or {}).get("seed"),
+            seed=seed,
             keep_checkpoints=spec.get("keepCheckpoints", 2),
             checkpoint_dir=str(directory / "checkpoints"),
         )
@@ -638,6 +674,18 @@ class SweepController:
                 outcome=("Failed", "MaxFailedTrialsReached", f"{reason}; {text}"),
             )
             self.recorder.event(sweep, "Warning", "Failed", f"{reason}; {text}")
+        elif not counts.get("succeeded"):
+            # However the budget ran out, a sweep without one completed trial did not succeed.
+            why = first_failure(result)
+            message = f"no trial completed ({text})" + (f"; first failure: {why}" if why else "")
+            self._write_status(
+                sweep,
+                summary,
+                running=False,
+                queue=queue,
+                outcome=("Failed", "NoTrialCompleted", message),
+            )
+            self.recorder.event(sweep, "Warning", "Failed", message)
         elif reason == GOAL_REACHED:
             self._write_status(
                 sweep,
@@ -676,6 +724,11 @@ class SweepController:
             self._drop(key, runner)
         meta = sweep["metadata"]
         spec = sweep.get("spec") or {}
+        directory = run_dir(self.data_dir, sweep)
+        if spec.get("retain"):
+            self._retain(key, sweep, directory)
+            self._release(sweep)
+            return None
         try:
             url = self._storage_url(meta["namespace"], spec)
         except ConfigError:
@@ -687,14 +740,41 @@ class SweepController:
                 optuna.delete_study(study_name=study_name(sweep), storage=url)
             except KeyError:
                 pass
-        directory = run_dir(self.data_dir, sweep)
         if directory.exists():
             shutil.rmtree(directory, ignore_errors=True)
+        logger.info("sweep %s deleted with its trials", key)
+        self._release(sweep)
+        return None
+
+    def _retain(self, key: str, sweep: JsonDict, directory: Path) -> None:
+        """``spec.retain``: keep the trial records (journal or database study) and the best
+        trial's checkpoints; the other trials' checkpoints go (as Katib's ``retain`` keeps a
+        finished trial's resources for inspection)."""
+        best = ((sweep.get("status") or {}).get("bestTrial") or {}).get("number")
+        checkpoints = directory / "checkpoints"
+        keep = trial_checkpoint_dir(checkpoints, int(best)).name if best is not None else None
+        if checkpoints.is_dir():
+            for child in checkpoints.iterdir():
+                if child.name != keep:
+                    shutil.rmtree(child, ignore_errors=True)
+        logger.info(
+            "sweep %s deleted; its trial records and best checkpoint are kept in %s",
+            key,
+            directory,
+        )
+        self.recorder.event(
+            sweep,
+            "Normal",
+            "Retained",
+            f"trial records and the best trial's checkpoints kept (study {study_name(sweep)})",
+        )
+
+    def _release(self, sweep: JsonDict) -> None:
+        """Remove this operator's finalizer: the Sweep goes, and its TrainJobs with it."""
+        meta = sweep["metadata"]
         finalizers = [f for f in meta.get("finalizers") or [] if f != SWEEP_FINALIZER]
         patch = {"metadata": {"resourceVersion": meta["resourceVersion"], "finalizers": finalizers}}
         self._wrote(self.kube.patch(SWEEPS, meta["namespace"], meta["name"], patch))
-        logger.info("sweep %s deleted with its trials", key)
-        return None
 
     # --- status --------------------------------------------------------------------------
 
@@ -707,6 +787,7 @@ class SweepController:
         outcome: tuple[str, str, str] | None = None,
         error: str | None = None,
         queue: JsonDict | None = None,
+        stalled: tuple[str, str] | None = None,
     ) -> None:
         """Write the status from the runner's view of storage; nothing if nothing changed.
 
@@ -756,6 +837,14 @@ class SweepController:
                 # A False condition is no state: keep the last condition the sweep's own.
                 queued = [c for c in conditions if c.get("type") == "TrialsQueued"]
                 conditions[:] = queued + [c for c in conditions if c.get("type") != "TrialsQueued"]
+        if stalled is not None:
+            set_condition(conditions, "TrialsStalled", True, stalled[0], stalled[1], stamp)
+        elif set_condition(
+            conditions, "TrialsStalled", False, "PodsStarting", "No trial is stalled.", stamp
+        ):
+            # A False condition is no state: keep the last condition the sweep's own.
+            moved = [c for c in conditions if c.get("type") == "TrialsStalled"]
+            conditions[:] = moved + [c for c in conditions if c.get("type") != "TrialsStalled"]
         if queue is not None and queue.get("refused"):
             set_condition(conditions, "Unschedulable", True, "NoPoolFits", queue["refused"], stamp)
         if outcome is not None:

@@ -66,6 +66,7 @@ from hypersweep.operators._batch import all_at_once, slow_start
 from hypersweep.operators._crds import (
     CLEAN_POD_POLICIES,
     DEFAULT_BACKOFF_LIMIT,
+    DEFAULT_STALLED_TIMEOUT,
     FRAMEWORKS,
     PYTORCH_ROLES,
     RESTART_POLICIES,
@@ -86,7 +87,9 @@ from hypersweep.operators._kube import (
     split_key,
 )
 from hypersweep.operators._names import (
+    FAILURE_ANNOTATION,
     JOB_NAME_LABEL,
+    OUTCOME_ANNOTATION,
     POOL_ANNOTATION,
     REPLICA_INDEX_LABEL,
     REPLICA_TYPE_LABEL,
@@ -167,6 +170,7 @@ class JobSpec:
     clean_pod_policy: str = "Running"
     suspend: bool = False
     success_policy: str = ""
+    stalled_timeout_seconds: int = DEFAULT_STALLED_TIMEOUT
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> JobSpec:
@@ -210,6 +214,11 @@ class JobSpec:
             ),
             clean_pod_policy=clean,
             suspend=bool(run.get("suspend", False)),
+            stalled_timeout_seconds=_count(
+                run.get("stalledTimeoutSeconds", DEFAULT_STALLED_TIMEOUT),
+                "spec.runPolicy.stalledTimeoutSeconds",
+                0,
+            ),
             success_policy=str(spec.get("successPolicy") or ""),
         )
 
@@ -408,6 +417,8 @@ def render_pod(
     for container in pod_spec["containers"]:
         # The template's own variables come last: where both set one, the template wins.
         container["env"] = ours + list(container.get("env") or [])
+        # A crash's last lines of output become the failure's message (TrainJob, Sweep).
+        container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
     container = main_container(spec, pod_spec["containers"])
     port_name = PORT_NAMES[spec.framework]
     ports = [p for p in container.get("ports") or [] if p.get("name") != port_name]
@@ -558,12 +569,74 @@ def describe_failure(pod: Mapping[str, Any], container: str) -> tuple[int | None
         detail = status.get("message")
         return None, f"{why}: {detail}" if detail else str(why)
     code = int(terminated.get("exitCode") or 0)
+    said = _last_line(str(terminated.get("message") or ""))
     if code > 128:
-        return code, f"was killed by signal {code - 128} (exit code {code})"
+        return code, f"was killed by signal {code - 128} (exit code {code})" + (
+            f": {said}" if said else ""
+        )
     reason = terminated.get("reason")
     return code, f"exited with code {code}" + (
         f" ({reason})" if reason and reason != "Error" else ""
-    )
+    ) + (f": {said}" if said else "")
+
+
+def _last_line(text: str, limit: int = 300) -> str:
+    """The last line of a termination message (a crash's output ends with its error)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if len(lines[-1]) <= limit else lines[-1][: limit - 3] + "..."
+
+
+#: Container waiting reasons that a pod does not get out of by itself: the image cannot be
+#: pulled, or the container cannot be made (a missing Secret or ConfigMap key, a root image
+#: under ``runAsNonRoot``...). ``ContainerCreating`` and ``PodInitializing`` are progress.
+STALLED_WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+def stalled(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why a pending pod cannot start (reason, message), or None if it is making progress:
+    the scheduler found no node for it, or a container waits for what will not come."""
+    if _phase(pod) != "Pending" or not _alive(pod):
+        return None
+    status = pod.get("status") or {}
+    name = pod["metadata"]["name"]
+    scheduled = condition(status.get("conditions") or [], "PodScheduled")
+    if scheduled is not None and scheduled.get("status") == "False":
+        reason = str(scheduled.get("reason") or "Unschedulable")
+        return reason, f"pod {name}: {scheduled.get('message') or 'no node fits it'}"
+    for entry in [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]:
+        waiting = (entry.get("state") or {}).get("waiting") or {}
+        why = waiting.get("reason")
+        if why in STALLED_WAITING_REASONS:
+            detail = waiting.get("message") or why
+            return str(why), f"pod {name}, container {entry.get('name')}: {detail}"
+    return None
+
+
+#: Seconds before the first restart of a gang after a replica failed; doubled at each
+#: further restart, up to RESTART_BACKOFF_MAX (the Job controller's 10 s, 20 s ... is meant
+#: for pods retried alone; a gang restart already costs a rendezvous).
+RESTART_BACKOFF = 2.0
+RESTART_BACKOFF_MAX = 120.0
+
+
+def restart_backoff(restart: int) -> float:
+    """Seconds to wait before start number ``restart`` (>= 1) after a replica failure."""
+    return float(min(RESTART_BACKOFF * 2 ** max(restart - 1, 0), RESTART_BACKOFF_MAX))
 
 
 def restartable(policy: str, exit_code: int | None) -> bool:
@@ -577,6 +650,15 @@ def restartable(policy: str, exit_code: int | None) -> bool:
 
 
 # --- the decision -------------------------------------------------------------------------
+
+#: The outcomes (annotation ``hypersweep.io/outcome``) that end a suspended trial's TrainJob
+#: for good: its condition, reason and what happened. ``paused`` is not one of them (the trial
+#: may resume) until its sweep ends, which makes it ``pruned``.
+FINAL_OUTCOMES: dict[str, tuple[str, str, str]] = {
+    "pruned": ("Succeeded", "EarlyStopped", "was stopped early by the sweep's early stopping."),
+    "stopped": ("Succeeded", "SweepEnded", "was stopped because its sweep ended."),
+    "failed": ("Failed", "TrialFailed", "failed: its trial reported an error."),
+}
 
 
 @dataclass
@@ -720,6 +802,29 @@ def decide(
                 plan.requeue(left)
         return plan
 
+    annotations = meta.get("annotations") or {}
+    ended = FINAL_OUTCOMES.get(str(annotations.get(OUTCOME_ANNOTATION)))
+    if ended is not None:
+        # A trial that ended for good (not paused to resume): the job finishes, so that its
+        # Service goes and ttlSecondsAfterFinished applies; nothing restarts it. Unsuspended
+        # (a failed trial's), it finishes once a replica has exited, and cleanPodPolicy says
+        # which pods stay: a failed trial's exited pods stay for ``kubectl logs``.
+        exited = [p for p in current.values() if _phase(p) in ("Succeeded", "Failed")]
+        if spec.suspend or exited or not current:
+            kind, reason, text = ended
+            failure = annotations.get(FAILURE_ANNOTATION)
+            message = f"TrainJob {name} {text}" + (f" {failure}" if failure else "")
+            finish(kind, reason, message, "Warning" if kind == "Failed" else "Normal")
+            if spec.suspend:
+                set_condition(conditions, "Suspended", False, reason, message, stamp)
+            counts()
+            clean_up()
+            if spec.suspend:
+                plan.delete_pods = [*current.values(), *stale]  # a suspended job runs nothing
+            return plan
+        counts()
+        return plan  # its replicas are exiting: their events bring the job back
+
     if spec.suspend:
         if set_condition(
             conditions,
@@ -818,16 +923,51 @@ def decide(
             clean_up()
             return plan
         status["restartCount"] = gang + 1
+        # A replica's own failure backs off before the next start, as the Job controller does
+        # (a lost replica is no one's fault: its gang starts again at once).
+        reason = "ReplicaLost" if lost else "TrainJobRestarting"
+        delay = 0.0 if lost else restart_backoff(gang + 1)
         text = (
             f"{message}; restarting every replica from the latest checkpoint "
-            f"(restart {gang + 1} of {spec.backoff_limit})"
+            f"(restart {gang + 1} of {spec.backoff_limit}"
+            + (f", in {delay:g} s)" if delay else ")")
         )
-        set_condition(conditions, "Restarting", True, "TrainJobRestarting", text, stamp)
+        set_condition(conditions, "Restarting", True, reason, text, stamp)
+        for entry in conditions:
+            if entry.get("type") == "Restarting":
+                entry["lastUpdateTime"] = stamp  # when the back-off starts
         set_condition(conditions, "Running", False, "TrainJobRestarting", text, stamp)
         plan.events.append(("Warning", "Restarting", text))
         plan.delete_pods.extend([*current.values(), *stale])
         plan.requeue(0.5)
         return plan
+
+    # A pod that cannot start fails the job after the grace period (it counts as active, not
+    # failed, to the pods' phases: nothing else would ever end the trial).
+    stuck = [
+        why
+        for why in (
+            stalled(current[r.pod_name(name)]) for r in replicas if r.pod_name(name) in current
+        )
+        if why is not None
+    ]
+    if stuck:
+        reason, message = stuck[0]
+        grace = spec.stalled_timeout_seconds
+        text = f"{message} (the job fails if this lasts {grace} s: runPolicy.stalledTimeoutSeconds)"
+        if set_condition(conditions, "Stalled", True, reason, text, stamp):
+            plan.events.append(("Warning", reason, message))
+        since = parse_time((condition(conditions, "Stalled") or {}).get("lastTransitionTime"))
+        left = ((since or now) - now).total_seconds() + grace
+        if left <= 0:
+            finish("Failed", reason, f"{message}; for {grace} s or more", "Warning")
+            counts()
+            clean_up()
+            plan.delete_pods = [*current.values(), *stale]  # none of them can run
+            return plan
+        plan.requeue(left)
+    else:
+        set_condition(conditions, "Stalled", False, "PodsStarting", "No pod is stalled.", stamp)
 
     if _succeeded(spec, replicas, current, name):
         counts()
@@ -851,6 +991,20 @@ def decide(
 
     # Converge on one live pod per replica and the job's headless Service.
     plan.delete_pods.extend(stale)
+    restarting = condition(conditions, "Restarting")
+    if (
+        not current
+        and gang > 0
+        and restarting is not None
+        and restarting.get("status") == "True"
+        and restarting.get("reason") == "TrainJobRestarting"
+    ):
+        since = parse_time(restarting.get("lastUpdateTime")) or now
+        left = (since - now).total_seconds() + restart_backoff(gang)
+        if left > 0:
+            plan.requeue(left)  # backing off after a failure
+            counts()
+            return plan
     taken = {pod["metadata"]["name"] for pod in pods}
     for replica in replicas:
         pod_name = replica.pod_name(name)
@@ -930,6 +1084,7 @@ class TrainJobController:
         workers: int = 2,
         calls: int | None = None,
         admission: Callable[[], GangAdmission] | None = None,
+        watch_nodes: bool = True,
     ) -> None:
         self.kube = kube
         self._admission = admission
@@ -953,7 +1108,9 @@ class TrainJobController:
         self.services = Informer(
             kube, SERVICES, namespace=namespace, label_selector=JOB_NAME_LABEL, index=JOB_NAME_LABEL
         )
-        self.nodes = Informer(kube, NODES)
+        # Nodes are cluster-scoped: a namespaced operator (a Role only) cannot watch them, and
+        # then a replica on a deleted node is noticed only once its pod is deleted.
+        self.nodes: Informer | None = Informer(kube, NODES) if watch_nodes else None
         self.controller = Controller("trainjob", self.reconcile, workers=workers)
         queue = self.controller.queue
         # Expectations are ticked off first: the reconcile that an event queues must see them.
@@ -964,7 +1121,8 @@ class TrainJobController:
         # one reconcile (one status write) for them all is enough.
         self.pods.add_handler(enqueue_owner(queue, JOB_NAME_LABEL, batch=POD_BATCH_SECONDS))
         self.services.add_handler(enqueue_owner(queue, JOB_NAME_LABEL))
-        self.nodes.add_handler(self._node_changed)
+        if self.nodes is not None:
+            self.nodes.add_handler(self._node_changed)
 
     def _job_seen(self, kind: str, job: JsonDict) -> None:
         key = object_key(job)
@@ -999,17 +1157,21 @@ class TrainJobController:
                 if job:
                     self.controller.queue.add(f"{pod['metadata'].get('namespace')}/{job}")
 
+    def _informers(self) -> list[Informer]:
+        informers = [self.jobs, self.pods, self.services]
+        return informers + ([self.nodes] if self.nodes is not None else [])
+
     def start(self, timeout: float = 60.0) -> None:
-        for informer in (self.jobs, self.pods, self.services, self.nodes):
+        for informer in self._informers():
             informer.start()
-        for informer in (self.jobs, self.pods, self.services, self.nodes):
+        for informer in self._informers():
             if not informer.wait_synced(timeout):
                 raise TimeoutError(f"could not list {informer.resource.plural}")
         self.controller.start()
 
     def stop(self) -> None:
         self.controller.stop()
-        for informer in (self.jobs, self.pods, self.services, self.nodes):
+        for informer in self._informers():
             informer.stop()
         self.controller.join()  # no reconcile is left to make calls
         self._calls.shutdown(wait=False)
@@ -1048,8 +1210,11 @@ class TrainJobController:
                 self._forget_readmission(key)
         return self.apply(job, plan)
 
-    def _nodes(self) -> frozenset[str]:
-        """The names of the nodes that exist, remembered until a node comes or goes."""
+    def _nodes(self) -> frozenset[str] | None:
+        """The names of the nodes that exist, remembered until a node comes or goes (None
+        when nodes are not watched)."""
+        if self.nodes is None:
+            return None
         with self._lock:
             if self._node_names is None:
                 self._node_names = frozenset(n["metadata"]["name"] for n in self.nodes.list())
@@ -1080,9 +1245,11 @@ class TrainJobController:
         if key in self._reread:
             self._reread.discard(key)
             return self.kube.get(TRAINJOBS, namespace, name)
-        job = self._written.get(key) or self.jobs.get(namespace, name)
-        if job is None:
+        cached = self.jobs.get(namespace, name)
+        if cached is None:
             return None  # deleted (or not seen yet: its ADDED event will queue it)
+        # By uid: a write to a deleted TrainJob says nothing about a new one of the same name.
+        job = self._written.get(key, cached["metadata"].get("uid")) or cached
         # A reconcile sets fields at the top and in metadata only; decide() copies the rest.
         return {**job, "metadata": dict(job["metadata"])}
 

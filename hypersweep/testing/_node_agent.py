@@ -115,6 +115,16 @@ class _ContainerStartError(Exception):
     """The container could not be started (kubelet would report CreateContainerError)."""
 
 
+class _ContainerConfigError(_ContainerStartError):
+    """A Secret or ConfigMap the container's environment needs is missing: like a kubelet,
+    the container waits (``CreateContainerConfigError``, the pod stays Pending) and the start
+    is retried, since the object may still be created."""
+
+
+#: Seconds between retries of a container waiting for its configuration.
+_CONFIG_RETRY_SECONDS = 1.0
+
+
 class _Container:
     """One container of a pod: its process, restarts and status as reported to the API."""
 
@@ -130,6 +140,7 @@ class _Container:
         self.last_state: JsonDict = {}
         self.exit_code: int | None = None
         self.restart_at: float | None = None
+        self.config_error = False  # waiting for a missing Secret or ConfigMap
         self.done = False
 
     def status(self) -> JsonDict:
@@ -227,7 +238,7 @@ class _PodRunner(threading.Thread):
                 return
         for container in self.containers:
             self._start(container)
-        self._patch_status("Running")
+        self._patch_status(self._live_phase())
         deadline_s = self.pod["spec"].get("activeDeadlineSeconds")
         started = _parse_time(self.start_time) or time.time()
         while True:
@@ -249,7 +260,7 @@ class _PodRunner(threading.Thread):
                 self._patch_status("Failed" if failed else "Succeeded")
                 return
             if changed:
-                self._patch_status("Running")
+                self._patch_status(self._live_phase())
             self._wake.wait(0.1)
             self._wake.clear()
 
@@ -277,6 +288,11 @@ class _PodRunner(threading.Thread):
             self._patch_status("Pending")
             if self._sleep_interruptibly(self._backoff(container)):
                 return False
+
+    def _live_phase(self) -> str:
+        """Pending while a container has never started (it waits for its configuration)."""
+        waiting = any("waiting" in c.state and c.process is None for c in self.containers)
+        return "Pending" if waiting else "Running"
 
     def _handle_stop(self) -> bool:
         """Deal with deletion / agent shutdown; True when the runner must end."""
@@ -326,6 +342,14 @@ class _PodRunner(threading.Thread):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        except _ContainerConfigError as err:
+            container.process = None
+            container.state = {
+                "waiting": {"reason": "CreateContainerConfigError", "message": str(err)}
+            }
+            container.restart_at = time.monotonic() + _CONFIG_RETRY_SECONDS
+            container.config_error = True
+            return
         except (_ContainerStartError, OSError) as err:
             container.process = None
             container.exit_code = _START_ERROR_EXIT_CODE
@@ -358,18 +382,44 @@ class _PodRunner(threading.Thread):
             # A signal shows as a negative return code; container runtimes report 128+signal.
             exit_code = code if code >= 0 else 128 - code
             container.exit_code = exit_code
-            container.state = {
-                "terminated": {
-                    "exitCode": exit_code,
-                    "reason": "Completed" if exit_code == 0 else "Error",
-                    "startedAt": container.started_at or _now(),
-                    "finishedAt": _now(),
-                    "containerID": f"process://{proc.pid}",
-                }
+            terminated: JsonDict = {
+                "exitCode": exit_code,
+                "reason": "Completed" if exit_code == 0 else "Error",
+                "startedAt": container.started_at or _now(),
+                "finishedAt": _now(),
+                "containerID": f"process://{proc.pid}",
             }
+            message = self._termination_message(container)
+            if message:
+                terminated["message"] = message
+            container.state = {"terminated": terminated}
             self._after_exit(container, allow_restart=allow_restart and not container.init)
             changed = True
         return changed
+
+    def _termination_message(self, container: _Container) -> str:
+        """As a kubelet does: the file at ``terminationMessagePath`` if the container wrote
+        one, else with ``FallbackToLogsOnError`` and a failure, the end of its output (the
+        last 80 lines, at most 2048 bytes)."""
+        path = Path(container.spec.get("terminationMessagePath") or "/dev/termination-log")
+        with contextlib.suppress(OSError):
+            if path.is_file() and str(path) != "/dev/termination-log":
+                return path.read_bytes()[:4096].decode(errors="replace")
+        policy = container.spec.get("terminationMessagePolicy") or "File"
+        if policy != "FallbackToLogsOnError" or not container.exit_code:
+            return ""
+        if container.log_file is not None:
+            container.log_file.flush()
+        try:
+            with (self.pod_dir / f"{container.name}.log").open("rb") as log_file:
+                log_file.seek(0, os.SEEK_END)
+                size = log_file.tell()
+                log_file.seek(max(0, size - 2048))
+                tail = log_file.read()
+        except OSError:
+            return ""
+        lines = tail.decode(errors="replace").splitlines()[-80:]
+        return "\n".join(lines)
 
     def _after_exit(self, container: _Container, *, allow_restart: bool) -> None:
         """Decide whether an exited container restarts (restartPolicy) or is done."""
@@ -387,6 +437,11 @@ class _PodRunner(threading.Thread):
         changed = False
         for container in self.containers:
             if container.restart_at is not None and time.monotonic() >= container.restart_at:
+                if container.config_error:
+                    container.config_error = False  # a retry of the start, not a restart
+                    self._start(container)
+                    changed = changed or not container.config_error
+                    continue
                 container.restart_count += 1
                 container.last_state = container.state
                 self._start(container)
@@ -486,7 +541,13 @@ class _PodRunner(threading.Thread):
                     if ref.get("optional"):
                         return None
                     kind = "secret" if secret else "configmap"
-                    raise _ContainerStartError(f"{kind} {ref['name']!r} key {ref['key']!r} missing")
+                    where = f"{kind} {self.namespace}/{ref['name']}"
+                    what = (
+                        f"{where} not found"
+                        if data is None
+                        else f"couldn't find key {ref['key']} in {where}"
+                    )
+                    raise _ContainerConfigError(what)
                 return data[ref["key"]]
         raise _ContainerStartError(f"unsupported valueFrom {sorted(source)}")
 
@@ -499,7 +560,7 @@ class _PodRunner(threading.Thread):
                 if data is None:
                     if ref.get("optional"):
                         return {}
-                    raise _ContainerStartError(f"{key} {ref['name']!r} not found")
+                    raise _ContainerConfigError(f"{key} {ref['name']!r} not found")
                 return data
         return {}
 

@@ -198,6 +198,9 @@ class OperatorProcess:
         self.log_path = log_path
         self.port = free_port()
         self.lease = f"operator-{namespace.name}"
+        self.lease_namespace = OPERATOR_NAMESPACE
+        self.extra_args: list[str] = []
+        self.extra_env: dict[str, str] = {}
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -218,14 +221,16 @@ class OperatorProcess:
             "--bind=127.0.0.1",
             f"--port={self.port}",
             f"--report-url={self.url}",
-            f"--lease-namespace={OPERATOR_NAMESPACE}",
+            f"--lease-namespace={self.lease_namespace}",
             f"--lease-name={self.lease}",
             "--lease-duration=6",
             f"--identity=test-operator-{self.starts}",
             "--replica-host=127.0.0.1",
+            *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {self.starts}\n".encode())
             self.process = subprocess.Popen(
@@ -239,7 +244,8 @@ class OperatorProcess:
         if self.process.poll() is not None:
             raise AssertionError(f"the operator exited:\n{self.log_tail()}")
         try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+            # /leaderz: leading, with controllers running (/readyz does not wait for the lease).
+            with urllib.request.urlopen(f"{self.url}/leaderz", timeout=2) as response:
                 return int(response.status) == 200
         except OSError:
             return False

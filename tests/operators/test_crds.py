@@ -57,7 +57,12 @@ def test_crds_are_served_with_defaults_and_columns(
     assert result.returncode == 0, result.stderr
     stored = kubectl_json(cluster, "get", "trainjob", "job", "-n", namespace.name)
     run_policy = stored["spec"]["runPolicy"]
-    assert run_policy == {"backoffLimit": 3, "cleanPodPolicy": "Running", "suspend": False}
+    assert run_policy == {
+        "backoffLimit": 3,
+        "cleanPodPolicy": "Running",
+        "suspend": False,
+        "stalledTimeoutSeconds": 300,
+    }
     assert stored["spec"]["replicaSpecs"]["Master"]["restartPolicy"] == "OnFailure"
     assert apply(cluster, namespace.name, sweep()).returncode == 0
     stored = kubectl_json(cluster, "get", "sweep", "sweep", "-n", namespace.name)
@@ -76,7 +81,8 @@ def test_crds_are_served_with_defaults_and_columns(
         "BEST-VALUE",
     ]
     header = cluster.kubectl("get", "tj", "-n", namespace.name).stdout.splitlines()[0].split()
-    assert header[:3] == ["NAME", "STATE", "RESTARTS"]
+    # A trial's TrainJob shows its trial first (empty for a TrainJob of no sweep).
+    assert header[:7] == ["NAME", "TRIAL", "TRIAL-STATE", "VALUE", "PARAMS", "STATE", "RESTARTS"]
 
 
 def test_a_kubeflow_pytorchjob_ports_by_changing_apiversion_and_kind(
