@@ -192,8 +192,15 @@ def namespace(cluster: LocalCluster, tmp_path: Path) -> Iterator[Namespace]:
 class OperatorProcess:
     """``hypersweep operator run`` for one namespace, as the ServiceAccount, in a subprocess."""
 
-    def __init__(self, kubeconfig: Path, namespace: Namespace, log_path: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: Namespace,
+        log_path: Path,
+        lease_duration: float = 6.0,
+    ) -> None:
         self.kubeconfig = kubeconfig
+        self.lease_duration = lease_duration
         self.namespace = namespace
         self.log_path = log_path
         self.port = free_port()
@@ -220,7 +227,7 @@ class OperatorProcess:
             f"--report-url={self.url}",
             f"--lease-namespace={OPERATOR_NAMESPACE}",
             f"--lease-name={self.lease}",
-            "--lease-duration=6",
+            f"--lease-duration={self.lease_duration:g}",
             f"--identity=test-operator-{self.starts}",
             "--replica-host=127.0.0.1",
         ]
