@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import hypersweep as hs
+from hypersweep.orchestrator._reporting import TrialPaused
 
 __all__ = [
     "GangChaosReport",
@@ -55,7 +56,8 @@ def chaos_curve(config: dict[str, Any]) -> float:
     the value after the last step depends only on the config, however often the trial was
     interrupted and resumed from its checkpoints. Each process appends to
     ``$HYPERSWEEP_CHAOS_MARKERS``: its pid and start step (``start``), and each step whose report
-    returned on rank 0 (``reported``), which storage must then hold.
+    returned on rank 0 (``reported``) or paused the trial (``paused``), which storage must then
+    hold.
     """
     context = hs.get_trial_context()
     assert context is not None
@@ -79,7 +81,12 @@ def chaos_curve(config: dict[str, Any]) -> float:
         theta *= 1.0 - lr
         loss = theta + (lr - 0.3) ** 2
         hs.checkpoint({"step": step, "theta": theta}, step=step)
-        hs.report(step, loss=loss)
+        try:
+            hs.report(step, loss=loss)
+        except TrialPaused:
+            if context.rank == 0:  # the report is stored; the trial may be promoted later
+                mark(f"paused step={step} loss={loss!r}")
+            raise
         if context.rank == 0:
             mark(f"reported step={step} loss={loss!r}")
     return loss
@@ -117,13 +124,17 @@ class OperatorChaosReport:
     max_trials: int
     trials: int
     trial_states: dict[str, int]
-    paused_then_resumed: int
+    pauses: int
+    promotions: int
+    trainjobs_created: int
     duplicate_trainjobs: int
+    extra_starts: int
     pods_beyond_gang: int
     orphaned_pods: int
     orphaned_secrets: int
     lost_reports: int
     restarted_from_scratch: int
+    orphans: list[str] = field(default_factory=list)
     kill_delays_s: list[float] = field(default_factory=list)
     seconds: float = 0.0
     succeeded: bool = False
@@ -333,29 +344,37 @@ def run_operator_chaos(
     states: dict[str, int] = {}
     for trial in trials:
         states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
-    lost = 0
-    from_scratch = 0
-    resumed = 0
+    lost = from_scratch = pauses = promotions = duplicates = extra_starts = 0
     for trial in trials:
         marks = _marks(markers, trial.number)
-        reported = {int(m["step"]) for m in marks if m["kind"] == "reported"}
+        reported = {int(m["step"]) for m in marks if m["kind"] in ("reported", "paused")}
         lost += len(reported - set(trial.intermediate_values))
         starts = [int(m["step"]) for m in marks if m["kind"] == "start"]
+        paused = sum(1 for m in marks if m["kind"] == "paused")
+        pauses += paused
+        promotions += sum(1 for s in starts if s > 0)
         from_scratch += max(0, starts.count(0) - 1)
-        resumed += int(any(s > 0 for s in starts))
+        # A trial's TrainJob is made once, and again for each promotion after a pause (the
+        # paused one is replaced); any other one, or any other start, ran the trial twice.
+        duplicates += max(0, len(watcher.job_uids.get(trial.number, ())) - 1 - paused)
+        extra_starts += max(0, len(starts) - 1 - paused)
     pods, secrets = _leftovers(cluster, namespace, name)
     return OperatorChaosReport(
         kills=len(delays),
         max_trials=max_trials,
         trials=len(trials),
         trial_states=states,
-        paused_then_resumed=resumed,
-        duplicate_trainjobs=sum(len(u) - 1 for u in watcher.job_uids.values()),
+        pauses=pauses,
+        promotions=promotions,
+        trainjobs_created=sum(len(u) for u in watcher.job_uids.values()),
+        duplicate_trainjobs=duplicates,
+        extra_starts=extra_starts,
         pods_beyond_gang=sum(max(0, n - 1) for n in watcher.most_live.values()),
         orphaned_pods=len(pods),
         orphaned_secrets=len(secrets),
         lost_reports=lost,
         restarted_from_scratch=from_scratch,
+        orphans=sorted(pods + secrets),
         kill_delays_s=delays,
         seconds=round(time.monotonic() - began, 1),
         succeeded=any(

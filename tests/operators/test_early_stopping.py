@@ -5,13 +5,15 @@ trial's config perturbed. One control loop serves both, so the decisions are the
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 import pytest
 
 from hypersweep.orchestrator._storage import CLONED_FROM_ATTR, PARENT_ATTR
 from hypersweep.testing import LocalCluster
 
-from .conftest import Namespace, OperatorProcess, kubectl_json
+from .conftest import Namespace, OperatorProcess, kubectl_json, wait_until
 from .objectives import ASHA_QUALITY
 from .test_sweep import create_sweep, stored_trials, wait_sweep
 
@@ -22,6 +24,13 @@ def marks(namespace: Namespace, number: int) -> list[str]:
     """What trial ``number``'s starts marked (first word of each line), in order."""
     path = namespace.markers / f"trial-{number}.log"
     return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def first_start(namespace: Namespace, number: int) -> tuple[int, float]:
+    """The step and theta trial ``number`` of ``lr_schedule_toy`` first started from."""
+    first = marks(namespace, number)[0]
+    step, theta = first.removeprefix("start-step").split("-theta")
+    return int(step), float(theta)
 
 
 def pod_log(cluster: LocalCluster, namespace: Namespace, pod: str) -> str:
@@ -67,14 +76,19 @@ def test_asha_on_kubernetes_promotes_paused_trials_from_their_checkpoints(
     assert [line for line in log.splitlines() if " starts at step " in line] == [
         f"trial {best.number} starts at step {s}" for s in (0, 2, 4)
     ], log
-    # Its one TrainJob was suspended and resumed, never replaced by a second one.
-    job = kubectl_json(
-        cluster, "get", "trainjob", f"promote-trial-{best.number}", "-n", namespace.name
-    )
+
+    # Its last TrainJob (a promotion replaces the suspended one) succeeded: its status follows
+    # its pods' within the controller's batch period.
+    def succeeded() -> dict[str, Any] | None:
+        job = kubectl_json(
+            cluster, "get", "trainjob", f"promote-trial-{best.number}", "-n", namespace.name
+        )
+        conditions = (job.get("status") or {}).get("conditions") or []
+        done = any(c["type"] == "Succeeded" and c["status"] == "True" for c in conditions)
+        return dict(job) if done else None
+
+    job = wait_until(succeeded, 30, "the promoted trial's TrainJob to succeed")
     assert not job["spec"]["runPolicy"].get("suspend")
-    assert any(
-        c["type"] == "Succeeded" and c["status"] == "True" for c in job["status"]["conditions"]
-    )
 
     # 0.8 reached rung 3 and waited there behind 0.9; the others stopped at rung 1, unresumed.
     assert by_quality[0.8].state == optuna.trial.TrialState.PRUNED
@@ -131,18 +145,18 @@ def test_pbt_on_kubernetes_clones_from_a_checkpoint_with_a_perturbed_config(
             clone.params,
             parent.params,
         )
-        assert clone.params["steps"] == parent.params["steps"]
         # Exploit: the clone's pod started from the parent's checkpoint, one step past it, with
-        # the parent's theta at that step, (1 - lr_parent) ** (step + 1).
+        # the parent's theta at that step: the parent's own start theta (1, or its parent's if
+        # it is a clone too) times (1 - lr_parent) per step since.
         source = clone.system_attrs[CLONED_FROM_ATTR]
         assert f"trial-{parent.number:05d}" in source, source
-        (first,) = marks(namespace, clone.number)[:1]
-        step_text, theta_text = first.removeprefix("start-step").split("-theta")
-        resumed = int(step_text)
-        assert resumed >= 1, first  # from a checkpoint, not from scratch
-        assert float(theta_text) == pytest.approx((1 - parent.params["lr"]) ** resumed)
+        resumed, theta = first_start(namespace, clone.number)
+        parent_step, parent_theta = first_start(namespace, parent.number)
+        assert resumed > parent_step, (resumed, parent_step)  # from a checkpoint, not scratch
+        expected_theta = parent_theta * (1 - parent.params["lr"]) ** (resumed - parent_step)
+        assert theta == pytest.approx(expected_theta)
         if clone.intermediate_values:
             assert min(clone.intermediate_values) == resumed
-            theta = float(theta_text) * (1 - clone.params["lr"])
+            theta *= 1 - clone.params["lr"]
             expected = theta**2 + 0.5 * clone.params["lr"]
             assert clone.intermediate_values[resumed] == pytest.approx(expected)
