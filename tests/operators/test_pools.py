@@ -141,10 +141,10 @@ def gang_template(command: list[str], replicas: int = 4, env: dict[str, str] | N
     def role(count: int) -> dict[str, Any]:
         return {"replicas": count, "template": {"spec": {"containers": [container]}}}
 
-    return {
-        "framework": "pytorch",
-        "replicaSpecs": {"Master": role(1), "Worker": role(replicas - 1)},
-    }
+    specs = {"Master": role(1), "Worker": role(replicas - 1)}
+    if replicas == 1:
+        del specs["Worker"]
+    return {"framework": "pytorch", "replicaSpecs": specs}
 
 
 def pool(name: str, label: str, resource: str = GPU, per_replica: int = 1, weight: int = 1) -> Any:
@@ -258,7 +258,9 @@ class ObjectWatch:
         self.pods: dict[str, dict[str, Any]] = {}
         self.nodes: dict[str, str] = {}
         self.queued: list[int] = [0]
+        self.pod_order: list[str] = []  # pod names in the order they were created
         self.errors: list[BaseException] = []
+        self._uids: set[str] = set()
         self.done = threading.Event()
         self.threads = [
             threading.Thread(target=self._run, args=(self._pods,), daemon=True),
@@ -304,6 +306,10 @@ class ObjectWatch:
     def _pods(self) -> None:
         for pod in self._stream(self.core.list_namespaced_pod, self.namespace):
             name = pod["metadata"]["name"]
+            uid = pod["metadata"]["uid"]
+            if uid not in self._uids:
+                self._uids.add(uid)
+                self.pod_order.append(name)
             known = self.pods.setdefault(name, {"status": {"conditions": []}})
             for condition in (pod.get("status") or {}).get("conditions") or []:
                 known["status"]["conditions"].append(condition)
