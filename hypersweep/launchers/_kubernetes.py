@@ -790,7 +790,10 @@ class KubernetesLauncher(Launcher):
         except ApiError as error:
             if not error.conflict:
                 raise
-            self.kube.replace(SECRETS, self.namespace, name, body)
+            # Left by a driver killed before it made the TrainJob: replaced by delete and
+            # create, so that the operator needs no "update" on Secrets.
+            self.kube.delete(SECRETS, self.namespace, name)
+            self.kube.create(SECRETS, self.namespace, body)
 
     def _create_pod_group(self, name: str, number: int) -> None:
         """The PodGroup that makes the trial's pods one gang for a gang-scheduling scheduler."""

@@ -306,3 +306,32 @@ def test_trial_pods_mount_no_token_and_run_as_non_root(
     release.write_text("go")
     status = wait_sweep(cluster, namespace, "locked", operator)
     assert status["trials"]["succeeded"] == 1, status
+
+
+def test_a_leftover_trial_secret_is_replaced_without_update_permission(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    # What a driver killed between a trial's Secret and its TrainJob leaves: the next one
+    # replaces it (delete, create: the operator has no "update" on Secrets). A stale token
+    # kept would have every report of the trial refused.
+    stale = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "left-trial-0-trial", "labels": {"hypersweep.io/sweep": "left"}},
+        "stringData": {"token": "stale"},
+    }
+    cluster.kubectl("apply", "-n", namespace.name, "-f", "-", input=json.dumps(stale))
+    create_sweep(
+        cluster,
+        namespace,
+        "left",
+        "learning_curve",
+        max_trials=1,
+        parallelism=1,
+        space={
+            "lr": {"type": "float", "low": 0.0, "high": 1.0},
+            "steps": {"type": "constant", "value": 3},
+        },
+    )
+    status = wait_sweep(cluster, namespace, "left", operator)
+    assert status["trials"]["succeeded"] == 1, (status, operator.log_tail(60))
