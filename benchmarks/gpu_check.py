@@ -132,7 +132,13 @@ def nccl_first_allreduce(repeats: int, cpu: bool, ranks: int) -> dict[str, Any]:
     assert seen["world_size"] == ranks and seen["value"] == ranks, seen
     return {
         "ranks": ranks,
-        "note": "one rank: the machine has one GPU" if ranks == 1 else f"{ranks} GPUs, 1 each",
+        "note": (
+            f"{ranks} ranks with gloo on the CPU (dry run)"
+            if cpu
+            else "one rank: the machine has one GPU"
+            if ranks == 1
+            else f"{ranks} ranks, one GPU each"
+        ),
         "what_the_trial_saw": seen,
         "seconds": {
             name: {
