@@ -31,7 +31,10 @@ def test_operator_sigkilled_during_an_asha_sweep_loses_and_duplicates_nothing(
         "hypersweep.operators.trial_entrypoint",
         "hypersweep.testing._chaos:chaos_curve",
     ]
-    sweep = chaos_sweep("chaos", command, namespace.markers, max_trials=6, parallelism=2)
+    # Long enough to outlast the kills: steps of 0.3 s, kills 0.3-2 s after each takeover.
+    sweep = chaos_sweep(
+        "chaos", command, namespace.markers, max_trials=10, parallelism=2, pause=0.3
+    )
     try:
         report = run_operator_chaos(
             cluster,
@@ -42,6 +45,7 @@ def test_operator_sigkilled_during_an_asha_sweep_loses_and_duplicates_nothing(
             namespace.markers,
             kills=4,
             seed=5,
+            delay=(0.3, 2.0),
             log=print,
         )
     except Exception:
@@ -51,8 +55,8 @@ def test_operator_sigkilled_during_an_asha_sweep_loses_and_duplicates_nothing(
         operator.stop()
     print(report.as_dict())
     assert report.kills == 4, report
-    assert report.succeeded and report.trials == report.max_trials == 6, report
-    assert sum(report.trial_states.values()) == 6, report
+    assert report.succeeded and report.trials == report.max_trials == 10, report
+    assert sum(report.trial_states.values()) == 10, report
     assert report.duplicate_trainjobs == 0 and report.extra_starts == 0, report
     assert report.pods_beyond_gang == 0, report
     assert report.orphaned_pods == 0 and report.orphaned_secrets == 0, report
