@@ -2,9 +2,10 @@
 
 What needs a GPU and so cannot run in the test suite (which runs on CPU machines):
 
-1. NCCL rendezvous: launch to the first completed NCCL all-reduce on the GPU, for
-   ``hs.tune(..., replicas=hs.Replicas(n, gpus_per_replica=1))`` in a running driver against
-   ``torchrun --standalone``, interleaved repeats.
+1. NCCL rendezvous: launch to the first completed NCCL all-reduce across one rank per GPU
+   (``--ranks``; 1 on a one-GPU machine, which the result says), for a cold Python process
+   calling ``hs.tune(..., replicas=hs.Replicas(n, gpus_per_replica=1))`` against a cold
+   ``torchrun --standalone --nproc-per-node n``, interleaved repeats.
 2. CUDA checkpoints: a DDP trial on the GPU checkpoints its CUDA tensors every epoch and
    SIGKILLs itself in epoch 2 of its first attempt; the trial restarts from the checkpoint and
    its final weights must equal an uninterrupted run's (deterministic algorithms on).
@@ -14,7 +15,7 @@ What needs a GPU and so cannot run in the test suite (which runs on CPU machines
    with the field named.
 5. The example sweep (``examples/pytorch_ddp.py``) on the GPU, with ASHA.
 
-    python benchmarks/gpu_check.py [--repeats 3] [--cpu]
+    python benchmarks/gpu_check.py [--repeats 3] [--cpu] [--ranks N]
 
 ``--cpu`` runs the same checks with gloo on the CPU (a dry run of the script itself). Prints a
 summary and writes benchmarks/results/gpu_check.json (or $OUT/gpu_check.json when OUT is set);
@@ -83,34 +84,69 @@ def _tune_on_one_gpu(
     )
 
 
-def nccl_first_allreduce(repeats: int, cpu: bool) -> dict[str, Any]:
-    samples: dict[str, list[float]] = {"torchrun": [], "hs.tune() in a running driver": []}
+COLD_TUNE = """
+import sys
+import hypersweep as hs
+from hypersweep.launchers import LocalLauncher
+
+script, ranks, cpu = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+result = hs.tune(
+    {"x": hs.uniform(0, 1)},
+    f"{script}:first_allreduce",
+    metric="loss",
+    n_trials=1,
+    replicas=hs.Replicas(n=ranks, gpus_per_replica=1),
+    # On the CPU dry run, made-up GPU ids stand in for real ones.
+    launcher=LocalLauncher(1, gpus=[str(i) for i in range(ranks)] if cpu else None),
+    verbose=False,
+)
+assert result.counts() == {"completed": 1}, result.trials[0].error
+"""
+
+
+def nccl_first_allreduce(repeats: int, cpu: bool, ranks: int) -> dict[str, Any]:
+    """Launch to the first completed all-reduce across ``ranks`` ranks (one GPU each), both
+    from a cold Python process: ``torchrun --standalone`` and a script calling ``hs.tune()``,
+    interleaved."""
+    samples: dict[str, list[float]] = {"torchrun": [], "hs.tune() from a cold process": []}
     seen: dict[str, Any] = {}
     for _ in range(repeats):
         for name in samples:
             with tempfile.TemporaryDirectory() as tmp:
-                env = {"BENCH_DIR": tmp, "HYPERSWEEP_RUNS_DIR": f"{tmp}/runs"}
-                start = time.time()
+                env = {**os.environ, "BENCH_DIR": tmp, "HYPERSWEEP_RUNS_DIR": f"{tmp}/runs"}
                 if name == "torchrun":
                     command = [
                         sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc-per-node", "1", str(SCRIPT), "first_allreduce",
+                        "--nproc-per-node", str(ranks), str(SCRIPT), "first_allreduce",
                     ]  # fmt: skip
-                    subprocess.run(
-                        command, env={**os.environ, **env}, check=True, capture_output=True
-                    )
                 else:
-                    result = _tune_on_one_gpu(
-                        env, "first_allreduce", {"x": hs.uniform(0, 1)}, cpu, n_trials=1
-                    )
-                    assert result.counts() == {"completed": 1}, result.trials[0].error
+                    command = [
+                        sys.executable, "-c", COLD_TUNE, str(SCRIPT), str(ranks),
+                        "1" if cpu else "0",
+                    ]  # fmt: skip
+                start = time.time()
+                subprocess.run(command, env=env, check=True, capture_output=True)
                 seen = json.loads((Path(tmp) / "allreduce.json").read_text())
                 samples[name].append(seen["done"] - start)
     assert seen["backend"] == ("gloo" if cpu else "nccl"), seen
+    assert seen["world_size"] == ranks and seen["value"] == ranks, seen
     return {
+        "ranks": ranks,
+        "note": (
+            f"{ranks} ranks with gloo on the CPU (dry run)"
+            if cpu
+            else "one rank: the machine has one GPU"
+            if ranks == 1
+            else f"{ranks} ranks, one GPU each"
+        ),
         "what_the_trial_saw": seen,
         "seconds": {
-            name: {"median": statistics.median(values), "samples": values}
+            name: {
+                "median": statistics.median(values),
+                "min": min(values),
+                "max": max(values),
+                "samples": values,
+            }
             for name, values in samples.items()
         },
     }
@@ -203,6 +239,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpu", action="store_true", help="dry run with gloo on the CPU")
+    parser.add_argument(
+        "--ranks",
+        type=int,
+        default=None,
+        help="all-reduce ranks (default: one per GPU; 2 on --cpu)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -212,8 +254,9 @@ def main() -> None:
     elif not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device here; --cpu tries the script on the CPU")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    ranks = args.ranks or (2 if args.cpu else torch.cuda.device_count())
     checks: dict[str, Callable[[], dict[str, Any]]] = {
-        "nccl_first_allreduce": lambda: nccl_first_allreduce(args.repeats, args.cpu),
+        "nccl_first_allreduce": lambda: nccl_first_allreduce(args.repeats, args.cpu, ranks),
         "cuda_checkpoint_resume": lambda: cuda_checkpoint_resume(args.cpu),
         "gpu_exclusivity": lambda: gpu_exclusivity(args.cpu),
         "refusal": refusal,
@@ -229,6 +272,7 @@ def main() -> None:
             else None,
             "mode": "cpu dry run" if args.cpu else "gpu",
         },
+        "arguments": vars(args),
         "checks": {},
     }
     failed = 0

@@ -30,9 +30,14 @@ def _backend() -> str:
 
 
 def _device() -> Any:
+    """This rank's device: under hypersweep each replica sees only its own GPU (index 0); under
+    torchrun every rank sees every GPU and takes the one of its LOCAL_RANK."""
     import torch
 
-    return torch.device("cuda", 0) if _cuda() else torch.device("cpu")
+    if not _cuda():
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def first_allreduce(config: dict[str, Any]) -> dict[str, float]:
@@ -40,6 +45,8 @@ def first_allreduce(config: dict[str, Any]) -> dict[str, float]:
     import torch
     import torch.distributed as dist
 
+    if _cuda():
+        torch.cuda.set_device(_device())
     dist.init_process_group(_backend())
     tensor = torch.ones(1, device=_device())
     dist.all_reduce(tensor)

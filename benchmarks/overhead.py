@@ -38,6 +38,27 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SEED = 0
 
 
+def sampler() -> optuna.samplers.TPESampler:
+    """The one sampler of every row: TPE, seeded, with the constant liar since two trials run
+    at a time (what hypersweep's default "tpe" strategy uses for concurrent trials)."""
+    return optuna.samplers.TPESampler(seed=SEED, constant_liar=True)
+
+
+def repeat(times: int, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run`` ``times`` times: the median run's figures, and every run's wall time."""
+    runs = [run() for _ in range(times)]
+    walls = sorted(r["wall_s"] for r in runs)
+    median = sorted(runs, key=lambda r: r["wall_s"])[(len(runs) - 1) // 2]
+    return {
+        **median,
+        "repeats": times,
+        "wall_s_runs": [r["wall_s"] for r in runs],
+        "wall_s_min": walls[0],
+        "wall_s_max": walls[-1],
+        "spread_max_over_min": walls[-1] / walls[0],
+    }
+
+
 def trivial(config: dict[str, Any]) -> float:
     return (config["x"] - 2.0) ** 2 + (config["y"] + 1.0) ** 2
 
@@ -102,7 +123,7 @@ def run_hypersweep(
         metric="loss",
         n_trials=trials,
         max_concurrent=2,
-        strategy=optuna.samplers.TPESampler(seed=SEED),
+        strategy=sampler(),
         storage=storage,
         verbose=False,
         name=f"overhead-{label}",
@@ -119,7 +140,7 @@ def run_optuna(trials: int, storage: Any) -> dict[str, Any]:
             {"x": trial.suggest_float("x", -10, 10), "y": trial.suggest_float("y", -10, 10)}
         )
 
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=SEED), storage=storage)
+    study = optuna.create_study(sampler=sampler(), storage=storage)
     start = time.perf_counter()
     study.optimize(objective, n_trials=trials, n_jobs=2)
     wall = time.perf_counter() - start
@@ -172,15 +193,15 @@ def run_ray_tune(
         mlp_trainable if training else trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(
-                sampler=optuna.samplers.TPESampler(seed=SEED), metric="loss", mode="min"
-            ),
+            search_alg=OptunaSearch(sampler=sampler(), metric="loss", mode="min"),
             num_samples=max_trials,
             max_concurrent_trials=2,
             time_budget_s=budget_s,
         ),
         run_config=tune.RunConfig(
-            name="mlp" if training else "trivial", storage_path=str(workdir / "ray"), verbose=0
+            name=f"{'mlp' if training else 'trivial'}-{time.time_ns()}",  # one per repeat
+            storage_path=str(workdir / "ray"),
+            verbose=0,
         ),
     )
     start = time.perf_counter()
@@ -201,7 +222,11 @@ def main() -> None:
     parser.add_argument("--ray-trials", type=int, default=200)
     parser.add_argument("--mlp-trials", type=int, default=20)
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each row; the median one is reported"
+    )
     args = parser.parse_args()
+    n = args.repeats
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     results: dict[str, dict[str, Any]] = {}
@@ -210,40 +235,66 @@ def main() -> None:
         journal = lambda name: optuna.storages.JournalStorage(  # noqa: E731
             optuna.storages.journal.JournalFileBackend(str(workdir / f"{name}.log"))
         )
-        results["optuna_inmemory_njobs2"] = run_optuna(args.trials, None)
-        results["optuna_journal_njobs2"] = run_optuna(args.trials, journal("optuna"))
-        results["hypersweep_local_journal"] = run_hypersweep(args.trials, None, "journal", workdir)
-        results["hypersweep_local_inmemory"] = run_hypersweep(
-            args.trials, optuna.storages.InMemoryStorage(), "memory", workdir
+        count = iter(range(10**6))  # a fresh sweep name (and journal) for every repeat
+        results["optuna_inmemory_njobs2"] = repeat(n, lambda: run_optuna(args.trials, None))
+        results["optuna_journal_njobs2"] = repeat(
+            n, lambda: run_optuna(args.trials, journal(f"optuna-{next(count)}"))
+        )
+        results["hypersweep_local_journal"] = repeat(
+            n, lambda: run_hypersweep(args.trials, None, f"journal-{next(count)}", workdir)
+        )
+        results["hypersweep_local_inmemory"] = repeat(
+            n,
+            lambda: run_hypersweep(
+                args.trials, optuna.storages.InMemoryStorage(), f"memory-{next(count)}", workdir
+            ),
         )
         training: dict[str, dict[str, Any]] = {}
         # One BLAS thread per trial in every row, as Ray gives a 1-CPU actor: 2 trials on 2
         # cores, not 2 trials of 2 threads each.
         os.environ["OMP_NUM_THREADS"] = "1"
-        training["hypersweep_local_mlp"] = run_hypersweep(
-            args.mlp_trials, None, "mlp-local", workdir, objective=mlp, space=mlp_space()
+        training["hypersweep_local_mlp"] = repeat(
+            n,
+            lambda: run_hypersweep(
+                args.mlp_trials,
+                None,
+                f"mlp-local-{next(count)}",
+                workdir,
+                objective=mlp,
+                space=mlp_space(),
+            ),
         )
         if not args.skip_ray:
             from hypersweep.launchers import RayLauncher
 
             with ray_session():
-                results["hypersweep_ray_journal"] = run_hypersweep(
-                    args.ray_trials, None, "ray", workdir, launcher=RayLauncher(max_concurrent=2)
+                results["hypersweep_ray_journal"] = repeat(
+                    n,
+                    lambda: run_hypersweep(
+                        args.ray_trials,
+                        None,
+                        f"ray-{next(count)}",
+                        workdir,
+                        launcher=RayLauncher(max_concurrent=2),
+                    ),
                 )
-                results["raytune_optunasearch"] = run_ray_tune(
-                    args.trials, args.ray_budget, workdir
+                results["raytune_optunasearch"] = repeat(
+                    n, lambda: run_ray_tune(args.trials, args.ray_budget, workdir)
                 )
-                training["hypersweep_ray_mlp"] = run_hypersweep(
-                    args.mlp_trials,
-                    None,
-                    "mlp-ray",
-                    workdir,
-                    launcher=RayLauncher(max_concurrent=2),
-                    objective=mlp,
-                    space=mlp_space(),
+                training["hypersweep_ray_mlp"] = repeat(
+                    n,
+                    lambda: run_hypersweep(
+                        args.mlp_trials,
+                        None,
+                        f"mlp-ray-{next(count)}",
+                        workdir,
+                        launcher=RayLauncher(max_concurrent=2),
+                        objective=mlp,
+                        space=mlp_space(),
+                    ),
                 )
-                training["raytune_mlp"] = run_ray_tune(
-                    args.mlp_trials, None, workdir, training=True
+                training["raytune_mlp"] = repeat(
+                    n, lambda: run_ray_tune(args.mlp_trials, None, workdir, training=True)
                 )
 
     for entry in (*results.values(), *training.values()):
@@ -273,7 +324,10 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     payload = {
         "benchmark": "overhead",
-        "objective": "trivial quadratic, 2 concurrent, TPESampler(seed=0)",
+        "objective": "trivial quadratic, 2 concurrent, TPESampler(seed=0, constant_liar=True)",
+        "arguments": vars(args),
+        "repeats": args.repeats,
+        "reported": "per row, the median of `repeats` runs by wall time; wall_s_runs has all",
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -284,7 +338,7 @@ def main() -> None:
         "target": "hypersweep_local_journal within 1.5x of optuna_inmemory_njobs2",
         "training": {
             "objective": f"sklearn MLP on digits, {MLP_EPOCHS} epochs reported, 1 - accuracy, "
-            "2 concurrent, TPESampler(seed=0)",
+            "2 concurrent, TPESampler(seed=0, constant_liar=True)",
             "results": training,
         },
     }

@@ -43,6 +43,10 @@ from hypersweep.strategies import ASHA, PBT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MAX_EPOCHS = 30
+#: Every scheduler counts epochs done (1-based: Ray Tune's training_iteration) and has its
+#: first rung after FIRST_RUNG epochs, then every REDUCTION times more: 1, 3, 9, 27.
+FIRST_RUNG = 1
+REDUCTION = 3
 CONCURRENT = 2
 LOG_ENV = "TIME_TO_TARGET_LOG"
 
@@ -154,7 +158,7 @@ def train_hypersweep(config: dict[str, Any]) -> float:
         log_epoch(accuracy)
         best = max(best, accuracy)
         hs.checkpoint({"model": model, "epoch": epoch, "best": best}, step=epoch)
-        hs.report(epoch, accuracy=accuracy)
+        hs.report(epoch + 1, accuracy=accuracy)  # epochs done: the unit of every scheduler
     return accuracy
 
 
@@ -208,7 +212,7 @@ def run_optuna_hyperband(task: str, seed: int, trials: int, workdir: Path) -> No
         }
         accuracy = 0.0
         for epoch, accuracy in enumerate(_plain_epochs(config)):
-            trial.report(accuracy, epoch)
+            trial.report(accuracy, epoch + 1)  # epochs done, as for the other methods
             if trial.should_prune():
                 raise optuna.TrialPruned()
         return accuracy
@@ -217,7 +221,7 @@ def run_optuna_hyperband(task: str, seed: int, trials: int, workdir: Path) -> No
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True),
         pruner=optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=MAX_EPOCHS, reduction_factor=3
+            min_resource=FIRST_RUNG, max_resource=MAX_EPOCHS, reduction_factor=REDUCTION
         ),
     )
     study.optimize(objective, n_trials=trials, n_jobs=CONCURRENT)
@@ -248,8 +252,14 @@ def run_ray_asha(task: str, seed: int, trials: int, workdir: Path) -> None:
             mode="max",
             num_samples=trials,
             max_concurrent_trials=CONCURRENT,
-            search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed)),
-            scheduler=ASHAScheduler(max_t=MAX_EPOCHS, grace_period=1, reduction_factor=3),
+            # The same sampler as hypersweep's and Optuna's runs: TPE with the constant liar
+            # (trials run two at a time), and the same first rung.
+            search_alg=OptunaSearch(
+                sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+            ),
+            scheduler=ASHAScheduler(
+                max_t=MAX_EPOCHS, grace_period=FIRST_RUNG, reduction_factor=REDUCTION
+            ),
         ),
         run_config=tune.RunConfig(storage_path=str(workdir / "ray"), verbose=0),
     )
@@ -259,7 +269,12 @@ def run_ray_asha(task: str, seed: int, trials: int, workdir: Path) -> None:
 METHODS: dict[str, Callable[[str, int, int, Path], None]] = {
     "hypersweep_tpe_no_stopping": lambda t, s, n, w: run_hypersweep(t, s, n, w, None, "plain"),
     "hypersweep_asha_promotion": lambda t, s, n, w: run_hypersweep(
-        t, s, n, w, ASHA(min_resource=1, max_resource=MAX_EPOCHS - 1, reduction_factor=3), "asha"
+        t,
+        s,
+        n,
+        w,
+        ASHA(min_resource=FIRST_RUNG, max_resource=MAX_EPOCHS, reduction_factor=REDUCTION),
+        "asha",
     ),
     "hypersweep_pbt": lambda t, s, n, w: run_hypersweep(
         t, s, n, w, PBT(perturbation_interval=4, seed=s), "pbt"
@@ -339,13 +354,17 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     payload = {
         "benchmark": "time_to_target",
+        "arguments": vars(args),
         "settings": {
             "seeds": args.seeds,
+            "repeats_per_method_and_task": args.seeds,
             "configs": args.configs,
             "multiplier": args.multiplier,
             "epoch_budget": args.configs * MAX_EPOCHS,
             "max_epochs_per_config": MAX_EPOCHS,
             "concurrent": CONCURRENT,
+            "rungs_epochs": [FIRST_RUNG * REDUCTION**k for k in range(4)],
+            "sampler": "TPE with constant_liar=True (hypersweep's default, Optuna, Ray Tune)",
         },
         "summary": summary,
         "runs": {
@@ -384,6 +403,12 @@ def summarize(runs: dict[str, dict[str, list[dict[str, Any]]]], budget: int) -> 
             summary[task][method] = {
                 "median_epochs_to_target": statistics.median(epochs),
                 "median_seconds_to_target": statistics.median(seconds),
+                "spread": {
+                    "epochs_to_target": spread(epochs),
+                    "seconds_to_target": spread(seconds),
+                    "best_accuracy": spread([max(a for _, a in r["curve"]) for r in results]),
+                    "wall_s": spread([r["wall_s"] for r in results]),
+                },
                 "reached_target": sum(math.isfinite(e) for e in epochs),
                 "median_total_epochs": statistics.median(len(r["curve"]) for r in results),
                 "median_best_accuracy": statistics.median(
@@ -393,6 +418,18 @@ def summarize(runs: dict[str, dict[str, list[dict[str, Any]]]], budget: int) -> 
                 "epochs_to_target_vs_baseline_total": statistics.median(epochs) / baseline_epochs,
             }
     return summary
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Min, quartiles and max over the repeats (inf: a repeat never reached the target)."""
+    finite = sorted(v for v in values if math.isfinite(v))
+    out: dict[str, Any] = {"n": len(values), "not_reached": len(values) - len(finite)}
+    if finite:
+        out["min"], out["max"] = finite[0], finite[-1]
+    if len(finite) >= 2:
+        q1, q2, q3 = statistics.quantiles(finite, n=4, method="inclusive")
+        out.update(q1=q1, median=q2, q3=q3)
+    return out
 
 
 def plot(runs: dict[str, Any], summary: dict[str, Any], path: Path) -> None:

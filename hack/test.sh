@@ -35,6 +35,8 @@ if [ -f hack/k8s/build.sh ]; then
   export HYPERSWEEP_REQUIRE_K8S=1
 fi
 export HYPERSWEEP_REQUIRE_POSTGRES=1
+# Ray and Ray Tune are dev dependencies: their tests fail rather than skip when missing.
+export HYPERSWEEP_REQUIRE_RAY=1
 
 export PATH="$venv/bin:$PATH"
 ruff check .

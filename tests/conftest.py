@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -47,3 +49,15 @@ def hypersweep(
         env={**python_env(), **(env or {})},
         timeout=timeout,
     )
+def require_module(name: str) -> ModuleType:
+    """Import ``name``, or skip the test when it is not installed.
+
+    Under ``HYPERSWEEP_REQUIRE_RAY=1`` (set by ``hack/test.sh``) a missing Ray or Ray Tune
+    search library fails instead: the suite must not pass by skipping what it claims to test.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        if os.environ.get("HYPERSWEEP_REQUIRE_RAY") == "1":
+            pytest.fail(f"HYPERSWEEP_REQUIRE_RAY=1 but {name} is missing: {error}", pytrace=False)
+        pytest.skip(f"{name} is not installed: {error}")

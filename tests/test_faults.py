@@ -14,6 +14,7 @@ import pytest
 from conftest import PYTHON, python_env
 
 import hypersweep as hs
+from hypersweep.orchestrator._checkpoints import checkpoint_step, latest_checkpoint
 
 
 def test_a_killed_worker_is_retried_from_its_checkpoint() -> None:
@@ -80,6 +81,16 @@ def _wait_for(condition, timeout: float = 60.0) -> None:  # type: ignore[no-unty
         time.sleep(0.05)
 
 
+def _checkpointed_step(run_dir: Path, number: int) -> int:
+    """The step of trial ``number``'s newest complete checkpoint under ``run_dir``, or -1."""
+    steps = [
+        checkpoint_step(found)
+        for folder in run_dir.rglob(f"trial-{number:05d}")
+        if (found := latest_checkpoint(folder)) is not None
+    ]
+    return max((s for s in steps if s is not None), default=-1)
+
+
 def run_kill_resume(run_dir: Path, storage: str | None, n_trials: int = 8) -> hs.SweepResult:
     """Start a driver, SIGKILL it mid-sweep, resume it, and return the final result."""
     markers = run_dir / "markers"
@@ -97,13 +108,23 @@ def run_kill_resume(run_dir: Path, storage: str | None, n_trials: int = 8) -> hs
             return False
         return counts.get("completed", 0) >= 2 and counts.get("running", 0) >= 1
 
-    _wait_for(done_and_running)
-    time.sleep(0.3)  # let the running trials checkpoint a step or two
+    def running_with_checkpoint() -> bool:
+        # A running trial with a checkpoint and steps left, so the kill interrupts one that
+        # must resume past step 0 (waiting on the checkpoint itself, not on a guessed sleep).
+        if not done_and_running():
+            return False
+        running = [t.number for t in hs.load("crashy", storage).trials if t.state == "running"]
+        return any(0 <= _checkpointed_step(run_dir, n) <= 2 for n in running)
+
+    _wait_for(running_with_checkpoint)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     before = hs.load("crashy", storage)
     interrupted = {t.number for t in before.trials if t.state == "running"}
     assert interrupted
+    # Where each interrupted trial must resume: one past its newest complete checkpoint.
+    resume_at = {n: _checkpointed_step(run_dir, n) + 1 for n in interrupted}
+    assert max(resume_at.values()) >= 1, resume_at
     _wait_for(lambda: not _pids_alive(markers), timeout=10)  # workers died with their driver
 
     resumed = subprocess.run([PYTHON, str(script)], env=env, timeout=120)
@@ -118,7 +139,7 @@ def run_kill_resume(run_dir: Path, storage: str | None, n_trials: int = 8) -> hs
             assert (markers / f"starts-{trial.number}").read_text().split() == ["0"]
         starts = [int(s) for s in (markers / f"starts-{trial.number}").read_text().split()]
         if trial.number in interrupted:
-            assert len(starts) == 2 and starts[1] >= 1  # resumed from its checkpoint
+            assert len(starts) == 2 and starts[1] == resume_at[trial.number], (starts, resume_at)
     assert not _pids_alive(markers)
     return result
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_module
 
-ray = pytest.importorskip("ray")
+ray = require_module("ray")
 
 import objectives
 import optuna

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_module
 
-pytest.importorskip("ray.tune")
+require_module("ray.tune")
 
 import objectives
 import optuna
@@ -36,7 +37,7 @@ SPACE = {"x": hs.uniform(-10, 10), "y": hs.uniform(-10, 10)}
 
 
 def _hyperopt(**options: Any) -> Any:
-    pytest.importorskip("hyperopt")
+    require_module("hyperopt")
     from ray.tune.search.hyperopt import HyperOptSearch
 
     return HyperOptSearch(**options)
@@ -244,7 +245,7 @@ DRIVER = textwrap.dedent(
 @pytest.mark.slow
 def test_resume_after_a_driver_kill_restores_the_searcher(run_dir: Path, monkeypatch: Any) -> None:
     """The killed driver's searcher state is restored; nothing is rerun or lost."""
-    pytest.importorskip("hyperopt")
+    require_module("hyperopt")
     markers = run_dir / "markers"
     monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(markers))
     env = {**python_env(), "HYPERSWEEP_TEST_MARKERS": str(markers)}

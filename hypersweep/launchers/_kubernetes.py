@@ -229,6 +229,7 @@ class KubernetesLauncher(Launcher):
         self._creates: ThreadPoolExecutor | None = None
         self._writing: dict[str, tuple[_Trial, Future[ApiError | None]]] = {}  # by TrainJob
         self._may_exist: set[str] | None = None  # TrainJob names that may exist (None: any)
+        self._inherited: set[str] = set()  # TrainJobs there before this launcher started
         self._on_change = on_change
         self._notify = notify
         self._demands: dict[str, list[Demand]] = {}
@@ -299,6 +300,8 @@ class KubernetesLauncher(Launcher):
             self._report_url = f"http://{pod_ip}:{self._server.port}"
         self._server.register(self.namespace, self.sweep, self)
         self._may_exist = self._existing_jobs()
+        # Trials of an earlier driver (a killed operator): their clean-ups may have been lost.
+        self._inherited = set(self._may_exist or ())
         if self._trainjobs is None:
             self._trainjobs = Informer(
                 self.kube,
@@ -638,6 +641,7 @@ class KubernetesLauncher(Launcher):
             for trial in leftover:
                 self._delete_trial(trial.name)
             suspend_unfinished_trainjobs(self.kube, self.namespace, self.sweep, finished_here)
+            self._delete_inherited_secrets()
         for waiting in queued:
             self._withdraw(waiting.name)
         if self._own_admission and self._admission is not None:
@@ -661,6 +665,20 @@ class KubernetesLauncher(Launcher):
             self._cond.notify_all()
 
     # --- TrainJobs and Secrets -----------------------------------------------------------
+
+    def _delete_inherited_secrets(self) -> None:
+        """Delete the Secrets of the trials an earlier driver ran, once the sweep is over.
+
+        A driver deletes a trial's Secret after ending the trial; one SIGKILLed in between
+        leaves it (with its token) behind. Only trials that were there before this driver
+        started can have such a Secret, so only theirs are deleted (by name: the operator
+        may not list Secrets).
+        """
+        for name in sorted(self._inherited):
+            try:
+                self.kube.delete(SECRETS, self.namespace, self._secret_name(name))
+            except ApiError as error:
+                logger.warning("could not delete the Secret of %s: %s", name, error)
 
     def _existing_jobs(self) -> set[str] | None:
         """The names of the sweep's TrainJobs now (None if they cannot be listed).
@@ -779,7 +797,10 @@ class KubernetesLauncher(Launcher):
         except ApiError as error:
             if not error.conflict:
                 raise
-            self.kube.replace(SECRETS, self.namespace, name, body)
+            # Left by a driver killed before it made the TrainJob: replaced by delete and
+            # create, so that the operator needs no "update" on Secrets.
+            self.kube.delete(SECRETS, self.namespace, name)
+            self.kube.create(SECRETS, self.namespace, body)
 
     def _create_pod_group(self, name: str, number: int) -> None:
         """The PodGroup that makes the trial's pods one gang for a gang-scheduling scheduler."""

@@ -1,9 +1,17 @@
 """Test helpers for hypersweep: a real local Kubernetes control plane and a node agent.
 
 See :mod:`hypersweep.testing._k8s` for :class:`LocalCluster` and the node-pool helpers, and
-:mod:`hypersweep.testing._node_agent` for the agent that really runs pods on a test node.
+:mod:`hypersweep.testing._node_agent` for the agent that really runs pods on a test node, and
+:mod:`hypersweep.testing._chaos` for the chaos runs (operator and replica SIGKILLs).
 """
 
+from hypersweep.testing._chaos import (
+    GangChaosReport,
+    OperatorChaosReport,
+    chaos_sweep,
+    run_gang_chaos,
+    run_operator_chaos,
+)
 from hypersweep.testing._k8s import (
     BUILD_COMMAND,
     CONTROL_PLANE_BINARIES,
@@ -34,13 +42,18 @@ __all__ = [
     "POOL_LABEL",
     "BinaryCheck",
     "ClusterStartError",
+    "GangChaosReport",
     "LocalCluster",
     "NodeAgent",
     "NodeAgentProcess",
+    "OperatorChaosReport",
     "binaries_dir",
+    "chaos_sweep",
     "create_namespace",
     "create_node_pool",
     "expand_vars",
     "find_binaries",
+    "run_gang_chaos",
+    "run_operator_chaos",
     "wait_for_nodes_ready",
 ]

@@ -424,6 +424,9 @@ class LocalCluster:
     ``with`` block) kills every process group it started and removes the directory unless
     ``keep_workdir`` is true (or ``$HYPERSWEEP_K8S_KEEP=1``), which helps reading component logs
     after a failure.
+
+    ``audit_users`` turns on the API server's audit log for those users (see
+    :meth:`audit_events`): tests derive the permissions a component needs from what it did.
     """
 
     def __init__(
@@ -435,6 +438,7 @@ class LocalCluster:
         keep_workdir: bool | None = None,
         extra_apiserver_args: Sequence[str] = (),
         crds: Sequence[Mapping[str, Any] | Path | str] = (),
+        audit_users: Sequence[str] = (),
     ) -> None:
         self.bin_dir = Path(bin_dir) if bin_dir is not None else binaries_dir()
         self._requested_workdir = Path(workdir) if workdir is not None else None
@@ -446,6 +450,8 @@ class LocalCluster:
         )
         self.extra_apiserver_args = tuple(extra_apiserver_args)
         self.crds = tuple(crds)
+        #: Users whose every API request the API server writes to its audit log.
+        self.audit_users = tuple(audit_users)
         self._components: list[_Component] = []
         self._agents: list[NodeAgentProcess] = []
         self._lock = threading.RLock()
@@ -469,6 +475,31 @@ class LocalCluster:
         if self._workdir is None:
             raise RuntimeError("the cluster is not started")
         return self._workdir
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (JSON lines) of the requests of ``audit_users``."""
+        return self.workdir / "audit" / "audit.log"
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every audit event logged so far: one per request of an ``audit_users`` user.
+
+        Each has ``verb``, ``user.username``, ``objectRef`` (``apiGroup``, ``resource``,
+        ``subresource``, ``namespace``, ``name``) and ``responseStatus.code``; see
+        https://kubernetes.io/docs/reference/config-api/apiserver-audit.v1/.
+        """
+        if not self.audit_users:
+            raise RuntimeError("the cluster was started without audit_users")
+        try:
+            text = self.audit_log.read_text()
+        except FileNotFoundError:
+            return []
+        # The log is appended to while we read: a last line may be half written.
+        events = []
+        for line in text.splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                events.append(json.loads(line))
+        return events
 
     @property
     def kubeconfig(self) -> Path:
@@ -628,6 +659,29 @@ class LocalCluster:
                 env,
             )
         )
+        audit_args: list[str] = []
+        if self.audit_users:
+            # Metadata (who did what to which object, and the answer) for the listed users
+            # only, so the log stays small; written synchronously ("blocking") so that a
+            # request is in the log once its response arrived.
+            (workdir / "audit").mkdir()
+            policy = {
+                "apiVersion": "audit.k8s.io/v1",
+                "kind": "Policy",
+                "omitStages": ["RequestReceived", "ResponseStarted"],
+                "rules": [
+                    {"level": "Metadata", "users": list(self.audit_users)},
+                    {"level": "None"},
+                ],
+            }
+            (workdir / "audit" / "policy.json").write_text(json.dumps(policy))
+            audit_args = [
+                f"--audit-policy-file={workdir / 'audit' / 'policy.json'}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
+                "--audit-log-maxsize=0",
+            ]
         self._add(
             _spawn(
                 "kube-apiserver",
@@ -663,6 +717,7 @@ class LocalCluster:
                     f"--proxy-client-cert-file={proxy_cert}",
                     f"--proxy-client-key-file={proxy_key}",
                     "--profiling=false",
+                    *audit_args,
                     *self.extra_apiserver_args,
                 ],
                 logs,

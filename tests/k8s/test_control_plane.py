@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from hypersweep.testing import (
     find_binaries,
 )
 
-from .conftest import TRIAL_CRD, TRIAL_CRD_GROUP, require_k8s, skip_or_fail, unavailable_reason
+from .conftest import TRIAL_CRD, TRIAL_CRD_GROUP, skip_or_fail, unavailable_reason
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -133,11 +134,28 @@ def test_expand_vars_follows_kubernetes_rules() -> None:
 
 
 def test_control_plane_binaries_available() -> None:
-    """Fails (rather than skips) when HYPERSWEEP_REQUIRE_K8S=1 and the binaries are missing."""
+    """Fails (rather than skips) when HYPERSWEEP_REQUIRE_K8S=1 and the binaries are missing;
+    when present, every Kubernetes binary runs and is the pinned version (a stale cache from an
+    older build would otherwise test another Kubernetes than the one the suite names)."""
     reason = unavailable_reason()
     if reason is not None:
         skip_or_fail(reason)
-    assert find_binaries().ok or not require_k8s()
+    directory = find_binaries().directory
+    for name, args in (
+        ("kube-apiserver", ["--version"]),
+        ("kube-controller-manager", ["--version"]),
+        ("kube-scheduler", ["--version"]),
+        ("kubectl", ["version", "--client"]),
+    ):
+        ran = subprocess.run(
+            [str(directory / name), *args], capture_output=True, text=True, timeout=60
+        )
+        assert ran.returncode == 0, (name, ran.stderr)
+        assert DEFAULT_K8S_VERSION in ran.stdout, (name, ran.stdout)
+    etcd = subprocess.run(
+        [str(directory / "etcd"), "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert etcd.returncode == 0 and "etcd Version:" in etcd.stdout, etcd.stdout
 
 
 # --------------------------------------------------------------------------------------------

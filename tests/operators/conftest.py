@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 OPERATOR_NAMESPACE = "hypersweep-system"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:hypersweep-operator"
+#: The ClusterRole of deploy/base granting Secrets, and the RoleBinding name it is bound with.
+SECRETS_BINDING = "hypersweep-operator-secrets"
 RBAC_KINDS = (
     "Namespace",
     "ServiceAccount",
@@ -114,7 +116,9 @@ def cluster() -> Iterator[LocalCluster]:
         pytest.skip(reason)
     from hypersweep.operators import crd_manifests
 
-    with LocalCluster(crds=crd_manifests()) as started:
+    # The API server logs every request of the operator's ServiceAccount: the least-privilege
+    # test derives the permissions it needs from that log (test_least_privilege.py).
+    with LocalCluster(crds=crd_manifests(), audit_users=[OPERATOR_USER]) as started:
         started.start_node_agent("agent-0")
         rbac = [doc for doc in render("deploy/base") if doc["kind"] in RBAC_KINDS]
         started.kubectl(
@@ -150,6 +154,16 @@ def namespace(cluster: LocalCluster, tmp_path: Path) -> Iterator[Namespace]:
     data.mkdir()
     markers.mkdir()
     create_namespace(cluster.api_client(), name)
+    # As deploy/base says for a namespace where sweeps run: Secrets are granted per namespace.
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        SECRETS_BINDING,
+        "-n",
+        name,
+        f"--clusterrole={SECRETS_BINDING}",
+        f"--serviceaccount={OPERATOR_NAMESPACE}:hypersweep-operator",
+    )
     volume = {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
@@ -192,8 +206,15 @@ def namespace(cluster: LocalCluster, tmp_path: Path) -> Iterator[Namespace]:
 class OperatorProcess:
     """``hypersweep operator run`` for one namespace, as the ServiceAccount, in a subprocess."""
 
-    def __init__(self, kubeconfig: Path, namespace: Namespace, log_path: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: Namespace,
+        log_path: Path,
+        lease_duration: float = 6.0,
+    ) -> None:
         self.kubeconfig = kubeconfig
+        self.lease_duration = lease_duration
         self.namespace = namespace
         self.log_path = log_path
         self.port = free_port()
@@ -223,7 +244,7 @@ class OperatorProcess:
             f"--report-url={self.url}",
             f"--lease-namespace={self.lease_namespace}",
             f"--lease-name={self.lease}",
-            "--lease-duration=6",
+            f"--lease-duration={self.lease_duration:g}",
             f"--identity=test-operator-{self.starts}",
             "--replica-host=127.0.0.1",
             *self.extra_args,
@@ -311,3 +332,25 @@ def objective_command(function: str) -> list[str]:
         "hypersweep.operators.trial_entrypoint",
         f"{HERE / 'objectives.py'}:{function}",
     ]
+
+
+#: Tests that read the audit log of the whole session: run last (pytest_collection_modifyitems).
+RUN_LAST = "run_last"
+_DESELECTED: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{RUN_LAST}: runs after every other test of the session")
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _DESELECTED.extend(item.nodeid for item in items if "tests/operators/" in item.nodeid)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker(RUN_LAST) is not None)
+
+
+def operator_suite_deselected() -> list[str]:
+    """Operator tests collected but not selected in this session (``-k``, ``-m``...)."""
+    return list(_DESELECTED)

@@ -102,3 +102,42 @@ def two_objectives(config: dict[str, Any]) -> dict[str, float]:
         raise ValueError(f"keys of another branch in {optimizer}")
     x = float(optimizer[key])
     return {"loss": x, "size": 1.0 - x, "memory_gb": 10.0 * x}
+#: Trial n's quality (as in tests/objectives.py): with one trial at a time, ASHA's decisions
+#: are known in advance, the same on Kubernetes as locally.
+ASHA_QUALITY = [0.5, 0.9, 0.1, 0.7, 0.3, 0.8]
+
+
+def asha_curve(config: dict[str, Any]) -> float:
+    """loss = 1 - quality + 1/(step+1) over steps 0..9, checkpointed each step; each start
+    marks and prints the step it starts from, so a resume is visible in the pod's log."""
+    context = hs.get_trial_context()
+    assert context is not None
+    quality = ASHA_QUALITY[context.trial_number % len(ASHA_QUALITY)]
+    state = hs.restore()
+    start = state["step"] + 1 if state else 0
+    _mark(f"start-step{start}")
+    print(f"trial {context.trial_number} starts at step {start}", flush=True)
+    loss = float("inf")
+    for step in range(start, 10):
+        time.sleep(float(config.get("pause", 0.0)))
+        loss = 1.0 - quality + 1.0 / (step + 1)
+        hs.checkpoint({"step": step}, step=step)
+        hs.report(step, loss=loss)
+    return loss
+
+
+def lr_schedule_toy(config: dict[str, Any]) -> float:
+    """PBT's point (as in tests/objectives.py): theta shrinks by (1 - lr) per step and the loss
+    pays 0.5 * lr, so a large lr is best early and a small one late. Each start marks the step
+    and theta it resumed from, so a clone's start from its parent's checkpoint is visible."""
+    state = hs.restore()
+    step0, theta = (0, 1.0) if state is None else (state["step"] + 1, state["theta"])
+    _mark(f"start-step{step0}-theta{theta!r}")
+    loss = theta**2 + 0.5 * config["lr"]
+    for step in range(step0, int(config.get("steps", 16))):
+        theta *= 1.0 - config["lr"]
+        loss = theta**2 + 0.5 * config["lr"]
+        hs.checkpoint({"step": step, "theta": theta}, step=step)
+        hs.report(step, loss=loss)
+        time.sleep(float(config.get("pause", 0.05)))
+    return loss

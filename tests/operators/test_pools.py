@@ -21,9 +21,6 @@ from typing import Any
 import pytest
 
 from hypersweep.operators._pools import (
-    KUEUE_GROUP_COUNT,
-    KUEUE_GROUP_LABEL,
-    KUEUE_QUEUE_LABEL,
     Pool,
     parse_policy,
     parse_pools,
@@ -63,30 +60,44 @@ def test_quantities_and_best_fit_bin_packing() -> None:
     assert placement == {"small": [0]}
 
 
+# The names the gang schedulers document, written out here rather than imported from the
+# implementation, so a typo there fails this test:
+# Kueue, "Run a plain Pod group" (kueue.sigs.k8s.io/docs/tasks/run/plain_pods/);
+# scheduler-plugins' coscheduling README (kubernetes-sigs/scheduler-plugins,
+# pkg/coscheduling); Volcano's PodGroup (volcano.sh/en/docs/podgroup/).
+KUEUE_DOCUMENTED_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_DOCUMENTED_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_DOCUMENTED_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
+COSCHEDULING_DOCUMENTED_LABEL = "scheduling.x-k8s.io/pod-group"
+VOLCANO_DOCUMENTED_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+
+
 def test_scheduling_policies_render_kueue_and_podgroup_objects() -> None:
     template = {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": []}}
     kueue = parse_policy({"gang": "kueue", "queueName": "team-a"})
     pod = kueue.pod_template(template, "s-trial-0", 4)
     assert pod["metadata"]["labels"] == {
         "app": "x",
-        KUEUE_QUEUE_LABEL: "team-a",
-        KUEUE_GROUP_LABEL: "s-trial-0",
+        KUEUE_DOCUMENTED_QUEUE_LABEL: "team-a",
+        KUEUE_DOCUMENTED_GROUP_LABEL: "s-trial-0",
     }
-    assert pod["metadata"]["annotations"] == {KUEUE_GROUP_COUNT: "4"}
-    assert kueue.job_labels() == {KUEUE_QUEUE_LABEL: "team-a"}
+    assert pod["metadata"]["annotations"] == {KUEUE_DOCUMENTED_GROUP_COUNT: "4"}
+    assert kueue.job_labels() == {KUEUE_DOCUMENTED_QUEUE_LABEL: "team-a"}
+    assert template == {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": []}}
 
     plugins = parse_policy({"gang": "podGroup", "scheduleTimeoutSeconds": 60})
     pod = plugins.pod_template(template, "s-trial-0", 4)
-    assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "s-trial-0"
+    assert pod["metadata"]["labels"] == {"app": "x", COSCHEDULING_DOCUMENTED_LABEL: "s-trial-0"}
     assert pod["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
     group = plugins.pod_group({"name": "s-trial-0", "namespace": "ns"}, 4)
     assert group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1"
     assert group["kind"] == "PodGroup"
+    assert group["metadata"]["name"] == "s-trial-0"
     assert group["spec"] == {"minMember": 4, "scheduleTimeoutSeconds": 60}
 
     volcano = parse_policy({"gang": "podGroup", "provider": "volcano", "queueName": "q"})
     pod = volcano.pod_template(template, "s-trial-0", 4)
-    assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "s-trial-0"
+    assert pod["metadata"]["annotations"] == {VOLCANO_DOCUMENTED_GROUP_ANNOTATION: "s-trial-0"}
     assert pod["spec"]["schedulerName"] == "volcano"
     group = volcano.pod_group({"name": "s-trial-0"}, 4)
     assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1"
@@ -130,10 +141,10 @@ def gang_template(command: list[str], replicas: int = 4, env: dict[str, str] | N
     def role(count: int) -> dict[str, Any]:
         return {"replicas": count, "template": {"spec": {"containers": [container]}}}
 
-    return {
-        "framework": "pytorch",
-        "replicaSpecs": {"Master": role(1), "Worker": role(replicas - 1)},
-    }
+    specs = {"Master": role(1), "Worker": role(replicas - 1)}
+    if replicas == 1:
+        del specs["Worker"]
+    return {"framework": "pytorch", "replicaSpecs": specs}
 
 
 def pool(name: str, label: str, resource: str = GPU, per_replica: int = 1, weight: int = 1) -> Any:
@@ -230,6 +241,93 @@ def events_of(cluster: LocalCluster, namespace: Namespace, reason: str) -> list[
     return [e.get("message", "") for e in items if e.get("reason") == reason]
 
 
+class ObjectWatch:
+    """Every event of a namespace's pods and Sweeps, from API watches (no sample is missed:
+    a watch delivers each change; an error in the watching thread fails the test).
+
+    ``pods`` holds each pod's conditions seen so far merged (a condition seen once stays),
+    ``nodes`` the node each pod was bound to, ``queued`` every ``status.queuedTrials`` seen.
+    """
+
+    def __init__(self, cluster: LocalCluster, namespace: Namespace) -> None:
+        from kubernetes import client
+
+        self.namespace = namespace.name
+        self.core = client.CoreV1Api(cluster.api_client())
+        self.custom = client.CustomObjectsApi(cluster.api_client())
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.nodes: dict[str, str] = {}
+        self.queued: list[int] = [0]
+        self.pod_order: list[str] = []  # pod names in the order they were created
+        self.errors: list[BaseException] = []
+        self._uids: set[str] = set()
+        self.done = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._run, args=(self._pods,), daemon=True),
+            threading.Thread(target=self._run, args=(self._sweeps,), daemon=True),
+        ]
+
+    def __enter__(self) -> ObjectWatch:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        for thread in self.threads:
+            thread.join(10)
+        if self.errors:
+            raise AssertionError(f"watching failed: {self.errors!r}")
+
+    def _run(self, follow: Any) -> None:
+        try:
+            follow()
+        except BaseException as error:  # noqa: BLE001 - reported by __exit__
+            self.errors.append(error)
+
+    def _stream(self, list_call: Any, *args: Any) -> Iterator[dict[str, Any]]:
+        from kubernetes import watch
+
+        version = ""
+        while not self.done.is_set():
+            stream = watch.Watch()
+            for event in stream.stream(
+                list_call, *args, resource_version=version, timeout_seconds=2
+            ):
+                obj = event["object"]
+                obj = obj if isinstance(obj, dict) else obj.to_dict()
+                version = (obj.get("metadata") or {}).get("resource_version") or (
+                    obj.get("metadata") or {}
+                ).get("resourceVersion", version)
+                yield obj
+                if self.done.is_set():
+                    stream.stop()
+
+    def _pods(self) -> None:
+        for pod in self._stream(self.core.list_namespaced_pod, self.namespace):
+            name = pod["metadata"]["name"]
+            uid = pod["metadata"]["uid"]
+            if uid not in self._uids:
+                self._uids.add(uid)
+                self.pod_order.append(name)
+            known = self.pods.setdefault(name, {"status": {"conditions": []}})
+            for condition in (pod.get("status") or {}).get("conditions") or []:
+                known["status"]["conditions"].append(condition)
+            if (pod.get("spec") or {}).get("node_name"):
+                self.nodes[name] = pod["spec"]["node_name"]
+
+    def _sweeps(self) -> None:
+        stream = self._stream(
+            self.custom.list_namespaced_custom_object,
+            "hypersweep.io",
+            "v1alpha1",
+            self.namespace,
+            "sweeps",
+        )
+        for sweep in stream:
+            self.queued.append(int((sweep.get("status") or {}).get("queuedTrials", 0)))
+
+
 class PoolAgents:
     """Node agents a test starts as pool nodes (labelled and tainted as the pool)."""
 
@@ -276,47 +374,30 @@ def test_gang_admission_fills_three_pools_and_every_trial_finishes(
         pool("h100", f"{ns}-h100", weight=2),
         pool("tpu", f"{ns}-tpu", "google.com/tpu", per_replica=2, weight=1),
     ]
-    apply_sweep(
-        cluster,
-        namespace,
-        "pools",
-        pools,
-        max_trials=6,
-        parallelism=4,
-        command=objective_command("learning_curve"),
-    )
-    seen_unschedulable: list[str] = []
-    pools_used: set[str] = set()
-    queued: list[int] = []
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            try:
-                for pod in pods_of(cluster, namespace):
-                    if unschedulable(pod):
-                        seen_unschedulable.append(pod["metadata"]["name"])
-                    node = pod["spec"].get("nodeName") or ""
-                    pools_used.update(p for p in ("a100", "h100", "tpu") if f"-{p}-" in node)
-                queued.append(int(status_of(cluster, namespace, "pools").get("queuedTrials", 0)))
-            except Exception:  # noqa: BLE001 - a missed sample is fine
-                pass
-            time.sleep(0.3)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
+    with ObjectWatch(cluster, namespace) as seen:
+        apply_sweep(
+            cluster,
+            namespace,
+            "pools",
+            pools,
+            max_trials=6,
+            parallelism=4,
+            command=objective_command("learning_curve"),
+        )
         status = wait_until(
             lambda: finished(cluster, namespace, "pools"), timeout=240, what="the sweep to finish"
         )
-    finally:
-        done.set()
-        watcher.join(5)
     assert status["trials"]["succeeded"] == 6, (status, operator.log_tail())
     assert status["by_type"]["Succeeded"]["status"] == "True"
-    assert not seen_unschedulable, f"pods of partial gangs waited: {seen_unschedulable}"
+    # Every pod of every gang passed through the watch (6 trials x 4 replicas), none waited.
+    assert len(seen.pods) == 24, sorted(seen.pods)
+    unschedulable_pods = sorted(n for n, pod in seen.pods.items() if unschedulable(pod))
+    assert not unschedulable_pods, f"pods of partial gangs waited: {unschedulable_pods}"
+    pools_used = {
+        p for node in seen.nodes.values() for p in ("a100", "h100", "tpu") if f"-{p}-" in node
+    }
     assert pools_used == {"a100", "h100", "tpu"}
-    assert max(queued, default=0) >= 1  # four at once asked for, three pools' worth of room
+    assert max(seen.queued) >= 1  # four at once asked for, three pools' worth of room
     assert status["queuedTrials"] == 0
 
 

@@ -1,0 +1,236 @@
+"""Chaos, with figures: what SIGKILLs of the operator and of replicas break (nothing, we claim).
+
+1. **Operator.** One ASHA Sweep (trials paused and promoted) on the local control plane
+   (``hypersweep.testing.LocalCluster`` with a node agent running the trial pods); the operator
+   runs as its own process and is SIGKILLed ``--operator-kills`` times, each at a random moment
+   (uniform in ``--kill-delay`` seconds after it leads, so kills land in the middle of Secret,
+   TrainJob and pod creation, suspensions, promotions and status writes alike), and started
+   again each time. Counted: trials (must be ``maxTrials``), TrainJobs per trial number beyond
+   one, pods of a trial alive at once beyond its one replica, pods and Secrets left after the
+   sweep, reports lost (a step whose ``report()`` returned in the trial but is not in storage),
+   trials started over from step 0.
+2. **Gangs.** A local sweep of ``--replicas``-replica trials run twice: without faults, then
+   with ``--replica-kills`` random replica SIGKILLs (each restarts its gang from the
+   checkpoint). Counted: trials lost, and whether every final value equals the fault-free one
+   (the objective is deterministic).
+
+Sized for a 2-core machine shared with other work: the defaults (20 operator kills in a
+30-trial sweep, 100 replica kills in a 16-trial sweep of 4-replica trials) take a few minutes.
+Kills stop when the sweep ends: the JSON says how many were delivered.
+
+    python benchmarks/chaos.py [--operator-kills 20] [--replica-kills 100] [--seed 0]
+
+Writes benchmarks/results/chaos.json (``--output`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from hypersweep.operators import crd_manifests
+from hypersweep.testing import (
+    LocalCluster,
+    chaos_sweep,
+    create_namespace,
+    run_gang_chaos,
+    run_operator_chaos,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NAMESPACE = "chaos"
+
+
+class Operator:
+    """``hypersweep operator run`` for one namespace, killed with SIGKILL and started again."""
+
+    def __init__(self, kubeconfig: Path, data_dir: Path, log_path: Path, lease: float) -> None:
+        self.kubeconfig = kubeconfig
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.lease = lease
+        self.port = _free_port()
+        self.starts = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> None:
+        self.starts += 1
+        argv = [
+            sys.executable,
+            "-m",
+            "hypersweep.operators._operator",
+            "run",
+            f"--kubeconfig={self.kubeconfig}",
+            f"--namespace={NAMESPACE}",
+            f"--data-dir={self.data_dir}",
+            "--bind=127.0.0.1",
+            f"--port={self.port}",
+            f"--report-url=http://127.0.0.1:{self.port}",
+            f"--lease-namespace={NAMESPACE}",
+            f"--lease-duration={self.lease:g}",
+            f"--identity=chaos-{self.starts}",  # a new pod's name: it waits for the lease
+            "--replica-host=127.0.0.1",
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + 120
+        while wait and not self.ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the operator did not lead within 120 s")
+            time.sleep(0.1)
+
+    def ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            # It exits by itself when it loses its lease (an overloaded machine): start again.
+            self.start(wait=False)
+            return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                return int(r.status) == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it had exited by itself
+        self.process.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _claim(cluster: LocalCluster, data: Path) -> None:
+    """The sweeps' ``hypersweep-data`` claim, bound to ``data`` (hostPath, as in the tests)."""
+    volume = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"{NAMESPACE}-data"},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "",
+            "hostPath": {"path": str(data)},
+            "claimRef": {"namespace": NAMESPACE, "name": "hypersweep-data"},
+        },
+    }
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "hypersweep-data", "namespace": NAMESPACE},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "",
+            "volumeName": f"{NAMESPACE}-data",
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    items = {"apiVersion": "v1", "kind": "List", "items": [volume, claim]}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(items))
+
+
+def operator_chaos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    data, markers = workdir / "data", workdir / "markers"
+    data.mkdir()
+    markers.mkdir()
+    with LocalCluster(crds=crd_manifests()) as cluster:
+        cluster.start_node_agent("agent-0")
+        create_namespace(cluster.api_client(), NAMESPACE)
+        _claim(cluster, data)
+        operator = Operator(cluster.kubeconfig, data, workdir / "operator.log", args.lease)
+        operator.start()
+        command = [
+            sys.executable,
+            "-m",
+            "hypersweep.operators.trial_entrypoint",
+            "hypersweep.testing._chaos:chaos_curve",
+        ]
+        sweep = chaos_sweep(
+            "chaos",
+            command,
+            markers,
+            max_trials=args.max_trials,
+            parallelism=args.parallelism,
+            seed=args.seed,
+        )
+        try:
+            report = run_operator_chaos(
+                cluster,
+                NAMESPACE,
+                lambda study: data / NAMESPACE / study / "journal.log",
+                operator,
+                sweep,
+                markers,
+                kills=args.operator_kills,
+                seed=args.seed,
+                delay=tuple(args.kill_delay),
+                log=print,
+            )
+        finally:
+            if operator.process is not None and operator.process.poll() is None:
+                operator.kill()
+    return report.as_dict()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--operator-kills", type=int, default=20)
+    parser.add_argument("--max-trials", type=int, default=30)
+    parser.add_argument("--parallelism", type=int, default=3)
+    parser.add_argument("--kill-delay", type=float, nargs=2, default=(0.3, 3.0))
+    parser.add_argument("--lease", type=float, default=3.0, help="operator lease, seconds")
+    parser.add_argument("--replica-kills", type=int, default=100)
+    parser.add_argument("--gang-trials", type=int, default=16)
+    parser.add_argument("--replicas", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", choices=("operator", "gangs"), default=None)
+    parser.add_argument("--output", type=Path, default=RESULTS / "chaos.json")
+    args = parser.parse_args()
+    results: dict[str, Any] = {
+        "arguments": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "machine": {"cpus": os.cpu_count()},
+    }
+    results["arguments"]["output"] = str(args.output)
+    with tempfile.TemporaryDirectory(prefix="hypersweep-chaos-") as tmp:
+        workdir = Path(tmp)
+        if args.skip != "operator":
+            (workdir / "operator").mkdir()
+            results["operator"] = operator_chaos(args, workdir / "operator")
+            print(json.dumps(results["operator"], indent=2))
+        if args.skip != "gangs":
+            os.environ["HYPERSWEEP_RUNS_DIR"] = str(workdir / "runs")
+            results["gangs"] = run_gang_chaos(
+                workdir / "gangs",
+                kills=args.replica_kills,
+                trials=args.gang_trials,
+                replicas=args.replicas,
+                seed=args.seed,
+                log=print,
+            ).as_dict()
+            print(json.dumps(results["gangs"], indent=2))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
