@@ -141,3 +141,10 @@ def lr_schedule_toy(config: dict[str, Any]) -> float:
         hs.checkpoint({"step": step, "theta": theta}, step=step)
         hs.report(step, loss=loss)
     return loss
+
+
+def sleepy_quadratic(config: dict[str, Any]) -> float:
+    """``quadratic`` after ``HYPERSWEEP_TEST_STEP`` seconds (a driver can be killed meanwhile)."""
+    time.sleep(float(os.environ.get("HYPERSWEEP_TEST_STEP", "0")))
+    penalty = float(config.get("n", 0)) + len(str(config.get("c", "")))
+    return (config.get("x", 2.0) - 2.0) ** 2 + penalty

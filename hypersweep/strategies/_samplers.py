@@ -1,8 +1,12 @@
 """Search strategies by name: thin factories over Optuna's samplers.
 
 A strategy proposes each trial's config. Names map to Optuna samplers so that users get the
-same algorithms, with the same seeds, as in Optuna; any ``optuna.samplers.BaseSampler``
-instance is accepted as it is.
+same algorithms as in Optuna; any ``optuna.samplers.BaseSampler`` instance is accepted as it is.
+
+A seeded strategy given by name draws trial ``n``'s randomness from ``(seed, n)``, not from one
+random stream that starts afresh in every driver: Optuna's samplers replay their stream from the
+seed when a driver is restarted (or a second one joins), which re-proposes the configs of the
+first trials (optuna#1547, optuna#3055). See ``_trial_seeded``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from hypersweep._errors import ConfigError
-from hypersweep.strategies._space import grid_search_space
+from hypersweep.strategies._space import flatten_space, grid_search_space
 
 if TYPE_CHECKING:
     import optuna
@@ -81,20 +85,29 @@ def make_sampler(
         if is_ray_search_algorithm(strategy):
             return RaySearcherSampler(strategy, space, metric=metric, mode=mode, seed=seed)
         return strategy
+    from hypersweep.strategies._trial_seeded import TrialNumberQMCSampler, TrialSeededSampler
+
     samplers = optuna.samplers
+    sampler: optuna.samplers.BaseSampler
     if strategy == "tpe":
-        return samplers.TPESampler(seed=seed, constant_liar=parallel)
-    if strategy == "random":
-        return samplers.RandomSampler(seed=seed)
-    if strategy == "grid":
+        sampler = samplers.TPESampler(seed=seed, constant_liar=parallel)
+    elif strategy == "random":
+        sampler = samplers.RandomSampler(seed=seed)
+    elif strategy == "grid":
+        # Optuna gives trial n the n-th cell of a grid shuffled by the seed: already a pure
+        # function of (seed, n), and without repeats.
         return samplers.GridSampler(grid_search_space(space), seed=seed)
-    if strategy == "cmaes":
-        return samplers.CmaEsSampler(seed=seed)
-    if strategy == "gp":
-        return samplers.GPSampler(seed=seed)
-    if strategy == "qmc":
-        return samplers.QMCSampler(seed=seed)
-    return samplers.NSGAIISampler(seed=seed)
+    elif strategy == "cmaes":
+        sampler = samplers.CmaEsSampler(seed=seed)
+    elif strategy == "gp":
+        sampler = samplers.GPSampler(seed=seed)
+    elif strategy == "qmc":
+        sampler = TrialNumberQMCSampler(seed=seed)
+    else:
+        sampler = samplers.NSGAIISampler(seed=seed)
+    if seed is None:
+        return sampler
+    return TrialSeededSampler(sampler, seed, names=list(flatten_space(space)))
 
 
 def grid_size(space: Mapping[str, Any]) -> int:
