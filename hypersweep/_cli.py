@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from hypersweep._errors import ConfigError
+from hypersweep._errors import ConfigError, SweepFailed
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -115,6 +115,8 @@ def _run_sweep(settings: Any, objective: str, live: bool, console: Console) -> i
         _ensure_log_handler()
         result = orchestrator.run()
     print_summary(result, console)
+    if orchestrator.failure is not None:
+        raise orchestrator.failure
     if result.best_trial is None or (
         result.stopped_reason and "max_failed_trials" in result.stopped_reason
     ):
@@ -256,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         error_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         return EXIT_INVALID
+    except SweepFailed as error:
+        error_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         name = getattr(args, "name", None) or "NAME"
         error_console.print(

@@ -148,3 +148,23 @@ def sleepy_quadratic(config: dict[str, Any]) -> float:
     time.sleep(float(os.environ.get("HYPERSWEEP_TEST_STEP", "0")))
     penalty = float(config.get("n", 0)) + len(str(config.get("c", "")))
     return (config.get("x", 2.0) - 2.0) ** 2 + penalty
+
+
+def ray_tune_habit(config: dict[str, Any]) -> float:
+    """Reports a dict, as Ray Tune's ``tune.report({...})``: a mistake in hypersweep."""
+    hs.report({"loss": config["x"]})  # type: ignore[arg-type]
+    return config["x"]
+
+
+def optuna_habit(trial: Any) -> float:
+    """Takes an Optuna trial, as Optuna's objectives do: a mistake in hypersweep."""
+    return float(trial.suggest_float("x", 0.0, 1.0))
+
+
+def fails_after_the_first(config: dict[str, Any]) -> float:
+    """Trial 0 succeeds; trials 1-3 raise; later ones succeed."""
+    context = hs.get_trial_context()
+    assert context is not None
+    if 1 <= context.trial_number <= 3:
+        raise RuntimeError(f"trial {context.trial_number} is unlucky")
+    return config["x"]

@@ -76,7 +76,8 @@ def tune(
         name: the sweep's name (generated if None).
         resume: continue (or join) the sweep ``name``: finished trials are kept, interrupted
             ones resume from their checkpoints.
-        max_failed_trials: stop the sweep once this many trials failed.
+        max_failed_trials: stop the sweep once this many trials failed. Unset, the sweep
+            stops (fail fast) if its first 3 finished trials (or ``max_concurrent``) all failed.
         max_retries: retries of a trial whose worker died (signal, OOM), from its checkpoint.
         seed: seed of the strategy.
         keep_checkpoints: checkpoints kept per trial.
@@ -92,6 +93,9 @@ def tune(
 
     Raises:
         ConfigError: invalid input, before anything starts.
+        SweepFailed: the first finished trials (3, or ``max_concurrent`` if more) all failed
+            and none succeeded, with ``max_failed_trials`` unset; the message holds the first
+            failure's traceback. The trials stay in storage.
         KeyboardInterrupt: on Ctrl-C, after running trials were stopped and queued to resume.
     """
     from hypersweep.launchers._local import LocalLauncher
@@ -128,7 +132,10 @@ def tune(
     )
     if on_update is not None:
         orchestrator.listeners.append(on_update)
-    return orchestrator.run()
+    result = orchestrator.run()
+    if orchestrator.failure is not None:
+        raise orchestrator.failure
+    return result
 
 
 def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) -> SweepResult:
