@@ -124,3 +124,44 @@ def test_model_based_strategies_never_repeat_a_config(strategy: str) -> None:
     configs = [json.dumps(t.config, sort_keys=True) for t in result.trials]
     assert len(configs) == 9
     assert len(set(configs)) == 9, sorted(configs)
+
+
+def test_a_ray_searcher_without_save_restore_is_said_to_start_afresh(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pytest.importorskip("ray.tune")
+    from ray.tune.search import Searcher
+
+    class Counting(Searcher):  # type: ignore[misc]
+        """A Searcher that, like Ray Tune's base class, has no save/restore."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
+            self._metric, self._mode = metric, mode
+            return True
+
+        def suggest(self, trial_id: str) -> dict[str, Any]:
+            self.count += 1
+            return {"x": self.count / 10}
+
+        def on_trial_complete(self, trial_id: str, result: Any = None, error: bool = False) -> None:
+            pass
+
+    caplog.set_level("INFO", logger="hypersweep")
+    space = {"x": hs.uniform(0, 4)}
+    hs.tune(space, objectives.quadratic, metric="loss", n_trials=2, strategy=Counting(), name="c")
+    assert "Counting cannot save its state: a resumed sweep starts it afresh" in caplog.text
+    resumed = Counting()
+    hs.tune(
+        space,
+        objectives.quadratic,
+        metric="loss",
+        n_trials=3,
+        strategy=resumed,
+        name="c",
+        resume=True,
+    )
+    assert resumed.count == 1  # started afresh: it knew nothing of the first two trials
