@@ -564,7 +564,12 @@ class Orchestrator:
     def _decide(self, running: RunningTrial, step: int) -> Decision:
         frozen = self.store.storage.get_trial(running.trial._trial_id)
         decision = self.scheduler.on_report(self.study, frozen, step)
-        if decision is Decision.PAUSE and not _has_checkpoint(frozen):
+        stopped_for_want_of_checkpoint = (
+            decision is not Decision.CONTINUE
+            and self.scheduler.can_pause
+            and not _has_checkpoint(frozen)
+        )
+        if stopped_for_want_of_checkpoint:
             # Resuming would retrain from zero; say so once and stop it instead.
             if not self._warned_no_checkpoint:
                 self._warned_no_checkpoint = True
