@@ -168,3 +168,25 @@ def fails_after_the_first(config: dict[str, Any]) -> float:
     if 1 <= context.trial_number <= 3:
         raise RuntimeError(f"trial {context.trial_number} is unlucky")
     return config["x"]
+
+
+def waits_for_every_driver(config: dict[str, Any]) -> float:
+    """Records which driver runs it, then waits until each of the test's drivers ran a trial.
+
+    So no driver can finish the sweep alone: every one of ``HYPERSWEEP_TEST_DRIVERS`` drivers
+    must claim a trial before any trial ends. A worker's parent process is its driver.
+    """
+    marker = Path(os.environ["HYPERSWEEP_TEST_MARKERS"])
+    marker.mkdir(parents=True, exist_ok=True)
+    context = hs.get_trial_context()
+    assert context is not None
+    (marker / f"driver-{os.getppid()}-trial-{context.trial_number}").write_text("")
+    with open(marker / f"starts-{context.trial_number}", "a") as handle:
+        handle.write("0\n")
+    wanted = int(os.environ["HYPERSWEEP_TEST_DRIVERS"])
+    deadline = time.monotonic() + 60
+    while len({p.name.split("-")[1] for p in marker.glob("driver-*")}) < wanted:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {wanted} drivers started a trial")
+        time.sleep(0.01)
+    return float(config["x"])
