@@ -78,6 +78,7 @@ class TrialSeededSampler(BaseSampler):
         self.attempts = attempts
         self._states = _random_states(sampler)
         self._own_space: dict[int, dict[str, BaseDistribution]] = {}  # per trial: the sampler's
+        self._peers: dict[int, list[FrozenTrial]] = {}  # per trial: the sweep's trials, read once
 
     def __getattr__(self, name: str) -> Any:
         # Attributes of the wrapped sampler (e.g. GridSampler.is_exhausted) stay reachable.
@@ -99,9 +100,9 @@ class TrialSeededSampler(BaseSampler):
         self._reseed(trial, "before_trial")
         self.sampler.before_trial(study, trial)
 
-    def _complete_space(self, study: Study) -> dict[str, BaseDistribution]:
+    def _complete_space(self, trials: list[FrozenTrial]) -> dict[str, BaseDistribution]:
         """The distributions of every parameter, from the first trial that has them all."""
-        for other in study._storage.get_all_trials(study._study_id, deepcopy=False):
+        for other in trials:
             if set(other.distributions) == self.names:
                 return dict(other.distributions)
         return {}
@@ -112,12 +113,16 @@ class TrialSeededSampler(BaseSampler):
         self._reseed(trial, "search_space")
         own = self.sampler.infer_relative_search_space(study, trial)
         self._own_space[trial.number] = own
-        return {**self._complete_space(study), **own}
+        # One read of the sweep's trials serves this trial's whole proposal.
+        peers = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        self._peers[trial.number] = peers
+        return {**self._complete_space(peers), **own}
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         own = self._own_space.pop(trial.number, search_space)
+        peers = self._peers.pop(trial.number, None)
         self._reseed(trial, "relative")
         params = dict(self.sampler.sample_relative(study, trial, own) if own else {})
         if set(search_space) != self.names or trial.params:
@@ -127,8 +132,11 @@ class TrialSeededSampler(BaseSampler):
         for name in sorted(self.names - set(params)):
             self._reseed(trial, name)
             params[name] = self.sampler.sample_independent(study, trial, name, search_space[name])
-        if self._repeats(study, trial, params):
-            params = self._new_config(study, trial, search_space) or params
+        if peers is None:
+            peers = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        taken = [other.params for other in peers if other.number != trial.number and other.params]
+        if params in taken:
+            params = self._new_config(study, trial, search_space, taken) or params
         return params
 
     def sample_independent(
@@ -150,22 +158,14 @@ class TrialSeededSampler(BaseSampler):
     ) -> None:
         self.sampler.after_trial(study, trial, state, values)
 
-    def _taken(self, study: Study, trial: FrozenTrial) -> list[dict[str, Any]]:
-        return [
-            other.params
-            for other in study._storage.get_all_trials(study._study_id, deepcopy=False)
-            if other.number != trial.number and other.params
-        ]
-
-    def _repeats(self, study: Study, trial: FrozenTrial, params: dict[str, Any]) -> bool:
-        """Whether another trial of the sweep already has the config ``params``."""
-        return params in self._taken(study, trial)
-
     def _new_config(
-        self, study: Study, trial: FrozenTrial, space: dict[str, BaseDistribution]
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        space: dict[str, BaseDistribution],
+        taken: list[dict[str, Any]],
     ) -> dict[str, Any] | None:
-        """A random config that no trial has: drawn, or else picked among the unused ones."""
-        taken = self._taken(study, trial)
+        """A random config not in ``taken``: drawn, or else picked among the unused ones."""
         random = RandomSampler()
         for attempt in range(self.attempts):
             random._rng.rng.seed(trial_seed(self.seed, trial.number, f"redraw@{attempt}"))
