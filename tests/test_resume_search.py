@@ -25,6 +25,7 @@ SPACES: dict[str, dict[str, Any]] = {
     "random": {"x": hs.uniform(0, 4), "n": hs.randint(0, 1000), "c": hs.choice(["a", "bb", "c"])},
     "qmc": {"x": hs.uniform(0, 4), "n": hs.randint(0, 1000), "c": hs.choice(["a", "bb", "c"])},
     "tpe": {"x": hs.uniform(0, 4), "n": hs.randint(0, 1000), "c": hs.choice(["a", "bb", "c"])},
+    "gp": {"x": hs.uniform(0, 4), "n": hs.randint(0, 1000), "c": hs.choice(["a", "bb", "c"])},
     "grid": {"n": hs.choice([0, 1, 2, 3, 4]), "c": hs.choice(["a", "bb"])},
 }
 
@@ -74,11 +75,11 @@ def _kill_after_three(run_dir: Path, strategy: str) -> None:
         driver.wait()
 
 
-@pytest.mark.parametrize("strategy", ["random", "qmc", "grid", "tpe"])
+@pytest.mark.parametrize("strategy", ["random", "qmc", "grid", "tpe", "gp"])
 def test_a_resumed_seeded_sweep_proposes_what_an_uninterrupted_one_does(
     run_dir: Path, strategy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # TPE's 10 first trials are its random start-up trials.
+    # The 10 first trials of TPE and GP are their random start-up trials.
     settings: dict[str, Any] = dict(
         metric="loss", n_trials=10, max_concurrent=2, strategy=strategy, seed=3, verbose=False
     )

@@ -57,7 +57,7 @@ SHARED_DRIVER = textwrap.dedent(
         time.sleep(0.001)
     result = hs.tune({{"x": hs.uniform(0, 1)}}, objectives.waits_for_every_driver,
                      metric="loss", n_trials={n}, max_concurrent=2, name={name!r}, resume=True,
-                     storage={storage!r}, verbose=False)
+                     storage={storage!r}, strategy="random", seed=1, verbose=False)
     print(json.dumps(result.counts()))
     """
 )
@@ -100,6 +100,7 @@ def run_drivers(run_dir: Path, storage: str | None, name: str, drivers: int, n_t
     result = hs.load(name, storage)
     assert result.counts() == {"completed": n_trials}
     assert sorted(t.number for t in result.trials) == list(range(n_trials))
+    assert len({t.config["x"] for t in result.trials}) == n_trials  # one seed, no config twice
     starts = {p.name: p.read_text().split() for p in markers.glob("starts-*")}
     assert len(starts) == n_trials and all(s == ["0"] for s in starts.values())  # each ran once
     # Every driver claimed trials: by the workers' parent process and by the stored owner.

@@ -79,7 +79,10 @@ def tune(
         max_failed_trials: stop the sweep once this many trials failed. Unset, the sweep
             stops (fail fast) if its first 3 finished trials (or ``max_concurrent``) all failed.
         max_retries: retries of a trial whose worker died (signal, OOM), from its checkpoint.
-        seed: seed of the strategy.
+        seed: seed of the strategy. Trial ``n`` draws its randomness from ``(seed, n)``, so a
+            resumed or shared sweep proposes what an uninterrupted one would, not its first
+            configs again; a proposal that another trial already has is replaced by an unused
+            config while the space has one.
         keep_checkpoints: checkpoints kept per trial.
         checkpoint_dir: where checkpoints go; defaults to the sweep's folder.
         replicas: run every trial as several replicas of the objective (distributed
