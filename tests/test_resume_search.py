@@ -108,8 +108,9 @@ def test_two_drivers_with_one_seed_propose_no_config_twice(run_dir: Path) -> Non
     assert len(configs) == 12 and len(set(configs)) == 12
 
 
+@pytest.mark.parametrize("seed", [0, None])
 @pytest.mark.parametrize("strategy", ["tpe", "gp", "cmaes"])
-def test_model_based_strategies_never_repeat_a_config(strategy: str) -> None:
+def test_model_based_strategies_never_repeat_a_config(strategy: str, seed: int | None) -> None:
     """On a small discrete space a model-based strategy would propose its best config again."""
     space = {"a": hs.choice([1, 2, 3]), "b": hs.choice(["good", "bad", "ugly"])}
     result = hs.tune(
@@ -119,7 +120,7 @@ def test_model_based_strategies_never_repeat_a_config(strategy: str) -> None:
         n_trials=9,
         max_concurrent=1,
         strategy=strategy,
-        seed=0,
+        seed=seed,
         verbose=False,
     )
     configs = [json.dumps(t.config, sort_keys=True) for t in result.trials]

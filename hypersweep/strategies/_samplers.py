@@ -6,11 +6,13 @@ same algorithms as in Optuna; any ``optuna.samplers.BaseSampler`` instance is ac
 A seeded strategy given by name draws trial ``n``'s randomness from ``(seed, n)``, not from one
 random stream that starts afresh in every driver: Optuna's samplers replay their stream from the
 seed when a driver is restarted (or a second one joins), which re-proposes the configs of the
-first trials (optuna#1547, optuna#3055). See ``_trial_seeded``.
+first trials (optuna#1547, optuna#3055). Seeded or not, a proposal that another trial of the
+sweep already has is replaced by an unused config. See ``_trial_seeded``.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -105,9 +107,10 @@ def make_sampler(
         sampler = TrialNumberQMCSampler(seed=seed)
     else:
         sampler = samplers.NSGAIISampler(seed=seed)
-    if seed is None:
-        return sampler
-    return TrialSeededSampler(sampler, seed, names=list(flatten_space(space)))
+    # Unseeded, each driver draws its own base seed: trials stay independent across drivers,
+    # and repeated configs are refused all the same.
+    base = seed if seed is not None else secrets.randbits(32)
+    return TrialSeededSampler(sampler, base, names=list(flatten_space(space)))
 
 
 def grid_size(space: Mapping[str, Any]) -> int:
