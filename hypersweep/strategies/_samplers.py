@@ -87,7 +87,11 @@ def make_sampler(
         if is_ray_search_algorithm(strategy):
             return RaySearcherSampler(strategy, space, metric=metric, mode=mode, seed=seed)
         return strategy
-    from hypersweep.strategies._trial_seeded import TrialNumberQMCSampler, TrialSeededSampler
+    from hypersweep.strategies._trial_seeded import (
+        TrialNumberQMCSampler,
+        TrialSeededSampler,
+        space_distributions,
+    )
 
     samplers = optuna.samplers
     sampler: optuna.samplers.BaseSampler
@@ -110,7 +114,8 @@ def make_sampler(
     # Unseeded, each driver draws its own base seed: trials stay independent across drivers,
     # and repeated configs are refused all the same.
     base = seed if seed is not None else secrets.randbits(32)
-    return TrialSeededSampler(sampler, base, names=list(flatten_space(space)))
+    distributions = space_distributions(flatten_space(space))
+    return TrialSeededSampler(sampler, base, distributions=distributions)
 
 
 def grid_size(space: Mapping[str, Any]) -> int:

@@ -24,13 +24,56 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["TrialNumberQMCSampler", "TrialSeededSampler", "trial_seed"]
+__all__ = ["TrialNumberQMCSampler", "TrialSeededSampler", "space_distributions", "trial_seed"]
 
 
 def trial_seed(seed: int, number: int, tag: str) -> int:
     """A 32-bit seed for the randomness that trial ``number`` uses for ``tag``."""
     digest = hashlib.sha256(f"{seed}:{number}:{tag}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+class _DistributionRecorder:
+    """Stands in for an Optuna trial to read the distribution each domain of a space asks for."""
+
+    def __init__(self) -> None:
+        self.distributions: dict[str, BaseDistribution] = {}
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        from optuna.distributions import FloatDistribution
+
+        self.distributions[name] = FloatDistribution(low, high, log=log, step=step)
+        return low
+
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
+        from optuna.distributions import IntDistribution
+
+        self.distributions[name] = IntDistribution(low, high, log=log, step=step)
+        return low
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        from optuna.distributions import CategoricalDistribution
+
+        self.distributions[name] = CategoricalDistribution(choices)
+        return choices[0]
+
+
+def space_distributions(domains: dict[str, Any]) -> dict[str, BaseDistribution] | None:
+    """The Optuna distribution of each flattened domain, as sampling asks for it; None if some
+    domain asks in another way (then configs are sampled one parameter at a time)."""
+    recorder = _DistributionRecorder()
+    try:
+        for name, domain in domains.items():
+            domain.suggest(recorder, name)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if set(recorder.distributions) != set(domains):
+        return None
+    return recorder.distributions
 
 
 def _random_states(sampler: Any) -> list[LazyRandomState]:
@@ -55,26 +98,31 @@ class TrialSeededSampler(BaseSampler):
     the random start-up trials of TPE, GP and CMA-ES, trial by trial, what an uninterrupted one
     proposes.
 
-    It also refuses exact repeats. Once the sweep's parameters are known (from a trial that has
-    them all), the whole config of a new trial is drawn at once, as Optuna's relative sampling:
-    the wrapped sampler's proposal if no other trial of the sweep (finished, running or queued)
-    has that config, else a random config that none has, drawn from ``(seed, n)`` too. Model
-    based samplers (TPE on a small discrete space especially) otherwise propose configs they
-    already evaluated.
+    It also refuses exact repeats. Once a trial after the first one is sampled, its whole
+    config is drawn at once, as Optuna's relative sampling: the wrapped sampler's proposal if no
+    other trial of the sweep (finished, running or queued) has that config, else a random
+    config that none has, drawn from ``(seed, n)`` too. Model based samplers (TPE on a small
+    discrete space especially) otherwise propose configs they already evaluated.
 
     Args:
         sampler: the Optuna sampler that proposes.
         seed: the sweep's seed.
-        names: the parameter names of a complete config (the flattened space).
+        distributions: every parameter's distribution (``space_distributions``); None for a
+            space whose parameters vary from trial to trial (no repeat is then refused).
         attempts: random redraws tried before the unused configs of a discrete space are listed.
     """
 
     def __init__(
-        self, sampler: BaseSampler, seed: int, *, names: Sequence[str], attempts: int = 32
+        self,
+        sampler: BaseSampler,
+        seed: int,
+        *,
+        distributions: dict[str, BaseDistribution] | None,
+        attempts: int = 32,
     ) -> None:
         self.sampler = sampler
         self.seed = seed
-        self.names = frozenset(names)
+        self.distributions = distributions or {}
         self.attempts = attempts
         self._states = _random_states(sampler)
         self._own_space: dict[int, dict[str, BaseDistribution]] = {}  # per trial: the sampler's
@@ -100,13 +148,6 @@ class TrialSeededSampler(BaseSampler):
         self._reseed(trial, "before_trial")
         self.sampler.before_trial(study, trial)
 
-    def _complete_space(self, trials: list[FrozenTrial]) -> dict[str, BaseDistribution]:
-        """The distributions of every parameter, from the first trial that has them all."""
-        for other in trials:
-            if set(other.distributions) == self.names:
-                return dict(other.distributions)
-        return {}
-
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
@@ -115,8 +156,10 @@ class TrialSeededSampler(BaseSampler):
         self._own_space[trial.number] = own
         # One read of the sweep's trials serves this trial's whole proposal.
         peers = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        if not any(other.params for other in peers):
+            return own  # the first config: nothing to repeat, sampled as Optuna would
         self._peers[trial.number] = peers
-        return {**self._complete_space(peers), **own}
+        return {**self.distributions, **own}
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -125,15 +168,13 @@ class TrialSeededSampler(BaseSampler):
         peers = self._peers.pop(trial.number, None)
         self._reseed(trial, "relative")
         params = dict(self.sampler.sample_relative(study, trial, own) if own else {})
-        if set(search_space) != self.names or trial.params:
-            return params  # the first trial, or a conditional space: sampled one by one
+        if peers is None or not self.distributions or trial.params:
+            return params  # the first config, or a space without fixed parameters
         # The whole config now: the sampler's own choice for each parameter, seeded as
         # sample_independent would seed it.
-        for name in sorted(self.names - set(params)):
+        for name in sorted(set(self.distributions) - set(params)):
             self._reseed(trial, name)
             params[name] = self.sampler.sample_independent(study, trial, name, search_space[name])
-        if peers is None:
-            peers = study._storage.get_all_trials(study._study_id, deepcopy=False)
         taken = [other.params for other in peers if other.number != trial.number and other.params]
         if params in taken:
             params = self._new_config(study, trial, search_space, taken) or params
