@@ -144,8 +144,16 @@ def lr_schedule_toy(config: dict[str, Any]) -> float:
 
 
 def sleepy_quadratic(config: dict[str, Any]) -> float:
-    """``quadratic`` after ``HYPERSWEEP_TEST_STEP`` seconds (a driver can be killed meanwhile)."""
+    """``quadratic`` after ``HYPERSWEEP_TEST_STEP`` seconds (a driver can be killed meanwhile).
+
+    Trials numbered ``HYPERSWEEP_TEST_HOLD_FROM`` or more never end: their driver is killed.
+    """
     time.sleep(float(os.environ.get("HYPERSWEEP_TEST_STEP", "0")))
+    hold_from = os.environ.get("HYPERSWEEP_TEST_HOLD_FROM")
+    context = hs.get_trial_context()
+    if hold_from is not None and context is not None and context.trial_number >= int(hold_from):
+        while True:
+            time.sleep(1)
     penalty = float(config.get("n", 0)) + len(str(config.get("c", "")))
     return (config.get("x", 2.0) - 2.0) ** 2 + penalty
 
