@@ -90,3 +90,9 @@ def gang_steps(config: dict[str, Any]) -> dict[str, float]:
         hs.report(step, loss=loss)
     peer.close()
     return {"loss": loss}
+
+
+def optuna_habit(trial: Any) -> float:
+    """Written for Optuna (takes a trial): fails on every trial, as a systematic bug does."""
+    _mark("start")
+    return float(trial.suggest_float("lr", 0.0, 1.0))

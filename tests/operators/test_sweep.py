@@ -265,6 +265,22 @@ def _lr_loss(config: dict[str, Any]) -> float:
     return float(config["lr"])
 
 
+def test_a_sweep_whose_trials_all_fail_stops_after_the_first_three(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    """The operator runs the same loop as tune(): a systematic bug fails fast there too."""
+    create_sweep(cluster, namespace, "broken", "optuna_habit", max_trials=12, parallelism=2)
+    status = wait_sweep(cluster, namespace, "broken", operator)
+    assert "Failed" in status["true"], status
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert "fail fast" in failed["message"], failed
+    assert status["trials"]["failed"] == 3 and status["trials"]["succeeded"] == 0, status
+    assert len(starts(namespace)) <= 4  # not the 12 of the budget
+    stored = stored_trials(namespace, status)
+    errors = [t.system_attrs.get("fail_reason", "") for t in stored if t.state.name == "FAIL"]
+    assert errors and all("def objective(config)" in error for error in errors), errors
+
+
 def _post(url: str, token: str | None, body: dict[str, Any]) -> int:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
     request.add_header("Content-Type", "application/json")
