@@ -19,7 +19,8 @@ loop, storage and launchers as Optuna's strategies. :class:`RaySearcherSampler` 
 
 Resume. Storage holds every trial, not the searcher's model, so the sampler keeps the searcher's
 own state (its ``save``/``get_state``) in ``searcher-state.pkl`` beside the sweep, written after
-each proposal and each result (throttled to ~10% of the time once a write takes over 20 ms).
+each proposal and each result (results throttled to ~10% of the time once a write takes over
+20 ms; proposals never, since only the searcher's state ties a trial to its proposal).
 A driver that resumes the sweep restores that state into the fresh searcher it was given: the
 model, its random state and the trials it had proposed, so that interrupted trials, resumed
 with their stored parameters, are told to the searcher under their old ids when they end.
@@ -437,12 +438,12 @@ class RaySearcherSampler(BaseSampler):
             Path(path).write_bytes(state["base"])
             base.restore(path)
 
-    def _save(self, study: Study) -> None:
+    def _save(self, study: Study, *, force: bool = False) -> None:
         """Write the searcher's state after every change while that is cheap (under 20 ms);
-        a larger state is written at most ~10% of the time."""
+        a larger state is written at most ~10% of the time, unless ``force``."""
         now = time.monotonic()
         expensive = self._save_cost > _CHEAP_SAVE
-        if expensive and now - self._saved_at < self._save_cost / _SAVE_OVERHEAD:
+        if not force and expensive and now - self._saved_at < self._save_cost / _SAVE_OVERHEAD:
             return
         import cloudpickle
 
@@ -517,7 +518,10 @@ class RaySearcherSampler(BaseSampler):
                 continue
             params[name] = snapped
         self._proposed[number] = params
-        self._save(study)  # so that a resumed driver knows the trials this one started
+        # Always, before the trial starts: a resumed driver must know every trial this one
+        # started, to tell the searcher their results under its own ids. (A result missed by
+        # a throttled save is replayed from storage instead.)
+        self._save(study, force=True)
         return params
 
     def sample_independent(
