@@ -4,7 +4,7 @@ Importing this package is light (no Optuna, torch, TensorFlow or Ray), so that o
 in workers can ``import hypersweep`` to report without paying for the driver's dependencies.
 """
 
-from hypersweep._errors import ConfigError
+from hypersweep._errors import ConfigError, SweepFailed
 from hypersweep._version import __version__
 from hypersweep.launchers import RayLauncher
 from hypersweep.orchestrator import (
@@ -26,6 +26,7 @@ __all__ = [
     "ConfigError",
     "RayLauncher",
     "Replicas",
+    "SweepFailed",
     "SweepResult",
     "TrialContext",
     "TrialPruned",

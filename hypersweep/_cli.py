@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from hypersweep._errors import ConfigError
+from hypersweep._errors import ConfigError, SweepFailed
 from hypersweep._version import __version__
 
 EXIT_FAILED = 1
@@ -172,6 +172,8 @@ def _run_sweep(args: argparse.Namespace, settings: Any, objective: str, console:
         orchestrator.listeners.append(lines.update)
         result = orchestrator.run()
     print_summary(result, console, time.monotonic() - started)
+    if orchestrator.failure is not None:
+        raise orchestrator.failure
     if not result.best_trials or (
         result.stopped_reason and "max_failed_trials" in result.stopped_reason
     ):
@@ -474,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         error_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         return EXIT_INVALID
+    except SweepFailed as error:
+        error_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         name = getattr(args, "sweep_name", None) or getattr(args, "name", None) or "NAME"
         error_console.print(

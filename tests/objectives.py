@@ -141,3 +141,60 @@ def lr_schedule_toy(config: dict[str, Any]) -> float:
         hs.checkpoint({"step": step, "theta": theta}, step=step)
         hs.report(step, loss=loss)
     return loss
+
+
+def sleepy_quadratic(config: dict[str, Any]) -> float:
+    """``quadratic`` after ``HYPERSWEEP_TEST_STEP`` seconds (a driver can be killed meanwhile).
+
+    Trials numbered ``HYPERSWEEP_TEST_HOLD_FROM`` or more never end: their driver is killed.
+    """
+    time.sleep(float(os.environ.get("HYPERSWEEP_TEST_STEP", "0")))
+    hold_from = os.environ.get("HYPERSWEEP_TEST_HOLD_FROM")
+    context = hs.get_trial_context()
+    if hold_from is not None and context is not None and context.trial_number >= int(hold_from):
+        while True:
+            time.sleep(1)
+    penalty = float(config.get("n", 0)) + len(str(config.get("c", "")))
+    return (config.get("x", 2.0) - 2.0) ** 2 + penalty
+
+
+def ray_tune_habit(config: dict[str, Any]) -> float:
+    """Reports a dict, as Ray Tune's ``tune.report({...})``: a mistake in hypersweep."""
+    hs.report({"loss": config["x"]})  # type: ignore[arg-type]
+    return config["x"]
+
+
+def optuna_habit(trial: Any) -> float:
+    """Takes an Optuna trial, as Optuna's objectives do: a mistake in hypersweep."""
+    return float(trial.suggest_float("x", 0.0, 1.0))
+
+
+def fails_after_the_first(config: dict[str, Any]) -> float:
+    """Trial 0 succeeds; trials 1-3 raise; later ones succeed."""
+    context = hs.get_trial_context()
+    assert context is not None
+    if 1 <= context.trial_number <= 3:
+        raise RuntimeError(f"trial {context.trial_number} is unlucky")
+    return config["x"]
+
+
+def waits_for_every_driver(config: dict[str, Any]) -> float:
+    """Records which driver runs it, then waits until each of the test's drivers ran a trial.
+
+    So no driver can finish the sweep alone: every one of ``HYPERSWEEP_TEST_DRIVERS`` drivers
+    must claim a trial before any trial ends. A worker's parent process is its driver.
+    """
+    marker = Path(os.environ["HYPERSWEEP_TEST_MARKERS"])
+    marker.mkdir(parents=True, exist_ok=True)
+    context = hs.get_trial_context()
+    assert context is not None
+    (marker / f"driver-{os.getppid()}-trial-{context.trial_number}").write_text("")
+    with open(marker / f"starts-{context.trial_number}", "a") as handle:
+        handle.write("0\n")
+    wanted = int(os.environ["HYPERSWEEP_TEST_DRIVERS"])
+    deadline = time.monotonic() + 60
+    while len({p.name.split("-")[1] for p in marker.glob("driver-*")}) < wanted:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {wanted} drivers started a trial")
+        time.sleep(0.01)
+    return float(config["x"])

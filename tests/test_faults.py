@@ -106,7 +106,9 @@ def run_kill_resume(run_dir: Path, storage: str | None, n_trials: int = 8) -> hs
             counts = hs.load("crashy", storage).counts()
         except hs.ConfigError:
             return False
-        return counts.get("completed", 0) >= 2 and counts.get("running", 0) >= 1
+        running = [t for t in hs.load("crashy", storage).trials if t.state == "running"]
+        # Kill once a running trial has a checkpoint to resume from.
+        return counts.get("completed", 0) >= 2 and any(t.checkpoint for t in running)
 
     def running_with_checkpoint() -> bool:
         # A running trial with a checkpoint and steps left, so the kill interrupts one that

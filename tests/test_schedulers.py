@@ -7,6 +7,7 @@ import subprocess
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import objectives
 import optuna
@@ -14,6 +15,8 @@ import pytest
 from conftest import PYTHON, python_env
 
 import hypersweep as hs
+from hypersweep.launchers import LocalLauncher
+from hypersweep.orchestrator._events import TrialAssignment
 from hypersweep.strategies import ASHA, PBT, Hyperband
 
 
@@ -55,19 +58,76 @@ def test_asha_pauses_and_promotes_the_right_trials(
     assert result.counts() == {"completed": 1, "pruned": 5}
 
 
+class RecordingLauncher(LocalLauncher):
+    """The local launcher, recording every launch and every decision sent to a trial."""
+
+    def __init__(self, max_concurrent: int) -> None:
+        super().__init__(max_concurrent)
+        self.launched: list[int] = []
+        self.decisions: list[tuple[int, str]] = []
+
+    def launch(self, assignment: TrialAssignment) -> None:
+        self.launched.append(assignment.trial_number)
+        super().launch(assignment)
+
+    def respond(self, trial_number: int, decision: str) -> None:
+        self.decisions.append((trial_number, decision))
+        super().respond(trial_number, decision)
+
+
 def test_asha_without_checkpoints_stops_instead_of_pausing() -> None:
+    launcher = RecordingLauncher(1)
     result = hs.tune(
         {"quality": hs.uniform(0, 1)},
         objectives.asha_curve_no_checkpoint,
         metric="loss",
         n_trials=8,
-        max_concurrent=1,
         seed=0,
         early_stopping={"name": "asha", "max_resource": 9},
+        launcher=launcher,
     )
-    assert "paused" not in result.counts()
-    assert result.counts()["pruned"] >= 3
-    assert all(t.state in ("completed", "pruned") for t in result.trials)
+    # At the time: no trial was told to pause (its worker kept for a resume), and every trial
+    # was launched once, never resumed.
+    assert all(decision in ("continue", "stop") for _, decision in launcher.decisions)
+    assert sorted(launcher.launched) == list(range(8))
+    stops = [number for number, decision in launcher.decisions if decision == "stop"]
+    assert len(stops) == len(set(stops)) >= 3
+    # The first trial to reach a rung goes on (the asynchronous rule), so trial 0 completes.
+    assert result.trials[0].state == "completed"
+    by_number = {t.number: t for t in result.trials}
+    for number in stops:  # stopped right at a rung
+        assert by_number[number].state == "pruned"
+        assert max(by_number[number].intermediate_values) in (1, 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_asha_without_checkpoints_is_no_worse_than_optunas_successive_halving(seed: int) -> None:
+    """Same objective, sampler, seed and budget: ASHA stops no more and finds no worse."""
+
+    def sweep(early_stopping: Any) -> hs.SweepResult:
+        return hs.tune(
+            {"quality": hs.uniform(0, 1)},
+            objectives.asha_curve_no_checkpoint,
+            metric="loss",
+            n_trials=30,
+            max_concurrent=1,  # one order of events, so both see the same history
+            strategy="tpe",
+            seed=seed,
+            early_stopping=early_stopping,
+            verbose=False,
+        )
+
+    asha = sweep({"name": "asha", "min_resource": 1, "reduction_factor": 3})
+    optuna_sh = sweep(
+        optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, reduction_factor=3, min_early_stopping_rate=0
+        )
+    )
+    pruned = asha.counts().get("pruned", 0)
+    assert pruned <= optuna_sh.counts().get("pruned", 0)
+    assert asha.best_value is not None and optuna_sh.best_value is not None
+    assert asha.best_value <= optuna_sh.best_value
+    assert asha.counts().get("completed", 0) >= 3  # far from the 1 in 30 it used to complete
 
 
 def test_hyperband_runs_brackets_to_completion(run_dir: Path) -> None:

@@ -32,6 +32,7 @@ from hypersweep.orchestrator._events import (
     Stopped,
     TrialAssignment,
 )
+from hypersweep.orchestrator._failures import fail_fast_count, fail_fast_error, migration_hint
 from hypersweep.orchestrator._objective import ObjectiveRef
 from hypersweep.orchestrator._result import SweepResult, TrialRecord
 from hypersweep.orchestrator._spec import SweepSettings
@@ -179,6 +180,8 @@ class Orchestrator:
         self.driver_id = new_driver_id()
         self.listeners: list[Callable[[Orchestrator], None]] = []
         self.stop_reason: str | None = None
+        self.failure: Exception | None = None  # why the sweep failed as a whole (fail fast)
+        self._logged_failures: set[str] = set()
         self.running: dict[int, RunningTrial] = {}
         self.views: dict[int, TrialView] = {}
         self.best: tuple[int, float] | None = None
@@ -621,9 +624,6 @@ class Orchestrator:
             else:
                 self._finish(running, state="PRUNED")
         elif isinstance(event, Errored):
-            logger.warning(
-                "Trial %d failed: %s\n%s", running.number, event.message, event.traceback
-            )
             self._fail(running.trial, event.message, event.traceback, running)
         elif isinstance(event, Crashed):
             self._on_crash(running, event.message)
@@ -650,7 +650,12 @@ class Orchestrator:
     def _decide(self, running: RunningTrial, step: int) -> Decision:
         frozen = self.store.storage.get_trial(running.trial._trial_id)
         decision = self.scheduler.on_report(self.study, frozen, step)
-        if decision is Decision.PAUSE and not _has_checkpoint(frozen):
+        stopped_for_want_of_checkpoint = (
+            decision is not Decision.CONTINUE
+            and self.scheduler.can_pause
+            and not _has_checkpoint(frozen)
+        )
+        if stopped_for_want_of_checkpoint:
             # Resuming would retrain from zero; say so once and stop it instead.
             if not self._warned_no_checkpoint:
                 self._warned_no_checkpoint = True
@@ -735,17 +740,47 @@ class Orchestrator:
     ) -> None:
         import optuna
 
+        hint = migration_hint(details)
+        if hint is not None:
+            details = f"{details.rstrip()}\nhint: {hint}"
         self.store.storage.set_trial_system_attr(trial._trial_id, ERROR_ATTR, details)
         if running is not None:
             self._finish(running, state="FAIL", message=message)
         else:
             self._tell(trial, optuna.trial.TrialState.FAIL, None)
             self.views[trial.number] = TrialView(trial.number, "failed", {}, {}, None)
+        self._after_failure(trial.number, message, details)
+
+    def _after_failure(self, number: int, message: str, details: str) -> None:
+        """Log a failed trial once; stop the sweep at max_failed_trials, or fail fast.
+
+        Without max_failed_trials, a sweep whose first finished trials all failed stops and
+        fails with the first one's traceback (shown then, not logged for each trial before).
+        """
+        import optuna
+
+        states = optuna.trial.TrialState
         limit = self.settings.max_failed_trials
-        if limit is not None:
-            failed = len(self.store.trials(optuna.trial.TrialState.FAIL))
-            if failed >= limit:
-                self._stop(f"{failed} trials failed (max_failed_trials={limit})", hard=True)
+        finished = self.store.trials(states.COMPLETE, states.PRUNED, states.FAIL)
+        failed = sorted((t for t in finished if t.state == states.FAIL), key=lambda t: t.number)
+        armed = limit is None and len(failed) == len(finished)
+        if armed or details.strip() == message or message in self._logged_failures:
+            logger.warning("Trial %d failed: %s", number, message)
+        else:
+            logger.warning("Trial %d failed: %s\n%s", number, message, details.rstrip())
+        self._logged_failures.add(message)
+        if limit is not None and len(failed) >= limit:
+            self._stop(f"{len(failed)} trials failed (max_failed_trials={limit})", hard=True)
+        elif armed and len(failed) >= fail_fast_count(self.settings.max_concurrent):
+            first = failed[0]
+            self.failure = fail_fast_error(
+                self.name, len(failed), first.number, first.system_attrs.get(ERROR_ATTR, message)
+            )
+            self._stop(
+                f"its first {len(failed)} trials failed and none succeeded (fail fast; "
+                "max_failed_trials sets another limit)",
+                hard=True,
+            )
 
     def _finish(
         self,
@@ -800,8 +835,6 @@ class Orchestrator:
             )
         elif state == "PRUNED":
             logger.info("Trial %d stopped early at step %s", running.number, running.step)
-        elif message:
-            logger.info("Trial %d failed: %s", running.number, message)
 
     def _record_feasibility(self, running: RunningTrial, state: str) -> bool | None:
         """Store the trial's constraint values and whether it meets them (before ``tell``,

@@ -9,6 +9,7 @@ called by hand while debugging) they do nothing, so the same function runs both 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -88,6 +89,13 @@ def report(step: int | None = None, **metrics: float) -> None:
     :class:`TrialPruned` when the trial should stop. On ranks other than 0 of a multi-replica
     trial the metrics are not recorded, but the same decision is returned on every rank.
     """
+    if isinstance(step, Mapping):
+        # Ray Tune's tune.report({"loss": x}) / train.report(dict) habit.
+        raise TypeError(
+            "hypersweep.report() takes the step and then the metrics as keywords: write "
+            f"hs.report(step, {', '.join(f'{k}=...' for k in step) or 'loss=...'}) instead of "
+            "hs.report({...}) with a dict"
+        )
     context = _current
     if context is None:
         _outside_trial("report")

@@ -19,10 +19,13 @@ Two conventions make sweeps exact across drivers and restarts:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,18 +76,75 @@ def open_storage(storage: str | BaseStorage | None, name: str) -> BaseStorage:
 
 
 def _open_rdb(url: str, attempts: int = 5) -> BaseStorage:
-    """An RDB storage; retried because drivers starting together race to create the schema."""
+    """An RDB storage, its schema created once even when drivers start together.
+
+    Optuna's ``RDBStorage`` creates its tables, types and version row when the database is new;
+    several drivers doing it at the same instant collide (PostgreSQL: ``type "studydirection"
+    already exists``). Creation runs under a lock held in the database itself (an advisory lock
+    on PostgreSQL, ``GET_LOCK`` on MySQL) or on a lock file beside a SQLite file; a collision
+    that still happens on another database is retried.
+    """
     import optuna
     import sqlalchemy.exc
 
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        except sqlalchemy.exc.IntegrityError:
+            with _schema_lock(url):
+                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+# A constant key for PostgreSQL's advisory lock: hypersweep's schema creation, in any database.
+_PG_SCHEMA_LOCK = 0x6879_7065_7273_7765  # "hyperswe"
+
+
+@contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Hold a lock, shared by every driver using the database at ``url``, while inside."""
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    if backend not in ("postgresql", "mysql"):
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        # A session lock: the server releases it when this connection closes, even on a kill.
+        with engine.connect() as connection:
+            if backend == "postgresql":
+                lock = "SELECT pg_advisory_lock(:key)"
+                unlock = "SELECT pg_advisory_unlock(:key)"
+                key: int | str = _PG_SCHEMA_LOCK
+            else:
+                lock, unlock, key = (
+                    "SELECT GET_LOCK(:key, 600)",
+                    "SELECT RELEASE_LOCK(:key)",
+                    ("hypersweep-schema"),
+                )
+            connection.execute(sqlalchemy.text(lock), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text(unlock), {"key": key})
+    finally:
+        engine.dispose()
 
 
 def describe_storage(storage: str | BaseStorage | None, name: str) -> str:

@@ -83,9 +83,13 @@ def tune(
         name: the sweep's name (generated if None).
         resume: continue (or join) the sweep ``name``: finished trials are kept, interrupted
             ones resume from their checkpoints.
-        max_failed_trials: stop the sweep once this many trials failed.
+        max_failed_trials: stop the sweep once this many trials failed. Unset, the sweep
+            stops (fail fast) if its first 3 finished trials (or ``max_concurrent``) all failed.
         max_retries: retries of a trial whose worker died (signal, OOM), from its checkpoint.
-        seed: seed of the strategy.
+        seed: seed of the strategy. Trial ``n`` draws its randomness from ``(seed, n)``, so a
+            resumed or shared sweep proposes what an uninterrupted one would, not its first
+            configs again; a proposal that another trial already has is replaced by an unused
+            config while the space has one.
         keep_checkpoints: checkpoints kept per trial.
         checkpoint_dir: where checkpoints go; defaults to the sweep's folder.
         replicas: run every trial as several replicas of the objective (distributed
@@ -100,6 +104,9 @@ def tune(
 
     Raises:
         ConfigError: invalid input, before anything starts.
+        SweepFailed: the first finished trials (3, or ``max_concurrent`` if more) all failed
+            and none succeeded, with ``max_failed_trials`` unset; the message holds the first
+            failure's traceback. The trials stay in storage.
         KeyboardInterrupt: on Ctrl-C, after running trials were stopped and queued to resume.
     """
     from hypersweep.launchers._local import LocalLauncher
@@ -137,8 +144,14 @@ def tune(
     )
     if on_update is not None:
         orchestrator.listeners.append(on_update)
-    if not verbose:
-        return orchestrator.run()
+    result = _run_verbose(orchestrator) if verbose else orchestrator.run()
+    if orchestrator.failure is not None:
+        raise orchestrator.failure
+    return result
+
+
+def _run_verbose(orchestrator: Orchestrator) -> SweepResult:
+    """Run with a start line, progress lines every 10 s and a summary at the end."""
     from hypersweep._progress import ProgressLines, log_summary
 
     logger = logging.getLogger("hypersweep")

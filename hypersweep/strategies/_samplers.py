@@ -1,17 +1,28 @@
 """Search strategies by name: thin factories over Optuna's samplers.
 
 A strategy proposes each trial's config. Names map to Optuna samplers so that users get the
-same algorithms, with the same seeds, as in Optuna; any ``optuna.samplers.BaseSampler``
-instance is accepted as it is.
+same algorithms as in Optuna; any ``optuna.samplers.BaseSampler`` instance is accepted as it is.
+
+A seeded strategy given by name draws trial ``n``'s randomness from ``(seed, n)``, not from one
+random stream that starts afresh in every driver: Optuna's samplers replay their stream from the
+seed when a driver is restarted (or a second one joins), which re-proposes the configs of the
+first trials (optuna#1547, optuna#3055). Seeded or not, a proposal that another trial of the
+sweep already has is replaced by an unused config. See ``_trial_seeded``.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hypersweep._errors import ConfigError
-from hypersweep.strategies._space import grid_configs, grid_search_space, is_conditional
+from hypersweep.strategies._space import (
+    flatten_space,
+    grid_configs,
+    grid_search_space,
+    is_conditional,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -83,28 +94,44 @@ def make_sampler(
         if is_ray_search_algorithm(strategy):
             return RaySearcherSampler(strategy, space, metric=metric, mode=mode, seed=seed)
         return strategy
+    from hypersweep.strategies._trial_seeded import (
+        TrialNumberQMCSampler,
+        TrialSeededSampler,
+        space_distributions,
+    )
+
     samplers = optuna.samplers
+    sampler: optuna.samplers.BaseSampler
     if strategy == "tpe":
-        return samplers.TPESampler(
+        sampler = samplers.TPESampler(
             seed=seed, constant_liar=parallel, constraints_func=constraints_func
         )
-    if strategy == "random":
-        return samplers.RandomSampler(seed=seed)
-    if strategy == "grid" and is_conditional(space):
+    elif strategy == "random":
+        sampler = samplers.RandomSampler(seed=seed)
+    elif strategy == "grid" and is_conditional(space):
         from hypersweep.strategies._branch_grid import BranchGridSampler
 
         return BranchGridSampler(grid_configs(space), seed=seed)
-    if strategy == "grid":
+    elif strategy == "grid":
+        # Optuna gives trial n the n-th cell of a grid shuffled by the seed: already a pure
+        # function of (seed, n), and without repeats.
         return samplers.GridSampler(grid_search_space(space), seed=seed)
-    if strategy == "cmaes":
-        return samplers.CmaEsSampler(seed=seed)
-    if strategy == "gp":
-        return samplers.GPSampler(seed=seed, constraints_func=constraints_func)
-    if strategy == "qmc":
-        return samplers.QMCSampler(seed=seed)
-    if strategy == "nsga3":
-        return samplers.NSGAIIISampler(seed=seed, constraints_func=constraints_func)
-    return samplers.NSGAIISampler(seed=seed, constraints_func=constraints_func)
+    elif strategy == "cmaes":
+        sampler = samplers.CmaEsSampler(seed=seed)
+    elif strategy == "gp":
+        sampler = samplers.GPSampler(seed=seed, constraints_func=constraints_func)
+    elif strategy == "qmc":
+        sampler = TrialNumberQMCSampler(seed=seed)
+    elif strategy == "nsga3":
+        sampler = samplers.NSGAIIISampler(seed=seed, constraints_func=constraints_func)
+    else:
+        sampler = samplers.NSGAIISampler(seed=seed, constraints_func=constraints_func)
+    # Unseeded, each driver draws its own base seed: trials stay independent across drivers,
+    # and repeated configs are refused all the same. A conditional space (branches, or a
+    # define-by-run function) has no fixed distributions: it is sampled one parameter at a time.
+    base = seed if seed is not None else secrets.randbits(32)
+    distributions = None if is_conditional(space) else space_distributions(flatten_space(space))
+    return TrialSeededSampler(sampler, base, distributions=distributions)
 
 
 def grid_size(space: Mapping[str, Any]) -> int:

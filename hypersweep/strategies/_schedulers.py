@@ -108,6 +108,12 @@ class ASHA(Scheduler):
     final. Once no new trial can start, the best paused trial of each rung is promoted even if
     the rung is small, so that the budget always ends with trials trained to ``max_resource``.
 
+    A trial without a checkpoint cannot be paused (resuming it would retrain from zero), so
+    for it the decision is the asynchronous continue-or-stop rule of the paper, as Ray Tune's
+    and Optuna's ASHA make it: it continues when it is in the top ``1/reduction_factor`` of the
+    trials recorded at the rung so far, itself included, and the first arrivals at a rung
+    continue; otherwise it stops for good.
+
     Args:
         min_resource: the first rung's step.
         max_resource: the step at which a trial is fully trained (no rung at or past it).
@@ -193,9 +199,24 @@ class ASHA(Scheduler):
         earlier = [s for s in trial.intermediate_values if s < step]
         if earlier and max(earlier) >= rung:
             return Decision.CONTINUE  # this rung was decided at an earlier report
+        if not self.has_checkpoint(trial):
+            return self._continue_or_stop(study, trial, rung)
         if trial.number in self._top(study, rung, final=False):
             return Decision.CONTINUE
         return Decision.PAUSE
+
+    def _continue_or_stop(self, study: optuna.Study, trial: FrozenTrial, rung: int) -> Decision:
+        """Stop-only ASHA: in the top 1/eta of the rung so far (at least the best), or stop.
+
+        Ties continue, and a rung with fewer than eta trials keeps its best, as in Optuna's
+        SuccessiveHalvingPruner.
+        """
+        ranked = self._ranked(study, rung)  # includes ``trial``, which just reported
+        mine = next((value for value, number in ranked if number == trial.number), None)
+        if mine is None:
+            return Decision.CONTINUE
+        cutoff = ranked[max(1, len(ranked) // self.reduction_factor) - 1][0]
+        return Decision.CONTINUE if mine <= cutoff else Decision.STOP
 
     def choose_resume(
         self, study: optuna.Study, paused: Sequence[FrozenTrial], *, final: bool

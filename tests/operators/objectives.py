@@ -141,3 +141,7 @@ def lr_schedule_toy(config: dict[str, Any]) -> float:
         hs.report(step, loss=loss)
         time.sleep(float(config.get("pause", 0.05)))
     return loss
+def optuna_habit(trial: Any) -> float:
+    """Written for Optuna (takes a trial): fails on every trial, as a systematic bug does."""
+    _mark("start")
+    return float(trial.suggest_float("lr", 0.0, 1.0))

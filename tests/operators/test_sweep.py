@@ -1,6 +1,7 @@
 """Sweeps run end to end on the test node agent, with the operator as its ServiceAccount: trials
 report over HTTP, ASHA pauses and stops trials, the status shows the best trial; an operator
-killed mid-sweep and started again finishes it exactly; a trial cannot report for another;
+killed mid-sweep and started again finishes it exactly, with the configs of an uninterrupted
+seeded sweep; a trial cannot report for another;
 deleting a Sweep removes everything it made; ``tune()`` runs trials as TrainJobs from Python."""
 
 from __future__ import annotations
@@ -309,6 +310,43 @@ def test_operator_killed_mid_sweep_finishes_exactly(
     owners = {j["metadata"]["uid"] for j in jobs}
     assert all(ref["uid"] in owners for p in pods for ref in p["metadata"]["ownerReferences"])
     assert "adopted its running TrainJob" in operator.log_path.read_text()
+    # The restarted operator's seeded strategy went on where the first left off: trial by trial
+    # the configs of an uninterrupted sweep with that seed, not its first configs again.
+    reference = hs.tune(
+        {"lr": hs.uniform(0.0, 1.0)},
+        _lr_loss,
+        metric="loss",
+        n_trials=6,
+        max_concurrent=1,
+        strategy="random",
+        seed=7,
+        name="uninterrupted",
+        storage=str(namespace.data_dir / "uninterrupted.log"),
+        verbose=False,
+    )
+    assert {t.number: t.params["lr"] for t in stored} == {
+        t.number: t.config["lr"] for t in reference.trials
+    }
+
+
+def _lr_loss(config: dict[str, Any]) -> float:
+    return float(config["lr"])
+
+
+def test_a_sweep_whose_trials_all_fail_stops_after_the_first_three(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    """The operator runs the same loop as tune(): a systematic bug fails fast there too."""
+    create_sweep(cluster, namespace, "broken", "optuna_habit", max_trials=12, parallelism=2)
+    status = wait_sweep(cluster, namespace, "broken", operator)
+    assert "Failed" in status["true"], status
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert "fail fast" in failed["message"], failed
+    assert status["trials"]["failed"] == 3 and status["trials"]["succeeded"] == 0, status
+    assert len(starts(namespace)) <= 4  # not the 12 of the budget
+    stored = stored_trials(namespace, status)
+    errors = [t.system_attrs.get("fail_reason", "") for t in stored if t.state.name == "FAIL"]
+    assert errors and all("def objective(config)" in error for error in errors), errors
 
 
 def _post(url: str, token: str | None, body: dict[str, Any]) -> int:
