@@ -14,13 +14,19 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
 from hypersweep._errors import ConfigError
 from hypersweep.launchers._base import Launcher, SweepContext
+from hypersweep.orchestrator._callbacks import (
+    CallbackDispatcher,
+    SweepInfo,
+    TrialInfo,
+    make_callbacks,
+)
 from hypersweep.orchestrator._checkpoints import latest_checkpoint, trial_checkpoint_dir
 from hypersweep.orchestrator._events import (
     Checkpointed,
@@ -57,6 +63,7 @@ from hypersweep.strategies import (
     Decision,
     OptunaPrunerScheduler,
     StrategyNotReady,
+    flatten_config,
     make_sampler,
     make_scheduler,
     sample_config,
@@ -92,6 +99,7 @@ class RunningTrial:
     history: list[dict[str, float]]
     latest: dict[str, float] = field(default_factory=dict)
     decision: str = "continue"
+    info: TrialInfo | None = None  # what callbacks are told about this attempt
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,7 @@ class Orchestrator:
         self._interrupt_requested = False
         self._started = 0.0
         self._next_heartbeat = 0.0
+        self.callbacks = CallbackDispatcher(make_callbacks(settings.callbacks))
         self._open()
 
     # --- setup ---------------------------------------------------------------------------
@@ -183,6 +192,7 @@ class Orchestrator:
         )
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         created = False
+        self.resumed = False
         try:
             self.study = optuna.create_study(
                 storage=self.storage,
@@ -199,6 +209,7 @@ class Orchestrator:
                     "pass resume=True (or run 'hypersweep resume "
                     f"{self.name}') to continue it, or choose another name"
                 ) from None
+            self.resumed = True
             self.study = optuna.load_study(
                 study_name=self.name, storage=self.storage, sampler=sampler, pruner=pruner
             )
@@ -258,6 +269,16 @@ class Orchestrator:
             SweepContext(self.name, self.objective, self.settings.metric, self.settings.job)
         )
         self._started = time.monotonic()
+        self.callbacks.on_sweep_start(
+            SweepInfo(
+                self.name,
+                self.settings.metric,
+                self.settings.mode,
+                self.settings.to_data(self.objective_reference),
+                self.storage_description,
+                self.resumed,
+            )
+        )
         restore_sigint = self._install_sigint_handler()
         try:
             self._heartbeat()
@@ -287,6 +308,8 @@ class Orchestrator:
             self.launcher.shutdown()
             self.store.write_lease(self.driver_id, alive=False)
             self._notify()
+            if self.callbacks:
+                self.callbacks.on_sweep_end(self.result())
         return self.result()
 
     def _install_sigint_handler(self) -> Callable[[], None]:
@@ -356,6 +379,8 @@ class Orchestrator:
                 self._tell(
                     optuna.Trial(self.study, frozen._trial_id), optuna.trial.TrialState.PRUNED, None
                 )
+                info = TrialInfo(self.name, frozen.number, dict(frozen.params), 0, True)
+                self.callbacks.on_trial_end(info, "pruned", None, {}, None)
 
     # --- starting trials -----------------------------------------------------------------
 
@@ -495,6 +520,17 @@ class Orchestrator:
             history=list(system_attrs.get(HISTORY_ATTR, [])),
         )
         self.running[trial.number] = running
+        running.info = TrialInfo(
+            self.name,
+            running.number,
+            config,
+            running.attempt,
+            resumed=bool(frozen.intermediate_values or system_attrs.get(INTERRUPTED_ATTR))
+            or running.attempt > 0,
+            params=flatten_config(config),
+        )
+        if system_attrs.get(PAUSED_ATTR) is not None:
+            self.callbacks.on_trial_promote(running.info)
         self._launch(running)
 
     def _launch(self, running: RunningTrial) -> None:
@@ -503,6 +539,10 @@ class Orchestrator:
         self.views[running.number] = TrialView(
             running.number, "running", running.config, running.latest, None
         )
+        if running.info is not None:
+            if running.info.attempt != running.attempt:  # a retry
+                running.info = replace(running.info, attempt=running.attempt, resumed=True)
+            self.callbacks.on_trial_start(running.info)
         self.launcher.launch(
             TrialAssignment(
                 trial_number=running.number,
@@ -527,6 +567,7 @@ class Orchestrator:
             self.store.storage.set_trial_system_attr(
                 running.trial._trial_id, CHECKPOINT_ATTR, event.path
             )
+            self.callbacks.on_checkpoint(running.info, event.path, event.step)
         elif isinstance(event, Completed):
             self._on_completed(running, event.result)
         elif isinstance(event, Stopped):
@@ -544,6 +585,7 @@ class Orchestrator:
 
     def _on_report(self, running: RunningTrial, event: Reported) -> None:
         running.latest = dict(event.metrics)
+        self.callbacks.on_trial_result(running.info, event.step, running.latest)
         running.history.append({"step": float(event.step), **event.metrics})
         self.views[running.number] = TrialView(
             running.number, "running", running.config, running.latest, None
@@ -604,7 +646,7 @@ class Orchestrator:
             return
         if isinstance(result, dict):  # a bare number is the value itself: no extra write
             self.store.storage.set_trial_user_attr(running.trial._trial_id, "metrics", clean)
-        self._finish(running, state="COMPLETE", value=value)
+        self._finish(running, state="COMPLETE", value=value, metrics=clean)
 
     def _on_crash(self, running: RunningTrial, message: str) -> None:
         running.attempt += 1
@@ -656,6 +698,7 @@ class Orchestrator:
         state: str,
         value: float | None = None,
         message: str | None = None,
+        metrics: dict[str, float] | None = None,
     ) -> None:
         import optuna
 
@@ -668,6 +711,9 @@ class Orchestrator:
         view_state = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}[state]
         self.views[running.number] = TrialView(
             running.number, view_state, running.config, running.latest, value
+        )
+        self.callbacks.on_trial_end(
+            running.info, view_state, value, metrics or running.latest, message
         )
         if state == "COMPLETE" and value is not None:
             better = self.best is None or (
@@ -717,6 +763,10 @@ class Orchestrator:
         else:
             storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
         self.store.requeue(trial_id)
+        if paused:
+            self.callbacks.on_trial_pause(running.info, max(running.reported_steps or {0}))
+        else:
+            self.callbacks.on_trial_interrupt(running.info)
         state = "paused" if paused else "interrupted"
         self.views[running.number] = TrialView(
             running.number, state, running.config, running.latest, None

@@ -21,6 +21,7 @@ import pydantic
 import yaml
 
 from hypersweep._errors import ConfigError
+from hypersweep.orchestrator._callbacks import callbacks_to_data, make_callbacks
 from hypersweep.orchestrator._job import Replicas, TrainJob
 from hypersweep.strategies import (
     check_strategy,
@@ -67,6 +68,7 @@ class SweepSettings:
     checkpoint_dir: str | None = None
     replicas: Any = None
     launcher: Mapping[str, Any] | None = None  # a sweep file's ``launcher:``; None: local
+    callbacks: Any = None  # Callback objects and/or ``{name: {arguments}}`` of built-ins
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validated(self) -> SweepSettings:
@@ -105,6 +107,7 @@ class SweepSettings:
             from hypersweep.launchers._ray import RayLauncher
 
             RayLauncher.from_spec(self.launcher)  # refuses unknown or bad fields, naming them
+        make_callbacks(self.callbacks)  # refuses unknown names and missing extras, naming them
         if self.name is None:
             if self.resume:
                 raise ConfigError("name: resume=True needs the name of the sweep to resume")
@@ -152,6 +155,7 @@ class SweepSettings:
             if self.replicas is not None
             else None,
             "launcher": dict(self.launcher) if self.launcher is not None else None,
+            "callbacks": callbacks_to_data(self.callbacks),
         }
 
 
@@ -199,6 +203,9 @@ class SweepSpec(pydantic.BaseModel):
     keep_checkpoints: int = pydantic.Field(default=2, ge=1)
     replicas: ReplicasSpec | None = None
     launcher: LauncherSpec | None = None
+    callbacks: list[dict[str, Any] | str] | None = pydantic.Field(
+        default=None, description="e.g. [{mlflow: {tracking_uri: ...}}, tensorboard]"
+    )
 
     def to_settings(self, *, resume: bool = False) -> SweepSettings:
         """The validated settings; the space is parsed from its plain-data form."""
