@@ -6,6 +6,7 @@ import importlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -36,6 +37,7 @@ class BackgroundWorker:
     def __init__(self, name: str) -> None:
         self.name = name
         self.errors = 0
+        self.broken = False  # set after the first error: the rest is skipped, not retried
         self._queue: queue.Queue[Callable[[], Any] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -45,10 +47,25 @@ class BackgroundWorker:
             self._thread.start()
         self._queue.put(call)
 
-    def flush(self) -> None:
-        """Wait until every submitted call ran."""
-        if self._thread is not None:
-            self._queue.join()
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted call ran, at most ``timeout`` seconds; True if they did."""
+        if self._thread is None:
+            return True
+        done = self._queue.all_tasks_done
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with done:
+            while self._queue.unfinished_tasks:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    logger.warning(
+                        "%s: %d calls still queued after %.0f s; the sweep ends without them",
+                        self.name,
+                        self._queue.unfinished_tasks,
+                        timeout,
+                    )
+                    return False
+                done.wait(left)
+        return True
 
     def close(self) -> None:
         """Run what is queued, then end the thread."""
@@ -63,13 +80,15 @@ class BackgroundWorker:
             try:
                 if call is None:
                     return
-                call()
+                if not self.broken:
+                    call()
             except Exception:
+                # A tracker that failed once (down, refused, misconfigured) is given up for
+                # this sweep: its client retries each call with backoff for minutes.
                 self.errors += 1
-                if self.errors == 1:
-                    logger.exception(
-                        "%s: logging failed; the sweep goes on (further errors are not logged)",
-                        self.name,
-                    )
+                self.broken = True
+                logger.exception(
+                    "%s: logging failed, so it stops for this sweep; the sweep goes on", self.name
+                )
             finally:
                 self._queue.task_done()

@@ -49,6 +49,11 @@ class MLflowCallback(Callback):
         tracking_uri: the MLflow tracking URI; None uses MLflow's default (``MLFLOW_TRACKING_URI``).
         experiment_name: the experiment; defaults to the sweep's name.
         tags: extra tags for every run.
+        flush_timeout: the most seconds the sweep's end waits for queued logging.
+
+    If the tracking server fails a call (after MLflow's own retries, see
+    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), the error is logged and logging stops for this sweep;
+    the sweep goes on.
     """
 
     def __init__(
@@ -56,11 +61,13 @@ class MLflowCallback(Callback):
         tracking_uri: str | None = None,
         experiment_name: str | None = None,
         tags: Mapping[str, str] | None = None,
+        flush_timeout: float = 600.0,
     ) -> None:
         require("mlflow", "mlflow", "MLflowCallback")
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self.flush_timeout = flush_timeout
         self._worker = BackgroundWorker("mlflow-callback")
         self._lock = threading.Lock()
         self._pending: dict[int, dict[str, list[Any]]] = {}  # run key -> metrics/params/tags
@@ -112,7 +119,7 @@ class MLflowCallback(Callback):
 
     def on_sweep_end(self, result: SweepResult) -> None:
         self._worker.submit(lambda: self._close(result))
-        self._worker.flush()
+        self._worker.flush(self.flush_timeout)
 
     # --- batching ----------------------------------------------------------------------------
 

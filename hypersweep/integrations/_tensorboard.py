@@ -90,7 +90,7 @@ class TensorBoardCallback(Callback):
         self._scalars(writer, metrics, step)
         status = {
             "completed": api_pb2.STATUS_SUCCESS,
-            "pruned": api_pb2.STATUS_ABORTED,
+            "pruned": api_pb2.STATUS_SUCCESS,  # stopped early is a normal end
             "failed": api_pb2.STATUS_FAILURE,
         }[state]
         info = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
