@@ -1,4 +1,4 @@
-"""Callbacks: every lifecycle event reaches them, in the driver; a raising one never stops a sweep."""
+"""Callbacks: every lifecycle event reaches them in the driver; one that raises stops nothing."""
 
 from __future__ import annotations
 
