@@ -30,6 +30,28 @@ def _storage_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _metrics_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics of the trials on this port (/metrics) while it runs",
+    )
+
+
+def _serve_metrics(settings: Any, port: int, console: Console) -> None:
+    """Serve the sweep's trial metrics until the command exits (a daemon thread)."""
+    from hypersweep._metrics import serve_sweep_metrics
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--metrics-port: expected a port from 1 to 65535, got {port}")
+    try:
+        metrics, _server = serve_sweep_metrics(port)
+    except OSError as error:
+        raise ConfigError(f"--metrics-port: cannot serve on port {port} ({error})") from None
+    settings.callbacks = [*(settings.callbacks or []), metrics]
+    console.print(f"metrics: http://127.0.0.1:{port}/metrics")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="hypersweep", description=__doc__.split("\n")[0])
@@ -42,12 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-trials", type=int, help="number of trials (overrides the file's)")
     run.add_argument("--max-concurrent", type=int, help="trials at once (overrides the file's)")
     run.add_argument("--no-live", action="store_true", help="log lines instead of a live table")
+    _metrics_argument(run)
     _storage_argument(run)
 
     resume = commands.add_parser("resume", help="continue a stopped or killed sweep")
     resume.add_argument("name")
     resume.add_argument("--objective", help="module:function, if the sweep did not store one")
     resume.add_argument("--no-live", action="store_true", help="log lines instead of a live table")
+    _metrics_argument(resume)
     _storage_argument(resume)
 
     validate = commands.add_parser("validate", help="check a sweep file without running it")
@@ -88,7 +112,9 @@ def _resolve_objective(reference: str, base: Path) -> str:
     return reference
 
 
-def _run_sweep(settings: Any, objective: str, live: bool, console: Console) -> int:
+def _run_sweep(
+    settings: Any, objective: str, live: bool, console: Console, metrics_port: int | None = None
+) -> int:
     from hypersweep._progress import LiveTable, print_summary
     from hypersweep.launchers import Launcher, LocalLauncher, RayLauncher
     from hypersweep.orchestrator._objective import resolve_objective
@@ -103,6 +129,8 @@ def _run_sweep(settings: Any, objective: str, live: bool, console: Console) -> i
         launcher = RayLauncher.from_spec(
             {"max_concurrent": settings.max_concurrent, **settings.launcher}
         )
+    if metrics_port is not None:
+        _serve_metrics(settings, metrics_port, console)
     orchestrator = Orchestrator(settings, objective_ref, launcher, objective_reference=objective)
     if live:
         logging.getLogger("hypersweep").setLevel(logging.WARNING)
@@ -139,7 +167,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         sys.path.insert(0, str(base))
     objective = _resolve_objective(spec.objective, base)
     settings = spec.to_settings(resume=args.resume)
-    return _run_sweep(settings, objective, not args.no_live, console)
+    return _run_sweep(settings, objective, not args.no_live, console, args.metrics_port)
 
 
 def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
@@ -166,7 +194,7 @@ def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
         if key not in stored or stored[key] is None:
             data.pop(key, None)
     settings = parse_spec(data, f"sweep {args.name}").to_settings(resume=True)
-    return _run_sweep(settings, objective, not args.no_live, console)
+    return _run_sweep(settings, objective, not args.no_live, console, args.metrics_port)
 
 
 def _cmd_status(args: argparse.Namespace, console: Console) -> int:

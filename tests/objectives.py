@@ -141,3 +141,12 @@ def lr_schedule_toy(config: dict[str, Any]) -> float:
         hs.checkpoint({"step": step, "theta": theta}, step=step)
         hs.report(step, loss=loss)
     return loss
+
+
+def wait_for_release(config: dict[str, Any]) -> float:
+    """Reports step 0, then waits until the file ``HYPERSWEEP_TEST_RELEASE`` exists."""
+    hs.report(0, loss=config["x"])
+    release = Path(os.environ["HYPERSWEEP_TEST_RELEASE"])
+    while not release.exists():
+        time.sleep(0.05)
+    return float(config["x"])

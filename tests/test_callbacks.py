@@ -178,8 +178,14 @@ def test_bad_callbacks_are_refused_before_anything_starts(
     callbacks: Any, message: str, run_dir: Path
 ) -> None:
     with pytest.raises(hs.ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        hs.tune({"x": hs.uniform(0, 1)}, objectives.quadratic, metric="loss", n_trials=1,
-                name="bad", callbacks=callbacks)
+        hs.tune(
+            {"x": hs.uniform(0, 1)},
+            objectives.quadratic,
+            metric="loss",
+            n_trials=1,
+            name="bad",
+            callbacks=callbacks,
+        )
     assert not (run_dir / "runs" / "bad").exists()
 
 
@@ -199,20 +205,36 @@ def test_sweep_files_declare_callbacks(run_dir: Path) -> None:
         )
     )
     run = [PYTHON, "-m", "hypersweep._cli"]
-    done = subprocess.run([*run, "run", str(sweep), "--no-live"], env=python_env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*run, "run", str(sweep), "--no-live"],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (run_dir / "tb" / "filed").glob("trial-*")) == [
-        "trial-0", "trial-1"
+        "trial-0",
+        "trial-1",
     ]
-    more = subprocess.run([*run, "run", str(sweep), "--no-live", "--resume", "--n-trials", "3"],
-                          env=python_env(), capture_output=True, text=True, timeout=300)
+    more = subprocess.run(
+        [*run, "run", str(sweep), "--no-live", "--resume", "--n-trials", "3"],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert more.returncode == 0, more.stderr
     assert (run_dir / "tb" / "filed" / "trial-2").is_dir()
     bad = sweep.read_text().replace("tensorboard:", "tensorbord:")
     sweep.write_text(bad)
-    refused = subprocess.run([*run, "validate", str(sweep)], env=python_env(),
-                             capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [*run, "validate", str(sweep)],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 2
     assert "callbacks.0: unknown callback 'tensorbord'" in refused.stderr
 
@@ -223,6 +245,12 @@ def test_importing_hypersweep_imports_no_tracker() -> None:
         "print(sorted(m for m in ('mlflow', 'wandb', 'tensorboard', 'prometheus_client') "
         "if m in sys.modules))"
     )
-    done = subprocess.run([PYTHON, "-c", code], env=python_env(), capture_output=True,
-                          text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [PYTHON, "-c", code],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert done.stdout.strip() == "[]"
