@@ -226,6 +226,20 @@ def test_sweep_files_declare_callbacks(run_dir: Path) -> None:
     )
     assert more.returncode == 0, more.stderr
     assert (run_dir / "tb" / "filed" / "trial-2").is_dir()
+    # `hypersweep resume` rebuilds the callbacks from the stored sweep, without the file.
+    experiments = len(list((run_dir / "tb" / "filed").glob("events.out.tfevents.*")))
+    sweep.rename(run_dir / "moved.yaml")
+    resumed = subprocess.run(
+        [*run, "resume", "filed", "--no-live"],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    after = len(list((run_dir / "tb" / "filed").glob("events.out.tfevents.*")))
+    assert after == experiments + 1
+    sweep = run_dir / "moved.yaml"
     bad = sweep.read_text().replace("tensorboard:", "tensorbord:")
     sweep.write_text(bad)
     refused = subprocess.run(
