@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -51,9 +52,10 @@ class MLflowCallback(Callback):
         tags: extra tags for every run.
         flush_timeout: the most seconds the sweep's end waits for queued logging.
 
-    If the tracking server fails a call (after MLflow's own retries, see
-    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), the error is logged and logging stops for this sweep;
-    the sweep goes on.
+    The MLflow client's line per ended run ("View run ... at") is turned off, unless
+    ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`` is set. If the tracking server fails a call
+    (after MLflow's own retries, see ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), the error is logged
+    and logging stops for this sweep; the sweep goes on.
     """
 
     def __init__(
@@ -179,6 +181,8 @@ class MLflowCallback(Callback):
     def _open(self, sweep: SweepInfo) -> None:
         from mlflow import MlflowClient
 
+        # MLflow prints two lines per ended run; for hundreds of trials that floods the terminal.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self._client = MlflowClient(tracking_uri=self.tracking_uri)
         name = self.experiment_name or sweep.name
         experiment = self._client.get_experiment_by_name(name)
