@@ -43,7 +43,8 @@ class MLflowCallback(Callback):
     interrupted. A resumed or promoted trial continues its run. At the end, the best trial's run
     is tagged ``hypersweep.best=true`` and the parent run ``hypersweep.best_trial``.
 
-    Logging runs on a background thread, batched per run, so the sweep never waits for the
+    Logging runs on background threads (``threads``, each owning a share of the trials' runs,
+    so one run's calls stay in order), batched per run, so the sweep never waits for the
     tracking server; the sweep's end waits until everything is logged.
 
     Args:
@@ -51,6 +52,7 @@ class MLflowCallback(Callback):
         experiment_name: the experiment; defaults to the sweep's name.
         tags: extra tags for every run.
         flush_timeout: the most seconds the sweep's end waits for queued logging.
+        threads: background threads sending to the tracking server.
 
     The MLflow client's line per ended run ("View run ... at") is turned off, unless
     ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`` is set. If the tracking server fails a call
@@ -64,17 +66,21 @@ class MLflowCallback(Callback):
         experiment_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         flush_timeout: float = 600.0,
+        threads: int = 4,
     ) -> None:
         require("mlflow", "mlflow", "MLflowCallback")
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.flush_timeout = flush_timeout
-        self._worker = BackgroundWorker("mlflow-callback")
+        self._workers = [BackgroundWorker("mlflow-callback") for _ in range(max(1, threads))]
         self._lock = threading.Lock()
-        self._pending: dict[int, dict[str, list[Any]]] = {}  # run key -> metrics/params/tags
-        self._drain_queued = False
-        # Only the worker thread touches these.
+        # Per worker: run key -> metrics/params/tags waiting to be sent, and whether a drain
+        # of them is queued.
+        self._pending: list[dict[int, dict[str, list[Any]]]] = [{} for _ in self._workers]
+        self._drain_queued = [False for _ in self._workers]
+        self._opened = threading.Event()
+        # Each run's id is written by the worker that owns the run.
         self._client: Any = None
         self._experiment_id = ""
         self._runs: dict[int, str] = {}  # run key -> run id
@@ -82,12 +88,16 @@ class MLflowCallback(Callback):
 
     # --- the sweep loop's hooks (driver thread): queue work, return at once ----------------
 
+    def _worker(self, key: int) -> BackgroundWorker:
+        return self._workers[key % len(self._workers)]
+
     def on_sweep_start(self, sweep: SweepInfo) -> None:
         self._sweep = sweep
-        self._worker.submit(lambda: self._open(sweep))
+        self._opened.clear()
+        self._worker(_SWEEP).submit(lambda: self._open(sweep))
 
     def on_trial_start(self, trial: TrialInfo) -> None:
-        self._worker.submit(lambda: self._start_trial(trial))
+        self._worker(trial.number).submit(lambda: self._start_trial(trial))
         self._log(trial.number, tags={STATE_TAG: "running"})
 
     def on_trial_result(self, trial: TrialInfo, step: int, metrics: Mapping[str, float]) -> None:
@@ -98,11 +108,13 @@ class MLflowCallback(Callback):
 
     def on_trial_pause(self, trial: TrialInfo, step: int) -> None:
         self._log(trial.number, tags={STATE_TAG: "paused"})
-        self._worker.submit(lambda: self._set_status(trial.number, "SCHEDULED"))
+        self._worker(trial.number).submit(lambda: self._set_status(trial.number, "SCHEDULED"))
 
     def on_trial_interrupt(self, trial: TrialInfo) -> None:
         self._log(trial.number, tags={STATE_TAG: "interrupted"})
-        self._worker.submit(lambda: self._set_status(trial.number, "KILLED", end=True))
+        self._worker(trial.number).submit(
+            lambda: self._set_status(trial.number, "KILLED", end=True)
+        )
 
     def on_trial_end(
         self,
@@ -117,11 +129,15 @@ class MLflowCallback(Callback):
             tags[ERROR_TAG] = error[:5000]
         self._log(trial.number, metrics=dict(metrics), tags=tags)
         status = "FAILED" if state == "failed" else "FINISHED"
-        self._worker.submit(lambda: self._set_status(trial.number, status, end=True))
+        self._worker(trial.number).submit(lambda: self._set_status(trial.number, status, end=True))
 
     def on_sweep_end(self, result: SweepResult) -> None:
-        self._worker.submit(lambda: self._close(result))
-        self._worker.flush(self.flush_timeout)
+        deadline = time.monotonic() + self.flush_timeout
+        for worker in self._workers:  # every trial's run first, then the sweep's
+            worker.flush(max(0.0, deadline - time.monotonic()))
+        self._worker(_SWEEP).submit(lambda: self._close(result))
+        for worker in self._workers:
+            worker.flush(max(0.0, deadline - time.monotonic()))
 
     # --- batching ----------------------------------------------------------------------------
 
@@ -138,28 +154,31 @@ class MLflowCallback(Callback):
         from mlflow.entities import Metric, Param, RunTag
 
         timestamp = _now_ms()
+        shard = key % len(self._workers)
         with self._lock:
-            batch = self._pending.setdefault(key, {"metrics": [], "params": [], "tags": []})
+            batch = self._pending[shard].setdefault(key, {"metrics": [], "params": [], "tags": []})
             for name, number in (metrics or {}).items():
                 batch["metrics"].append(Metric(name, float(number), timestamp, step))
             for name, param in (params or {}).items():
                 batch["params"].append(Param(name, str(param)[:6000]))
             for name, tag in (tags or {}).items():
                 batch["tags"].append(RunTag(name, tag))
-            if self._drain_queued:
+            if self._drain_queued[shard]:
                 return
-            self._drain_queued = True
-        self._worker.submit(self._drain)
+            self._drain_queued[shard] = True
+        self._workers[shard].submit(lambda: self._drain(shard))
 
-    def _drain(self) -> None:
+    def _drain(self, shard: int) -> None:
         with self._lock:
-            pending, self._pending = self._pending, {}
-            self._drain_queued = False
+            pending, self._pending[shard] = self._pending[shard], {}
+            self._drain_queued[shard] = False
         for key, batch in pending.items():
             run_id = self._runs.get(key)
             if run_id is None:  # its run is created later in the queue: keep it for then
                 with self._lock:
-                    kept = self._pending.setdefault(key, {"metrics": [], "params": [], "tags": []})
+                    kept = self._pending[shard].setdefault(
+                        key, {"metrics": [], "params": [], "tags": []}
+                    )
                     for kind, items in batch.items():
                         kept[kind][:0] = items
                 continue
@@ -183,7 +202,13 @@ class MLflowCallback(Callback):
 
         # MLflow prints two lines per ended run; for hundreds of trials that floods the terminal.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        try:
+            self._open_runs(sweep, MlflowClient(tracking_uri=self.tracking_uri))
+        finally:
+            self._opened.set()
+
+    def _open_runs(self, sweep: SweepInfo, client: Any) -> None:
+        self._client = client
         name = self.experiment_name or sweep.name
         experiment = self._client.get_experiment_by_name(name)
         self._experiment_id = (
@@ -195,7 +220,7 @@ class MLflowCallback(Callback):
         if sweep.resumed:
             self._find_runs(sweep.name)
         if _SWEEP in self._runs:
-            self._client.update_run(self._runs[_SWEEP], status="RUNNING")
+            self._update(self._runs[_SWEEP], "RUNNING", end=False)
             return
         run = self._client.create_run(
             self._experiment_id,
@@ -230,9 +255,12 @@ class MLflowCallback(Callback):
                 return
 
     def _start_trial(self, trial: TrialInfo) -> None:
+        self._opened.wait()
+        if self._client is None or _SWEEP not in self._runs:
+            return  # the sweep's run could not be opened (logged once)
         run_id = self._runs.get(trial.number)
         if run_id is not None:  # resumed, promoted or retried: continue its run
-            self._client.update_run(run_id, status="RUNNING")
+            self._update(run_id, "RUNNING", end=False)
             return
         tags = {**self.tags, SWEEP_TAG: trial.sweep, TRIAL_TAG: str(trial.number)}
         if _SWEEP in self._runs:
@@ -244,14 +272,29 @@ class MLflowCallback(Callback):
         self._log(trial.number, params=trial.params)
 
     def _set_status(self, key: int, status: str, *, end: bool = False) -> None:
-        self._drain()  # what the run logged comes first
+        self._drain(key % len(self._workers))  # what the run logged comes first
         run_id = self._runs.get(key)
-        if run_id is None:
+        if run_id is not None:
+            self._update(run_id, status, end=end)
+
+    def _update(self, run_id: str, status: str, *, end: bool) -> None:
+        """Set a run's status in one request (``set_terminated`` and ``update_run`` read the
+        run first, doubling the requests per trial)."""
+        from mlflow.entities import RunStatus
+
+        store = getattr(getattr(self._client, "_tracking_client", None), "store", None)
+        if store is None:  # another client layout: the public calls
+            if end:
+                self._client.set_terminated(run_id, status=status)
+            else:
+                self._client.update_run(run_id, status=status)
             return
-        if end:
-            self._client.set_terminated(run_id, status=status)
-        else:
-            self._client.update_run(run_id, status=status)
+        store.update_run_info(
+            run_id,
+            run_status=RunStatus.from_string(status),
+            end_time=_now_ms() if end else None,
+            run_name=None,
+        )
 
     def _close(self, result: SweepResult) -> None:
         best = result.best_trial
