@@ -22,6 +22,7 @@ TRIAL_STATES = ("running", "completed", "pruned", "failed", "paused", "interrupt
 
 METRIC_NAMES = (
     "hypersweep_trials",
+    "hypersweep_trials_queued",
     "hypersweep_trials_started_total",
     "hypersweep_trial_reports_total",
     "hypersweep_operator_reconcile_duration_seconds",
@@ -69,7 +70,14 @@ class SweepMetrics(Callback):
         self.reports = prometheus.Counter(
             "hypersweep_trial_reports", "Reports of trials", ["sweep"], registry=registry
         )
+        self.queued = prometheus.Gauge(
+            "hypersweep_trials_queued",
+            "Slots of the trial budget not started yet",
+            ["sweep"],
+            registry=registry,
+        )
         self._states: dict[tuple[str, int], str] = {}
+        self._queued: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _set(self, trial: TrialInfo, state: str) -> None:
@@ -85,9 +93,23 @@ class SweepMetrics(Callback):
             self.trials.labels(sweep.name, state)
         self.started.labels(sweep.name)
         self.reports.labels(sweep.name)
+        stored = sweep.stored
+        with self._lock:
+            self._queued[sweep.name] = stored.queued if stored is not None else 0
+            self.queued.labels(sweep.name).set(
+                self._queued[sweep.name]
+            )  # trials of earlier runs of the sweep count too
+            for trial in stored.trials if stored is not None else []:
+                if (sweep.name, trial.number) not in self._states:
+                    self._states[(sweep.name, trial.number)] = trial.state
+                    self.trials.labels(sweep.name, trial.state).inc()
 
     def on_trial_start(self, trial: TrialInfo) -> None:
         self.started.labels(trial.sweep).inc()
+        with self._lock:
+            if (trial.sweep, trial.number) not in self._states:  # a slot of the budget starts
+                left = self._queued[trial.sweep] = max(0, self._queued.get(trial.sweep, 0) - 1)
+                self.queued.labels(trial.sweep).set(left)
         self._set(trial, "running")
 
     def on_trial_result(self, trial: TrialInfo, step: int, metrics: Mapping[str, float]) -> None:

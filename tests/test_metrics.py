@@ -98,6 +98,8 @@ def test_run_metrics_port_serves_trial_counts_during_the_sweep(run_dir: Path) ->
         assert trials_by_state(samples, "watched") == {"running": 2}
         assert hs.load("watched").counts()["running"] == 2  # the stored status agrees
         assert samples[("hypersweep_trials_started_total", (("sweep", "watched"),))] == 2
+        queued = samples[("hypersweep_trials_queued", (("sweep", "watched"),))]
+        assert queued == hs.load("watched").counts()["queued"] == 2
         release.touch()
         assert driver.wait(timeout=120) == 0
     finally:
@@ -128,9 +130,30 @@ def test_metrics_match_the_sweep_status_with_pauses_and_early_stops(
         samples = scrape(f"http://127.0.0.1:{port}/metrics")
     finally:
         server.shutdown()
+        server.server_close()
     assert trials_by_state(samples, "scraped") == result.counts() == {"completed": 1, "pruned": 5}
     reports = sum(len(t.intermediate_values) for t in result.trials)
     assert samples[("hypersweep_trial_reports_total", (("sweep", "scraped"),))] == reports
+    # Resumed with a larger budget, in a new process's metrics: earlier trials count too.
+    port = free_port()
+    metrics, server = serve_sweep_metrics(port, "127.0.0.1")
+    try:
+        more = hs.tune(
+            {"x": hs.uniform(0, 1)},
+            objectives.quadratic,
+            metric="loss",
+            n_trials=8,
+            name="scraped",
+            resume=True,
+            callbacks=[metrics],
+            verbose=False,
+        )
+        samples = scrape(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert trials_by_state(samples, "scraped") == more.counts() == {"completed": 3, "pruned": 5}
+    assert samples[("hypersweep_trials_queued", (("sweep", "scraped"),))] == 0
 
 
 def test_the_operator_serves_its_metrics_on_the_report_port() -> None:

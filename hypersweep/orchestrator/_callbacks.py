@@ -33,6 +33,8 @@ class SweepInfo:
     """The sweep's plain-data settings (space, strategy, budget...), as stored with it."""
     storage: str
     resumed: bool
+    stored: SweepResult | None = None
+    """The sweep as stored when the loop starts (trials of earlier runs, queued slots)."""
 
 
 @dataclass(frozen=True)

@@ -277,6 +277,7 @@ class Orchestrator:
                 self.settings.to_data(self.objective_reference),
                 self.storage_description,
                 self.resumed,
+                self.result() if self.callbacks else None,
             )
         )
         restore_sigint = self._install_sigint_handler()
