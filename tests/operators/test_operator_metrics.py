@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hypersweep.testing import LocalCluster
 
-from .conftest import Namespace, OperatorProcess, wait_until
+from .conftest import Namespace, OperatorProcess, render, wait_until
 from .test_sweep import create_sweep, sweep_status, wait_sweep
 
 pytestmark = pytest.mark.k8s
@@ -65,3 +65,15 @@ def test_operator_metrics_match_the_sweep_status(
             (("controller", controller),),
         )
         assert samples[key] >= 1
+
+
+def test_the_monitoring_overlay_scrapes_the_operator_service() -> None:
+    objects = render("deploy/overlays/monitoring")
+    monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
+    service = next(o for o in objects if o["kind"] == "Service")
+    labels = service["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert any(o["kind"] == "Deployment" for o in objects)
