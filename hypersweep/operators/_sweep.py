@@ -537,6 +537,7 @@ class SweepController:
             seed=(strategy.get("settings") or {}).get("seed"),
             keep_checkpoints=spec.get("keepCheckpoints", 2),
             checkpoint_dir=str(directory / "checkpoints"),
+            callbacks=spec.get("callbacks"),
         )
         try:
             return settings.validated(), template
