@@ -8,6 +8,7 @@ from hypersweep._errors import ConfigError, SweepFailed
 from hypersweep._version import __version__
 from hypersweep.launchers import RayLauncher
 from hypersweep.orchestrator import (
+    Callback,
     Replicas,
     SweepResult,
     TrialContext,
@@ -23,6 +24,7 @@ from hypersweep.orchestrator import (
 from hypersweep.strategies import choice, grid, loguniform, quniform, randint, uniform
 
 __all__ = [
+    "Callback",
     "ConfigError",
     "RayLauncher",
     "Replicas",

@@ -53,6 +53,28 @@ def _progress_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _metrics_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics of the trials on this port (/metrics) while it runs",
+    )
+
+
+def _serve_metrics(settings: Any, port: int, console: Console) -> None:
+    """Serve the sweep's trial metrics until the command exits (a daemon thread)."""
+    from hypersweep._metrics import serve_sweep_metrics
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--metrics-port: expected a port from 1 to 65535, got {port}")
+    try:
+        metrics, _server = serve_sweep_metrics(port)
+    except OSError as error:
+        raise ConfigError(f"--metrics-port: cannot serve on port {port} ({error})") from None
+    settings.callbacks = [*(settings.callbacks or []), metrics]
+    console.print(f"metrics: http://127.0.0.1:{port}/metrics")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="hypersweep", description=_DESCRIPTION, epilog=_EPILOG)
@@ -66,12 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-trials", type=int, help="number of trials (overrides the file's)")
     run.add_argument("--max-concurrent", type=int, help="trials at once (overrides the file's)")
     _progress_arguments(run)
+    _metrics_argument(run)
     _storage_argument(run)
 
     resume = commands.add_parser("resume", help="continue a stopped or killed sweep")
     resume.add_argument("name")
     resume.add_argument("--objective", help="module:function, if the sweep did not store one")
     _progress_arguments(resume)
+    _metrics_argument(resume)
     _storage_argument(resume)
 
     validate = commands.add_parser(
@@ -149,6 +173,8 @@ def _run_sweep(args: argparse.Namespace, settings: Any, objective: str, console:
         launcher = RayLauncher.from_spec(
             {"max_concurrent": settings.max_concurrent, **settings.launcher}
         )
+    if args.metrics_port is not None:
+        _serve_metrics(settings, args.metrics_port, error_console)
     orchestrator = Orchestrator(
         settings, objective_ref, launcher, objective_reference=objective, resume_hint="--resume"
     )

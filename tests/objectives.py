@@ -198,3 +198,12 @@ def waits_for_every_driver(config: dict[str, Any]) -> float:
             raise TimeoutError(f"fewer than {wanted} drivers started a trial")
         time.sleep(0.01)
     return float(config["x"])
+
+
+def wait_for_release(config: dict[str, Any]) -> float:
+    """Reports step 0, then waits until the file ``HYPERSWEEP_TEST_RELEASE`` exists."""
+    hs.report(0, loss=config["x"])
+    release = Path(os.environ["HYPERSWEEP_TEST_RELEASE"])
+    while not release.exists():
+        time.sleep(0.05)
+    return float(config["x"])

@@ -572,6 +572,12 @@ def _sweep_spec_schema() -> JsonDict:
             "storage": storage,
             "pools": _pools_schema(),
             "schedulingPolicy": _scheduling_policy_schema(),
+            "callbacks": {
+                "type": "array",
+                "description": "Trackers fed by the operator, as in sweep files: "
+                "[{mlflow: {tracking_uri: ...}}, {tensorboard: {log_dir: ...}}, {wandb: {...}}].",
+                "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            },
         },
         "x-kubernetes-validations": [
             _cel("self.space == oldSelf.space", "space cannot change after creation", ".space"),

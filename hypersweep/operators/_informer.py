@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from hypersweep._metrics import operator_metrics
 from hypersweep.operators._kube import ApiError, JsonDict, Kube, Resource, object_key
 
 logger = logging.getLogger("hypersweep.operator")
@@ -360,15 +361,20 @@ class Controller:
             key = self.queue.get(timeout=0.5)
             if key is None:
                 continue
+            metrics = operator_metrics()
+            started = time.monotonic()
             try:
                 again = self.reconcile(key)
             except ApiError as error:
+                if not error.conflict:
+                    metrics.reconcile_errors.labels(self.name).inc()
                 if error.conflict:
                     logger.debug("%s %s: %s; retrying", self.name, key, error)
                 else:
                     logger.warning("%s %s: %s", self.name, key, error)
                 self.queue.add_rate_limited(key)
             except Exception:
+                metrics.reconcile_errors.labels(self.name).inc()
                 logger.exception("%s %s: reconcile failed", self.name, key)
                 self.queue.add_rate_limited(key)
             else:
@@ -376,6 +382,7 @@ class Controller:
                 if again is not None:
                     self.queue.add_after(key, again)
             finally:
+                metrics.reconcile_duration.labels(self.name).observe(time.monotonic() - started)
                 self.queue.done(key)
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from hypersweep._metrics import operator_metrics
 from hypersweep.operators._crds import crd_manifests
 from hypersweep.operators._kube import PODS, ApiError, Kube
 from hypersweep.operators._leader import LeaderElector
@@ -113,8 +114,10 @@ class Operator:
         try:
             if not elector.acquire(stop):
                 return 0
+            operator_metrics().leader.set(1)
 
             def on_lost() -> None:
+                operator_metrics().leader.set(0)
                 self.lost.set()
                 stop.set()
 

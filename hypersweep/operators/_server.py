@@ -22,9 +22,12 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
+
+from hypersweep._metrics import operator_metrics
 
 logger = logging.getLogger("hypersweep.operator")
 
@@ -128,6 +131,7 @@ def _make_handler(server: ReportServer) -> type[BaseHTTPRequestHandler]:
             logger.debug("%s " + format, self.address_string(), *args)
 
         def _answer(self, status: int, body: dict[str, Any]) -> None:
+            self.answered = status
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -146,10 +150,27 @@ def _make_handler(server: ReportServer) -> type[BaseHTTPRequestHandler]:
             elif self.path == "/leaderz":
                 leading = server.leading()
                 self._answer(200 if leading else 503, {"leading": leading})
+            elif self.path == "/metrics":
+                data, content_type = operator_metrics().exposition()
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
             else:
                 self._answer(404, {"error": "not found"})
 
         def do_POST(self) -> None:
+            started = time.monotonic()
+            self.answered = 0
+            try:
+                self._post()
+            finally:
+                metrics = operator_metrics()
+                metrics.report_requests.labels(str(self.answered)).inc()
+                metrics.report_latency.observe(time.monotonic() - started)
+
+        def _post(self) -> None:
             match = _TRIAL_PATH.match(self.path)
             if match is None:
                 self._answer(404, {"error": "not found"})

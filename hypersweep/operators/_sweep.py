@@ -40,10 +40,12 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hypersweep._errors import ConfigError
+from hypersweep._metrics import operator_metrics
 from hypersweep.launchers._kubernetes import (
     KubernetesLauncher,
     LauncherDetached,
@@ -268,9 +270,13 @@ class SweepRunner:
     def _run(self) -> None:
         from hypersweep.orchestrator._orchestrator import Orchestrator
 
+        # The operator's /metrics counts this sweep's trials by state.
+        settings = replace(
+            self.settings, callbacks=[*(self.settings.callbacks or []), operator_metrics().sweeps]
+        )
         try:
             orchestrator = Orchestrator(
-                self.settings,
+                settings,
                 ObjectiveRef(display_name=f"Sweep {self.key}"),
                 self.launcher,
                 heartbeat_interval=self.heartbeat_interval,
@@ -606,6 +612,7 @@ class SweepController:
             seed=seed,
             keep_checkpoints=spec.get("keepCheckpoints", 2),
             checkpoint_dir=str(directory / "checkpoints"),
+            callbacks=spec.get("callbacks"),
         )
         try:
             return settings.validated(), template

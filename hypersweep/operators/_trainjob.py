@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hypersweep._errors import ConfigError
+from hypersweep._metrics import operator_metrics
 from hypersweep.operators._batch import all_at_once, slow_start
 from hypersweep.operators._crds import (
     CLEAN_POD_POLICIES,
@@ -1316,6 +1317,8 @@ class TrainJobController:
                 status_write = self._calls.submit(self._write_status, key, job, plan.status)
             else:
                 latest = self._write_status(key, job, plan.status)
+                if not same_gang:
+                    operator_metrics().trainjob_restarts.inc()
         for kind, reason, message in plan.events:
             self.recorder.event(job, kind, reason, message)
         for pod in plan.force_delete_pods:
@@ -1405,6 +1408,8 @@ class TrainJobController:
             created = False
             try:
                 created = self._create(PODS, job, pod, plan, refused)
+                if created:
+                    operator_metrics().pods_created.inc()
             finally:
                 if not created:
                     self._expectations.created(key)  # no event of it will come

@@ -1,5 +1,6 @@
 """The sweep loop, trial lifecycle, storage, and the trial-side reporting API."""
 
+from hypersweep.orchestrator._callbacks import Callback, SweepInfo, TrialInfo
 from hypersweep.orchestrator._job import (
     Entrypoint,
     ReplicaGroup,
@@ -21,14 +22,17 @@ from hypersweep.orchestrator._result import SweepResult, TrialRecord
 from hypersweep.orchestrator._tune import load, tune
 
 __all__ = [
+    "Callback",
     "Entrypoint",
     "ReplicaGroup",
     "Replicas",
     "Resources",
     "RestartPolicy",
+    "SweepInfo",
     "SweepResult",
     "TrainJob",
     "TrialContext",
+    "TrialInfo",
     "TrialPaused",
     "TrialPruned",
     "TrialRecord",

@@ -21,6 +21,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hypersweep._errors import ConfigError
 from hypersweep.launchers._base import Launcher, SweepContext
+from hypersweep.orchestrator._callbacks import (
+    CallbackDispatcher,
+    SweepInfo,
+    TrialInfo,
+    make_callbacks,
+)
 from hypersweep.orchestrator._checkpoints import latest_checkpoint, trial_checkpoint_dir
 from hypersweep.orchestrator._events import (
     Checkpointed,
@@ -61,6 +67,7 @@ from hypersweep.strategies import (
     OptunaPrunerScheduler,
     StrategyNotReady,
     constraint_violations,
+    flatten_config,
     make_sampler,
     make_scheduler,
     sample_config,
@@ -109,6 +116,7 @@ class RunningTrial:
     def step(self) -> int | None:
         """The latest step reported, over every run of the trial."""
         return int(self.history[-1]["step"]) if self.history else None
+    info: TrialInfo | None = None  # what callbacks are told about this attempt
 
 
 @dataclass(frozen=True)
@@ -197,6 +205,7 @@ class Orchestrator:
         self._interrupt_requested = False
         self._started = 0.0
         self._next_heartbeat = 0.0
+        self.callbacks = CallbackDispatcher(make_callbacks(settings.callbacks))
         self._open()
 
     # --- setup ---------------------------------------------------------------------------
@@ -228,6 +237,7 @@ class Orchestrator:
         ]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         created = False
+        self.resumed = False
         try:
             self.study = optuna.create_study(
                 storage=self.storage,
@@ -244,6 +254,7 @@ class Orchestrator:
                     f"pass {self.resume_hint} (or run 'hypersweep resume {self.name}') to "
                     "continue it, or choose another name"
                 ) from None
+            self.resumed = True
             self.study = optuna.load_study(
                 study_name=self.name, storage=self.storage, sampler=sampler, pruner=pruner
             )
@@ -323,6 +334,17 @@ class Orchestrator:
             SweepContext(self.name, self.objective, self.settings.metrics[0], self.settings.job)
         )
         self._started = time.monotonic()
+        self.callbacks.on_sweep_start(
+            SweepInfo(
+                self.name,
+                self.settings.metric,
+                self.settings.mode,
+                self.settings.to_data(self.objective_reference),
+                self.storage_description,
+                self.resumed,
+                self.result() if self.callbacks else None,
+            )
+        )
         restore_sigint = self._install_sigint_handler()
         try:
             self._heartbeat()
@@ -352,6 +374,8 @@ class Orchestrator:
             self.launcher.shutdown()
             self.store.write_lease(self.driver_id, alive=False)
             self._notify()
+            if self.callbacks:
+                self.callbacks.on_sweep_end(self.result())
         return self.result()
 
     def _install_sigint_handler(self) -> Callable[[], None]:
@@ -427,6 +451,8 @@ class Orchestrator:
                 view = self.views.get(frozen.number)
                 if view is not None:
                     self.views[frozen.number] = replace(view, state="pruned")
+                info = TrialInfo(self.name, frozen.number, dict(frozen.params), 0, True)
+                self.callbacks.on_trial_end(info, "pruned", None, {}, None)
         if at_step:
             where = ", ".join(f"{n} at step {step}" for step, n in sorted(at_step.items()))
             logger.info(
@@ -586,12 +612,27 @@ class Orchestrator:
             wall_started=time.time(),
         )
         self.running[trial.number] = running
+        running.info = TrialInfo(
+            self.name,
+            running.number,
+            config,
+            running.attempt,
+            resumed=bool(frozen.intermediate_values or system_attrs.get(INTERRUPTED_ATTR))
+            or running.attempt > 0,
+            params=flatten_config(config),
+        )
+        if system_attrs.get(PAUSED_ATTR) is not None:
+            self.callbacks.on_trial_promote(running.info)
         self._launch(running)
 
     def _launch(self, running: RunningTrial) -> None:
         restore = latest_checkpoint(trial_checkpoint_dir(self.checkpoint_dir, running.number))
         running.decision = "continue"
         self.views[running.number] = TrialView.of(running, "running")
+        if running.info is not None:
+            if running.info.attempt != running.attempt:  # a retry
+                running.info = replace(running.info, attempt=running.attempt, resumed=True)
+            self.callbacks.on_trial_start(running.info)
         self.launcher.launch(
             TrialAssignment(
                 trial_number=running.number,
@@ -616,6 +657,7 @@ class Orchestrator:
             self.store.storage.set_trial_system_attr(
                 running.trial._trial_id, CHECKPOINT_ATTR, event.path
             )
+            self.callbacks.on_checkpoint(running.info, event.path, event.step)
         elif isinstance(event, Completed):
             self._on_completed(running, event.result)
         elif isinstance(event, Stopped):
@@ -630,6 +672,7 @@ class Orchestrator:
 
     def _on_report(self, running: RunningTrial, event: Reported) -> None:
         running.latest = dict(event.metrics)
+        self.callbacks.on_trial_result(running.info, event.step, running.latest)
         running.history.append({"step": float(event.step), **event.metrics})
         self.views[running.number] = TrialView.of(running, "running")
         decision = Decision.CONTINUE
@@ -707,7 +750,12 @@ class Orchestrator:
         if isinstance(result, dict):  # a bare number is the value itself: no extra write
             self.store.storage.set_trial_user_attr(running.trial._trial_id, "metrics", clean)
         values = [clean[name] for name in names]
-        self._finish(running, state="COMPLETE", value=values[0] if len(values) == 1 else values)
+        self._finish(
+            running,
+            state="COMPLETE",
+            value=values[0] if len(values) == 1 else values,
+            metrics=clean,
+        )
 
     def _on_crash(self, running: RunningTrial, message: str) -> None:
         running.attempt += 1
@@ -789,6 +837,7 @@ class Orchestrator:
         state: str,
         value: float | list[float] | None = None,
         message: str | None = None,
+        metrics: dict[str, float] | None = None,
     ) -> None:
         import optuna
 
@@ -803,9 +852,16 @@ class Orchestrator:
         view_state = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}[state]
         view = TrialView.of(running, view_state, value if isinstance(value, float) else None)
         if isinstance(value, list):  # no single value: show each objective's
-            metrics = dict(zip(self.settings.metrics, value, strict=True))
-            view = replace(view, latest={**view.latest, **metrics})
+            objectives = dict(zip(self.settings.metrics, value, strict=True))
+            view = replace(view, latest={**view.latest, **objectives})
         self.views[running.number] = view
+        self.callbacks.on_trial_end(
+            running.info,
+            view_state,
+            value if not isinstance(value, list) else None,
+            metrics or running.latest,
+            message,
+        )
         if isinstance(value, list):
             shown = ", ".join(
                 f"{n}={v:.6g}" for n, v in zip(self.settings.metrics, value, strict=True)
@@ -893,6 +949,10 @@ class Orchestrator:
         else:
             storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
         self.store.requeue(trial_id)
+        if paused:
+            self.callbacks.on_trial_pause(running.info, max(running.reported_steps or {0}))
+        else:
+            self.callbacks.on_trial_interrupt(running.info)
         state = "paused" if paused else "interrupted"
         self.views[running.number] = TrialView.of(running, state)
 

@@ -22,6 +22,7 @@ import yaml
 from pydantic_core import PydanticCustomError
 
 from hypersweep._errors import ConfigError
+from hypersweep.orchestrator._callbacks import callbacks_to_data, make_callbacks
 from hypersweep.orchestrator._job import Replicas, TrainJob
 from hypersweep.strategies import (
     check_objectives,
@@ -72,6 +73,7 @@ class SweepSettings:
     replicas: Any = None
     launcher: Mapping[str, Any] | None = None  # a sweep file's ``launcher:``; None: local
     constraints: Mapping[str, Any] | None = None  # metric -> {min, max}
+    callbacks: Any = None  # Callback objects and/or ``{name: {arguments}}`` of built-ins
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validated(self) -> SweepSettings:
@@ -115,6 +117,7 @@ class SweepSettings:
             from hypersweep.launchers._ray import RayLauncher
 
             RayLauncher.from_spec(self.launcher)  # refuses unknown or bad fields, naming them
+        make_callbacks(self.callbacks)  # refuses unknown names and missing extras, naming them
         if self.name is None:
             if self.resume:
                 raise ConfigError("name: resume=True needs the name of the sweep to resume")
@@ -175,6 +178,7 @@ class SweepSettings:
             else None,
             "launcher": dict(self.launcher) if self.launcher is not None else None,
             "constraints": dict(self.constraints) if self.constraints is not None else None,
+            "callbacks": callbacks_to_data(self.callbacks),
         }
 
 
@@ -228,6 +232,9 @@ class SweepSpec(pydantic.BaseModel):
     keep_checkpoints: int = pydantic.Field(default=2, ge=1)
     replicas: ReplicasSpec | None = None
     launcher: LauncherSpec | None = None
+    callbacks: list[dict[str, Any] | str] | None = pydantic.Field(
+        default=None, description="e.g. [{mlflow: {tracking_uri: ...}}, tensorboard]"
+    )
 
     @pydantic.field_validator("metric")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hypersweep.orchestrator._objective import reference_of, resolve_objective
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import optuna
 
     from hypersweep.launchers._base import Launcher
+    from hypersweep.orchestrator._callbacks import Callback
     from hypersweep.orchestrator._job import Replicas
     from hypersweep.orchestrator._orchestrator import Orchestrator
 
@@ -54,6 +55,7 @@ def tune(
     launcher: Launcher | None = None,
     verbose: bool = True,
     on_update: Callable[[Orchestrator], None] | None = None,
+    callbacks: Sequence[Callback | Mapping[str, Any] | str] | None = None,
 ) -> SweepResult:
     """Run a hyperparameter sweep and return every trial's result.
 
@@ -101,6 +103,11 @@ def tune(
         verbose: log what happens to trials (completed, stopped early, paused, promoted), a
             progress line every 10 seconds, and a short summary at the end.
         on_update: called with the orchestrator after each step (progress displays).
+        callbacks: experiment trackers and monitors, called in this process (never in the
+            trials): :class:`hypersweep.Callback` objects such as
+            ``hypersweep.integrations.MLflowCallback()``, or built-ins by name with their
+            arguments, e.g. ``[{"mlflow": {"tracking_uri": "http://..."}}, "tensorboard"]``.
+            A callback that raises is logged once and the sweep goes on.
 
     Raises:
         ConfigError: invalid input, before anything starts.
@@ -132,6 +139,7 @@ def tune(
         keep_checkpoints=keep_checkpoints,
         checkpoint_dir=checkpoint_dir,
         replicas=replicas,
+        callbacks=callbacks,
     ).validated()
     objective_ref = resolve_objective(objective)
     if verbose:

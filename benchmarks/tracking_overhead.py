@@ -1,0 +1,200 @@
+"""Per-trial cost of tracking: a 1,000-trial trivial sweep with and without an MLflowCallback.
+
+The same sweep as benchmarks/overhead.py (trivial objective, 2 trials at a time, TPE seed 0,
+the default journal storage), once without callbacks and once logging every trial to a real
+MLflow tracking server (``mlflow server``, SQLite backend, on loopback, started here). The
+MLflow time includes the end of the sweep waiting until every run is logged, and the runs are
+read back to check that all of them arrived. Rounds alternate, and the median is reported.
+
+    python benchmarks/tracking_overhead.py [--trials 1000] [--rounds 2]
+
+Prints a table and writes benchmarks/results/tracking_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+import hypersweep as hs
+from hypersweep.integrations import MLflowCallback
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SEED = 0
+
+
+def trivial(config: dict[str, Any]) -> float:
+    return (config["x"] - 2.0) ** 2 + (config["y"] + 1.0) ** 2
+
+
+@contextmanager
+def mlflow_server(workdir: Path) -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mlflow = Path(sys.executable).parent / "mlflow"
+    log = (workdir / "mlflow.log").open("w")
+    server = subprocess.Popen(
+        [
+            str(mlflow),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{workdir / 'mlflow.db'}",
+            "--default-artifact-root",
+            str(workdir / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("mlflow server did not start") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+class LoopEnd(hs.Callback):
+    """Notes when the sweep loop ended, before later callbacks flush their logging."""
+
+    def __init__(self) -> None:
+        self.at = 0.0
+
+    def on_sweep_end(self, result: hs.SweepResult) -> None:
+        self.at = time.perf_counter()
+
+
+def run(trials: int, label: str, callbacks: list[Any]) -> tuple[float, float]:
+    """Seconds until the sweep loop ended, and until tune() returned (logging flushed)."""
+    loop_end = LoopEnd()
+    start = time.perf_counter()
+    result = hs.tune(
+        {"x": hs.uniform(-10, 10), "y": hs.uniform(-10, 10)},
+        trivial,
+        metric="loss",
+        n_trials=trials,
+        max_concurrent=2,
+        strategy=optuna.samplers.TPESampler(seed=SEED),
+        verbose=False,
+        name=label,
+        callbacks=[loop_end, *callbacks],
+    )
+    wall = time.perf_counter() - start
+    assert result.counts() == {"completed": trials}, result.counts()
+    return loop_end.at - start, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    walls: dict[str, list[float]] = {"none": [], "mlflow": []}
+    loops: dict[str, list[float]] = {"none": [], "mlflow": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        os.environ["HYPERSWEEP_RUNS_DIR"] = str(workdir / "runs")
+        with mlflow_server(workdir) as url:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=url)
+            for index in range(args.rounds):
+                loop, wall = run(args.trials, f"plain-{index}", [])
+                loops["none"].append(loop)
+                walls["none"].append(wall)
+                name = f"tracked-{index}"
+                loop, wall = run(args.trials, name, [MLflowCallback(tracking_uri=url)])
+                loops["mlflow"].append(loop)
+                walls["mlflow"].append(wall)
+                experiment = client.get_experiment_by_name(name)
+                assert experiment is not None
+                logged = client.search_runs(
+                    [experiment.experiment_id],
+                    filter_string="tags.`hypersweep.state` = 'completed'",
+                    max_results=5000,
+                )
+                assert len(logged) == args.trials, len(logged)  # every trial's run arrived
+                print(
+                    f"round {index}: none {walls['none'][-1]:.2f} s, "
+                    f"mlflow {walls['mlflow'][-1]:.2f} s"
+                )
+    results = {
+        name: {
+            "trials": args.trials,
+            "wall_s": statistics.median(values),
+            "rounds_wall_s": values,
+            "loop_s": statistics.median(loops[name]),
+            "rounds_loop_s": loops[name],
+            "ms_per_trial": statistics.median(values) * 1000 / args.trials,
+        }
+        for name, values in walls.items()
+    }
+    ratio = results["mlflow"]["wall_s"] / results["none"]["wall_s"]
+    loop_ratio = results["mlflow"]["loop_s"] / results["none"]["loop_s"]
+    print(f"\n{'callbacks':10} {'trials':>7} {'wall s':>8} {'ms/trial':>9}")
+    for name, entry in results.items():
+        print(f"{name:10} {entry['trials']:7d} {entry['wall_s']:8.2f} {entry['ms_per_trial']:9.2f}")
+    print(
+        f"MLflow / none: {ratio:.2f}x until every run is logged, {loop_ratio:.2f}x until the "
+        "sweep loop ends (target: within 2x)"
+    )
+    import mlflow
+
+    RESULTS.mkdir(exist_ok=True)
+    payload = {
+        "benchmark": "tracking_overhead",
+        "objective": "trivial quadratic, 2 concurrent, TPESampler(seed=0), journal storage",
+        "tracker": "MLflowCallback to a local `mlflow server` (SQLite backend, 1 worker)",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "versions": {
+            "hypersweep": hs.__version__,
+            "optuna": optuna.__version__,
+            "mlflow": mlflow.__version__,
+        },
+        "results": results,
+        "mlflow_vs_none": ratio,
+        "mlflow_vs_none_loop": loop_ratio,
+        "note": "wall_s: until tune() returned, every run logged; loop_s: until the sweep loop "
+        "ended (trials done), logging may still be in flight",
+        "target": "mlflow within 2x of none",
+    }
+    (RESULTS / "tracking_overhead.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The built-in trackers against the real things: an MLflow server, TensorBoard, W&B files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import objectives
+import pytest
+
+import hypersweep as hs
+from hypersweep.integrations import MLflowCallback, TensorBoardCallback, WandbCallback
+
+ASHA = {"name": "asha", "min_resource": 1, "max_resource": 9}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """``mlflow server`` with a SQLite backend on loopback."""
+    port = free_port()
+    mlflow = Path(sys.executable).parent / "mlflow"
+    log = (tmp_path / "mlflow-server.log").open("w")
+    server = subprocess.Popen(
+        [
+            str(mlflow) if mlflow.exists() else shutil.which("mlflow") or "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--default-artifact-root",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            assert server.poll() is None, (tmp_path / "mlflow-server.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.slow
+def test_mlflow_parent_and_nested_runs_read_back(
+    mlflow_server: str, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(run_dir / "markers"))
+    result = hs.tune(
+        {"x": hs.uniform(0, 1), "model": {"width": hs.choice([8, 16])}},
+        objectives.asha_curve,
+        metric="loss",
+        n_trials=6,
+        max_concurrent=1,
+        name="tracked",
+        early_stopping=ASHA,
+        callbacks=[MLflowCallback(tracking_uri=mlflow_server, tags={"team": "vision"})],
+        verbose=False,
+    )
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("tracked")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("hypersweep.role") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["metric"] == "loss" and parent.data.params["mode"] == "min"
+    best = result.best_trial
+    assert best is not None
+    assert parent.data.tags["hypersweep.best_trial"] == str(best.number)
+    assert parent.data.metrics["best_loss"] == pytest.approx(best.value)
+    children = {
+        int(r.data.tags["hypersweep.trial"]): r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert sorted(children) == sorted(t.number for t in result.trials)  # one run per trial
+    for trial in result.trials:
+        run = children[trial.number]
+        assert run.data.tags["team"] == "vision"
+        assert run.data.tags["hypersweep.state"] == trial.state
+        assert run.info.status == "FINISHED"
+        assert float(run.data.params["x"]) == pytest.approx(trial.config["x"])
+        assert int(run.data.params["model.width"]) == trial.config["model"]["width"]
+        history = client.get_metric_history(run.info.run_id, "loss")
+        steps = sorted({m.step for m in history})
+        assert steps == sorted(trial.intermediate_values)  # every report, at its step
+        assert "hypersweep.checkpoint" in run.data.tags
+        assert run.data.tags.get("hypersweep.best") == (
+            "true" if trial.number == best.number else None
+        )
+    # The best trial was paused and promoted twice: its one run continued, ending completed.
+    best_run = children[best.number]
+    assert best_run.data.metrics["loss"] == pytest.approx(best.value)
+    assert len(client.get_metric_history(best_run.info.run_id, "loss")) >= 10
+
+    # A resumed sweep continues the same parent run and adds runs for its new trials only.
+    again = hs.tune(
+        {"x": hs.uniform(0, 1), "model": {"width": hs.choice([8, 16])}},
+        objectives.quadratic,
+        metric="loss",
+        n_trials=8,
+        max_concurrent=1,
+        name="tracked",
+        resume=True,
+        callbacks=[{"mlflow": {"tracking_uri": mlflow_server}}],
+        verbose=False,
+    )
+    runs = client.search_runs([experiment.experiment_id])
+    assert len([r for r in runs if r.data.tags.get("hypersweep.role") == "sweep"]) == 1
+    trial_runs = [r for r in runs if "hypersweep.trial" in r.data.tags]
+    assert sorted(int(r.data.tags["hypersweep.trial"]) for r in trial_runs) == list(range(8))
+    new_best = again.best_trial
+    assert new_best is not None
+    tagged = [
+        r.data.tags["hypersweep.trial"]
+        for r in trial_runs
+        if r.data.tags.get("hypersweep.best") == "true"
+    ]
+    assert tagged == [str(new_best.number)]  # the old best lost its tag if it lost its place
+
+
+def test_mlflow_outage_does_not_stop_the_sweep(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing listens on this port: every request fails, the sweep still completes, and the
+    # failure is logged once. (No retries: MLflow's backoff would take minutes.)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with caplog.at_level(logging.ERROR, logger="hypersweep"):
+        result = hs.tune(
+            {"x": hs.uniform(0, 1)},
+            objectives.quadratic,
+            metric="loss",
+            n_trials=3,
+            callbacks=[{"mlflow": {"tracking_uri": f"http://127.0.0.1:{free_port()}"}}],
+            verbose=False,
+        )
+    assert result.counts() == {"completed": 3}
+    failures = [r for r in caplog.records if "mlflow-callback: logging failed" in r.getMessage()]
+    assert len(failures) == 1
+
+
+def test_tensorboard_scalars_and_hparams_read_back(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(run_dir / "markers"))
+    result = hs.tune(
+        {"x": hs.uniform(0, 1), "opt": hs.choice(["adam", "sgd"])},
+        objectives.asha_curve,
+        metric="loss",
+        n_trials=6,
+        max_concurrent=1,
+        name="board",
+        early_stopping=ASHA,
+        callbacks=[TensorBoardCallback(log_dir=str(run_dir / "tb"))],
+        verbose=False,
+    )
+    root = run_dir / "tb" / "board"
+    multiplexer = EventMultiplexer().AddRunsFromDirectory(str(root))
+    multiplexer.Reload()
+    for trial in result.trials:
+        run = f"trial-{trial.number}"
+        by_step = {e.step: e.value for e in multiplexer.Scalars(run, "loss")}
+        for step, value in trial.intermediate_values.items():
+            assert by_step[step] == pytest.approx(value)
+    content = multiplexer.PluginRunToTagToContent(metadata.PLUGIN_NAME)
+    experiment = metadata.parse_experiment_plugin_data(content["."][metadata.EXPERIMENT_TAG])
+    assert sorted(h.name for h in experiment.hparam_infos) == ["opt", "x"]
+    assert [m.name.tag for m in experiment.metric_infos] == ["loss"]
+    for trial in result.trials:
+        tags = content[f"trial-{trial.number}"]
+        start = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
+        assert start.hparams["x"].number_value == pytest.approx(trial.config["x"])
+        assert start.hparams["opt"].string_value == trial.config["opt"]
+        end = metadata.parse_session_end_info_plugin_data(tags[metadata.SESSION_END_INFO_TAG])
+        assert end.status == api_pb2.STATUS_SUCCESS
+
+
+def wandb_records(path: Path) -> Iterator[bytes]:
+    """The records of a W&B run file (``run-<id>.wandb``): W&B's LevelDB-style log.
+
+    The W&B SDK no longer ships a Python reader, so this reads the documented layout: a 7-byte
+    header (``:W&B``, magic 0xBEE1, version), then 32 KiB blocks of chunks, each with a CRC-32,
+    a 2-byte length and a type (1 full, 2 first, 3 middle, 4 last).
+    """
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B" and struct.unpack("<H", data[4:6])[0] == 0xBEE1
+    block, position, pending = 32 * 1024, 7, b""
+    while position + 7 <= len(data):
+        left = block - position % block
+        if left < 7:
+            position += left
+            continue
+        checksum, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        chunk = data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if length == 0 and kind == 0:
+            break
+        assert zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF == checksum, "corrupt record"
+        pending += chunk
+        if kind in (1, 4):
+            yield pending
+            pending = b""
+
+
+@pytest.mark.slow
+def test_wandb_offline_runs_read_back(run_dir: Path) -> None:
+    from wandb.proto import wandb_internal_pb2
+
+    result = hs.tune(
+        {"quality": hs.uniform(0, 1)},
+        objectives.learning_curve,
+        metric="loss",
+        n_trials=2,
+        max_concurrent=2,
+        name="bees",
+        callbacks=[WandbCallback(mode="offline", dir=str(run_dir / "wb"))],
+        verbose=False,
+    )
+    files = sorted((run_dir / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2
+    seen: dict[int, dict[str, Any]] = {}
+    for path in files:
+        info: dict[str, Any] = {"steps": [], "config": {}, "summary": {}, "exit": None}
+        for data in wandb_records(path):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                info.update(
+                    group=record.run.run_group, name=record.run.display_name, id=record.run.run_id
+                )
+                for item in record.run.config.update:
+                    info["config"][item.key] = json.loads(item.value_json)
+            elif kind == "history":
+                info["steps"].append(record.history.step.num)
+            elif kind == "config":
+                for item in record.config.update:
+                    info["config"][item.key] = json.loads(item.value_json)
+            elif kind == "summary":
+                for item in record.summary.update:
+                    info["summary"][item.key] = json.loads(item.value_json)
+            elif kind == "exit":
+                info["exit"] = record.exit.exit_code
+        seen[int(str(info["name"]).removeprefix("trial-"))] = info
+    assert sorted(seen) == [0, 1]
+    for trial in result.trials:
+        info = seen[trial.number]
+        assert info["group"] == "bees" and info["id"] == f"bees-trial-{trial.number}"
+        assert info["steps"] == list(range(10))
+        assert info["config"]["quality"] == pytest.approx(trial.config["quality"])
+        assert info["summary"]["hypersweep.state"] == "completed"
+        assert info["summary"]["loss"] == pytest.approx(trial.value)
+        assert info["exit"] == 0
