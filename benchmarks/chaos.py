@@ -40,6 +40,7 @@ from typing import Any
 from hypersweep.operators import crd_manifests
 from hypersweep.testing import (
     LocalCluster,
+    apply_data_claim,
     chaos_sweep,
     create_namespace,
     run_gang_chaos,
@@ -119,35 +120,6 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _claim(cluster: LocalCluster, data: Path) -> None:
-    """The sweeps' ``hypersweep-data`` claim, bound to ``data`` (hostPath, as in the tests)."""
-    volume = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"{NAMESPACE}-data"},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteMany"],
-            "storageClassName": "",
-            "hostPath": {"path": str(data)},
-            "claimRef": {"namespace": NAMESPACE, "name": "hypersweep-data"},
-        },
-    }
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "hypersweep-data", "namespace": NAMESPACE},
-        "spec": {
-            "accessModes": ["ReadWriteMany"],
-            "storageClassName": "",
-            "volumeName": f"{NAMESPACE}-data",
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    items = {"apiVersion": "v1", "kind": "List", "items": [volume, claim]}
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(items))
-
-
 def operator_chaos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     data, markers = workdir / "data", workdir / "markers"
     data.mkdir()
@@ -155,7 +127,7 @@ def operator_chaos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     with LocalCluster(crds=crd_manifests()) as cluster:
         cluster.start_node_agent("agent-0")
         create_namespace(cluster.api_client(), NAMESPACE)
-        _claim(cluster, data)
+        apply_data_claim(cluster, NAMESPACE, data)
         operator = Operator(cluster.kubeconfig, data, workdir / "operator.log", args.lease)
         operator.start()
         command = [

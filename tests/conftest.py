@@ -49,6 +49,8 @@ def hypersweep(
         env={**python_env(), **(env or {})},
         timeout=timeout,
     )
+
+
 def require_module(name: str) -> ModuleType:
     """Import ``name``, or skip the test when it is not installed.
 

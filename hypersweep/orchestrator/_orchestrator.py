@@ -116,6 +116,7 @@ class RunningTrial:
     def step(self) -> int | None:
         """The latest step reported, over every run of the trial."""
         return int(self.history[-1]["step"]) if self.history else None
+
     info: TrialInfo | None = None  # what callbacks are told about this attempt
 
 

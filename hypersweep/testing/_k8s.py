@@ -1170,3 +1170,36 @@ def create_namespace(
             if err.status != 404 or time.monotonic() > deadline:
                 raise
         time.sleep(0.1)
+
+
+def apply_data_claim(
+    cluster: LocalCluster, namespace: str, data: Path, *, size: str = "1Gi"
+) -> None:
+    """Give ``namespace`` the sweeps' ``hypersweep-data`` claim (ReadWriteMany), bound to a
+    hostPath volume on ``data``: the test node agent runs pods on this machine, so a folder here
+    is the shared file system a cluster's ReadWriteMany class provides."""
+    volume = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"{namespace}-data"},
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "",
+            "hostPath": {"path": str(data)},
+            "claimRef": {"namespace": namespace, "name": "hypersweep-data"},
+        },
+    }
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "hypersweep-data", "namespace": namespace},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "",
+            "volumeName": f"{namespace}-data",
+            "resources": {"requests": {"storage": size}},
+        },
+    }
+    items = {"apiVersion": "v1", "kind": "List", "items": [volume, claim]}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(items))

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from hypersweep.testing import LocalCluster, create_namespace, find_binaries
+from hypersweep.testing import LocalCluster, apply_data_claim, create_namespace, find_binaries
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -164,31 +164,7 @@ def namespace(cluster: LocalCluster, tmp_path: Path) -> Iterator[Namespace]:
         f"--clusterrole={SECRETS_BINDING}",
         f"--serviceaccount={OPERATOR_NAMESPACE}:hypersweep-operator",
     )
-    volume = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"{name}-data"},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteMany"],
-            "storageClassName": "",
-            "hostPath": {"path": str(data)},
-            "claimRef": {"namespace": name, "name": "hypersweep-data"},
-        },
-    }
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "hypersweep-data", "namespace": name},
-        "spec": {
-            "accessModes": ["ReadWriteMany"],
-            "storageClassName": "",
-            "volumeName": f"{name}-data",
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    items = {"apiVersion": "v1", "kind": "List", "items": [volume, claim]}
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(items))
+    apply_data_claim(cluster, name, data)
     wait_until(
         lambda: (
             kubectl_json(cluster, "get", "pvc", "hypersweep-data", "-n", name)

@@ -102,6 +102,8 @@ def two_objectives(config: dict[str, Any]) -> dict[str, float]:
         raise ValueError(f"keys of another branch in {optimizer}")
     x = float(optimizer[key])
     return {"loss": x, "size": 1.0 - x, "memory_gb": 10.0 * x}
+
+
 #: Trial n's quality (as in tests/objectives.py): with one trial at a time, ASHA's decisions
 #: are known in advance, the same on Kubernetes as locally.
 ASHA_QUALITY = [0.5, 0.9, 0.1, 0.7, 0.3, 0.8]
@@ -141,6 +143,8 @@ def lr_schedule_toy(config: dict[str, Any]) -> float:
         hs.report(step, loss=loss)
         time.sleep(float(config.get("pause", 0.05)))
     return loss
+
+
 def optuna_habit(trial: Any) -> float:
     """Written for Optuna (takes a trial): fails on every trial, as a systematic bug does."""
     _mark("start")

@@ -23,6 +23,7 @@ from .conftest import (
     trial_template,
     wait_until,
 )
+from .test_sweep import sweep_status, wait_sweep
 
 pytestmark = pytest.mark.k8s
 
@@ -63,35 +64,6 @@ def apply_sweep(
     cluster.kubectl("apply", "-n", namespace.name, "-f", "-", input=json.dumps(body))
 
 
-def status_of(cluster: LocalCluster, namespace: Namespace, name: str) -> dict[str, Any]:
-    found = cluster.kubectl("get", "sweep", name, "-n", namespace.name, "-o", "json", check=False)
-    if found.returncode != 0:
-        return {"true": set()}
-    sweep = json.loads(found.stdout)
-    status = sweep.get("status") or {}
-    status["uid"] = sweep["metadata"]["uid"]
-    status["true"] = {c["type"] for c in status.get("conditions") or [] if c["status"] == "True"}
-    return status
-
-
-def finished(
-    cluster: LocalCluster,
-    namespace: Namespace,
-    name: str,
-    operator: OperatorProcess,
-    timeout: float = 240,
-) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        status = status_of(cluster, namespace, name)
-        return status if status["true"] & FINISHED else None
-
-    try:
-        return wait_until(done, timeout, f"sweep {name} to finish")
-    except AssertionError:
-        print(operator.log_tail(120))
-        raise
-
-
 def outcome(status: dict[str, Any]) -> dict[str, Any]:
     """The condition that says how the sweep ended."""
     return next(c for c in status["conditions"] if c["type"] in FINISHED and c["status"] == "True")
@@ -130,7 +102,7 @@ def test_a_finished_sweep_stops_what_a_previous_leader_left_without_errors(
     cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
 ) -> None:
     apply_sweep(cluster, namespace, "done")
-    status = finished(cluster, namespace, "done", operator)
+    status = wait_sweep(cluster, namespace, "done", operator)
     assert outcome(status)["reason"] == "MaxTrialsReached"
     operator.stop()
     # A trial TrainJob of the finished sweep that a previous leader left running.
@@ -190,7 +162,7 @@ def test_a_sweep_without_a_completed_trial_fails_with_the_first_reason(
         ("bad-args", "exited with code 2: -c: error: argument --epochs: invalid int value: 'x'"),
     )
     for name, why in cases:
-        status = finished(cluster, namespace, name, operator)
+        status = wait_sweep(cluster, namespace, name, operator)
         assert "Failed" in status["true"] and "Succeeded" not in status["true"], status
         ended = outcome(status)
         assert ended["reason"] == "NoTrialCompleted"
@@ -213,21 +185,21 @@ def test_a_sweep_deleted_and_applied_again_runs_at_once(
     cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
 ) -> None:
     apply_sweep(cluster, namespace, "again")
-    first = finished(cluster, namespace, "again", operator)
+    first = wait_sweep(cluster, namespace, "again", operator)
     for _ in range(3):
         cluster.kubectl("delete", "sweep", "again", "-n", namespace.name, "--timeout=120s")
         apply_sweep(cluster, namespace, "again")
-        uid = status_of(cluster, namespace, "again")["uid"]
+        uid = sweep_status(cluster, namespace, "again")["uid"]
         assert uid != first["uid"]
         # The new Sweep is taken up at once, not after a stale copy of the old one expires.
         wait_until(
             lambda uid=uid: (
-                status_of(cluster, namespace, "again").get("studyName") == f"again-{uid[:8]}"
+                sweep_status(cluster, namespace, "again").get("studyName") == f"again-{uid[:8]}"
             ),
             15,
             "the new Sweep's status",
         )
-        status = finished(cluster, namespace, "again", operator)
+        status = wait_sweep(cluster, namespace, "again", operator)
         assert status["uid"] == uid and "Succeeded" in status["true"], status
         first = status
 
@@ -256,7 +228,7 @@ def test_trials_the_sweep_ended_finish_and_their_ttl_applies(
             "settings": {"min_resource": 1, "max_resource": 9, "reduction_factor": 3},
         },
     )
-    status = finished(cluster, namespace, "asha", operator)
+    status = wait_sweep(cluster, namespace, "asha", operator)
     assert "Succeeded" in status["true"] and status["trials"]["pruned"] >= 1, status
     # Every TrainJob left finishes: none stays Suspended with its Service.
     wait_until(
@@ -302,7 +274,7 @@ def test_pods_that_cannot_start_fail_their_trial_after_the_grace_period(
         # While the pod waits: the TrainJob and the Sweep say why.
         def stalled_now(name: str = name, reason: str = reason) -> bool:
             jobs = trainjobs(cluster, namespace, name)
-            status = status_of(cluster, namespace, name)
+            status = sweep_status(cluster, namespace, name)
             job_says = any(
                 c["type"] == "Stalled" and c["status"] == "True" and c["reason"] == reason
                 for j in jobs
@@ -316,7 +288,7 @@ def test_pods_that_cannot_start_fail_their_trial_after_the_grace_period(
 
         wait_until(stalled_now, 60, f"{name}: the stalled pod on the TrainJob and the Sweep")
     for name, reason in cases:
-        status = finished(cluster, namespace, name, operator)
+        status = wait_sweep(cluster, namespace, name, operator)
         assert "Failed" in status["true"], status
         ended = outcome(status)
         assert reason in ended["message"], ended
@@ -339,7 +311,7 @@ def test_trial_pods_carry_their_sweep_and_trial(
     )
     template["runPolicy"] = {"cleanPodPolicy": "None"}  # keep the pods to look at
     apply_sweep(cluster, namespace, "labels", template=template, maxTrials=2)
-    finished(cluster, namespace, "labels", operator)
+    wait_sweep(cluster, namespace, "labels", operator)
     for trial in (0, 1):
         pods = kubectl_json(
             cluster,
@@ -371,7 +343,7 @@ def test_the_per_trial_view_and_a_failed_trials_pods(
         parallelism=2,
         maxRetries=0,
     )
-    status = finished(cluster, namespace, "view", operator)
+    status = wait_sweep(cluster, namespace, "view", operator)
     assert status["trials"]["succeeded"] == 1 and status["trials"]["failed"] == 1, status
     jobs = {
         int(j["metadata"]["labels"]["hypersweep.io/trial"]): j
@@ -479,7 +451,7 @@ def test_retain_keeps_the_records_and_the_best_checkpoint(
     from hypersweep.orchestrator._storage import open_storage
 
     apply_sweep(cluster, namespace, "kept", maxTrials=3, parallelism=3, retain=True)
-    status = finished(cluster, namespace, "kept", operator)
+    status = wait_sweep(cluster, namespace, "kept", operator)
     best = status["bestTrial"]["number"]
     study = status["studyName"]
     run_dir = namespace.data_dir / namespace.name / study
@@ -518,10 +490,10 @@ def test_sweep_settings_are_checked_in_the_sweeps_terms(
         "tpe-typo": "spec.strategy.settings.n_startup_trial: the tpe strategy has no setting",
     }
     for name, text in expected.items():
-        status = finished(cluster, namespace, name, operator, timeout=60)
+        status = wait_sweep(cluster, namespace, name, operator, timeout=60)
         failed = outcome(status)
         assert failed["reason"] == "InvalidSpec" and text in failed["message"], failed
-    assert "n_startup_trials" in outcome(status_of(cluster, namespace, "tpe-typo"))["message"]
+    assert "n_startup_trials" in outcome(sweep_status(cluster, namespace, "tpe-typo"))["message"]
     # The sampler's documented options reach it (kept by the CRD, not pruned).
     apply_sweep(
         cluster,
@@ -531,7 +503,7 @@ def test_sweep_settings_are_checked_in_the_sweeps_terms(
     )
     sweep = kubectl_json(cluster, "get", "sweep", "tpe-options", "-n", namespace.name)
     assert sweep["spec"]["strategy"]["settings"] == {"seed": 1, "n_startup_trials": 2}
-    assert "Succeeded" in finished(cluster, namespace, "tpe-options", operator)["true"]
+    assert "Succeeded" in wait_sweep(cluster, namespace, "tpe-options", operator)["true"]
     explained = cluster.kubectl("explain", "sweep.spec").stdout
     assert "Trials the sweep runs in all" in explained and "retain" in explained
     assert (

@@ -69,7 +69,14 @@ def create_sweep(
 
 
 def sweep_status(cluster: LocalCluster, namespace: Namespace, name: str) -> dict[str, Any]:
-    status = kubectl_json(cluster, "get", "sweep", name, "-n", namespace.name).get("status") or {}
+    """The Sweep's status, its ``uid`` and the set of its ``true`` conditions (an empty set
+    while the Sweep does not exist)."""
+    found = cluster.kubectl("get", "sweep", name, "-n", namespace.name, "-o", "json", check=False)
+    if found.returncode != 0:
+        return {"true": set()}
+    sweep = json.loads(found.stdout)
+    status = sweep.get("status") or {}
+    status["uid"] = sweep["metadata"]["uid"]
     status["true"] = {c["type"] for c in status.get("conditions") or [] if c["status"] == "True"}
     return status
 
