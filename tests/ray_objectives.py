@@ -135,3 +135,20 @@ def timed(config: dict[str, Any]) -> float:
         json.dumps({"began": began, "ended": time.time()})
     )
     return (config["x"] - 2.0) ** 2 + (config["y"] + 1.0) ** 2
+
+
+def held(config: dict[str, Any]) -> float:
+    """Records its start (GPUs, actor name), then waits while the marker ``hold`` exists.
+
+    The tests change the cluster while trials are held, then release them.
+    """
+    import ray
+
+    context = _context()
+    tag = f"t{context.trial_number}-a{context.attempt}"
+    record(f"held-{tag}", actor=ray.get_runtime_context().get_actor_name())
+    deadline = time.monotonic() + 300.0
+    while (_markers() / "hold").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(float(config.get("seconds", 0.0)))
+    return float(context.trial_number)

@@ -161,7 +161,10 @@ class RayAttempt:
         """Each replica's rendezvous environment, from where the replicas were placed."""
         job = self.job
         if job is None:
-            return [{}]
+            # Ray sets CUDA_VISIBLE_DEVICES only for actors that asked for GPUs: as locally,
+            # a trial without GPUs sees none.
+            gpus = (self.replicas[0].info or {}).get("gpus")
+            return [{} if gpus else {"CUDA_VISIBLE_DEVICES": ""}]
         infos = [member.info or {} for member in self.replicas]
         if job.framework == "pytorch":
             master = infos[0]
