@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,8 @@ def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
     from hypersweep.orchestrator._tune import load
 
     load(args.name, args.storage)  # refuses an unknown sweep, naming it
+    if os.getcwd() not in sys.path:  # a stored 'module:function' from the current folder
+        sys.path.insert(0, os.getcwd())
     from hypersweep.orchestrator._storage import SweepStore, open_storage
 
     storage = open_storage(args.storage, args.name)

@@ -522,3 +522,63 @@ def test_bad_launcher_limits_are_refused() -> None:
         RayLauncher(max_pending_trials=0)
     with pytest.raises(ConfigError, match=r"launcher\.pending_timeout"):
         RayLauncher(pending_timeout=-1)
+
+
+DRIVER = """
+import sys
+
+import hypersweep as hs
+from hypersweep.launchers import RayLauncher
+
+import sweepmod
+
+hs.tune(
+    {"n": hs.grid([0, 1, 2])},
+    sweepmod.objective,
+    metric="loss",
+    strategy="grid",
+    name="ray-resume",
+    max_concurrent=1,
+    launcher=RayLauncher(address=sys.argv[1], env={"HYPERSWEEP_TEST_MARKERS": sys.argv[2]}),
+)
+"""
+
+
+def test_resume_runs_a_ray_sweep_on_ray_again(
+    cluster: Cluster, markers: Path, run_dir: Path
+) -> None:
+    """Started from Python with a RayLauncher and interrupted; `hypersweep resume` goes on on
+    Ray, importing the objective from the current folder."""
+    import signal
+
+    (run_dir / "sweepmod.py").write_text(
+        "import ray_objectives\n\n\n"
+        "def objective(config):\n    return ray_objectives.held(config)\n"
+    )
+    (run_dir / "drive.py").write_text(DRIVER)
+    (markers / "hold").touch()
+    env = python_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(run_dir), env["PYTHONPATH"]])
+    driver = subprocess.Popen(
+        [PYTHON, "drive.py", cluster.address, str(markers)], env=env, stderr=subprocess.PIPE
+    )
+    try:
+        _wait_for(lambda: _read(markers, "held-t0-a0") or driver.poll() is not None)
+        assert driver.poll() is None, (driver.stderr.read() if driver.stderr else b"")[-2000:]
+        driver.send_signal(signal.SIGINT)
+        driver.wait(timeout=120)
+    finally:
+        driver.kill()
+    (markers / "hold").unlink()
+    run = subprocess.run(
+        [PYTHON, "-m", "hypersweep._cli", "resume", "ray-resume", "--no-live"],
+        capture_output=True,
+        text=True,
+        env=python_env(),  # the current folder is not on its path: the CLI adds it
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert hs.load("ray-resume").counts() == {"completed": 3}
+    ran = _read(markers, "held-t*")
+    assert {r["trial"] for r in ran} == {0, 1, 2}
+    assert all(r["actor"].startswith("hs-ray-resume-t") for r in ran)  # Ray actors, not local

@@ -190,6 +190,37 @@ class RayLauncher(Launcher):
             )
         return cls(**options)
 
+    def to_spec(self) -> dict[str, Any]:
+        """This launcher as a sweep file's ``launcher:``; stored with the sweep so that
+        ``hypersweep resume`` runs the rest of it on the same cluster.
+
+        A launcher that connects to a Ray already initialized in this process is stored with
+        that cluster's address. Values that are not plain data (objects in ``init_kwargs``)
+        are left out, with a warning.
+        """
+        import json
+
+        address = self.address
+        ray = sys.modules.get("ray")
+        if address is None and ray is not None and ray.is_initialized():
+            address = ray.get_runtime_context().gcs_address
+        spec: dict[str, Any] = {"type": "ray", "address": address}
+        for name in inspect.signature(type(self)).parameters:
+            if name == "address":
+                continue
+            value = getattr(self, name)
+            if name == "max_pending_trials" and value == (self.max_concurrent or 16):
+                continue  # the default, which follows max_concurrent
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                logger.warning(
+                    "launcher.%s is not plain data: a resumed sweep runs without it", name
+                )
+                continue
+            spec[name] = value
+        return spec
+
     # --- start ---------------------------------------------------------------------------
 
     def start(self, context: SweepContext) -> None:

@@ -116,6 +116,7 @@ def tune(
         keep_checkpoints=keep_checkpoints,
         checkpoint_dir=checkpoint_dir,
         replicas=replicas,
+        launcher=launcher.to_spec() if launcher is not None else None,  # for resume
     ).validated()
     objective_ref = resolve_objective(objective)
     if verbose:
