@@ -317,10 +317,22 @@ def test_the_sweeps_max_concurrent_binds_the_ray_launcher(cluster: Cluster, mark
         metric="loss",
         n_trials=4,
         max_concurrent=1,
+        name="one-at-a-time",
         launcher=_launcher(markers),
     )
     assert result.counts() == {"completed": 4}
     assert _peak(_spans(markers)) == 1
+    # One warm actor ran the four trials; its output lines name the trial it ran then.
+    from ray._private.worker import global_worker
+
+    logs = Path(global_worker.node.get_session_dir_path()) / "logs"
+    tags = {
+        line.strip()
+        for path in logs.glob("worker-*.out")
+        for line in path.read_text(errors="replace").splitlines()
+        if line.startswith(":actor_name:hs-one-at-a-time-")
+    }
+    assert {f":actor_name:hs-one-at-a-time-t{n}" for n in range(1, 4)} <= tags
 
 
 def test_trials_without_gpus_see_none_and_gpus_per_replica_0_wins(
@@ -387,18 +399,22 @@ def test_the_sweep_grows_as_nodes_join_and_retries_as_they_leave(
             launcher=_launcher(markers),
         )
 
-    driver = threading.Thread(target=sweep)
+    driver = threading.Thread(target=sweep, daemon=True)
     driver.start()
-    _wait_for(lambda: len(_read(markers, "held-t*")) == 4 or not driver.is_alive())
-    extra = cluster.add_node(**NODE)
-    _wait_for(lambda: len(_read(markers, "held-t*")) == 6 or not driver.is_alive())
-    assert len(_read(markers, "held-t*")) == 6, "the sweep did not grow onto the new node"
-    on_extra = {r["trial"] for r in _read(markers, "held-t*") if r["node"] == extra.node_id}
-    assert len(on_extra) == 2
-    cluster.remove_node(extra, allow_graceful=False)
-    _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 3)
-    (markers / "hold").unlink()
-    driver.join(timeout=300)
+    extra = None
+    try:
+        _wait_for(lambda: len(_read(markers, "held-t*")) == 4 or not driver.is_alive())
+        extra = cluster.add_node(**NODE)
+        _wait_for(lambda: len(_read(markers, "held-t*")) == 6 or not driver.is_alive(), 120)
+        on_extra = {r["trial"] for r in _read(markers, "held-t*") if r["node"] == extra.node_id}
+        assert len(on_extra) == 2
+        cluster.remove_node(extra, allow_graceful=False)
+        _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 3)
+    finally:
+        (markers / "hold").unlink()
+        driver.join(timeout=300)
+        if extra is not None and extra in cluster.worker_nodes:
+            cluster.remove_node(extra)
     assert not driver.is_alive()
     result = outcome["result"]
     assert result.counts() == {"completed": 8}
@@ -420,20 +436,23 @@ def test_retries_after_a_node_loss_go_before_new_trials(cluster: Cluster, marker
             launcher=_launcher(markers),
         )
 
-    driver = threading.Thread(target=sweep)
+    driver = threading.Thread(target=sweep, daemon=True)
     driver.start()
-    _wait_for(lambda: len(_read(markers, "held-t*")) == 4 or not driver.is_alive())
-    first = _read(markers, "held-t*")
-    victim_id = first[0]["node"]
-    lost = {r["trial"] for r in first if r["node"] == victim_id}
-    victim = next(node for node in cluster.worker_nodes if node.node_id == victim_id)
-    cluster.remove_node(victim, allow_graceful=False)
-    _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 2)
-    (markers / "hold").unlink()
-    driver.join(timeout=300)
+    try:
+        _wait_for(lambda: len(_read(markers, "held-t*")) == 4 or not driver.is_alive())
+        first = _read(markers, "held-t*")
+        victim_id = first[0]["node"]
+        lost = {r["trial"] for r in first if r["node"] == victim_id}
+        victim = next(node for node in cluster.worker_nodes if node.node_id == victim_id)
+        cluster.remove_node(victim, allow_graceful=False)
+        _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 2)
+    finally:
+        (markers / "hold").unlink()
+        driver.join(timeout=300)
+        if sum(node["Alive"] for node in ray.nodes()) < 3:
+            cluster.add_node(**NODE)  # leave the cluster as the other tests expect it
+            _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 3)
     assert not driver.is_alive()
-    cluster.add_node(**NODE)  # leave the cluster as the other tests expect it
-    _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 3)
 
     assert outcome["result"].counts() == {"completed": 8}
     starts = {

@@ -301,3 +301,44 @@ def _resume(n_trials: int, samplers: list[Any]) -> hs.SweepResult:
         strategy=HyperOptSearch(random_state_seed=0, n_initial_points=4),
         on_update=lambda orchestrator: samplers.append(orchestrator.study.sampler),
     )
+
+
+def test_ray_tune_search_spaces_are_accepted(run_dir: Path) -> None:
+    """A Ray Tune user's param_space, mixed with hypersweep domains, samples the same values."""
+    space = {
+        "x": ray_tune.uniform(-1, 3),
+        "y": hs.uniform(-2, 0),
+        "lr": ray_tune.loguniform(1e-4, 1e-1),
+        "layers": ray_tune.randint(1, 4),  # Ray Tune excludes 4
+        "width": ray_tune.qrandint(8, 32, 8),  # ...but includes 32 here
+        "q": ray_tune.quniform(0, 1, 0.25),
+        "opt": ray_tune.choice(["adam", "sgd"]),
+    }
+    result = hs.tune(space, objectives.quadratic, metric="loss", n_trials=40, strategy="random")
+    assert result.counts() == {"completed": 40}
+    configs = [t.config for t in result.trials]
+    assert all(-1 <= c["x"] <= 3 and -2 <= c["y"] <= 0 for c in configs)
+    assert all(1e-4 <= c["lr"] <= 1e-1 for c in configs)
+    assert {c["layers"] for c in configs} == {1, 2, 3}
+    assert {c["width"] for c in configs} <= {8, 16, 24, 32}
+    assert {c["q"] for c in configs} <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert {c["opt"] for c in configs} == {"adam", "sgd"}
+
+    grid = hs.tune(
+        {"a": ray_tune.grid_search([1, 3, 5]), "b": ray_tune.grid_search(["good", "bad"])},
+        objectives.categorical,
+        metric="loss",
+        strategy="grid",
+    )
+    assert grid.counts() == {"completed": 6}
+    assert grid.best_trial is not None and grid.best_trial.config == {"a": 3, "b": "good"}
+
+    with pytest.raises(ConfigError, match=r"space\.s: .*sample_from"):
+        hs.tune(
+            {"s": ray_tune.sample_from(lambda spec: 1), "x": hs.uniform(0, 1)},
+            objectives.quadratic,
+            metric="loss",
+            n_trials=1,
+        )
+    with pytest.raises(ConfigError, match=r"space\.n: .*no hypersweep equivalent"):
+        hs.tune({"n": ray_tune.randn()}, objectives.quadratic, metric="loss", n_trials=1)
