@@ -152,3 +152,36 @@ def held(config: dict[str, Any]) -> float:
         time.sleep(0.05)
     time.sleep(float(config.get("seconds", 0.0)))
     return float(context.trial_number)
+
+
+def tune_trainable(config: dict[str, Any]) -> None:
+    """A Ray Tune function trainable, written the way Ray Tune's docs write them.
+
+    Resumes from ``tune.get_checkpoint()``; with ``crash_at`` set, its first attempt dies
+    there (the process exits) once, so that the retry must resume.
+    """
+    import json as json_module
+    import tempfile
+
+    from ray import tune
+
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = json_module.loads(Path(folder, "state.json").read_text())
+        start = state["step"] + 1
+    for step in range(start, 5):
+        crash_at = config.get("crash_at")
+        crashed = _markers() / f"crashed-{config['x']}"
+        if crash_at == step and not crashed.exists():
+            crashed.touch()
+            os._exit(1)
+        loss = (config["x"] - 2.0) ** 2 + 1.0 / (step + 1)
+        with tempfile.TemporaryDirectory() as folder:
+            with open(os.path.join(folder, "state.json"), "w") as handle:
+                json_module.dump({"step": step}, handle)
+            tune.report(
+                {"loss": loss, "step": step, "started_at": start},
+                checkpoint=tune.Checkpoint.from_directory(folder),
+            )

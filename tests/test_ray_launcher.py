@@ -601,3 +601,31 @@ def test_resume_runs_a_ray_sweep_on_ray_again(
     ran = _read(markers, "held-t*")
     assert {r["trial"] for r in ran} == {0, 1, 2}
     assert all(r["actor"].startswith("hs-ray-resume-t") for r in ran)  # Ray actors, not local
+
+
+def test_a_ray_tune_trainable_runs_unchanged(cluster: Cluster, markers: Path) -> None:
+    """The same function trainable under Ray Tune's Tuner and under hs.tune, same results;
+    tune.get_checkpoint() resumes a crashed trial from its tune.report checkpoint."""
+    from ray import tune
+
+    xs = [1.0, 2.0, 3.0]
+    tuner = tune.Tuner(
+        ray_objectives.tune_trainable,
+        param_space={"x": tune.grid_search(xs)},
+        tune_config=tune.TuneConfig(metric="loss", mode="min"),
+        run_config=tune.RunConfig(storage_path=str(markers.parent / "ray_results"), verbose=0),
+    )
+    ray_results = {r.config["x"]: r.metrics["loss"] for r in tuner.fit()}
+    result = hs.tune(
+        {"x": tune.grid_search(xs), "crash_at": 2},
+        ray_objectives.tune_trainable,
+        metric="loss",
+        strategy="grid",
+        launcher=_launcher(markers),
+    )
+    assert result.counts() == {"completed": 3}
+    assert {t.config["x"]: t.value for t in result.trials} == pytest.approx(ray_results)
+    for trial in result.trials:
+        assert trial.attempts == 2  # crashed once at step 2...
+        assert trial.metrics["started_at"] == 2.0  # ...and resumed after step 1's checkpoint
+        assert trial.metrics["step"] == 4.0
