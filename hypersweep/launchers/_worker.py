@@ -123,7 +123,7 @@ def run_assignment(
     try:
         with ray_tune_session() as ray_session:  # tune.report() in a Ray Tune trainable
             result = objective(json.loads(json.dumps(assignment.config)))
-        if result is None and ray_session is not None and ray_session.last_metrics:
+        if result is None and ray_session.last_metrics:
             result = ray_session.last_metrics  # Ray Tune's result: the last report
     except TrialPruned:
         connection.send(("stopped", "stop"))

@@ -2,14 +2,16 @@
 
 A Ray Tune function trainable calls ``tune.report(metrics, checkpoint=...)`` and
 ``tune.get_checkpoint()``; both look up Ray's session (``get_session()``) at call time, however
-they were imported. While a hypersweep trial runs in a process where Ray Tune is loaded, a
-stand-in session takes that place and turns them into :func:`hypersweep.report`,
-:func:`hypersweep.checkpoint` and :func:`hypersweep.restore`. A trainable that returns nothing
-gets its last reported metrics as its result, as in Ray Tune.
+they were imported. While a hypersweep trial runs, a stand-in session takes that place and
+turns them into :func:`hypersweep.report`, :func:`hypersweep.checkpoint` and
+:func:`hypersweep.restore`. A trainable that returns nothing gets its last reported metrics as
+its result, as in Ray Tune.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import math
 import sys
 from collections.abc import Iterator, Mapping
@@ -59,25 +61,59 @@ class RayTuneSession:
         return Checkpoint.from_directory(restored) if isinstance(restored, str) else None
 
 
+class _InstallOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Installs the stand-in session when Ray's session module is first imported mid-trial
+    (a trainable that imports Ray Tune inside the function), so nothing is imported early."""
+
+    def __init__(self, session: RayTuneSession) -> None:
+        self.session = session
+        self._loader: Any = None
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != _SESSION_MODULE:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return None
+        self._loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        if module.get_session() is None:
+            module._session = self.session
+
+
 @contextmanager
-def ray_tune_session() -> Iterator[RayTuneSession | None]:
-    """Stand in for Ray's session while the block runs, if Ray Tune or Train is loaded.
+def ray_tune_session() -> Iterator[RayTuneSession]:
+    """Stand in for Ray's session while the block runs (unless a real one is active).
 
-    Nothing is imported otherwise: the objective imported Ray Tune (when loaded) if it uses it.
+    Nothing of Ray is imported here: if Ray's session module is loaded already the stand-in
+    is set now, otherwise as soon as the trainable imports it.
     """
-    if "ray.tune" not in sys.modules and "ray.train" not in sys.modules:
-        yield None
-        return
-    import importlib
-
-    module: Any = importlib.import_module(_SESSION_MODULE)
-    if module.get_session() is not None:  # a real Ray Tune/Train session: leave it alone
-        yield None
-        return
     session = RayTuneSession()
-    module._session = session
+    module: Any = sys.modules.get(_SESSION_MODULE)
+    hook = None
+    if module is not None:
+        if module.get_session() is not None:  # a real Ray Tune/Train session: leave it alone
+            yield session
+            return
+        module._session = session
+    else:
+        hook = _InstallOnImport(session)
+        sys.meta_path.insert(0, hook)
     try:
         yield session
     finally:
-        if module._session is session:
+        if hook is not None and hook in sys.meta_path:
+            sys.meta_path.remove(hook)
+        module = sys.modules.get(_SESSION_MODULE)
+        if module is not None and getattr(module, "_session", None) is session:
             module._session = None
