@@ -172,11 +172,11 @@ def tune_trainable(config: dict[str, Any]) -> None:
             state = json_module.loads(Path(folder, "state.json").read_text())
         start = state["step"] + 1
     for step in range(start, 5):
-        crash_at = config.get("crash_at")
-        crashed = _markers() / f"crashed-{config['x']}"
-        if crash_at == step and not crashed.exists():
-            crashed.touch()
-            os._exit(1)
+        if config.get("crash_at") == step:
+            crashed = _markers() / f"crashed-{config['x']}"
+            if not crashed.exists():
+                crashed.touch()
+                os._exit(1)
         loss = (config["x"] - 2.0) ** 2 + 1.0 / (step + 1)
         with tempfile.TemporaryDirectory() as folder:
             with open(os.path.join(folder, "state.json"), "w") as handle:

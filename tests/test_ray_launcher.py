@@ -603,19 +603,45 @@ def test_resume_runs_a_ray_sweep_on_ray_again(
     assert all(r["actor"].startswith("hs-ray-resume-t") for r in ran)  # Ray actors, not local
 
 
+TUNER_DRIVER = """
+import json, os, sys
+
+import ray
+from ray import tune
+
+import ray_objectives
+
+ray.init(
+    address=sys.argv[1],
+    runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}},
+    log_to_driver=False,
+)
+tuner = tune.Tuner(
+    ray_objectives.tune_trainable,
+    param_space={"x": tune.grid_search([1.0, 2.0, 3.0])},
+    tune_config=tune.TuneConfig(metric="loss", mode="min"),
+    run_config=tune.RunConfig(storage_path=sys.argv[2], verbose=0),
+)
+print(json.dumps([[r.config["x"], r.metrics["loss"]] for r in tuner.fit()]))
+"""
+
+
 def test_a_ray_tune_trainable_runs_unchanged(cluster: Cluster, markers: Path) -> None:
     """The same function trainable under Ray Tune's Tuner and under hs.tune, same results;
     tune.get_checkpoint() resumes a crashed trial from its tune.report checkpoint."""
     from ray import tune
 
     xs = [1.0, 2.0, 3.0]
-    tuner = tune.Tuner(
-        ray_objectives.tune_trainable,
-        param_space={"x": tune.grid_search(xs)},
-        tune_config=tune.TuneConfig(metric="loss", mode="min"),
-        run_config=tune.RunConfig(storage_path=str(markers.parent / "ray_results"), verbose=0),
+    # Ray Tune's own run, from a driver whose job gives its workers the tests' folder.
+    run = subprocess.run(
+        [PYTHON, "-c", TUNER_DRIVER, cluster.address, str(markers.parent / "ray_results")],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=300,
     )
-    ray_results = {r.config["x"]: r.metrics["loss"] for r in tuner.fit()}
+    assert run.returncode == 0, run.stderr[-3000:]
+    ray_results = {float(x): loss for x, loss in json.loads(run.stdout.splitlines()[-1])}
     result = hs.tune(
         {"x": tune.grid_search(xs), "crash_at": 2},
         ray_objectives.tune_trainable,
@@ -629,3 +655,4 @@ def test_a_ray_tune_trainable_runs_unchanged(cluster: Cluster, markers: Path) ->
         assert trial.attempts == 2  # crashed once at step 2...
         assert trial.metrics["started_at"] == 2.0  # ...and resumed after step 1's checkpoint
         assert trial.metrics["step"] == 4.0
+        assert sorted(trial.intermediate_values) == [0, 1, 2, 3, 4]  # steps go on after a retry

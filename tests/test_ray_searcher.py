@@ -342,3 +342,22 @@ def test_ray_tune_search_spaces_are_accepted(run_dir: Path) -> None:
         )
     with pytest.raises(ConfigError, match=r"space\.n: .*no hypersweep equivalent"):
         hs.tune({"n": ray_tune.randn()}, objectives.quadratic, metric="loss", n_trials=1)
+
+
+def test_a_ray_tune_trainable_runs_on_the_local_launcher(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tune.report() and tune.get_checkpoint() in local workers; the trainable imports Ray
+    Tune only when it runs."""
+    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(run_dir / "markers"))
+    result = hs.tune(
+        {"x": ray_tune.grid_search([1.0, 3.0]), "crash_at": 3},
+        ray_objectives.tune_trainable,
+        metric="loss",
+        strategy="grid",
+    )
+    assert result.counts() == {"completed": 2}
+    for trial in result.trials:
+        assert trial.value == pytest.approx((trial.config["x"] - 2.0) ** 2 + 1.0 / 5)
+        assert trial.attempts == 2 and trial.metrics["started_at"] == 3.0
+        assert sorted(trial.intermediate_values) == [0, 1, 2, 3, 4]  # steps go on after a retry

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from hypersweep.orchestrator import _reporting
+from hypersweep.orchestrator._checkpoints import checkpoint_step
+from hypersweep.orchestrator._reporting import TrialPaused, TrialPruned
 
 __all__ = ["RayTuneSession", "ray_tune_session"]
 
@@ -42,12 +44,21 @@ class RayTuneSession:
             and math.isfinite(float(value))
         }
         context = _reporting.get_trial_context()
-        step = (context.last_step + 1) if context is not None else None
+        step = _next_step(context) if context is not None else None
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 _reporting.checkpoint(folder, step=step)
         self.last_metrics = numbers
-        _reporting.report(step, **numbers)
+        if context is None:  # the session is only installed while a trial runs
+            return
+        # hs.report's own steps, without its keyword form: Ray Tune metrics may be named "step".
+        assert step is not None and context.channel is not None
+        context.last_step = step
+        decision = context.channel.request(("report", step, numbers))
+        if decision == "stop":
+            raise TrialPruned(f"trial {context.trial_number} was stopped early at step {step}")
+        if decision == "pause":
+            raise TrialPaused(f"trial {context.trial_number} was paused at step {step}")
 
     @property
     def loaded_checkpoint(self) -> Any:
@@ -59,6 +70,16 @@ class RayTuneSession:
             return None
         restored = _reporting.restore()
         return Checkpoint.from_directory(restored) if isinstance(restored, str) else None
+
+
+def _next_step(context: Any) -> int:
+    """The step of the next report: Ray Tune's iteration count, which goes on after a restore
+    from the step recorded with the checkpoint."""
+    if context.last_step < 0 and context.restore_path is not None:
+        restored = checkpoint_step(context.restore_path)
+        if restored is not None:
+            return restored + 1
+    return int(context.last_step) + 1
 
 
 class _InstallOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
