@@ -361,3 +361,29 @@ def test_a_ray_tune_trainable_runs_on_the_local_launcher(
         assert trial.value == pytest.approx((trial.config["x"] - 2.0) ** 2 + 1.0 / 5)
         assert trial.attempts == 2 and trial.metrics["started_at"] == 3.0
         assert sorted(trial.intermediate_values) == [0, 1, 2, 3, 4]  # steps go on after a retry
+
+
+def test_a_searcher_created_for_another_mode_or_metric_is_refused(run_dir: Path) -> None:
+    pytest.importorskip("optuna")
+    from ray.tune.search.optuna import OptunaSearch
+
+    with pytest.raises(ConfigError, match=r"strategy: OptunaSearch\(mode='max'\) disagrees"):
+        hs.tune(
+            SPACE,
+            objectives.quadratic,
+            metric="loss",
+            n_trials=2,
+            strategy=OptunaSearch(mode="max"),
+        )
+    limited = ConcurrencyLimiter(OptunaSearch(metric="acc", mode="min"), max_concurrent=2)
+    with pytest.raises(ConfigError, match=r"strategy: OptunaSearch\(metric='acc'\) disagrees"):
+        hs.tune(SPACE, objectives.quadratic, metric="loss", n_trials=2, strategy=limited)
+    result = hs.tune(
+        SPACE,
+        objectives.quadratic,
+        metric="loss",
+        mode="min",
+        n_trials=2,
+        strategy=OptunaSearch(metric="loss", mode="min"),
+    )
+    assert result.counts() == {"completed": 2}

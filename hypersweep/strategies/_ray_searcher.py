@@ -287,6 +287,31 @@ class _SearchAlgorithmSearcher:
         self.ids = dict(state["ids"])
 
 
+def _check_searcher_goal(searcher: Any, metric: str | None, mode: str | None) -> None:
+    """Refuse a searcher created for another metric or mode than the sweep's.
+
+    Ray Tune lets ``HyperOptSearch(metric=..., mode="max")`` carry the goal; the sweep's
+    ``metric``/``mode`` would otherwise override it silently and optimize the wrong way.
+    """
+    layers = [searcher]
+    while getattr(layers[-1], "searcher", None) is not None:  # ConcurrencyLimiter, Repeater
+        layers.append(layers[-1].searcher)
+    for layer in reversed(layers):  # the searcher the user created names the culprit
+        own_mode = getattr(layer, "_mode", None)
+        own_metric = getattr(layer, "_metric", None)
+        name = type(layer).__name__
+        if mode is not None and own_mode is not None and own_mode != mode:
+            raise ConfigError(
+                f"strategy: {name}(mode={own_mode!r}) disagrees with the sweep's mode={mode!r}; "
+                f"pass mode={own_mode!r} to the sweep, or create the searcher without a mode"
+            )
+        if metric is not None and own_metric is not None and own_metric != metric:
+            raise ConfigError(
+                f"strategy: {name}(metric={own_metric!r}) disagrees with the sweep's metric="
+                f"{metric!r}; create the searcher without a metric or for {metric!r}"
+            )
+
+
 # --- the sampler ----------------------------------------------------------------------------
 
 
@@ -321,6 +346,7 @@ class RaySearcherSampler(BaseSampler):
         self._space = dict(space)
         self._domains = flatten_space(space)
         self._distributions = {name: _distribution(d) for name, d in self._domains.items()}
+        _check_searcher_goal(searcher, metric, mode)
         self._metric = metric or getattr(searcher, "metric", None) or "value"
         self._mode = mode or getattr(searcher, "mode", None) or "min"
         self._fallback = RandomSampler(seed=seed)
