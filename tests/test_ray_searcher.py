@@ -387,3 +387,51 @@ def test_a_searcher_created_for_another_mode_or_metric_is_refused(run_dir: Path)
         strategy=OptunaSearch(metric="loss", mode="min"),
     )
     assert result.counts() == {"completed": 2}
+
+
+def test_ray_tune_schedulers_by_their_class(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ASHAScheduler runs as the sweep's own ASHA, with the same rungs as its settings say."""
+    from ray.tune.schedulers import (
+        ASHAScheduler,
+        FIFOScheduler,
+        HyperBandScheduler,
+        MedianStoppingRule,
+        PopulationBasedTraining,
+    )
+
+    from hypersweep.strategies._schedulers import (
+        ASHA,
+        Hyperband,
+        OptunaPrunerScheduler,
+        make_scheduler,
+    )
+
+    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(run_dir / "markers"))
+    result = hs.tune(
+        {"x": hs.uniform(0, 1)},
+        objectives.asha_curve,
+        metric="loss",
+        n_trials=6,
+        max_concurrent=1,
+        early_stopping=ASHAScheduler(max_t=9, grace_period=1, reduction_factor=3),
+    )
+    # The same outcome as early_stopping={"name": "asha", "min_resource": 1, "max_resource": 9}
+    # (tests/test_schedulers.py): the best trial paused and promoted twice.
+    assert result.counts() == {"completed": 1, "pruned": 5}
+    assert result.best_value == pytest.approx(1 - 0.9 + 1 / 10)
+
+    asha = make_scheduler(ASHAScheduler(max_t=27, grace_period=3, reduction_factor=3))
+    assert isinstance(asha, ASHA)
+    assert (asha.min_resource, asha.max_resource, asha.reduction_factor) == (3, 27, 3)
+    hyperband = make_scheduler(HyperBandScheduler(max_t=27, reduction_factor=3))
+    assert isinstance(hyperband, Hyperband) and len(hyperband.brackets) == 3
+    median = make_scheduler(
+        MedianStoppingRule(time_attr="training_iteration", grace_period=2, min_samples_required=4)
+    )
+    assert isinstance(median, OptunaPrunerScheduler)
+    assert isinstance(median.pruner, optuna.pruners.MedianPruner)
+    assert isinstance(make_scheduler(FIFOScheduler()).pruner, optuna.pruners.NopPruner)
+    with pytest.raises(ConfigError, match=r"early_stopping: MedianStoppingRule\(time_attr="):
+        make_scheduler(MedianStoppingRule())  # Ray's default counts seconds
+    with pytest.raises(ConfigError, match=r"PopulationBasedTraining has no equivalent.*'pbt'"):
+        make_scheduler(PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.2]}))
