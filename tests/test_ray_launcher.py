@@ -433,6 +433,7 @@ def test_retries_after_a_node_loss_go_before_new_trials(cluster: Cluster, marker
             ray_objectives.held,
             metric="loss",
             strategy="grid",
+            name="retries-first",
             launcher=_launcher(markers),
         )
 
@@ -446,6 +447,8 @@ def test_retries_after_a_node_loss_go_before_new_trials(cluster: Cluster, marker
         victim = next(node for node in cluster.worker_nodes if node.node_id == victim_id)
         cluster.remove_node(victim, allow_graceful=False)
         _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 2)
+        # The driver has seen both losses (their retries wait) before any trial ends.
+        _wait_for(lambda: sum(t.attempts > 1 for t in hs.load("retries-first").trials) == 2)
     finally:
         (markers / "hold").unlink()
         driver.join(timeout=300)

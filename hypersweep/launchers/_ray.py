@@ -380,7 +380,8 @@ class RayLauncher(Launcher):
         assert self._context is not None, "start() first"
         self._warn_about_checkpoints(assignment)
         number = assignment.trial_number
-        self._adopt_idle()  # trials already waiting (retries first) get warm actors first
+        if assignment.attempt == 0:
+            self._adopt_idle()  # trials already waiting (retries first) get warm actors first
         if self._job is None and self._idle:
             member = self._idle.pop()
             attempt = RayAttempt(assignment, None, [member], grace=self.replica_grace)
