@@ -527,6 +527,21 @@ def test_a_shipped_working_dir_runs_its_code_not_a_stale_copy(
     assert [t.value for t in result.trials] == [2.0, 2.0]
 
 
+def test_the_sweeps_max_concurrent_binds_every_launcher(markers: Path) -> None:
+    from hypersweep.launchers import LocalLauncher
+
+    result = hs.tune(
+        {"x": hs.uniform(0, 1), "y": hs.uniform(0, 1), "seconds": 0.3},
+        ray_objectives.timed,
+        metric="loss",
+        n_trials=4,
+        max_concurrent=1,
+        launcher=LocalLauncher(4),
+    )
+    assert result.counts() == {"completed": 4}
+    assert _peak(_spans(markers)) == 1
+
+
 def test_a_url_checkpoint_dir_is_refused(run_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"checkpoint_dir: 's3://bucket/x' is a URL"):
         hs.tune(
