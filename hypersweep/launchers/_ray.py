@@ -168,6 +168,7 @@ class RayLauncher(Launcher):
         self._warned_shared_dir = False
         self._slot_counter = 0
         self._sys_path: list[str] = []
+        self._objective_payload: Any = None  # the objective in Ray's object store
         self._next_cluster_check = 0.0
         self._next_pending_warning = 0.0
         self._placeable_now = True
@@ -249,6 +250,8 @@ class RayLauncher(Launcher):
         if runtime_env:
             self._actor_options["runtime_env"] = runtime_env
         self._actor_class = ray.remote(TrialActor)
+        # Put once: each new actor reads it from the object store (Ray resolves the ref).
+        self._objective_payload = ray.put(context.objective)
         self._check_cluster(time.monotonic(), starting=True)
 
     def _check_runtime_env(self, *, owns_connection: bool) -> dict[str, Any]:
@@ -385,7 +388,7 @@ class RayLauncher(Launcher):
         if self._job is None and self._idle:
             member = self._idle.pop()
             attempt = RayAttempt(assignment, None, [member], grace=self.replica_grace)
-            attempt.run(self._context.objective)
+            attempt.run(self._context.objective, self._objective_payload)
             self._attempts[number] = attempt
             return
         try:
@@ -541,7 +544,7 @@ class RayLauncher(Launcher):
             return
         if kind == "prepare":
             assert self._context is not None
-            attempt.on_prepared(member, value, self._context.objective)
+            attempt.on_prepared(member, value, self._context.objective, self._objective_payload)
         else:
             events.extend(attempt.on_messages(member, value))
 
@@ -596,7 +599,7 @@ class RayLauncher(Launcher):
             kill_actor(placing.actor)
             remove_group(placing.placement_group)
             attempt.replicas = [self._idle.pop()]
-            attempt.run(self._context.objective)
+            attempt.run(self._context.objective, self._objective_payload)
 
     def _expire_pending(self, now: float, events: list[Event]) -> None:
         """Fail trials that waited ``pending_timeout`` for a placement the cluster cannot give."""
@@ -652,6 +655,7 @@ class RayLauncher(Launcher):
             remove_group(member.placement_group)
         self._idle.clear()
         self._backlog.clear()
+        self._objective_payload = None
         if self._owns_ray:
             import ray
 
