@@ -435,3 +435,26 @@ def test_ray_tune_schedulers_by_their_class(run_dir: Path, monkeypatch: pytest.M
         make_scheduler(MedianStoppingRule())  # Ray's default counts seconds
     with pytest.raises(ConfigError, match=r"PopulationBasedTraining has no equivalent.*'pbt'"):
         make_scheduler(PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.2]}))
+
+
+def test_results_read_as_ray_tune_users_read_them(run_dir: Path) -> None:
+    result = hs.tune(
+        {"quality": hs.grid([0.2, 0.5, 0.8])},
+        objectives.learning_curve,  # loss = 1 - quality + 1 / (step + 1), 10 reports
+        metric="loss",
+        strategy="grid",
+    )
+    by_quality = {t.config["quality"]: t for t in result.trials}
+    best = result.get_best_result()
+    assert best is not None and best.config["quality"] == 0.8
+    assert result.get_best_result(scope="avg") is best
+    # The worst loss ever reported: quality 0.2 at step 0 (0.8 + 1).
+    worst = result.get_best_result("loss", "max", scope="all")
+    assert worst is by_quality[0.2]
+    assert max(worst.metric_series("loss")) == pytest.approx(1.8)
+    frame = by_quality[0.5].metrics_dataframe
+    assert list(frame["step"]) == list(range(10))
+    assert frame["loss"].iloc[-1] == pytest.approx(0.5 + 1 / 10)
+    assert result.get_best_result("accuracy") is None  # never reported
+    with pytest.raises(ConfigError, match="scope: expected one of"):
+        result.get_best_result(scope="best")
