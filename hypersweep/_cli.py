@@ -10,6 +10,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -231,6 +232,8 @@ def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
     from hypersweep.orchestrator._tune import load
 
     load(args.name, args.storage)  # refuses an unknown sweep, naming it
+    if os.getcwd() not in sys.path:  # a stored 'module:function' from the current folder
+        sys.path.insert(0, os.getcwd())
     from hypersweep.orchestrator._storage import SweepStore, open_storage
 
     storage = open_storage(args.storage, args.name)

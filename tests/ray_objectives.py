@@ -135,3 +135,53 @@ def timed(config: dict[str, Any]) -> float:
         json.dumps({"began": began, "ended": time.time()})
     )
     return (config["x"] - 2.0) ** 2 + (config["y"] + 1.0) ** 2
+
+
+def held(config: dict[str, Any]) -> float:
+    """Records its start (GPUs, actor name), then waits while the marker ``hold`` exists.
+
+    The tests change the cluster while trials are held, then release them.
+    """
+    import ray
+
+    context = _context()
+    tag = f"t{context.trial_number}-a{context.attempt}"
+    record(f"held-{tag}", actor=ray.get_runtime_context().get_actor_name())
+    deadline = time.monotonic() + 300.0
+    while (_markers() / "hold").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(float(config.get("seconds", 0.0)))
+    return float(context.trial_number)
+
+
+def tune_trainable(config: dict[str, Any]) -> None:
+    """A Ray Tune function trainable, written the way Ray Tune's docs write them.
+
+    Resumes from ``tune.get_checkpoint()``; with ``crash_at`` set, its first attempt dies
+    there (the process exits) once, so that the retry must resume.
+    """
+    import json as json_module
+    import tempfile
+
+    from ray import tune
+
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = json_module.loads(Path(folder, "state.json").read_text())
+        start = state["step"] + 1
+    for step in range(start, 5):
+        if config.get("crash_at") == step:
+            crashed = _markers() / f"crashed-{config['x']}"
+            if not crashed.exists():
+                crashed.touch()
+                os._exit(1)
+        loss = (config["x"] - 2.0) ** 2 + 1.0 / (step + 1)
+        with tempfile.TemporaryDirectory() as folder:
+            with open(os.path.join(folder, "state.json"), "w") as handle:
+                json_module.dump({"step": step}, handle)
+            tune.report(
+                {"loss": loss, "step": step, "started_at": start},
+                checkpoint=tune.Checkpoint.from_directory(folder),
+            )

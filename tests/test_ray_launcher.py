@@ -9,6 +9,7 @@ placement needs. Trials run real processes and real gloo collectives across the 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -175,7 +176,7 @@ def test_a_sweep_of_20_trials_ends_with_the_right_counts(cluster: Cluster, marke
     assert {n for n, t in by_n.items() if t.state == "pruned"} == pruned
     assert "ValueError: n=3 is unlucky" in (by_n[3].error or "")
     assert all(t.value == n for n, t in by_n.items() if t.state == "completed")
-    assert launcher.max_concurrent == 4  # 4 CPUs on the worker nodes, 1 per trial
+    assert launcher.capacity == 4  # 4 CPUs on the worker nodes, 1 per trial
     # Warm actors ran trial after trial (errors and pruning do not retire an actor).
     pids = {(markers / f"pids-{n}").read_text() for n in range(20)}
     assert len(pids) <= 4
@@ -291,3 +292,386 @@ def test_launcher_from_a_sweep_file() -> None:
         RayLauncher.from_spec({"type": "ray", "gpus": 1})
     with pytest.raises(ConfigError, match="placement_strategy"):
         RayLauncher(placement_strategy="DIAGONAL")
+
+
+# --- limits, GPUs, placement ----------------------------------------------------------------
+
+
+def _spans(markers: Path) -> list[tuple[float, float]]:
+    spans = [json.loads(p.read_text()) for p in markers.glob("span-*.json")]
+    return [(s["began"], s["ended"]) for s in spans]
+
+
+def _peak(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(b, 1) for b, _ in spans] + [(e, -1) for _, e in spans])
+    peak = level = 0
+    for _, step in edges:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def test_the_sweeps_max_concurrent_binds_the_ray_launcher(cluster: Cluster, markers: Path) -> None:
+    result = hs.tune(
+        {"x": hs.uniform(0, 1), "y": hs.uniform(0, 1), "seconds": 0.4},
+        ray_objectives.timed,
+        metric="loss",
+        n_trials=4,
+        max_concurrent=1,
+        name="one-at-a-time",
+        launcher=_launcher(markers),
+    )
+    assert result.counts() == {"completed": 4}
+    assert _peak(_spans(markers)) == 1
+    # One warm actor ran the four trials; its output lines name the trial it ran then.
+    from ray._private.worker import global_worker
+
+    logs = Path(global_worker.node.get_session_dir_path()) / "logs"
+    tags = {
+        line.strip()
+        for path in logs.glob("worker-*.out")
+        for line in path.read_text(errors="replace").splitlines()
+        if line.startswith(":actor_name:hs-one-at-a-time-")
+    }
+    assert {f":actor_name:hs-one-at-a-time-t{n}" for n in range(1, 4)} <= tags
+
+
+def test_trials_without_gpus_see_none_and_gpus_per_replica_0_wins(
+    cluster: Cluster, markers: Path
+) -> None:
+    hs.tune(
+        {"x": hs.choice([1])},
+        ray_objectives.held,
+        metric="loss",
+        n_trials=1,
+        name="gpu-probe",
+        launcher=_launcher(markers),
+    )
+    single = _read(markers, "held-t0-a0")[0]
+    assert single["env"]["CUDA_VISIBLE_DEVICES"] == ""  # the nodes have a GPU each
+    assert single["actor"] == "hs-gpu-probe-t0"  # `ray list actors` names the trial
+    result = hs.tune(
+        {"x": hs.uniform(0, 1)},
+        ray_objectives.gang_allreduce,
+        metric="loss",
+        n_trials=1,
+        replicas=hs.Replicas(n=2, gpus_per_replica=0),
+        launcher=_launcher(markers, num_gpus=1),
+    )
+    assert result.counts() == {"completed": 1}
+    ranks = _read(markers, "allreduce-t0-r*")
+    assert [r["env"]["CUDA_VISIBLE_DEVICES"] for r in ranks] == ["", ""]
+
+
+def test_a_trial_the_cluster_cannot_place_is_warned_about_and_fails_after_its_timeout(
+    cluster: Cluster, markers: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="hypersweep")
+    result = hs.tune(
+        {"x": hs.uniform(0, 1), "y": hs.uniform(0, 1)},
+        ray_objectives.timed,
+        metric="loss",
+        n_trials=1,
+        max_retries=0,
+        launcher=_launcher(markers, resources={"TPU": 1}, pending_warning=0.5, pending_timeout=3.0),
+    )
+    assert result.counts() == {"failed": 1}
+    assert "could not be placed on the Ray cluster within 3 s" in (result.trials[0].error or "")
+    warnings = [r.getMessage() for r in caplog.records if "Insufficient resources" in r.message]
+    assert len(warnings) >= 2  # at start, and again while the trial waits
+    assert "TPU: 1" in warnings[0]
+
+
+def test_the_sweep_grows_as_nodes_join_and_retries_as_they_leave(
+    cluster: Cluster, markers: Path
+) -> None:
+    """No max_concurrent: waiting placement groups start as a node joins; its loss is retried."""
+    import threading
+
+    (markers / "hold").touch()
+    outcome: dict[str, Any] = {}
+
+    def sweep() -> None:
+        outcome["result"] = hs.tune(
+            {"n": hs.grid(list(range(8)))},
+            ray_objectives.held,
+            metric="loss",
+            strategy="grid",
+            launcher=_launcher(markers),
+        )
+
+    driver = threading.Thread(target=sweep, daemon=True)
+    driver.start()
+    extra = None
+    try:
+        _wait_for(lambda: len(_read(markers, "held-t*")) == 4 or not driver.is_alive())
+        extra = cluster.add_node(**NODE)
+        _wait_for(lambda: len(_read(markers, "held-t*")) == 6 or not driver.is_alive(), 120)
+        on_extra = {r["trial"] for r in _read(markers, "held-t*") if r["node"] == extra.node_id}
+        assert len(on_extra) == 2
+        cluster.remove_node(extra, allow_graceful=False)
+        _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 3)
+    finally:
+        (markers / "hold").unlink()
+        driver.join(timeout=300)
+        if extra is not None and extra in cluster.worker_nodes:
+            cluster.remove_node(extra)
+    assert not driver.is_alive()
+    result = outcome["result"]
+    assert result.counts() == {"completed": 8}
+    assert {t.number for t in result.trials if t.attempts == 2} == on_extra
+
+
+def test_retries_after_a_node_loss_go_before_new_trials(cluster: Cluster, markers: Path) -> None:
+    import threading
+
+    (markers / "hold").touch()
+    outcome: dict[str, Any] = {}
+
+    def sweep() -> None:
+        outcome["result"] = hs.tune(
+            {"n": hs.grid(list(range(8)))},
+            ray_objectives.held,
+            metric="loss",
+            strategy="grid",
+            name="retries-first",
+            launcher=_launcher(markers),
+        )
+
+    driver = threading.Thread(target=sweep, daemon=True)
+    driver.start()
+    try:
+        _wait_for(lambda: len(_read(markers, "held-t*")) == 4 or not driver.is_alive())
+        first = _read(markers, "held-t*")
+        victim_id = first[0]["node"]
+        lost = {r["trial"] for r in first if r["node"] == victim_id}
+        victim = next(node for node in cluster.worker_nodes if node.node_id == victim_id)
+        cluster.remove_node(victim, allow_graceful=False)
+        _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 2)
+        # The driver has seen both losses (their retries wait) before any trial ends.
+        _wait_for(lambda: sum(t.attempts > 1 for t in hs.load("retries-first").trials) == 2)
+    finally:
+        (markers / "hold").unlink()
+        driver.join(timeout=300)
+        if sum(node["Alive"] for node in ray.nodes()) < 3:
+            cluster.add_node(**NODE)  # leave the cluster as the other tests expect it
+            _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 3)
+    assert not driver.is_alive()
+
+    assert outcome["result"].counts() == {"completed": 8}
+    starts = {
+        (r["trial"], r["attempt"]): r["time"]
+        for r in _read(markers, "held-t*")
+        if not (r["attempt"] == 0 and r["trial"] in {t["trial"] for t in first})
+    }
+    retries = [time for (trial, attempt), time in starts.items() if attempt == 1]
+    fresh = [time for (trial, attempt), time in starts.items() if attempt == 0]
+    assert len(retries) == len(lost) == 2
+    assert max(retries) < min(fresh)  # the cluster's two slots went to the retries first
+
+
+def test_a_local_working_dir_is_refused_while_ray_is_connected(
+    cluster: Cluster, markers: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"launcher\.runtime_env\.working_dir: .*ray\.init"):
+        hs.tune(
+            {"x": hs.uniform(0, 1), "y": hs.uniform(0, 1)},
+            ray_objectives.timed,
+            metric="loss",
+            n_trials=1,
+            name="wd-refused",
+            launcher=_launcher(markers, runtime_env={"working_dir": "."}),
+        )
+    assert not list(markers.glob("span-*"))  # refused before any trial
+    with pytest.raises(ConfigError, match=r"launcher\.runtime_env: .*"):
+        hs.tune(
+            {"x": hs.uniform(0, 1), "y": hs.uniform(0, 1)},
+            ray_objectives.timed,
+            metric="loss",
+            n_trials=1,
+            launcher=_launcher(markers, runtime_env={"pip": 3}),
+        )
+
+
+SHIPPED_SWEEP = """
+name: shipped
+objective: shipmod:objective
+metric: loss
+n_trials: 2
+space:
+  x: {{type: float, low: 0, high: 1}}
+launcher: {{type: ray, address: "{address}", runtime_env: {{working_dir: code}}}}
+"""
+
+
+def test_a_shipped_working_dir_runs_its_code_not_a_stale_copy(
+    cluster: Cluster, run_dir: Path
+) -> None:
+    """The doc's runtime_env={"working_dir": ...}: shipped with the job; the shipped copy wins."""
+    (run_dir / "code").mkdir()
+    (run_dir / "code" / "shipmod.py").write_text("def objective(config):\n    return 2.0\n")
+    (run_dir / "stale").mkdir()
+    (run_dir / "stale" / "shipmod.py").write_text("def objective(config):\n    return 1.0\n")
+    (run_dir / "sweep.yaml").write_text(SHIPPED_SWEEP.format(address=cluster.address))
+    env = python_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(run_dir / "stale"), env["PYTHONPATH"]])
+    run = subprocess.run(
+        [PYTHON, "-m", "hypersweep._cli", "run", "sweep.yaml", "--no-live"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = hs.load("shipped")
+    assert result.counts() == {"completed": 2}
+    assert [t.value for t in result.trials] == [2.0, 2.0]
+
+
+def test_the_sweeps_max_concurrent_binds_every_launcher(markers: Path) -> None:
+    from hypersweep.launchers import LocalLauncher
+
+    result = hs.tune(
+        {"x": hs.uniform(0, 1), "y": hs.uniform(0, 1), "seconds": 0.3},
+        ray_objectives.timed,
+        metric="loss",
+        n_trials=4,
+        max_concurrent=1,
+        launcher=LocalLauncher(4),
+    )
+    assert result.counts() == {"completed": 4}
+    assert _peak(_spans(markers)) == 1
+
+
+def test_a_url_checkpoint_dir_is_refused(run_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"checkpoint_dir: 's3://bucket/x' is a URL"):
+        hs.tune(
+            {"x": hs.uniform(0, 1)},
+            objectives.quadratic,
+            metric="loss",
+            n_trials=1,
+            checkpoint_dir="s3://bucket/x",
+        )
+    assert not Path("s3:").exists()
+
+
+def test_bad_launcher_limits_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"launcher\.max_pending_trials"):
+        RayLauncher(max_pending_trials=0)
+    with pytest.raises(ConfigError, match=r"launcher\.pending_timeout"):
+        RayLauncher(pending_timeout=-1)
+
+
+DRIVER = """
+import sys
+
+import hypersweep as hs
+from hypersweep.launchers import RayLauncher
+
+import sweepmod
+
+hs.tune(
+    {"n": hs.grid([0, 1, 2])},
+    sweepmod.objective,
+    metric="loss",
+    strategy="grid",
+    name="ray-resume",
+    max_concurrent=1,
+    launcher=RayLauncher(address=sys.argv[1], env={"HYPERSWEEP_TEST_MARKERS": sys.argv[2]}),
+)
+"""
+
+
+def test_resume_runs_a_ray_sweep_on_ray_again(
+    cluster: Cluster, markers: Path, run_dir: Path
+) -> None:
+    """Started from Python with a RayLauncher and interrupted; `hypersweep resume` goes on on
+    Ray, importing the objective from the current folder."""
+    import signal
+
+    (run_dir / "sweepmod.py").write_text(
+        "import ray_objectives\n\n\n"
+        "def objective(config):\n    return ray_objectives.held(config)\n"
+    )
+    (run_dir / "drive.py").write_text(DRIVER)
+    (markers / "hold").touch()
+    env = python_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(run_dir), env["PYTHONPATH"]])
+    driver = subprocess.Popen(
+        [PYTHON, "drive.py", cluster.address, str(markers)], env=env, stderr=subprocess.PIPE
+    )
+    try:
+        _wait_for(lambda: _read(markers, "held-t0-a0") or driver.poll() is not None)
+        assert driver.poll() is None, (driver.stderr.read() if driver.stderr else b"")[-2000:]
+        driver.send_signal(signal.SIGINT)
+        driver.wait(timeout=120)
+    finally:
+        driver.kill()
+    (markers / "hold").unlink()
+    run = subprocess.run(
+        [PYTHON, "-m", "hypersweep._cli", "resume", "ray-resume", "--no-live"],
+        capture_output=True,
+        text=True,
+        env=python_env(),  # the current folder is not on its path: the CLI adds it
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert hs.load("ray-resume").counts() == {"completed": 3}
+    ran = _read(markers, "held-t*")
+    assert {r["trial"] for r in ran} == {0, 1, 2}
+    assert all(r["actor"].startswith("hs-ray-resume-t") for r in ran)  # Ray actors, not local
+
+
+TUNER_DRIVER = """
+import json, os, sys
+
+import ray
+from ray import tune
+
+import ray_objectives
+
+ray.init(
+    address=sys.argv[1],
+    runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}},
+    log_to_driver=False,
+)
+tuner = tune.Tuner(
+    ray_objectives.tune_trainable,
+    param_space={"x": tune.grid_search([1.0, 2.0, 3.0])},
+    tune_config=tune.TuneConfig(metric="loss", mode="min"),
+    run_config=tune.RunConfig(storage_path=sys.argv[2], verbose=0),
+)
+print(json.dumps([[r.config["x"], r.metrics["loss"]] for r in tuner.fit()]))
+"""
+
+
+def test_a_ray_tune_trainable_runs_unchanged(cluster: Cluster, markers: Path) -> None:
+    """The same function trainable under Ray Tune's Tuner and under hs.tune, same results;
+    tune.get_checkpoint() resumes a crashed trial from its tune.report checkpoint."""
+    from ray import tune
+
+    xs = [1.0, 2.0, 3.0]
+    # Ray Tune's own run, from a driver whose job gives its workers the tests' folder.
+    run = subprocess.run(
+        [PYTHON, "-c", TUNER_DRIVER, cluster.address, str(markers.parent / "ray_results")],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ray_results = {float(x): loss for x, loss in json.loads(run.stdout.splitlines()[-1])}
+    result = hs.tune(
+        {"x": tune.grid_search(xs), "crash_at": 2},
+        ray_objectives.tune_trainable,
+        metric="loss",
+        strategy="grid",
+        launcher=_launcher(markers),
+    )
+    assert result.counts() == {"completed": 3}
+    assert {t.config["x"]: t.value for t in result.trials} == pytest.approx(ray_results)
+    for trial in result.trials:
+        assert trial.attempts == 2  # crashed once at step 2...
+        assert trial.metrics["started_at"] == 2.0  # ...and resumed after step 1's checkpoint
+        assert trial.metrics["step"] == 4.0
+        assert sorted(trial.intermediate_values) == [0, 1, 2, 3, 4]  # steps go on after a retry

@@ -304,3 +304,160 @@ def _resume(n_trials: int, samplers: list[Any]) -> hs.SweepResult:
         strategy=HyperOptSearch(random_state_seed=0, n_initial_points=4),
         on_update=lambda orchestrator: samplers.append(orchestrator.study.sampler),
     )
+
+
+def test_ray_tune_search_spaces_are_accepted(run_dir: Path) -> None:
+    """A Ray Tune user's param_space, mixed with hypersweep domains, samples the same values."""
+    space = {
+        "x": ray_tune.uniform(-1, 3),
+        "y": hs.uniform(-2, 0),
+        "lr": ray_tune.loguniform(1e-4, 1e-1),
+        "layers": ray_tune.randint(1, 4),  # Ray Tune excludes 4
+        "width": ray_tune.qrandint(8, 32, 8),  # ...but includes 32 here
+        "q": ray_tune.quniform(0, 1, 0.25),
+        "opt": ray_tune.choice(["adam", "sgd"]),
+    }
+    result = hs.tune(space, objectives.quadratic, metric="loss", n_trials=40, strategy="random")
+    assert result.counts() == {"completed": 40}
+    configs = [t.config for t in result.trials]
+    assert all(-1 <= c["x"] <= 3 and -2 <= c["y"] <= 0 for c in configs)
+    assert all(1e-4 <= c["lr"] <= 1e-1 for c in configs)
+    assert {c["layers"] for c in configs} == {1, 2, 3}
+    assert {c["width"] for c in configs} <= {8, 16, 24, 32}
+    assert {c["q"] for c in configs} <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert {c["opt"] for c in configs} == {"adam", "sgd"}
+
+    grid = hs.tune(
+        {"a": ray_tune.grid_search([1, 3, 5]), "b": ray_tune.grid_search(["good", "bad"])},
+        objectives.categorical,
+        metric="loss",
+        strategy="grid",
+    )
+    assert grid.counts() == {"completed": 6}
+    assert grid.best_trial is not None and grid.best_trial.config == {"a": 3, "b": "good"}
+
+    with pytest.raises(ConfigError, match=r"space\.s: .*sample_from"):
+        hs.tune(
+            {"s": ray_tune.sample_from(lambda spec: 1), "x": hs.uniform(0, 1)},
+            objectives.quadratic,
+            metric="loss",
+            n_trials=1,
+        )
+    with pytest.raises(ConfigError, match=r"space\.n: .*no hypersweep equivalent"):
+        hs.tune({"n": ray_tune.randn()}, objectives.quadratic, metric="loss", n_trials=1)
+
+
+def test_a_ray_tune_trainable_runs_on_the_local_launcher(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tune.report() and tune.get_checkpoint() in local workers; the trainable imports Ray
+    Tune only when it runs."""
+    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(run_dir / "markers"))
+    result = hs.tune(
+        {"x": ray_tune.grid_search([1.0, 3.0]), "crash_at": 3},
+        ray_objectives.tune_trainable,
+        metric="loss",
+        strategy="grid",
+    )
+    assert result.counts() == {"completed": 2}
+    for trial in result.trials:
+        assert trial.value == pytest.approx((trial.config["x"] - 2.0) ** 2 + 1.0 / 5)
+        assert trial.attempts == 2 and trial.metrics["started_at"] == 3.0
+        assert sorted(trial.intermediate_values) == [0, 1, 2, 3, 4]  # steps go on after a retry
+
+
+def test_a_searcher_created_for_another_mode_or_metric_is_refused(run_dir: Path) -> None:
+    pytest.importorskip("optuna")
+    from ray.tune.search.optuna import OptunaSearch
+
+    with pytest.raises(ConfigError, match=r"strategy: OptunaSearch\(mode='max'\) disagrees"):
+        hs.tune(
+            SPACE,
+            objectives.quadratic,
+            metric="loss",
+            n_trials=2,
+            strategy=OptunaSearch(mode="max"),
+        )
+    limited = ConcurrencyLimiter(OptunaSearch(metric="acc", mode="min"), max_concurrent=2)
+    with pytest.raises(ConfigError, match=r"strategy: OptunaSearch\(metric='acc'\) disagrees"):
+        hs.tune(SPACE, objectives.quadratic, metric="loss", n_trials=2, strategy=limited)
+    result = hs.tune(
+        SPACE,
+        objectives.quadratic,
+        metric="loss",
+        mode="min",
+        n_trials=2,
+        strategy=OptunaSearch(metric="loss", mode="min"),
+    )
+    assert result.counts() == {"completed": 2}
+
+
+def test_ray_tune_schedulers_by_their_class(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ASHAScheduler runs as the sweep's own ASHA, with the same rungs as its settings say."""
+    from ray.tune.schedulers import (
+        ASHAScheduler,
+        FIFOScheduler,
+        HyperBandScheduler,
+        MedianStoppingRule,
+        PopulationBasedTraining,
+    )
+
+    from hypersweep.strategies._schedulers import (
+        ASHA,
+        Hyperband,
+        OptunaPrunerScheduler,
+        make_scheduler,
+    )
+
+    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(run_dir / "markers"))
+    result = hs.tune(
+        {"x": hs.uniform(0, 1)},
+        objectives.asha_curve,
+        metric="loss",
+        n_trials=6,
+        max_concurrent=1,
+        early_stopping=ASHAScheduler(max_t=9, grace_period=1, reduction_factor=3),
+    )
+    # The same outcome as early_stopping={"name": "asha", "min_resource": 1, "max_resource": 9}
+    # (tests/test_schedulers.py): the best trial paused and promoted twice.
+    assert result.counts() == {"completed": 1, "pruned": 5}
+    assert result.best_value == pytest.approx(1 - 0.9 + 1 / 10)
+
+    asha = make_scheduler(ASHAScheduler(max_t=27, grace_period=3, reduction_factor=3))
+    assert isinstance(asha, ASHA)
+    assert (asha.min_resource, asha.max_resource, asha.reduction_factor) == (3, 27, 3)
+    hyperband = make_scheduler(HyperBandScheduler(max_t=27, reduction_factor=3))
+    assert isinstance(hyperband, Hyperband) and len(hyperband.brackets) == 3
+    median = make_scheduler(
+        MedianStoppingRule(time_attr="training_iteration", grace_period=2, min_samples_required=4)
+    )
+    assert isinstance(median, OptunaPrunerScheduler)
+    assert isinstance(median.pruner, optuna.pruners.MedianPruner)
+    assert isinstance(make_scheduler(FIFOScheduler()).pruner, optuna.pruners.NopPruner)
+    with pytest.raises(ConfigError, match=r"early_stopping: MedianStoppingRule\(time_attr="):
+        make_scheduler(MedianStoppingRule())  # Ray's default counts seconds
+    with pytest.raises(ConfigError, match=r"PopulationBasedTraining has no equivalent.*'pbt'"):
+        make_scheduler(PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.2]}))
+
+
+def test_results_read_as_ray_tune_users_read_them(run_dir: Path) -> None:
+    result = hs.tune(
+        {"quality": hs.grid([0.2, 0.5, 0.8])},
+        objectives.learning_curve,  # loss = 1 - quality + 1 / (step + 1), 10 reports
+        metric="loss",
+        strategy="grid",
+    )
+    by_quality = {t.config["quality"]: t for t in result.trials}
+    best = result.get_best_result()
+    assert best is not None and best.config["quality"] == 0.8
+    assert result.get_best_result(scope="avg") is best
+    # The worst loss ever reported: quality 0.2 at step 0 (0.8 + 1).
+    worst = result.get_best_result("loss", "max", scope="all")
+    assert worst is by_quality[0.2]
+    assert max(worst.metric_series("loss")) == pytest.approx(1.8)
+    frame = by_quality[0.5].metrics_dataframe
+    assert list(frame["step"]) == list(range(10))
+    assert frame["loss"].iloc[-1] == pytest.approx(0.5 + 1 / 10)
+    assert result.get_best_result("accuracy") is None  # never reported
+    with pytest.raises(ConfigError, match="scope: expected one of"):
+        result.get_best_result(scope="best")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Any
 
 from hypersweep.orchestrator._events import Event, TrialAssignment
 from hypersweep.orchestrator._job import TrainJob
@@ -30,6 +31,11 @@ class SweepContext:
 
 class Launcher(abc.ABC):
     """Runs trial attempts somewhere and reports on them."""
+
+    def to_spec(self) -> dict[str, Any] | None:
+        """A sweep file's ``launcher:`` for this launcher, stored with the sweep so that
+        ``hypersweep resume`` runs on it again; None: resumed on the local launcher."""
+        return None
 
     @abc.abstractmethod
     def start(self, context: SweepContext) -> None:

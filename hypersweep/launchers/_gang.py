@@ -151,7 +151,7 @@ class Gang:
         for replica in ids:
             group = job.group_of(replica.rank)
             env = {**base_env, **job.env, **group.env, **rendezvous[replica.rank]}
-            count = group.resources.gpus
+            count = group.resources.gpus or 0
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus[gpu_offset : gpu_offset + count])
             gpu_offset += count
             _set_threads(env, group.resources.cpus, job.framework)

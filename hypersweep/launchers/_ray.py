@@ -38,7 +38,7 @@ from hypersweep.launchers._ray_gang import (
     kill_actor,
     remove_group,
 )
-from hypersweep.orchestrator._events import Crashed, Event, TrialAssignment
+from hypersweep.orchestrator._events import Crashed, Errored, Event, TrialAssignment
 from hypersweep.orchestrator._job import ReplicaId, TrainJob, dns_label
 
 __all__ = ["PLACEMENT_STRATEGIES", "RayLauncher"]
@@ -63,8 +63,11 @@ class RayLauncher(Launcher):
             on this machine if there is one, else a new instance). Ignored when Ray is already
             initialized in this process; the launcher then uses that connection and leaves it
             open.
-        max_concurrent: trials running (or waiting for placement) at once; by default as many
-            as the cluster's resources hold when the sweep starts.
+        max_concurrent: trials running (or waiting for placement) at once; by default no
+            limit but the cluster's: trials run as their placement groups are placed, so the
+            sweep grows as nodes join (an autoscaler adds them) and shrinks as they leave.
+        max_pending_trials: trials waiting for placement at once, the demand an autoscaler
+            sees; by default ``max_concurrent`` when it is given, else 16.
         num_cpus: CPUs of each replica (of each trial, for trials without replicas); a
             replica's own ``cpus_per_replica`` takes precedence.
         num_gpus: GPUs of each replica, by Ray's accounting (Ray sets
@@ -83,6 +86,11 @@ class RayLauncher(Launcher):
         init_kwargs: extra arguments for ``ray.init`` when the launcher connects.
         replica_grace: seconds the other replicas of a trial get to end by themselves once
             rank 0 has returned or stopped, before they are killed.
+        pending_warning: seconds a trial may wait for a placement that the cluster cannot
+            give (its bundles fit no set of live nodes) before a warning says so, repeated at
+            that interval, as Ray Tune's insufficient-resources warning.
+        pending_timeout: seconds after which such a trial fails, instead of waiting for the
+            cluster to grow; None (default) waits as long as it takes.
     """
 
     def __init__(
@@ -99,20 +107,44 @@ class RayLauncher(Launcher):
         runtime_env: Mapping[str, Any] | None = None,
         init_kwargs: Mapping[str, Any] | None = None,
         replica_grace: float = 5.0,
+        max_pending_trials: int | None = None,
+        pending_warning: float = 60.0,
+        pending_timeout: float | None = None,
     ) -> None:
         if placement_strategy not in PLACEMENT_STRATEGIES:
             raise ConfigError(
                 f"launcher.placement_strategy: expected one of {', '.join(PLACEMENT_STRATEGIES)}"
                 f", got {placement_strategy!r}"
             )
-        if max_concurrent is not None and max_concurrent < 1:
-            raise ConfigError(f"launcher.max_concurrent: expected >= 1, got {max_concurrent!r}")
+        for field_name, count in (
+            ("max_concurrent", max_concurrent),
+            ("max_pending_trials", max_pending_trials),
+        ):
+            if count is not None and (
+                isinstance(count, bool) or not isinstance(count, int) or count < 1
+            ):
+                raise ConfigError(f"launcher.{field_name}: expected an integer >= 1, got {count!r}")
+        for field_name, seconds in (
+            ("pending_warning", pending_warning),
+            ("pending_timeout", pending_timeout),
+        ):
+            if seconds is not None and (
+                isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0
+            ):
+                raise ConfigError(
+                    f"launcher.{field_name}: expected a positive number of seconds, got {seconds!r}"
+                )
+        if runtime_env is not None and not isinstance(runtime_env, Mapping):
+            raise ConfigError(f"launcher.runtime_env: expected a mapping, got {runtime_env!r}")
         for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"launcher.{name}: expected a number >= 0, got {value!r}")
         self.address = address
         self.max_concurrent = max_concurrent
-        self._max_concurrent_given = max_concurrent
+        self.max_pending_trials = max_pending_trials or max_concurrent or 16
+        self.pending_warning = float(pending_warning)
+        self.pending_timeout = pending_timeout
+        self.capacity = 0  # trials the live nodes hold at once, refreshed as nodes come and go
         self.num_cpus = float(num_cpus)
         self.num_gpus = float(num_gpus)
         self.resources = {str(k): float(v) for k, v in (resources or {}).items()}
@@ -135,6 +167,11 @@ class RayLauncher(Launcher):
         self._hosts: set[str] = set()
         self._warned_shared_dir = False
         self._slot_counter = 0
+        self._sys_path: list[str] = []
+        self._objective_payload: Any = None  # the objective in Ray's object store
+        self._next_cluster_check = 0.0
+        self._next_pending_warning = 0.0
+        self._placeable_now = True
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> RayLauncher:
@@ -154,6 +191,37 @@ class RayLauncher(Launcher):
             )
         return cls(**options)
 
+    def to_spec(self) -> dict[str, Any]:
+        """This launcher as a sweep file's ``launcher:``; stored with the sweep so that
+        ``hypersweep resume`` runs the rest of it on the same cluster.
+
+        A launcher that connects to a Ray already initialized in this process is stored with
+        that cluster's address. Values that are not plain data (objects in ``init_kwargs``)
+        are left out, with a warning.
+        """
+        import json
+
+        address = self.address
+        ray = sys.modules.get("ray")
+        if address is None and ray is not None and ray.is_initialized():
+            address = ray.get_runtime_context().gcs_address
+        spec: dict[str, Any] = {"type": "ray", "address": address}
+        for name in inspect.signature(type(self)).parameters:
+            if name == "address":
+                continue
+            value = getattr(self, name)
+            if name == "max_pending_trials" and value == (self.max_concurrent or 16):
+                continue  # the default, which follows max_concurrent
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                logger.warning(
+                    "launcher.%s is not plain data: a resumed sweep runs without it", name
+                )
+                continue
+            spec[name] = value
+        return spec
+
     # --- start ---------------------------------------------------------------------------
 
     def start(self, context: SweepContext) -> None:
@@ -165,17 +233,63 @@ class RayLauncher(Launcher):
             ) from None
         self._context = context
         self._job = context.job
+        job_env = self._check_runtime_env(owns_connection=not ray.is_initialized())
         if not ray.is_initialized():
-            ray.init(address=self.address, **self.init_kwargs)
+            init_kwargs = dict(self.init_kwargs)
+            if job_env:
+                init_kwargs["runtime_env"] = job_env
+            ray.init(address=self.address, **init_kwargs)
             self._owns_ray = True
-        runtime_env = dict(self.runtime_env)
+        # A shipped working_dir is the code to run: it goes before the driver's own paths,
+        # which could hold a stale copy of the same modules on a node.
+        self._sys_path = [entry or os.getcwd() for entry in sys.path]
+        runtime_env = {} if job_env else dict(self.runtime_env)
         if self.env:
             runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **self.env}
         self._actor_options = {"max_concurrency": _ACTOR_CONCURRENCY, "max_restarts": 0}
         if runtime_env:
             self._actor_options["runtime_env"] = runtime_env
         self._actor_class = ray.remote(TrialActor)
-        self._size_to_cluster()
+        # Put once: each new actor reads it from the object store (Ray resolves the ref).
+        self._objective_payload = ray.put(context.objective)
+        self._check_cluster(time.monotonic(), starting=True)
+
+    def _check_runtime_env(self, *, owns_connection: bool) -> dict[str, Any]:
+        """Validate ``runtime_env`` before the first trial; return it if it goes to ``ray.init``.
+
+        Ray uploads local folders (``working_dir``, ``py_modules``) only for a whole job, in
+        ``ray.init``; an actor's own runtime_env takes only remote URIs. So when this launcher
+        connects, the runtime_env is the job's (every actor inherits it); when Ray is already
+        connected, local folders are refused with the fix.
+        """
+        from ray.runtime_env import RuntimeEnv
+
+        env = dict(self.runtime_env)
+        local = _local_paths(env)
+        for field_name, path in local:
+            if not os.path.isdir(path) and not os.path.isfile(path):
+                raise ConfigError(
+                    f"launcher.runtime_env.{field_name}: {path!r} does not exist on this machine"
+                )
+        if local and not owns_connection:
+            field_name, path = local[0]
+            raise ConfigError(
+                f"launcher.runtime_env.{field_name}: Ray ships a local folder ({path!r}) only "
+                "with the whole job, and Ray is already connected in this process: pass "
+                f"runtime_env={{{field_name!r}: ...}} to ray.init() instead, or give a remote "
+                "URI (s3://bucket/code.zip)"
+            )
+        if local and "runtime_env" in self.init_kwargs:
+            raise ConfigError(
+                "launcher.runtime_env: give the runtime_env once, not also in init_kwargs"
+            )
+        # Ray's own checks of every other field (pip, conda, env_vars...), before anything runs.
+        remote = {k: v for k, v in env.items() if k not in {name for name, _ in local}}
+        try:
+            RuntimeEnv(**remote)
+        except Exception as error:  # noqa: BLE001 - Ray raises ValueError, TypeError...
+            raise ConfigError(f"launcher.runtime_env: {error}") from None
+        return env if local else {}
 
     def _bundles(self) -> list[dict[str, float]]:
         """The placement-group bundles of one attempt, in rank order."""
@@ -190,7 +304,7 @@ class RayLauncher(Launcher):
     def _bundle(self, cpus: float | None, gpus: int | None) -> dict[str, float]:
         bundle: dict[str, float] = {}
         cpu = self.num_cpus if cpus is None else float(cpus)
-        gpu = float(gpus) if gpus else self.num_gpus
+        gpu = self.num_gpus if gpus is None else float(gpus)  # 0 is a choice: no GPU
         if cpu:
             bundle["CPU"] = cpu
         if gpu:
@@ -200,10 +314,17 @@ class RayLauncher(Launcher):
             raise ConfigError("launcher: a trial must ask for some resource (num_cpus > 0)")
         return bundle
 
-    def _size_to_cluster(self) -> None:
-        """Default ``max_concurrent`` from the cluster; warn about trials it cannot place."""
+    def _check_cluster(self, now: float, *, starting: bool = False) -> None:
+        """Follow the cluster as nodes join and leave; warn about trials it cannot place.
+
+        Concurrency is not sized from the cluster: trials run as Ray places their groups.
+        This only keeps ``capacity`` (for logs and tools) and says when a trial's bundles fit
+        no set of live nodes, at start and then every ``pending_warning`` seconds while
+        trials wait, as Ray Tune's insufficient-resources warning does.
+        """
         import ray
 
+        self._next_cluster_check = now + min(2.0, self.pending_warning)
         bundles = self._bundles()
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         self._hosts = {str(node.get("NodeManagerAddress")) for node in nodes}
@@ -213,37 +334,61 @@ class RayLauncher(Launcher):
             for name, amount in bundle.items():
                 needed[name] = needed.get(name, 0.0) + amount
         totals = {name: sum(c.get(name, 0.0) for c in capacities) for name in needed}
-        fits = min(math.floor(totals[name] / needed[name] + 1e-9) for name in needed)
-        if not _placeable(bundles, capacities, self.placement_strategy):
+        capacity = min(math.floor(totals[name] / needed[name] + 1e-9) for name in needed)
+        if capacity != self.capacity or starting:
+            logger.info(
+                "Ray cluster: %d node(s), room for %d trial(s) at once", len(nodes), capacity
+            )
+        self.capacity = capacity
+        self._placeable_now = _placeable(bundles, capacities, self.placement_strategy)
+        if self._placeable_now:
+            self._next_pending_warning = 0.0
+            return
+        waiting = [a for a in self._attempts.values() if a.phase == "starting"]
+        if starting or (waiting and now >= self._next_pending_warning):
+            self._next_pending_warning = now + self.pending_warning
+            timeout = (
+                f"fails after {self.pending_timeout:g} s"
+                if self.pending_timeout
+                else "waits until the cluster grows (an autoscaler adds nodes) or forever"
+            )
             logger.warning(
-                "The Ray cluster cannot place a trial now (%s, %s); trials wait until it "
-                "grows (an autoscaler adds nodes) or forever: check the launcher's resources",
+                "Insufficient resources: the Ray cluster (%s) cannot place a trial (%s, %s); "
+                "%d trial(s) waiting; each %s. Lower the launcher's num_cpus/num_gpus/"
+                "resources or the replicas, or add nodes",
+                ", ".join(f"{name}: {totals[name]:g}" for name in needed) or "no nodes",
                 " + ".join(_format_bundle(b) for b in bundles),
                 self.placement_strategy,
-            )
-        if self._max_concurrent_given is None:
-            self.max_concurrent = max(1, fits)
-            logger.info(
-                "Ray cluster: %d node(s); up to %d trial(s) at once",
-                len(nodes),
-                self.max_concurrent,
+                len(waiting),
+                timeout,
             )
 
     # --- trials --------------------------------------------------------------------------
 
     def free_slots(self) -> int:
-        assert self.max_concurrent is not None, "start() first"
+        """Room for trials: under ``max_concurrent``, and few enough waiting for placement.
+
+        Trials whose placement groups wait are the demand an autoscaler sees, so up to
+        ``max_pending_trials`` of them are kept; a warm actor between trials is room now.
+        """
+        assert self._context is not None, "start() first"
         used = len(self._attempts) + len(self._ending)
-        return max(0, self.max_concurrent - used)
+        pending = sum(1 for attempt in self._attempts.values() if attempt.phase == "starting")
+        room = self.max_pending_trials - pending + len(self._idle)
+        if self.max_concurrent is not None:
+            room = min(room, self.max_concurrent - used)
+        return max(0, room)
 
     def launch(self, assignment: TrialAssignment) -> None:
         assert self._context is not None, "start() first"
         self._warn_about_checkpoints(assignment)
         number = assignment.trial_number
+        if assignment.attempt == 0:
+            self._adopt_idle()  # trials already waiting (retries first) get warm actors first
         if self._job is None and self._idle:
             member = self._idle.pop()
             attempt = RayAttempt(assignment, None, [member], grace=self.replica_grace)
-            attempt.run(self._context.objective)
+            attempt.run(self._context.objective, self._objective_payload)
             self._attempts[number] = attempt
             return
         try:
@@ -252,6 +397,27 @@ class RayLauncher(Launcher):
             self._backlog.append(Crashed(number, f"could not start the trial on Ray: {error}"))
             return
         self._attempts[number] = attempt
+        if assignment.attempt > 0:
+            self._queue_behind(attempt)
+
+    def _queue_behind(self, retry: RayAttempt) -> None:
+        """Put the placement groups of new trials still waiting behind a retry's.
+
+        Ray places waiting groups roughly in the order they were made; a trial that already
+        ran (and may have a checkpoint) goes before trials that never started.
+        """
+        for number, attempt in list(self._attempts.items()):
+            unplaced = all(member.info is None for member in attempt.replicas)
+            if attempt is retry or attempt.phase != "starting" or not unplaced:
+                continue
+            if attempt.assignment.attempt > 0:
+                continue
+            attempt.kill()
+            try:
+                self._attempts[number] = self._new_attempt(attempt.assignment)
+            except Exception as error:  # noqa: BLE001 - reported as a crash, retried or failed
+                del self._attempts[number]
+                self._backlog.append(Crashed(number, f"could not start the trial on Ray: {error}"))
 
     def _new_attempt(self, assignment: TrialAssignment) -> RayAttempt:
         """A placement group for the attempt, and an actor in each of its bundles."""
@@ -267,12 +433,11 @@ class RayLauncher(Launcher):
             bundles, strategy=self.placement_strategy, name=f"{name}-{self._slot_counter}"
         )
         ids = [ReplicaId(0, "trial", 0)] if self._job is None else self._job.replica_ids()
-        sys_path = [entry or os.getcwd() for entry in sys.path]
         replicas = []
         for replica_id, bundle in zip(ids, bundles, strict=True):
             custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
-            actor = self._actor_class.options(
-                **self._actor_options,
+            options = dict(
+                self._actor_options,
                 num_cpus=bundle.get("CPU", 0.0),
                 num_gpus=bundle.get("GPU", 0.0),
                 resources=custom or None,
@@ -281,7 +446,18 @@ class RayLauncher(Launcher):
                     placement_group_bundle_index=replica_id.rank,
                     placement_group_capture_child_tasks=True,
                 ),
-            ).remote(sys_path)
+            )
+            # Named after its trial, so that `ray list actors` and the dashboard say which.
+            label = _actor_name(sweep, number, assignment.attempt, replica_id, self._job)
+            try:
+                actor = self._actor_class.options(name=label, **options).remote(
+                    self._sys_path, label
+                )
+            except ValueError:  # the name is still held by an actor being killed
+                label = f"{label}-{self._slot_counter}"
+                actor = self._actor_class.options(name=label, **options).remote(
+                    self._sys_path, label
+                )
             replicas.append(RayReplica(replica_id, actor))
         if self._job is None:
             # A warm slot: the actor keeps its placement group across trials.
@@ -309,7 +485,11 @@ class RayLauncher(Launcher):
         import ray
 
         self._adopt_idle()
+        now = time.monotonic()
+        if now >= self._next_cluster_check:
+            self._check_cluster(now)
         events, self._backlog = self._backlog, []
+        self._expire_pending(now, events)
         waiting: dict[Any, tuple[RayAttempt | None, RayReplica]] = {}
         for attempt in (*self._attempts.values(), *self._ending):
             for member in attempt.replicas:
@@ -320,6 +500,7 @@ class RayLauncher(Launcher):
                 waiting[member.pending] = (None, member)
         if events:
             timeout = 0.0
+        timeout = min(timeout, max(0.0, self._next_cluster_check - now))
         deadlines = [
             deadline
             for attempt in (*self._attempts.values(), *self._ending)
@@ -363,7 +544,7 @@ class RayLauncher(Launcher):
             return
         if kind == "prepare":
             assert self._context is not None
-            attempt.on_prepared(member, value, self._context.objective)
+            attempt.on_prepared(member, value, self._context.objective, self._objective_payload)
         else:
             events.extend(attempt.on_messages(member, value))
 
@@ -393,23 +574,51 @@ class RayLauncher(Launcher):
     def _adopt_idle(self) -> None:
         """Run trials still waiting for placement on warm actors that stayed idle.
 
-        Called at the start of :meth:`poll`, so that new trials launched since the last poll
-        had the first pick of the warm actors. A warm actor keeps its bundle, so a trial whose
-        own placement group waits for resources (the cluster was smaller than it looked: a
-        node died unnoticed, another job took CPUs) would otherwise wait for the very
-        resources that the idle actors hold.
+        Retries of trials that already ran go first, then the others in the order they were
+        launched. A warm actor keeps its bundle, so a trial whose own placement group waits
+        for resources (the cluster shrank, another job took CPUs) would otherwise wait for
+        the very resources that the idle actors hold, while new trials took them.
         """
         assert self._context is not None
-        for attempt in self._attempts.values():
+        if not self._idle:
+            return
+        waiting = sorted(
+            (
+                attempt
+                for attempt in self._attempts.values()
+                if attempt.job is None
+                and attempt.phase == "starting"
+                and attempt.replicas[0].info is None
+            ),
+            key=lambda attempt: (attempt.assignment.attempt == 0, attempt.started),
+        )
+        for attempt in waiting:
             if not self._idle:
                 return
-            if attempt.job is not None or attempt.phase != "starting":
-                continue
-            waiting = attempt.replicas[0]
-            kill_actor(waiting.actor)
-            remove_group(waiting.placement_group)
+            placing = attempt.replicas[0]
+            kill_actor(placing.actor)
+            remove_group(placing.placement_group)
             attempt.replicas = [self._idle.pop()]
-            attempt.run(self._context.objective)
+            attempt.run(self._context.objective, self._objective_payload)
+
+    def _expire_pending(self, now: float, events: list[Event]) -> None:
+        """Fail trials that waited ``pending_timeout`` for a placement the cluster cannot give."""
+        if self.pending_timeout is None or self._placeable_now:
+            return
+        for number, attempt in list(self._attempts.items()):
+            if attempt.phase != "starting" or now - attempt.started < self.pending_timeout:
+                continue
+            if any(member.info is not None for member in attempt.replicas):
+                continue
+            attempt.kill()
+            del self._attempts[number]
+            message = (
+                f"could not be placed on the Ray cluster within {self.pending_timeout:g} s "
+                f"(pending_timeout): it asks for "
+                f"{' + '.join(_format_bundle(b) for b in self._bundles())}, more than the "
+                "live nodes have; lower the launcher's resources or add nodes"
+            )
+            events.append(Errored(number, message, message))
 
     def _retire(self, attempt: RayAttempt) -> None:
         """Keep a reusable actor warm for the next trial, or kill the attempt's actors."""
@@ -446,6 +655,7 @@ class RayLauncher(Launcher):
             remove_group(member.placement_group)
         self._idle.clear()
         self._backlog.clear()
+        self._objective_payload = None
         if self._owns_ray:
             import ray
 
@@ -460,6 +670,30 @@ class RayLauncher(Launcher):
             number: [(member.info or {}).get("node_id") for member in attempt.replicas]
             for number, attempt in self._attempts.items()
         }
+
+
+def _actor_name(
+    sweep: str, number: int, attempt: int, replica: ReplicaId, job: TrainJob | None
+) -> str:
+    """``hs-<sweep>-t<N>``, with ``-a<attempt>`` for retries and ``-r<rank>`` for replicas."""
+    name = f"hs-{sweep}-t{number}"
+    if attempt:
+        name += f"-a{attempt}"
+    if job is not None:
+        name += f"-r{replica.rank}"
+    return name
+
+
+def _local_paths(runtime_env: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(field, path)`` of the runtime_env's local folders and files, which Ray uploads."""
+    found: list[tuple[str, str]] = []
+    working_dir = runtime_env.get("working_dir")
+    if isinstance(working_dir, (str, os.PathLike)) and "://" not in str(working_dir):
+        found.append(("working_dir", os.fspath(working_dir)))
+    for module in runtime_env.get("py_modules") or []:
+        if isinstance(module, (str, os.PathLike)) and "://" not in str(module):
+            found.append(("py_modules", os.fspath(module)))
+    return found
 
 
 def _format_bundle(bundle: Mapping[str, float]) -> str:

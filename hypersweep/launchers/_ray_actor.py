@@ -63,13 +63,21 @@ class TrialActor:
     Args:
         sys_path: the driver's ``sys.path``; entries that exist on this node are added, so
             that objectives importable in the driver are importable here (on one machine, or
-            on nodes that mount the same paths).
+            on nodes that mount the same paths). Where Ray shipped a ``working_dir``, they go
+            after it: the shipped code wins over a stale copy at the driver's path.
+        label: the actor's name (``hs-<sweep>-t<N>``), also the prefix of its output lines.
     """
 
-    def __init__(self, sys_path: list[str]) -> None:
-        for entry in reversed(sys_path):
-            if entry and entry not in sys.path and os.path.isdir(entry):
-                sys.path.insert(0, entry)
+    def __init__(self, sys_path: list[str], label: str = "TrialActor") -> None:
+        import ray
+
+        shipped = bool((ray.get_runtime_context().runtime_env or {}).get("working_dir"))
+        entries = [e for e in sys_path if e and e not in sys.path and os.path.isdir(e)]
+        if shipped:
+            sys.path.extend(entries)
+        else:
+            sys.path[:0] = entries
+        self._label = label
         self._outbox: queue.Queue[Message] = queue.Queue()
         self._decisions: queue.Queue[Message] = queue.Queue()
         self._objectives: dict[str, Objective | str] = {}
@@ -113,6 +121,7 @@ class TrialActor:
                 self._objectives[key] = traceback.format_exc()
         while not self._decisions.empty():  # nothing stale from an earlier attempt
             self._decisions.get_nowait()
+        self._tag_output(f"hs-{assignment.sweep_name}-t{assignment.trial_number}")
         os.environ.update(env)
         self._thread = threading.Thread(
             target=self._run,
@@ -121,6 +130,22 @@ class TrialActor:
             daemon=True,
         )
         self._thread.start()
+
+    def __repr__(self) -> str:
+        # Ray prefixes the actor's output lines with its repr (``(hs-sweep-t3 pid=...)``).
+        return self._label
+
+    def _tag_output(self, label: str) -> None:
+        """Prefix this actor's output lines with the trial it runs now (warm actors run many).
+
+        Ray's log monitor takes a line ``:actor_name:<label>`` as the new prefix of the lines
+        that follow, the way it learns an actor's repr.
+        """
+        if label == self._label:
+            return
+        self._label = label
+        for stream in (sys.stdout, sys.stderr):
+            print(f":actor_name:{label}", file=stream, flush=True)
 
     def _run(
         self,

@@ -134,19 +134,24 @@ class RayAttempt:
             member.pending_kind = "prepare"
 
     def on_prepared(
-        self, member: RayReplica, info: dict[str, Any], objective: ObjectiveRef
+        self, member: RayReplica, info: dict[str, Any], objective: ObjectiveRef, payload: Any = None
     ) -> None:
         """Record a placed replica; once all are placed, start every one of them."""
         member.info = info
         if self.phase == "starting" and all(m.info is not None for m in self.replicas):
-            self.run(objective)
+            self.run(objective, payload)
 
-    def run(self, objective: ObjectiveRef) -> None:
-        """Give every replica its environment and start the attempt."""
+    def run(self, objective: ObjectiveRef, payload: Any = None) -> None:
+        """Give every replica its environment and start the attempt.
+
+        ``payload`` is the objective put in Ray's object store once for the sweep: a new actor
+        gets it from there (once per node) rather than in each call's arguments.
+        """
         environments = self._environments()
+        shipped = objective if payload is None else payload
         for member in self.replicas:
             rank = member.id.rank
-            send = None if member.has_objective == objective.key else objective
+            send = None if member.has_objective == objective.key else shipped
             replica = (rank, self.world_size) if self.job is not None else None
             serve_store = self.job is not None and self.hold_port(rank) == PORT_LISTEN
             member.actor.run.remote(
@@ -161,7 +166,10 @@ class RayAttempt:
         """Each replica's rendezvous environment, from where the replicas were placed."""
         job = self.job
         if job is None:
-            return [{}]
+            # Ray sets CUDA_VISIBLE_DEVICES only for actors that asked for GPUs: as locally,
+            # a trial without GPUs sees none.
+            gpus = (self.replicas[0].info or {}).get("gpus")
+            return [{} if gpus else {"CUDA_VISIBLE_DEVICES": ""}]
         infos = [member.info or {} for member in self.replicas]
         if job.framework == "pytorch":
             master = infos[0]

@@ -26,6 +26,7 @@ from typing import Any
 from hypersweep.launchers._process import ReplicaRun
 from hypersweep.orchestrator._events import TrialAssignment
 from hypersweep.orchestrator._objective import Objective, ObjectiveRef
+from hypersweep.orchestrator._ray_session import ray_tune_session
 from hypersweep.orchestrator._reporting import (
     TrialContext,
     TrialPaused,
@@ -120,7 +121,10 @@ def run_assignment(
     )
     _set_context(trial_context)
     try:
-        result = objective(json.loads(json.dumps(assignment.config)))
+        with ray_tune_session() as ray_session:  # tune.report() in a Ray Tune trainable
+            result = objective(json.loads(json.dumps(assignment.config)))
+        if result is None and ray_session.last_metrics:
+            result = ray_session.last_metrics  # Ray Tune's result: the last report
     except TrialPruned:
         connection.send(("stopped", "stop"))
     except TrialPaused:

@@ -76,7 +76,9 @@ class Replicas:
             them; gloo on CPU, NCCL on GPUs) or ``"tensorflow"`` (``TF_CONFIG`` as TFJob sets
             it, for ``MultiWorkerMirroredStrategy``).
         gpus_per_replica: GPUs given to each replica through ``CUDA_VISIBLE_DEVICES``; trials
-            wait for free GPUs rather than share them. 0 hides every GPU from the replica.
+            wait for free GPUs rather than share them. 0 hides every GPU from the replica, also
+            where a launcher gives GPUs by default (``RayLauncher(num_gpus=1)``); None (the
+            default) takes the launcher's default, none locally.
         cpus_per_replica: CPU threads per replica (``OMP_NUM_THREADS``); the default 1 is
             torchrun's, so that replicas do not oversubscribe the cores they share.
         env: extra environment variables of every replica.
@@ -88,7 +90,7 @@ class Replicas:
 
     n: int
     framework: Framework = "pytorch"
-    gpus_per_replica: int = 0
+    gpus_per_replica: int | None = None
     cpus_per_replica: float | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     restart_policy: str = "OnFailure"
@@ -101,7 +103,8 @@ class Replicas:
                 f"{where}.framework",
                 f"expected one of {', '.join(FRAMEWORKS)}, got {self.framework!r}",
             )
-        _check_count(self.gpus_per_replica, f"{where}.gpus_per_replica", 0)
+        if self.gpus_per_replica is not None:
+            _check_count(self.gpus_per_replica, f"{where}.gpus_per_replica", 0)
         cpus = _check_cpus(self.cpus_per_replica, f"{where}.cpus_per_replica")
         env = _check_env(self.env, f"{where}.env")
         if self.restart_policy not in RESTART_POLICIES:
@@ -166,7 +169,7 @@ class Resources:
     """What one replica needs: CPUs (threads locally, a request in Kubernetes) and GPUs."""
 
     cpus: float | None = None
-    gpus: int = 0
+    gpus: int | None = None  # None: the launcher's default (none but on RayLauncher(num_gpus=))
     memory: str | None = None  # a Kubernetes quantity ("4Gi"); not enforced locally
 
     def to_dict(self) -> dict[str, Any]:
@@ -179,7 +182,9 @@ class Resources:
             raise _fail(f"{where}.memory", f"expected a quantity such as '4Gi', got {memory!r}")
         return cls(
             cpus=_check_cpus(data.get("cpus"), f"{where}.cpus"),
-            gpus=_check_count(data.get("gpus", 0), f"{where}.gpus", 0),
+            gpus=None
+            if data.get("gpus") is None
+            else _check_count(data["gpus"], f"{where}.gpus", 0),
             memory=memory,
         )
 
@@ -286,7 +291,7 @@ class TrainJob:
     @property
     def gpus(self) -> int:
         """GPUs the whole job needs at once."""
-        return sum(group.count * group.resources.gpus for group in self.replicas)
+        return sum(group.count * (group.resources.gpus or 0) for group in self.replicas)
 
     @property
     def cluster_port(self) -> int:
@@ -334,7 +339,8 @@ class TrainJob:
                 raise _fail(f"{where}.role", f"role {group.role!r} is given twice")
             seen.append(group.role)
             _check_count(group.count, f"{where}.count", 1)
-            _check_count(group.resources.gpus, f"{where}.resources.gpus", 0)
+            if group.resources.gpus is not None:
+                _check_count(group.resources.gpus, f"{where}.resources.gpus", 0)
         if [role for role in roles if role in seen] != seen:
             raise _fail("replicas", f"list the roles in rank order: {', '.join(roles)}")
         first = self.replicas[0]

@@ -465,8 +465,12 @@ class Orchestrator:
     # --- starting trials -----------------------------------------------------------------
 
     def _fill_slots(self) -> None:
+        limit = self.settings.max_concurrent  # the sweep's limit binds every launcher
         while (
-            self.launcher.free_slots() > 0 and self.stop_reason is None and not self._strategy_waits
+            (limit is None or len(self.running) < limit)
+            and self.launcher.free_slots() > 0
+            and self.stop_reason is None
+            and not self._strategy_waits
         ):
             claimed = self._claim_next()
             if claimed is None:

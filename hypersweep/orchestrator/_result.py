@@ -125,6 +125,24 @@ class TrialRecord:
             segments=segments,
         )
 
+    @property
+    def metrics_dataframe(self) -> pandas.DataFrame:
+        """Every report of this trial, one row per report (Ray Tune's ``metrics_dataframe``)."""
+        import pandas
+
+        return pandas.DataFrame(self.history)
+
+    def metric_series(self, metric: str) -> list[float]:
+        """The finite values of ``metric`` this trial reported, then its final result's."""
+        series = [float(h[metric]) for h in self.history if metric in h]
+        final = self.metrics.get(metric)
+        if self.state == "completed" and final is not None and (not series or series[-1] != final):
+            series.append(float(final))
+        return [value for value in series if math.isfinite(value)]
+
+
+_SCOPES = ("last", "all", "avg", "last-5-avg", "last-10-avg")
+
 
 @dataclass
 class SweepResult:
@@ -207,6 +225,45 @@ class SweepResult:
         """The best trial's value of the sweep's metric (one objective only)."""
         best = self.best_trial
         return best.value if best else None
+
+    def get_best_result(
+        self, metric: str | None = None, mode: str | None = None, scope: str = "last"
+    ) -> TrialRecord | None:
+        """The best trial by ``metric`` and ``mode`` (the sweep's by default), as Ray Tune's
+        ``ResultGrid.get_best_result``: any trial that reported the metric takes part, judged
+        by its last value (``scope="last"``), its best (``"all"``), the mean of all its values
+        (``"avg"``) or of its last 5 or 10 (``"last-5-avg"``, ``"last-10-avg"``).
+        """
+        from hypersweep._errors import ConfigError
+
+        if metric is None or mode is None:
+            if self.multi_objective:
+                raise ConfigError(
+                    f"metric: sweep {self.name} optimizes several metrics "
+                    f"({', '.join(self.metrics)}); name the metric and mode to rank by"
+                )
+            metric = metric or self.metrics[0]
+            mode = mode or self.modes[0]
+        if mode not in ("min", "max"):
+            raise ConfigError(f"mode: expected 'min' or 'max', got {mode!r}")
+        if scope not in _SCOPES:
+            raise ConfigError(f"scope: expected one of {', '.join(_SCOPES)}, got {scope!r}")
+        best: tuple[float, TrialRecord] | None = None
+        for trial in self.trials:
+            series = trial.metric_series(metric)
+            if not series:
+                continue
+            if scope == "last":
+                score = series[-1]
+            elif scope == "all":
+                score = min(series) if mode == "min" else max(series)
+            else:
+                window = series[-int(scope.split("-")[1]) :] if scope != "avg" else series
+                score = sum(window) / len(window)
+            better = best is None or (score < best[0] if mode == "min" else score > best[0])
+            if better:
+                best = (score, trial)
+        return best[1] if best is not None else None
 
     def counts(self) -> dict[str, int]:
         """How many trials are in each state (``queued``: budget not started yet)."""

@@ -96,6 +96,14 @@ class SweepSettings:
         _check_int(self.max_retries, "max_retries", 0)
         _check_int(self.keep_checkpoints, "keep_checkpoints", 1)
         _check_int(self.seed, "seed", 0)
+        if self.checkpoint_dir is not None and "://" in str(self.checkpoint_dir):
+            # Taken as a path, "s3://bucket/x" would be a local folder "./s3:/bucket/x" that
+            # no other node sees: retries would silently retrain from zero.
+            raise ConfigError(
+                f"checkpoint_dir: {self.checkpoint_dir!r} is a URL; object storage is not "
+                "supported yet: give a folder that every worker reaches (a shared filesystem "
+                "mount, e.g. /mnt/shared/checkpoints)"
+            )
         if self.timeout is not None and (
             isinstance(self.timeout, bool)
             or not isinstance(self.timeout, (int, float))
@@ -189,7 +197,7 @@ class ReplicasSpec(pydantic.BaseModel):
 
     n: int = pydantic.Field(ge=1, description="replicas per trial")
     framework: Literal["pytorch", "tensorflow"] = "pytorch"
-    gpus_per_replica: int = pydantic.Field(default=0, ge=0)
+    gpus_per_replica: int | None = pydantic.Field(default=None, ge=0)
     cpus_per_replica: float | None = pydantic.Field(default=None, gt=0)
     env: dict[str, str] = pydantic.Field(default_factory=dict)
     restart_policy: Literal["OnFailure", "ExitCode", "Never"] = "OnFailure"

@@ -140,6 +140,7 @@ def tune(
         checkpoint_dir=checkpoint_dir,
         replicas=replicas,
         callbacks=callbacks,
+        launcher=launcher.to_spec() if launcher is not None else None,  # for resume
     ).validated()
     objective_ref = resolve_objective(objective)
     if verbose:

@@ -68,7 +68,7 @@ from hypersweep.strategies._space import (
     unflatten_params,
 )
 
-__all__ = ["RaySearcherSampler", "is_ray_search_algorithm", "to_ray_space"]
+__all__ = ["RaySearcherSampler", "from_ray_domain", "is_ray_search_algorithm", "to_ray_space"]
 
 logger = logging.getLogger("hypersweep")
 
@@ -118,6 +118,44 @@ def _ray_domain(domain: Domain, grid_search: bool) -> Any:
             return tune.qrandint(domain.low, domain.high, domain.step)  # upper bound included
         return tune.randint(domain.low, domain.high + 1)  # upper bound excluded
     raise ConfigError(f"strategy: Ray Tune searchers cannot search a {type(domain).__name__}")
+
+
+def from_ray_domain(domain: Any, where: str) -> Domain:
+    """The hypersweep domain of a Ray Tune one (``tune.uniform(0, 1)``...), same values.
+
+    Ray Tune's ``randint`` and ``lograndint`` exclude ``upper``, its ``qrandint`` includes
+    it; hypersweep's integer ranges include ``high``. Domains without an equivalent
+    (``tune.sample_from``, ``tune.randn``) are refused, naming the field.
+    """
+    from ray.tune.search import sample
+
+    sampler = domain.get_sampler()
+    step = None
+    if isinstance(sampler, sample.Quantized):
+        step, sampler = sampler.q, sampler.get_sampler()
+    try:
+        if isinstance(domain, sample.Categorical):
+            return Categorical(tuple(domain.categories))
+        if isinstance(domain, sample.Float) and isinstance(sampler, sample.LogUniform):
+            if step is None:
+                return Float(float(domain.lower), float(domain.upper), log=True)
+        elif isinstance(domain, sample.Float) and isinstance(sampler, sample.Uniform):
+            return Float(float(domain.lower), float(domain.upper), step=step)
+        elif isinstance(domain, sample.Integer) and isinstance(
+            sampler, (sample.Uniform, sample.LogUniform)
+        ):
+            log = isinstance(sampler, sample.LogUniform)
+            if step is None:
+                return Int(int(domain.lower), int(domain.upper) - 1, log=log)
+            if not log:
+                return Int(int(domain.lower), int(domain.upper), step=int(step))
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    raise ConfigError(
+        f"{where}: Ray Tune's {type(domain).__name__} with a {type(sampler).__name__} sampler "
+        "has no hypersweep equivalent; use uniform, loguniform, quniform, randint, choice or "
+        "grid (tune.sample_from: compute the value from the config in the objective)"
+    )
 
 
 def _on_grid(step: float, *bounds: float) -> bool:
@@ -249,6 +287,31 @@ class _SearchAlgorithmSearcher:
         self.ids = dict(state["ids"])
 
 
+def _check_searcher_goal(searcher: Any, metric: str | None, mode: str | None) -> None:
+    """Refuse a searcher created for another metric or mode than the sweep's.
+
+    Ray Tune lets ``HyperOptSearch(metric=..., mode="max")`` carry the goal; the sweep's
+    ``metric``/``mode`` would otherwise override it silently and optimize the wrong way.
+    """
+    layers = [searcher]
+    while getattr(layers[-1], "searcher", None) is not None:  # ConcurrencyLimiter, Repeater
+        layers.append(layers[-1].searcher)
+    for layer in reversed(layers):  # the searcher the user created names the culprit
+        own_mode = getattr(layer, "_mode", None)
+        own_metric = getattr(layer, "_metric", None)
+        name = type(layer).__name__
+        if mode is not None and own_mode is not None and own_mode != mode:
+            raise ConfigError(
+                f"strategy: {name}(mode={own_mode!r}) disagrees with the sweep's mode={mode!r}; "
+                f"pass mode={own_mode!r} to the sweep, or create the searcher without a mode"
+            )
+        if metric is not None and own_metric is not None and own_metric != metric:
+            raise ConfigError(
+                f"strategy: {name}(metric={own_metric!r}) disagrees with the sweep's metric="
+                f"{metric!r}; create the searcher without a metric or for {metric!r}"
+            )
+
+
 # --- the sampler ----------------------------------------------------------------------------
 
 
@@ -283,6 +346,7 @@ class RaySearcherSampler(BaseSampler):
         self._space = dict(space)
         self._domains = flatten_space(space)
         self._distributions = {name: _distribution(d) for name, d in self._domains.items()}
+        _check_searcher_goal(searcher, metric, mode)
         self._metric = metric or getattr(searcher, "metric", None) or "value"
         self._mode = mode or getattr(searcher, "mode", None) or "min"
         self._fallback = RandomSampler(seed=seed)

@@ -435,6 +435,11 @@ def make_scheduler(early_stopping: Any, field: str = "early_stopping") -> Schedu
         return OptunaPrunerScheduler(optuna.pruners.NopPruner())
     if isinstance(early_stopping, optuna.pruners.BasePruner):
         return OptunaPrunerScheduler(early_stopping)
+    if type(early_stopping).__module__.startswith("ray.tune.schedulers"):  # ASHAScheduler()...
+        from hypersweep.strategies._ray_schedulers import from_ray_scheduler
+
+        converted = from_ray_scheduler(early_stopping, field)
+        return converted or OptunaPrunerScheduler(optuna.pruners.NopPruner())
     name, settings = _split_settings(early_stopping)
     factories: dict[str, Callable[..., Scheduler]] = {
         "median": lambda **kw: OptunaPrunerScheduler(optuna.pruners.MedianPruner(**kw)),

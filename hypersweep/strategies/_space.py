@@ -437,6 +437,15 @@ def _validate_mapping(space: Mapping[Any, Any], prefix: str) -> dict[str, Any]:
             )
         elif isinstance(value, Domain):
             checked[key] = value
+        elif type(value).__module__ == "ray.tune.search.sample":  # tune.uniform(0, 1)...
+            from hypersweep.strategies._ray_searcher import from_ray_domain
+
+            checked[key] = from_ray_domain(value, where)
+        elif isinstance(value, Mapping) and list(value) == ["grid_search"]:  # tune.grid_search
+            try:
+                checked[key] = Grid(_check_values(value["grid_search"]))
+            except ConfigError as error:
+                raise ConfigError(f"{where}: {error}") from None
         elif isinstance(value, Mapping) and "type" in value:
             checked[key] = _parse_domain(value, where)
         elif isinstance(value, Mapping):
