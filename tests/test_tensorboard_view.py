@@ -131,13 +131,11 @@ def test_tensorboard_hparams_view_shows_every_trial(run_dir: Path, tmp_path: Pat
         for t in result.trials
     ]
     tensorboard = Path(sys.executable).parent / "tensorboard"
+    serve = ["--logdir", str(logs / "hparams-demo"), "--host", "127.0.0.1"]
     port, devtools_port = _free_port(), _free_port()
     board = f"http://127.0.0.1:{port}"
     with (
-        _running(
-            [str(tensorboard), "--logdir", str(logs / "hparams-demo"), "--host", "127.0.0.1"]
-            + ["--port", str(port)]
-        ) as server,
+        _running([str(tensorboard), *serve, "--port", str(port)]) as server,
         _running(
             [
                 str(CHROMIUM),
