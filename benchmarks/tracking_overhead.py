@@ -205,7 +205,6 @@ def main() -> None:
         "mlflow_vs_none_loop": loop_ratio,
         "mlflow_logged_vs_none": logged_ratio,
         "mlflow_server_trials_per_s": server_rate,
-        "requests_per_trial": "3: runs/create, one runs/log-batch, runs/update",
         "note": "loop_s: until the sweep loop ended (trials done); wall_s: until tune() "
         "returned, logging may still be in flight; logged_s: until MLflowCallback.flush() "
         "returned, the server has every run (the interpreter's exit waits for this too)",

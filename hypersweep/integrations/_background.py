@@ -100,7 +100,7 @@ class BackgroundWorker:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     logger.warning(
-                        "%s: %d calls still queued after %.0f s; they are dropped",
+                        "%s: %d calls still queued after %.0f s; not waiting longer",
                         self.name,
                         self._queue.unfinished_tasks,
                         timeout,
