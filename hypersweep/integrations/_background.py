@@ -19,7 +19,7 @@ logger = logging.getLogger("hypersweep")
 
 # A worker's thread ends after this many idle seconds (a long-lived operator runs many sweeps'
 # callbacks); the next submit starts a new one.
-_IDLE_S = 5.0
+_IDLE_S = 60.0
 
 # Every worker with calls in flight, so that flush_all() (and the interpreter's exit) can wait
 # for logging that the sweep did not wait for.
