@@ -107,6 +107,7 @@ def objective(config: dict[str, Any]) -> float:
     return loss
 
 
+@pytest.mark.slow
 def test_tensorboard_hparams_view_shows_every_trial(run_dir: Path, tmp_path: Path) -> None:
     logs = tmp_path / "tb"
     result = hs.tune(
