@@ -32,6 +32,7 @@ METRIC_NAMES = (
     "hypersweep_operator_leader",
     "hypersweep_operator_pods_created_total",
     "hypersweep_operator_trainjob_restarts_total",
+    "hypersweep_operator_admission_wait_seconds",
 )
 """The names as Prometheus sees them (a histogram adds ``_bucket``, ``_sum``, ``_count``)."""
 
@@ -175,6 +176,13 @@ class OperatorMetrics:
         self.trainjob_restarts = prometheus.Counter(
             "hypersweep_operator_trainjob_restarts",
             "Gang restarts of TrainJobs",
+            registry=registry,
+        )
+        self.admission_wait = prometheus.Histogram(
+            "hypersweep_operator_admission_wait_seconds",
+            "Time a trial's gang waited in gang admission before its pods could be created",
+            # From a free pool (one pass, ~0.2 s) to a gang queued behind hours of training.
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200),
             registry=registry,
         )
 

@@ -18,6 +18,7 @@ import objectives
 import pytest
 
 import hypersweep as hs
+from hypersweep import integrations
 from hypersweep.integrations import MLflowCallback, TensorBoardCallback, WandbCallback
 
 ASHA = {"name": "asha", "min_resource": 1, "max_resource": 9}
@@ -80,6 +81,7 @@ def test_mlflow_parent_and_nested_runs_read_back(
     from mlflow import MlflowClient
 
     monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(run_dir / "markers"))
+    tracker = MLflowCallback(tracking_uri=mlflow_server, tags={"team": "vision"})
     result = hs.tune(
         {"x": hs.uniform(0, 1), "model": {"width": hs.choice([8, 16])}},
         objectives.asha_curve,
@@ -88,9 +90,10 @@ def test_mlflow_parent_and_nested_runs_read_back(
         max_concurrent=1,
         name="tracked",
         early_stopping=ASHA,
-        callbacks=[MLflowCallback(tracking_uri=mlflow_server, tags={"team": "vision"})],
+        callbacks=[tracker],
         verbose=False,
     )
+    assert tracker.flush(timeout=120)  # tune() does not wait for the tracking server
     client = MlflowClient(tracking_uri=mlflow_server)
     experiment = client.get_experiment_by_name("tracked")
     assert experiment is not None
@@ -138,7 +141,7 @@ def test_mlflow_parent_and_nested_runs_read_back(
         max_concurrent=1,
         name="tracked",
         resume=True,
-        callbacks=[{"mlflow": {"tracking_uri": mlflow_server}}],
+        callbacks=[{"mlflow": {"tracking_uri": mlflow_server, "wait": True}}],
         verbose=False,
     )
     runs = client.search_runs([experiment.experiment_id])
@@ -153,6 +156,68 @@ def test_mlflow_parent_and_nested_runs_read_back(
         if r.data.tags.get("hypersweep.best") == "true"
     ]
     assert tagged == [str(new_best.number)]  # the old best lost its tag if it lost its place
+
+
+EXITING_SWEEP = """
+import sys, time
+import hypersweep as hs
+from hypersweep.integrations import MLflowCallback
+
+def objective(config):
+    return (config["x"] - 0.5) ** 2
+
+class LoopEnd(hs.Callback):
+    def on_sweep_end(self, result):
+        self.at = time.monotonic()
+
+class BusyServer(MLflowCallback):
+    # A shared tracking server answers slower than this test's own: 0.2 s more per new run,
+    # so the logging is surely still in flight when tune() returns.
+    def _start_trial(self, trial):
+        time.sleep(0.2)
+        super()._start_trial(trial)
+
+tracker, loop_end = BusyServer(tracking_uri=sys.argv[1], threads=2), LoopEnd()
+hs.tune({"x": hs.uniform(0, 1)}, objective, metric="loss", n_trials=int(sys.argv[2]),
+        name="exiting", callbacks=[loop_end, tracker], verbose=False)
+returned = time.monotonic()
+queued = sum(worker._queue.unfinished_tasks for worker in tracker._workers)
+print(f"tune() returned {returned - loop_end.at:.3f} s after the loop; {queued} calls queued")
+# no flush(): the interpreter's exit sends the rest
+"""
+
+
+@pytest.mark.slow
+def test_mlflow_logging_left_at_tune_return_is_sent_at_exit(
+    mlflow_server: str, run_dir: Path, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    trials = 40
+    script = tmp_path / "exiting.py"
+    script.write_text(EXITING_SWEEP)
+    done = subprocess.run(
+        [sys.executable, str(script), mlflow_server, str(trials)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    # tune() did not wait for the server: its runs were still being sent when it returned.
+    assert "calls queued" in done.stdout and " 0 calls queued" not in done.stdout, done.stdout
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("exiting")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parent = [r for r in runs if r.data.tags.get("hypersweep.role") == "sweep"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert "hypersweep.best_trial" in parent[0].data.tags
+    children = [r for r in runs if "hypersweep.trial" in r.data.tags]
+    assert sorted(int(r.data.tags["hypersweep.trial"]) for r in children) == list(range(trials))
+    for run in children:  # every run complete: status, state, params and the final metric
+        assert run.info.status == "FINISHED" and run.info.end_time is not None
+        assert run.data.tags["hypersweep.state"] == "completed"
+        assert "x" in run.data.params and "loss" in run.data.metrics
 
 
 def test_mlflow_outage_does_not_stop_the_sweep(
@@ -170,6 +235,7 @@ def test_mlflow_outage_does_not_stop_the_sweep(
             callbacks=[{"mlflow": {"tracking_uri": f"http://127.0.0.1:{free_port()}"}}],
             verbose=False,
         )
+        assert integrations.flush(timeout=120)
     assert result.counts() == {"completed": 3}
     failures = [r for r in caplog.records if "mlflow-callback: logging failed" in r.getMessage()]
     assert len(failures) == 1

@@ -215,3 +215,23 @@ def test_every_dashboard_query_names_an_exposed_metric() -> None:
         re.sub(r"_(bucket|sum|count|total)$", "", n) for n in exposed if not n.endswith("_created")
     }
     assert families <= {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in used}
+
+
+def dashboard_panel_table(dashboard: dict) -> str:
+    """The README's list of the dashboard's panels, as it must read for this JSON."""
+    lines = ["| Panel | Query |", "|---|---|"]
+    for panel in dashboard["panels"]:
+        queries = "<br>".join(
+            "`{}`".format(t["expr"].replace("|", "\\|")) for t in panel["targets"]
+        )
+        lines.append(f"| {panel['title']} | {queries} |")
+    return "\n".join(lines)
+
+
+def test_the_readme_lists_the_dashboards_panels() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    readme = (REPO / "README.md").read_text()
+    listed = re.search(r"<!-- grafana-panels -->\n(.*?)\n<!-- /grafana-panels -->", readme, re.S)
+    assert listed is not None, "README.md: no <!-- grafana-panels --> block"
+    expected = dashboard_panel_table(dashboard)
+    assert listed.group(1) == expected, f"README.md's panel list should read:\n{expected}"

@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,10 @@ PARENT_TAG = "mlflow.parentRunId"
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
 _SWEEP = -1  # the key of the sweep's own run
 
+# The callbacks of this process, so that a sweep resumed here first waits for the logging of
+# its earlier run (whose runs it continues).
+_CALLBACKS: weakref.WeakSet[MLflowCallback] = weakref.WeakSet()
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -44,15 +49,21 @@ class MLflowCallback(Callback):
     is tagged ``hypersweep.best=true`` and the parent run ``hypersweep.best_trial``.
 
     Logging runs on background threads (``threads``, each owning a share of the trials' runs,
-    so one run's calls stay in order), batched per run, so the sweep never waits for the
-    tracking server; the sweep's end waits until everything is logged.
+    so one run's calls stay in order), batched per run: a trial costs three requests (create
+    the run; one ``log_batch`` with what piled up, usually params, metrics and tags together;
+    set its status), and the sweep never waits for the tracking server. So ``tune()`` may
+    return before the server has every run: :meth:`flush` (or
+    :func:`hypersweep.integrations.flush`) waits for it, and so does the interpreter's exit
+    (at most ``flush_timeout`` seconds). ``wait=True`` makes the sweep's end wait instead.
 
     Args:
         tracking_uri: the MLflow tracking URI; None uses MLflow's default (``MLFLOW_TRACKING_URI``).
         experiment_name: the experiment; defaults to the sweep's name.
         tags: extra tags for every run.
-        flush_timeout: the most seconds the sweep's end waits for queued logging.
+        flush_timeout: the most seconds the interpreter's exit (or the sweep's end, with
+            ``wait``) waits for queued logging.
         threads: background threads sending to the tracking server.
+        wait: the sweep's end waits until every run is logged.
 
     The MLflow client's line per ended run ("View run ... at") is turned off, unless
     ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`` is set. If the tracking server fails a call
@@ -67,13 +78,18 @@ class MLflowCallback(Callback):
         tags: Mapping[str, str] | None = None,
         flush_timeout: float = 600.0,
         threads: int = 4,
+        wait: bool = False,
     ) -> None:
         require("mlflow", "mlflow", "MLflowCallback")
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.flush_timeout = flush_timeout
-        self._workers = [BackgroundWorker("mlflow-callback") for _ in range(max(1, threads))]
+        self.wait = wait
+        self._workers = [
+            BackgroundWorker("mlflow-callback", exit_timeout=flush_timeout)
+            for _ in range(max(1, threads))
+        ]
         self._lock = threading.Lock()
         # Per worker: run key -> metrics/params/tags waiting to be sent, and whether a drain
         # of them is queued.
@@ -85,6 +101,18 @@ class MLflowCallback(Callback):
         self._experiment_id = ""
         self._runs: dict[int, str] = {}  # run key -> run id
         self._sweep: SweepInfo | None = None
+        _CALLBACKS.add(self)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued run, param, metric and status reached the tracking server,
+        at most ``timeout`` seconds; True if it all did."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = True
+        for _ in range(2):  # the sweep's closing call queues its last batch on another worker
+            for worker in self._workers:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done = worker.flush(left) and done
+        return done
 
     # --- the sweep loop's hooks (driver thread): queue work, return at once ----------------
 
@@ -132,12 +160,9 @@ class MLflowCallback(Callback):
         self._worker(trial.number).submit(lambda: self._set_status(trial.number, status, end=True))
 
     def on_sweep_end(self, result: SweepResult) -> None:
-        deadline = time.monotonic() + self.flush_timeout
-        for worker in self._workers:  # every trial's run first, then the sweep's
-            worker.flush(max(0.0, deadline - time.monotonic()))
-        self._worker(_SWEEP).submit(lambda: self._close(result))
-        for worker in self._workers:
-            worker.flush(max(0.0, deadline - time.monotonic()))
+        self._worker(_SWEEP).submit(lambda: self._finish(result))
+        if self.wait:
+            self.flush(self.flush_timeout)
 
     # --- batching ----------------------------------------------------------------------------
 
@@ -199,6 +224,10 @@ class MLflowCallback(Callback):
 
     def _open(self, sweep: SweepInfo) -> None:
         from mlflow import MlflowClient
+
+        for other in list(_CALLBACKS):  # an earlier run of this sweep, still logging
+            if other is not self and other._sweep is not None and other._sweep.name == sweep.name:
+                other.flush(self.flush_timeout)
 
         # MLflow prints two lines per ended run; for hundreds of trials that floods the terminal.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -295,6 +324,14 @@ class MLflowCallback(Callback):
             end_time=_now_ms() if end else None,
             run_name=None,
         )
+
+    def _finish(self, result: SweepResult) -> None:
+        """Close the sweep's run once every trial's run is logged (the best one gets a tag)."""
+        own = self._worker(_SWEEP)
+        for worker in self._workers:
+            if worker is not own:  # calls queued before this one on its own worker already ran
+                worker.flush(self.flush_timeout)
+        self._close(result)
 
     def _close(self, result: SweepResult) -> None:
         best = None if result.multi_objective else result.best_trial

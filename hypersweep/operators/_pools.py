@@ -43,6 +43,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from hypersweep._errors import ConfigError
+from hypersweep._metrics import operator_metrics
 from hypersweep.operators._informer import Informer
 from hypersweep.operators._kube import PODS, JsonDict, Kube, Resource
 from hypersweep.operators._names import JOB_NAME_LABEL
@@ -520,6 +521,7 @@ class GangAdmission:
             free = self.free()
             blocked: set[str] = set()
             still: list[GangRequest] = []
+            admitted: list[float] = []  # seconds each admitted gang waited
             usable_nodes: dict[int, list[str]] = {}  # by pool (id), for this pass
             for request in self._waiting:
                 choice = self._choose(request, free, blocked, usable_nodes)
@@ -539,7 +541,12 @@ class GangAdmission:
                 namespace, _, name = request.key.partition("/")
                 self._reserved[request.key] = _Reservation(namespace, name, len(replicas), per_node)
                 request.admitted = pool
+                admitted.append(now - request.since)
             self._waiting = still
+        if admitted:  # outside the lock: the metric has its own
+            wait = operator_metrics().admission_wait
+            for seconds in admitted:
+                wait.observe(seconds)
 
     def _choose(
         self,

@@ -37,6 +37,7 @@ from .conftest import (
     objective_command,
     wait_until,
 )
+from .test_operator_metrics import scrape
 
 POOL_LABEL = "test.hypersweep.io/pool"
 GPU = "nvidia.com/gpu"
@@ -374,6 +375,9 @@ def test_gang_admission_fills_three_pools_and_every_trial_finishes(
         pool("h100", f"{ns}-h100", weight=2),
         pool("tpu", f"{ns}-tpu", "google.com/tpu", per_replica=2, weight=1),
     ]
+    wait_count = ("hypersweep_operator_admission_wait_seconds_count", ())
+    wait_1s = ("hypersweep_operator_admission_wait_seconds_bucket", (("le", "1.0"),))
+    before = scrape(operator)
     with ObjectWatch(cluster, namespace) as seen:
         apply_sweep(
             cluster,
@@ -399,6 +403,11 @@ def test_gang_admission_fills_three_pools_and_every_trial_finishes(
     assert pools_used == {"a100", "h100", "tpu"}
     assert max(seen.queued) >= 1  # four at once asked for, three pools' worth of room
     assert status["queuedTrials"] == 0
+    # The operator's admission wait histogram: one observation per admitted gang, and the
+    # queued ones waited for a whole trial to end (well over a second).
+    after = scrape(operator)
+    assert after[wait_count] - before.get(wait_count, 0) >= 6
+    assert after[wait_count] - after[wait_1s] > before.get(wait_count, 0) - before.get(wait_1s, 0)
 
 
 @pytest.mark.k8s
