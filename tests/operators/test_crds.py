@@ -444,6 +444,14 @@ def test_pod_template_fields_of_the_wrong_type_are_refused(
     assert result.returncode != 0
     field = f"spec.replicaSpecs.Master.template.spec.{CONTAINER}.resources.limits.memory"
     assert field in result.stderr, result.stderr
+    # Quantities are strings or integers, as in Kubeflow's CRDs: 0.5 must be written "0.5".
+    body = _typo(BASE_JOB, MASTER_POD, "resources", {"limits": {"cpu": 0.5}})
+    result = apply(cluster, namespace.name, body)
+    assert result.returncode != 0
+    field = f"spec.replicaSpecs.Master.template.spec.{CONTAINER}.resources.limits.cpu"
+    assert f"{field} in body must be of type integer,string" in result.stderr, result.stderr
+    body = _typo(BASE_JOB, MASTER_POD, "resources", {"limits": {"cpu": "0.5", "nvidia.com/gpu": 1}})
+    assert apply(cluster, namespace.name, body).returncode == 0
 
 
 def test_a_rich_pod_template_is_stored_as_written(
