@@ -151,7 +151,8 @@ def _from_cluster() -> Json:
     from hypersweep.testing import LocalCluster
 
     with LocalCluster() as cluster:
-        return json.loads(cluster.kubectl("get", "--raw", "/openapi/v3/api/v1").stdout)
+        document: Json = json.loads(cluster.kubectl("get", "--raw", "/openapi/v3/api/v1").stdout)
+    return document
 
 
 def main(argv: list[str] | None = None) -> int:
