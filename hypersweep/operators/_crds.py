@@ -11,7 +11,10 @@ report what they refuse as a ``Failed`` condition with reason ``InvalidSpec``.
 ``TrainJob`` has the shape of Kubeflow's PyTorchJob and TFJob: ``replicaSpecs`` keyed by role,
 each with ``replicas``, ``restartPolicy`` and a pod ``template``, and a ``runPolicy``. A Kubeflow
 manifest ports by changing ``apiVersion`` and ``kind``: ``pytorchReplicaSpecs`` and
-``tfReplicaSpecs`` are accepted as they are and imply the framework.
+``tfReplicaSpecs`` are accepted as they are and imply the framework. Each replica's pod
+``template`` has core/v1 PodTemplateSpec's structural schema (``podtemplatespec.schema.json``,
+generated from the API server's OpenAPI by ``hack/podtemplate_schema.py``), as Kubeflow's CRDs
+embed it: a misspelt pod field is refused at ``kubectl apply`` as well.
 
 The manifests under ``deploy/crds/`` are generated from this module
 (``hypersweep operator crds --output-dir deploy/crds``); a test keeps them in step.
