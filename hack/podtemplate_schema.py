@@ -82,8 +82,7 @@ class _Converter:
             (part["$ref"] for part in node.get("allOf", []) if "$ref" in part), None
         )
         if ref is not None:
-            out = self.named(ref.rsplit("/", 1)[-1], seen)
-            return out
+            return self.named(ref.rsplit("/", 1)[-1], seen)
         out = {key: node[key] for key in KEPT if key in node}
         if node.get("type") in SCALARS and "default" in node:
             out["default"] = node["default"]  # kept until _drop_defaults: list-map keys need it
