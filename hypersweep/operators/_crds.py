@@ -11,7 +11,10 @@ report what they refuse as a ``Failed`` condition with reason ``InvalidSpec``.
 ``TrainJob`` has the shape of Kubeflow's PyTorchJob and TFJob: ``replicaSpecs`` keyed by role,
 each with ``replicas``, ``restartPolicy`` and a pod ``template``, and a ``runPolicy``. A Kubeflow
 manifest ports by changing ``apiVersion`` and ``kind``: ``pytorchReplicaSpecs`` and
-``tfReplicaSpecs`` are accepted as they are and imply the framework.
+``tfReplicaSpecs`` are accepted as they are and imply the framework. Each replica's pod
+``template`` has core/v1 PodTemplateSpec's structural schema (``podtemplatespec.schema.json``,
+generated from the API server's OpenAPI by ``hack/podtemplate_schema.py``), as Kubeflow's CRDs
+embed it: a misspelt pod field is refused at ``kubectl apply`` as well.
 
 The manifests under ``deploy/crds/`` are generated from this module
 (``hypersweep operator crds --output-dir deploy/crds``); a test keeps them in step.
@@ -20,6 +23,9 @@ The manifests under ``deploy/crds/`` are generated from this module
 from __future__ import annotations
 
 import copy
+import functools
+import json
+from importlib import resources
 from typing import Any
 
 from hypersweep.operators._names import GROUP, VERSION
@@ -43,6 +49,9 @@ FRONT_LIMIT = 10
 #: ``<trainjob>-evaluator-<i>`` a 63-character DNS label (pod and service names).
 MAX_TRAINJOB_NAME = 48
 MAX_SWEEP_NAME = 35
+
+#: The structural schema of core/v1 PodTemplateSpec (package data).
+PODTEMPLATE_SCHEMA = "podtemplatespec.schema.json"
 
 _PRESERVE = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
@@ -78,13 +87,31 @@ def _condition_schema() -> JsonDict:
     }
 
 
+@functools.cache
+def _load_pod_template_schema() -> JsonDict:
+    # Generated from the API server's OpenAPI by hack/podtemplate_schema.py (a test keeps it
+    # in step with the test cluster's), never written by hand.
+    text = resources.files("hypersweep.operators").joinpath(PODTEMPLATE_SCHEMA).read_text()
+    schema: JsonDict = json.loads(text)
+    return schema
+
+
+def _pod_template_schema() -> JsonDict:
+    """core/v1 PodTemplateSpec, structural, as Kubeflow's CRDs embed it.
+
+    With it, the API server prunes nothing silently: an unknown pod field (``resource:``,
+    ``envv:``) is refused at ``kubectl apply`` (strict field validation), naming the field.
+    """
+    template = copy.deepcopy(_load_pod_template_schema())
+    template["description"] = (
+        "The pod template, a core/v1 PodTemplateSpec (kubectl explain pod.spec describes its "
+        "fields): unknown fields and wrong types are refused when it is applied."
+    )
+    template["properties"]["spec"]["properties"]["containers"]["minItems"] = 1
+    return template
+
+
 def _replica_spec_schema() -> JsonDict:
-    container = {
-        "type": "object",
-        "required": ["name"],
-        "x-kubernetes-preserve-unknown-fields": True,
-        "properties": {"name": {"type": "string", "minLength": 1}},
-    }
     return {
         "type": "object",
         "required": ["template"],
@@ -107,21 +134,7 @@ def _replica_spec_schema() -> JsonDict:
                     "1-127. Never: fail the job."
                 ),
             },
-            "template": {
-                "type": "object",
-                "description": "The pod template (a core/v1 PodTemplateSpec).",
-                "properties": {
-                    "metadata": copy.deepcopy(_PRESERVE),
-                    "spec": {
-                        "type": "object",
-                        "required": ["containers"],
-                        "x-kubernetes-preserve-unknown-fields": True,
-                        "properties": {
-                            "containers": {"type": "array", "minItems": 1, "items": container}
-                        },
-                    },
-                },
-            },
+            "template": _pod_template_schema(),
         },
     }
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hypersweep.operators._crds import PODTEMPLATE_SCHEMA, crd_manifests
 from hypersweep.testing import LocalCluster
 
-from .conftest import Namespace, kubectl_json, trial_template
+from .conftest import REPO, Namespace, kubectl_json, trial_template
 
 pytestmark = pytest.mark.k8s
 
@@ -331,3 +334,225 @@ def test_a_sweep_with_several_objectives_and_constraints_is_served(
         result = apply(cluster, namespace.name, _with(sweep("bad"), bad, "spec", "objective"))
         assert result.returncode != 0
         assert message in result.stderr, result.stderr
+
+
+# -- the pod template: core/v1 PodTemplateSpec's schema, from the API server's OpenAPI ----------
+
+MASTER_POD = ("replicaSpecs", "Master", "template", "spec")
+CONTAINER = "containers[0]"
+
+
+def _typo(body: dict[str, Any], spec_path: tuple[str, ...], field: str, value: Any) -> Any:
+    """``body`` with ``field`` set in the first container of the pod spec at ``spec_path``."""
+    body = copy.deepcopy(body)
+    target = body["spec"]
+    for key in spec_path:
+        target = target[key]
+    target["containers"][0][field] = value
+    return body
+
+
+def _kubeflow_job(replicas: str, role: str) -> dict[str, Any]:
+    """A Kubeflow-shaped TrainJob (``pytorchReplicaSpecs`` or ``tfReplicaSpecs``)."""
+    spec = trial_template(["python", "-c", "pass"])
+    template = spec["replicaSpecs"]["Master"]
+    return {**trainjob("kubeflow"), "spec": {replicas: {role: template}}}
+
+
+LIMITS = {"limits": {"cpu": "1"}}
+ENV = [{"name": "LR", "value": "0.1"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (
+            _typo(BASE_JOB, MASTER_POD, "resource", LIMITS),
+            f"spec.replicaSpecs.Master.template.spec.{CONTAINER}.resource",
+        ),
+        (
+            _typo(BASE_JOB, MASTER_POD, "envv", ENV),
+            f"spec.replicaSpecs.Master.template.spec.{CONTAINER}.envv",
+        ),
+        (
+            _typo(
+                _kubeflow_job("pytorchReplicaSpecs", "Master"),
+                ("pytorchReplicaSpecs", "Master", "template", "spec"),
+                "resource",
+                LIMITS,
+            ),
+            f"spec.pytorchReplicaSpecs.Master.template.spec.{CONTAINER}.resource",
+        ),
+        (
+            _typo(
+                _kubeflow_job("tfReplicaSpecs", "Worker"),
+                ("tfReplicaSpecs", "Worker", "template", "spec"),
+                "envv",
+                ENV,
+            ),
+            f"spec.tfReplicaSpecs.Worker.template.spec.{CONTAINER}.envv",
+        ),
+        (
+            _typo(BASE_SWEEP, ("trialTemplate", *MASTER_POD), "resource", LIMITS),
+            f"spec.trialTemplate.replicaSpecs.Master.template.spec.{CONTAINER}.resource",
+        ),
+        (
+            _typo(BASE_SWEEP, ("trialTemplate", *MASTER_POD), "envv", ENV),
+            f"spec.trialTemplate.replicaSpecs.Master.template.spec.{CONTAINER}.envv",
+        ),
+        (
+            _with(BASE_JOB, {"a100": "true"}, "spec", *MASTER_POD, "nodeSelecter"),
+            "spec.replicaSpecs.Master.template.spec.nodeSelecter",
+        ),
+        (
+            _with(BASE_SWEEP, {"team": "a"}, "spec", "trialTemplate", *MASTER_POD[:-1], "labels"),
+            "spec.trialTemplate.replicaSpecs.Master.template.labels",
+        ),
+    ],
+    ids=[
+        "trainjob-resource",
+        "trainjob-envv",
+        "pytorchjob-resource",
+        "tfjob-envv",
+        "sweep-resource",
+        "sweep-envv",
+        "pod-nodeSelecter",
+        "sweep-labels-outside-metadata",
+    ],
+)
+def test_pod_template_typos_are_refused_at_apply(
+    cluster: LocalCluster, namespace: Namespace, body: dict[str, Any], field: str
+) -> None:
+    # kubectl apply validates strictly by default (--validate=strict): an unknown field is an
+    # error, not a field pruned in silence.
+    result = apply(cluster, namespace.name, body)
+    assert result.returncode != 0, result.stdout
+    assert f'unknown field "{field}"' in result.stderr, result.stderr
+
+
+def test_pod_template_fields_of_the_wrong_type_are_refused(
+    cluster: LocalCluster, namespace: Namespace
+) -> None:
+    body = _typo(BASE_SWEEP, ("trialTemplate", *MASTER_POD), "command", "python train.py")
+    result = apply(cluster, namespace.name, body)
+    assert result.returncode != 0
+    field = f"spec.trialTemplate.replicaSpecs.Master.template.spec.{CONTAINER}.command"
+    assert f"{field}: Invalid value" in result.stderr, result.stderr
+    assert "must be of type array" in result.stderr, result.stderr
+    body = _typo(BASE_JOB, MASTER_POD, "resources", {"limits": {"memory": ["1Gi"]}})
+    result = apply(cluster, namespace.name, body)
+    assert result.returncode != 0
+    field = f"spec.replicaSpecs.Master.template.spec.{CONTAINER}.resources.limits.memory"
+    assert field in result.stderr, result.stderr
+    # Quantities are strings or integers, as in Kubeflow's CRDs: 0.5 must be written "0.5".
+    body = _typo(BASE_JOB, MASTER_POD, "resources", {"limits": {"cpu": 0.5}})
+    result = apply(cluster, namespace.name, body)
+    assert result.returncode != 0
+    field = f"spec.replicaSpecs.Master.template.spec.{CONTAINER}.resources.limits.cpu"
+    assert f"{field} in body must be of type integer,string" in result.stderr, result.stderr
+    body = _typo(BASE_JOB, MASTER_POD, "resources", {"limits": {"cpu": "0.5", "nvidia.com/gpu": 1}})
+    assert apply(cluster, namespace.name, body).returncode == 0
+
+
+def test_a_rich_pod_template_is_stored_as_written(
+    cluster: LocalCluster, namespace: Namespace
+) -> None:
+    # The schema must prune nothing a pod accepts: what is applied is what the controller reads.
+    pod = {
+        "metadata": {"labels": {"team": "vision"}, "annotations": {"note": "x"}},
+        "spec": {
+            "initContainers": [{"name": "fetch", "image": "busybox", "command": ["true"]}],
+            "containers": [
+                {
+                    "name": "pytorch",
+                    "image": "hypersweep:test",
+                    "command": ["python", "-c", "pass"],
+                    "args": ["--lr=${trialParameters.lr}"],
+                    "env": [
+                        {"name": "LR", "value": "${trialParameters.lr}"},
+                        {
+                            "name": "NODE",
+                            "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
+                        },
+                    ],
+                    "envFrom": [{"secretRef": {"name": "creds", "optional": True}}],
+                    "ports": [{"containerPort": 29500, "name": "dist", "protocol": "TCP"}],
+                    "resources": {
+                        "requests": {"cpu": "500m", "memory": "1Gi"},
+                        "limits": {"nvidia.com/gpu": 1, "memory": "2Gi"},
+                    },
+                    "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "readinessProbe": {"tcpSocket": {"port": "dist"}, "periodSeconds": 5},
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                }
+            ],
+            "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}],
+            "nodeSelector": {"hypersweep.io/pool": "a100"},
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {
+                "podAntiAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "weight": 10,
+                            "podAffinityTerm": {
+                                "topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": {"team": "vision"}},
+                            },
+                        }
+                    ]
+                }
+            },
+            "priorityClassName": "high",
+            "serviceAccountName": "trainer",
+        },
+    }
+    body = _with(BASE_SWEEP, pod, "spec", "trialTemplate", *MASTER_POD[:-1])
+    body = _with(body, "rich", "metadata", "name")
+    body = _with(body, {"lr": {"type": "float", "low": 0.01, "high": 0.1}}, "spec", "space")
+    result = apply(cluster, namespace.name, body)
+    assert result.returncode == 0, result.stderr
+    assert "unknown field" not in result.stderr, result.stderr
+    stored = kubectl_json(cluster, "get", "sweep", "rich", "-n", namespace.name)
+    assert stored["spec"]["trialTemplate"]["replicaSpecs"]["Master"]["template"] == pod
+
+
+def test_example_manifests_pass_the_api_servers_validation(
+    cluster: LocalCluster, namespace: Namespace
+) -> None:
+    for path in sorted((REPO / "examples" / "k8s").glob("*.yaml")):
+        result = cluster.kubectl(
+            "apply", "-n", namespace.name, "--dry-run=server", "-f", str(path), check=False
+        )
+        assert result.returncode == 0, f"{path.name}: {result.stderr}"
+        assert not result.stderr, f"{path.name}: {result.stderr}"  # no warnings either
+
+
+def test_the_crds_apply_client_side(cluster: LocalCluster) -> None:
+    # README's `kubectl apply -k deploy/base` applies client-side, which records the whole CRD
+    # in an annotation the API server limits to 256 KiB: the embedded pod schemas must fit.
+    result = cluster.kubectl("apply", "--dry-run=server", "-k", str(REPO / "deploy" / "crds"))
+    assert "trainjobs.hypersweep.io" in result.stdout and "sweeps.hypersweep.io" in result.stdout
+    for crd in crd_manifests():
+        assert len(json.dumps(crd, separators=(",", ":"))) < 256 * 1024 - 16 * 1024
+
+
+def test_the_pod_template_schema_is_generated_from_the_api_server(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    document = tmp_path / "openapi-v1.json"
+    document.write_text(cluster.kubectl("get", "--raw", "/openapi/v3/api/v1").stdout)
+    script = REPO / "hack" / "podtemplate_schema.py"
+    generated = subprocess.run(
+        [sys.executable, str(script), "--openapi", str(document), "--output", "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    committed = REPO / "hypersweep" / "operators" / PODTEMPLATE_SCHEMA
+    assert committed.read_text() == generated, (
+        f"{committed.name} is stale: run `python hack/podtemplate_schema.py`"
+    )

@@ -31,7 +31,8 @@ from .conftest import (
     trial_template,
     wait_until,
 )
-from .test_day_one import apply_sweep, finished, status_of, trainjobs
+from .test_day_one import apply_sweep, trainjobs
+from .test_sweep import sweep_status, wait_sweep
 
 pytestmark = pytest.mark.k8s
 
@@ -71,7 +72,7 @@ def test_the_namespaced_overlay_runs_a_sweep_without_cluster_rights(
     operator.start()  # leads: it needs no node
     try:
         apply_sweep(cluster, namespace, "team", maxTrials=2, parallelism=2)
-        status = finished(cluster, namespace, "team", operator)
+        status = wait_sweep(cluster, namespace, "team", operator)
         assert "Succeeded" in status["true"] and status["trials"]["succeeded"] == 2, status
         # A sweep with pools needs nodes: refused, saying why, instead of a crash.
         apply_sweep(
@@ -86,7 +87,7 @@ def test_the_namespaced_overlay_runs_a_sweep_without_cluster_rights(
                 }
             ],
         )
-        status = finished(cluster, namespace, "pooled", operator)
+        status = wait_sweep(cluster, namespace, "pooled", operator)
         failed = next(c for c in status["conditions"] if c["type"] == "Failed")
         assert failed["reason"] == "InvalidSpec" and "does not watch nodes" in failed["message"]
         log = operator.log_path.read_text()
@@ -230,7 +231,8 @@ def test_an_upgrade_runs_the_new_operator_alongside_the_old_one(
         apply_sweep(cluster, namespace, "upgrade", template=template, maxTrials=3, parallelism=2)
         wait_until(
             lambda: (
-                (status_of(cluster, namespace, "upgrade").get("trials") or {}).get("running") == 2
+                (sweep_status(cluster, namespace, "upgrade").get("trials") or {}).get("running")
+                == 2
             ),
             120,
             "two running trials",
@@ -264,7 +266,7 @@ def test_an_upgrade_runs_the_new_operator_alongside_the_old_one(
         wait_until(new.ready, 30, "the new operator to lead")
         wait_until(lambda: _leader_label(cluster, new_pod) == "true", 30, "the label to move")
         release.touch()
-        status = finished(cluster, namespace, "upgrade", new)
+        status = wait_sweep(cluster, namespace, "upgrade", new)
         assert "Succeeded" in status["true"] and status["trials"]["succeeded"] == 3, status
         assert len(trainjobs(cluster, namespace, "upgrade")) == 3
         # The trials running at the hand-over were adopted, not started again.
