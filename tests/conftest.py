@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,3 +65,24 @@ def require_module(name: str) -> ModuleType:
         if os.environ.get("HYPERSWEEP_REQUIRE_RAY") == "1":
             pytest.fail(f"HYPERSWEEP_REQUIRE_RAY=1 but {name} is missing: {error}", pytrace=False)
         pytest.skip(f"{name} is not installed: {error}")
+
+
+#: Debian's headless Chromium, for tests that look at a page as a person would.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def need_chromium() -> None:
+    """Skip without Chromium, or fail under ``HYPERSWEEP_REQUIRE_BROWSER=1`` (hack/test.sh)."""
+    if CHROMIUM is None:
+        message = "headless Chromium is not installed: apt-get install -y chromium"
+        if os.environ.get("HYPERSWEEP_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{message} (HYPERSWEEP_REQUIRE_BROWSER=1)")
+        pytest.skip(message)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that the kernel says is free now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

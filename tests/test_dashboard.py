@@ -8,11 +8,8 @@ are skipped, or fail when ``HYPERSWEEP_REQUIRE_BROWSER=1``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -22,26 +19,11 @@ from pathlib import Path
 
 import objectives
 import pytest
-from conftest import HYPERSWEEP, python_env
+from conftest import CHROMIUM, HYPERSWEEP, free_port, python_env
 
 import hypersweep as hs
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture(autouse=True)
-def _need_chromium() -> None:
-    if CHROMIUM is None:
-        message = "headless Chromium is not installed: apt-get install -y chromium"
-        if os.environ.get("HYPERSWEEP_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{message} (HYPERSWEEP_REQUIRE_BROWSER=1)")
-        pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+pytestmark = pytest.mark.usefixtures("need_chromium")
 
 
 def _get(url: str) -> str:
@@ -52,7 +34,7 @@ def _get(url: str) -> str:
 @contextmanager
 def _dashboard(name: str) -> Iterator[str]:
     """``hypersweep dashboard NAME`` on a free port; yields the sweep's page in the dashboard."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [HYPERSWEEP, "dashboard", name, "--port", str(port)],
         env=python_env(),

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_dashboard import CHROMIUM
+from conftest import CHROMIUM, free_port
 
 import hypersweep as hs
 from hypersweep.integrations import TensorBoardCallback
+
+pytestmark = pytest.mark.usefixtures("need_chromium")
 
 # The page's text, shadow roots included (style and script text left out).
 DEEP_TEXT = """(function text(node) {
@@ -38,21 +38,6 @@ DEEP_TEXT = """(function text(node) {
   }
   return out;
 })(document.body)"""
-
-
-@pytest.fixture(autouse=True)
-def _need_chromium() -> None:
-    if CHROMIUM is None:
-        message = "headless Chromium is not installed: apt-get install -y chromium"
-        if os.environ.get("HYPERSWEEP_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{message} (HYPERSWEEP_REQUIRE_BROWSER=1)")
-        pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_for(url: str, process: subprocess.Popen[bytes], what: str) -> bytes:
@@ -133,7 +118,7 @@ def test_tensorboard_hparams_view_shows_every_trial(run_dir: Path, tmp_path: Pat
     ]
     tensorboard = Path(sys.executable).parent / "tensorboard"
     serve = ["--logdir", str(logs / "hparams-demo"), "--host", "127.0.0.1"]
-    port, devtools_port = _free_port(), _free_port()
+    port, devtools_port = free_port(), free_port()
     board = f"http://127.0.0.1:{port}"
     with (
         _running([str(tensorboard), *serve, "--port", str(port)]) as server,
