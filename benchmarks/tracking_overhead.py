@@ -19,15 +19,9 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +29,7 @@ import optuna
 
 import hypersweep as hs
 from hypersweep.integrations import MLflowCallback
+from hypersweep.testing import mlflow_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEED = 0
@@ -42,49 +37,6 @@ SEED = 0
 
 def trivial(config: dict[str, Any]) -> float:
     return (config["x"] - 2.0) ** 2 + (config["y"] + 1.0) ** 2
-
-
-@contextmanager
-def mlflow_server(workdir: Path) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mlflow = Path(sys.executable).parent / "mlflow"
-    log = (workdir / "mlflow.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(mlflow),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{workdir / 'mlflow.db'}",
-            "--default-artifact-root",
-            str(workdir / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("mlflow server did not start") from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 class LoopEnd(hs.Callback):

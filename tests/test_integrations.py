@@ -4,74 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import objectives
 import pytest
+from conftest import free_port
 
 import hypersweep as hs
-from hypersweep import integrations
+from hypersweep import integrations, testing
 from hypersweep.integrations import MLflowCallback, TensorBoardCallback, WandbCallback
 
 ASHA = {"name": "asha", "min_resource": 1, "max_resource": 9}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """``mlflow server`` with a SQLite backend on loopback."""
-    port = free_port()
-    mlflow = Path(sys.executable).parent / "mlflow"
-    log = (tmp_path / "mlflow-server.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(mlflow) if mlflow.exists() else shutil.which("mlflow") or "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--default-artifact-root",
-            str(tmp_path / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            assert server.poll() is None, (tmp_path / "mlflow-server.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.2)
+    with testing.mlflow_server(tmp_path) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 @pytest.mark.slow

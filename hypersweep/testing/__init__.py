@@ -2,7 +2,8 @@
 
 See :mod:`hypersweep.testing._k8s` for :class:`LocalCluster` and the node-pool helpers, and
 :mod:`hypersweep.testing._node_agent` for the agent that really runs pods on a test node, and
-:mod:`hypersweep.testing._chaos` for the chaos runs (operator and replica SIGKILLs).
+:mod:`hypersweep.testing._chaos` for the chaos runs (operator and replica SIGKILLs), and
+:func:`mlflow_server` for a real MLflow tracking server.
 """
 
 from hypersweep.testing._chaos import (
@@ -31,6 +32,7 @@ from hypersweep.testing._k8s import (
     find_binaries,
     wait_for_nodes_ready,
 )
+from hypersweep.testing._mlflow import mlflow_server
 from hypersweep.testing._node_agent import NodeAgent, expand_vars
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "create_node_pool",
     "expand_vars",
     "find_binaries",
+    "mlflow_server",
     "run_gang_chaos",
     "run_operator_chaos",
     "wait_for_nodes_ready",
