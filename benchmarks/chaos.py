@@ -68,7 +68,8 @@ class Operator:
         argv = [
             sys.executable,
             "-m",
-            "hypersweep.operators._operator",
+            "hypersweep._cli",
+            "operator",
             "run",
             f"--kubeconfig={self.kubeconfig}",
             f"--namespace={NAMESPACE}",

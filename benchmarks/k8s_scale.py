@@ -313,7 +313,8 @@ def _run(
         [
             sys.executable,
             "-m",
-            "hypersweep.operators._operator",
+            "hypersweep._cli",
+            "operator",
             "run",
             f"--kubeconfig={cluster.kubeconfig}",
             f"--namespace={NAMESPACE}",

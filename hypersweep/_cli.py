@@ -472,13 +472,16 @@ def _cmd_dashboard(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_operator(args: argparse.Namespace, console: Console) -> int:
     try:
+        from hypersweep.launchers._kubernetes import KubernetesLauncher
         from hypersweep.operators._operator import main as operator_main
     except ModuleNotFoundError as error:
         raise ConfigError(
             f"operator: needs the kubernetes extra (module {error.name!r} is missing); "
             "pip install 'hypersweep[kubernetes]'"
         ) from None
-    return operator_main(args.operator_args)
+    # The operator runs each Sweep's trials with the Kubernetes launcher; the two packages
+    # know each other only through what this entry point gives the operator.
+    return operator_main(args.operator_args, KubernetesLauncher)
 
 
 _COMMANDS = {

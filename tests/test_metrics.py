@@ -157,7 +157,7 @@ def test_metrics_match_the_sweep_status_with_pauses_and_early_stops(
 
 
 def test_the_operator_serves_its_metrics_on_the_report_port() -> None:
-    from hypersweep.operators._server import ReportServer
+    from hypersweep.kube._server import ReportServer
 
     server = ReportServer("127.0.0.1", 0).start()
     try:

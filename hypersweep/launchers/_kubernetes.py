@@ -10,7 +10,7 @@ attempt of a trial the launcher creates:
   environment, and the objective reference when the template names no command.
 
 The TrainJob controller runs its pods. Trials report through ``hypersweep.report`` over HTTP to
-:class:`~hypersweep.operators._server.ReportServer` (the operator's, or one this launcher starts),
+:class:`~hypersweep.kube._server.ReportServer` (the operator's, or one this launcher starts),
 which hands each message to :meth:`KubernetesLauncher.handle_trial_message`: the token must be the
 one of that very trial, so a trial cannot report for another. A message is answered only once
 the orchestrator has handled it (a report gets its decision; a result is in storage).
@@ -35,17 +35,14 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from hypersweep._errors import ConfigError
-from hypersweep.launchers._base import Launcher, SweepContext
-from hypersweep.operators import _names as names
-from hypersweep.operators._crds import MAX_SWEEP_NAME
-from hypersweep.operators._informer import Informer
-from hypersweep.operators._kube import (
+from hypersweep.kube import _names as names
+from hypersweep.kube._client import (
     SECRETS,
     TRAINJOBS,
     ApiError,
@@ -53,7 +50,17 @@ from hypersweep.operators._kube import (
     Kube,
     owner_reference,
 )
-from hypersweep.operators._pools import (
+from hypersweep.kube._informer import Informer
+from hypersweep.kube._jobspec import (
+    CONTAINER_NAMES,
+    MAX_SWEEP_NAME,
+    JobSpec,
+    SpecError,
+    condition,
+    is_true,
+    main_container,
+)
+from hypersweep.kube._pools import (
     Demand,
     GangAdmission,
     GangRequest,
@@ -64,16 +71,14 @@ from hypersweep.operators._pools import (
     parse_pools,
     pod_requests,
 )
-from hypersweep.operators._server import ReportServer
-from hypersweep.operators._trainjob import (
-    CONTAINER_NAMES,
-    JobSpec,
-    SpecError,
-    condition,
-    is_true,
-    main_container,
-    with_suspend,
+from hypersweep.kube._server import ReportServer
+from hypersweep.kube._trial_jobs import (
+    LauncherDetached,
+    one_line,
+    suspend_trainjob,
+    suspend_unfinished_trainjobs,
 )
+from hypersweep.launchers._base import Launcher, SweepContext
 from hypersweep.orchestrator._events import (
     Checkpointed,
     Completed,
@@ -97,15 +102,6 @@ _FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 VALUE_INTERVAL = 10.0
 _MAX_PICKLE = 96 * 1024  # one environment variable holds at most 128 KiB on Linux
 _ROLE_NAMES = {"master": "Master", "worker": "Worker", "chief": "Chief"}
-
-
-class LauncherDetached(KeyboardInterrupt):
-    """Raised by :meth:`KubernetesLauncher.poll` after :meth:`~KubernetesLauncher.detach`.
-
-    A KeyboardInterrupt, so that the orchestrator stops as on Ctrl-C: it puts its running trials
-    back in the queue, and another driver (the next operator leader) resumes them by adopting
-    their TrainJobs, which were left running.
-    """
 
 
 @dataclass
@@ -155,7 +151,7 @@ class KubernetesLauncher(Launcher):
             (``$POD_IP``) when running in a cluster.
         report_port: the port to listen on for trials' reports (0: any free port).
         sync_interval: seconds between checks of the TrainJobs' states (from a watch).
-        pools: the node pools trials may use (:class:`~hypersweep.operators._pools.Pool` or
+        pools: the node pools trials may use (:class:`~hypersweep.kube._pools.Pool` or
             their plain-data form, as in ``Sweep.spec.pools``). A trial starts only once one
             pool has room for all of its replicas at once (gang admission); until then it
             waits, and a trial that fits no pool even when empty fails.
@@ -1234,75 +1230,9 @@ class KubernetesLauncher(Launcher):
             self._cond.wait(remaining)
 
 
-def suspend_trainjob(
-    kube: Kube,
-    job: Mapping[str, Any],
-    outcome: str,
-    *,
-    final: bool = False,
-    shown: Mapping[str, str] | None = None,
-) -> None:
-    """Suspend a trial's TrainJob and record why: its pods go, the job stays to look at.
-
-    A job whose pods already exited after the decision (a paused trial's do) only gets the
-    outcome annotation, so that ``kubectl`` still tells a pruned trial from a completed one.
-    With ``final`` (the sweep has ended), a job suspended as ``paused`` becomes ``pruned``:
-    no trial resumes any more, and the TrainJob controller finishes the job (its Service goes,
-    its TTL applies).
-    """
-    meta = job["metadata"]
-    recorded = (meta.get("annotations") or {}).get(names.OUTCOME_ANNOTATION)
-    if final and (_finished(job) or recorded in ("pruned", "failed", "stopped")):
-        return  # ended (or ending: its pods are exiting), and its own outcome stands
-    if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
-        if final and recorded in (None, "paused"):
-            ending = "pruned" if recorded == "paused" else outcome
-            ended = {names.OUTCOME_ANNOTATION: ending, names.TRIAL_STATE_ANNOTATION: ending}
-            kube.patch(
-                TRAINJOBS, meta["namespace"], meta["name"], {"metadata": {"annotations": ended}}
-            )
-        return
-    if _finished(job) and names.OUTCOME_ANNOTATION in (meta.get("annotations") or {}):
-        return  # ended, and says why already
-    annotations = {names.TRIAL_STATE_ANNOTATION: outcome, **(shown or {})}
-    annotations[names.OUTCOME_ANNOTATION] = outcome
-    patch: dict[str, Any] = {"metadata": {"annotations": annotations}}
-    if not _finished(job):
-        patch["spec"] = with_suspend(job.get("spec") or {}, True)
-    kube.patch(TRAINJOBS, meta["namespace"], meta["name"], patch)
-
-
-def suspend_unfinished_trainjobs(
-    kube: Kube, namespace: str, sweep: str, keep: Collection[str] = ()
-) -> None:
-    """Suspend every TrainJob of a finished sweep that still runs (but those in ``keep``,
-    trials whose result is in and whose pods are exiting): no trial pod outlives its sweep."""
-    try:
-        listing = kube.list(TRAINJOBS, namespace, label_selector=f"{names.SWEEP_LABEL}={sweep}")
-        for job in listing.get("items") or []:
-            if job["metadata"]["name"] not in keep:
-                suspend_trainjob(kube, job, "stopped", final=True)
-    except ApiError as error:
-        logger.warning("could not stop the TrainJobs left by sweep %s: %s", sweep, error)
-
-
 def _show(value: float) -> str:
     """A metric value as the per-trial view shows it: 6 significant digits."""
     return f"{value:.6g}"
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """A readable line from an error: a traceback's last line, else the first one."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if not lines:
-        return ""
-    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _finished(job: Mapping[str, Any]) -> bool:
-    conditions = (job.get("status") or {}).get("conditions") or []
-    return is_true(conditions, "Succeeded") or is_true(conditions, "Failed")
 
 
 def _new_token() -> str:

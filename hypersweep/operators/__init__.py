@@ -16,17 +16,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from hypersweep.operators._names import API_VERSION, GROUP, VERSION
+from hypersweep.kube._names import API_VERSION, GROUP, VERSION
 
 if TYPE_CHECKING:
-    from hypersweep.launchers._kubernetes import KubernetesLauncher
     from hypersweep.operators._crds import crd_manifests, sweep_crd, trainjob_crd
     from hypersweep.operators._operator import Operator, OperatorOptions
     from hypersweep.operators._sweep import SweepController
     from hypersweep.operators._trainjob import TrainJobController
 
 _LAZY = {
-    "KubernetesLauncher": "hypersweep.launchers._kubernetes",
     "Operator": "hypersweep.operators._operator",
     "OperatorOptions": "hypersweep.operators._operator",
     "SweepController": "hypersweep.operators._sweep",
@@ -40,7 +38,6 @@ __all__ = [
     "API_VERSION",
     "GROUP",
     "VERSION",
-    "KubernetesLauncher",
     "Operator",
     "OperatorOptions",
     "SweepController",

@@ -28,27 +28,26 @@ import json
 from importlib import resources
 from typing import Any
 
-from hypersweep.operators._names import GROUP, VERSION
+from hypersweep.kube._jobspec import (
+    CLEAN_POD_POLICIES,
+    DEFAULT_BACKOFF_LIMIT,
+    DEFAULT_STALLED_TIMEOUT,
+    FRAMEWORKS,
+    MAX_SWEEP_NAME,
+    MAX_TRAINJOB_NAME,
+    PYTORCH_ROLES,
+    RESTART_POLICIES,
+    TENSORFLOW_ROLES,
+)
+from hypersweep.kube._names import GROUP, VERSION
 from hypersweep.strategies import EARLY_STOPPING_NAMES, STRATEGY_NAMES
 
 JsonDict = dict[str, Any]
 
-PYTORCH_ROLES = ("Master", "Worker")
-TENSORFLOW_ROLES = ("Chief", "Master", "Worker", "PS", "Evaluator")
-FRAMEWORKS = ("pytorch", "tensorflow", "generic")
-RESTART_POLICIES = ("OnFailure", "Never", "ExitCode", "Always")
-CLEAN_POD_POLICIES = ("All", "Running", "None")
-DEFAULT_BACKOFF_LIMIT = 3
-#: Seconds a TrainJob's pod may stay unable to start before the job fails (runPolicy).
-DEFAULT_STALLED_TIMEOUT = 300
 DEFAULT_CLAIM = "hypersweep-data"
 # Trials of the Pareto front listed in a Sweep's status; the status never lists every trial.
 FRONT_LIMIT = 10
 
-#: Longest names: ``<sweep>-trial-<n>`` (n < 1,000,000) fits a TrainJob name, and
-#: ``<trainjob>-evaluator-<i>`` a 63-character DNS label (pod and service names).
-MAX_TRAINJOB_NAME = 48
-MAX_SWEEP_NAME = 35
 
 #: The structural schema of core/v1 PodTemplateSpec (package data).
 PODTEMPLATE_SCHEMA = "podtemplatespec.schema.json"

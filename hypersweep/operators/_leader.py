@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from hypersweep.operators._kube import LEASES, ApiError, JsonDict, Kube
+from hypersweep.kube._client import LEASES, ApiError, JsonDict, Kube
 
 logger = logging.getLogger("hypersweep.operator")
 

@@ -33,14 +33,14 @@ from typing import Any
 import yaml
 
 from hypersweep._metrics import operator_metrics
+from hypersweep.kube._client import PODS, ApiError, Kube
+from hypersweep.kube._names import COMPONENT, LEADER_LABEL
+from hypersweep.kube._pools import GangAdmission
+from hypersweep.kube._recorder import EventRecorder
+from hypersweep.kube._server import ReportServer
 from hypersweep.operators._crds import crd_manifests
-from hypersweep.operators._kube import PODS, ApiError, Kube
 from hypersweep.operators._leader import LeaderElector
-from hypersweep.operators._names import COMPONENT, LEADER_LABEL
-from hypersweep.operators._pools import GangAdmission
-from hypersweep.operators._recorder import EventRecorder
-from hypersweep.operators._server import ReportServer
-from hypersweep.operators._sweep import SweepController
+from hypersweep.operators._sweep import LauncherFactory, SweepController
 from hypersweep.operators._trainjob import Networking, TrainJobController
 
 logger = logging.getLogger("hypersweep.operator")
@@ -75,8 +75,14 @@ class OperatorOptions:
 class Operator:
     """The operator process: report server, leader election and both controllers."""
 
-    def __init__(self, options: OperatorOptions, kube: Kube | None = None) -> None:
+    def __init__(
+        self,
+        options: OperatorOptions,
+        launcher_factory: LauncherFactory,
+        kube: Kube | None = None,
+    ) -> None:
         self.options = options
+        self.launcher_factory = launcher_factory
         self.kube = kube or Kube.from_config(options.kubeconfig)
         self.identity = options.identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.ready = False
@@ -142,6 +148,7 @@ class Operator:
             sweeps = SweepController(
                 self.kube,
                 recorder,
+                launcher_factory=self.launcher_factory,
                 server=self.server,
                 report_url=self.report_url,
                 data_dir=options.data_dir,
@@ -260,8 +267,9 @@ def crd_yaml(crd: dict[str, Any]) -> str:
     return header + yaml.safe_dump(crd, sort_keys=False, width=100)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``hypersweep operator``."""
+def main(argv: list[str] | None, launcher_factory: LauncherFactory) -> int:
+    """Entry point of ``hypersweep operator``; the CLI passes the launcher that runs each
+    Sweep's trials (the Kubernetes launcher), so that operators never import launchers."""
     args = build_parser().parse_args(argv)
     if args.operator_command == "crds":
         if args.output_dir:
@@ -297,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return Operator(options).run(stop)
+    return Operator(options, launcher_factory).run(stop)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit("run the operator as `hypersweep operator ...`")

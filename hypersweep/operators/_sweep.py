@@ -2,7 +2,7 @@
 
 A Sweep's spec becomes :class:`~hypersweep.orchestrator._spec.SweepSettings`, and a
 :class:`SweepRunner` thread runs :class:`~hypersweep.orchestrator._orchestrator.Orchestrator`
-with a :class:`~hypersweep.launchers._kubernetes.KubernetesLauncher` that runs each trial as a
+with a :class:`~hypersweep.launchers.KubernetesLauncher` that runs each trial as a
 TrainJob owned by the Sweep. Everything about the trials lives in the sweep's Optuna storage (a
 journal file on the data volume, or a database URL from a Secret), never in the resource: the
 status holds counts and the best trial only, so it stays small however many trials run. Only
@@ -19,7 +19,7 @@ a changed spec) detaches the runner instead: its trials are queued to resume and
 keep running for the next runner to adopt.
 
 A Sweep with ``spec.pools`` has its trials admitted onto GPU node pools by one
-:class:`~hypersweep.operators._pools.GangAdmission` that every sweep of this operator shares (one
+:class:`~hypersweep.kube._pools.GangAdmission` that every sweep of this operator shares (one
 queue in arrival order, so sweeps sharing a pool take turns); trials waiting for room show as
 ``status.queuedTrials`` and the ``TrialsQueued`` condition, refused ones as ``Unschedulable``.
 
@@ -46,16 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from hypersweep._errors import ConfigError
 from hypersweep._metrics import operator_metrics
-from hypersweep.launchers._kubernetes import (
-    KubernetesLauncher,
-    LauncherDetached,
-    one_line,
-    suspend_unfinished_trainjobs,
-)
-from hypersweep.operators._crds import FRONT_LIMIT
-from hypersweep.operators._expectations import LatestWrites
-from hypersweep.operators._informer import Controller, Informer, enqueue_self
-from hypersweep.operators._kube import (
+from hypersweep.kube._client import (
     SECRETS,
     SWEEPS,
     ApiError,
@@ -64,11 +55,20 @@ from hypersweep.operators._kube import (
     object_key,
     split_key,
 )
-from hypersweep.operators._names import SWEEP_FINALIZER
-from hypersweep.operators._pools import GangAdmission, parse_policy, parse_pools
-from hypersweep.operators._recorder import EventRecorder
-from hypersweep.operators._server import ReportServer
-from hypersweep.operators._trainjob import JobSpec, SpecError, is_true, rfc3339, set_condition
+from hypersweep.kube._expectations import LatestWrites
+from hypersweep.kube._informer import Controller, Informer, enqueue_self
+from hypersweep.kube._jobspec import JobSpec, SpecError, is_true, rfc3339, set_condition
+from hypersweep.kube._names import SWEEP_FINALIZER
+from hypersweep.kube._pools import GangAdmission, parse_policy, parse_pools
+from hypersweep.kube._recorder import EventRecorder
+from hypersweep.kube._server import ReportServer
+from hypersweep.kube._trial_jobs import (
+    LauncherDetached,
+    TrialJobDriver,
+    one_line,
+    suspend_unfinished_trainjobs,
+)
+from hypersweep.operators._crds import FRONT_LIMIT
 from hypersweep.operators._validation import (
     check_early_stopping,
     check_trial_parameters,
@@ -83,10 +83,14 @@ from hypersweep.strategies import pareto_front
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-    from hypersweep.orchestrator._orchestrator import Orchestrator
+    from hypersweep.orchestrator._orchestrator import Launcher, Orchestrator
     from hypersweep.orchestrator._result import SweepResult
 
 logger = logging.getLogger("hypersweep.operator")
+
+#: Builds a Sweep's launcher from the namespace and keyword options (those of
+#: ``KubernetesLauncher``, which the process running the controller passes in).
+LauncherFactory = Callable[..., "Launcher"]
 
 DATA_VOLUME = "hypersweep-data"
 GOAL_REACHED = "goal reached"
@@ -217,7 +221,7 @@ class SweepRunner:
         key: str,
         sweep: JsonDict,
         settings: SweepSettings,
-        make_launcher: Callable[[SweepRunner], KubernetesLauncher],
+        make_launcher: Callable[[SweepRunner], Launcher],
         on_change: Callable[[], None],
         *,
         goal: float | None = None,
@@ -228,7 +232,10 @@ class SweepRunner:
         self.uid: str = sweep["metadata"]["uid"]
         self.generation = int(sweep["metadata"].get("generation", 1))
         self.settings = settings
-        self.launcher = make_launcher(self)
+        launcher = make_launcher(self)
+        if not isinstance(launcher, TrialJobDriver):  # the status reads its trials' TrainJobs
+            raise TypeError(f"a Sweep needs a launcher of TrainJobs, got {type(launcher).__name__}")
+        self.launcher = launcher
         self.on_change = on_change
         self.goal = goal
         self.heartbeat_interval = heartbeat_interval
@@ -334,6 +341,9 @@ class SweepController:
             the first such sweep starts).
         trainjobs: an informer of the TrainJobs (the TrainJob controller's), which the sweeps'
             launchers read their trials' states from; default: each launcher watches its own.
+        launcher_factory: builds each sweep's launcher, which runs its trials as TrainJobs
+            (:class:`~hypersweep.launchers.KubernetesLauncher`, given by the process that runs
+            the controller: the operator does not import launchers).
     """
 
     def __init__(
@@ -341,6 +351,7 @@ class SweepController:
         kube: Kube,
         recorder: EventRecorder,
         *,
+        launcher_factory: LauncherFactory,
         server: ReportServer,
         report_url: str,
         data_dir: Path,
@@ -353,6 +364,7 @@ class SweepController:
         pools_allowed: bool = True,
     ) -> None:
         self.kube = kube
+        self.launcher_factory = launcher_factory
         self.pools_allowed = pools_allowed
         self.recorder = recorder
         self.trainjobs = trainjobs
@@ -517,8 +529,8 @@ class SweepController:
         goal = (spec.get("objective") or {}).get("goal")
         volumes, mounts = self._data_volume(spec)
 
-        def make_launcher(runner: SweepRunner) -> KubernetesLauncher:
-            return KubernetesLauncher(
+        def make_launcher(runner: SweepRunner) -> Launcher:
+            return self.launcher_factory(
                 meta["namespace"],
                 trial_template=template,
                 max_concurrent=int(spec.get("parallelism") or 3),

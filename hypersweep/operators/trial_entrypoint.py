@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from hypersweep.operators import _names as names
+from hypersweep.kube import _names as names
 from hypersweep.operators._channel import HttpChannel, LocalChannel, ReportRefused, TrialGone
 from hypersweep.orchestrator._checkpoints import latest_checkpoint, trial_checkpoint_dir
 from hypersweep.orchestrator._objective import Objective, load_reference

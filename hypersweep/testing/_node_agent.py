@@ -47,7 +47,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from hypersweep.operators._kube import json_lines
+from hypersweep.kube._client import json_lines
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient

@@ -210,7 +210,8 @@ class OperatorProcess:
         argv = [
             sys.executable,
             "-m",
-            "hypersweep.operators._operator",
+            "hypersweep._cli",
+            "operator",
             "run",
             f"--kubeconfig={self.kubeconfig}",
             f"--namespace={self.namespace.name}",

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from hypersweep.kube._expectations import Expectations, LatestWrites
 from hypersweep.operators._batch import all_at_once, slow_start
-from hypersweep.operators._expectations import Expectations, LatestWrites
 
 
 @pytest.fixture

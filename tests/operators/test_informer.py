@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from hypersweep.operators._informer import Informer
-from hypersweep.operators._kube import Kube, Resource
-from hypersweep.operators._recorder import EventRecorder
+from hypersweep.kube._client import Kube, Resource
+from hypersweep.kube._informer import Informer
+from hypersweep.kube._recorder import EventRecorder
 from hypersweep.testing import LocalCluster
 
 from .conftest import Namespace, kubectl_json, wait_until

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from hypersweep.kube._informer import WorkQueue
 from hypersweep.launchers._kubernetes import substitute_parameters
-from hypersweep.operators._informer import WorkQueue
 from hypersweep.operators._sweep import goal_reached, scrub
 from hypersweep.operators._trainjob import (
     JobSpec,

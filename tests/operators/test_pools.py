@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from hypersweep.operators._pools import (
+from hypersweep.kube._pools import (
     Pool,
     parse_policy,
     parse_pools,

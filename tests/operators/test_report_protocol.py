@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from hypersweep._errors import ConfigError
+from hypersweep.kube._client import TRAINJOBS, Kube
+from hypersweep.kube._server import ReportServer
 from hypersweep.launchers._base import SweepContext
 from hypersweep.launchers._kubernetes import KubernetesLauncher
 from hypersweep.operators._channel import HttpChannel, ReportRefused, TrialGone
-from hypersweep.operators._kube import TRAINJOBS, Kube
-from hypersweep.operators._server import ReportServer
 from hypersweep.orchestrator._events import Completed, Reported, TrialAssignment
 from hypersweep.orchestrator._objective import ObjectiveRef
 from hypersweep.testing import LocalCluster, create_namespace

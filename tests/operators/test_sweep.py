@@ -465,8 +465,8 @@ def test_deleting_a_sweep_removes_what_it_made(
 def test_tune_runs_trials_as_trainjobs_from_python(
     cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess, tmp_path: Path
 ) -> None:
+    from hypersweep.kube._client import Kube
     from hypersweep.launchers import KubernetesLauncher
-    from hypersweep.operators._kube import Kube
 
     from .conftest import free_port
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from hypersweep._metrics import operator_metrics
-from hypersweep.operators._kube import ApiError, JsonDict, Kube, Resource, object_key
+from hypersweep.kube._client import ApiError, JsonDict, Kube, Resource, object_key
 
 logger = logging.getLogger("hypersweep.operator")
 

@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode
 
 import orjson  # watch streams decode 2x faster than with json: the operator's main cost
 
-from hypersweep.operators._names import GROUP, VERSION
+from hypersweep.kube._names import GROUP, VERSION
 
 logger = logging.getLogger("hypersweep.operator")
 

@@ -44,9 +44,9 @@ from typing import Any
 
 from hypersweep._errors import ConfigError
 from hypersweep._metrics import operator_metrics
-from hypersweep.operators._informer import Informer
-from hypersweep.operators._kube import PODS, JsonDict, Kube, Resource
-from hypersweep.operators._names import JOB_NAME_LABEL
+from hypersweep.kube._client import PODS, JsonDict, Kube, Resource
+from hypersweep.kube._informer import Informer
+from hypersweep.kube._names import JOB_NAME_LABEL
 
 logger = logging.getLogger("hypersweep.operator")
 

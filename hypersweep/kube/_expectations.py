@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hypersweep.operators._kube import JsonDict
+from hypersweep.kube._client import JsonDict
 
 #: Seconds after which unmet expectations no longer hold a reconcile back.
 TTL = 30.0

@@ -17,8 +17,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from hypersweep.operators._kube import EVENTS, JsonDict, Kube
-from hypersweep.operators._names import COMPONENT
+from hypersweep.kube._client import EVENTS, JsonDict, Kube
+from hypersweep.kube._names import COMPONENT
 
 logger = logging.getLogger("hypersweep.operator")
 
