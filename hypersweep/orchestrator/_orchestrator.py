@@ -232,6 +232,7 @@ class Orchestrator:
             metric=settings.metrics[0],
             mode=settings.modes[0],
             constraints_func=self._constraints_func() if self._needs_constraints_func() else None,
+            state_dir=default_run_dir(self.name),  # a Ray Tune searcher's state, for resume
         )
         directions: list[Literal["minimize", "maximize"]] = [
             "minimize" if mode == "min" else "maximize" for mode in settings.modes

@@ -56,7 +56,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from hypersweep._errors import ConfigError
-from hypersweep.strategies._samplers import StrategyNotReady
+from hypersweep.strategies._not_ready import StrategyNotReady
 from hypersweep.strategies._space import (
     Categorical,
     Domain,
@@ -326,8 +326,8 @@ class RaySearcherSampler(BaseSampler):
         metric: the sweep's metric (what the searcher optimizes).
         mode: ``"min"`` or ``"max"``.
         seed: seed of the random fallback for parameters the searcher does not propose.
-        state_dir: where the searcher's state is kept for resume; defaults to the sweep's
-            folder (``$HYPERSWEEP_RUNS_DIR/<name>``).
+        state_dir: where the searcher's state is kept for resume (the orchestrator gives the
+            sweep's folder); None keeps no state, and a resumed sweep starts the searcher afresh.
     """
 
     def __init__(
@@ -412,18 +412,14 @@ class RaySearcherSampler(BaseSampler):
             self._restore(study)
         self._replay(study)
 
-    def _state_path(self, study: Study) -> Path:
-        if self._state_dir is not None:
-            return self._state_dir / STATE_FILE
-        from hypersweep.orchestrator._storage import default_run_dir
-
-        return default_run_dir(study.study_name) / STATE_FILE
+    def _state_path(self) -> Path | None:
+        return self._state_dir / STATE_FILE if self._state_dir is not None else None
 
     def _restore(self, study: Study) -> None:
         import cloudpickle
 
-        path = self._state_path(study)
-        if not path.is_file():
+        path = self._state_path()
+        if path is None or not path.is_file():
             return
         try:
             state = cloudpickle.loads(path.read_bytes())
@@ -506,6 +502,9 @@ class RaySearcherSampler(BaseSampler):
     def _save(self, study: Study, *, force: bool = False) -> None:
         """Write the searcher's state after every change while that is cheap (under 20 ms);
         a larger state is written at most ~10% of the time, unless ``force``d."""
+        path = self._state_path()
+        if path is None:
+            return  # no folder to keep it in: nothing to resume from
         now = time.monotonic()
         expensive = self._save_cost > _CHEAP_SAVE
         if not force and expensive and now - self._saved_at < self._save_cost / _SAVE_OVERHEAD:
@@ -522,7 +521,6 @@ class RaySearcherSampler(BaseSampler):
                 "told": sorted(self._told),
                 "exhausted": self._exhausted,
             }
-            path = self._state_path(study)
             path.parent.mkdir(parents=True, exist_ok=True)
             staging = path.with_name(f".{path.name}.{os.getpid()}")
             staging.write_bytes(cloudpickle.dumps(state))

@@ -12,11 +12,13 @@ sweep already has is replaced by an unused config. See ``_trial_seeded``.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hypersweep._errors import ConfigError
+from hypersweep.strategies._not_ready import StrategyNotReady
 from hypersweep.strategies._space import (
     flatten_space,
     grid_configs,
@@ -29,19 +31,7 @@ if TYPE_CHECKING:
 
 STRATEGY_NAMES = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2", "nsga3")
 
-
-class StrategyNotReady(Exception):
-    """Raised by a sampler that has no config to propose for a fresh trial right now.
-
-    The orchestrator puts the trial back in the queue and claims no other fresh trial until a
-    running one ends; with ``exhausted`` the strategy will never propose another config (the
-    sweep ends once the trials already proposed are done). Ray Tune's searchers work this way
-    (``suggest`` returns None or ``Searcher.FINISHED``).
-    """
-
-    def __init__(self, message: str = "", *, exhausted: bool = False) -> None:
-        super().__init__(message or ("no more configs" if exhausted else "no config yet"))
-        self.exhausted = exhausted
+__all__ = ["STRATEGY_NAMES", "StrategyNotReady", "check_strategy", "grid_size", "make_sampler"]
 
 
 def check_strategy(strategy: Any, field: str = "strategy") -> None:
@@ -76,6 +66,7 @@ def make_sampler(
     metric: str | None = None,
     mode: str | None = None,
     constraints_func: Callable[[Any], Sequence[float]] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> optuna.samplers.BaseSampler:
     """Build the Optuna sampler for ``strategy``.
 
@@ -83,7 +74,7 @@ def make_sampler(
     proposed the same point (Optuna's recommendation for parallel workers). A Ray Tune search
     algorithm is wrapped in a sampler that asks it for configs; it is told the sweep's
     ``metric`` and ``mode``. ``constraints_func`` goes to the samplers that take it (TPE,
-    NSGA-II/III, GP).
+    NSGA-II/III, GP). ``state_dir`` is where a Ray Tune searcher's state is kept for resume.
     """
     import optuna
 
@@ -92,7 +83,9 @@ def make_sampler(
         from hypersweep.strategies._ray_searcher import RaySearcherSampler, is_ray_search_algorithm
 
         if is_ray_search_algorithm(strategy):
-            return RaySearcherSampler(strategy, space, metric=metric, mode=mode, seed=seed)
+            return RaySearcherSampler(
+                strategy, space, metric=metric, mode=mode, seed=seed, state_dir=state_dir
+            )
         return strategy
     from hypersweep.strategies._trial_seeded import (
         TrialNumberQMCSampler,
