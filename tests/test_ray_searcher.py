@@ -402,12 +402,8 @@ def test_ray_tune_schedulers_by_their_class(run_dir: Path, monkeypatch: pytest.M
         PopulationBasedTraining,
     )
 
-    from hypersweep.strategies._schedulers import (
-        ASHA,
-        Hyperband,
-        OptunaPrunerScheduler,
-        make_scheduler,
-    )
+    from hypersweep.strategies._early_stopping import make_scheduler
+    from hypersweep.strategies._schedulers import ASHA, Hyperband, OptunaPrunerScheduler
 
     monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(run_dir / "markers"))
     result = hs.tune(

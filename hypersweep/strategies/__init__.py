@@ -1,5 +1,6 @@
 """Search and early stopping: pure decision logic, no I/O."""
 
+from hypersweep.strategies._early_stopping import make_scheduler
 from hypersweep.strategies._objectives import (
     CONSTRAINT_STRATEGIES,
     MULTI_OBJECTIVE_STRATEGIES,
@@ -25,7 +26,6 @@ from hypersweep.strategies._schedulers import (
     Hyperband,
     OptunaPrunerScheduler,
     Scheduler,
-    make_scheduler,
 )
 from hypersweep.strategies._space import (
     Branches,

@@ -424,6 +424,44 @@ def validate_space(space: Any, prefix: str = "space") -> Any:
     return checked
 
 
+def from_ray_domain(domain: Any, where: str) -> Domain:
+    """The hypersweep domain of a Ray Tune one (``tune.uniform(0, 1)``...), same values.
+
+    Ray Tune's ``randint`` and ``lograndint`` exclude ``upper``, its ``qrandint`` includes
+    it; hypersweep's integer ranges include ``high``. Domains without an equivalent
+    (``tune.sample_from``, ``tune.randn``) are refused, naming the field.
+    """
+    from ray.tune.search import sample
+
+    sampler = domain.get_sampler()
+    step = None
+    if isinstance(sampler, sample.Quantized):
+        step, sampler = sampler.q, sampler.get_sampler()
+    try:
+        if isinstance(domain, sample.Categorical):
+            return Categorical(tuple(domain.categories))
+        if isinstance(domain, sample.Float) and isinstance(sampler, sample.LogUniform):
+            if step is None:
+                return Float(float(domain.lower), float(domain.upper), log=True)
+        elif isinstance(domain, sample.Float) and isinstance(sampler, sample.Uniform):
+            return Float(float(domain.lower), float(domain.upper), step=step)
+        elif isinstance(domain, sample.Integer) and isinstance(
+            sampler, (sample.Uniform, sample.LogUniform)
+        ):
+            log = isinstance(sampler, sample.LogUniform)
+            if step is None:
+                return Int(int(domain.lower), int(domain.upper) - 1, log=log)
+            if not log:
+                return Int(int(domain.lower), int(domain.upper), step=int(step))
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    raise ConfigError(
+        f"{where}: Ray Tune's {type(domain).__name__} with a {type(sampler).__name__} sampler "
+        "has no hypersweep equivalent; use uniform, loguniform, quniform, randint, choice or "
+        "grid (tune.sample_from: compute the value from the config in the objective)"
+    )
+
+
 def _validate_mapping(space: Mapping[Any, Any], prefix: str) -> dict[str, Any]:
     checked: dict[str, Any] = {}
     for key, value in space.items():
@@ -438,8 +476,6 @@ def _validate_mapping(space: Mapping[Any, Any], prefix: str) -> dict[str, Any]:
         elif isinstance(value, Domain):
             checked[key] = value
         elif type(value).__module__ == "ray.tune.search.sample":  # tune.uniform(0, 1)...
-            from hypersweep.strategies._ray_searcher import from_ray_domain
-
             checked[key] = from_ray_domain(value, where)
         elif isinstance(value, Mapping) and list(value) == ["grid_search"]:  # tune.grid_search
             try:
