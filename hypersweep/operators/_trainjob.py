@@ -434,23 +434,145 @@ def decide(
     that is gone is lost, and so is one whose pod vanished while the gang ran: either restarts
     the gang, whatever the restart policy, since the trial did not fail. ``admitted`` is False
     while a restarted gang waits for gang admission: its pods are not created yet.
+
+    The phases run in order, and the first that settles the job ends the reconcile: a finished
+    job is cleaned up; a trial's final outcome finishes it; a suspended job runs nothing; the
+    deadline fails it; a failed replica fails it or restarts the gang; a pod that cannot start
+    fails it after a grace period; the replicas' success ends it; a restarted gang waits for
+    admission; otherwise the pods and the Service converge on the spec.
     """
+    seen = _observe(job, spec, pods, services, now, nodes)
+    name = seen.name
+    if set_condition(
+        seen.conditions,
+        "Created",
+        True,
+        "TrainJobCreated",
+        f"TrainJob {name} is created.",
+        seen.stamp,
+    ):
+        seen.plan.events.append(("Normal", "Created", f"TrainJob {name} is created"))
+    if is_true(seen.conditions, "Succeeded") or is_true(seen.conditions, "Failed"):
+        _after_finish(seen)
+        return seen.plan
+    if (
+        _ended_trial(seen)
+        or _suspended(seen)
+        or _past_deadline(seen)
+        or _failed_replicas(seen)
+        or _stalled_pods(seen)
+        or _completed(seen)
+        or _awaiting_admission(seen, admitted)
+    ):
+        return seen.plan
+    _converge(seen, networking)
+    return seen.plan
+
+
+@dataclass
+class _Observed:
+    """What one reconcile of a job saw, and the :class:`Plan` its phases fill in."""
+
+    job: Mapping[str, Any]
+    spec: JobSpec
+    pods: Sequence[JsonDict]
+    services: Sequence[JsonDict]
+    now: dt.datetime
+    plan: Plan
+    #: The start of the gang the current pods belong to (``status.restartCount``).
+    gang: int
+    replicas: list[Replica]
+    #: Live pods of the current start, by name.
+    current: dict[str, JsonDict]
+    #: Live pods of earlier starts.
+    stale: list[JsonDict]
+    #: Pod name -> how its replica was lost (node gone, evicted, deleted).
+    lost: dict[str, str]
+    own_services: list[JsonDict]
+
+    @property
+    def name(self) -> str:
+        return str(self.job["metadata"]["name"])
+
+    @property
+    def status(self) -> JsonDict:
+        return self.plan.status
+
+    @property
+    def conditions(self) -> list[JsonDict]:
+        conditions: list[JsonDict] = self.plan.status["conditions"]
+        return conditions
+
+    @property
+    def stamp(self) -> str:
+        return rfc3339(self.now)
+
+    def finish(self, kind: str, reason: str, message: str, event_type: str) -> None:
+        """Set the final condition (``Succeeded`` or ``Failed``) and end the others."""
+        for entry, status in ((kind, True), ("Running", False), ("Restarting", False)):
+            set_condition(self.conditions, entry, status, reason, message, self.stamp)
+        self.status.setdefault("completionTime", self.stamp)
+        self.plan.events.append((event_type, reason, message))
+
+    def counts(self, creating: Collection[str] = ()) -> None:
+        """``replicaStatuses`` from the pods, counting those being created as active (as the
+        Job controller does: one status write less per start)."""
+        by_role: dict[str, JsonDict] = {}
+        for replica_spec in self.spec.replica_specs:
+            by_role[replica_spec.role] = {"active": 0, "succeeded": 0, "failed": 0}
+        for replica in self.replicas:
+            pod = self.current.get(replica.pod_name(self.name))
+            if pod is None:
+                if replica.pod_name(self.name) in creating:
+                    by_role[replica.spec.role]["active"] += 1
+                continue
+            phase = _phase(pod)
+            entry = by_role[replica.spec.role]
+            if phase == "Succeeded":
+                entry["succeeded"] += 1
+            elif phase == "Failed":
+                entry["failed"] += 1
+            else:
+                entry["active"] += 1
+        self.status["replicaStatuses"] = by_role
+
+    def clean_up(self) -> None:
+        """Delete pods and services as ``cleanPodPolicy`` says, for a finished job."""
+        policy = self.spec.clean_pod_policy
+        for pod in [*self.current.values(), *self.stale]:
+            if policy == "All" or (
+                policy == "Running" and _phase(pod) not in ("Succeeded", "Failed")
+            ):
+                self.plan.delete_pods.append(pod)
+        if policy != "None":
+            self.plan.delete_services.extend(self.own_services)
+
+    def who(self, replica: Replica) -> str:
+        return f"replica {replica.spec.label}-{replica.index} (rank {replica.rank})"
+
+
+def _observe(
+    job: Mapping[str, Any],
+    spec: JobSpec,
+    pods: Sequence[JsonDict],
+    services: Sequence[JsonDict],
+    now: dt.datetime,
+    nodes: Collection[str] | None,
+) -> _Observed:
+    """Sort the job's pods: the current start's, earlier starts', and replicas lost."""
     meta = job["metadata"]
     name, uid = meta["name"], meta["uid"]
     status: JsonDict = copy.deepcopy(job.get("status") or {})
     conditions: list[JsonDict] = status.setdefault("conditions", [])
-    plan = Plan(status=status)
-    stamp = rfc3339(now)
     status["observedGeneration"] = meta.get("generation", 1)
     gang = int(status.get("restartCount") or 0)
     status["restartCount"] = gang
-    mine = [pod for pod in pods if owned_by(pod, uid)]
-    own_services = [svc for svc in services if owned_by(svc, uid)]
+    plan = Plan(status=status)
     replicas = spec.replicas()
     current: dict[str, JsonDict] = {}
     stale: list[JsonDict] = []
-    lost: dict[str, str] = {}  # pod name -> how its replica was lost
-    for pod in mine:
+    lost: dict[str, str] = {}
+    for pod in (pod for pod in pods if owned_by(pod, uid)):
         labels = pod["metadata"].get("labels") or {}
         node = (pod.get("spec") or {}).get("nodeName")
         if nodes is not None and node and node not in nodes:
@@ -469,270 +591,261 @@ def decide(
             pod_name = replica.pod_name(name)
             if pod_name not in current and pod_name not in lost:
                 lost[pod_name] = "disappeared (its pod was deleted)"
-    main_name = CONTAINER_NAMES[spec.framework]
+    return _Observed(
+        job=job,
+        spec=spec,
+        pods=pods,
+        services=services,
+        now=now,
+        plan=plan,
+        gang=gang,
+        replicas=replicas,
+        current=current,
+        stale=stale,
+        lost=lost,
+        own_services=[svc for svc in services if owned_by(svc, uid)],
+    )
 
-    if set_condition(
-        conditions, "Created", True, "TrainJobCreated", f"TrainJob {name} is created.", stamp
-    ):
-        plan.events.append(("Normal", "Created", f"TrainJob {name} is created"))
-    finished = is_true(conditions, "Succeeded") or is_true(conditions, "Failed")
 
-    def finish(kind: str, reason: str, message: str, event_type: str) -> None:
-        set_condition(conditions, kind, True, reason, message, stamp)
-        set_condition(conditions, "Running", False, reason, message, stamp)
-        set_condition(conditions, "Restarting", False, reason, message, stamp)
-        status.setdefault("completionTime", stamp)
-        plan.events.append((event_type, reason, message))
-
-    def counts(creating: Collection[str] = ()) -> None:
-        """``replicaStatuses`` from the pods, counting those being created as active (as the
-        Job controller does: one status write less per start)."""
-        by_role: dict[str, JsonDict] = {}
-        for replica_spec in spec.replica_specs:
-            by_role[replica_spec.role] = {"active": 0, "succeeded": 0, "failed": 0}
-        for replica in replicas:
-            pod = current.get(replica.pod_name(name))
-            if pod is None:
-                if replica.pod_name(name) in creating:
-                    by_role[replica.spec.role]["active"] += 1
-                continue
-            phase = _phase(pod)
-            entry = by_role[replica.spec.role]
-            if phase == "Succeeded":
-                entry["succeeded"] += 1
-            elif phase == "Failed":
-                entry["failed"] += 1
-            else:
-                entry["active"] += 1
-        status["replicaStatuses"] = by_role
-
-    def clean_up() -> None:
-        """Delete pods and services as ``cleanPodPolicy`` says, for a finished job."""
-        policy = spec.clean_pod_policy
-        for pod in [*current.values(), *stale]:
-            if policy == "All" or (
-                policy == "Running" and _phase(pod) not in ("Succeeded", "Failed")
-            ):
-                plan.delete_pods.append(pod)
-        if policy != "None":
-            plan.delete_services.extend(own_services)
-
-    if finished:
-        # The counts stay as the job ended: its clean-up changes nothing a user asked about.
-        clean_up()
-        if spec.ttl_seconds_after_finished is not None:
-            done_at = parse_time(status.get("completionTime")) or now
-            left = (done_at - now).total_seconds() + spec.ttl_seconds_after_finished
-            if left <= 0:
-                plan.delete_job = True
-            else:
-                plan.requeue(left)
-        return plan
-
-    annotations = meta.get("annotations") or {}
-    ended = FINAL_OUTCOMES.get(str(annotations.get(OUTCOME_ANNOTATION)))
-    if ended is not None:
-        # A trial that ended for good (not paused to resume): the job finishes, so that its
-        # Service goes and ttlSecondsAfterFinished applies; nothing restarts it. Unsuspended
-        # (a failed trial's), it finishes once a replica has exited, and cleanPodPolicy says
-        # which pods stay: a failed trial's exited pods stay for ``kubectl logs``.
-        exited = [p for p in current.values() if _phase(p) in ("Succeeded", "Failed")]
-        if spec.suspend or exited or not current:
-            kind, reason, text = ended
-            failure = annotations.get(FAILURE_ANNOTATION)
-            message = f"TrainJob {name} {text}" + (f" {failure}" if failure else "")
-            finish(kind, reason, message, "Warning" if kind == "Failed" else "Normal")
-            if spec.suspend:
-                set_condition(conditions, "Suspended", False, reason, message, stamp)
-            counts()
-            clean_up()
-            if spec.suspend:
-                plan.delete_pods = [*current.values(), *stale]  # a suspended job runs nothing
-            return plan
-        counts()
-        return plan  # its replicas are exiting: their events bring the job back
-
-    if spec.suspend:
-        if set_condition(
-            conditions,
-            "Suspended",
-            True,
-            "TrainJobSuspended",
-            f"TrainJob {name} is suspended.",
-            stamp,
-        ):
-            plan.events.append(
-                ("Normal", "Suspended", f"TrainJob {name} is suspended: its pods are deleted")
-            )
-        set_condition(
-            conditions,
-            "Running",
-            False,
-            "TrainJobSuspended",
-            f"TrainJob {name} is suspended.",
-            stamp,
-        )
-        set_condition(
-            conditions,
-            "Restarting",
-            False,
-            "TrainJobSuspended",
-            f"TrainJob {name} is suspended.",
-            stamp,
-        )
-        status.pop("startTime", None)  # the deadline counts again from the resume
-        plan.delete_pods.extend([*current.values(), *stale])
-        current.clear()
-        counts()
-        return plan
-    if set_condition(
-        conditions, "Suspended", False, "TrainJobResumed", f"TrainJob {name} is resumed.", stamp
-    ):
-        plan.events.append(("Normal", "Resumed", f"TrainJob {name} is resumed"))
-
-    started = parse_time(status.get("startTime"))
-    if started is None:
-        status["startTime"] = stamp
-        started = now
-    deadline = spec.active_deadline_seconds
-    if deadline is not None:
-        left = (started - now).total_seconds() + deadline
+def _after_finish(seen: _Observed) -> None:
+    """A finished job: clean up, and delete it once ``ttlSecondsAfterFinished`` is over."""
+    # The counts stay as the job ended: its clean-up changes nothing a user asked about.
+    seen.clean_up()
+    ttl = seen.spec.ttl_seconds_after_finished
+    if ttl is not None:
+        done_at = parse_time(seen.status.get("completionTime")) or seen.now
+        left = (done_at - seen.now).total_seconds() + ttl
         if left <= 0:
-            finish(
-                "Failed",
-                "DeadlineExceeded",
-                f"TrainJob {name} was active longer than activeDeadlineSeconds ({deadline} s)",
-                "Warning",
-            )
-            counts()
-            clean_up()
-            plan.delete_pods = [*current.values(), *stale]  # a deadline stops everything
-            return plan
-        plan.requeue(left)
+            seen.plan.delete_job = True
+        else:
+            seen.plan.requeue(left)
 
-    # A failed replica fails the job or restarts the gang, as its restart policy says.
+
+def _ended_trial(seen: _Observed) -> bool:
+    """A trial that ended for good (not paused to resume): the job finishes, so that its
+    Service goes and ttlSecondsAfterFinished applies; nothing restarts it. Unsuspended (a
+    failed trial's), it finishes once a replica has exited, and cleanPodPolicy says which pods
+    stay: a failed trial's exited pods stay for ``kubectl logs``."""
+    annotations = seen.job["metadata"].get("annotations") or {}
+    ended = FINAL_OUTCOMES.get(str(annotations.get(OUTCOME_ANNOTATION)))
+    if ended is None:
+        return False
+    spec, current = seen.spec, seen.current
+    exited = [p for p in current.values() if _phase(p) in ("Succeeded", "Failed")]
+    if not (spec.suspend or exited or not current):
+        seen.counts()
+        return True  # its replicas are exiting: their events bring the job back
+    kind, reason, text = ended
+    failure = annotations.get(FAILURE_ANNOTATION)
+    message = f"TrainJob {seen.name} {text}" + (f" {failure}" if failure else "")
+    seen.finish(kind, reason, message, "Warning" if kind == "Failed" else "Normal")
+    if spec.suspend:
+        set_condition(seen.conditions, "Suspended", False, reason, message, seen.stamp)
+    seen.counts()
+    seen.clean_up()
+    if spec.suspend:
+        seen.plan.delete_pods = [*current.values(), *seen.stale]  # a suspended job runs nothing
+    return True
+
+
+def _suspended(seen: _Observed) -> bool:
+    """``runPolicy.suspend``: delete the pods, keep the job (and say when it resumes)."""
+    name, conditions, stamp, plan = seen.name, seen.conditions, seen.stamp, seen.plan
+    if not seen.spec.suspend:
+        if set_condition(
+            conditions, "Suspended", False, "TrainJobResumed", f"TrainJob {name} is resumed.", stamp
+        ):
+            plan.events.append(("Normal", "Resumed", f"TrainJob {name} is resumed"))
+        return False
+    message = f"TrainJob {name} is suspended."
+    if set_condition(conditions, "Suspended", True, "TrainJobSuspended", message, stamp):
+        plan.events.append(
+            ("Normal", "Suspended", f"TrainJob {name} is suspended: its pods are deleted")
+        )
+    set_condition(conditions, "Running", False, "TrainJobSuspended", message, stamp)
+    set_condition(conditions, "Restarting", False, "TrainJobSuspended", message, stamp)
+    seen.status.pop("startTime", None)  # the deadline counts again from the resume
+    plan.delete_pods.extend([*seen.current.values(), *seen.stale])
+    seen.current.clear()
+    seen.counts()
+    return True
+
+
+def _past_deadline(seen: _Observed) -> bool:
+    """Start the clock; ``activeDeadlineSeconds`` fails a job that runs too long."""
+    started = parse_time(seen.status.get("startTime"))
+    if started is None:
+        seen.status["startTime"] = seen.stamp
+        started = seen.now
+    deadline = seen.spec.active_deadline_seconds
+    if deadline is None:
+        return False
+    left = (started - seen.now).total_seconds() + deadline
+    if left > 0:
+        seen.plan.requeue(left)
+        return False
+    seen.finish(
+        "Failed",
+        "DeadlineExceeded",
+        f"TrainJob {seen.name} was active longer than activeDeadlineSeconds ({deadline} s)",
+        "Warning",
+    )
+    seen.counts()
+    seen.clean_up()
+    seen.plan.delete_pods = [*seen.current.values(), *seen.stale]  # a deadline stops everything
+    return True
+
+
+def _failed_replicas(seen: _Observed) -> bool:
+    """A failed replica fails the job or restarts the gang, as its restart policy says."""
+    name, spec, gang = seen.name, seen.spec, seen.gang
+    main_name = CONTAINER_NAMES[spec.framework]
     failures: list[tuple[Replica, int | None, str]] = []
-    for replica in replicas:
-        observed = current.get(replica.pod_name(name))
+    for replica in seen.replicas:
+        observed = seen.current.get(replica.pod_name(name))
         if observed is not None and _phase(observed) == "Failed":
             code, reading = describe_failure(observed, main_name)
-            who = f"replica {replica.spec.label}-{replica.index} (rank {replica.rank})"
-            failures.append((replica, code, f"{who} {reading}"))
-    for replica in replicas:
-        if replica.pod_name(name) in lost:
-            who = f"replica {replica.spec.label}-{replica.index} (rank {replica.rank})"
-            failures.insert(0, (replica, None, f"{who} {lost[replica.pod_name(name)]}"))
-    if failures:
-        # After a lost replica its peers fail too (their collective broke): not their fault.
-        fatal = (
-            [] if lost else [f for f in failures if not restartable(f[0].spec.restart_policy, f[1])]
-        )
-        counts()
-        if fatal:
-            replica, _, message = fatal[0]
-            finish(
-                "Failed",
-                "TrainJobFailed",
-                f"{message} (restartPolicy {replica.spec.restart_policy})",
-                "Warning",
+            failures.append((replica, code, f"{seen.who(replica)} {reading}"))
+    for replica in seen.replicas:
+        if replica.pod_name(name) in seen.lost:
+            failures.insert(
+                0, (replica, None, f"{seen.who(replica)} {seen.lost[replica.pod_name(name)]}")
             )
-            clean_up()
-            return plan
-        _, _, message = failures[0]
-        if gang >= spec.backoff_limit:
-            finish(
-                "Failed",
-                "BackoffLimitExceeded",
-                f"{message}; the job was restarted {gang} times "
-                f"(backoffLimit {spec.backoff_limit})",
-                "Warning",
-            )
-            clean_up()
-            return plan
-        status["restartCount"] = gang + 1
-        # A replica's own failure backs off before the next start, as the Job controller does
-        # (a lost replica is no one's fault: its gang starts again at once).
-        reason = "ReplicaLost" if lost else "TrainJobRestarting"
-        delay = 0.0 if lost else restart_backoff(gang + 1)
-        text = (
-            f"{message}; restarting every replica from the latest checkpoint "
-            f"(restart {gang + 1} of {spec.backoff_limit}"
-            + (f", in {delay:g} s)" if delay else ")")
+    if not failures:
+        return False
+    # After a lost replica its peers fail too (their collective broke): not their fault.
+    fatal = (
+        []
+        if seen.lost
+        else [f for f in failures if not restartable(f[0].spec.restart_policy, f[1])]
+    )
+    seen.counts()
+    if fatal:
+        replica, _, message = fatal[0]
+        seen.finish(
+            "Failed",
+            "TrainJobFailed",
+            f"{message} (restartPolicy {replica.spec.restart_policy})",
+            "Warning",
         )
-        set_condition(conditions, "Restarting", True, reason, text, stamp)
-        for entry in conditions:
-            if entry.get("type") == "Restarting":
-                entry["lastUpdateTime"] = stamp  # when the back-off starts
-        set_condition(conditions, "Running", False, "TrainJobRestarting", text, stamp)
-        plan.events.append(("Warning", "Restarting", text))
-        plan.delete_pods.extend([*current.values(), *stale])
-        plan.requeue(0.5)
-        return plan
+        seen.clean_up()
+        return True
+    _, _, message = failures[0]
+    if gang >= spec.backoff_limit:
+        seen.finish(
+            "Failed",
+            "BackoffLimitExceeded",
+            f"{message}; the job was restarted {gang} times (backoffLimit {spec.backoff_limit})",
+            "Warning",
+        )
+        seen.clean_up()
+        return True
+    _restart_gang(seen, message)
+    return True
 
-    # A pod that cannot start fails the job after the grace period (it counts as active, not
-    # failed, to the pods' phases: nothing else would ever end the trial).
+
+def _restart_gang(seen: _Observed, message: str) -> None:
+    """Count a restart, delete every pod of this start, and start again (after a back-off)."""
+    gang, conditions, stamp, plan = seen.gang, seen.conditions, seen.stamp, seen.plan
+    seen.status["restartCount"] = gang + 1
+    # A replica's own failure backs off before the next start, as the Job controller does
+    # (a lost replica is no one's fault: its gang starts again at once).
+    reason = "ReplicaLost" if seen.lost else "TrainJobRestarting"
+    delay = 0.0 if seen.lost else restart_backoff(gang + 1)
+    text = (
+        f"{message}; restarting every replica from the latest checkpoint "
+        f"(restart {gang + 1} of {seen.spec.backoff_limit}"
+        + (f", in {delay:g} s)" if delay else ")")
+    )
+    set_condition(conditions, "Restarting", True, reason, text, stamp)
+    for entry in conditions:
+        if entry.get("type") == "Restarting":
+            entry["lastUpdateTime"] = stamp  # when the back-off starts
+    set_condition(conditions, "Running", False, "TrainJobRestarting", text, stamp)
+    plan.events.append(("Warning", "Restarting", text))
+    plan.delete_pods.extend([*seen.current.values(), *seen.stale])
+    plan.requeue(0.5)
+
+
+def _stalled_pods(seen: _Observed) -> bool:
+    """A pod that cannot start fails the job after the grace period (it counts as active, not
+    failed, to the pods' phases: nothing else would ever end the trial)."""
+    name, conditions, stamp = seen.name, seen.conditions, seen.stamp
     stuck = [
         why
         for why in (
-            stalled(current[r.pod_name(name)]) for r in replicas if r.pod_name(name) in current
+            stalled(seen.current[r.pod_name(name)])
+            for r in seen.replicas
+            if r.pod_name(name) in seen.current
         )
         if why is not None
     ]
-    if stuck:
-        reason, message = stuck[0]
-        grace = spec.stalled_timeout_seconds
-        text = f"{message} (the job fails if this lasts {grace} s: runPolicy.stalledTimeoutSeconds)"
-        if set_condition(conditions, "Stalled", True, reason, text, stamp):
-            plan.events.append(("Warning", reason, message))
-        since = parse_time((condition(conditions, "Stalled") or {}).get("lastTransitionTime"))
-        left = ((since or now) - now).total_seconds() + grace
-        if left <= 0:
-            finish("Failed", reason, f"{message}; for {grace} s or more", "Warning")
-            counts()
-            clean_up()
-            plan.delete_pods = [*current.values(), *stale]  # none of them can run
-            return plan
-        plan.requeue(left)
-    else:
+    if not stuck:
         set_condition(conditions, "Stalled", False, "PodsStarting", "No pod is stalled.", stamp)
+        return False
+    reason, message = stuck[0]
+    grace = seen.spec.stalled_timeout_seconds
+    text = f"{message} (the job fails if this lasts {grace} s: runPolicy.stalledTimeoutSeconds)"
+    if set_condition(conditions, "Stalled", True, reason, text, stamp):
+        seen.plan.events.append(("Warning", reason, message))
+    since = parse_time((condition(conditions, "Stalled") or {}).get("lastTransitionTime"))
+    left = ((since or seen.now) - seen.now).total_seconds() + grace
+    if left > 0:
+        seen.plan.requeue(left)
+        return False
+    seen.finish("Failed", reason, f"{message}; for {grace} s or more", "Warning")
+    seen.counts()
+    seen.clean_up()
+    seen.plan.delete_pods = [*seen.current.values(), *seen.stale]  # none of them can run
+    return True
 
-    if _succeeded(spec, replicas, current, name):
-        counts()
-        # Kubeflow's rule: the job succeeded, so did the replicas still active (cleaned up now).
-        for entry in status["replicaStatuses"].values():
-            entry["succeeded"] += entry["active"]
-            entry["active"] = 0
-        finish("Succeeded", "TrainJobSucceeded", f"TrainJob {name} succeeded.", "Normal")
-        clean_up()
-        return plan
 
-    if not admitted and not current:
-        # A restarted gang under gang admission: its pods wait until all of them fit at once.
-        plan.awaiting_admission = True
-        text = f"TrainJob {name} waits for room for all {len(replicas)} replicas in its pool"
-        set_condition(conditions, "Restarting", True, "WaitingForCapacity", text, stamp)
-        plan.delete_pods.extend(stale)
-        plan.requeue(0.5)
-        counts()
-        return plan
+def _completed(seen: _Observed) -> bool:
+    """The replicas that decide it succeeded: so did the job."""
+    if not _succeeded(seen.spec, seen.replicas, seen.current, seen.name):
+        return False
+    seen.counts()
+    # Kubeflow's rule: the job succeeded, so did the replicas still active (cleaned up now).
+    for entry in seen.status["replicaStatuses"].values():
+        entry["succeeded"] += entry["active"]
+        entry["active"] = 0
+    seen.finish("Succeeded", "TrainJobSucceeded", f"TrainJob {seen.name} succeeded.", "Normal")
+    seen.clean_up()
+    return True
 
-    # Converge on one live pod per replica and the job's headless Service.
-    plan.delete_pods.extend(stale)
-    restarting = condition(conditions, "Restarting")
+
+def _awaiting_admission(seen: _Observed, admitted: bool) -> bool:
+    """A restarted gang under gang admission: its pods wait until all of them fit at once."""
+    if admitted or seen.current:
+        return False
+    seen.plan.awaiting_admission = True
+    text = f"TrainJob {seen.name} waits for room for all {len(seen.replicas)} replicas in its pool"
+    set_condition(seen.conditions, "Restarting", True, "WaitingForCapacity", text, seen.stamp)
+    seen.plan.delete_pods.extend(seen.stale)
+    seen.plan.requeue(0.5)
+    seen.counts()
+    return True
+
+
+def _converge(seen: _Observed, networking: Networking) -> None:
+    """One live pod per replica and the job's headless Service; Running once all are up."""
+    name, plan, replicas, current = seen.name, seen.plan, seen.replicas, seen.current
+    plan.delete_pods.extend(seen.stale)
+    restarting = condition(seen.conditions, "Restarting")
     if (
         not current
-        and gang > 0
+        and seen.gang > 0
         and restarting is not None
         and restarting.get("status") == "True"
         and restarting.get("reason") == "TrainJobRestarting"
     ):
-        since = parse_time(restarting.get("lastUpdateTime")) or now
-        left = (since - now).total_seconds() + restart_backoff(gang)
+        since = parse_time(restarting.get("lastUpdateTime")) or seen.now
+        left = (since - seen.now).total_seconds() + restart_backoff(seen.gang)
         if left > 0:
             plan.requeue(left)  # backing off after a failure
-            counts()
-            return plan
-    taken = {pod["metadata"]["name"] for pod in pods}
+            seen.counts()
+            return
+    taken = {pod["metadata"]["name"] for pod in seen.pods}
     for replica in replicas:
         pod_name = replica.pod_name(name)
         if pod_name in current:
@@ -740,19 +853,18 @@ def decide(
         if pod_name in taken:
             plan.requeue(1.0)  # an old pod of that name is still going away
             continue
-        plan.create_pods.append(render_pod(job, spec, replica, gang, networking))
-    if name not in {svc["metadata"]["name"] for svc in services}:
-        plan.create_services.append(render_service(job, spec, networking))
+        plan.create_pods.append(render_pod(seen.job, seen.spec, replica, seen.gang, networking))
+    if name not in {svc["metadata"]["name"] for svc in seen.services}:
+        plan.create_services.append(render_service(seen.job, seen.spec, networking))
 
-    counts({pod["metadata"]["name"] for pod in plan.create_pods})
+    seen.counts({pod["metadata"]["name"] for pod in plan.create_pods})
     phases = [_phase(current[r.pod_name(name)]) for r in replicas if r.pod_name(name) in current]
     all_up = len(phases) == len(replicas) and all(p in ("Running", "Succeeded") for p in phases)
     if all_up and "Running" in phases:
         message = f"TrainJob {name} is running."
-        if set_condition(conditions, "Running", True, "TrainJobRunning", message, stamp):
+        if set_condition(seen.conditions, "Running", True, "TrainJobRunning", message, seen.stamp):
             plan.events.append(("Normal", "Running", f"All {len(replicas)} replicas are running"))
-        set_condition(conditions, "Restarting", False, "TrainJobRunning", message, stamp)
-    return plan
+        set_condition(seen.conditions, "Restarting", False, "TrainJobRunning", message, seen.stamp)
 
 
 def _succeeded(
