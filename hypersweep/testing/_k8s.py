@@ -201,6 +201,33 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise ClusterStartError(f"openssl {' '.join(args)} failed:\n{result.stderr}")
 
 
+@dataclass(frozen=True)
+class _Credentials:
+    """What the control plane's components authenticate with (files under the work dir)."""
+
+    pki: _Pki
+    serving_cert: Path
+    serving_key: Path
+    proxy_cert: Path
+    proxy_key: Path
+    sa_key: Path
+    sa_pub: Path
+    kcm_kubeconfig: Path
+    sched_kubeconfig: Path
+
+
+@dataclass(frozen=True)
+class _Ports:
+    """Free local ports for the components, picked when the cluster starts."""
+
+    etcd: int = field(default_factory=_free_port)
+    etcd_peer: int = field(default_factory=_free_port)
+    apiserver: int = field(default_factory=_free_port)
+    controller_manager: int = field(default_factory=_free_port)
+    scheduler: int = field(default_factory=_free_port)
+    kwok: int = field(default_factory=_free_port)
+
+
 class _Pki:
     """A throw-away certificate authority and the certificates a cluster needs.
 
@@ -588,12 +615,25 @@ class LocalCluster:
 
     def _start_components(self) -> None:
         """Generate certificates, then start etcd+apiserver, then the rest, waiting as needed."""
-        workdir = self.workdir
-        bins = self.bin_dir
-        logs = workdir / "logs"
+        logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        ports = _Ports()  # first: the kubeconfigs name the API server's port
+        self.etcd_port, self.apiserver_port = ports.etcd, ports.apiserver
+        creds = self._issue_credentials()
+        self._mark("certificates")
+        self._start_control_plane(creds, ports, logs, env)
+        if self.crds:
+            # Before the controller-manager starts, so that its garbage collector knows the
+            # custom resources from its first discovery (it re-discovers only every 30 s).
+            self.install_crds(self.crds, timeout=self.startup_timeout)
+            self._mark("crds installed")
+        self._start_controllers(creds, ports, logs, env)
+        self._wait_for_controllers(ports)
 
+    def _issue_credentials(self) -> _Credentials:
+        """The cluster's certificates and kubeconfigs (the admin's is :attr:`kubeconfig`)."""
+        workdir = self.workdir
         pki = _Pki(workdir / "pki")
         self._pki = pki
         serving_cert, serving_key = pki.issue(
@@ -613,31 +653,36 @@ class LocalCluster:
         sched_cert, sched_key = pki.issue("scheduler", "system:kube-scheduler")
         proxy_cert, proxy_key = pki.issue("front-proxy-client", "front-proxy-client")
         sa_key, sa_pub = pki.service_account_keys()
-        self._mark("certificates")
-
-        self.etcd_port = _free_port()
-        etcd_peer_port = _free_port()
-        self.apiserver_port = _free_port()
-        kcm_port = _free_port()
-        sched_port = _free_port()
-        kwok_port = _free_port()
-
         server = self.server
         self._kubeconfig = _write_kubeconfig(
             workdir / "kubeconfig", server, pki.ca_cert, admin_cert, admin_key
         )
-        kcm_kubeconfig = _write_kubeconfig(
-            workdir / "controller-manager.kubeconfig", server, pki.ca_cert, kcm_cert, kcm_key
-        )
-        sched_kubeconfig = _write_kubeconfig(
-            workdir / "scheduler.kubeconfig", server, pki.ca_cert, sched_cert, sched_key
-        )
         ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
         ctx.load_cert_chain(str(admin_cert), str(admin_key))
         self._ssl = ctx
+        return _Credentials(
+            pki=pki,
+            serving_cert=serving_cert,
+            serving_key=serving_key,
+            proxy_cert=proxy_cert,
+            proxy_key=proxy_key,
+            sa_key=sa_key,
+            sa_pub=sa_pub,
+            kcm_kubeconfig=_write_kubeconfig(
+                workdir / "controller-manager.kubeconfig", server, pki.ca_cert, kcm_cert, kcm_key
+            ),
+            sched_kubeconfig=_write_kubeconfig(
+                workdir / "scheduler.kubeconfig", server, pki.ca_cert, sched_cert, sched_key
+            ),
+        )
 
-        etcd_url = f"http://127.0.0.1:{self.etcd_port}"
-        peer_url = f"http://127.0.0.1:{etcd_peer_port}"
+    def _start_control_plane(
+        self, creds: _Credentials, ports: _Ports, logs: Path, env: dict[str, str]
+    ) -> None:
+        """etcd and the API server, waiting until the API server is ready."""
+        workdir, bins, pki = self.workdir, self.bin_dir, creds.pki
+        etcd_url = f"http://127.0.0.1:{ports.etcd}"
+        peer_url = f"http://127.0.0.1:{ports.etcd_peer}"
         self._add(
             _spawn(
                 "etcd",
@@ -659,29 +704,6 @@ class LocalCluster:
                 env,
             )
         )
-        audit_args: list[str] = []
-        if self.audit_users:
-            # Metadata (who did what to which object, and the answer) for the listed users
-            # only, so the log stays small; written synchronously ("blocking") so that a
-            # request is in the log once its response arrived.
-            (workdir / "audit").mkdir()
-            policy = {
-                "apiVersion": "audit.k8s.io/v1",
-                "kind": "Policy",
-                "omitStages": ["RequestReceived", "ResponseStarted"],
-                "rules": [
-                    {"level": "Metadata", "users": list(self.audit_users)},
-                    {"level": "None"},
-                ],
-            }
-            (workdir / "audit" / "policy.json").write_text(json.dumps(policy))
-            audit_args = [
-                f"--audit-policy-file={workdir / 'audit' / 'policy.json'}",
-                f"--audit-log-path={self.audit_log}",
-                "--audit-log-format=json",
-                "--audit-log-mode=blocking",
-                "--audit-log-maxsize=0",
-            ]
         self._add(
             _spawn(
                 "kube-apiserver",
@@ -692,8 +714,8 @@ class LocalCluster:
                     f"--secure-port={self.apiserver_port}",
                     "--advertise-address=127.0.0.1",
                     f"--cert-dir={workdir / 'apiserver-certs'}",
-                    f"--tls-cert-file={serving_cert}",
-                    f"--tls-private-key-file={serving_key}",
+                    f"--tls-cert-file={creds.serving_cert}",
+                    f"--tls-private-key-file={creds.serving_key}",
                     f"--client-ca-file={pki.ca_cert}",
                     "--authorization-mode=Node,RBAC",
                     "--enable-admission-plugins=NodeRestriction",
@@ -701,8 +723,8 @@ class LocalCluster:
                     "--allow-privileged=true",
                     f"--service-cluster-ip-range={_SERVICE_CIDR}",
                     "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                    f"--service-account-key-file={sa_pub}",
-                    f"--service-account-signing-key-file={sa_key}",
+                    f"--service-account-key-file={creds.sa_pub}",
+                    f"--service-account-signing-key-file={creds.sa_key}",
                     # The kubernetes service cannot have a loopback endpoint; nothing here
                     # reaches the API server through it anyway.
                     "--endpoint-reconciler-type=none",
@@ -714,10 +736,10 @@ class LocalCluster:
                     "--requestheader-username-headers=X-Remote-User",
                     "--requestheader-group-headers=X-Remote-Group",
                     "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-                    f"--proxy-client-cert-file={proxy_cert}",
-                    f"--proxy-client-key-file={proxy_key}",
+                    f"--proxy-client-cert-file={creds.proxy_cert}",
+                    f"--proxy-client-key-file={creds.proxy_key}",
                     "--profiling=false",
-                    *audit_args,
+                    *self._audit_args(),
                     *self.extra_apiserver_args,
                 ],
                 logs,
@@ -725,23 +747,50 @@ class LocalCluster:
             )
         )
         self._wait("etcd", lambda: self._http_ok(f"{etcd_url}/health"))
-        self._wait("kube-apiserver", lambda: self._get(f"{server}/readyz") == 200)
-        if self.crds:
-            # Before the controller-manager starts, so that its garbage collector knows the
-            # custom resources from its first discovery (it re-discovers only every 30 s).
-            self.install_crds(self.crds, timeout=self.startup_timeout)
-            self._mark("crds installed")
+        self._wait("kube-apiserver", lambda: self._get(f"{self.server}/readyz") == 200)
 
+    def _audit_args(self) -> list[str]:
+        """The API server's audit flags: for :attr:`audit_users` only, else none."""
+        if not self.audit_users:
+            return []
+        workdir = self.workdir
+        # Metadata (who did what to which object, and the answer) for the listed users
+        # only, so the log stays small; written synchronously ("blocking") so that a
+        # request is in the log once its response arrived.
+        (workdir / "audit").mkdir()
+        policy = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived", "ResponseStarted"],
+            "rules": [
+                {"level": "Metadata", "users": list(self.audit_users)},
+                {"level": "None"},
+            ],
+        }
+        (workdir / "audit" / "policy.json").write_text(json.dumps(policy))
+        return [
+            f"--audit-policy-file={workdir / 'audit' / 'policy.json'}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+            "--audit-log-maxsize=0",
+        ]
+
+    def _start_controllers(
+        self, creds: _Credentials, ports: _Ports, logs: Path, env: dict[str, str]
+    ) -> None:
+        """kube-controller-manager, kube-scheduler and kwok (the fake nodes' kubelet)."""
+        workdir, bins, pki = self.workdir, self.bin_dir, creds.pki
         self._add(
             _spawn(
                 "kube-controller-manager",
                 [
                     str(bins / "kube-controller-manager"),
-                    f"--kubeconfig={kcm_kubeconfig}",
-                    f"--authentication-kubeconfig={kcm_kubeconfig}",
-                    f"--authorization-kubeconfig={kcm_kubeconfig}",
+                    f"--kubeconfig={creds.kcm_kubeconfig}",
+                    f"--authentication-kubeconfig={creds.kcm_kubeconfig}",
+                    f"--authorization-kubeconfig={creds.kcm_kubeconfig}",
                     "--bind-address=127.0.0.1",
-                    f"--secure-port={kcm_port}",
+                    f"--secure-port={ports.controller_manager}",
                     f"--cert-dir={workdir / 'controller-manager-certs'}",
                     "--leader-elect=false",
                     "--use-service-account-credentials=true",
@@ -749,7 +798,7 @@ class LocalCluster:
                     # client rate limit (20 qps) then delays start-up by seconds.
                     "--kube-api-qps=200",
                     "--kube-api-burst=400",
-                    f"--service-account-private-key-file={sa_key}",
+                    f"--service-account-private-key-file={creds.sa_key}",
                     f"--root-ca-file={pki.ca_cert}",
                     f"--cluster-signing-cert-file={pki.ca_cert}",
                     f"--cluster-signing-key-file={pki.ca_key}",
@@ -766,11 +815,11 @@ class LocalCluster:
                 "kube-scheduler",
                 [
                     str(bins / "kube-scheduler"),
-                    f"--kubeconfig={sched_kubeconfig}",
-                    f"--authentication-kubeconfig={sched_kubeconfig}",
-                    f"--authorization-kubeconfig={sched_kubeconfig}",
+                    f"--kubeconfig={creds.sched_kubeconfig}",
+                    f"--authentication-kubeconfig={creds.sched_kubeconfig}",
+                    f"--authorization-kubeconfig={creds.sched_kubeconfig}",
                     "--bind-address=127.0.0.1",
-                    f"--secure-port={sched_port}",
+                    f"--secure-port={ports.scheduler}",
                     f"--cert-dir={workdir / 'scheduler-certs'}",
                     "--leader-elect=false",
                     "--profiling=false",
@@ -788,7 +837,7 @@ class LocalCluster:
                     f"--config={bins / KWOK_STAGES_FILE}",
                     "--manage-all-nodes=false",
                     f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-                    f"--server-address=127.0.0.1:{kwok_port}",
+                    f"--server-address=127.0.0.1:{ports.kwok}",
                     "--node-ip=10.0.0.1",
                     "--cidr=10.0.0.1/16",
                     "--node-lease-duration-seconds=40",
@@ -798,19 +847,24 @@ class LocalCluster:
                 {**env, "HOME": str(workdir / "kwok-home")},
             )
         )
+
+    def _wait_for_controllers(self, ports: _Ports) -> None:
+        """Until the controllers are healthy and the default service account exists."""
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
         self._wait(
             "kube-controller-manager",
-            lambda: self._http_ok(f"https://127.0.0.1:{kcm_port}/healthz", context=insecure),
+            lambda: self._http_ok(
+                f"https://127.0.0.1:{ports.controller_manager}/healthz", context=insecure
+            ),
         )
         self._wait(
             "kube-scheduler",
-            lambda: self._http_ok(f"https://127.0.0.1:{sched_port}/healthz", context=insecure),
+            lambda: self._http_ok(f"https://127.0.0.1:{ports.scheduler}/healthz", context=insecure),
         )
-        self._wait("kwok", lambda: self._http_ok(f"http://127.0.0.1:{kwok_port}/healthz"))
-        sa_url = f"{server}/api/v1/namespaces/default/serviceaccounts/default"
+        self._wait("kwok", lambda: self._http_ok(f"http://127.0.0.1:{ports.kwok}/healthz"))
+        sa_url = f"{self.server}/api/v1/namespaces/default/serviceaccounts/default"
         self._wait("default service account", lambda: self._get(sa_url) == 200)
 
     def _mark(self, step: str) -> None:
