@@ -179,45 +179,6 @@ def _replica_map_schema(roles: tuple[str, ...] | None, framework: str) -> JsonDi
 
 def trainjob_spec_schema() -> JsonDict:
     """The schema of ``TrainJob.spec``, also used for ``Sweep.spec.trialTemplate``."""
-    framework_rules = []
-    for name, roles in (("pytorch", PYTORCH_ROLES), ("tensorflow", TENSORFLOW_ROLES)):
-        applies = f"!has(self.replicaSpecs) || !has(self.framework) || self.framework != '{name}'"
-        framework_rules.append(
-            _cel(
-                f"{applies} || self.replicaSpecs.all(role, role in {_quoted(roles)})",
-                f"{name} replica roles are {', '.join(roles)}",
-                ".replicaSpecs",
-            )
-        )
-    pytorch = "!has(self.replicaSpecs) || !has(self.framework) || self.framework != 'pytorch'"
-    framework_rules += [
-        _cel(
-            f"{pytorch} || 'Master' in self.replicaSpecs",
-            "a PyTorch job needs a Master replica (rank 0)",
-            ".replicaSpecs",
-        ),
-        _cel(
-            f"{pytorch} || !('Master' in self.replicaSpecs) "
-            "|| self.replicaSpecs['Master'].replicas == 1",
-            "a PyTorch job has exactly one Master replica",
-            ".replicaSpecs",
-        ),
-    ]
-    tensorflow = "!has(self.replicaSpecs) || !has(self.framework) || self.framework != 'tensorflow'"
-    framework_rules += [
-        _cel(
-            f"{tensorflow} || 'Chief' in self.replicaSpecs || 'Master' in self.replicaSpecs "
-            "|| 'Worker' in self.replicaSpecs",
-            "a TensorFlow job needs a Chief or Worker replica",
-            ".replicaSpecs",
-        ),
-        _cel(
-            f"{tensorflow} || !('Chief' in self.replicaSpecs) "
-            "|| self.replicaSpecs['Chief'].replicas <= 1",
-            "a TensorFlow job has at most one Chief replica",
-            ".replicaSpecs",
-        ),
-    ]
     return {
         "type": "object",
         "properties": {
@@ -242,76 +203,127 @@ def trainjob_spec_schema() -> JsonDict:
                     '("", the default) or when every worker does (AllWorkers).'
                 ),
             },
-            "runPolicy": {
-                "type": "object",
-                "default": {},
-                "properties": {
-                    "backoffLimit": {
-                        "type": "integer",
-                        "minimum": 0,
-                        "default": DEFAULT_BACKOFF_LIMIT,
-                        "description": "Restarts of the whole gang before the job fails.",
-                    },
-                    "activeDeadlineSeconds": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "description": "Seconds the job may run before it fails.",
-                    },
-                    "ttlSecondsAfterFinished": {
-                        "type": "integer",
-                        "minimum": 0,
-                        "description": "Seconds after which a finished job is deleted.",
-                    },
-                    "cleanPodPolicy": {
-                        "type": "string",
-                        "enum": list(CLEAN_POD_POLICIES),
-                        "default": "Running",
-                        "description": "Pods deleted when the job finishes.",
-                    },
-                    "suspend": {
-                        "type": "boolean",
-                        "default": False,
-                        "description": "Delete the job's pods and keep it until unsuspended.",
-                    },
-                    "stalledTimeoutSeconds": {
-                        "type": "integer",
-                        "minimum": 0,
-                        "default": DEFAULT_STALLED_TIMEOUT,
-                        "description": (
-                            "Seconds a pod may stay unable to start (Unschedulable, "
-                            "ImagePullBackOff, CreateContainerConfigError...) before the job "
-                            "fails with that reason."
-                        ),
-                    },
-                },
+            "runPolicy": _run_policy_schema(),
+        },
+        "x-kubernetes-validations": [*_replica_specs_rules(), *_framework_rules()],
+    }
+
+
+def _run_policy_schema() -> JsonDict:
+    """``runPolicy``: restarts, deadlines, clean-up and suspension, as in Kubeflow."""
+    return {
+        "type": "object",
+        "default": {},
+        "properties": {
+            "backoffLimit": {
+                "type": "integer",
+                "minimum": 0,
+                "default": DEFAULT_BACKOFF_LIMIT,
+                "description": "Restarts of the whole gang before the job fails.",
+            },
+            "activeDeadlineSeconds": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Seconds the job may run before it fails.",
+            },
+            "ttlSecondsAfterFinished": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Seconds after which a finished job is deleted.",
+            },
+            "cleanPodPolicy": {
+                "type": "string",
+                "enum": list(CLEAN_POD_POLICIES),
+                "default": "Running",
+                "description": "Pods deleted when the job finishes.",
+            },
+            "suspend": {
+                "type": "boolean",
+                "default": False,
+                "description": "Delete the job's pods and keep it until unsuspended.",
+            },
+            "stalledTimeoutSeconds": {
+                "type": "integer",
+                "minimum": 0,
+                "default": DEFAULT_STALLED_TIMEOUT,
+                "description": (
+                    "Seconds a pod may stay unable to start (Unschedulable, "
+                    "ImagePullBackOff, CreateContainerConfigError...) before the job "
+                    "fails with that reason."
+                ),
             },
         },
-        "x-kubernetes-validations": [
-            _cel(
-                "[has(self.replicaSpecs), has(self.pytorchReplicaSpecs), "
-                "has(self.tfReplicaSpecs)].filter(given, given).size() == 1",
-                "give exactly one of replicaSpecs, pytorchReplicaSpecs or tfReplicaSpecs",
-            ),
-            _cel(
-                "!has(self.replicaSpecs) || has(self.framework)",
-                "framework is required with replicaSpecs: pytorch, tensorflow or generic",
-                ".framework",
-            ),
-            _cel(
-                "!has(self.pytorchReplicaSpecs) || !has(self.framework) "
-                "|| self.framework == 'pytorch'",
-                "pytorchReplicaSpecs needs framework pytorch",
-                ".framework",
-            ),
-            _cel(
-                "!has(self.tfReplicaSpecs) || !has(self.framework) "
-                "|| self.framework == 'tensorflow'",
-                "tfReplicaSpecs needs framework tensorflow",
-                ".framework",
-            ),
-            *framework_rules,
-        ],
     }
+
+
+def _replica_specs_rules() -> list[JsonDict]:
+    """CEL rules: one kind of replica specs, and the framework that goes with it."""
+    return [
+        _cel(
+            "[has(self.replicaSpecs), has(self.pytorchReplicaSpecs), "
+            "has(self.tfReplicaSpecs)].filter(given, given).size() == 1",
+            "give exactly one of replicaSpecs, pytorchReplicaSpecs or tfReplicaSpecs",
+        ),
+        _cel(
+            "!has(self.replicaSpecs) || has(self.framework)",
+            "framework is required with replicaSpecs: pytorch, tensorflow or generic",
+            ".framework",
+        ),
+        _cel(
+            "!has(self.pytorchReplicaSpecs) || !has(self.framework) || self.framework == 'pytorch'",
+            "pytorchReplicaSpecs needs framework pytorch",
+            ".framework",
+        ),
+        _cel(
+            "!has(self.tfReplicaSpecs) || !has(self.framework) || self.framework == 'tensorflow'",
+            "tfReplicaSpecs needs framework tensorflow",
+            ".framework",
+        ),
+    ]
+
+
+def _framework_rules() -> list[JsonDict]:
+    """CEL rules on each framework's replica roles (PyTorch's Master, TensorFlow's Chief)."""
+    rules = []
+    for name, roles in (("pytorch", PYTORCH_ROLES), ("tensorflow", TENSORFLOW_ROLES)):
+        applies = f"!has(self.replicaSpecs) || !has(self.framework) || self.framework != '{name}'"
+        rules.append(
+            _cel(
+                f"{applies} || self.replicaSpecs.all(role, role in {_quoted(roles)})",
+                f"{name} replica roles are {', '.join(roles)}",
+                ".replicaSpecs",
+            )
+        )
+    pytorch = "!has(self.replicaSpecs) || !has(self.framework) || self.framework != 'pytorch'"
+    rules += [
+        _cel(
+            f"{pytorch} || 'Master' in self.replicaSpecs",
+            "a PyTorch job needs a Master replica (rank 0)",
+            ".replicaSpecs",
+        ),
+        _cel(
+            f"{pytorch} || !('Master' in self.replicaSpecs) "
+            "|| self.replicaSpecs['Master'].replicas == 1",
+            "a PyTorch job has exactly one Master replica",
+            ".replicaSpecs",
+        ),
+    ]
+    tensorflow = "!has(self.replicaSpecs) || !has(self.framework) || self.framework != 'tensorflow'"
+    rules += [
+        _cel(
+            f"{tensorflow} || 'Chief' in self.replicaSpecs || 'Master' in self.replicaSpecs "
+            "|| 'Worker' in self.replicaSpecs",
+            "a TensorFlow job needs a Chief or Worker replica",
+            ".replicaSpecs",
+        ),
+        _cel(
+            f"{tensorflow} || !('Chief' in self.replicaSpecs) "
+            "|| self.replicaSpecs['Chief'].replicas <= 1",
+            "a TensorFlow job has at most one Chief replica",
+            ".replicaSpecs",
+        ),
+    ]
+    return rules
 
 
 def _trainjob_status_schema() -> JsonDict:
@@ -381,13 +393,221 @@ def _space_parameter_schema() -> JsonDict:
 
 
 def _sweep_spec_schema() -> JsonDict:
+    return {
+        "type": "object",
+        "required": ["space", "objective", "maxTrials", "trialTemplate"],
+        "properties": {
+            "space": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 100,
+                "description": "The search space, in the plain-data form of sweep files.",
+                "additionalProperties": _space_parameter_schema(),
+            },
+            "objective": _objective_schema(),
+            "strategy": _strategy_schema(),
+            "earlyStopping": _early_stopping_schema(),
+            **_budget_schemas(),
+            "trialTemplate": _trial_template_schema(),
+            "storage": _storage_schema(),
+            "pools": _pools_schema(),
+            "schedulingPolicy": _scheduling_policy_schema(),
+            "callbacks": {
+                "type": "array",
+                "description": "Trackers fed by the operator, as in sweep files: "
+                "[{mlflow: {tracking_uri: ...}}, {tensorboard: {log_dir: ...}}, {wandb: {...}}].",
+                "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            },
+        },
+        "x-kubernetes-validations": _immutable_rules(),
+    }
+
+
+def _objective_schema() -> JsonDict:
+    """``Sweep.spec.objective``: one metric and mode, or several metrics; constraints; goal."""
+    return {
+        "type": "object",
+        "description": "What the sweep optimizes: metric and mode, or metrics.",
+        "properties": {
+            "metric": {
+                "type": "string",
+                "minLength": 1,
+                "description": (
+                    "The metric to optimize: a key of what the objective returns and "
+                    "reports (e.g. loss)."
+                ),
+            },
+            "mode": {
+                "type": "string",
+                "enum": ["min", "max"],
+                "default": "min",
+                "description": "min to minimize the metric, max to maximize it.",
+            },
+            "metrics": {
+                "type": "array",
+                "minItems": 2,
+                "maxItems": 10,
+                "description": (
+                    "Several objectives, instead of metric and mode: the status shows "
+                    "their Pareto front."
+                ),
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 253},
+                        "mode": {
+                            "type": "string",
+                            "enum": ["min", "max"],
+                            "default": "min",
+                        },
+                    },
+                },
+            },
+            "constraints": {
+                "type": "object",
+                "maxProperties": 20,
+                "description": (
+                    "Bounds on reported metrics, e.g. {memory_gb: {max: 16}}: a trial "
+                    "that breaks one is infeasible and never the best."
+                ),
+                "additionalProperties": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "properties": {"min": {"type": "number"}, "max": {"type": "number"}},
+                },
+            },
+            "goal": {
+                "type": "number",
+                "description": "Stop starting trials once the best value reaches it.",
+            },
+        },
+        "x-kubernetes-validations": [
+            _cel(
+                "has(self.metric) != has(self.metrics)",
+                "give either metric (one objective) or metrics (several)",
+            ),
+            _cel(
+                "!has(self.goal) || has(self.metric)",
+                "goal needs a single metric; with several there is no single best value",
+                ".goal",
+            ),
+        ],
+    }
+
+
+def _strategy_schema() -> JsonDict:
+    """``Sweep.spec.strategy``: the search strategy by name, and its settings."""
+    return {
+        "type": "object",
+        "default": {"name": "tpe"},
+        "description": "How the next trials' parameters are chosen.",
+        "properties": {
+            "name": {
+                "type": "string",
+                "enum": list(STRATEGY_NAMES),
+                "default": "tpe",
+                "description": "The search strategy (an Optuna sampler).",
+            },
+            "settings": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+                "description": (
+                    "Options of the strategy's Optuna sampler: seed for all, e.g. "
+                    "n_startup_trials and multivariate for tpe, sigma0 for cmaes, "
+                    "population_size for nsga2. An unknown one fails the sweep, naming "
+                    "the options there are."
+                ),
+                "properties": {"seed": {"type": "integer", "minimum": 0}},
+            },
+        },
+    }
+
+
+def _early_stopping_schema() -> JsonDict:
+    """``Sweep.spec.earlyStopping``: a scheduler or pruner by name, and its settings."""
+    return {
+        "type": "object",
+        "required": ["name"],
+        "description": "Stopping unpromising trials early, from their reports.",
+        "properties": {
+            "name": {
+                "type": "string",
+                "enum": ["none", *EARLY_STOPPING_NAMES],
+                "description": (
+                    "asha, hyperband and pbt pause, promote and clone trials on "
+                    "checkpoints; median is Optuna's median pruner."
+                ),
+            },
+            "settings": {
+                **copy.deepcopy(_PRESERVE),
+                "description": (
+                    "Its settings, e.g. min_resource, max_resource and reduction_factor "
+                    "for asha. An unknown one fails the sweep, naming the settings there "
+                    "are."
+                ),
+            },
+        },
+    }
+
+
+def _budget_schemas() -> JsonDict:
+    """The budget and retry properties of ``Sweep.spec``, in the order the CRD lists them."""
+    return {
+        "maxTrials": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 1_000_000,
+            "description": "Trials the sweep runs in all (its budget).",
+        },
+        "parallelism": {
+            "type": "integer",
+            "minimum": 1,
+            "default": 3,
+            "description": "Trials running at once.",
+        },
+        "maxFailedTrials": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Failed trials after which the sweep stops and fails.",
+        },
+        "maxRetries": {
+            "type": "integer",
+            "minimum": 0,
+            "default": 2,
+            "description": "New TrainJobs for a trial whose TrainJob vanished.",
+        },
+        "keepCheckpoints": {
+            "type": "integer",
+            "minimum": 1,
+            "default": 2,
+            "description": "Checkpoints kept per trial (the latest ones).",
+        },
+        "retain": {
+            "type": "boolean",
+            "default": False,
+            "description": (
+                "Keep the trial records and the best trial's checkpoints when the Sweep is "
+                "deleted (its TrainJobs, pods and Secrets still go), as Katib's retain."
+            ),
+        },
+    }
+
+
+def _trial_template_schema() -> JsonDict:
+    """``Sweep.spec.trialTemplate``: a TrainJob spec, with how trials get their parameters."""
     trial_template = trainjob_spec_schema()
     trial_template["description"] = (
         "The TrainJob every trial runs. Each trial's parameters are given to its containers as "
         "HYPERSWEEP_CONFIG (JSON), as the file HYPERSWEEP_CONFIG_FILE, and in place of "
         "${trialParameters.NAME} in commands, args and env values."
     )
-    storage = {
+    return trial_template
+
+
+def _storage_schema() -> JsonDict:
+    """``Sweep.spec.storage``: the data volume's claim, or a storage URL from a Secret."""
+    return {
         "type": "object",
         "default": {},
         "description": "Where the sweep's trial records and checkpoints live.",
@@ -416,203 +636,31 @@ def _sweep_spec_schema() -> JsonDict:
             },
         },
     }
-    return {
-        "type": "object",
-        "required": ["space", "objective", "maxTrials", "trialTemplate"],
-        "properties": {
-            "space": {
-                "type": "object",
-                "minProperties": 1,
-                "maxProperties": 100,
-                "description": "The search space, in the plain-data form of sweep files.",
-                "additionalProperties": _space_parameter_schema(),
-            },
-            "objective": {
-                "type": "object",
-                "description": "What the sweep optimizes: metric and mode, or metrics.",
-                "properties": {
-                    "metric": {
-                        "type": "string",
-                        "minLength": 1,
-                        "description": (
-                            "The metric to optimize: a key of what the objective returns and "
-                            "reports (e.g. loss)."
-                        ),
-                    },
-                    "mode": {
-                        "type": "string",
-                        "enum": ["min", "max"],
-                        "default": "min",
-                        "description": "min to minimize the metric, max to maximize it.",
-                    },
-                    "metrics": {
-                        "type": "array",
-                        "minItems": 2,
-                        "maxItems": 10,
-                        "description": (
-                            "Several objectives, instead of metric and mode: the status shows "
-                            "their Pareto front."
-                        ),
-                        "items": {
-                            "type": "object",
-                            "required": ["name"],
-                            "properties": {
-                                "name": {"type": "string", "minLength": 1, "maxLength": 253},
-                                "mode": {
-                                    "type": "string",
-                                    "enum": ["min", "max"],
-                                    "default": "min",
-                                },
-                            },
-                        },
-                    },
-                    "constraints": {
-                        "type": "object",
-                        "maxProperties": 20,
-                        "description": (
-                            "Bounds on reported metrics, e.g. {memory_gb: {max: 16}}: a trial "
-                            "that breaks one is infeasible and never the best."
-                        ),
-                        "additionalProperties": {
-                            "type": "object",
-                            "minProperties": 1,
-                            "properties": {"min": {"type": "number"}, "max": {"type": "number"}},
-                        },
-                    },
-                    "goal": {
-                        "type": "number",
-                        "description": "Stop starting trials once the best value reaches it.",
-                    },
-                },
-                "x-kubernetes-validations": [
-                    _cel(
-                        "has(self.metric) != has(self.metrics)",
-                        "give either metric (one objective) or metrics (several)",
-                    ),
-                    _cel(
-                        "!has(self.goal) || has(self.metric)",
-                        "goal needs a single metric; with several there is no single best value",
-                        ".goal",
-                    ),
-                ],
-            },
-            "strategy": {
-                "type": "object",
-                "default": {"name": "tpe"},
-                "description": "How the next trials' parameters are chosen.",
-                "properties": {
-                    "name": {
-                        "type": "string",
-                        "enum": list(STRATEGY_NAMES),
-                        "default": "tpe",
-                        "description": "The search strategy (an Optuna sampler).",
-                    },
-                    "settings": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": True,
-                        "description": (
-                            "Options of the strategy's Optuna sampler: seed for all, e.g. "
-                            "n_startup_trials and multivariate for tpe, sigma0 for cmaes, "
-                            "population_size for nsga2. An unknown one fails the sweep, naming "
-                            "the options there are."
-                        ),
-                        "properties": {"seed": {"type": "integer", "minimum": 0}},
-                    },
-                },
-            },
-            "earlyStopping": {
-                "type": "object",
-                "required": ["name"],
-                "description": "Stopping unpromising trials early, from their reports.",
-                "properties": {
-                    "name": {
-                        "type": "string",
-                        "enum": ["none", *EARLY_STOPPING_NAMES],
-                        "description": (
-                            "asha, hyperband and pbt pause, promote and clone trials on "
-                            "checkpoints; median is Optuna's median pruner."
-                        ),
-                    },
-                    "settings": {
-                        **copy.deepcopy(_PRESERVE),
-                        "description": (
-                            "Its settings, e.g. min_resource, max_resource and reduction_factor "
-                            "for asha. An unknown one fails the sweep, naming the settings there "
-                            "are."
-                        ),
-                    },
-                },
-            },
-            "maxTrials": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": 1_000_000,
-                "description": "Trials the sweep runs in all (its budget).",
-            },
-            "parallelism": {
-                "type": "integer",
-                "minimum": 1,
-                "default": 3,
-                "description": "Trials running at once.",
-            },
-            "maxFailedTrials": {
-                "type": "integer",
-                "minimum": 1,
-                "description": "Failed trials after which the sweep stops and fails.",
-            },
-            "maxRetries": {
-                "type": "integer",
-                "minimum": 0,
-                "default": 2,
-                "description": "New TrainJobs for a trial whose TrainJob vanished.",
-            },
-            "keepCheckpoints": {
-                "type": "integer",
-                "minimum": 1,
-                "default": 2,
-                "description": "Checkpoints kept per trial (the latest ones).",
-            },
-            "retain": {
-                "type": "boolean",
-                "default": False,
-                "description": (
-                    "Keep the trial records and the best trial's checkpoints when the Sweep is "
-                    "deleted (its TrainJobs, pods and Secrets still go), as Katib's retain."
-                ),
-            },
-            "trialTemplate": trial_template,
-            "storage": storage,
-            "pools": _pools_schema(),
-            "schedulingPolicy": _scheduling_policy_schema(),
-            "callbacks": {
-                "type": "array",
-                "description": "Trackers fed by the operator, as in sweep files: "
-                "[{mlflow: {tracking_uri: ...}}, {tensorboard: {log_dir: ...}}, {wandb: {...}}].",
-                "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-            },
-        },
-        "x-kubernetes-validations": [
-            _cel("self.space == oldSelf.space", "space cannot change after creation", ".space"),
-            _cel(
-                "has(self.objective.metric) == has(oldSelf.objective.metric) "
-                "&& (!has(self.objective.metric) || self.objective.metric == "
-                "oldSelf.objective.metric) && self.objective.mode == oldSelf.objective.mode "
-                "&& has(self.objective.metrics) == has(oldSelf.objective.metrics) "
-                "&& (!has(self.objective.metrics) || self.objective.metrics == "
-                "oldSelf.objective.metrics) "
-                "&& has(self.objective.constraints) == has(oldSelf.objective.constraints) "
-                "&& (!has(self.objective.constraints) || self.objective.constraints == "
-                "oldSelf.objective.constraints)",
-                "objective.metric, mode, metrics and constraints cannot change after creation",
-                ".objective",
-            ),
-            _cel(
-                "self.storage == oldSelf.storage",
-                "storage cannot change after creation",
-                ".storage",
-            ),
-        ],
-    }
+
+
+def _immutable_rules() -> list[JsonDict]:
+    """CEL rules: what a Sweep cannot change once created (its space, objective, storage)."""
+    return [
+        _cel("self.space == oldSelf.space", "space cannot change after creation", ".space"),
+        _cel(
+            "has(self.objective.metric) == has(oldSelf.objective.metric) "
+            "&& (!has(self.objective.metric) || self.objective.metric == "
+            "oldSelf.objective.metric) && self.objective.mode == oldSelf.objective.mode "
+            "&& has(self.objective.metrics) == has(oldSelf.objective.metrics) "
+            "&& (!has(self.objective.metrics) || self.objective.metrics == "
+            "oldSelf.objective.metrics) "
+            "&& has(self.objective.constraints) == has(oldSelf.objective.constraints) "
+            "&& (!has(self.objective.constraints) || self.objective.constraints == "
+            "oldSelf.objective.constraints)",
+            "objective.metric, mode, metrics and constraints cannot change after creation",
+            ".objective",
+        ),
+        _cel(
+            "self.storage == oldSelf.storage",
+            "storage cannot change after creation",
+            ".storage",
+        ),
+    ]
 
 
 def _pools_schema() -> JsonDict:
