@@ -37,7 +37,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -345,7 +345,6 @@ class GangAdmission:
         self._last_pass: tuple[int, int] = (-1, -1)
         self._last_time = 0.0
         self._started = False
-        self._listeners: list[Callable[[], None]] = []
         # What fits_empty found, valid while no node changes what it depends on.
         self._node_shapes: dict[str, tuple[str, ...]] = {}
         self._node_version = 0
@@ -383,18 +382,8 @@ class GangAdmission:
             pods += informer.list()
         return pods
 
-    def add_listener(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` whenever nodes or pods change (to wake waiting launchers)."""
-        self._listeners.append(listener)
-
-    def remove_listener(self, listener: Callable[[], None]) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
     def _changed(self, _type: str, _obj: JsonDict) -> None:
         self._changes += 1
-        for listener in list(self._listeners):
-            listener()
 
     # --- what fits -------------------------------------------------------------------------
 

@@ -316,9 +316,6 @@ class Gang:
                 held.close()
         self.held_ports = []
 
-    def pids(self) -> list[int]:
-        return [member.worker.process.pid for member in self.replicas]
-
 
 def _set_threads(env: dict[str, str], cpus: float | None, framework: str) -> None:
     """Threads per replica: ``cpus`` if given, else 1 as torchrun does for several processes."""

@@ -315,11 +315,3 @@ class LocalLauncher(Launcher):
         for worker in self._idle:
             self._retire(worker)
         self._idle.clear()
-
-    def worker_pids(self) -> dict[int, int]:
-        """Trial number -> pid of the worker running it (for tests and tooling)."""
-        return {number: worker.process.pid for number, worker in self._busy.items()}
-
-    def replica_pids(self) -> dict[int, list[int]]:
-        """Trial number -> pids of its replicas, by rank (for tests and tooling)."""
-        return {number: gang.pids() for number, gang in self._gangs.items()}

@@ -662,15 +662,6 @@ class RayLauncher(Launcher):
             ray.shutdown()
             self._owns_ray = False
 
-    # --- introspection -------------------------------------------------------------------
-
-    def replica_nodes(self) -> dict[int, list[str | None]]:
-        """Trial number -> the Ray node id of each replica, by rank (for tests and tooling)."""
-        return {
-            number: [(member.info or {}).get("node_id") for member in attempt.replicas]
-            for number, attempt in self._attempts.items()
-        }
-
 
 def _actor_name(
     sweep: str, number: int, attempt: int, replica: ReplicaId, job: TrainJob | None

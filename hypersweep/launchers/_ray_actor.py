@@ -201,7 +201,3 @@ class TrialActor:
     def decide(self, decision: str) -> None:
         """Answer the running attempt's pending report."""
         self._decisions.put(("decision", decision))
-
-    def ping(self) -> int:
-        """This actor's process id (a cheap liveness check)."""
-        return os.getpid()

@@ -227,9 +227,6 @@ class _PodRunner(threading.Thread):
                     self.agent._delete_pod(self.namespace, self.pod_name, self.uid)
             self.agent._runner_finished(self.uid)
 
-    def _stopping(self) -> bool:
-        return self._forget.is_set() or self.agent.stopping or self._delete_grace is not None
-
     def _run(self) -> None:
         self.pod_dir.mkdir(parents=True, exist_ok=True)
         self._patch_status("Pending")
