@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import os
 import shutil
 import signal
@@ -362,7 +363,8 @@ def _run(
                         created.append(time.perf_counter())
                     if stop.is_set():
                         break
-            except Exception:  # noqa: BLE001 - resumed from the last version seen
+            except Exception as error:  # noqa: BLE001 - resumed from the last version seen
+                logging.getLogger("k8s_scale").debug("pod watch broke off: %s", error)
                 time.sleep(0.1)
 
     threading.Thread(target=watch_pods, daemon=True).start()

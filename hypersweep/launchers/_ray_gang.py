@@ -19,6 +19,7 @@ once, and whose actor can be kept warm for the next trial.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,8 @@ from hypersweep.orchestrator._events import (
 from hypersweep.orchestrator._job import ReplicaId, TrainJob
 from hypersweep.orchestrator._objective import ObjectiveRef
 from hypersweep.orchestrator._rendezvous import cluster_addresses, pytorch_env, tensorflow_env
+
+logger = logging.getLogger("hypersweep")
 
 POLL_SECONDS = 30.0
 """How long one ``messages`` call waits in the actor before it returns empty-handed."""
@@ -356,8 +359,8 @@ def kill_actor(actor: Any) -> None:
 
     try:
         ray.kill(actor, no_restart=True)
-    except Exception:  # noqa: BLE001 - dead already, or the cluster is going away
-        pass
+    except Exception as error:  # noqa: BLE001 - dead already, or the cluster is going away
+        logger.debug("could not kill actor %s: %s", actor, error)
 
 
 def remove_group(group: Any) -> None:
@@ -368,5 +371,5 @@ def remove_group(group: Any) -> None:
 
     try:
         remove_placement_group(group)
-    except Exception:  # noqa: BLE001 - removed already, or the cluster is going away
-        pass
+    except Exception as error:  # noqa: BLE001 - removed already, or the cluster is going away
+        logger.debug("could not remove placement group %s: %s", group, error)

@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             _channel(env, rank).send(
                 ("error", f"the objective could not be loaded: {error}", details)
             )
-        except Exception:  # noqa: BLE001 - the exit code still says what happened
-            pass
+        except Exception as send_error:  # noqa: BLE001 - the exit code still says what happened
+            logger.warning("could not report the error to the sweep: %s", send_error)
         return EXIT_MISCONFIGURED
     return run_trial(objective, env)
 
