@@ -28,18 +28,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from hypersweep.operators import crd_manifests
 from hypersweep.testing import (
     LocalCluster,
+    OperatorProcess,
     apply_data_claim,
     chaos_sweep,
     create_namespace,
@@ -51,76 +48,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 NAMESPACE = "chaos"
 
 
-class Operator:
-    """``hypersweep operator run`` for one namespace, killed with SIGKILL and started again."""
-
-    def __init__(self, kubeconfig: Path, data_dir: Path, log_path: Path, lease: float) -> None:
-        self.kubeconfig = kubeconfig
-        self.data_dir = data_dir
-        self.log_path = log_path
-        self.lease = lease
-        self.port = _free_port()
-        self.starts = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, wait: bool = True) -> None:
-        self.starts += 1
-        argv = [
-            sys.executable,
-            "-m",
-            "hypersweep._cli",
-            "operator",
-            "run",
-            f"--kubeconfig={self.kubeconfig}",
-            f"--namespace={NAMESPACE}",
-            f"--data-dir={self.data_dir}",
-            "--bind=127.0.0.1",
-            f"--port={self.port}",
-            f"--report-url=http://127.0.0.1:{self.port}",
-            f"--lease-namespace={NAMESPACE}",
-            f"--lease-duration={self.lease:g}",
-            f"--identity=chaos-{self.starts}",  # a new pod's name: it waits for the lease
-            "--replica-host=127.0.0.1",
-        ]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + 120
-        while wait and not self.ready():
-            if time.monotonic() > deadline:
-                raise TimeoutError("the operator did not lead within 120 s")
-            time.sleep(0.1)
-
-    def ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            # It exits by itself when it loses its lease (an overloaded machine): start again.
-            self.start(wait=False)
-            return False
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
-                return int(r.status) == 200
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        assert self.process is not None
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # it had exited by itself
-        self.process.wait()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def operator_chaos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     data, markers = workdir / "data", workdir / "markers"
     data.mkdir()
@@ -129,7 +56,19 @@ def operator_chaos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         cluster.start_node_agent("agent-0")
         create_namespace(cluster.api_client(), NAMESPACE)
         apply_data_claim(cluster, NAMESPACE, data)
-        operator = Operator(cluster.kubeconfig, data, workdir / "operator.log", args.lease)
+        # Serving is enough to count as started (/readyz does not wait for the lease); one
+        # that exits by itself (it lost its lease on a loaded machine) is started again.
+        operator = OperatorProcess(
+            cluster.kubeconfig,
+            NAMESPACE,
+            data,
+            workdir / "operator.log",
+            lease_duration=args.lease,
+            identity="chaos",  # a new pod's name at each start: it waits for the lease
+            ready_path="/readyz",
+            restart_on_exit=True,
+            start_timeout=120,
+        )
         operator.start()
         command = [
             sys.executable,

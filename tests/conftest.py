@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +12,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from hypersweep.testing import free_port, wait_until
+
+__all__ = ["free_port", "wait_until"]  # one of each for every test, from hypersweep.testing
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -81,8 +84,24 @@ def need_chromium() -> None:
         pytest.skip(message)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that the kernel says is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def k8s_unavailable_reason() -> str | None:
+    """Why Kubernetes tests cannot run here (no control-plane binaries, no ``kubernetes``
+    client), or None when they can."""
+    from hypersweep.testing import find_binaries
+
+    check = find_binaries()
+    if not check.ok:
+        return check.describe()
+    try:
+        import kubernetes  # noqa: F401
+    except ImportError:
+        return "the `kubernetes` Python client is not installed (`pip install kubernetes`)"
+    return None
+
+
+def skip_or_fail_k8s(reason: str) -> None:
+    """Skip a Kubernetes test, or fail it under ``HYPERSWEEP_REQUIRE_K8S=1`` (hack/test.sh):
+    the suite must not pass by skipping what it claims to test."""
+    if os.environ.get("HYPERSWEEP_REQUIRE_K8S", "") == "1":
+        pytest.fail(f"HYPERSWEEP_REQUIRE_K8S=1 but {reason}", pytrace=False)
+    pytest.skip(reason)

@@ -17,6 +17,7 @@ import yaml
 from conftest import HYPERSWEEP, PYTHON, hypersweep, python_env
 
 import hypersweep as hs
+from hypersweep.testing import free_port
 
 SWEEP = """
 name: cli-sweep
@@ -264,14 +265,8 @@ def test_list_shows_the_sweeps_under_the_runs_folder(run_dir: Path) -> None:
         assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", rows[name])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_dashboard_refuses_an_unknown_sweep_and_a_busy_port(run_dir: Path) -> None:
-    unknown = hypersweep("dashboard", "nosuch", "--port", str(_free_port()))
+    unknown = hypersweep("dashboard", "nosuch", "--port", str(free_port()))
     assert unknown.returncode == 2 and "no sweep 'nosuch'" in unknown.stderr
     assert not (run_dir / "runs" / "nosuch").exists()
 
@@ -290,7 +285,7 @@ def test_dashboard_refuses_an_unknown_sweep_and_a_busy_port(run_dir: Path) -> No
 def test_dashboard_listens_on_the_given_host(run_dir: Path) -> None:
     (run_dir / "sweep.yaml").write_text(SWEEP.replace("n_trials: 6", "n_trials: 1"))
     assert hypersweep("run", "sweep.yaml", "--no-live").returncode == 0
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [HYPERSWEEP, "dashboard", "cli-sweep", "--host", "127.0.0.2", "--port", str(port)],
         env=python_env(),

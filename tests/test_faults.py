@@ -15,6 +15,7 @@ from conftest import PYTHON, python_env
 
 import hypersweep as hs
 from hypersweep.orchestrator._checkpoints import checkpoint_step, latest_checkpoint
+from hypersweep.testing import wait_until
 
 
 def test_a_killed_worker_is_retried_from_its_checkpoint() -> None:
@@ -74,13 +75,6 @@ def _pids_alive(markers: Path) -> list[int]:
     return alive
 
 
-def _wait_for(condition, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def _checkpointed_step(run_dir: Path, number: int) -> int:
     """The step of trial ``number``'s newest complete checkpoint under ``run_dir``, or -1."""
     steps = [
@@ -118,7 +112,7 @@ def run_kill_resume(run_dir: Path, storage: str | None, n_trials: int = 8) -> hs
         running = [t.number for t in hs.load("crashy", storage).trials if t.state == "running"]
         return any(0 <= _checkpointed_step(run_dir, n) <= 2 for n in running)
 
-    _wait_for(running_with_checkpoint)
+    wait_until(running_with_checkpoint, timeout=60)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     before = hs.load("crashy", storage)
@@ -127,7 +121,7 @@ def run_kill_resume(run_dir: Path, storage: str | None, n_trials: int = 8) -> hs
     # Where each interrupted trial must resume: one past its newest complete checkpoint.
     resume_at = {n: _checkpointed_step(run_dir, n) + 1 for n in interrupted}
     assert max(resume_at.values()) >= 1, resume_at
-    _wait_for(lambda: not _pids_alive(markers), timeout=10)  # workers died with their driver
+    wait_until(lambda: not _pids_alive(markers), timeout=10)  # workers died with their driver
 
     resumed = subprocess.run([PYTHON, str(script)], env=env, timeout=120)
     assert resumed.returncode == 0
@@ -158,7 +152,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(run_dir: Path) -> None:
     script = run_dir / "driver.py"
     script.write_text(DRIVER.format(n=6, storage=None))
     driver = subprocess.Popen([PYTHON, str(script)], env=env, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: len(list(markers.glob("starts-*"))) >= 2)
+    wait_until(lambda: len(list(markers.glob("starts-*"))) >= 2, timeout=60)
     time.sleep(0.5)
     driver.send_signal(signal.SIGINT)
     _, stderr = driver.communicate(timeout=30)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import textwrap
 import time
@@ -19,15 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import hypersweep as hs
 from hypersweep._metrics import serve_sweep_metrics
+from hypersweep.testing import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "deploy" / "overlays" / "monitoring" / "grafana-dashboard.json"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,16 +31,11 @@ import hypersweep as hs
 from hypersweep._errors import ConfigError
 from hypersweep.launchers import RayLauncher
 from hypersweep.launchers._ray import _placeable
+from hypersweep.testing import wait_until
 
 pytestmark = pytest.mark.slow
 
 NODE = {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 100 * 2**20}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +74,6 @@ def _launcher(markers: Path, **options: Any) -> RayLauncher:
 
 def _read(markers: Path, pattern: str) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(markers.glob(f"{pattern}.json"))]
-
-
-def _wait_for(condition: Any, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_two_replica_gloo_trial_spans_two_nodes(cluster: Cluster, markers: Path) -> None:
@@ -134,7 +120,7 @@ def test_removing_a_node_mid_trial_resumes_from_checkpoint(cluster: Cluster, mar
 
     driver = threading.Thread(target=sweep)
     driver.start()
-    _wait_for(lambda: len(_read(markers, "waiting-r*")) == 2 or not driver.is_alive())
+    wait_until(lambda: len(_read(markers, "waiting-r*")) == 2 or not driver.is_alive(), timeout=180)
     assert driver.is_alive(), "the sweep ended before its replicas reached epoch 2"
     rank1 = next(r for r in _read(markers, "waiting-r*") if r["rank"] == 1)
     victim = next(node for node in cluster.worker_nodes if node.node_id == rank1["node"])
@@ -155,7 +141,7 @@ def test_removing_a_node_mid_trial_resumes_from_checkpoint(cluster: Cluster, mar
     # Same loss as an uninterrupted run: weight = lr * 3 * (1 + 2 + 3 + 4).
     assert trial.value == pytest.approx(1.0 / (1.0 + 0.1 * 3 * 10))
     # Leave the cluster as Ray sees it settled: the removed node known to be gone.
-    _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 3)
+    wait_until(lambda: sum(node["Alive"] for node in ray.nodes()) == 3, timeout=180)
 
 
 def test_a_sweep_of_20_trials_ends_with_the_right_counts(cluster: Cluster, markers: Path) -> None:
@@ -404,13 +390,15 @@ def test_the_sweep_grows_as_nodes_join_and_retries_as_they_leave(
     driver.start()
     extra = None
     try:
-        _wait_for(lambda: len(_read(markers, "held-t*")) == 4 or not driver.is_alive())
+        wait_until(
+            lambda: len(_read(markers, "held-t*")) == 4 or not driver.is_alive(), timeout=180
+        )
         extra = cluster.add_node(**NODE)
-        _wait_for(lambda: len(_read(markers, "held-t*")) == 6 or not driver.is_alive(), 120)
+        wait_until(lambda: len(_read(markers, "held-t*")) == 6 or not driver.is_alive(), 120)
         on_extra = {r["trial"] for r in _read(markers, "held-t*") if r["node"] == extra.node_id}
         assert len(on_extra) == 2
         cluster.remove_node(extra, allow_graceful=False)
-        _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 3)
+        wait_until(lambda: sum(node["Alive"] for node in ray.nodes()) == 3, timeout=180)
     finally:
         (markers / "hold").unlink()
         driver.join(timeout=300)
@@ -441,21 +429,25 @@ def test_retries_after_a_node_loss_go_before_new_trials(cluster: Cluster, marker
     driver = threading.Thread(target=sweep, daemon=True)
     driver.start()
     try:
-        _wait_for(lambda: len(_read(markers, "held-t*")) == 4 or not driver.is_alive())
+        wait_until(
+            lambda: len(_read(markers, "held-t*")) == 4 or not driver.is_alive(), timeout=180
+        )
         first = _read(markers, "held-t*")
         victim_id = first[0]["node"]
         lost = {r["trial"] for r in first if r["node"] == victim_id}
         victim = next(node for node in cluster.worker_nodes if node.node_id == victim_id)
         cluster.remove_node(victim, allow_graceful=False)
-        _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 2)
+        wait_until(lambda: sum(node["Alive"] for node in ray.nodes()) == 2, timeout=180)
         # The driver has seen both losses (their retries wait) before any trial ends.
-        _wait_for(lambda: sum(t.attempts > 1 for t in hs.load("retries-first").trials) == 2)
+        wait_until(
+            lambda: sum(t.attempts > 1 for t in hs.load("retries-first").trials) == 2, timeout=180
+        )
     finally:
         (markers / "hold").unlink()
         driver.join(timeout=300)
         if sum(node["Alive"] for node in ray.nodes()) < 3:
             cluster.add_node(**NODE)  # leave the cluster as the other tests expect it
-            _wait_for(lambda: sum(node["Alive"] for node in ray.nodes()) == 3)
+            wait_until(lambda: sum(node["Alive"] for node in ray.nodes()) == 3, timeout=180)
     assert not driver.is_alive()
 
     assert outcome["result"].counts() == {"completed": 8}
@@ -601,7 +593,7 @@ def test_resume_runs_a_ray_sweep_on_ray_again(
         [PYTHON, "drive.py", cluster.address, str(markers)], env=env, stderr=subprocess.PIPE
     )
     try:
-        _wait_for(lambda: _read(markers, "held-t0-a0") or driver.poll() is not None)
+        wait_until(lambda: _read(markers, "held-t0-a0") or driver.poll() is not None, timeout=180)
         assert driver.poll() is None, (driver.stderr.read() if driver.stderr else b"")[-2000:]
         driver.send_signal(signal.SIGINT)
         driver.wait(timeout=120)

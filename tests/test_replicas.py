@@ -19,6 +19,7 @@ from conftest import PYTHON, python_env
 
 import hypersweep as hs
 from hypersweep.launchers import LocalLauncher
+from hypersweep.testing import wait_until
 
 
 @pytest.fixture
@@ -42,13 +43,6 @@ def _alive(pids: list[int]) -> list[int]:
         except FileNotFoundError:
             pass
     return alive
-
-
-def _wait_for(condition: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_gloo_all_reduce_across_four_replicas(markers: Path) -> None:
@@ -217,12 +211,12 @@ def test_replicas_die_with_a_killed_driver(run_dir: Path, markers: Path) -> None
     script.write_text(DRIVER)
     driver = subprocess.Popen([PYTHON, str(script)], env=python_env())
     try:
-        _wait_for(lambda: len(list(markers.glob("hold-*.json"))) == 4)
+        wait_until(lambda: len(list(markers.glob("hold-*.json"))) == 4, timeout=60)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     pids = [r["pid"] for r in _read(markers, "hold-*")]
-    _wait_for(lambda: not _alive(pids), timeout=10)
+    wait_until(lambda: not _alive(pids), timeout=10)
 
 
 @pytest.mark.slow
@@ -260,7 +254,7 @@ def test_ctrl_c_stops_every_replica(run_dir: Path, markers: Path) -> None:
     script.write_text(DRIVER)
     driver = subprocess.Popen([PYTHON, str(script)], env=python_env(), stderr=subprocess.PIPE)
     try:
-        _wait_for(lambda: len(list(markers.glob("hold-*.json"))) == 4)
+        wait_until(lambda: len(list(markers.glob("hold-*.json"))) == 4, timeout=60)
         driver.send_signal(signal.SIGINT)
         driver.communicate(timeout=60)
     finally:

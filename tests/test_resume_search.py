@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from conftest import PYTHON, python_env
 
 import hypersweep as hs
+from hypersweep.testing import wait_until
 
 SPACES: dict[str, dict[str, Any]] = {
     "random": {"x": hs.uniform(0, 4), "n": hs.randint(0, 1000), "c": hs.choice(["a", "bb", "c"])},
@@ -47,13 +47,6 @@ def _configs(result: hs.SweepResult) -> dict[int, str]:
     return {t.number: json.dumps(t.config, sort_keys=True) for t in result.trials}
 
 
-def _wait_for(condition, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def _kill_after_three(run_dir: Path, strategy: str) -> None:
     """Run the sweep in a driver process and SIGKILL it once 3 trials finished."""
     script = run_dir / "driver.py"
@@ -70,7 +63,7 @@ def _kill_after_three(run_dir: Path, strategy: str) -> None:
             return False
 
     try:
-        _wait_for(three_done)
+        wait_until(three_done, timeout=120)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()

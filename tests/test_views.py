@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,6 +16,7 @@ from matplotlib.axes import Axes
 import hypersweep as hs
 from hypersweep._plots import plot_figure
 from hypersweep.orchestrator._orchestrator import Orchestrator
+from hypersweep.testing import free_port
 
 
 def _sweep() -> None:
@@ -126,15 +126,9 @@ def test_the_plot_marks_paused_trials_of_a_stopped_sweep(run_dir: Path) -> None:
     assert _legend(curves)["paused"] == len(paused)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_dashboard_serves_the_sweep(run_dir: Path) -> None:
     _sweep()
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [PYTHON, "-m", "hypersweep._cli", "dashboard", "viewed", "--port", str(port)],
         env=python_env(),

@@ -107,7 +107,7 @@ def _marks(markers: Path, number: int) -> list[dict[str, str]]:
 
 
 class OperatorControl(Protocol):
-    """The operator process a chaos run kills and starts (tests' ``OperatorProcess``)."""
+    """The operator process a chaos run kills and starts (:class:`OperatorProcess`)."""
 
     def start(self, wait: bool = True) -> None: ...
 

@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -45,6 +44,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+from hypersweep.testing._waiting import free_port
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, CoreV1Api
@@ -168,29 +169,8 @@ class ClusterStartError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------
-# Ports and certificates
+# Certificates
 # --------------------------------------------------------------------------------------------
-
-_ports_lock = threading.Lock()
-_ports_handed_out: set[int] = set()
-
-
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now and not handed out before by this process.
-
-    The kernel chooses the port (bind to port 0), so concurrent clusters, even in other
-    processes, do not collide on guessed numbers.
-    """
-    with _ports_lock:
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = int(sock.getsockname()[1])
-            if port not in _ports_handed_out:
-                _ports_handed_out.add(port)
-                return port
-    raise RuntimeError("could not find a free TCP port on 127.0.0.1")
-
 
 def _openssl(*args: str, cwd: Path) -> None:
     """Run the ``openssl`` CLI, raising with its output on failure."""
@@ -220,12 +200,12 @@ class _Credentials:
 class _Ports:
     """Free local ports for the components, picked when the cluster starts."""
 
-    etcd: int = field(default_factory=_free_port)
-    etcd_peer: int = field(default_factory=_free_port)
-    apiserver: int = field(default_factory=_free_port)
-    controller_manager: int = field(default_factory=_free_port)
-    scheduler: int = field(default_factory=_free_port)
-    kwok: int = field(default_factory=_free_port)
+    etcd: int = field(default_factory=free_port)
+    etcd_peer: int = field(default_factory=free_port)
+    apiserver: int = field(default_factory=free_port)
+    controller_manager: int = field(default_factory=free_port)
+    scheduler: int = field(default_factory=free_port)
+    kwok: int = field(default_factory=free_port)
 
 
 class _Pki:

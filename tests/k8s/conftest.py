@@ -3,7 +3,8 @@
 One :class:`~hypersweep.testing.LocalCluster` is started per test session and shared. When
 the control-plane binaries (or the ``kubernetes`` client) are missing, Kubernetes tests are
 skipped with the command that builds them, unless ``HYPERSWEEP_REQUIRE_K8S=1``: then their
-absence fails the run, so CI cannot silently stop testing Kubernetes.
+absence fails the run, so CI cannot silently stop testing Kubernetes (``skip_or_fail_k8s`` in
+tests/conftest.py, which the operator tests use too).
 
 CustomResourceDefinitions the tests need are installed when the cluster starts, before the
 controller-manager (its garbage collector only notices resources created later at its 30 s
@@ -12,15 +13,15 @@ resync): :data:`TRIAL_CRD` and every ``*.yaml``/``*.json`` manifest in ``tests/k
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import k8s_unavailable_reason, skip_or_fail_k8s
 
-from hypersweep.testing import BUILD_COMMAND, LocalCluster, create_namespace, find_binaries
+from hypersweep.testing import BUILD_COMMAND, LocalCluster, create_namespace
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -76,30 +77,6 @@ def cluster_crds() -> list[dict[str, Any] | Path]:
     return [TRIAL_CRD, *files]
 
 
-def require_k8s() -> bool:
-    """Whether a missing control plane is an error rather than a reason to skip."""
-    return os.environ.get("HYPERSWEEP_REQUIRE_K8S", "") == "1"
-
-
-def unavailable_reason() -> str | None:
-    """Why Kubernetes tests cannot run here, or None when they can."""
-    check = find_binaries()
-    if not check.ok:
-        return check.describe()
-    try:
-        import kubernetes  # noqa: F401
-    except ImportError:
-        return "the `kubernetes` Python client is not installed (`pip install kubernetes`)"
-    return None
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip, or fail when HYPERSWEEP_REQUIRE_K8S=1."""
-    if require_k8s():
-        pytest.fail(f"HYPERSWEEP_REQUIRE_K8S=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", f"k8s: needs the local Kubernetes control plane ({BUILD_COMMAND})"
@@ -127,9 +104,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="session")
 def k8s_cluster() -> Iterator[LocalCluster]:
     """A ready local control plane (etcd, apiserver, controller-manager, scheduler, kwok)."""
-    reason = unavailable_reason()
+    reason = k8s_unavailable_reason()
     if reason is not None:
-        skip_or_fail(reason)
+        skip_or_fail_k8s(reason)
     with LocalCluster(crds=cluster_crds()) as cluster:
         _started.append(cluster)
         yield cluster

@@ -13,13 +13,13 @@ import json
 import os
 import re
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from conftest import k8s_unavailable_reason, skip_or_fail_k8s
 
 from hypersweep.testing import (
     BUILD_COMMAND,
@@ -32,9 +32,10 @@ from hypersweep.testing import (
     create_node_pool,
     expand_vars,
     find_binaries,
+    wait_until,
 )
 
-from .conftest import TRIAL_CRD, TRIAL_CRD_GROUP, skip_or_fail, unavailable_reason
+from .conftest import TRIAL_CRD, TRIAL_CRD_GROUP
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -42,18 +43,6 @@ T = TypeVar("T")
 GPU_POOL = "gpu"
 TPU_POOL = "tpu"
 CPU_POOL = "cpu"
-
-
-def wait_until(predicate: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
-    """Poll ``predicate`` until it returns something truthy, which is returned."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def core(api: Any) -> Any:
@@ -137,9 +126,9 @@ def test_control_plane_binaries_available() -> None:
     """Fails (rather than skips) when HYPERSWEEP_REQUIRE_K8S=1 and the binaries are missing;
     when present, every Kubernetes binary runs and is the pinned version (a stale cache from an
     older build would otherwise test another Kubernetes than the one the suite names)."""
-    reason = unavailable_reason()
+    reason = k8s_unavailable_reason()
     if reason is not None:
-        skip_or_fail(reason)
+        skip_or_fail_k8s(reason)
     directory = find_binaries().directory
     for name, args in (
         ("kube-apiserver", ["--version"]),

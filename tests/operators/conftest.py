@@ -18,23 +18,26 @@ Without the control-plane binaries these tests are skipped (failed under
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import yaml
+from conftest import k8s_unavailable_reason, skip_or_fail_k8s
 
-from hypersweep.testing import LocalCluster, apply_data_claim, create_namespace, find_binaries
+from hypersweep import testing
+from hypersweep.testing import (
+    LocalCluster,
+    apply_data_claim,
+    create_namespace,
+    find_binaries,
+    wait_until,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -53,36 +56,6 @@ RBAC_KINDS = (
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:
-    """Poll ``predicate`` until it returns something truthy, which is returned."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def free_port(span: int = 1) -> int:
-    """A port ``p`` such that ``p .. p+span-1`` are free on 127.0.0.1 now."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port + span > 65535:
-            continue
-        try:
-            for offset in range(1, span):
-                with socket.socket() as other:
-                    other.bind(("127.0.0.1", port + offset))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free ports")
-
-
 def kubectl_json(cluster: LocalCluster, *args: str) -> Any:
     return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
 
@@ -96,24 +69,11 @@ def render(path: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
-def _unavailable() -> str | None:
-    check = find_binaries()
-    if not check.ok:
-        return check.describe()
-    try:
-        import kubernetes  # noqa: F401
-    except ImportError:
-        return "the `kubernetes` Python client is not installed"
-    return None
-
-
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
-    reason = _unavailable()
+    reason = k8s_unavailable_reason()
     if reason is not None:
-        if os.environ.get("HYPERSWEEP_REQUIRE_K8S") == "1":
-            pytest.fail(f"HYPERSWEEP_REQUIRE_K8S=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail_k8s(reason)
     from hypersweep.operators import crd_manifests
 
     # The API server logs every request of the operator's ServiceAccount: the least-privilege
@@ -179,8 +139,8 @@ def namespace(cluster: LocalCluster, tmp_path: Path) -> Iterator[Namespace]:
     cluster.kubectl("delete", "pv", f"{name}-data", "--wait=false", check=False)
 
 
-class OperatorProcess:
-    """``hypersweep operator run`` for one namespace, as the ServiceAccount, in a subprocess."""
+class OperatorProcess(testing.OperatorProcess):
+    """``hypersweep operator run`` for one test namespace, as the ServiceAccount."""
 
     def __init__(
         self,
@@ -189,85 +149,16 @@ class OperatorProcess:
         log_path: Path,
         lease_duration: float = 6.0,
     ) -> None:
-        self.kubeconfig = kubeconfig
-        self.lease_duration = lease_duration
+        super().__init__(
+            kubeconfig,
+            namespace.name,
+            namespace.data_dir,
+            log_path,
+            lease_duration=lease_duration,
+            lease_namespace=OPERATOR_NAMESPACE,
+            lease_name=f"operator-{namespace.name}",
+        )
         self.namespace = namespace
-        self.log_path = log_path
-        self.port = free_port()
-        self.lease = f"operator-{namespace.name}"
-        self.lease_namespace = OPERATOR_NAMESPACE
-        self.extra_args: list[str] = []
-        self.extra_env: dict[str, str] = {}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, wait: bool = True) -> None:
-        self.starts += 1
-        argv = [
-            sys.executable,
-            "-m",
-            "hypersweep._cli",
-            "operator",
-            "run",
-            f"--kubeconfig={self.kubeconfig}",
-            f"--namespace={self.namespace.name}",
-            f"--data-dir={self.namespace.data_dir}",
-            "--bind=127.0.0.1",
-            f"--port={self.port}",
-            f"--report-url={self.url}",
-            f"--lease-namespace={self.lease_namespace}",
-            f"--lease-name={self.lease}",
-            f"--lease-duration={self.lease_duration:g}",
-            f"--identity=test-operator-{self.starts}",
-            "--replica-host=127.0.0.1",
-            *self.extra_args,
-        ]
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update(self.extra_env)
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- start {self.starts}\n".encode())
-            self.process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        if wait:
-            wait_until(self.ready, timeout=90, what="the operator to lead")
-
-    def ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"the operator exited:\n{self.log_tail()}")
-        try:
-            # /leaderz: leading, with controllers running (/readyz does not wait for the lease).
-            with urllib.request.urlopen(f"{self.url}/leaderz", timeout=2) as response:
-                return int(response.status) == 200
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL: no clean hand-over, no lease release."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 @pytest.fixture
