@@ -204,11 +204,20 @@ def test_gpu_pool_lends_each_gpu_once(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_free_slots_account_for_gpus() -> None:
     job = hs.Replicas(n=2, gpus_per_replica=1).to_job("s", backoff_limit=0)
     objective = resolve_objective("replica_objectives:gpu_probe")
-    launcher = LocalLauncher(4, gpus=["0", "1", "2"])
-    launcher.start(SweepContext("s", objective, "loss", job))
-    assert launcher.free_slots() == 1  # 3 GPUs, 2 per trial
-    launcher = LocalLauncher(4, gpus=["0", "1", "2", "3"])
-    launcher.start(SweepContext("s", objective, "loss", job))
-    assert launcher.free_slots() == 2
-    with pytest.raises(hs.ConfigError, match=r"replicas\.gpus_per_replica: a trial needs 2 GPUs"):
-        LocalLauncher(4, gpus=["0"]).start(SweepContext("s", objective, "loss", job))
+    launchers: list[LocalLauncher] = []
+
+    def started(gpus: list[str]) -> LocalLauncher:
+        launchers.append(LocalLauncher(4, gpus=gpus))
+        launchers[-1].start(SweepContext("s", objective, "loss", job))
+        return launchers[-1]
+
+    try:
+        assert started(["0", "1", "2"]).free_slots() == 1  # 3 GPUs, 2 per trial
+        assert started(["0", "1", "2", "3"]).free_slots() == 2
+        with pytest.raises(
+            hs.ConfigError, match=r"replicas\.gpus_per_replica: a trial needs 2 GPUs"
+        ):
+            started(["0"])
+    finally:
+        for launcher in launchers:
+            launcher.shutdown()
