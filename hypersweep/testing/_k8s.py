@@ -172,6 +172,7 @@ class ClusterStartError(RuntimeError):
 # Certificates
 # --------------------------------------------------------------------------------------------
 
+
 def _openssl(*args: str, cwd: Path) -> None:
     """Run the ``openssl`` CLI, raising with its output on failure."""
     result = subprocess.run(
