@@ -43,7 +43,11 @@ from hypersweep.orchestrator._job import TrainJob
 
 __all__ = ["LocalLauncher", "describe_exit"]
 
-_FRAMEWORK_MODULES = {"pytorch": ("torch", "torch"), "tensorflow": ("tensorflow", "tensorflow")}
+_FRAMEWORK_MODULES = {
+    "pytorch": ("torch", "torch"),
+    "tensorflow": ("tensorflow", "tensorflow"),
+    "jax": ("jax", "jax"),
+}
 
 
 class LocalLauncher(Launcher):

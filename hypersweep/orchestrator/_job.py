@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from hypersweep._errors import ConfigError
 
-Framework = Literal["pytorch", "tensorflow"]
-FRAMEWORKS: tuple[str, ...] = ("pytorch", "tensorflow")
+Framework = Literal["pytorch", "tensorflow", "jax"]
+FRAMEWORKS: tuple[str, ...] = ("pytorch", "tensorflow", "jax")
 
 # Replica roles in rank order, as Kubeflow's PyTorchJob and TFJob name them (lower case). TF's
 # parameter servers and evaluators take no part in MultiWorkerMirroredStrategy's collectives, so
@@ -26,12 +26,13 @@ FRAMEWORKS: tuple[str, ...] = ("pytorch", "tensorflow")
 ROLES: dict[str, tuple[str, ...]] = {
     "pytorch": ("master", "worker"),
     "tensorflow": ("chief", "worker"),
+    "jax": ("worker",),  # JAXJob's only replica type; worker 0 hosts the coordinator
 }
 
 # The port each replica listens on inside a cluster, where every replica has its own address:
-# PyTorchJob's ``pytorchjob-port`` and TFJob's ``tfjob-port``. Local replicas share one host and
-# get allocated ports instead.
-DEFAULT_PORTS: dict[str, int] = {"pytorch": 23456, "tensorflow": 2222}
+# PyTorchJob's ``pytorchjob-port``, TFJob's ``tfjob-port`` and JAXJob's ``jaxjob-port`` (the JAX
+# coordinator's). Local replicas share one host and get allocated ports instead.
+DEFAULT_PORTS: dict[str, int] = {"pytorch": 23456, "tensorflow": 2222, "jax": 6666}
 
 RESTART_POLICIES: tuple[str, ...] = ("OnFailure", "ExitCode", "Never")
 
@@ -73,8 +74,10 @@ class Replicas:
     Args:
         n: replicas per trial (the world size).
         framework: ``"pytorch"`` (``MASTER_ADDR``, ``RANK``... as torchrun and PyTorchJob set
-            them; gloo on CPU, NCCL on GPUs) or ``"tensorflow"`` (``TF_CONFIG`` as TFJob sets
-            it, for ``MultiWorkerMirroredStrategy``).
+            them; gloo on CPU, NCCL on GPUs), ``"tensorflow"`` (``TF_CONFIG`` as TFJob sets
+            it, for ``MultiWorkerMirroredStrategy``) or ``"jax"`` (the coordinator address,
+            process count and id as Kubeflow's JAXJob and JAX runtime set them, so that
+            ``jax.distributed.initialize()`` needs no arguments; gloo collectives on CPU).
         gpus_per_replica: GPUs given to each replica through ``CUDA_VISIBLE_DEVICES``; trials
             wait for free GPUs rather than share them. 0 hides every GPU from the replica, also
             where a launcher gives GPUs by default (``RayLauncher(num_gpus=1)``); None (the
@@ -146,7 +149,8 @@ class Replicas:
         """The job every trial of a sweep runs: rank 0 is PyTorch's master or TF's worker 0.
 
         TensorFlow replicas are all workers, worker 0 acting as chief, as in TensorFlow's
-        multi-worker tutorial and TFJob's default success policy.
+        multi-worker tutorial and TFJob's default success policy; JAX replicas are all workers
+        too (JAXJob's one role), worker 0 hosting the coordinator.
         """
         resources = Resources(cpus=self.cpus_per_replica, gpus=self.gpus_per_replica)
         if self.framework == "pytorch":
