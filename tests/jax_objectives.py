@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,15 @@ def _initialize() -> Any:
 
     jax.distributed.initialize()  # no arguments: the replica's variables say it all
     return jax
+
+
+def _ray_node() -> str | None:
+    """The Ray node this process runs on, in a Ray actor (where ray is imported already)."""
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def psum_across_processes(value: np.ndarray) -> np.ndarray:
@@ -66,6 +76,7 @@ def jax_psum(config: dict[str, Any]) -> dict[str, float]:
         process_count=jax.process_count(),
         devices=jax.device_count(),
         collectives=jax.config.jax_cpu_collectives_implementation,
+        node=_ray_node(),
         jax_env={name: os.environ.get(name) for name in JAX_VARS},
     )
     return {"loss": total}

@@ -69,6 +69,7 @@ from hypersweep.operators._crds import (
     DEFAULT_BACKOFF_LIMIT,
     DEFAULT_STALLED_TIMEOUT,
     FRAMEWORKS,
+    JAX_ROLES,
     PYTORCH_ROLES,
     RESTART_POLICIES,
     TENSORFLOW_ROLES,
@@ -101,6 +102,7 @@ from hypersweep.operators._recorder import EventRecorder
 from hypersweep.orchestrator._job import DEFAULT_PORTS, ReplicaGroup, ReplicaId, TrainJob
 from hypersweep.orchestrator._rendezvous import (
     cluster_addresses,
+    jax_env,
     kubernetes_cluster,
     pytorch_env,
     replica_dns_name,
@@ -116,11 +118,27 @@ FIRST_BATCH = 4
 POD_BATCH_SECONDS = 0.5
 
 #: Container names and port names Kubeflow uses, by framework.
-CONTAINER_NAMES = {"pytorch": "pytorch", "tensorflow": "tensorflow", "generic": "main"}
-PORT_NAMES = {"pytorch": "pytorchjob-port", "tensorflow": "tfjob-port", "generic": "job-port"}
+CONTAINER_NAMES = {
+    "pytorch": "pytorch",
+    "tensorflow": "tensorflow",
+    "jax": "jax",
+    "generic": "main",
+}
+PORT_NAMES = {
+    "pytorch": "pytorchjob-port",
+    "tensorflow": "tfjob-port",
+    "jax": "jaxjob-port",
+    "generic": "job-port",
+}
 GENERIC_PORT = 29500
 
-_ROLE_ORDER = {"pytorch": PYTORCH_ROLES, "tensorflow": TENSORFLOW_ROLES}
+_ROLE_ORDER = {"pytorch": PYTORCH_ROLES, "tensorflow": TENSORFLOW_ROLES, "jax": JAX_ROLES}
+#: Kubeflow's per-framework replica maps, each implying its framework.
+_IMPLIED_FRAMEWORKS = {
+    "pytorchReplicaSpecs": "pytorch",
+    "tfReplicaSpecs": "tensorflow",
+    "jaxReplicaSpecs": "jax",
+}
 # TensorFlow roles in no collective: the evaluator is not part of TF_CONFIG's cluster.
 _OUTSIDE_CLUSTER = ("evaluator",)
 
@@ -178,15 +196,14 @@ class JobSpec:
         """Parse ``TrainJob.spec`` (or a Sweep's ``trialTemplate``); raises :class:`SpecError`."""
         if not isinstance(spec, Mapping):
             raise SpecError("spec: expected a mapping")
-        given = [
-            key for key in ("replicaSpecs", "pytorchReplicaSpecs", "tfReplicaSpecs") if key in spec
-        ]
+        given = [key for key in ("replicaSpecs", *_IMPLIED_FRAMEWORKS) if key in spec]
         if len(given) != 1:
             raise SpecError(
-                "spec: give exactly one of replicaSpecs, pytorchReplicaSpecs or tfReplicaSpecs"
+                "spec: give exactly one of replicaSpecs, pytorchReplicaSpecs, tfReplicaSpecs "
+                "or jaxReplicaSpecs"
             )
         key = given[0]
-        implied = {"pytorchReplicaSpecs": "pytorch", "tfReplicaSpecs": "tensorflow"}.get(key)
+        implied = _IMPLIED_FRAMEWORKS.get(key)
         framework = spec.get("framework") or implied
         if framework not in FRAMEWORKS:
             raise SpecError(
@@ -263,6 +280,8 @@ class JobSpec:
         groups = tuple(ReplicaGroup(r.label, r.replicas) for r in self.replica_specs if r.replicas)
         if self.framework == "tensorflow":
             return TrainJob(name=name, framework="tensorflow", replicas=groups, port=port)
+        if self.framework == "jax":
+            return TrainJob(name=name, framework="jax", replicas=groups, port=port)
         return TrainJob(name=name, framework="pytorch", replicas=groups, port=port)
 
 
@@ -360,6 +379,9 @@ def rendezvous_env(
     if spec.framework == "pytorch":
         master_host, master_port = split_address(cluster[job.replicas[0].role][0])
         return pytorch_env(job, rank, master_addr=master_host, master_port=master_port)
+    if spec.framework == "jax":  # worker 0 hosts the coordinator
+        host0, port0 = split_address(cluster[job.replicas[0].role][0])
+        return jax_env(job, rank, coordinator_addr=host0, coordinator_port=port0)
     if spec.framework == "tensorflow":
         in_cluster = {
             role: hosts for role, hosts in cluster.items() if role not in _OUTSIDE_CLUSTER
