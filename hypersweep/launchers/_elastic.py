@@ -28,11 +28,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hypersweep._errors import ConfigError
 from hypersweep.launchers._gang import Gang, _Replica
 from hypersweep.launchers._resources import PortAllocator
 from hypersweep.orchestrator._events import Checkpointed, Crashed, Event, Stopped
 from hypersweep.orchestrator._job import TrainJob
 from hypersweep.orchestrator._objective import ObjectiveRef
+
+
+def refuse_elastic(job: TrainJob | None, launcher: str) -> None:
+    """Elastic gangs run on the local launcher only: say so before anything starts."""
+    if job is not None and job.min_replicas is not None:
+        raise ConfigError(
+            f"replicas.n: an elastic range (min, max) runs on the local launcher only, not on "
+            f"{launcher}; give one number of replicas"
+        )
 
 
 def resized(job: TrainJob, world_size: int) -> TrainJob:
