@@ -9,6 +9,7 @@ import pytest
 import replica_objectives
 
 import hypersweep as hs
+from hypersweep.orchestrator._spec import parse_spec
 
 
 @pytest.fixture
@@ -78,6 +79,9 @@ def test_elastic_ranges_are_checked_before_anything_starts() -> None:
         hs.Replicas(n=(2, 4), framework="tensorflow").validated()
     with pytest.raises(hs.ConfigError, match=r"replicas\.n\[0\]: expected an integer >= 1"):
         hs.Replicas(n=(0, 4)).validated()
+    base = {"objective": "m:f", "metric": "loss", "n_trials": 1, "space": {"x": 1.0}}
+    with pytest.raises(hs.ConfigError, match=r"replicas\.n: Input should be a valid integer"):
+        parse_spec({**base, "replicas": {"n": [2, 4]}})  # a sweep file takes one number
     job = hs.Replicas(n=(2, 4)).validated().to_job("t", backoff_limit=1)
     assert (job.world_size, job.min_replicas) == (4, 2)
     assert type(job).from_dict(job.to_dict()) == job
