@@ -55,7 +55,12 @@ def train(config: dict[str, Any]) -> float:
             time.sleep(0.02)
             if context.rank == 0:
                 with open(folder / "steps.jsonl", "a") as log:
-                    record = {"t": time.time(), "epoch": epoch, "world": context.world_size}
+                    record = {
+                        "t": time.time(),
+                        "pid": os.getpid(),
+                        "epoch": epoch,
+                        "world": context.world_size,
+                    }
                     log.write(json.dumps(record) + "\n")
         hs.checkpoint({"epoch": epoch}, step=epoch)
         hs.report(epoch, loss=1.0)
@@ -80,7 +85,9 @@ def _run(kind: str, repeat: int) -> dict[str, float]:
         steps = [
             json.loads(line) for line in (Path(folder) / "steps.jsonl").read_text().splitlines()
         ]
-        after = [s for s in steps if s["t"] > killed]
+        # Resumed: rank 0 of the next round (a new process) completed an all-reduce.
+        before = [s for s in steps if s["t"] <= killed]
+        after = [s for s in steps if s["t"] > killed and s["pid"] != before[-1]["pid"]]
         resumed = after[0]
         grown = next((s for s in after if s["world"] == 4), None) if kind == "elastic" else None
         return {

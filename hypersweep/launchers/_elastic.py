@@ -130,6 +130,7 @@ class ElasticGang(Gang):
             and self.phase == "running"
             and self.job.world_size < full
             and self._checkpointed_this_round
+            and self._shared.pending is not None
         ):
             self._growing = True
             decision = "pause"  # every rank leaves at this step; the next round resumes
