@@ -58,6 +58,7 @@ def test_psum_across_three_jax_processes_initialized_without_arguments(markers: 
         assert replica["devices"] == 3  # one CPU device per process, all in one mesh
         assert replica["collectives"] == "gloo"
         assert env["JAX_COORDINATOR_ADDRESS"] == address and host == "127.0.0.1"
+        assert env["JAX_COORDINATOR_PORT"] == port
         assert (env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"]) == ("3", str(replica["rank"]))
         # JAXJob's names, for code written against Kubeflow's training operator
         assert (env["COORDINATOR_ADDRESS"], env["COORDINATOR_PORT"]) == (host, port)
