@@ -14,6 +14,9 @@ What needs a GPU and so cannot run in the test suite (which runs on CPU machines
 4. Refusal: a trial needing more GPUs than the machine has is refused before anything starts,
    with the field named.
 5. The example sweep (``examples/pytorch_ddp.py``) on the GPU, with ASHA.
+6. JAX on the GPU: a ``Replicas(n=1, framework="jax", gpus_per_replica=1)`` trial calls
+   ``jax.distributed.initialize()`` with no arguments and runs a psum and a jitted bf16 matmul
+   on its GPU (needs ``pip install 'jax[cuda12]'``; the check says so where JAX has no GPU).
 
     python benchmarks/gpu_check.py [--repeats 3] [--cpu] [--ranks N]
 
@@ -235,6 +238,33 @@ def example_sweep(cpu: bool) -> dict[str, Any]:
     return {"seconds": time.time() - start, "output": tail}
 
 
+def jax_on_gpu(cpu: bool) -> dict[str, Any]:
+    import jax
+
+    platforms = {device.platform for device in jax.devices()}
+    if not cpu and "gpu" not in platforms:
+        raise AssertionError(f"JAX sees {platforms}, no GPU: pip install 'jax[cuda12]'")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"BENCH_DIR": tmp, "HYPERSWEEP_RUNS_DIR": f"{tmp}/runs"}
+        result = _in_env(
+            env,
+            lambda: hs.tune(
+                {"x": hs.uniform(0, 1)},
+                f"{SCRIPT}:jax_device_probe",
+                metric="loss",
+                n_trials=1,
+                replicas=hs.Replicas(n=1, framework="jax", gpus_per_replica=1),
+                launcher=_launcher(cpu),
+                verbose=False,
+            ),
+        )
+        assert result.counts() == {"completed": 1}, result.trials[0].error
+        seen = json.loads((Path(tmp) / "jax.json").read_text())
+    assert seen["platform"] == ("cpu" if cpu else "gpu"), seen
+    assert seen["psum"] == seen["devices"] and seen["matmul_corner"] == 2048.0, seen
+    return seen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -261,6 +291,7 @@ def main() -> None:
         "gpu_exclusivity": lambda: gpu_exclusivity(args.cpu),
         "refusal": refusal,
         "example_sweep": lambda: example_sweep(args.cpu),
+        "jax_on_gpu": lambda: jax_on_gpu(args.cpu),
     }
     report: dict[str, Any] = {
         "machine": {

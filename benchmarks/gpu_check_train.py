@@ -151,3 +151,27 @@ def hold_gpu(config: dict[str, Any]) -> float:
 
 if __name__ == "__main__":  # under torchrun: ``gpu_check_train.py first_allreduce``
     first_allreduce({} if len(sys.argv) < 3 else json.loads(sys.argv[2]))
+
+
+def jax_device_probe(config: dict[str, Any]) -> dict[str, float]:
+    """One JAX process on its GPU: ``jax.distributed.initialize()`` with no arguments, a psum
+    over the process's devices and a jitted matmul; writes the platform and the timings."""
+    import jax
+    import jax.numpy as jnp
+
+    began = time.time()
+    jax.distributed.initialize()
+    devices = jax.local_devices()
+    summed = jax.pmap(lambda x: jax.lax.psum(x, "d"), axis_name="d")(jnp.ones((len(devices), 1)))
+    matrix = jnp.ones((2048, 2048), dtype=jnp.bfloat16)
+    product = jax.jit(lambda a: a @ a)(matrix).block_until_ready()
+    seen = {
+        "platform": devices[0].platform,
+        "devices": len(devices),
+        "process_count": jax.process_count(),
+        "psum": float(summed[0, 0]),
+        "matmul_corner": float(product[0, 0]),
+        "seconds": time.time() - began,
+    }
+    (_bench_dir() / "jax.json").write_text(json.dumps(seen))
+    return {"loss": 0.0}

@@ -266,3 +266,47 @@ def tf_train(config: dict[str, Any]) -> dict[str, float]:
         loss=loss,
     )
     return {"loss": loss, "checksum": checksum}
+
+
+def elastic_train(config: dict[str, Any]) -> dict[str, float]:
+    """DDP regression over the round's world, its data sharded by rank, checkpointed each epoch.
+
+    Each epoch records the world size it ran with. The replica with rank ``kill_rank`` of the
+    first round SIGKILLs itself in epoch ``kill_epoch`` (once: a marker file says it happened).
+    """
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    context = _context()
+    torch.manual_seed(0)
+    dist.init_process_group("gloo")
+    model = torch.nn.Linear(8, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    state = hs.restore()
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        start = state["epoch"] + 1
+    ddp = DistributedDataParallel(model)
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(96, 8, generator=generator)
+    targets = features.sum(dim=1, keepdim=True)
+    shard = slice(context.rank, None, context.world_size)  # the data follows the world size
+    killed = _markers() / "elastic-killed"
+    loss = torch.tensor(0.0)
+    for epoch in range(start, config["epochs"]):
+        record(f"elastic-e{epoch}-w{context.world_size}-r{context.rank}", epoch=epoch)
+        chosen = (epoch, context.rank) == (config["kill_epoch"], config["kill_rank"])
+        if chosen and not killed.exists():
+            killed.write_text("1")
+            os.kill(os.getpid(), signal.SIGKILL)
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(ddp(features[shard]), targets[shard])
+            loss.backward()
+            optimizer.step()
+        hs.checkpoint({"model": model.state_dict(), "epoch": epoch}, step=epoch)
+        hs.report(epoch, loss=loss.item(), world_size=float(context.world_size))
+    dist.destroy_process_group()
+    return {"loss": loss.item(), "world_size": float(context.world_size)}

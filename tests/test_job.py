@@ -58,7 +58,8 @@ def test_a_job_round_trips_through_plain_data() -> None:
 @pytest.mark.parametrize(
     ("data", "field"),
     [
-        ({"framework": "jax", "replicas": [{"role": "worker", "count": 1}]}, "framework"),
+        ({"framework": "mxnet", "replicas": [{"role": "worker", "count": 1}]}, "framework"),
+        ({"framework": "jax", "replicas": [{"role": "master", "count": 1}]}, "role"),
         ({"framework": "pytorch", "replicas": [{"role": "chief", "count": 1}]}, "role"),
         ({"framework": "pytorch", "replicas": [{"role": "master", "count": 2}]}, "count"),
         ({"framework": "pytorch", "replicas": [{"role": "worker", "count": 0}]}, "count"),
@@ -165,7 +166,7 @@ def test_yaml_replicas(tmp_path: Path) -> None:
     ):
         parse_spec({**base, "replicas": {"n": 2, "gpus": 1}})
     with pytest.raises(hs.ConfigError, match=r"replicas\.framework: Input should be"):
-        parse_spec({**base, "replicas": {"n": 2, "framework": "jax"}})
+        parse_spec({**base, "replicas": {"n": 2, "framework": "mxnet"}})
 
 
 def test_ports_are_held_until_released() -> None:

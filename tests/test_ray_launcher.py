@@ -667,3 +667,28 @@ def test_a_ray_tune_trainable_runs_unchanged(cluster: Cluster, markers: Path) ->
         assert trial.metrics["started_at"] == 2.0  # ...and resumed after step 1's checkpoint
         assert trial.metrics["step"] == 4.0
         assert sorted(trial.intermediate_values) == [0, 1, 2, 3, 4]  # steps go on after a retry
+
+
+def test_a_jax_trial_spans_two_nodes_with_the_coordinator_on_process_0(
+    cluster: Cluster, markers: Path
+) -> None:
+    import jax_objectives
+
+    result = hs.tune(
+        {"x": hs.uniform(0, 1)},
+        jax_objectives.jax_psum,
+        metric="loss",
+        n_trials=1,
+        replicas=hs.Replicas(n=2, framework="jax"),
+        launcher=_launcher(markers, placement_strategy="STRICT_SPREAD"),
+    )
+    assert result.counts() == {"completed": 1}
+    assert result.trials[0].value == 1 + 2
+    seen = _read(markers, "jax-t0-r*")
+    assert [r["rank"] for r in seen] == [0, 1]
+    assert len({r["node"] for r in seen}) == 2  # one JAX process per Ray node
+    address = seen[0]["jax_env"]["JAX_COORDINATOR_ADDRESS"]
+    for replica in seen:
+        assert replica["total"] == 3.0 and replica["process_count"] == 2
+        assert replica["jax_env"]["JAX_COORDINATOR_ADDRESS"] == address
+        assert replica["jax_env"]["JAX_PROCESS_ID"] == str(replica["rank"])

@@ -19,7 +19,8 @@ from hypersweep.orchestrator._job import DEFAULT_PORTS, ReplicaGroup, TrainJob
 
 PYTORCH_ROLES = ("Master", "Worker")
 TENSORFLOW_ROLES = ("Chief", "Master", "Worker", "PS", "Evaluator")
-FRAMEWORKS = ("pytorch", "tensorflow", "generic")
+JAX_ROLES = ("Worker",)  # JAXJob's one replica type; worker 0 hosts the coordinator
+FRAMEWORKS = ("pytorch", "tensorflow", "jax", "generic")
 RESTART_POLICIES = ("OnFailure", "Never", "ExitCode", "Always")
 CLEAN_POD_POLICIES = ("All", "Running", "None")
 DEFAULT_BACKOFF_LIMIT = 3
@@ -32,11 +33,27 @@ MAX_TRAINJOB_NAME = 48
 MAX_SWEEP_NAME = 35
 
 #: Container names and port names Kubeflow uses, by framework.
-CONTAINER_NAMES = {"pytorch": "pytorch", "tensorflow": "tensorflow", "generic": "main"}
-PORT_NAMES = {"pytorch": "pytorchjob-port", "tensorflow": "tfjob-port", "generic": "job-port"}
+CONTAINER_NAMES = {
+    "pytorch": "pytorch",
+    "tensorflow": "tensorflow",
+    "jax": "jax",
+    "generic": "main",
+}
+PORT_NAMES = {
+    "pytorch": "pytorchjob-port",
+    "tensorflow": "tfjob-port",
+    "jax": "jaxjob-port",
+    "generic": "job-port",
+}
 GENERIC_PORT = 29500
 
-_ROLE_ORDER = {"pytorch": PYTORCH_ROLES, "tensorflow": TENSORFLOW_ROLES}
+_ROLE_ORDER = {"pytorch": PYTORCH_ROLES, "tensorflow": TENSORFLOW_ROLES, "jax": JAX_ROLES}
+#: Kubeflow's per-framework replica maps, each implying its framework.
+_IMPLIED_FRAMEWORKS = {
+    "pytorchReplicaSpecs": "pytorch",
+    "tfReplicaSpecs": "tensorflow",
+    "jaxReplicaSpecs": "jax",
+}
 
 
 class SpecError(ValueError):
@@ -92,15 +109,14 @@ class JobSpec:
         """Parse ``TrainJob.spec`` (or a Sweep's ``trialTemplate``); raises :class:`SpecError`."""
         if not isinstance(spec, Mapping):
             raise SpecError("spec: expected a mapping")
-        given = [
-            key for key in ("replicaSpecs", "pytorchReplicaSpecs", "tfReplicaSpecs") if key in spec
-        ]
+        given = [key for key in ("replicaSpecs", *_IMPLIED_FRAMEWORKS) if key in spec]
         if len(given) != 1:
             raise SpecError(
-                "spec: give exactly one of replicaSpecs, pytorchReplicaSpecs or tfReplicaSpecs"
+                "spec: give exactly one of replicaSpecs, pytorchReplicaSpecs, tfReplicaSpecs "
+                "or jaxReplicaSpecs"
             )
         key = given[0]
-        implied = {"pytorchReplicaSpecs": "pytorch", "tfReplicaSpecs": "tensorflow"}.get(key)
+        implied = _IMPLIED_FRAMEWORKS.get(key)
         framework = spec.get("framework") or implied
         if framework not in FRAMEWORKS:
             raise SpecError(
@@ -177,6 +193,8 @@ class JobSpec:
         groups = tuple(ReplicaGroup(r.label, r.replicas) for r in self.replica_specs if r.replicas)
         if self.framework == "tensorflow":
             return TrainJob(name=name, framework="tensorflow", replicas=groups, port=port)
+        if self.framework == "jax":
+            return TrainJob(name=name, framework="jax", replicas=groups, port=port)
         return TrainJob(name=name, framework="pytorch", replicas=groups, port=port)
 
 

@@ -45,7 +45,12 @@ from hypersweep.orchestrator._events import (
 )
 from hypersweep.orchestrator._job import ReplicaId, TrainJob
 from hypersweep.orchestrator._objective import ObjectiveRef
-from hypersweep.orchestrator._rendezvous import cluster_addresses, pytorch_env, tensorflow_env
+from hypersweep.orchestrator._rendezvous import (
+    cluster_addresses,
+    jax_env,
+    pytorch_env,
+    tensorflow_env,
+)
 
 LOCALHOST = "127.0.0.1"
 
@@ -134,6 +139,16 @@ class Gang:
                     master_addr=LOCALHOST,
                     master_port=store.port,
                     agent_store=True,
+                )
+                for replica in ids
+            ]
+        elif job.framework == "jax":
+            # Process 0's coordinator (gRPC) binds the port itself, as TF's server does.
+            coordinator = ports.allocate("0.0.0.0")
+            self.held_ports.append(coordinator)
+            rendezvous = [
+                jax_env(
+                    job, replica.rank, coordinator_addr=LOCALHOST, coordinator_port=coordinator.port
                 )
                 for replica in ids
             ]

@@ -79,6 +79,7 @@ from hypersweep.kube._trial_jobs import (
     suspend_unfinished_trainjobs,
 )
 from hypersweep.launchers._base import Launcher, SweepContext
+from hypersweep.launchers._elastic import refuse_elastic
 from hypersweep.orchestrator._events import (
     Checkpointed,
     Completed,
@@ -272,13 +273,14 @@ class KubernetesLauncher(Launcher):
     # --- Launcher ------------------------------------------------------------------------
 
     def start(self, context: SweepContext) -> None:
+        refuse_elastic(context.job, "KubernetesLauncher")
         self._context = context
         if self._sweep is None:
             self._sweep = dns_label(context.sweep_name)[:MAX_SWEEP_NAME].rstrip("-")
         self._template = self._trial_template(context)
         key = next(
             k
-            for k in ("replicaSpecs", "pytorchReplicaSpecs", "tfReplicaSpecs")
+            for k in ("replicaSpecs", "pytorchReplicaSpecs", "tfReplicaSpecs", "jaxReplicaSpecs")
             if k in self._template
         )
         self._spec_key = key

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from hypersweep._errors import ConfigError
 from hypersweep.launchers._base import Launcher, SweepContext
+from hypersweep.launchers._elastic import ElasticGang
 from hypersweep.launchers._gang import Gang
 from hypersweep.launchers._process import Worker, describe_exit
 from hypersweep.launchers._resources import GpuPool, PortAllocator, detect_gpus
@@ -43,7 +44,11 @@ from hypersweep.orchestrator._job import TrainJob
 
 __all__ = ["LocalLauncher", "describe_exit"]
 
-_FRAMEWORK_MODULES = {"pytorch": ("torch", "torch"), "tensorflow": ("tensorflow", "tensorflow")}
+_FRAMEWORK_MODULES = {
+    "pytorch": ("torch", "torch"),
+    "tensorflow": ("tensorflow", "tensorflow"),
+    "jax": ("jax", "jax"),
+}
 
 
 class LocalLauncher(Launcher):
@@ -163,7 +168,8 @@ class LocalLauncher(Launcher):
             if gpus is None:
                 return
             self._pending.pop(0)
-            gang = Gang(assignment, job, gpus, grace=self.replica_grace)
+            kind = Gang if job.min_replicas is None else ElasticGang  # Replicas(n=(min, max))
+            gang = kind(assignment, job, gpus, grace=self.replica_grace)
             try:
                 gang.start(self._context.objective, self._env, self._ports, self.log_dir)
             except OSError as error:

@@ -30,6 +30,7 @@ from typing import Any
 
 from hypersweep._errors import ConfigError
 from hypersweep.launchers._base import Launcher, SweepContext
+from hypersweep.launchers._elastic import refuse_elastic
 from hypersweep.launchers._ray_actor import TrialActor
 from hypersweep.launchers._ray_gang import (
     RayAttempt,
@@ -231,6 +232,7 @@ class RayLauncher(Launcher):
             raise ConfigError(
                 "launcher: RayLauncher needs Ray; pip install 'hypersweep[ray]'"
             ) from None
+        refuse_elastic(context.job, "RayLauncher")
         self._context = context
         self._job = context.job
         job_env = self._check_runtime_env(owns_connection=not ray.is_initialized())

@@ -38,7 +38,12 @@ from hypersweep.orchestrator._events import (
 )
 from hypersweep.orchestrator._job import ReplicaId, TrainJob
 from hypersweep.orchestrator._objective import ObjectiveRef
-from hypersweep.orchestrator._rendezvous import cluster_addresses, pytorch_env, tensorflow_env
+from hypersweep.orchestrator._rendezvous import (
+    cluster_addresses,
+    jax_env,
+    pytorch_env,
+    tensorflow_env,
+)
 
 logger = logging.getLogger("hypersweep")
 
@@ -128,6 +133,8 @@ class RayAttempt:
             return None
         if self.job.framework == "pytorch":
             return PORT_LISTEN if rank == 0 else None
+        if self.job.framework == "jax":  # process 0's coordinator binds it
+            return PORT_RESERVE if rank == 0 else None
         return PORT_RESERVE
 
     def prepare(self) -> None:
@@ -183,6 +190,17 @@ class RayAttempt:
                     master_addr=master["ip"],
                     master_port=master["port"],
                     agent_store=True,
+                )
+                for rank in range(self.world_size)
+            ]
+        elif job.framework == "jax":
+            coordinator = infos[0]
+            rendezvous = [
+                jax_env(
+                    job,
+                    rank,
+                    coordinator_addr=coordinator["ip"],
+                    coordinator_port=coordinator["port"],
                 )
                 for rank in range(self.world_size)
             ]

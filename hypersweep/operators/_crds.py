@@ -33,6 +33,7 @@ from hypersweep.kube._jobspec import (
     DEFAULT_BACKOFF_LIMIT,
     DEFAULT_STALLED_TIMEOUT,
     FRAMEWORKS,
+    JAX_ROLES,
     MAX_SWEEP_NAME,
     MAX_TRAINJOB_NAME,
     PYTORCH_ROLES,
@@ -177,6 +178,24 @@ def _replica_map_schema(roles: tuple[str, ...] | None, framework: str) -> JsonDi
     return schema
 
 
+def _light_replica_map_schema(framework: str, roles: tuple[str, ...]) -> JsonDict:
+    """A replica map whose pod templates the API server stores as given.
+
+    Each full map embeds the pod template's schema (about 60 kB), and a CRD must stay under
+    the 256 kB that ``kubectl apply`` can record: Kubeflow's ``jaxReplicaSpecs`` would not fit
+    in the Sweep CRD. Its roles and templates are checked by the controller instead (a bad
+    spec is refused with a condition naming the field) and its pods by the API server.
+    """
+    return {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+        "description": (
+            f"Kubeflow's {framework} replica map (roles: {', '.join(roles)}), as replicaSpecs "
+            f"with framework {framework}; checked by the controller rather than at admission."
+        ),
+    }
+
+
 def trainjob_spec_schema() -> JsonDict:
     """The schema of ``TrainJob.spec``, also used for ``Sweep.spec.trialTemplate``."""
     return {
@@ -187,14 +206,17 @@ def trainjob_spec_schema() -> JsonDict:
                 "enum": list(FRAMEWORKS),
                 "description": (
                     "pytorch: MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK (and PET_*) as "
-                    "PyTorchJob sets them. tensorflow: TF_CONFIG as TFJob sets it. generic: "
-                    "RANK, WORLD_SIZE and HYPERSWEEP_CLUSTER only. Implied by "
-                    "pytorchReplicaSpecs and tfReplicaSpecs."
+                    "PyTorchJob sets them. tensorflow: TF_CONFIG as TFJob sets it. jax: "
+                    "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (and JAXJob's "
+                    "COORDINATOR_ADDRESS, COORDINATOR_PORT, NUM_PROCESSES, PROCESS_ID). "
+                    "generic: RANK, WORLD_SIZE and HYPERSWEEP_CLUSTER only. Implied by "
+                    "pytorchReplicaSpecs, tfReplicaSpecs and jaxReplicaSpecs."
                 ),
             },
             "replicaSpecs": _replica_map_schema(None, "generic"),
             "pytorchReplicaSpecs": _replica_map_schema(PYTORCH_ROLES, "pytorch"),
             "tfReplicaSpecs": _replica_map_schema(TENSORFLOW_ROLES, "tensorflow"),
+            "jaxReplicaSpecs": _light_replica_map_schema("jax", JAX_ROLES),
             "successPolicy": {
                 "type": "string",
                 "enum": ["", "AllWorkers"],
@@ -261,12 +283,14 @@ def _replica_specs_rules() -> list[JsonDict]:
     return [
         _cel(
             "[has(self.replicaSpecs), has(self.pytorchReplicaSpecs), "
-            "has(self.tfReplicaSpecs)].filter(given, given).size() == 1",
-            "give exactly one of replicaSpecs, pytorchReplicaSpecs or tfReplicaSpecs",
+            "has(self.tfReplicaSpecs), has(self.jaxReplicaSpecs)]"
+            ".filter(given, given).size() == 1",
+            "give exactly one of replicaSpecs, pytorchReplicaSpecs, tfReplicaSpecs or "
+            "jaxReplicaSpecs",
         ),
         _cel(
             "!has(self.replicaSpecs) || has(self.framework)",
-            "framework is required with replicaSpecs: pytorch, tensorflow or generic",
+            "framework is required with replicaSpecs: pytorch, tensorflow, jax or generic",
             ".framework",
         ),
         _cel(
@@ -279,13 +303,22 @@ def _replica_specs_rules() -> list[JsonDict]:
             "tfReplicaSpecs needs framework tensorflow",
             ".framework",
         ),
+        _cel(
+            "!has(self.jaxReplicaSpecs) || !has(self.framework) || self.framework == 'jax'",
+            "jaxReplicaSpecs needs framework jax",
+            ".framework",
+        ),
     ]
 
 
 def _framework_rules() -> list[JsonDict]:
     """CEL rules on each framework's replica roles (PyTorch's Master, TensorFlow's Chief)."""
     rules = []
-    for name, roles in (("pytorch", PYTORCH_ROLES), ("tensorflow", TENSORFLOW_ROLES)):
+    for name, roles in (
+        ("pytorch", PYTORCH_ROLES),
+        ("tensorflow", TENSORFLOW_ROLES),
+        ("jax", JAX_ROLES),
+    ):
         applies = f"!has(self.replicaSpecs) || !has(self.framework) || self.framework != '{name}'"
         rules.append(
             _cel(

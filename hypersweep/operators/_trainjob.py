@@ -107,6 +107,7 @@ from hypersweep.operators._batch import all_at_once, slow_start
 from hypersweep.orchestrator._job import ReplicaId
 from hypersweep.orchestrator._rendezvous import (
     cluster_addresses,
+    jax_env,
     kubernetes_cluster,
     pytorch_env,
     replica_dns_name,
@@ -160,6 +161,9 @@ def rendezvous_env(
     if spec.framework == "pytorch":
         master_host, master_port = split_address(cluster[job.replicas[0].role][0])
         return pytorch_env(job, rank, master_addr=master_host, master_port=master_port)
+    if spec.framework == "jax":  # worker 0 hosts the coordinator
+        host0, port0 = split_address(cluster[job.replicas[0].role][0])
+        return jax_env(job, rank, coordinator_addr=host0, coordinator_port=port0)
     if spec.framework == "tensorflow":
         in_cluster = {
             role: hosts for role, hosts in cluster.items() if role not in _OUTSIDE_CLUSTER

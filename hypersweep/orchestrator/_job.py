@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from hypersweep._errors import ConfigError
 
-Framework = Literal["pytorch", "tensorflow"]
-FRAMEWORKS: tuple[str, ...] = ("pytorch", "tensorflow")
+Framework = Literal["pytorch", "tensorflow", "jax"]
+FRAMEWORKS: tuple[str, ...] = ("pytorch", "tensorflow", "jax")
 
 # Replica roles in rank order, as Kubeflow's PyTorchJob and TFJob name them (lower case). TF's
 # parameter servers and evaluators take no part in MultiWorkerMirroredStrategy's collectives, so
@@ -26,12 +26,13 @@ FRAMEWORKS: tuple[str, ...] = ("pytorch", "tensorflow")
 ROLES: dict[str, tuple[str, ...]] = {
     "pytorch": ("master", "worker"),
     "tensorflow": ("chief", "worker"),
+    "jax": ("worker",),  # JAXJob's only replica type; worker 0 hosts the coordinator
 }
 
 # The port each replica listens on inside a cluster, where every replica has its own address:
-# PyTorchJob's ``pytorchjob-port`` and TFJob's ``tfjob-port``. Local replicas share one host and
-# get allocated ports instead.
-DEFAULT_PORTS: dict[str, int] = {"pytorch": 23456, "tensorflow": 2222}
+# PyTorchJob's ``pytorchjob-port``, TFJob's ``tfjob-port`` and JAXJob's ``jaxjob-port`` (the JAX
+# coordinator's). Local replicas share one host and get allocated ports instead.
+DEFAULT_PORTS: dict[str, int] = {"pytorch": 23456, "tensorflow": 2222, "jax": 6666}
 
 RESTART_POLICIES: tuple[str, ...] = ("OnFailure", "ExitCode", "Never")
 
@@ -66,15 +67,32 @@ def _check_cpus(value: Any, where: str) -> float | None:
     return float(value)
 
 
+def _check_elastic(value: Any, where: str) -> tuple[int, int]:
+    """``(min, max)`` of an elastic gang, as torchrun's ``--nnodes=min:max``."""
+    if len(value) != 2:
+        raise _fail(where, f"expected a number or (min, max), got {value!r}")
+    low = _check_count(value[0], f"{where}[0]", 1)
+    high = _check_count(value[1], f"{where}[1]", 1)
+    if low > high:
+        raise _fail(where, f"min {low} is above max {high}")
+    return low, high
+
+
 @dataclass(frozen=True)
 class Replicas:
     """Run each trial as ``n`` replicas of the objective, one process each, as one gang.
 
     Args:
-        n: replicas per trial (the world size).
+        n: replicas per trial (the world size), or ``(min, max)`` for an elastic PyTorch gang
+            (torchrun's ``--nnodes=min:max``): it starts with ``max``; a lost replica does not
+            stop the trial while ``min`` remain (the rest go on from the last checkpoint with
+            the smaller world, without using a retry), and it grows back at the next
+            checkpointed report.
         framework: ``"pytorch"`` (``MASTER_ADDR``, ``RANK``... as torchrun and PyTorchJob set
-            them; gloo on CPU, NCCL on GPUs) or ``"tensorflow"`` (``TF_CONFIG`` as TFJob sets
-            it, for ``MultiWorkerMirroredStrategy``).
+            them; gloo on CPU, NCCL on GPUs), ``"tensorflow"`` (``TF_CONFIG`` as TFJob sets
+            it, for ``MultiWorkerMirroredStrategy``) or ``"jax"`` (the coordinator address,
+            process count and id as Kubeflow's JAXJob and JAX runtime set them, so that
+            ``jax.distributed.initialize()`` needs no arguments; gloo collectives on CPU).
         gpus_per_replica: GPUs given to each replica through ``CUDA_VISIBLE_DEVICES``; trials
             wait for free GPUs rather than share them. 0 hides every GPU from the replica, also
             where a launcher gives GPUs by default (``RayLauncher(num_gpus=1)``); None (the
@@ -88,7 +106,7 @@ class Replicas:
             gang, an exception fails the trial) or ``"Never"`` (any failure fails the trial).
     """
 
-    n: int
+    n: int | tuple[int, int]
     framework: Framework = "pytorch"
     gpus_per_replica: int | None = None
     cpus_per_replica: float | None = None
@@ -97,11 +115,19 @@ class Replicas:
 
     def validated(self, where: str = "replicas") -> Replicas:
         """Check every field; raise :class:`ConfigError` naming the first bad one."""
-        _check_count(self.n, f"{where}.n", 1)
+        n = _check_elastic(self.n, f"{where}.n") if isinstance(self.n, (tuple, list)) else None
+        if n is None:
+            _check_count(self.n, f"{where}.n", 1)
         if self.framework not in FRAMEWORKS:
             raise _fail(
                 f"{where}.framework",
                 f"expected one of {', '.join(FRAMEWORKS)}, got {self.framework!r}",
+            )
+        if n is not None and self.framework != "pytorch":
+            raise _fail(
+                f"{where}.n",
+                f"an elastic range (min, max) is for framework pytorch, not {self.framework}; "
+                "give one number",
             )
         if self.gpus_per_replica is not None:
             _check_count(self.gpus_per_replica, f"{where}.gpus_per_replica", 0)
@@ -112,7 +138,12 @@ class Replicas:
                 f"{where}.restart_policy",
                 f"expected one of {', '.join(RESTART_POLICIES)}, got {self.restart_policy!r}",
             )
-        return replace(self, cpus_per_replica=cpus, env=env)
+        return replace(self, n=n or self.n, cpus_per_replica=cpus, env=env)
+
+    @property
+    def max_n(self) -> int:
+        """The most replicas a trial runs at once (``n``, or the top of its elastic range)."""
+        return self.n[1] if isinstance(self.n, tuple) else self.n
 
     @classmethod
     def from_value(cls, value: Any, where: str = "replicas") -> Replicas:
@@ -134,7 +165,7 @@ class Replicas:
     def to_dict(self) -> dict[str, Any]:
         """The plain-data form stored with a sweep and written in YAML."""
         return {
-            "n": self.n,
+            "n": list(self.n) if isinstance(self.n, tuple) else self.n,
             "framework": self.framework,
             "gpus_per_replica": self.gpus_per_replica,
             "cpus_per_replica": self.cpus_per_replica,
@@ -146,21 +177,24 @@ class Replicas:
         """The job every trial of a sweep runs: rank 0 is PyTorch's master or TF's worker 0.
 
         TensorFlow replicas are all workers, worker 0 acting as chief, as in TensorFlow's
-        multi-worker tutorial and TFJob's default success policy.
+        multi-worker tutorial and TFJob's default success policy; JAX replicas are all workers
+        too (JAXJob's one role), worker 0 hosting the coordinator.
         """
         resources = Resources(cpus=self.cpus_per_replica, gpus=self.gpus_per_replica)
+        n = self.max_n
         if self.framework == "pytorch":
             groups = [ReplicaGroup("master", 1, resources)]
-            if self.n > 1:
-                groups.append(ReplicaGroup("worker", self.n - 1, resources))
+            if n > 1:
+                groups.append(ReplicaGroup("worker", n - 1, resources))
         else:
-            groups = [ReplicaGroup("worker", self.n, resources)]
+            groups = [ReplicaGroup("worker", n, resources)]
         return TrainJob(
             name=name,
             framework=self.framework,
             replicas=tuple(groups),
             env=dict(self.env),
             restart_policy=RestartPolicy(self.restart_policy, backoff_limit),
+            min_replicas=self.n[0] if isinstance(self.n, tuple) else None,
         ).validated()
 
 
@@ -283,6 +317,7 @@ class TrainJob:
     env: Mapping[str, str] = field(default_factory=dict)
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     port: int | None = None
+    min_replicas: int | None = None  # elastic: the fewest replicas the job goes on with
 
     @property
     def world_size(self) -> int:
@@ -355,6 +390,14 @@ class TrainJob:
         _check_count(self.restart_policy.backoff_limit, "restart_policy.backoff_limit", 0)
         if self.port is not None:
             _check_count(self.port, "port", 1)
+        if self.min_replicas is not None:
+            _check_count(self.min_replicas, "min_replicas", 1)
+            if self.framework != "pytorch" or self.min_replicas > self.world_size:
+                raise _fail(
+                    "min_replicas",
+                    f"an elastic pytorch job goes on with 1 to {self.world_size} replicas, "
+                    f"got {self.min_replicas} for a {self.framework} job",
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -367,6 +410,7 @@ class TrainJob:
             "env": dict(self.env),
             "restart_policy": self.restart_policy.to_dict(),
             "port": self.port,
+            "min_replicas": self.min_replicas,
         }
 
     @classmethod
@@ -394,6 +438,7 @@ class TrainJob:
                 backoff_limit=restart.get("backoff_limit", 2),
             ),
             port=data.get("port"),
+            min_replicas=data.get("min_replicas"),
         ).validated()
 
 

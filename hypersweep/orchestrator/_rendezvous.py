@@ -10,6 +10,10 @@ already reads:
   inside a replica), so ``torch.distributed.init_process_group()`` works unchanged.
 - TensorFlow: ``TF_CONFIG`` with ``cluster`` and ``task`` exactly as TFJob writes it, so
   ``tf.distribute.MultiWorkerMirroredStrategy()`` works unchanged.
+- JAX: ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` (Kubeflow
+  Trainer's JAX runtime) and ``COORDINATOR_ADDRESS``, ``COORDINATOR_PORT``, ``NUM_PROCESSES``,
+  ``PROCESS_ID`` (Kubeflow's JAXJob), so ``jax.distributed.initialize()`` works with no
+  arguments (see :mod:`hypersweep.orchestrator._jax_cluster`).
 """
 
 from __future__ import annotations
@@ -111,12 +115,37 @@ def tensorflow_env(job: TrainJob, rank: int, cluster: Cluster) -> dict[str, str]
     }
 
 
+def jax_env(
+    job: TrainJob, rank: int, *, coordinator_addr: str, coordinator_port: int
+) -> dict[str, str]:
+    """Kubeflow's JAX variables for replica ``rank``; process 0 serves the coordinator."""
+    world_size = job.world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside a job of world size {world_size}")
+    host = f"[{coordinator_addr}]" if ":" in coordinator_addr else coordinator_addr
+    return {
+        "JAX_COORDINATOR_ADDRESS": f"{host}:{coordinator_port}",
+        "JAX_COORDINATOR_PORT": str(coordinator_port),
+        "JAX_NUM_PROCESSES": str(world_size),
+        "JAX_PROCESS_ID": str(rank),
+        "COORDINATOR_ADDRESS": coordinator_addr,
+        "COORDINATOR_PORT": str(coordinator_port),
+        "NUM_PROCESSES": str(world_size),
+        "PROCESS_ID": str(rank),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 def replica_env(job: TrainJob, rank: int, cluster: Cluster) -> dict[str, str]:
     """The rendezvous environment of replica ``rank`` for the job's framework.
 
-    For PyTorch only rank 0's address matters (it serves the store that the others join).
+    For PyTorch and JAX only rank 0's address matters (it serves the store, or the coordinator,
+    that the others join).
     """
     if job.framework == "pytorch":
         host, port = split_address(cluster[job.replicas[0].role][0])
         return pytorch_env(job, rank, master_addr=host, master_port=port)
+    if job.framework == "jax":
+        host, port = split_address(cluster[job.replicas[0].role][0])
+        return jax_env(job, rank, coordinator_addr=host, coordinator_port=port)
     return tensorflow_env(job, rank, cluster)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hypersweep.orchestrator import _checkpoints
+from hypersweep.orchestrator._jax_cluster import is_jax_replica, prepare_jax_replica
 
 
 class TrialPruned(Exception):
@@ -64,6 +65,8 @@ _warned_outside = False
 def _set_context(context: TrialContext | None) -> None:
     global _current
     _current = context
+    if context is not None and is_jax_replica():
+        prepare_jax_replica()  # before the objective calls jax.distributed.initialize()
 
 
 def get_trial_context() -> TrialContext | None:

@@ -196,7 +196,7 @@ class ReplicasSpec(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
     n: int = pydantic.Field(ge=1, description="replicas per trial")
-    framework: Literal["pytorch", "tensorflow"] = "pytorch"
+    framework: Literal["pytorch", "tensorflow", "jax"] = "pytorch"
     gpus_per_replica: int | None = pydantic.Field(default=None, ge=0)
     cpus_per_replica: float | None = pydantic.Field(default=None, gt=0)
     env: dict[str, str] = pydantic.Field(default_factory=dict)

@@ -6,6 +6,7 @@ Each finds its peers only through the environment the TrainJob controller set.
 * ``tf-config``: reads ``TF_CONFIG`` as TensorFlow would, listens on its own address and
   connects to every peer's (plain sockets: importing TensorFlow takes too long on small CI
   machines; what is tested is the cluster spec the controller wrote).
+* ``jax``: ``jax.distributed`` from JAXJob's variables, a cross-process ``psum`` over gloo.
 * ``gang``: PyTorch-style master/worker over ``MASTER_ADDR``/``MASTER_PORT`` that checkpoints
   each step to ``$CHECKPOINT_FILE`` (rank 0) and resumes from it after a gang restart.
 """
@@ -83,6 +84,32 @@ def run_tf_config() -> int:
     return 0 if sorted(heard) == sorted(peers) else 1
 
 
+def run_jax() -> int:
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    # A bare pod, not a hypersweep trial: the arguments come from the variables, as in
+    # Kubeflow's JAX guide (JAX reads JAX_COORDINATOR_ADDRESS itself).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
+    rank, world = jax.process_index(), jax.process_count()
+    mesh = Mesh(np.array(jax.devices()), ("p",))
+    local = np.array([[rank + 1.0]], dtype=np.float32)
+    stacked = jax.make_array_from_process_local_data(NamedSharding(mesh, P("p")), local)
+    summed = jax.jit(
+        jax.shard_map(lambda b: jax.lax.psum(b, "p"), mesh=mesh, in_specs=P("p"), out_specs=P())
+    )(stacked)
+    total = float(np.asarray(summed.addressable_data(0))[0, 0])
+    expected = world * (world + 1) / 2
+    print(f"process {rank} of {world}: psum={total} expected={expected}", flush=True)
+    return 0 if total == expected else 1
+
+
 def run_gang() -> int:
     rank = int(os.environ["RANK"])
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
@@ -110,5 +137,5 @@ def run_gang() -> int:
 
 
 if __name__ == "__main__":
-    modes = {"torch": run_torch, "tf-config": run_tf_config, "gang": run_gang}
+    modes = {"torch": run_torch, "tf-config": run_tf_config, "jax": run_jax, "gang": run_gang}
     sys.exit(modes[sys.argv[1]]())

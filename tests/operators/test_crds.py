@@ -556,3 +556,17 @@ def test_the_pod_template_schema_is_generated_from_the_api_server(
     assert committed.read_text() == generated, (
         f"{committed.name} is stale: run `python hack/podtemplate_schema.py`"
     )
+
+
+def test_a_kubeflow_jaxjob_ports_by_changing_its_kind(
+    cluster: LocalCluster, namespace: Namespace
+) -> None:
+    jaxjob = _without(
+        _with(BASE_JOB, {"Worker": WORKER}, "spec", "jaxReplicaSpecs"), "spec", "framework"
+    )
+    del jaxjob["spec"]["replicaSpecs"]
+    result = apply(cluster, namespace.name, jaxjob)
+    assert result.returncode == 0, result.stderr
+    refused = apply(cluster, namespace.name, _with(jaxjob, "pytorch", "spec", "framework"))
+    assert refused.returncode != 0
+    assert "jaxReplicaSpecs needs framework jax" in refused.stderr, refused.stderr

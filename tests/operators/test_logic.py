@@ -295,6 +295,26 @@ def test_kubeflow_aliases_and_errors_name_the_field() -> None:
         )
 
 
+def test_a_jaxjob_spec_gives_worker_0s_dns_name_as_the_coordinator() -> None:
+    spec = JobSpec.from_spec(
+        {"jaxReplicaSpecs": {"Worker": {"replicas": 3, "template": template("jax")}}}
+    )
+    assert spec.framework == "jax" and spec.port() == 6666  # JAXJob's default jaxjob-port
+    env = rendezvous_env(spec, "lm", "ml", 2, Networking())
+    assert env["JAX_COORDINATOR_ADDRESS"] == "lm-worker-0.lm.ml.svc:6666"
+    assert (env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"]) == ("3", "2")
+    assert (env["COORDINATOR_ADDRESS"], env["COORDINATOR_PORT"]) == (
+        "lm-worker-0.lm.ml.svc",
+        "6666",
+    )
+    with pytest.raises(SpecError, match=r"spec.jaxReplicaSpecs: jax replica roles are Worker"):
+        JobSpec.from_spec({"jaxReplicaSpecs": {"Master": {"template": template("jax")}}})
+    with pytest.raises(SpecError, match=r"spec.framework: jaxReplicaSpecs needs framework jax"):
+        JobSpec.from_spec(
+            {"framework": "pytorch", "jaxReplicaSpecs": {"Worker": {"template": template("jax")}}}
+        )
+
+
 def test_tensorflow_cluster_by_dns_leaves_the_evaluator_out() -> None:
     spec = JobSpec.from_spec(
         {

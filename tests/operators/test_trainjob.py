@@ -37,7 +37,7 @@ def container(
         "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "1"}},
     }
     if port is not None:
-        name = "pytorchjob-port" if framework == "pytorch" else "tfjob-port"
+        name = {"pytorch": "pytorchjob-port", "jax": "jaxjob-port"}.get(framework, "tfjob-port")
         spec["ports"] = [{"name": name, "containerPort": port}]
     return spec
 
@@ -142,6 +142,29 @@ def test_tensorflow_job_with_two_workers_meets_through_tf_config(
         return f"worker-{index} at 127.0.0.1:{port + index} heard from" in log
 
     wait_until(lambda: met(0) and met(1), 30, "both workers to meet their peer")
+
+
+def test_a_kubeflow_jaxjob_spec_runs_a_cross_process_psum(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    port = free_port(span=2)
+    create(
+        cluster,
+        namespace.name,
+        "jaxjob",
+        {"jaxReplicaSpecs": {"Worker": replica(container("jax", "jax", port), replicas=2)}},
+    )
+    status = wait_finished(cluster, namespace.name, "jaxjob", timeout=180)
+    logs = [pod_log(cluster, namespace.name, f"jaxjob-worker-{i}", "jax") for i in range(2)]
+    assert "Succeeded" in status["true"], (status, logs, operator.log_tail())
+    assert "process 0 of 2: psum=3.0" in logs[0] and "process 1 of 2: psum=3.0" in logs[1]
+    pod = kubectl_json(cluster, "get", "pod", "jaxjob-worker-1", "-n", namespace.name)
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    # Worker 0 hosts the coordinator, on its own port (the test operator's shared host).
+    assert env["JAX_COORDINATOR_ADDRESS"] == f"127.0.0.1:{port}"
+    assert (env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"]) == ("2", "1")
+    assert (env["COORDINATOR_ADDRESS"], env["COORDINATOR_PORT"]) == ("127.0.0.1", str(port))
+    assert (env["NUM_PROCESSES"], env["PROCESS_ID"]) == ("2", "1")
 
 
 def _process_id(cluster: LocalCluster, namespace: str, pod: str) -> int | None:

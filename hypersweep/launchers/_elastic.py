@@ -1,0 +1,156 @@
+"""An elastic PyTorch gang on this machine: ``Replicas(n=(min, max))``, torchrun's ``min:max``.
+
+A :class:`~hypersweep.launchers._gang.Gang` whose world changes between rounds instead of the
+trial failing, with torchrun's elastic semantics:
+
+- **A lost replica** (its process died: SIGKILL, OOM) ends the round. While at least ``min``
+  replicas remain, a new round starts at once with the smaller world, from the trial's latest
+  checkpoint, without using one of the trial's retries. Every process of the round is
+  restarted, as torchrun's agents restart their workers after a membership change: a
+  collective's peers cannot be swapped under it. Below ``min`` the gang fails as a fixed-size
+  gang does, and the trial is retried (counted) with the full world.
+- **Growing back.** Once a smaller round has checkpointed, the next report is answered with a
+  pause on every rank (the same step everywhere, see ``_gang``) and a round with the full world
+  starts from that checkpoint: the capacity that the lost replica held is free again on one
+  machine, as a node coming back is under torchrun, where the waiting node makes the group
+  restart at its next rendezvous.
+
+Membership is decided here rather than by replicas agreeing among themselves (torchrun's c10d
+rendezvous): the launcher sees every replica process, as Ray Train's controller sees its
+workers. Each round uses the launcher-held c10d store like any gang, so ``init_process_group()``
+(env://) works unchanged and ``WORLD_SIZE``/``RANK`` say the round's world.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hypersweep._errors import ConfigError
+from hypersweep.launchers._gang import Gang, _Replica
+from hypersweep.launchers._resources import PortAllocator
+from hypersweep.orchestrator._events import Checkpointed, Crashed, Event, Stopped
+from hypersweep.orchestrator._job import TrainJob
+from hypersweep.orchestrator._objective import ObjectiveRef
+
+
+def refuse_elastic(job: TrainJob | None, launcher: str) -> None:
+    """Elastic gangs run on the local launcher only: say so before anything starts."""
+    if job is not None and job.min_replicas is not None:
+        raise ConfigError(
+            f"replicas.n: an elastic range (min, max) runs on the local launcher only, not on "
+            f"{launcher}; give one number of replicas"
+        )
+
+
+def resized(job: TrainJob, world_size: int) -> TrainJob:
+    """``job`` with ``world_size`` replicas: the master, and the rest as workers."""
+    master, *workers = job.replicas
+    groups = [master]
+    if world_size > 1:
+        worker = workers[0] if workers else replace(master, role="worker")
+        groups.append(replace(worker, count=world_size - 1))
+    return replace(job, replicas=tuple(groups))
+
+
+@dataclass
+class ElasticRound:
+    """One round of an elastic gang: its world size, when it started and why."""
+
+    world_size: int
+    started: float
+    reason: str  # "start", "shrink" or "grow"
+
+
+@dataclass
+class ElasticGang(Gang):
+    """A gang of ``job.min_replicas`` to ``job.world_size`` replicas (see the module doc)."""
+
+    rounds: list[ElasticRound] = field(default_factory=list)
+    _full_job: TrainJob | None = None
+    _latest_checkpoint: str | None = None
+    _checkpointed_this_round: bool = False
+    _growing: bool = False
+    _start_args: tuple[Any, ...] = ()
+
+    @property
+    def min_replicas(self) -> int:
+        return (self._full_job or self.job).min_replicas or 1
+
+    def start(
+        self,
+        objective: ObjectiveRef,
+        base_env: dict[str, str],
+        ports: PortAllocator,
+        log_dir: Path | None,
+    ) -> None:
+        self._full_job = self.job
+        self._start_args = (objective, base_env, ports, log_dir)
+        self._latest_checkpoint = self.assignment.restore_path
+        self.rounds.append(ElasticRound(self.job.world_size, time.monotonic(), "start"))
+        super().start(objective, base_env, ports, log_dir)
+
+    def _next_round(self, world_size: int, reason: str) -> None:
+        """Kill this round's processes and start ``world_size`` replicas from the checkpoint."""
+        assert self._full_job is not None
+        self.kill()
+        self.phase = "running"
+        self.deadline = None
+        self.replicas = []
+        self._failures = []
+        self._growing = False
+        self._checkpointed_this_round = False
+        self.job = resized(self._full_job, world_size)
+        self.assignment = replace(self.assignment, restore_path=self._latest_checkpoint)
+        self._shared = type(self._shared)()
+        self.rounds.append(ElasticRound(world_size, time.monotonic(), reason))
+        super().start(*self._start_args)
+
+    # --- messages ------------------------------------------------------------------------
+
+    def _on_message(self, member: _Replica, message: tuple[Any, ...], events: list[Event]) -> None:
+        if self._growing and message[0] in ("stopped", "result", "error"):
+            member.finished = True  # ending for the next round: nothing to report
+            return
+        seen: list[Event] = []
+        super()._on_message(member, message, seen)
+        for event in seen:
+            if isinstance(event, Checkpointed):
+                self._latest_checkpoint = event.path
+                self._checkpointed_this_round = True
+        events.extend(seen)
+
+    def respond(self, decision: str) -> None:
+        """Rank 0's decision; a continue after a checkpoint of a small round grows the gang."""
+        full = self._full_job.world_size if self._full_job else self.job.world_size
+        if (
+            decision == "continue"
+            and self.phase == "running"
+            and self.job.world_size < full
+            and self._checkpointed_this_round
+            and self._shared.pending is not None
+        ):
+            self._growing = True
+            decision = "pause"  # every rank leaves at this step; the next round resumes
+        super().respond(decision)
+
+    # --- ending --------------------------------------------------------------------------
+
+    def tick(self, now: float, events: list[Event]) -> None:
+        if self._growing and self.replicas and all(m.finished for m in self.replicas):
+            assert self._full_job is not None
+            self._next_round(self._full_job.world_size, "grow")
+            return
+        seen: list[Event] = []
+        super().tick(now, seen)
+        lost = sum(1 for failure in self._failures if failure.died)
+        for event in seen:
+            survivors = self.job.world_size - lost
+            if isinstance(event, Crashed) and lost and survivors >= self.min_replicas:
+                self._next_round(survivors, "shrink")
+            elif isinstance(event, Stopped) and self._growing:
+                pass
+            else:
+                events.append(event)
