@@ -55,6 +55,8 @@ from hypersweep.launchers._kubernetes import (
 from hypersweep.operators._crds import FRONT_LIMIT
 from hypersweep.operators._expectations import LatestWrites
 from hypersweep.operators._informer import Controller, Informer, enqueue_self
+from hypersweep.operators._katib import native_view
+from hypersweep.operators._katib_status import katib_status
 from hypersweep.operators._kube import (
     SECRETS,
     SWEEPS,
@@ -496,6 +498,11 @@ class SweepController:
                 del self._runners[key]
 
     def _start(self, key: str, sweep: JsonDict) -> float | None:
+        try:
+            sweep = native_view(sweep)  # a Katib-shaped spec runs as its native translation
+        except ConfigError as error:
+            self._fail(sweep, "InvalidSpec", str(error))
+            return None
         meta = sweep["metadata"]
         spec = sweep.get("spec") or {}
         try:
@@ -568,6 +575,7 @@ class SweepController:
 
     def settings_for(self, sweep: JsonDict) -> tuple[SweepSettings, JsonDict]:
         """The sweep's settings and trial template; raises ConfigError naming the field."""
+        sweep = native_view(sweep)
         meta = sweep["metadata"]
         spec = sweep.get("spec") or {}
         objective = spec.get("objective") or {}
@@ -810,6 +818,7 @@ class SweepController:
         status.update(
             {k: v for k, v in summary.items() if k in ("trials", "bestTrial", "paretoFront")}
         )
+        status.update(katib_status(sweep, status))  # Katib's names for the same facts
         set_condition(
             conditions, "Created", True, "SweepCreated", f"Sweep {meta['name']} is created.", stamp
         )
