@@ -113,8 +113,10 @@ _PARAMETER = re.compile(r"\$\{trialParameters\.([^}]*)\}")
 _METADATA = re.compile(
     r"^\$\{trialSpec\.(Name|Namespace|Kind|APIVersion|Labels|Annotations)(?:\[(.+)\])?\}$"
 )
-COLLECTOR_KINDS = ("StdOut", "File", "Push", "None")
+COLLECTOR_KINDS = ("StdOut", "File", "Push")
 _REFUSED_COLLECTORS = {
+    "None": "a sweep ranks trials by their objective metric, so it must collect it (every "
+    "trial would fail for want of it); use StdOut, File or Push",
     "TensorFlowEvent": "TF-event files are not read yet; print the metrics (StdOut) or write "
     "them as text lines (File with format TEXT)",
     "Prometheus": "there is no Prometheus scraping of trials; print the metrics (StdOut) or push "
@@ -371,7 +373,7 @@ def translate_early_stopping(early: Any) -> JsonDict | None:
 
 def translate_collector(spec: Any) -> JsonDict:
     """``spec.metricsCollectorSpec`` -> the collector settings the trial entry point reads:
-    ``kind`` (StdOut, File, Push, None), ``filters`` (regexes) and ``path`` for File."""
+    ``kind`` (StdOut, File, Push), ``filters`` (regexes) and ``path`` for File."""
     spec = spec or {}
     if not isinstance(spec, Mapping):
         raise ConfigError("spec.metricsCollectorSpec: expected a mapping with collector.kind")

@@ -17,6 +17,7 @@ resolution), and the operator would need to read every trial pod's log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -81,6 +82,11 @@ def relay_objective(command: list[str], settings: Mapping[str, Any]) -> Any:
         env = dict(os.environ)
         pass_fds: tuple[int, ...] = ()
         read_fd = write_fd = -1
+        if kind == "File":
+            # A fresh pod's metrics file starts empty; a retried trial must not read the
+            # previous attempt's lines again.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(settings["path"])
         if kind == "Push":
             read_fd, write_fd = os.pipe()
             env[PUSH_FD_ENV] = str(write_fd)
@@ -138,8 +144,6 @@ def relay_objective(command: list[str], settings: Mapping[str, Any]) -> Any:
             raise
         if code != 0:
             raise RuntimeError(f"the trial's command exited with code {code}")
-        if kind == "None":
-            return {}
         return relay.result()
 
     return objective
