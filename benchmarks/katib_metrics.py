@@ -50,26 +50,41 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _finished(cluster: LocalCluster, namespace: str, name: str) -> bool:
+def _finished(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:
     out = cluster.kubectl("get", "sweep", name, "-n", namespace, "-o", "json").stdout
-    conditions = (json.loads(out).get("status") or {}).get("conditions") or []
-    return any(c["type"] in ("Succeeded", "Failed") and c["status"] == "True" for c in conditions)
+    status: dict[str, Any] = json.loads(out).get("status") or {}
+    true = {c["type"] for c in status.get("conditions") or [] if c["status"] == "True"}
+    if "Failed" in true:
+        raise RuntimeError(f"sweep {name} failed: {status}")
+    return status if "Succeeded" in true else None
+
+
+def _reports(namespace: Namespace, status: dict[str, Any]) -> int:
+    """Intermediate values stored for the sweep's trials: every metric line arrived once."""
+    from tests.operators.test_sweep import stored_trials
+
+    return sum(len(t.intermediate_values) for t in stored_trials(namespace, status))
 
 
 def _one(
-    cluster: LocalCluster, operator: OperatorProcess, namespace: str, epochs: int, trials: int
-) -> dict[str, float]:
+    cluster: LocalCluster,
+    operator: OperatorProcess,
+    namespace: Namespace,
+    epochs: int,
+    trials: int,
+) -> dict[str, Any]:
     name = f"bench-{epochs}-{uuid.uuid4().hex[:5]}"
     body = experiment(name, max_trials=trials, parallel=1, extra_args=[f"--epochs={epochs}"])
     assert operator.process is not None
     before, started = _cpu(operator.process.pid), time.perf_counter()
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
-    wait_until(lambda: _finished(cluster, namespace, name), 900, f"sweep {name}")
-    return {
-        "cpu_s": _cpu(operator.process.pid) - before,
-        "wall_s": time.perf_counter() - started,
-        "lines": epochs * trials,
-    }
+    cluster.kubectl("apply", "-n", namespace.name, "-f", "-", input=json.dumps(body))
+    status = wait_until(lambda: _finished(cluster, namespace.name, name), 900, f"sweep {name}")
+    cpu, wall = _cpu(operator.process.pid) - before, time.perf_counter() - started
+    assert status is not None
+    reports = _reports(namespace, status)
+    if reports != epochs * trials:
+        raise RuntimeError(f"{reports} reports stored for {epochs * trials} metric lines")
+    return {"cpu_s": cpu, "wall_s": wall, "lines": epochs * trials, "reports_stored": reports}
 
 
 def main() -> int:
@@ -85,7 +100,10 @@ def main() -> int:
         cluster.start_node_agent("agent-0")
         rbac = [doc for doc in render("deploy/base") if doc["kind"] in RBAC_KINDS]
         cluster.kubectl(
-            "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac})
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}),
         )
         kubeconfig = cluster.user_kubeconfig(
             OPERATOR_USER,
@@ -97,7 +115,11 @@ def main() -> int:
         (work / "markers").mkdir()
         create_namespace(cluster.api_client(), name)
         cluster.kubectl(
-            "create", "rolebinding", SECRETS_BINDING, "-n", name,
+            "create",
+            "rolebinding",
+            SECRETS_BINDING,
+            "-n",
+            name,
             f"--clusterrole={SECRETS_BINDING}",
             "--serviceaccount=hypersweep-system:hypersweep-operator",
         )
@@ -106,10 +128,10 @@ def main() -> int:
         operator = OperatorProcess(kubeconfig, namespace, work / "operator.log")
         operator.start()
         try:
-            rounds = []
+            rounds: list[dict[str, Any]] = []
             for _ in range(args.rounds):
-                few = _one(cluster, operator, name, args.few, args.trials)
-                many = _one(cluster, operator, name, args.lines, args.trials)
+                few = _one(cluster, operator, namespace, args.few, args.trials)
+                many = _one(cluster, operator, namespace, args.lines, args.trials)
                 extra = (many["lines"] - few["lines"]) / 1000
                 rounds.append(
                     {
@@ -121,14 +143,14 @@ def main() -> int:
                 )
         finally:
             operator.stop()
-    per_1000 = [r["cpu_s_per_1000_lines"] for r in rounds]
+    per_1000 = [float(r["cpu_s_per_1000_lines"]) for r in rounds]
     result: dict[str, Any] = {
         "what": "operator CPU seconds per 1,000 StdOut metric lines of a Katib-shaped Sweep "
         "(relayed by the trial entry point, one report per objective line)",
         "operator_cpu_s_per_1000_lines_median": round(statistics.median(per_1000), 3),
         "operator_cpu_ms_per_line_median": round(statistics.median(per_1000), 3),
         "trial_wall_s_per_1000_lines_median": round(
-            statistics.median(r["wall_s_per_1000_lines"] for r in rounds), 2
+            statistics.median(float(r["wall_s_per_1000_lines"]) for r in rounds), 2
         ),
         "settings": vars(args) | {"output": None},
         "rounds": rounds,

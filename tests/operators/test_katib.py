@@ -272,3 +272,34 @@ def test_a_refused_experiment_fails_naming_the_field(
     assert failed["reason"] == "InvalidSpec"
     assert "spec.trialTemplate.trialSpec.kind" in failed["message"]
     assert "MPIJob is not supported" in failed["message"]
+
+
+def test_the_crd_takes_either_form_but_not_a_mix(
+    cluster: LocalCluster, namespace: Namespace
+) -> None:
+    """The API server accepts the Katib form (tests/katib/random.yaml, kind and apiVersion
+    changed) and refuses a spec with neither form's budget or with both forms' spaces."""
+    import yaml
+
+    katib = yaml.safe_load((HERE.parent / "katib" / "random.yaml").read_text())
+    katib.update(apiVersion="hypersweep.io/v1alpha1", kind="Sweep")
+    katib["metadata"] = {"name": "served"}
+
+    def apply(body: dict[str, Any]) -> Any:
+        return cluster.kubectl(
+            "apply", "-n", namespace.name, "-f", "-", input=json.dumps(body), check=False
+        )
+
+    assert apply(katib).returncode == 0
+    stored = kubectl_json(cluster, "get", "sweep", "served", "-n", namespace.name)
+    assert stored["spec"]["parameters"] == katib["spec"]["parameters"]
+    mixed = json.loads(json.dumps(katib))
+    mixed["metadata"]["name"] = "mixed"
+    mixed["spec"]["space"] = {"x": {"type": "float", "low": 0, "high": 1}}
+    result = apply(mixed)
+    assert result.returncode != 0 and "not both" in result.stderr, result.stderr
+    neither = json.loads(json.dumps(katib))
+    neither["metadata"]["name"] = "neither"
+    del neither["spec"]["parameters"]
+    result = apply(neither)
+    assert result.returncode != 0 and "give space and maxTrials" in result.stderr, result.stderr
