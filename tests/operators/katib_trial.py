@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import sys
+import time
 
 
 def accuracy(lr: float, layers: int, epoch: int, epochs: int) -> float:
@@ -29,6 +30,7 @@ def main() -> int:
     parser.add_argument("--push", action="store_true")
     parser.add_argument("--fade-after", type=int)
     parser.add_argument("--name", default="")
+    parser.add_argument("--sleep", type=float, default=0.0, help="seconds per epoch")
     args = parser.parse_args()
     trial = int(os.environ.get("HYPERSWEEP_TRIAL_NUMBER", "0"))
     fade = 0.1 if args.fade_after is not None and trial >= args.fade_after else 1.0
@@ -46,6 +48,7 @@ def main() -> int:
                 handle.write(line + "\n")
         else:
             print(line, flush=True)
+        time.sleep(args.sleep)
     return 0
 
 

@@ -303,3 +303,38 @@ def test_the_crd_takes_either_form_but_not_a_mix(
     del neither["spec"]["parameters"]
     result = apply(neither)
     assert result.returncode != 0 and "give space and maxTrials" in result.stderr, result.stderr
+
+
+def test_an_operator_killed_mid_trial_counts_every_line_once(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    """Metric lines printed while the operator is down reach it once it is back (the trial
+    entry point retries its reports), and none is counted twice."""
+    from .conftest import wait_until
+    from .test_sweep import sweep_status
+
+    body = experiment(
+        "katib-restart",
+        settings=[{"name": "random_state", "value": "2"}],
+        max_trials=2,
+        parallel=2,
+        extra_args=["--epochs=12", "--sleep=0.5"],
+    )
+    cluster.kubectl("apply", "-n", namespace.name, "-f", "-", input=json.dumps(body))
+
+    def reporting() -> bool:
+        status = sweep_status(cluster, namespace, "katib-restart")
+        if "studyName" not in status:
+            return False
+        return any(len(t.intermediate_values) >= 2 for t in stored_trials(namespace, status))
+
+    wait_until(reporting, 240, "a trial's reports")
+    operator.kill()
+    operator.start()
+    status = wait_sweep(cluster, namespace, "katib-restart", operator, timeout=400)
+    trials = stored_trials(namespace, status)
+    assert "Succeeded" in status["true"], status
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    for trial in trials:
+        assert sorted(trial.intermediate_values) == list(range(1, 13))
+    check_best(status, trials)
