@@ -60,7 +60,12 @@ _SETTINGS: dict[str, dict[str, str]] = {
     "cmaes": {"random_state": "seed", "sigma": "sigma0", "restart_strategy": "restart_strategy"},
     "bayesianoptimization": {"random_state": "seed", "n_initial_points": "n_startup_trials"},
     "sobol": {"random_state": "seed"},
-    "hyperband": {"eta": "reduction_factor", "r_l": "max_resource", "resource_name": ""},
+    "hyperband": {
+        "eta": "reduction_factor",
+        "r_l": "max_resource",
+        "resource_name": "",
+        "random_state": "seed",
+    },
     "pbt": {
         "truncation_threshold": "quantile_fraction",
         "resample_probability": "resample_probability",
@@ -332,8 +337,9 @@ def translate_algorithm(algorithm: Any) -> tuple[JsonDict, JsonDict | None, int 
         seed = settings.pop("seed", None)
         early = {"name": name, "settings": settings}
         if name == "pbt" and seed is not None:
-            settings["seed"] = seed
-        settings = {}
+            settings["seed"] = seed  # PBT's own draws (resampling)
+        # The trials' parameters are drawn at random, with the seed.
+        settings = {"seed": seed} if seed is not None else {}
     if name == "multivariate-tpe":
         settings["multivariate"] = True
     if name == "sobol":
