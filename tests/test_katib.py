@@ -178,52 +178,24 @@ def test_grid_enumerates_values_and_counts_trials() -> None:
     refused(body, "spec.parameters[0] (lr).feasibleSpace.step", "grid")
 
 
-def test_hyperband_and_pbt_become_early_stopping() -> None:
-    parameters: list[dict[str, Any]] = [
-        {"name": "lr", "parameterType": "double", "feasibleSpace": {"min": "0.01", "max": "0.1"}},
-        {"name": "epochs", "parameterType": "int", "feasibleSpace": {"min": "1", "max": "9"}},
-    ]
-    hyperband = {
-        "algorithmName": "hyperband",
-        "algorithmSettings": [
-            {"name": "resource_name", "value": "epochs"},
-            {"name": "eta", "value": "3"},
-            {"name": "r_l", "value": "9"},
-        ],
-    }
-    body = spec(algorithm=hyperband, parameters=parameters)
-    body["trialTemplate"]["trialParameters"] = [{"name": "e", "reference": "epochs"}]
-    body["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]["args"] = [
-        "${trialParameters.e}"
-    ]
-    native = translate_spec(body)
-    assert native["strategy"] == {"name": "random"}
-    assert native["earlyStopping"] == {
-        "name": "hyperband",
-        "settings": {"reduction_factor": 3, "max_resource": 9},
-    }
-    assert native["space"]["epochs"] == {"type": "constant", "value": 9}
-    settings_of(native)
-    pbt = {
-        "algorithmName": "pbt",
-        "algorithmSettings": [
-            {"name": "n_population", "value": "4"},
-            {"name": "truncation_threshold", "value": "0.3"},
-        ],
-    }
-    body = spec(algorithm=pbt, parallelTrialCount=None)
-    native = translate_spec(body)
-    assert native["earlyStopping"] == {"name": "pbt", "settings": {"quantile_fraction": 0.3}}
-    assert native["parallelism"] == 4
-    refused(
-        spec(algorithm=pbt, earlyStopping={"algorithmName": "medianstop"}),
-        "spec.earlyStopping",
-        "pbt already stops trials early",
-    )
+def test_hyperband_and_pbt_are_refused_saying_why() -> None:
+    """They pause and clone trials from checkpoints, which a relayed command has none of."""
+    for name in ("hyperband", "pbt"):
+        refused(
+            spec(algorithm={"algorithmName": name}),
+            "spec.algorithm.algorithmName",
+            f"{name} is not supported",
+            "checkpoint",
+        )
 
 
 def test_algorithm_refusals() -> None:
-    refused(spec(algorithm={"algorithmName": "enas"}), "spec.algorithm.algorithmName", "enas")
+    refused(
+        spec(algorithm={"algorithmName": "enas"}),
+        "spec.algorithm.algorithmName",
+        "neural architecture search",
+    )
+    refused(spec(algorithm={"algorithmName": "anneal"}), "'anneal' is not supported", "sobol")
     refused(
         spec(
             algorithm={

@@ -39,8 +39,18 @@ ALGORITHMS = {
     "cmaes": "cmaes",
     "bayesianoptimization": "gp",
     "sobol": "qmc",
-    "hyperband": "random",
-    "pbt": "random",
+}
+#: Katib algorithms refused, and why.
+_REFUSED_ALGORITHMS = {
+    "hyperband": "hypersweep's hyperband pauses trials at each rung and resumes them from their "
+    "checkpoints, and a trial command run under the metrics relay has none (every trial would "
+    "stop at the first rung); use earlyStopping medianstop here, or a native Sweep with "
+    "earlyStopping hyperband and an objective that calls hypersweep.checkpoint()",
+    "pbt": "population based training clones trials from their checkpoints, and a trial command "
+    "run under the metrics relay has none; use a native Sweep with earlyStopping pbt and an "
+    "objective that calls hypersweep.checkpoint()",
+    "enas": "neural architecture search is not supported",
+    "darts": "neural architecture search is not supported",
 }
 #: Katib ``algorithmSettings`` names -> the sampler's (or scheduler's) setting, per algorithm.
 _SETTINGS: dict[str, dict[str, str]] = {
@@ -60,28 +70,13 @@ _SETTINGS: dict[str, dict[str, str]] = {
     "cmaes": {"random_state": "seed", "sigma": "sigma0", "restart_strategy": "restart_strategy"},
     "bayesianoptimization": {"random_state": "seed", "n_initial_points": "n_startup_trials"},
     "sobol": {"random_state": "seed"},
-    "hyperband": {
-        "eta": "reduction_factor",
-        "r_l": "max_resource",
-        "resource_name": "",
-        "random_state": "seed",
-    },
-    "pbt": {
-        "truncation_threshold": "quantile_fraction",
-        "resample_probability": "resample_probability",
-        "n_population": "",
-        "suggestion_trial_dir": "",
-        "random_state": "seed",
-    },
 }
 _INT_SETTINGS = {
     "seed",
     "n_startup_trials",
     "n_ei_candidates",
-    "reduction_factor",
-    "max_resource",
 }
-_FLOAT_SETTINGS = {"sigma0", "quantile_fraction", "resample_probability"}
+_FLOAT_SETTINGS = {"sigma0"}
 #: medianstop's settings -> Optuna's MedianPruner's.
 _MEDIANSTOP = {"min_trials_required": "n_startup_trials", "start_step": "n_warmup_steps"}
 #: Katib's defaults for medianstop (its docs): 3 trials, from the 4th report.
@@ -295,23 +290,22 @@ def translate_objective(objective: Any) -> tuple[JsonDict, JsonDict]:
     return native, strategies
 
 
-def translate_algorithm(algorithm: Any) -> tuple[JsonDict, JsonDict | None, int | None]:
-    """``spec.algorithm`` -> (native strategy, early stopping or None, population or None).
-
-    hyperband and pbt are Katib algorithms but early stopping here: trials are drawn at
-    random and the scheduler stops, pauses and promotes (or clones) them on their reports.
-    """
+def translate_algorithm(algorithm: Any) -> JsonDict:
+    """``spec.algorithm`` -> the native strategy (an Optuna sampler and its settings)."""
     if not isinstance(algorithm, Mapping):
         raise ConfigError("spec.algorithm: expected a mapping with algorithmName")
     name = algorithm.get("algorithmName")
+    if name in _REFUSED_ALGORITHMS:
+        raise ConfigError(
+            f"spec.algorithm.algorithmName: {name} is not supported: {_REFUSED_ALGORITHMS[name]}"
+        )
     if name not in ALGORITHMS:
         raise ConfigError(
             f"spec.algorithm.algorithmName: {name!r} is not supported; the algorithms are "
-            f"{', '.join(ALGORITHMS)} (enas and darts, Katib's neural architecture search, are not)"
+            f"{', '.join(ALGORITHMS)}"
         )
     known = _SETTINGS[name]
     settings: JsonDict = {}
-    population: int | None = None
     for index, item in enumerate(algorithm.get("algorithmSettings") or []):
         at = f"spec.algorithm.algorithmSettings[{index}]"
         key, value = (item or {}).get("name"), (item or {}).get("value")
@@ -321,10 +315,6 @@ def translate_algorithm(algorithm: Any) -> tuple[JsonDict, JsonDict | None, int 
                 f"{', '.join(known) or 'none'}"
             )
         target = known[key]
-        if name == "pbt" and key == "n_population":
-            population = _number(value, f"{at}.value", int)
-        if not target:
-            continue  # resource_name (the space says it), suggestion_trial_dir (ours)
         if target in _INT_SETTINGS:
             settings[target] = _number(value, f"{at}.value", int)
         elif target in _FLOAT_SETTINGS:
@@ -332,21 +322,13 @@ def translate_algorithm(algorithm: Any) -> tuple[JsonDict, JsonDict | None, int 
         else:
             settings[target] = value
     strategy: JsonDict = {"name": ALGORITHMS[name]}
-    early: JsonDict | None = None
-    if name in ("hyperband", "pbt"):
-        seed = settings.pop("seed", None)
-        early = {"name": name, "settings": settings}
-        if name == "pbt" and seed is not None:
-            settings["seed"] = seed  # PBT's own draws (resampling)
-        # The trials' parameters are drawn at random, with the seed.
-        settings = {"seed": seed} if seed is not None else {}
     if name == "multivariate-tpe":
         settings["multivariate"] = True
     if name == "sobol":
         settings["qmc_type"] = "sobol"
     if settings:
         strategy["settings"] = settings
-    return strategy, early, population
+    return strategy
 
 
 def translate_early_stopping(early: Any) -> JsonDict | None:
@@ -667,34 +649,10 @@ def translate_spec(spec: Mapping[str, Any]) -> JsonDict:
         )
     algorithm = spec.get("algorithm") or {"algorithmName": "random"}
     name = (algorithm or {}).get("algorithmName")
-    strategy, scheduler, population = translate_algorithm(algorithm)
+    strategy = translate_algorithm(algorithm)
     space = translate_parameters(spec.get("parameters"), grid=name == "grid")
-    if name == "hyperband" and scheduler is not None:
-        resource = next(
-            (
-                s.get("value")
-                for s in algorithm.get("algorithmSettings") or []
-                if (s or {}).get("name") == "resource_name"
-            ),
-            None,
-        )
-        if resource is not None:
-            if resource not in space:
-                raise ConfigError(
-                    f"spec.algorithm.algorithmSettings (resource_name): {resource!r} names no "
-                    "parameter of spec.parameters"
-                )
-            # Our hyperband gives each trial its budget by stopping it on its reports: the
-            # resource parameter is the full budget for every trial.
-            high = space[resource].get("high", max(space[resource].get("values") or [1]))
-            space[resource] = {"type": "constant", "value": high}
-            scheduler["settings"].setdefault("max_resource", int(high))
     objective, strategies = translate_objective(spec.get("objective"))
     early = translate_early_stopping(spec.get("earlyStopping"))
-    if early is not None and scheduler is not None:
-        raise ConfigError(
-            f"spec.earlyStopping: {name} already stops trials early; leave earlyStopping out"
-        )
     collector = translate_collector(spec.get("metricsCollectorSpec"))
     native: JsonDict = {
         key: copy.deepcopy(spec[key])
@@ -711,9 +669,9 @@ def translate_spec(spec: Mapping[str, Any]) -> JsonDict:
             ),
         }
     )
-    if early or scheduler:
-        native["earlyStopping"] = early or scheduler
-    parallel = spec.get("parallelTrialCount", population if population is not None else 3)
+    if early:
+        native["earlyStopping"] = early
+    parallel = spec.get("parallelTrialCount", 3)
     native["parallelism"] = _count(parallel, "spec.parallelTrialCount", 1)
     trials = spec.get("maxTrialCount")
     if trials is None:

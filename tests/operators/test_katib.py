@@ -338,37 +338,3 @@ def test_an_operator_killed_mid_trial_counts_every_line_once(
     for trial in trials:
         assert sorted(trial.intermediate_values) == list(range(1, 13))
     check_best(status, trials)
-
-
-def test_hyperband_stops_trials_on_their_reports(
-    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
-) -> None:
-    """Katib's hyperband (resource_name epochs, eta 3, r_l 9) runs as hyperband early stopping
-    over random draws: every trial gets the full budget of epochs and the weaker ones stop."""
-    body = experiment(
-        "katib-hyperband",
-        algorithm="hyperband",
-        settings=[
-            {"name": "resource_name", "value": "epochs"},
-            {"name": "eta", "value": "3"},
-            {"name": "r_l", "value": "9"},
-            {"name": "random_state", "value": "4"},
-        ],
-        max_trials=6,
-        parallel=3,
-        extra_args=["--epochs=${trialParameters.numEpochs}"],
-    )
-    body["spec"]["parameters"].append(
-        {"name": "epochs", "parameterType": "int", "feasibleSpace": {"min": "1", "max": "9"}}
-    )
-    body["spec"]["trialTemplate"]["trialParameters"].append(
-        {"name": "numEpochs", "reference": "epochs"}
-    )
-    status, trials = run(cluster, namespace, operator, body)
-    assert "Succeeded" in status["true"], status
-    ran = [t for t in trials if t.state != optuna.trial.TrialState.WAITING]
-    assert all(t.params.get("epochs", 9) == 9 for t in ran)
-    finished = {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
-    assert all(t.state in finished for t in ran), [t.state for t in ran]
-    assert any(max(t.intermediate_values) == 9 for t in ran)
-    check_best(status, trials)
