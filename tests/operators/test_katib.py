@@ -153,6 +153,11 @@ def test_random_job_experiment_with_stdout(
     for trial in trials:
         assert len(trial.intermediate_values) == 5
         assert trial.value == max(trial.intermediate_values.values())
+        # The additional metric is kept with the trial, at its latest value (the last epoch's).
+        last = trial.intermediate_values[5]
+        assert trial.user_attrs["metrics"]["Train-accuracy"] == pytest.approx(
+            min(last + 0.05, 1), abs=1e-5
+        )
     # ${trialSpec.Name} became Kubernetes' expansion of the trial's name in the command.
     pods = kubectl_json(cluster, "get", "pods", "-n", namespace.name)["items"]
     command = pods[0]["spec"]["containers"][0]["command"]
