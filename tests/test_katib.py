@@ -510,14 +510,14 @@ def test_collector_kinds() -> None:
         ]
         == "Push"
     )
-    for kind in ("TensorFlowEvent", "Prometheus", "Custom", "None"):
+    for kind in ("Prometheus", "Custom", "None"):
         refused(spec(metricsCollectorSpec={"collector": {"kind": kind}}), "collector.kind", kind)
     refused(spec(metricsCollectorSpec={"collector": {"kind": "File"}}), "fileSystemPath.path")
-    tf_event = {
+    xml = {
         "collector": {"kind": "File"},
-        "source": {"fileSystemPath": {"path": "/x", "format": "TF_EVENT"}},
+        "source": {"fileSystemPath": {"path": "/x", "format": "XML"}},
     }
-    refused(spec(metricsCollectorSpec=tf_event), "fileSystemPath.format", "TF_EVENT")
+    refused(spec(metricsCollectorSpec=xml), "fileSystemPath.format", "XML")
     bad = {"source": {"filter": {"metricsFormat": ["(unclosed"]}}}
     refused(spec(metricsCollectorSpec=bad), "metricsFormat[0]", "regular expression")
     bad = {"source": {"filter": {"metricsFormat": [r"loss=\d+"]}}}
@@ -649,3 +649,54 @@ def test_crd_accepts_both_shapes_and_stays_small() -> None:
     assert {"Optimal-Trial", "Status", "Best-Value"} <= columns
     on_disk = yaml.safe_load((HERE.parent / "deploy/crds/hypersweep.io_sweeps.yaml").read_text())
     assert on_disk == crd, "regenerate: hypersweep operator crds --output-dir deploy/crds"
+
+
+def test_tf_event_files_are_read_as_they_grow(tmp_path: Path) -> None:
+    """Scalars written by TensorBoard's own event writer (TF1 simple values and TF2 scalar
+    tensors) are read incrementally, a record still being written left for the next read."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from tensorboard.util import tensor_util
+
+    from hypersweep.operators._tfevents import EventScalars
+
+    writer = EventFileWriter(str(tmp_path))
+    scalars = EventScalars(str(tmp_path))
+
+    def write(step: int, tag: str, value: float, tensor: bool = False) -> None:
+        if tensor:
+            proto = tensor_util.make_tensor_proto(value, dtype="float32", shape=[])
+            item = summary_pb2.Summary.Value(tag=tag, tensor=proto)
+        else:
+            item = summary_pb2.Summary.Value(tag=tag, simple_value=value)
+        summary = summary_pb2.Summary(value=[item])
+        writer.add_event(event_pb2.Event(step=step, wall_time=1.0, summary=summary))
+        writer.flush()
+
+    write(1, "Validation-accuracy", 0.5)
+    write(1, "train/Train-accuracy", 0.25, tensor=True)
+    assert scalars.read() == [(1, "Validation-accuracy", 0.5), (1, "train/Train-accuracy", 0.25)]
+    assert scalars.read() == []
+    write(2, "Validation-accuracy", 0.75, tensor=True)
+    assert scalars.read() == [(2, "Validation-accuracy", 0.75)]
+    writer.close()
+    relay = MetricsRelay([], {"Validation-accuracy": "max", "Train-accuracy": "latest"})
+    reports = relay.feed_scalars(
+        [(1, "Validation-accuracy", 0.5), (1, "train/Train-accuracy", 0.25), (2, "other", 1.0)]
+    )
+    assert reports == [(1, {"Validation-accuracy": 0.5, "Train-accuracy": 0.25})]
+
+
+def test_tf_event_collector_settings() -> None:
+    tfevent = {"collector": {"kind": "TensorFlowEvent"}}
+    native = translate_spec(spec(metricsCollectorSpec=tfevent))
+    settings = json.loads(primary(native)["env"][-1]["value"])
+    assert (settings["kind"], settings["path"]) == ("TensorFlowEvent", "/var/log/katib/tfevent/")
+    file = {
+        "collector": {"kind": "File"},
+        "source": {"fileSystemPath": {"path": "/logs", "kind": "Directory", "format": "TF_EVENT"}},
+    }
+    settings = json.loads(
+        primary(translate_spec(spec(metricsCollectorSpec=file)))["env"][-1]["value"]
+    )
+    assert (settings["kind"], settings["path"]) == ("TensorFlowEvent", "/logs")

@@ -113,12 +113,12 @@ _PARAMETER = re.compile(r"\$\{trialParameters\.([^}]*)\}")
 _METADATA = re.compile(
     r"^\$\{trialSpec\.(Name|Namespace|Kind|APIVersion|Labels|Annotations)(?:\[(.+)\])?\}$"
 )
-COLLECTOR_KINDS = ("StdOut", "File", "Push")
+COLLECTOR_KINDS = ("StdOut", "File", "TensorFlowEvent", "Push")
+#: Where Katib's TensorFlowEvent collector looks when the Experiment gives no path.
+DEFAULT_TFEVENT_DIR = "/var/log/katib/tfevent/"
 _REFUSED_COLLECTORS = {
     "None": "a sweep ranks trials by their objective metric, so it must collect it (every "
     "trial would fail for want of it); use StdOut, File or Push",
-    "TensorFlowEvent": "TF-event files are not read yet; print the metrics (StdOut) or write "
-    "them as text lines (File with format TEXT)",
     "Prometheus": "there is no Prometheus scraping of trials; print the metrics (StdOut) or push "
     "them (Push)",
     "PrometheusMetric": "there is no Prometheus scraping of trials; print the metrics (StdOut) "
@@ -389,8 +389,10 @@ def translate_collector(spec: Any) -> JsonDict:
                 f"{at}: needs two groups, the metric's name and its value, as Katib's filters"
             )
     collector: JsonDict = {"kind": kind, "filters": list(formats)}
+    path_spec = source.get("fileSystemPath") or {}
+    if kind == "TensorFlowEvent":
+        collector["path"] = path_spec.get("path") or DEFAULT_TFEVENT_DIR
     if kind == "File":
-        path_spec = source.get("fileSystemPath") or {}
         path = path_spec.get("path")
         if not path:
             raise ConfigError(
@@ -398,16 +400,13 @@ def translate_collector(spec: Any) -> JsonDict:
                 "the metrics file's path"
             )
         file_format = path_spec.get("format") or "TEXT"
-        if file_format != "TEXT":
+        if file_format not in ("TEXT", "TF_EVENT"):
             raise ConfigError(
-                f"spec.metricsCollectorSpec.source.fileSystemPath.format: {file_format} is not "
-                "supported; write the metrics as text lines (format TEXT)"
+                f"spec.metricsCollectorSpec.source.fileSystemPath.format: expected TEXT or "
+                f"TF_EVENT, got {file_format!r}"
             )
-        if path_spec.get("kind", "File") != "File":
-            raise ConfigError(
-                "spec.metricsCollectorSpec.source.fileSystemPath.kind: expected File (a "
-                "directory of TF-event files is not read)"
-            )
+        if file_format == "TF_EVENT":
+            collector["kind"] = "TensorFlowEvent"
         collector["path"] = path
     return collector
 

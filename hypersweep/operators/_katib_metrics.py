@@ -90,6 +90,30 @@ class MetricsRelay:
                 pairs.append((str(name), number))
         return self.observe(pairs) if pairs else None
 
+    def metric_of_tag(self, tag: str) -> str | None:
+        """The collected metric a TF-event tag records: the name itself or ``.../name``."""
+        if tag in self.strategies:
+            return tag
+        last = tag.rsplit("/", 1)[-1]
+        return last if last in self.strategies else None
+
+    def feed_scalars(
+        self, scalars: Iterable[tuple[int, str, float]]
+    ) -> list[tuple[int, dict[str, float]]]:
+        """TF-event scalars ``(step, tag, value)``: what to report, as (report step, metrics),
+        one event step at a time."""
+        by_step: dict[int, list[tuple[str, float]]] = {}
+        for step, tag, value in scalars:
+            name = self.metric_of_tag(tag)
+            if name is not None:
+                by_step.setdefault(step, []).append((name, value))
+        reports = []
+        for step in sorted(by_step):
+            metrics = self.observe(by_step[step])
+            if metrics is not None:
+                reports.append((self.step, metrics))
+        return reports
+
     def result(self) -> dict[str, float]:
         """The trial's final metrics; raises when the objective metric never appeared (Katib's
         MetricsUnavailable)."""

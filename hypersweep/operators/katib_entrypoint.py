@@ -4,8 +4,9 @@
 command of a Katib-shaped Sweep's trials (the translation wraps the original command). It runs
 the command as a child process and collects its metrics as the Experiment's
 ``metricsCollectorSpec`` says (``$HYPERSWEEP_KATIB_COLLECTOR``): lines of its standard output
-(StdOut: still printed, so ``kubectl logs`` shows them), lines appended to a file (File), or
-``hypersweep.katib.report_metrics`` calls (Push). Each objective observation is reported to the
+(StdOut: still printed, so ``kubectl logs`` shows them), lines appended to a file (File),
+scalars appended to TF event files (TensorFlowEvent) or ``hypersweep.katib.report_metrics``
+calls (Push). Each objective observation is reported to the
 operator with its step, exactly like ``hypersweep.report`` in an objective.
 
 Why relay in the trial rather than follow ``pods/log`` from the operator: a report carries its
@@ -30,6 +31,7 @@ from typing import Any
 
 from hypersweep.operators._katib import COLLECTOR_ENV
 from hypersweep.operators._katib_metrics import MetricsRelay
+from hypersweep.operators._tfevents import EventScalars, remove_event_files
 from hypersweep.operators.trial_entrypoint import EXIT_MISCONFIGURED, run_trial
 
 #: Set in the child's environment for Push: the file descriptor ``report_metrics`` writes to.
@@ -71,6 +73,20 @@ def _tail_file(path: str, events: queue.Queue[Any], done: threading.Event) -> No
         time.sleep(0.2)
 
 
+def _tail_events(path: str, events: queue.Queue[Any], done: threading.Event) -> None:
+    """TF-event scalars written under ``path`` until ``done``, then the rest."""
+    scalars = EventScalars(path)
+    while True:
+        finished = done.is_set()
+        found = scalars.read()
+        if found:
+            events.put(("scalars", found))
+        if finished:
+            events.put(_END)
+            return
+        time.sleep(0.2)
+
+
 def relay_objective(command: list[str], settings: Mapping[str, Any]) -> Any:
     """The objective that runs ``command`` and returns its metrics."""
     import hypersweep as hs
@@ -87,6 +103,8 @@ def relay_objective(command: list[str], settings: Mapping[str, Any]) -> Any:
             # previous attempt's lines again.
             with contextlib.suppress(FileNotFoundError):
                 os.remove(settings["path"])
+        if kind == "TensorFlowEvent":
+            remove_event_files(settings["path"])
         if kind == "Push":
             read_fd, write_fd = os.pipe()
             env[PUSH_FD_ENV] = str(write_fd)
@@ -108,6 +126,10 @@ def relay_objective(command: list[str], settings: Mapping[str, Any]) -> Any:
             threads.append(
                 threading.Thread(target=_tail_file, args=(settings["path"], events, done))
             )
+        elif kind == "TensorFlowEvent":
+            threads.append(
+                threading.Thread(target=_tail_events, args=(settings["path"], events, done))
+            )
         elif kind == "Push":
             os.close(write_fd)
             reader = os.fdopen(read_fd, "r")
@@ -121,13 +143,18 @@ def relay_objective(command: list[str], settings: Mapping[str, Any]) -> Any:
                 try:
                     event = events.get(timeout=0.5)
                 except queue.Empty:
-                    if kind == "File" and child.poll() is not None:
+                    if kind in ("File", "TensorFlowEvent") and child.poll() is not None:
                         done.set()
                     continue
                 if event is _END:
                     open_streams -= 1
                     continue
+                if event[0] == "scalars":
+                    for step, scalars in relay.feed_scalars(event[1]):
+                        hs.report(step, **scalars)
+                    continue
                 line = event[1]
+                metrics: dict[str, float] | None
                 if kind == "Push":
                     try:
                         metrics = relay.feed_pushed(json.loads(line))

@@ -343,3 +343,29 @@ def test_an_operator_killed_mid_trial_counts_every_line_once(
     for trial in trials:
         assert sorted(trial.intermediate_values) == list(range(1, 13))
     check_best(status, trials)
+
+
+def test_tf_event_collector(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """Katib's TensorFlowEvent collector: scalars of the event files the trial writes (a tag
+    ``train/Train-accuracy`` counts for ``Train-accuracy``)."""
+    events = tmp_path / "tfevents"
+    body = experiment(
+        "katib-tfevent",
+        settings=[{"name": "random_state", "value": "6"}],
+        max_trials=3,
+        parallel=1,  # the node agent's pods share one filesystem: one trial writes at a time
+        extra_args=[f"--tfevents={events}"],
+        collector={
+            "collector": {"kind": "TensorFlowEvent"},
+            "source": {"fileSystemPath": {"path": str(events), "kind": "Directory"}},
+        },
+    )
+    status, trials = run(cluster, namespace, operator, body)
+    assert "Succeeded" in status["true"], status
+    assert len(trials) == 3 and status["trials"]["succeeded"] == 3
+    for trial in trials:
+        assert sorted(trial.intermediate_values) == [1, 2, 3, 4, 5]
+        assert "Train-accuracy" in trial.user_attrs["metrics"]
+    check_best(status, trials)
