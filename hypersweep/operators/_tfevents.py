@@ -50,7 +50,14 @@ class EventScalars:
         return sorted(p for p in self.path.rglob("*") if p.is_file() and "tfevents" in p.name)
 
     def read(self) -> list[tuple[int, str, float]]:
-        from tensorboard.compat.proto import event_pb2
+        try:
+            from tensorboard.compat.proto import event_pb2
+        except ImportError:
+            raise RuntimeError(
+                "the TensorFlowEvent collector reads event files with tensorboard's protobuf "
+                "classes: install tensorboard in the trial image (pip install "
+                "'hypersweep[tracking]')"
+            ) from None
 
         found: list[tuple[int, str, float]] = []
         for file in self._files():
