@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=int, default=8080)
     _storage_argument(dashboard)
 
+    katib = commands.add_parser("katib", help="Katib Experiments (convert)")
+    katib_commands = katib.add_subparsers(dest="katib_command", required=True, metavar="COMMAND")
+    convert = katib_commands.add_parser(
+        "convert", help="print the native Sweep equivalent to a Katib Experiment YAML"
+    )
+    convert.add_argument("file", help="a kubeflow.org/v1beta1 Experiment (or Katib-shaped Sweep)")
+
     # Everything after "operator" goes to its own parser (hypersweep.operators._operator).
     operator = commands.add_parser(
         "operator", help="the Kubernetes operator (run, crds)", add_help=False, prefix_chars="\0"
@@ -484,6 +491,28 @@ def _cmd_operator(args: argparse.Namespace, console: Console) -> int:
     return operator_main(args.operator_args, KubernetesLauncher)
 
 
+def _cmd_katib(args: argparse.Namespace, console: Console) -> int:
+    """``hypersweep katib convert FILE``: the native Sweep, as YAML on standard output."""
+    import yaml
+
+    from hypersweep.operators._katib import translate_experiment
+    from hypersweep.orchestrator._spec import SpecLoader
+
+    path = Path(args.file)
+    try:
+        document = yaml.load(path.read_text(), Loader=SpecLoader)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the file ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    try:
+        sweep = translate_experiment(document)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    sys.stdout.write(yaml.safe_dump(sweep, sort_keys=False))
+    return 0
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "resume": _cmd_resume,
@@ -495,6 +524,7 @@ _COMMANDS = {
     "plot": _cmd_plot,
     "dashboard": _cmd_dashboard,
     "operator": _cmd_operator,
+    "katib": _cmd_katib,
 }
 
 

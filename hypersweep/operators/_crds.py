@@ -938,7 +938,13 @@ def trainjob_crd() -> JsonDict:
 
 
 def sweep_crd() -> JsonDict:
-    """The Sweep CustomResourceDefinition."""
+    """The Sweep CustomResourceDefinition (accepting Katib-shaped specs too)."""
+    from hypersweep.operators._katib_crd import extend_sweep_crd
+
+    return extend_sweep_crd(_native_sweep_crd())
+
+
+def _native_sweep_crd() -> JsonDict:
     return _crd(
         "Sweep",
         "sweeps",

@@ -69,6 +69,8 @@ from hypersweep.kube._trial_jobs import (
     suspend_unfinished_trainjobs,
 )
 from hypersweep.operators._crds import FRONT_LIMIT
+from hypersweep.operators._katib import native_view
+from hypersweep.operators._katib_status import katib_status
 from hypersweep.operators._validation import (
     check_early_stopping,
     check_trial_parameters,
@@ -508,6 +510,11 @@ class SweepController:
                 del self._runners[key]
 
     def _start(self, key: str, sweep: JsonDict) -> float | None:
+        try:
+            sweep = native_view(sweep)  # a Katib-shaped spec runs as its native translation
+        except ConfigError as error:
+            self._fail(sweep, "InvalidSpec", str(error))
+            return None
         meta = sweep["metadata"]
         spec = sweep.get("spec") or {}
         try:
@@ -580,6 +587,7 @@ class SweepController:
 
     def settings_for(self, sweep: JsonDict) -> tuple[SweepSettings, JsonDict]:
         """The sweep's settings and trial template; raises ConfigError naming the field."""
+        sweep = native_view(sweep)
         meta = sweep["metadata"]
         spec = sweep.get("spec") or {}
         objective = spec.get("objective") or {}
@@ -822,6 +830,7 @@ class SweepController:
         status.update(
             {k: v for k, v in summary.items() if k in ("trials", "bestTrial", "paretoFront")}
         )
+        status.update(katib_status(sweep, status))  # Katib's names for the same facts
         set_condition(
             conditions, "Created", True, "SweepCreated", f"Sweep {meta['name']} is created.", stamp
         )
