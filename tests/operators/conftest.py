@@ -36,8 +36,12 @@ from hypersweep.testing import (
     apply_data_claim,
     create_namespace,
     find_binaries,
+    free_port,
     wait_until,
 )
+
+# The tests here import the shared helpers from this conftest, as before they were shared.
+__all__ = ["free_port", "wait_until"]
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
