@@ -196,6 +196,9 @@ class OperatorProcess:
         self.port = free_port()
         self.lease = f"operator-{namespace.name}"
         self.lease_namespace = OPERATOR_NAMESPACE
+        #: Every replica at this host (pods share 127.0.0.1 on the node agent); None: the
+        #: production addressing, by DNS name (a node agent in cluster-DNS mode resolves them).
+        self.replica_host: str | None = "127.0.0.1"
         self.extra_args: list[str] = []
         self.extra_env: dict[str, str] = {}
         self.process: subprocess.Popen[bytes] | None = None
@@ -222,7 +225,7 @@ class OperatorProcess:
             f"--lease-name={self.lease}",
             f"--lease-duration={self.lease_duration:g}",
             f"--identity=test-operator-{self.starts}",
-            "--replica-host=127.0.0.1",
+            *([f"--replica-host={self.replica_host}"] if self.replica_host else []),
             *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
