@@ -10,8 +10,10 @@ from hypersweep.testing._chaos import (
     GangChaosReport,
     OperatorChaosReport,
     chaos_sweep,
+    gang_chaos_sweep,
     run_gang_chaos,
     run_operator_chaos,
+    run_trainjob_gang_chaos,
 )
 from hypersweep.testing._k8s import (
     BUILD_COMMAND,
@@ -57,8 +59,10 @@ __all__ = [
     "create_node_pool",
     "expand_vars",
     "find_binaries",
+    "gang_chaos_sweep",
     "mlflow_server",
     "run_gang_chaos",
     "run_operator_chaos",
+    "run_trainjob_gang_chaos",
     "wait_for_nodes_ready",
 ]
