@@ -665,6 +665,9 @@ def run_trainjob_gang_chaos(
             # Replicas of a gang already hit are being stopped for its restart: a kill there
             # would restart nothing, so only replicas started since are victims.
             doomed: set[int] = set()
+            # Each restart backs off twice as long as the last: spread the kills over the
+            # trials (the least-hit running ones first) rather than restart one gang 20 times.
+            hits: dict[str, int] = {}
             while len(delays) < kills and not stop.is_set():
                 wait = rng.uniform(*delay)
                 if stop.wait(wait):
@@ -676,12 +679,16 @@ def run_trainjob_gang_chaos(
                 }
                 if not trial_of:
                     continue
-                victim = rng.choice(sorted(trial_of))
+                fewest = min(hits.get(t, 0) for t in trial_of.values())
+                victim = rng.choice(
+                    sorted(p for p, t in trial_of.items() if hits.get(t, 0) == fewest)
+                )
                 try:
                     os.kill(victim, signal.SIGKILL)
                 except ProcessLookupError:
                     continue
                 doomed.update(p for p, t in trial_of.items() if t == trial_of[victim])
+                hits[trial_of[victim]] = fewest + 1
                 delays.append(round(wait, 3))
                 log(f"killed replica pid {victim} ({len(delays)}/{kills})")
 
