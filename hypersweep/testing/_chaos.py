@@ -673,9 +673,12 @@ def run_trainjob_gang_chaos(
                 if stop.wait(wait):
                     return
                 trial_of = {
-                    int(p.name): p.read_text().split()[0]
+                    int(p.name): words[0]
                     for p in sorted((markers / "pids").glob("*"))
                     if int(p.name) not in doomed and _alive(int(p.name))
+                    # (empty while the replica is writing it)
+                    for words in [p.read_text().split()]
+                    if words
                 }
                 if not trial_of:
                     continue
