@@ -41,6 +41,9 @@ if [ -f hack/k8s/build.sh ]; then
   bash hack/k8s/build.sh
   export HYPERSWEEP_REQUIRE_K8S=1
 fi
+# Gang schedulers the gang-scheduling tests hand trials to (scheduler-plugins' coscheduling),
+# built from the Go module proxy like the control plane.
+bash hack/gang/build.sh
 export HYPERSWEEP_REQUIRE_POSTGRES=1
 # Ray and Ray Tune are dev dependencies: their tests fail rather than skip when missing.
 export HYPERSWEEP_REQUIRE_RAY=1
