@@ -46,7 +46,7 @@ all_present() {
 }
 
 if [[ "${FORCE}" == 0 ]] && all_present; then
-  echo "gang schedulers up to date in ${BIN_DIR} (${STAMP_CONTENT})"
+  echo "gang scheduler up to date in ${BIN_DIR} (${STAMP_CONTENT})"
   exit 0
 fi
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from hypersweep.testing import LocalCluster, create_node_pool
-from hypersweep.testing._gang_schedulers import (
+from hypersweep.testing import (
     COSCHEDULER_NAME,
     GANG_BUILD_COMMAND,
     Coscheduler,
+    LocalCluster,
+    create_node_pool,
     missing_gang_binaries,
     start_coscheduler,
 )
