@@ -666,8 +666,10 @@ def run_trainjob_gang_chaos(
             # would restart nothing, so only replicas started since are victims.
             doomed: set[int] = set()
             # Each restart backs off twice as long as the last: spread the kills over the
-            # trials (the least-hit running ones first) rather than restart one gang 20 times.
+            # trials (at most their share each, the least-hit running ones first) rather than
+            # restart the first gangs 20 times.
             hits: dict[str, int] = {}
+            share = -(-kills // trials)
             while len(delays) < kills and not stop.is_set():
                 wait = rng.uniform(*delay)
                 if stop.wait(wait):
@@ -678,7 +680,7 @@ def run_trainjob_gang_chaos(
                     if int(p.name) not in doomed and _alive(int(p.name))
                     # (empty while the replica is writing it)
                     for words in [p.read_text().split()]
-                    if words
+                    if words and hits.get(words[0], 0) < share
                 }
                 if not trial_of:
                     continue
