@@ -13,12 +13,18 @@
    with ``--replica-kills`` random replica SIGKILLs (each restarts its gang from the
    checkpoint). Counted: trials lost, and whether every final value equals the fault-free one
    (the objective is deterministic).
+3. **Gangs as TrainJobs.** The same on the local control plane: a grid Sweep of
+   ``--replicas``-pod trials (a PyTorch master and workers, run by the node agent as processes)
+   twice, without faults and with ``--trainjob-kills`` SIGKILLs of random replica processes;
+   each kill fails a pod and the TrainJob controller restarts the gang from the checkpoint.
 
 Sized for a 2-core machine shared with other work: the defaults (20 operator kills in a
-30-trial sweep, 100 replica kills in a 16-trial sweep of 4-replica trials) take a few minutes.
-Kills stop when the sweep ends: the JSON says how many were delivered.
+30-trial sweep, 100 replica kills in a local 16-trial sweep of 4-replica trials, 48 in the same
+as TrainJobs, at most 3 per trial since a gang's restarts back off exponentially) take a few
+minutes each. Kills stop when the sweep ends: the JSON says how many were delivered.
 
-    python benchmarks/chaos.py [--operator-kills 20] [--replica-kills 100] [--seed 0]
+    python benchmarks/chaos.py [--operator-kills 20] [--replica-kills 100] [--trainjob-kills 48]
+        [--seed 0] [--skip operator|gangs|trainjob-gangs ...]
 
 Writes benchmarks/results/chaos.json (``--output`` to change).
 """
@@ -42,6 +48,7 @@ from hypersweep.testing import (
     create_namespace,
     run_gang_chaos,
     run_operator_chaos,
+    run_trainjob_gang_chaos,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -103,6 +110,56 @@ def operator_chaos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return report.as_dict()
 
 
+def trainjob_gang_chaos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    data, markers = workdir / "data", workdir / "markers"
+    data.mkdir()
+    markers.mkdir()
+    with LocalCluster(crds=crd_manifests()) as cluster:
+        cluster.start_node_agent("agent-0")
+        create_namespace(cluster.api_client(), NAMESPACE)
+        apply_data_claim(cluster, NAMESPACE, data)
+        operator = OperatorProcess(
+            cluster.kubeconfig,
+            NAMESPACE,
+            data,
+            workdir / "operator.log",
+            lease_duration=args.lease,
+            identity="chaos",
+            ready_path="/readyz",
+            restart_on_exit=True,
+            start_timeout=120,
+        )
+        operator.start()
+        command = [
+            sys.executable,
+            "-m",
+            "hypersweep.operators.trial_entrypoint",
+            "hypersweep.testing._chaos:chaos_curve",
+        ]
+        try:
+            report = run_trainjob_gang_chaos(
+                cluster,
+                NAMESPACE,
+                lambda study: data / NAMESPACE / study / "journal.log",
+                command,
+                markers,
+                kills=args.trainjob_kills,
+                trials=args.trainjob_trials,
+                replicas=args.replicas,
+                parallelism=2,
+                steps=args.trainjob_steps,
+                pause=0.3,
+                seed=args.seed,
+                delay=(0.5, 1.5),
+                timeout=3600,
+                log=print,
+            )
+        finally:
+            if operator.process is not None and operator.process.poll() is None:
+                operator.kill()
+    return report.as_dict()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--operator-kills", type=int, default=20)
@@ -114,21 +171,43 @@ def main() -> None:
     parser.add_argument("--gang-trials", type=int, default=16)
     parser.add_argument("--replicas", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip", choices=("operator", "gangs"), default=None)
+    parser.add_argument("--trainjob-kills", type=int, default=48)
+    parser.add_argument("--trainjob-trials", type=int, default=16)
+    parser.add_argument("--trainjob-steps", type=int, default=30)
+    parser.add_argument(
+        "--skip",
+        choices=("operator", "gangs", "trainjob-gangs"),
+        action="append",
+        default=[],
+        help="parts not to run (repeatable); the saved JSON keeps their previous figures",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "chaos.json")
     args = parser.parse_args()
-    results: dict[str, Any] = {
-        "arguments": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
-        "machine": {"cpus": os.cpu_count()},
-    }
-    results["arguments"]["output"] = str(args.output)
+    arguments = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+    arguments["output"] = str(args.output)
+    # Parts skipped keep the figures (and the arguments they ran with) of the last run.
+    results: dict[str, Any] = {}
+    if args.skip and args.output.exists():
+        results = json.loads(args.output.read_text())
+    results.setdefault("arguments_by_part", {})
+    if "arguments" in results:  # a file from before arguments were kept per part
+        old = results.pop("arguments")
+        for part in ("operator", "gangs"):
+            results["arguments_by_part"].setdefault(part, old)
+    results["machine"] = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="hypersweep-chaos-") as tmp:
         workdir = Path(tmp)
-        if args.skip != "operator":
+        if "operator" not in args.skip:
             (workdir / "operator").mkdir()
             results["operator"] = operator_chaos(args, workdir / "operator")
+            results["arguments_by_part"]["operator"] = arguments
             print(json.dumps(results["operator"], indent=2))
-        if args.skip != "gangs":
+        if "trainjob-gangs" not in args.skip:
+            (workdir / "trainjob-gangs").mkdir()
+            results["trainjob_gangs"] = trainjob_gang_chaos(args, workdir / "trainjob-gangs")
+            results["arguments_by_part"]["trainjob_gangs"] = arguments
+            print(json.dumps(results["trainjob_gangs"], indent=2))
+        if "gangs" not in args.skip:
             os.environ["HYPERSWEEP_RUNS_DIR"] = str(workdir / "runs")
             results["gangs"] = run_gang_chaos(
                 workdir / "gangs",
@@ -138,6 +217,7 @@ def main() -> None:
                 seed=args.seed,
                 log=print,
             ).as_dict()
+            results["arguments_by_part"]["gangs"] = arguments
             print(json.dumps(results["gangs"], indent=2))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")

@@ -29,11 +29,21 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 export HYPERSWEEP_REQUIRE_BROWSER=1
 
+# nss_wrapper from Debian's package: the test node agent's cluster-DNS mode resolves pod names
+# per process with it (hypersweep/testing/_cluster_dns.py), no root or namespace needed.
+if ! ls /usr/lib/*/libnss_wrapper.so /usr/lib*/libnss_wrapper.so >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnss-wrapper >/dev/null
+fi
+
 # The Kubernetes control plane (etcd, kube-apiserver, scheduler, controller-manager, kwok).
 if [ -f hack/k8s/build.sh ]; then
   bash hack/k8s/build.sh
   export HYPERSWEEP_REQUIRE_K8S=1
 fi
+# Gang schedulers the gang-scheduling tests hand trials to (scheduler-plugins' coscheduling),
+# built from the Go module proxy like the control plane.
+bash hack/gang/build.sh
 export HYPERSWEEP_REQUIRE_POSTGRES=1
 # Ray and Ray Tune are dev dependencies: their tests fail rather than skip when missing.
 export HYPERSWEEP_REQUIRE_RAY=1

@@ -2,7 +2,8 @@
 
 See :mod:`hypersweep.testing._k8s` for :class:`LocalCluster` and the node-pool helpers, and
 :mod:`hypersweep.testing._node_agent` for the agent that really runs pods on a test node, and
-:mod:`hypersweep.testing._chaos` for the chaos runs (operator and replica SIGKILLs), and
+:mod:`hypersweep.testing._chaos` for the chaos runs (operator and replica SIGKILLs),
+:mod:`hypersweep.testing._gang_schedulers` for the coscheduling gang scheduler, and
 :func:`mlflow_server` for a real MLflow tracking server, :class:`OperatorProcess` for the
 operator as a process of its own, and :func:`free_port` and :func:`wait_until` for every test
 of a real process.
@@ -12,8 +13,18 @@ from hypersweep.testing._chaos import (
     GangChaosReport,
     OperatorChaosReport,
     chaos_sweep,
+    gang_chaos_sweep,
     run_gang_chaos,
     run_operator_chaos,
+    run_trainjob_gang_chaos,
+)
+from hypersweep.testing._gang_schedulers import (
+    COSCHEDULER_NAME,
+    GANG_BUILD_COMMAND,
+    Coscheduler,
+    gang_binaries_dir,
+    missing_gang_binaries,
+    start_coscheduler,
 )
 from hypersweep.testing._k8s import (
     BUILD_COMMAND,
@@ -42,13 +53,16 @@ from hypersweep.testing._waiting import free_port, wait_until
 __all__ = [
     "BUILD_COMMAND",
     "CONTROL_PLANE_BINARIES",
+    "COSCHEDULER_NAME",
     "DEFAULT_K8S_VERSION",
+    "GANG_BUILD_COMMAND",
     "KWOK_NODE_ANNOTATION",
     "KWOK_STAGES_FILE",
     "NODE_AGENT_LABEL",
     "POOL_LABEL",
     "BinaryCheck",
     "ClusterStartError",
+    "Coscheduler",
     "GangChaosReport",
     "LocalCluster",
     "NodeAgent",
@@ -63,9 +77,14 @@ __all__ = [
     "expand_vars",
     "find_binaries",
     "free_port",
+    "gang_binaries_dir",
+    "gang_chaos_sweep",
+    "missing_gang_binaries",
     "mlflow_server",
     "run_gang_chaos",
     "run_operator_chaos",
+    "run_trainjob_gang_chaos",
+    "start_coscheduler",
     "wait_for_nodes_ready",
     "wait_until",
 ]

@@ -544,3 +544,219 @@ def run_gang_chaos(
         seconds_with_kills=seconds["with-kills"],
         kill_delays_s=delays,
     )
+
+
+# --- replicas of TrainJobs under SIGKILL ---------------------------------------------------
+
+
+def gang_chaos_sweep(
+    name: str,
+    command: list[str],
+    markers: Path,
+    *,
+    lrs: list[float],
+    replicas: int,
+    parallelism: int,
+    backoff_limit: int,
+    steps: int = 12,
+    pause: float = 0.2,
+) -> dict[str, Any]:
+    """A grid Sweep of ``chaos_curve`` trials, each a gang of ``replicas`` pods (a PyTorch
+    master and ``replicas - 1`` workers) that restarts from its checkpoint when one fails."""
+    container = {
+        "name": "pytorch",
+        "image": "hypersweep:test",
+        "command": command,
+        "env": [{"name": MARKERS_ENV, "value": str(markers)}],
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
+    }
+
+    def group(count: int) -> dict[str, Any]:
+        return {
+            "replicas": count,
+            "restartPolicy": "OnFailure",
+            "template": {"spec": {"containers": [container]}},
+        }
+
+    specs = {"Master": group(1)}
+    if replicas > 1:
+        specs["Worker"] = group(replicas - 1)
+    return {
+        "apiVersion": "hypersweep.io/v1alpha1",
+        "kind": "Sweep",
+        "metadata": {"name": name},
+        "spec": {
+            "space": {
+                "lr": {"type": "grid", "values": lrs},
+                "steps": {"type": "constant", "value": steps},
+                "pause": {"type": "constant", "value": pause},
+            },
+            "objective": {"metric": "loss", "mode": "min"},
+            "strategy": {"name": "grid"},
+            "maxTrials": len(lrs),
+            "parallelism": parallelism,
+            "trialTemplate": {
+                "framework": "pytorch",
+                "replicaSpecs": specs,
+                "runPolicy": {"backoffLimit": backoff_limit},
+            },
+        },
+    }
+
+
+def run_trainjob_gang_chaos(
+    cluster: Any,
+    namespace: str,
+    study_journal: Callable[[str], Path],
+    command: list[str],
+    workdir: Path,
+    *,
+    kills: int,
+    trials: int = 4,
+    replicas: int = 4,
+    parallelism: int = 2,
+    steps: int = 12,
+    pause: float = 0.2,
+    seed: int = 0,
+    delay: tuple[float, float] = (0.5, 2.0),
+    timeout: float = 900.0,
+    log: Callable[[str], None] = lambda _: None,
+) -> GangChaosReport:
+    """:func:`run_gang_chaos` as TrainJobs on a cluster: one Sweep of ``replicas``-pod trials
+    without faults, then the same Sweep while ``kills`` random replica processes (the pods'
+    processes on the node agent) are SIGKILLed; each kill fails a pod, and the TrainJob
+    controller restarts the whole gang from the trial's checkpoint.
+
+    An operator must be running for ``namespace``; ``command`` runs ``chaos_curve`` through the
+    trial entrypoint; ``study_journal(study_name)`` is where a sweep's journal lies.
+    """
+    import signal
+
+    import optuna
+
+    from hypersweep.orchestrator._storage import open_storage
+
+    lrs = [round(0.05 + 0.4 * i / max(1, trials - 1), 4) for i in range(trials)]
+    values: dict[str, dict[float, float | None]] = {}
+    seconds: dict[str, float] = {}
+    delays: list[float] = []
+    completed = restarts = 0
+    for run in ("fault-free", "with-kills"):
+        markers = workdir / run
+        markers.mkdir(parents=True, exist_ok=True)
+        name = f"gang-chaos-{run}"
+        sweep = gang_chaos_sweep(
+            name,
+            command,
+            markers,
+            lrs=lrs,
+            replicas=replicas,
+            parallelism=parallelism,
+            backoff_limit=kills + 1,
+            steps=steps,
+            pause=pause,
+        )
+        stop = threading.Event()
+        rng = random.Random(seed)
+
+        def killer(
+            markers: Path = markers, stop: threading.Event = stop, rng: random.Random = rng
+        ) -> None:
+            # Replicas of a gang already hit are being stopped for its restart: a kill there
+            # would restart nothing, so only replicas started since are victims.
+            doomed: set[int] = set()
+            # Each restart backs off twice as long as the last: spread the kills over the
+            # trials (at most their share each, the least-hit running ones first) rather than
+            # restart the first gangs 20 times.
+            hits: dict[str, int] = {}
+            share = -(-kills // trials)
+            while len(delays) < kills and not stop.is_set():
+                wait = rng.uniform(*delay)
+                if stop.wait(wait):
+                    return
+                trial_of = {
+                    int(p.name): words[0]
+                    for p in sorted((markers / "pids").glob("*"))
+                    if int(p.name) not in doomed and _alive(int(p.name))
+                    # (empty while the replica is writing it)
+                    for words in [p.read_text().split()]
+                    if words and hits.get(words[0], 0) < share
+                }
+                if not trial_of:
+                    continue
+                fewest = min(hits.get(t, 0) for t in trial_of.values())
+                victim = rng.choice(
+                    sorted(p for p, t in trial_of.items() if hits.get(t, 0) == fewest)
+                )
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                doomed.update(p for p, t in trial_of.items() if t == trial_of[victim])
+                hits[trial_of[victim]] = fewest + 1
+                delays.append(round(wait, 3))
+                log(f"killed replica pid {victim} ({len(delays)}/{kills})")
+
+        def status(name: str = name) -> dict[str, Any]:
+            out = cluster.kubectl("get", "sweep", name, "-n", namespace, "-o", "json").stdout
+            found: dict[str, Any] = json.loads(out).get("status") or {}
+            return found
+
+        thread = threading.Thread(target=killer, daemon=True)
+        began = time.monotonic()
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(sweep))
+        if run == "with-kills":
+            thread.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while not any(
+                c["type"] in ("Succeeded", "Failed") and c["status"] == "True"
+                for c in status().get("conditions") or []
+            ):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"sweep {name} did not finish: {status()}")
+                time.sleep(0.5)
+        finally:
+            stop.set()
+            if thread.is_alive():
+                thread.join(10)
+        seconds[run] = round(time.monotonic() - began, 1)
+        study = status()["studyName"]
+        found = optuna.load_study(
+            study_name=study, storage=open_storage(str(study_journal(study)), study)
+        ).trials
+        values[run] = {float(t.params["lr"]): t.value for t in found}
+        if run == "with-kills":
+            completed = sum(1 for t in found if t.state == optuna.trial.TrialState.COMPLETE)
+            # Rank 0 starts once per trial, and once more each time its gang restarts.
+            restarts = sum(
+                max(
+                    0,
+                    sum(
+                        1
+                        for m in _marks(markers, t.number)
+                        if m["kind"] == "start" and m.get("rank") == "0"
+                    )
+                    - 1,
+                )
+                for t in found
+            )
+    clean, faulty = values["fault-free"], values["with-kills"]
+    differences = [
+        abs(clean[n] - faulty[n])  # type: ignore[operator]
+        for n in clean
+        if clean[n] is not None and faulty.get(n) is not None
+    ]
+    return GangChaosReport(
+        kills=len(delays),
+        trials=trials,
+        replicas=replicas,
+        completed=completed,
+        lost_trials=trials - completed,
+        values_equal=clean == faulty and len(clean) == trials,
+        max_abs_difference=max(differences, default=float("nan")),
+        gang_restarts=restarts,
+        seconds_fault_free=seconds["fault-free"],
+        seconds_with_kills=seconds["with-kills"],
+        kill_delays_s=delays,
+    )

@@ -1017,12 +1017,16 @@ class LocalCluster:
         taints: Sequence[str] = (),
         wait: bool = True,
         timeout: float = 60.0,
+        cluster_dns: bool = False,
     ) -> NodeAgentProcess:
         """Start a node agent subprocess serving Node ``node_name``; pods there really run.
 
         The node carries the label ``hypersweep.io/node-agent=true`` plus ``labels``; taints are
         ``key[=value]:Effect`` strings. With ``wait`` it returns once the node is Ready and
-        schedulable (the controller-manager removed the ``not-ready`` taint).
+        schedulable (the controller-manager removed the ``not-ready`` taint). With
+        ``cluster_dns`` its pods get addresses of their own and resolve each other's DNS names
+        (``<hostname>.<subdomain>.<namespace>.svc``) through a hosts file all such agents of
+        this cluster share (:mod:`hypersweep.testing._cluster_dns`).
         """
         agent_dir = self.workdir / "node-agents" / node_name
         agent_dir.mkdir(parents=True, exist_ok=True)
@@ -1037,6 +1041,8 @@ class LocalCluster:
         argv += [f"--label={k}={v}" for k, v in (labels or {}).items()]
         argv += [f"--capacity={k}={v}" for k, v in (capacity or {}).items()]
         argv += [f"--taint={t}" for t in taints]
+        if cluster_dns:
+            argv.append(f"--cluster-dns={self.workdir / 'cluster-dns' / 'hosts'}")
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         # Make sure the agent imports this very package, even from a source checkout.
         package_root = str(Path(__file__).resolve().parents[2])

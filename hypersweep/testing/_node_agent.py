@@ -10,7 +10,8 @@ The node agent serves one Node the way a kubelet does, through the API server on
   ``args`` as a local process in its own process group, with the container's environment
   (literal values, ``$(VAR)`` expansion, ``fieldRef`` for pod name/namespace/uid/labels/
   annotations/IPs/node, ``configMapKeyRef``/``secretKeyRef``, ``envFrom``) plus ``HOSTNAME``;
-  the pod IP is 127.0.0.1;
+  the pod IP is 127.0.0.1, or with ``cluster_dns`` an address of the pod's own whose DNS
+  names resolve as cluster DNS would resolve them (:mod:`hypersweep.testing._cluster_dns`);
 * reports ``Running`` (pod IP, container statuses), restarts containers as ``restartPolicy``
   says, then ``Succeeded``/``Failed`` with each container's exit code, and enforces
   ``activeDeadlineSeconds``;
@@ -48,6 +49,12 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from hypersweep.kube._client import json_lines
+from hypersweep.testing._cluster_dns import (
+    ClusterDns,
+    find_nss_wrapper,
+    pod_address,
+    pod_dns_names,
+)
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -178,6 +185,7 @@ class _PodRunner(threading.Thread):
         self.containers = [_Container(c, False) for c in spec.get("containers") or []]
         self.pod_dir = agent.workdir / "pods" / self.namespace / self.pod_name
         self.start_time = pod.get("status", {}).get("startTime") or _now()
+        self.pod_ip = pod_address(self.uid) if agent.cluster_dns is not None else _POD_IP
         self._delete_grace: float | None = None
         self._ended = False  # run() returned: a deletion asked now is the caller's to finish
         self._forget = threading.Event()  # pod is gone from the API: just kill
@@ -225,10 +233,16 @@ class _PodRunner(threading.Thread):
             if deleting:  # asked while the containers were exiting by themselves
                 with contextlib.suppress(Exception):
                     self.agent._delete_pod(self.namespace, self.pod_name, self.uid)
+            if self.agent.cluster_dns is not None:
+                with contextlib.suppress(OSError):
+                    self.agent.cluster_dns.remove(self.uid)
             self.agent._runner_finished(self.uid)
 
     def _run(self) -> None:
         self.pod_dir.mkdir(parents=True, exist_ok=True)
+        if self.agent.cluster_dns is not None:
+            # Resolvable before any container starts, as an IP is assigned before it starts.
+            self.agent.cluster_dns.add(self.uid, self.pod_ip, pod_dns_names(self.pod))
         self._patch_status("Pending")
         for container in self.init_containers:
             if not self._run_init_container(container):
@@ -473,6 +487,11 @@ class _PodRunner(threading.Thread):
         meta = self.pod["metadata"]
         pod_spec = self.pod["spec"]
         env["HOSTNAME"] = pod_spec.get("hostname") or meta["name"]
+        if self.agent.cluster_dns is not None:
+            dns_env = self.agent.cluster_dns.process_env(self.pod)
+            preload = [dns_env.pop("LD_PRELOAD"), env.get("LD_PRELOAD", "")]
+            env["LD_PRELOAD"] = " ".join(p for p in preload if p)
+            env.update(dns_env)
         container_env: dict[str, str] = {}
         for source in spec.get("envFrom") or []:
             prefix = source.get("prefix") or ""
@@ -509,8 +528,8 @@ class _PodRunner(threading.Thread):
             "metadata.uid": meta.get("uid"),
             "spec.nodeName": self.agent.node_name,
             "spec.serviceAccountName": self.pod["spec"].get("serviceAccountName"),
-            "status.podIP": _POD_IP,
-            "status.podIPs": _POD_IP,
+            "status.podIP": self.pod_ip,
+            "status.podIPs": self.pod_ip,
             "status.hostIP": _POD_IP,
             "status.hostIPs": _POD_IP,
         }
@@ -602,8 +621,8 @@ class _PodRunner(threading.Thread):
             "conditions": conditions,
             "hostIP": _POD_IP,
             "hostIPs": [{"ip": _POD_IP}],
-            "podIP": _POD_IP,
-            "podIPs": [{"ip": _POD_IP}],
+            "podIP": self.pod_ip,
+            "podIPs": [{"ip": self.pod_ip}],
             "startTime": self.start_time,
             "containerStatuses": [c.status() for c in self.containers],
             "reason": reason or None,
@@ -620,7 +639,9 @@ class NodeAgent:
     ``api_client`` is a ``kubernetes.client.ApiClient``; ideally authenticated as
     ``system:node:<node_name>`` so the API server applies the same rules as for a kubelet.
     ``capacity`` is merged over the host's CPUs and memory and 110 pods; ``taints`` are
-    ``key[=value]:Effect`` strings.
+    ``key[=value]:Effect`` strings. ``cluster_dns`` is the hosts file the cluster's agents
+    share in cluster-DNS mode (:mod:`hypersweep.testing._cluster_dns`); None keeps every pod
+    at 127.0.0.1.
     """
 
     def __init__(
@@ -634,6 +655,7 @@ class NodeAgent:
         taints: Sequence[str] = (),
         heartbeat_interval: float = 10.0,
         lease_duration_seconds: int = 40,
+        cluster_dns: Path | str | None = None,
     ) -> None:
         from kubernetes import client
 
@@ -661,6 +683,9 @@ class NodeAgent:
         self._threads: list[threading.Thread] = []
         self._node_uid = ""
         self._kubelet_version = "v0.0.0"
+        self.cluster_dns = ClusterDns(cluster_dns) if cluster_dns is not None else None
+        if self.cluster_dns is not None:
+            find_nss_wrapper()  # fail at start, naming the package, rather than per pod
 
     @property
     def stopping(self) -> bool:
@@ -1001,6 +1026,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--taint", action="append", default=[], help="KEY[=VALUE]:EFFECT")
     parser.add_argument("--heartbeat-interval", type=float, default=10.0)
+    parser.add_argument(
+        "--cluster-dns",
+        default="",
+        help="hosts file shared by the cluster's agents: pods get addresses and DNS names",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s"
@@ -1024,6 +1054,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         capacity=_key_values(args.capacity, "capacity"),
         taints=args.taint,
         heartbeat_interval=args.heartbeat_interval,
+        cluster_dns=args.cluster_dns or None,
     )
     agent.start()
     try:

@@ -31,7 +31,7 @@ class OperatorProcess:
             machine), :meth:`ready` starts it again rather than failing.
         start_timeout: seconds :meth:`start` waits for it to be ready.
 
-    :attr:`extra_args` and :attr:`extra_env` go to the next start.
+    :attr:`replica_host`, :attr:`extra_args` and :attr:`extra_env` go to the next start.
     """
 
     def __init__(
@@ -61,6 +61,9 @@ class OperatorProcess:
         self.restart_on_exit = restart_on_exit
         self.start_timeout = start_timeout
         self.port = free_port()
+        #: Every replica at this host (pods share 127.0.0.1 on the node agent); None: the
+        #: production addressing, by DNS name (a node agent in cluster-DNS mode resolves them).
+        self.replica_host: str | None = "127.0.0.1"
         self.extra_args: list[str] = []
         self.extra_env: dict[str, str] = {}
         self.process: subprocess.Popen[bytes] | None = None
@@ -88,7 +91,7 @@ class OperatorProcess:
             *([f"--lease-name={self.lease}"] if self.lease else []),
             f"--lease-duration={self.lease_duration:g}",
             f"--identity={self.identity}-{self.starts}",
-            "--replica-host=127.0.0.1",
+            *([f"--replica-host={self.replica_host}"] if self.replica_host else []),
             *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}

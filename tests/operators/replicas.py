@@ -32,10 +32,10 @@ def connect(host: str, port: int, timeout: float = 60.0) -> socket.socket:
             time.sleep(0.1)
 
 
-def listen(port: int) -> socket.socket:
+def listen(port: int, host: str = "0.0.0.0") -> socket.socket:
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("0.0.0.0", port))
+    server.bind((host, port))
     server.listen(16)
     return server
 
@@ -49,7 +49,12 @@ def run_torch() -> int:
     tensor = torch.tensor([float(rank + 1)])
     dist.all_reduce(tensor)
     expected = world * (world + 1) / 2
-    print(f"rank {rank} of {world}: all_reduce={tensor.item()} expected={expected}", flush=True)
+    master = os.environ["MASTER_ADDR"]
+    print(
+        f"rank {rank} of {world}: all_reduce={tensor.item()} expected={expected}"
+        f" master={master} ({socket.gethostbyname(master)}) me={socket.gethostname()}",
+        flush=True,
+    )
     dist.destroy_process_group()
     return 0 if tensor.item() == expected else 1
 
@@ -64,7 +69,11 @@ def run_tf_config() -> int:
         for address in addresses
         if address != me
     ]
-    server = listen(int(me.rsplit(":", 1)[1]))
+    my_host, my_port = me.rsplit(":", 1)
+    # Listen on the address this replica's own name resolves to, as a server bound to its
+    # cluster address would: replicas sharing a port need addresses of their own.
+    my_address = socket.gethostbyname(my_host)
+    server = listen(int(my_port), my_address)
     heard: list[str] = []
 
     def accept() -> None:
@@ -80,7 +89,10 @@ def run_tf_config() -> int:
         with connect(host, int(port)) as connection:
             connection.sendall(me.encode())
     thread.join(60)
-    print(f"{task['type']}-{task['index']} at {me} heard from {sorted(heard)}", flush=True)
+    print(
+        f"{task['type']}-{task['index']} at {me} ({my_address}) heard from {sorted(heard)}",
+        flush=True,
+    )
     return 0 if sorted(heard) == sorted(peers) else 1
 
 

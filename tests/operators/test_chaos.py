@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from hypersweep.testing import LocalCluster, chaos_sweep, run_operator_chaos
+from hypersweep.testing import (
+    LocalCluster,
+    chaos_sweep,
+    run_operator_chaos,
+    run_trainjob_gang_chaos,
+)
 
 from .conftest import Namespace, OperatorProcess
 
@@ -62,3 +67,39 @@ def test_operator_sigkilled_during_an_asha_sweep_loses_and_duplicates_nothing(
     assert report.orphaned_pods == 0 and report.orphaned_secrets == 0, report
     assert report.lost_reports == 0, report
     assert report.restarted_from_scratch == 0, report
+
+
+def test_replicas_of_trainjob_gangs_sigkilled_lose_no_trial_and_change_no_value(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "hypersweep.operators.trial_entrypoint",
+        "hypersweep.testing._chaos:chaos_curve",
+    ]
+    try:
+        report = run_trainjob_gang_chaos(
+            cluster,
+            namespace.name,
+            lambda study: namespace.data_dir / namespace.name / study / "journal.log",
+            command,
+            namespace.markers,
+            kills=6,
+            trials=4,
+            replicas=4,
+            parallelism=2,
+            steps=30,  # 9 s a trial: the kills land while gangs run
+            pause=0.3,
+            seed=3,
+            delay=(0.5, 1.5),
+            log=print,
+        )
+    except Exception:
+        print(operator.log_tail(150))
+        raise
+    print(report.as_dict())
+    assert report.kills == 6, report
+    assert report.lost_trials == 0 and report.completed == 4, report
+    assert report.gang_restarts >= 1, report
+    assert report.values_equal and report.max_abs_difference == 0.0, report

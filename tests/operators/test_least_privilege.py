@@ -52,10 +52,9 @@ UNRELATED: list[tuple[str, str]] = [
     ("rbac.authorization.k8s.io", "clusterrolebindings"),
     ("apiextensions.k8s.io", "customresourcedefinitions"),
 ]
-#: Granted, but used only with an external gang scheduler (scheduler-plugins' coscheduling or
-#: Volcano), whose PodGroup CRDs this test cluster does not serve.
+#: Granted, but used only with Volcano, which the test cluster does not run (scheduler-plugins'
+#: coscheduling does run: test_gang_schedulers.py creates PodGroups through the operator).
 EXTERNAL_SCHEDULERS: set[Permission] = {
-    ("scheduling.x-k8s.io", "podgroups", "create"),
     ("scheduling.volcano.sh", "podgroups", "create"),
 }
 SA_GROUPS = ["system:serviceaccounts", "system:authenticated"]

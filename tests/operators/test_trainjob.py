@@ -139,7 +139,7 @@ def test_tensorflow_job_with_two_workers_meets_through_tf_config(
 
     def met(index: int) -> bool:
         log = pod_log(cluster, namespace.name, f"mwms-worker-{index}", "tensorflow")
-        return f"worker-{index} at 127.0.0.1:{port + index} heard from" in log
+        return f"worker-{index} at 127.0.0.1:{port + index} (127.0.0.1) heard from" in log
 
     wait_until(lambda: met(0) and met(1), 30, "both workers to meet their peer")
 
