@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hypersweep.testing._k8s import ClusterStartError, _Component, _free_port, _spawn
+from hypersweep.testing._k8s import ClusterStartError, _Component, _spawn
+from hypersweep.testing._waiting import free_port
 
 if TYPE_CHECKING:
     from hypersweep.testing._k8s import LocalCluster
@@ -117,7 +118,7 @@ def start_coscheduler(
     }
     config_path = workdir / "config.json"  # JSON is YAML: the scheduler reads either
     config_path.write_text(json.dumps(config, indent=2))
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     component = _spawn(
         "coscheduler",
