@@ -132,6 +132,7 @@ class TrialSeededSampler(BaseSampler):
         # every trial for every proposal would make each proposal cost O(trials).
         self._taken: dict[tuple[Any, ...], int] = {}
         self._since_scan: int | None = None  # proposals since the last read; None: never read
+        self._scan_from = 0  # trials before this index (storage order) are finished and read
         self._checked: set[int] = set()  # trials whose whole config is drawn and checked at once
 
     def __getattr__(self, name: str) -> Any:
@@ -180,9 +181,13 @@ class TrialSeededSampler(BaseSampler):
             return
         self._since_scan = 0
         names = self.distributions.keys()
-        for other in study._storage.get_all_trials(study._study_id, deepcopy=False):
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        for index in range(self._scan_from, len(trials)):
+            other = trials[index]
             if other.params and other.params.keys() >= names:
                 self._taken.setdefault(_config_key(other.params), other.number)
+            if index == self._scan_from and other.state.is_finished():
+                self._scan_from += 1  # a finished trial's config never changes: read it once
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
