@@ -19,7 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from optuna.storages.journal import JournalFileBackend
@@ -38,7 +38,7 @@ class FlockJournalFileBackend(JournalFileBackend):
         """How many bytes of the file the logs read so far span (complete lines only)."""
         return self._cursor[1]
 
-    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+    def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
         """The logs from number ``log_number_from`` on, as Optuna's reader yields them.
 
         A line still being written (no newline yet, or not JSON yet) is left for the next

@@ -242,7 +242,7 @@ def read_sweep(
     space = parse_space(spec["space"]) if spec.get("space") else None
     directions = opened.get_study_directions(study_id)
     modes = ["min" if d == optuna.study.StudyDirection.MINIMIZE else "max" for d in directions]
-    if size is not None and backend.bytes_read != size:
+    if isinstance(backend, FlockJournalFileBackend) and backend.bytes_read != size:
         size = None  # written to meanwhile: the spec may be newer than the trials
     records = []
     queued = 0
@@ -261,8 +261,6 @@ def read_sweep(
         constraints=spec.get("constraints"),
         space=space,
     )
-    if snapshot is not None and size is not None and not any(
-        r.state == "running" for r in records
-    ):
+    if snapshot is not None and size is not None and not any(r.state == "running" for r in records):
         write_snapshot(snapshot, name, result, size)
     return result
