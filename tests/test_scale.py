@@ -176,3 +176,43 @@ def test_proposals_do_not_read_every_trial_each_time(run_dir: Path) -> None:
     )
     assert result.counts() == {"completed": 200}
     assert _CountingStorage.reads < 60, _CountingStorage.reads
+
+
+class _Recording(optuna.samplers.RandomSampler):
+    """A real sampler that records which finished trials it was shown for each proposal."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=0)
+        self.shown: list[tuple[int, list[int]]] = []
+
+    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        finished = study._get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        self.shown.append((trial.number, [t.number for t in finished]))
+        return super().sample_independent(study, trial, name, distribution)
+
+
+def test_a_bounded_history_shows_the_best_and_the_most_recent_trials_only() -> None:
+    recording = _Recording()
+    result = hs.tune(
+        {"x": hs.uniform(-5, 5)},
+        objectives.quadratic,
+        metric="loss",
+        n_trials=80,
+        max_concurrent=2,
+        strategy=hs.strategies.BoundedHistorySampler(recording, best=5, recent=4),
+        verbose=False,
+    )
+    values = {t.number: t.value for t in result.trials}
+    assert max(len(shown) for _, shown in recording.shown) <= 5 + 4
+    for number, shown in recording.shown[40:]:
+        assert len(shown) >= 5  # the window is full once enough trials finished
+        earlier = sorted((n for n in values if n < number - 4), key=lambda n: values[n])
+        # Finished long before this proposal: the best of them are in the window...
+        assert set(earlier[:3]) <= set(shown), (number, earlier[:3], shown)
+        # ...and the rest of the window is the most recent trials.
+        assert max(shown) >= number - 4
+
+
+def test_a_bounded_history_refuses_an_empty_window() -> None:
+    with pytest.raises(hs.ConfigError, match="best: must be at least 1"):
+        hs.strategies.BoundedHistorySampler(optuna.samplers.TPESampler(), best=0)

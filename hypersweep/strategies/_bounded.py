@@ -20,6 +20,8 @@ from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from hypersweep._errors import ConfigError
+
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
     from optuna.study import Study
@@ -78,8 +80,9 @@ class BoundedHistorySampler(BaseSampler):
     """
 
     def __init__(self, sampler: BaseSampler, *, best: int = 1000, recent: int = 1000) -> None:
-        if best < 1 or recent < 1:
-            raise ValueError("best and recent must be at least 1")
+        for field, count in (("best", best), ("recent", recent)):
+            if count < 1:
+                raise ConfigError(f"{field}: must be at least 1 trial, got {count}")
         self.sampler = sampler
         self.best = best
         self.recent = recent
