@@ -202,7 +202,7 @@ def test_a_bounded_history_shows_the_best_and_the_most_recent_trials_only() -> N
         strategy=hs.strategies.BoundedHistorySampler(recording, best=5, recent=4),
         verbose=False,
     )
-    values = {t.number: t.value for t in result.trials}
+    values = {t.number: float(t.value or 0.0) for t in result.trials}
     assert max(len(shown) for _, shown in recording.shown) <= 5 + 4
     for number, shown in recording.shown[40:]:
         assert len(shown) >= 5  # the window is full once enough trials finished
