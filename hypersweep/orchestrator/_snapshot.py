@@ -20,7 +20,7 @@ import hashlib
 import os
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     from hypersweep.orchestrator._result import SweepResult
@@ -45,15 +45,30 @@ def fingerprint(journal: Path, size: int) -> str:
     return digest.hexdigest()
 
 
+class _HashingWriter:
+    """A file that hashes what is written to it: the snapshot streams out, never held whole."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
+
+
 def write_snapshot(journal: Path, name: str, result: SweepResult, size: int) -> None:
     """Save ``result``, read from the first ``size`` bytes of ``journal``, atomically."""
     header = {"name": name, "size": size, "fingerprint": fingerprint(journal, size)}
-    payload = pickle.dumps((header, result), protocol=pickle.HIGHEST_PROTOCOL)
     target = snapshot_path(journal)
     temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            handle.write(_MAGIC + hashlib.sha256(payload).digest() + payload)
+            handle.write(_MAGIC + bytes(32))  # the payload's digest goes here once known
+            writer = _HashingWriter(handle)
+            pickle.dump((header, result), writer, protocol=pickle.HIGHEST_PROTOCOL)
+            handle.seek(len(_MAGIC))
+            handle.write(writer.digest.digest())
         os.replace(temporary, target)  # atomic: readers see the old file or the new one
     finally:
         temporary.unlink(missing_ok=True)
@@ -69,11 +84,11 @@ def read_snapshot(journal: Path, name: str) -> SweepResult | None:
     except OSError:
         return None
     start = len(_MAGIC) + 32
-    digest = data[len(_MAGIC) : start]
-    if not data.startswith(_MAGIC) or hashlib.sha256(data[start:]).digest() != digest:
+    payload = memoryview(data)[start:]
+    if not data.startswith(_MAGIC) or hashlib.sha256(payload).digest() != data[len(_MAGIC) : start]:
         return None  # not a snapshot, or a damaged one
     try:
-        header, result = pickle.loads(data[start:])
+        header, result = pickle.loads(payload)
     except Exception:  # noqa: BLE001 - e.g. written by another version: read the journal
         return None
     if not isinstance(header, dict) or not isinstance(result, SweepResult):
