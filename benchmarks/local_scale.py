@@ -183,6 +183,11 @@ def main() -> None:
             )
         median = sorted(rounds, key=lambda r: r["run"]["wall_s"])[(len(rounds) - 1) // 2]
         sizes.append({"trials": trials, "median_round": median, "rounds": rounds})
+        _save(args, sizes, complete=trials == args.trials[-1])
+
+
+def _save(args: argparse.Namespace, sizes: list[dict[str, Any]], *, complete: bool) -> None:
+    """Write the JSON after every size, so that a long run stopped early keeps what it did."""
     report = {
         "arguments": {
             "trials": args.trials,
@@ -197,6 +202,7 @@ def main() -> None:
             "platform": platform.platform(),
         },
         "sizes": sizes,
+        "complete": complete,  # False: stopped before the last size of ``trials``
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
