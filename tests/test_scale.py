@@ -216,3 +216,18 @@ def test_a_bounded_history_shows_the_best_and_the_most_recent_trials_only() -> N
 def test_a_bounded_history_refuses_an_empty_window() -> None:
     with pytest.raises(hs.ConfigError, match="best: must be at least 1"):
         hs.strategies.BoundedHistorySampler(optuna.samplers.TPESampler(), best=0)
+
+
+def test_status_of_a_large_sweep_lists_the_best_and_the_latest_trials() -> None:
+    """Drawing a row per trial took minutes at 20,000 trials: past the limit, a selection."""
+    from hypersweep._progress import trials_table
+
+    result = hs.tune(SPACE, objectives.quadratic, n_trials=30, name="s", verbose=False, **SETTINGS)
+    table = trials_table(result, limit=10)
+    assert table.row_count == 10
+    shown = [int(str(cell)) for cell in table.columns[0]._cells]
+    best = sorted(result.trials, key=lambda t: float(t.value or 0.0))
+    assert {t.number for t in best[:5]} <= set(shown)
+    assert 29 in shown and shown == sorted(shown)
+    assert "10 of 30 trials" in str(table.caption) and "--all" in str(table.caption)
+    assert trials_table(result).row_count == 30
