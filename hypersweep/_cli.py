@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show the trials of a stored sweep")
     status.add_argument("name")
+    status.add_argument(
+        "--all", action="store_true", help="list every trial (default: at most 50 rows)"
+    )
     _storage_argument(status)
 
     best = commands.add_parser("best", help="print the best trial of a stored sweep")
@@ -293,12 +296,15 @@ def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+STATUS_ROWS = 50  # a table of 100,000 rows takes minutes to draw and nobody reads it
+
+
 def _cmd_status(args: argparse.Namespace, console: Console) -> int:
     from hypersweep._progress import print_summary, trials_table
     from hypersweep.orchestrator._tune import load
 
     result = load(args.name, args.storage)
-    console.print(trials_table(result))
+    console.print(trials_table(result, limit=None if args.all else STATUS_ROWS))
     if result.space is not None:
         console.print("space:")
         _print_space(result.space, console)

@@ -407,13 +407,14 @@ def _front_and_feasibility(result: SweepResult) -> dict[str, Callable[[TrialReco
     return columns
 
 
-def trials_table(result: SweepResult) -> Table:
-    """Every trial of a stored sweep, for ``hypersweep status``.
+def trials_table(result: SweepResult, limit: int | None = None) -> Table:
+    """Every trial of a stored sweep, for ``hypersweep status``; with ``limit``, at most that
+    many rows of a large sweep (see ``_rows_shown``).
 
     Columns that would be empty for every trial (promotions, retries, errors) are left out,
     so that the table fits a narrow terminal.
     """
-    trials = result.trials
+    trials = _rows_shown(result, limit)
     columns: dict[str, Callable[[TrialRecord], str]] = {
         "trial": lambda t: str(t.number),
         "state": lambda t: _state_label(t.state, t.step),
@@ -432,6 +433,11 @@ def trials_table(result: SweepResult) -> Table:
     }
     shown = [c for c in columns if c not in optional or any(optional[c](t) for t in trials)]
     table = Table(title=f"sweep {result.name}")
+    if len(trials) < len(result.trials):
+        table.caption = (
+            f"{len(trials)} of {len(result.trials)} trials: the running ones, the best and the "
+            "latest (--all lists every trial; hypersweep export writes them all)"
+        )
     for column in shown:
         wide = column in ("config", "error", "promoted")
         table.add_column(
@@ -446,3 +452,24 @@ def trials_table(result: SweepResult) -> Table:
         cells[1] = Text(cells[1], style=_STYLES.get(trial.state, ""))  # type: ignore[call-overload]
         table.add_row(*cells)
     return table
+
+
+def _rows_shown(result: SweepResult, limit: int | None) -> list[TrialRecord]:
+    """All trials up to ``limit``; past it the running ones, then the best and the latest
+    finished ones, half of the rest each, in trial order."""
+    trials = result.trials
+    if limit is None or len(trials) <= limit:
+        return list(trials)
+    keep = {t.number for t in trials if t.state == "running"}
+    room = max(0, limit - len(keep))
+    best = result.best_trials if result.multi_objective else []
+    if not result.multi_objective:
+        sign = 1.0 if result.mode == "min" else -1.0
+        scored = [t for t in trials if t.state == "completed" and t.value is not None]
+        best = sorted(scored, key=lambda t: sign * float(t.value or 0.0))
+    keep.update(t.number for t in best[: room // 2])
+    for trial in reversed(trials):
+        if len(keep) >= limit:
+            break
+        keep.add(trial.number)
+    return [t for t in trials if t.number in keep]

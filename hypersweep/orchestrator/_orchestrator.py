@@ -378,7 +378,27 @@ class Orchestrator:
             self._notify()
             if self.callbacks:
                 self.callbacks.on_sweep_end(self.result())
+        self._save_snapshot()
         return self.result()
+
+    def _save_snapshot(self) -> None:
+        """Save the sweep's results beside its journal, for a fast ``load``/``status``."""
+        from hypersweep.orchestrator._snapshot import journal_of
+        from hypersweep.orchestrator._tune import read_sweep
+
+        journal = journal_of(self.settings.storage, self.name)
+        if journal is None:
+            return
+        try:
+            read_sweep(
+                self.store.storage,
+                self.store.study_id,
+                self.name,
+                self.storage_description,
+                snapshot=journal,
+            )
+        except OSError as error:  # the sweep is done; only the next load is slower
+            logger.warning("Could not save the snapshot of sweep %s: %s", self.name, error)
 
     def _install_sigint_handler(self) -> Callable[[], None]:
         """First Ctrl-C: stop cleanly between two storage writes. Second: stop now."""

@@ -12,6 +12,8 @@ from hypersweep.orchestrator._objective import reference_of, resolve_objective
 from hypersweep.orchestrator._result import SweepResult, TrialRecord
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import optuna
 
     from hypersweep.launchers._base import Launcher
@@ -181,12 +183,17 @@ def _run_verbose(orchestrator: Orchestrator) -> SweepResult:
 
 
 def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) -> SweepResult:
-    """Read a stored sweep's results (running or finished) without running anything."""
-    import optuna
+    """Read a stored sweep's results (running or finished) without running anything.
+
+    A sweep in a journal file is read from the snapshot beside it while the journal has not
+    changed since the snapshot was written (see ``_snapshot``), else from the journal, which
+    then writes the snapshot again if no trial is running.
+    """
+    from dataclasses import replace
 
     from hypersweep._errors import ConfigError
-    from hypersweep.orchestrator._storage import SweepStore, describe_storage, open_storage
-    from hypersweep.strategies import parse_space
+    from hypersweep.orchestrator._snapshot import journal_of, read_snapshot
+    from hypersweep.orchestrator._storage import describe_storage, open_storage
 
     if storage is None:
         from hypersweep.orchestrator._storage import default_run_dir
@@ -196,30 +203,64 @@ def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) ->
                 f"name: no sweep {name!r} under {default_run_dir(name).parent}; pass "
                 "--storage for sweeps stored elsewhere"
             )
+    journal = journal_of(storage, name)
+    if journal is not None:
+        cached = read_snapshot(journal, name)
+        if cached is not None:
+            return replace(cached, storage=describe_storage(storage, name))
     opened = open_storage(storage, name)
     try:
         study_id = opened.get_study_id_from_name(name)
     except KeyError:
         raise ConfigError(f"name: no sweep {name!r} in {describe_storage(storage, name)}") from None
+    return read_sweep(opened, study_id, name, describe_storage(storage, name), snapshot=journal)
+
+
+def read_sweep(
+    opened: optuna.storages.BaseStorage,
+    study_id: int,
+    name: str,
+    description: str,
+    *,
+    snapshot: Path | None = None,
+) -> SweepResult:
+    """A sweep's results from its open storage; with ``snapshot`` (its journal file), saved
+    beside it when no trial is running, for the next ``load`` to read."""
+    import optuna
+
+    from hypersweep.orchestrator._journal import FlockJournalFileBackend
+    from hypersweep.orchestrator._snapshot import write_snapshot
+    from hypersweep.orchestrator._storage import SweepStore
+    from hypersweep.strategies import parse_space
+
     store = SweepStore(opened, study_id)
+    trials = store.trials()
+    # What the trials were read from: every journal byte up to here, and nothing after.
+    backend = getattr(opened, "_backend", None)
+    size = backend.bytes_read if isinstance(backend, FlockJournalFileBackend) else None
     spec = store.spec() or {}
     space = parse_space(spec["space"]) if spec.get("space") else None
     directions = opened.get_study_directions(study_id)
     modes = ["min" if d == optuna.study.StudyDirection.MINIMIZE else "max" for d in directions]
+    if isinstance(backend, FlockJournalFileBackend) and backend.bytes_read != size:
+        size = None  # written to meanwhile: the spec may be newer than the trials
     records = []
     queued = 0
-    for trial in store.trials():
+    for trial in trials:
         if trial.state == optuna.trial.TrialState.WAITING and not trial.params:
             queued += 1
         else:
             records.append(TrialRecord.from_frozen(trial, space, spec.get("metric")))
-    return SweepResult(
+    result = SweepResult(
         name=name,
         metric=spec.get("metric", "value"),
         mode=modes[0] if len(modes) == 1 else modes,
         trials=records,
-        storage=describe_storage(storage, name),
+        storage=description,
         queued=queued,
         constraints=spec.get("constraints"),
         space=space,
     )
+    if snapshot is not None and size is not None and not any(r.state == "running" for r in records):
+        write_snapshot(snapshot, name, result, size)
+    return result

@@ -1,5 +1,6 @@
 """Search and early stopping: pure decision logic, no I/O."""
 
+from hypersweep.strategies._bounded import BoundedHistorySampler
 from hypersweep.strategies._early_stopping import make_scheduler
 from hypersweep.strategies._objectives import (
     CONSTRAINT_STRATEGIES,
@@ -59,6 +60,7 @@ __all__ = [
     "MULTI_OBJECTIVE_STRATEGIES",
     "PBT",
     "STRATEGY_NAMES",
+    "BoundedHistorySampler",
     "Branches",
     "Categorical",
     "Clone",

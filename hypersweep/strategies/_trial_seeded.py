@@ -126,7 +126,14 @@ class TrialSeededSampler(BaseSampler):
         self.attempts = attempts
         self._states = _random_states(sampler)
         self._own_space: dict[int, dict[str, BaseDistribution]] = {}  # per trial: the sampler's
-        self._peers: dict[int, list[FrozenTrial]] = {}  # per trial: the sweep's trials, read once
+        # The configs the sweep's trials have, by config: the trial number that has it. Read
+        # from storage at the first proposal and again every ``_rescan_every`` proposals (other
+        # drivers' configs); this driver's own proposals are added as they are made. Reading
+        # every trial for every proposal would make each proposal cost O(trials).
+        self._taken: dict[tuple[Any, ...], int] = {}
+        self._since_scan: int | None = None  # proposals since the last read; None: never read
+        self._scan_from = 0  # trials before this index (storage order) are finished and read
+        self._checked: set[int] = set()  # trials whose whole config is drawn and checked at once
 
     def __getattr__(self, name: str) -> Any:
         # Attributes of the wrapped sampler (e.g. GridSampler.is_exhausted) stay reachable.
@@ -154,30 +161,52 @@ class TrialSeededSampler(BaseSampler):
         self._reseed(trial, "search_space")
         own = self.sampler.infer_relative_search_space(study, trial)
         self._own_space[trial.number] = own
-        # One read of the sweep's trials serves this trial's whole proposal.
-        peers = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        if not any(other.params for other in peers):
+        if not self.distributions:
+            return own
+        self._refresh_taken(study)
+        if not self._taken or (len(self._taken) == 1 and trial.number in self._taken.values()):
+            self._since_scan = None  # read again for the next trial: this config is unseen
             return own  # the first config: nothing to repeat, sampled as Optuna would
-        self._peers[trial.number] = peers
+        self._checked.add(trial.number)
         return {**self.distributions, **own}
+
+    def _refresh_taken(self, study: Study) -> None:
+        """Read every trial's config from storage when due (amortized O(1) per proposal)."""
+        due = self._since_scan is None or self._since_scan >= max(
+            _RESCAN_MIN, len(self._taken) // _RESCAN_FRACTION
+        )
+        if not due:
+            assert self._since_scan is not None
+            self._since_scan += 1
+            return
+        self._since_scan = 0
+        names = self.distributions.keys()
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        for index in range(self._scan_from, len(trials)):
+            other = trials[index]
+            if other.params and other.params.keys() >= names:
+                self._taken.setdefault(_config_key(other.params), other.number)
+            if index == self._scan_from and other.state.is_finished():
+                self._scan_from += 1  # a finished trial's config never changes: read it once
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         own = self._own_space.pop(trial.number, search_space)
-        peers = self._peers.pop(trial.number, None)
         self._reseed(trial, "relative")
         params = dict(self.sampler.sample_relative(study, trial, own) if own else {})
-        if peers is None or not self.distributions or trial.params:
+        if trial.number not in self._checked or trial.params:
+            self._checked.discard(trial.number)
             return params  # the first config, or a space without fixed parameters
+        self._checked.discard(trial.number)
         # The whole config now: the sampler's own choice for each parameter, seeded as
         # sample_independent would seed it.
         for name in sorted(set(self.distributions) - set(params)):
             self._reseed(trial, name)
             params[name] = self.sampler.sample_independent(study, trial, name, search_space[name])
-        taken = [other.params for other in peers if other.number != trial.number and other.params]
-        if params in taken:
-            params = self._new_config(study, trial, search_space, taken) or params
+        if self._taken.get(_config_key(params), trial.number) != trial.number:
+            params = self._new_config(study, trial, search_space) or params
+        self._taken.setdefault(_config_key(params), trial.number)
         return params
 
     def sample_independent(
@@ -204,7 +233,6 @@ class TrialSeededSampler(BaseSampler):
         study: Study,
         trial: FrozenTrial,
         space: dict[str, BaseDistribution],
-        taken: list[dict[str, Any]],
     ) -> dict[str, Any] | None:
         """A random config not in ``taken``: drawn, or else picked among the unused ones."""
         random = RandomSampler()
@@ -214,7 +242,7 @@ class TrialSeededSampler(BaseSampler):
                 name: random.sample_independent(study, trial, name, space[name])
                 for name in sorted(space)
             }
-            if config not in taken:
+            if _config_key(config) not in self._taken:
                 return config
         choices = _finite_values(space)
         if choices is None:
@@ -226,7 +254,8 @@ class TrialSeededSampler(BaseSampler):
         unused = [
             config
             for values in itertools.product(*(choices[name] for name in names))
-            if (config := dict(zip(names, values, strict=True))) not in taken
+            if (config := dict(zip(names, values, strict=True)))
+            and _config_key(config) not in self._taken
         ]
         if not unused:
             return None  # every config was tried: a repeat is all that is left
@@ -235,6 +264,16 @@ class TrialSeededSampler(BaseSampler):
 
 
 _MAX_LISTED = 100_000  # discrete spaces up to this size are listed to find an unused config
+# Other drivers' configs are read again after this many proposals, or a 1/_RESCAN_FRACTION of
+# the known configs if more: a proposal costs O(1) amortized, and a repeat of a config another
+# driver proposed meanwhile is refused from the next read on.
+_RESCAN_MIN = 16
+_RESCAN_FRACTION = 64
+
+
+def _config_key(params: dict[str, Any]) -> tuple[Any, ...]:
+    """A hashable form of a config (Optuna's parameter values are hashable scalars)."""
+    return tuple(sorted(params.items()))
 
 
 def _finite_values(space: dict[str, BaseDistribution]) -> dict[str, list[Any]] | None:

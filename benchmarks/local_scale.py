@@ -1,0 +1,213 @@
+"""Local sweeps of many trials: per-trial time, driver memory, load/status/resume time, journal.
+
+A trivial objective, the random strategy, 2 trials at a time, the default journal storage.
+Each measurement runs in a fresh process, so that its peak memory (``ru_maxrss``) and its
+start-up are its own:
+
+* run: ``tune(n_trials=N)``; wall time, time per trial, the driver's peak memory, and the
+  time at which each tenth of the trials had finished (per-trial time flat or not);
+* load: ``hypersweep.load(name)`` from the snapshot the sweep left beside its journal, and
+  from the journal alone (snapshot removed; this load writes it again);
+* status: ``hypersweep status NAME`` as a command (its Python start-up included);
+* resume: ``tune(..., resume=True)`` of the finished sweep (nothing left to run).
+
+The machine's load average is recorded before and after every round: the figures of a
+loaded machine are slower, not wrong.
+
+    python benchmarks/local_scale.py [--trials 20000 100000] [--repeats 1]
+
+Writes benchmarks/results/local_scale.json (arguments, every round, the median round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NAME = "scale"
+
+
+def trivial(config: dict[str, Any]) -> float:
+    return (config["x"] - 2.0) ** 2 + (config["y"] + 1.0) ** 2
+
+
+def _space() -> dict[str, Any]:
+    import hypersweep as hs
+
+    return {"x": hs.uniform(-5, 5), "y": hs.uniform(-5, 5)}
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def child_run(trials: int, concurrent: int, resume: bool) -> dict[str, Any]:
+    """One sweep (or its resume) in this process."""
+    import hypersweep as hs
+
+    marks: list[float] = []
+    started = time.perf_counter()
+    step = max(1, trials // 10)
+
+    def on_update(orchestrator: Any) -> None:
+        finished = len(orchestrator.views) - len(orchestrator.running)
+        while finished >= (len(marks) + 1) * step and len(marks) < 10:
+            marks.append(time.perf_counter() - started)
+
+    result = hs.tune(
+        _space(),
+        trivial,
+        metric="value",
+        n_trials=trials,
+        max_concurrent=concurrent,
+        strategy="random",
+        seed=0,
+        name=NAME,
+        resume=resume,
+        verbose=False,
+        on_update=on_update,
+    )
+    wall = time.perf_counter() - started
+    assert result.counts().get("completed") == trials, result.counts()
+    tenths = [b - a for a, b in zip([0.0, *marks], marks, strict=False)]
+    return {
+        "wall_s": wall,
+        "ms_per_trial": wall / trials * 1000,
+        "ms_per_trial_by_tenth": [t / step * 1000 for t in tenths],
+        "peak_rss_mib": _peak_mib(),
+    }
+
+
+def child_load() -> dict[str, Any]:
+    import hypersweep as hs
+
+    started = time.perf_counter()
+    result = hs.load(NAME)
+    wall = time.perf_counter() - started
+    return {"wall_s": wall, "trials": len(result.trials), "peak_rss_mib": _peak_mib()}
+
+
+def _in_child(runs_dir: Path, *args: str) -> dict[str, Any]:
+    env = {**os.environ, "HYPERSWEEP_RUNS_DIR": str(runs_dir)}
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def one_round(trials: int, concurrent: int) -> dict[str, Any]:
+    runs_dir = Path(tempfile.mkdtemp(prefix="local-scale-"))
+    try:
+        load_before = os.getloadavg()
+        run = _in_child(runs_dir, "run", str(trials), str(concurrent))
+        journal = runs_dir / NAME / "journal.log"
+        snapshot = journal.with_name(journal.name + ".snapshot")
+        load_snapshot = _in_child(runs_dir, "load")
+        env = {**os.environ, "HYPERSWEEP_RUNS_DIR": str(runs_dir)}
+        started = time.perf_counter()
+        subprocess.run(
+            [shutil.which("hypersweep") or "hypersweep", "status", NAME],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        status = time.perf_counter() - started
+        snapshot_bytes = snapshot.stat().st_size if snapshot.exists() else None
+        snapshot.unlink(missing_ok=True)
+        load_journal = _in_child(runs_dir, "load")  # and writes the snapshot again
+        resume = _in_child(runs_dir, "resume", str(trials), str(concurrent))
+        return {
+            "trials": trials,
+            "run": run,
+            "load_from_snapshot": load_snapshot,
+            "load_from_journal": load_journal,
+            "status_command_s": status,
+            "resume": resume,
+            "journal_bytes": journal.stat().st_size,
+            "snapshot_bytes": snapshot_bytes,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        }
+    finally:
+        shutil.rmtree(runs_dir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, nargs="+", default=[20000, 100000])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--concurrent", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS / "local_scale.json")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "load":
+            figures = child_load()
+        else:
+            figures = child_run(int(rest[0]), int(rest[1]), resume=kind == "resume")
+        print(json.dumps(figures))
+        return
+    sizes = []
+    for trials in args.trials:
+        rounds = []
+        for repeat in range(args.repeats):
+            rounds.append(one_round(trials, args.concurrent))
+            figures = rounds[-1]
+            print(
+                f"{trials} trials, round {repeat + 1}:"
+                f" {figures['run']['ms_per_trial']:.2f} ms/trial,"
+                f" peak {figures['run']['peak_rss_mib']:.0f} MiB,"
+                f" load {figures['load_from_snapshot']['wall_s']:.2f} s (snapshot)"
+                f" / {figures['load_from_journal']['wall_s']:.2f} s (journal),"
+                f" status {figures['status_command_s']:.2f} s,"
+                f" resume {figures['resume']['wall_s']:.2f} s,"
+                f" journal {figures['journal_bytes'] / 1e6:.0f} MB,"
+                f" load average {figures['loadavg_before'][0]:.1f}",
+                flush=True,
+            )
+        median = sorted(rounds, key=lambda r: r["run"]["wall_s"])[(len(rounds) - 1) // 2]
+        sizes.append({"trials": trials, "median_round": median, "rounds": rounds})
+        _save(args, sizes, complete=trials == args.trials[-1])
+
+
+def _save(args: argparse.Namespace, sizes: list[dict[str, Any]], *, complete: bool) -> None:
+    """Write the JSON after every size, so that a long run stopped early keeps what it did."""
+    report = {
+        "arguments": {
+            "trials": args.trials,
+            "repeats": args.repeats,
+            "concurrent": args.concurrent,
+            "strategy": "random",
+            "objective": "trivial",
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "sizes": sizes,
+        "complete": complete,  # False: stopped before the last size of ``trials``
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
