@@ -675,3 +675,135 @@ def test_a_ray_tune_trainable_runs_unchanged(cluster: Cluster, markers: Path) ->
         assert trial.metrics["started_at"] == 2.0  # ...and resumed after step 1's checkpoint
         assert trial.metrics["step"] == 4.0
         assert sorted(trial.intermediate_values) == [0, 1, 2, 3, 4]  # steps go on after a retry
+
+
+class _HoldsTheDriver(hs.Callback):
+    """Holds the driver's loop in trial 0's report of ``step`` until the trial has gone on to
+    ``until`` (its marker exists) or ``timeout`` seconds passed; records whether it had."""
+
+    def __init__(self, markers: Path, step: int, until: int, timeout: float = 60.0) -> None:
+        self.markers, self.step, self.until, self.timeout = markers, step, until, timeout
+        self.went_on: bool | None = None
+
+    def on_trial_result(self, trial: Any, step: int, metrics: Any) -> None:
+        if trial.number != 0 or step != self.step:
+            return
+        marker = self.markers / f"reached-t0-s{self.until}"
+        deadline = time.monotonic() + self.timeout
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.went_on = marker.exists()
+
+
+def test_reports_between_decision_steps_do_not_wait_for_the_driver(
+    cluster: Cluster, markers: Path
+) -> None:
+    """ASHA decides at rungs 10 and 30 only: while the driver is held in the report of step 2,
+    the trial goes on to step 8 (today every report waits for the driver); at rung 10 it waits,
+    so a trial ASHA stops ends exactly at its rung; every report reaches the driver."""
+    holder = _HoldsTheDriver(markers, step=2, until=8)
+    result = hs.tune(
+        {"x": hs.grid([1.0, 2.0, 3.0, 4.0]), "steps": 40, "mark": 8},
+        ray_objectives.steady,
+        metric="loss",
+        strategy="grid",
+        early_stopping={"name": "asha", "min_resource": 10, "reduction_factor": 2},
+        max_concurrent=1,
+        callbacks=[holder],
+        launcher=_launcher(markers),
+    )
+    assert holder.went_on is True
+    by_x = {t.config["x"]: t for t in result.trials}
+    assert by_x[1.0].state == "completed"
+    assert sorted(by_x[1.0].intermediate_values) == list(range(40))
+    stopped = [t for t in result.trials if t.state == "pruned"]
+    assert stopped  # the worse trials are stopped at a rung, where their report waited
+    for trial in stopped:
+        last = max(trial.intermediate_values)
+        assert last in (10, 20), trial.intermediate_values
+        assert sorted(trial.intermediate_values) == list(range(last + 1))
+
+
+def test_no_report_is_lost_when_a_trial_ends_pauses_or_its_actor_is_killed(
+    cluster: Cluster, markers: Path
+) -> None:
+    """Batched reports are flushed before the trial's end, its checkpoints and its pause; an
+    actor killed between checkpoints loses only steps that its retry reports again."""
+    result = hs.tune(
+        {"x": hs.grid([1.0, 2.0]), "steps": 60, "every": 10, "kill_at": 37},
+        ray_objectives.steady,
+        metric="loss",
+        strategy="grid",
+        launcher=_launcher(markers),
+    )
+    assert result.counts() == {"completed": 2}
+    for trial in result.trials:
+        assert trial.attempts == 2  # killed once, after step 37 and its checkpoint at 30
+        assert sorted(trial.intermediate_values) == list(range(60))
+    paused = hs.tune(
+        {"x": hs.grid([4.0, 3.0, 2.0, 1.0]), "steps": 24, "every": 1},
+        ray_objectives.steady,
+        metric="loss",
+        strategy="grid",
+        early_stopping={"name": "asha", "min_resource": 3, "max_resource": 24},
+        max_concurrent=2,
+        launcher=_launcher(markers),
+    )
+    assert "paused" not in paused.counts()
+    promoted = [t for t in paused.trials if t.promoted_at]
+    assert promoted  # paused at a rung, then resumed from its checkpoint
+    for trial in paused.trials:
+        assert sorted(trial.intermediate_values) == list(range(max(trial.intermediate_values) + 1))
+
+
+UNSHARED_DRIVER = """
+import sys
+import ray
+import ray_objectives
+import hypersweep as hs
+from hypersweep.launchers import RayLauncher
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+hs.tune(
+    {"x": hs.uniform(0, 1), "steps": 2, "mark": 0},
+    ray_objectives.steady,
+    metric="loss",
+    n_trials=2,
+    checkpoint_dir=sys.argv[2],
+    storage=sys.argv[3],
+    launcher=RayLauncher(env={"HYPERSWEEP_TEST_MARKERS": sys.argv[4]}),
+)
+"""
+
+
+def test_a_checkpoint_dir_the_workers_do_not_share_is_refused_before_the_first_trial(
+    cluster: Cluster, markers: Path, run_dir: Path
+) -> None:
+    """A driver whose checkpoint folder is its own (a private mount over the path, as a laptop
+    driver's local folder) is refused before any trial runs, instead of retrying from zero;
+    the same sweep with the folder shared runs."""
+    folder = run_dir / "checkpoints"
+    folder.mkdir()
+    args = [cluster.address, str(folder), str(run_dir / "sweep.journal"), str(markers)]
+    script = f"mount -t tmpfs none {folder} && exec {PYTHON} -c \"$0\" \"$@\""
+    run = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, UNSHARED_DRIVER, *args],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=300,
+    )
+    assert run.returncode != 0
+    assert "checkpoint_dir: " + str(folder) + " is not shared" in run.stderr, run.stderr[-3000:]
+    assert not list(markers.glob("reached-*"))  # no trial ran
+    assert not list(folder.iterdir())  # the probe's marker went with the driver's mount
+    shared = subprocess.run(
+        [PYTHON, "-c", UNSHARED_DRIVER, *args[:2], str(run_dir / "shared.journal"), args[3]],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=300,
+    )
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    assert len(list(markers.glob("reached-*"))) == 2
+    assert not list(folder.glob(".hypersweep-shared-*"))  # the probe cleans up

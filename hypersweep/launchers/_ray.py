@@ -25,7 +25,9 @@ import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hypersweep._errors import ConfigError
@@ -253,6 +255,68 @@ class RayLauncher(Launcher):
         # Put once: each new actor reads it from the object store (Ray resolves the ref).
         self._objective_payload = ray.put(context.objective)
         self._check_cluster(time.monotonic(), starting=True)
+        self._check_shared_checkpoints()
+
+    def _check_shared_checkpoints(self, timeout: float = 120.0) -> None:
+        """Refuse a checkpoint folder that the nodes trials run on do not share with the driver.
+
+        The trials write checkpoints there and the driver looks there for a retry's restore
+        point: a folder only the driver sees (a laptop driver through Ray Client, a node
+        without the shared mount) would silently retrain every retry from zero. The driver
+        writes a marker file, and a task on each node that could run a trial looks for it.
+        """
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        assert self._context is not None
+        folder = self._context.checkpoint_dir
+        if folder is None or "://" in folder:
+            return
+        bundles = self._bundles()
+        nodes = [
+            node
+            for node in ray.nodes()
+            if node.get("Alive")
+            and any(_fits(bundle, node.get("Resources") or {}) for bundle in bundles)
+        ]
+        if not nodes:
+            return  # none can run a trial yet; the insufficient-resources warning says so
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        marker = Path(folder) / f".hypersweep-shared-{uuid.uuid4().hex}"
+        marker.write_bytes(b"")
+        try:
+            probe = ray.remote(num_cpus=0, max_retries=1)(os.path.exists)
+            seen: list[bool] = ray.get(
+                [
+                    probe.options(
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(
+                            node["NodeID"], soft=False
+                        ),
+                        runtime_env=self._actor_options.get("runtime_env"),
+                    ).remote(str(marker))
+                    for node in nodes
+                ],
+                timeout=timeout,
+            )
+        except ray.exceptions.GetTimeoutError:
+            logger.warning(
+                "Could not check within %g s that the Ray nodes share checkpoint_dir %s with "
+                "this driver; every node must reach it at the same path",
+                timeout,
+                folder,
+            )
+            return
+        finally:
+            marker.unlink(missing_ok=True)
+        blind = [str(n.get("NodeManagerAddress")) for n, ok in zip(nodes, seen) if not ok]
+        if blind:
+            raise ConfigError(
+                f"checkpoint_dir: {folder} is not shared between this driver and the Ray "
+                f"node(s) {', '.join(blind)}: a file the driver wrote there is not seen by "
+                "their workers, so checkpoints would be written where the driver cannot find "
+                "them and retries would start from zero. Set checkpoint_dir= to a folder every "
+                "node and the driver mount at the same path (NFS, a ReadWriteMany volume)"
+            )
 
     def _check_runtime_env(self, *, owns_connection: bool) -> dict[str, Any]:
         """Validate ``runtime_env`` before the first trial; return it if it goes to ``ray.init``.
@@ -631,9 +695,13 @@ class RayLauncher(Launcher):
         attempt.kill()
 
     def respond(self, trial_number: int, decision: str) -> None:
+        self.respond_until(trial_number, decision, 0)
+
+    def respond_until(self, trial_number: int, decision: str, decide_from: int | None) -> None:
+        """Answer; a trial's reports before ``decide_from`` then go in batches, unanswered."""
         attempt = self._attempts.get(trial_number)
         if attempt is not None:
-            attempt.respond(decision)
+            attempt.respond(decision, decide_from)
 
     def stop(self, trial_number: int) -> None:
         attempt = self._attempts.pop(trial_number, None)
