@@ -208,3 +208,10 @@ def steady(config: dict[str, Any]) -> float:
         if step == config.get("kill_at") and context.attempt == 0:
             os.kill(os.getpid(), signal.SIGKILL)
     return float(config["x"])
+
+
+def with_data(config: dict[str, Any], data: bytes = b"") -> None:
+    """A Ray Tune trainable given a large object through ``tune.with_parameters``."""
+    from ray import tune
+
+    tune.report({"loss": config["x"] + len(data) / 2**20})

@@ -807,3 +807,55 @@ def test_a_checkpoint_dir_the_workers_do_not_share_is_refused_before_the_first_t
     assert shared.returncode == 0, shared.stderr[-3000:]
     assert len(list(markers.glob("reached-*"))) == 2
     assert not list(folder.glob(".hypersweep-shared-*"))  # the probe cleans up
+
+
+WITH_PARAMETERS_DRIVER = """
+import json, os, sys
+
+import ray
+from ray import tune
+
+import ray_objectives
+
+ray.init(
+    address=sys.argv[1],
+    runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}},
+    log_to_driver=False,
+)
+tuner = tune.Tuner(
+    tune.with_parameters(ray_objectives.with_data, data=b"0" * (int(sys.argv[3]) * 2**20)),
+    param_space={"x": tune.grid_search([1.0, 2.0, 3.0])},
+    tune_config=tune.TuneConfig(metric="loss", mode="min"),
+    run_config=tune.RunConfig(storage_path=sys.argv[2], verbose=0),
+)
+print(json.dumps([[r.config["x"], r.metrics["loss"]] for r in tuner.fit()]))
+"""
+
+
+def test_tune_with_parameters_puts_large_objects_in_the_object_store_once(
+    cluster: Cluster, markers: Path
+) -> None:
+    """A trainable wrapped by tune.with_parameters (after ray.init, as Ray Tune scripts do)
+    gets its object under hs.tune, on Ray and locally, as under Tuner; on Ray the pickle sent
+    to the actors holds only the object's reference."""
+    from ray import tune
+
+    mb = 24
+    run = subprocess.run(
+        [PYTHON, "-c", WITH_PARAMETERS_DRIVER, cluster.address, str(markers / "rt"), str(mb)],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected = {float(x): loss for x, loss in json.loads(run.stdout.splitlines()[-1])}
+    assert expected == {1.0: 1.0 + mb, 2.0: 2.0 + mb, 3.0: 3.0 + mb}
+    trainable = tune.with_parameters(ray_objectives.with_data, data=b"0" * (mb * 2**20))
+    space = {"x": tune.grid_search([1.0, 2.0, 3.0])}
+    launcher = _launcher(markers, reuse_actors=False)  # a fresh actor per trial
+    on_ray = hs.tune(space, trainable, metric="loss", strategy="grid", launcher=launcher)
+    assert {t.config["x"]: t.value for t in on_ray.trials} == expected
+    assert len(launcher._objective.pickled) < 2**20  # what each actor got: a reference
+    local = hs.tune(space, trainable, metric="loss", strategy="grid")
+    assert {t.config["x"]: t.value for t in local.trials} == expected

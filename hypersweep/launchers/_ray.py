@@ -42,6 +42,7 @@ from hypersweep.launchers._ray_gang import (
 )
 from hypersweep.orchestrator._events import Crashed, Errored, Event, TrialAssignment
 from hypersweep.orchestrator._job import ReplicaId, TrainJob, dns_label
+from hypersweep.orchestrator._ray_parameters import put_in_object_store
 
 __all__ = ["PLACEMENT_STRATEGIES", "RayLauncher"]
 
@@ -170,6 +171,7 @@ class RayLauncher(Launcher):
         self._warned_shared_dir = False
         self._slot_counter = 0
         self._sys_path: list[str] = []
+        self._objective: Any = None  # the objective the actors run
         self._objective_payload: Any = None  # the objective in Ray's object store
         self._next_cluster_check = 0.0
         self._next_pending_warning = 0.0
@@ -253,7 +255,9 @@ class RayLauncher(Launcher):
             self._actor_options["runtime_env"] = runtime_env
         self._actor_class = ray.remote(TrialActor)
         # Put once: each new actor reads it from the object store (Ray resolves the ref).
-        self._objective_payload = ray.put(context.objective)
+        # tune.with_parameters objects go in the object store once; the objective keeps refs.
+        self._objective = put_in_object_store(context.objective)
+        self._objective_payload = ray.put(self._objective)
         self._check_cluster(time.monotonic(), starting=True)
         self._check_shared_checkpoints()
 
@@ -452,7 +456,7 @@ class RayLauncher(Launcher):
         if self._job is None and self._idle:
             member = self._idle.pop()
             attempt = RayAttempt(assignment, None, [member], grace=self.replica_grace)
-            attempt.run(self._context.objective, self._objective_payload)
+            attempt.run(self._objective, self._objective_payload)
             self._attempts[number] = attempt
             return
         try:
@@ -608,7 +612,7 @@ class RayLauncher(Launcher):
             return
         if kind == "prepare":
             assert self._context is not None
-            attempt.on_prepared(member, value, self._context.objective, self._objective_payload)
+            attempt.on_prepared(member, value, self._objective, self._objective_payload)
         else:
             events.extend(attempt.on_messages(member, value))
 
@@ -663,7 +667,7 @@ class RayLauncher(Launcher):
             kill_actor(placing.actor)
             remove_group(placing.placement_group)
             attempt.replicas = [self._idle.pop()]
-            attempt.run(self._context.objective, self._objective_payload)
+            attempt.run(self._objective, self._objective_payload)
 
     def _expire_pending(self, now: float, events: list[Event]) -> None:
         """Fail trials that waited ``pending_timeout`` for a placement the cluster cannot give."""
