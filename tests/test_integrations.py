@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,8 @@ def wandb_records(path: Path) -> Iterator[bytes]:
     import zlib
 
     data = path.read_bytes()
+    if len(data) < 7:
+        return  # the header is not written yet
     assert data[:4] == b":W&B" and struct.unpack("<H", data[4:6])[0] == 0xBEE1
     block, position, pending = 32 * 1024, 7, b""
     while position + 7 <= len(data):
@@ -253,6 +256,8 @@ def wandb_records(path: Path) -> Iterator[bytes]:
             position += left
             continue
         checksum, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if position + 7 + length > len(data):
+            break  # a record still being written (wandb-core appends from its own process)
         chunk = data[position + 7 : position + 7 + length]
         position += 7 + length
         if length == 0 and kind == 0:
@@ -278,13 +283,33 @@ def test_wandb_offline_runs_read_back(run_dir: Path) -> None:
         callbacks=[WandbCallback(mode="offline", dir=str(run_dir / "wb"))],
         verbose=False,
     )
-    files = sorted((run_dir / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(files) == 2
+    # wandb-core writes the run files in its own process: wait until both runs' exit records
+    # are there (finish() has returned for both), then read them.
+    deadline = time.monotonic() + 120
+    while True:
+        seen = _read_wandb_runs(run_dir / "wb" / "wandb", wandb_internal_pb2)
+        if len(seen) == 2 and all(info["exit"] is not None for info in seen.values()):
+            break
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.2)
+    assert sorted(seen) == [0, 1]
+    for trial in result.trials:
+        info = seen[trial.number]
+        assert info["group"] == "bees" and info["id"] == f"bees-trial-{trial.number}"
+        assert info["steps"] == list(range(10))
+        assert info["config"]["quality"] == pytest.approx(trial.config["quality"])
+        assert info["summary"]["hypersweep.state"] == "completed"
+        assert info["summary"]["loss"] == pytest.approx(trial.value)
+        assert info["exit"] == 0
+
+
+def _read_wandb_runs(folder: Path, protos: Any) -> dict[int, dict[str, Any]]:
+    """What the offline run files under ``folder`` hold so far, by trial number."""
     seen: dict[int, dict[str, Any]] = {}
-    for path in files:
+    for path in sorted(folder.glob("offline-run-*/run-*.wandb")):
         info: dict[str, Any] = {"steps": [], "config": {}, "summary": {}, "exit": None}
         for data in wandb_records(path):
-            record = wandb_internal_pb2.Record()
+            record = protos.Record()
             record.ParseFromString(data)
             kind = record.WhichOneof("record_type")
             if kind == "run":
@@ -303,13 +328,6 @@ def test_wandb_offline_runs_read_back(run_dir: Path) -> None:
                     info["summary"][item.key] = json.loads(item.value_json)
             elif kind == "exit":
                 info["exit"] = record.exit.exit_code
-        seen[int(str(info["name"]).removeprefix("trial-"))] = info
-    assert sorted(seen) == [0, 1]
-    for trial in result.trials:
-        info = seen[trial.number]
-        assert info["group"] == "bees" and info["id"] == f"bees-trial-{trial.number}"
-        assert info["steps"] == list(range(10))
-        assert info["config"]["quality"] == pytest.approx(trial.config["quality"])
-        assert info["summary"]["hypersweep.state"] == "completed"
-        assert info["summary"]["loss"] == pytest.approx(trial.value)
-        assert info["exit"] == 0
+        if "name" in info:
+            seen[int(str(info["name"]).removeprefix("trial-"))] = info
+    return seen

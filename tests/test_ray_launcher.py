@@ -785,7 +785,7 @@ def test_a_checkpoint_dir_the_workers_do_not_share_is_refused_before_the_first_t
     folder = run_dir / "checkpoints"
     folder.mkdir()
     args = [cluster.address, str(folder), str(run_dir / "sweep.journal"), str(markers)]
-    script = f"mount -t tmpfs none {folder} && exec {PYTHON} -c \"$0\" \"$@\""
+    script = f'mount -t tmpfs none {folder} && exec {PYTHON} -c "$0" "$@"'
     run = subprocess.run(
         ["unshare", "-m", "sh", "-c", script, UNSHARED_DRIVER, *args],
         capture_output=True,

@@ -312,7 +312,11 @@ class RayLauncher(Launcher):
             return
         finally:
             marker.unlink(missing_ok=True)
-        blind = [str(n.get("NodeManagerAddress")) for n, ok in zip(nodes, seen) if not ok]
+        blind = [
+            str(node.get("NodeManagerAddress"))
+            for node, sees in zip(nodes, seen, strict=True)
+            if not sees
+        ]
         if blind:
             raise ConfigError(
                 f"checkpoint_dir: {folder} is not shared between this driver and the Ray "
