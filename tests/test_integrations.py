@@ -175,6 +175,44 @@ def test_mlflow_logging_left_at_tune_return_is_sent_at_exit(
         assert "x" in run.data.params and "loss" in run.data.metrics
 
 
+@pytest.mark.slow
+def test_mlflow_sends_three_requests_per_trial_and_every_run_arrives(
+    mlflow_server: str, run_dir: Path, tmp_path: Path
+) -> None:
+    """A trial costs the floor of MLflow's REST API: create its run, one log-batch (params,
+    metrics and tags together), one status update; counted in the server's access log."""
+    from mlflow import MlflowClient
+
+    trials = 20
+    log = tmp_path / "mlflow-server.log"  # where testing.mlflow_server logs
+    before = len(log.read_text().splitlines())
+    tracker = MLflowCallback(tracking_uri=mlflow_server)
+    hs.tune(
+        {"x": hs.uniform(0, 1)},
+        objectives.quadratic,
+        metric="loss",
+        n_trials=trials,
+        max_concurrent=2,
+        name="counted",
+        callbacks=[tracker],
+        verbose=False,
+    )
+    assert tracker.flush(timeout=600)
+    lines = log.read_text().splitlines()[before:]
+    per_run = [line for line in lines if "/api/2.0/mlflow/runs/" in line]
+    # The sweep's own run adds a create, a get, a log-batch or two and an update.
+    assert len(per_run) <= 3 * trials + 5, len(per_run)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("counted")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    children = [r for r in runs if "hypersweep.trial" in r.data.tags]
+    assert sorted(int(r.data.tags["hypersweep.trial"]) for r in children) == list(range(trials))
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["hypersweep.state"] == "completed"
+        assert "x" in run.data.params and "loss" in run.data.metrics
+
+
 def test_mlflow_outage_does_not_stop_the_sweep(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
