@@ -200,8 +200,9 @@ def test_mlflow_sends_three_requests_per_trial_and_every_run_arrives(
     assert tracker.flush(timeout=600)
     lines = log.read_text().splitlines()[before:]
     per_run = [line for line in lines if "/api/2.0/mlflow/runs/" in line]
-    # The sweep's own run adds a create, a get, a log-batch or two and an update.
-    assert len(per_run) <= 3 * trials + 5, len(per_run)
+    # The sweep's own run adds a create, a get, a log-batch or two and an update, and the best
+    # trial's run its tag; a fourth request per trial would be 20 more.
+    assert len(per_run) <= 3 * trials + 8, len(per_run)
     client = MlflowClient(tracking_uri=mlflow_server)
     experiment = client.get_experiment_by_name("counted")
     assert experiment is not None
