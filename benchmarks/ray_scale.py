@@ -231,12 +231,52 @@ def main() -> None:
     )
     rounds: list[dict[str, Any]] = []
     overhead: list[dict[str, Any]] = []
+
+    def save() -> dict[str, Any]:
+        """Write what was measured so far (a round that never ends leaves the others saved)."""
+
+        def median(rows: list[dict[str, Any]], field: str, value: str, key: Any) -> Any:
+            values = [key(r) for r in rows if r[field] == value]
+            return statistics.median(values) if values else None
+
+        summary: dict[str, Any] = {
+            "reports_per_s_batched": median(
+                rounds, "mode", "batched", lambda r: r["reports_per_s"]
+            ),
+            "reports_per_s_every_report_waits": median(
+                rounds, "mode", "every report waits", lambda r: r["reports_per_s"]
+            ),
+            "decision_latency_p50_ms_batched": median(
+                rounds, "mode", "batched", lambda r: r["decision_latency_ms"]["p50"]
+            ),
+        }
+        for runner in sorted({r["runner"] for r in overhead}):
+            summary[f"ms_per_trial {runner}"] = median(
+                overhead, "runner", runner, lambda r: r["ms_per_trial"]
+            )
+        out = {
+            "benchmark": "ray_scale",
+            "args": vars(args),
+            "cluster": {"head_cpus": 0, "nodes": args.nodes, "cpus_per_node": per_node},
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "versions": {"ray": ray.__version__, "hypersweep": hs.__version__},
+            "loadavg_before": loadavg_before,
+            "loadavg_after": os.getloadavg(),
+            "summary": summary,
+            "throughput_rounds": rounds,
+            "overhead_rounds": overhead,
+        }
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+        return summary
+
     try:
         for repeat in range(args.repeats):
             for batched in (True, False):
                 row = {"repeat": repeat, **throughput_round(args, batched=batched)}
                 print(json.dumps(row), flush=True)
                 rounds.append(row)
+                save()
         if not args.skip_overhead:
             for repeat in range(args.repeats):
                 for runner in (
@@ -247,41 +287,11 @@ def main() -> None:
                     row = {"repeat": repeat, **overhead_round(args, runner)}
                     print(json.dumps(row), flush=True)
                     overhead.append(row)
+                    save()
     finally:
         ray.shutdown()
         cluster.shutdown()
-
-    def median_of(mode: str, key: str, rows: list[dict[str, Any]], field: str) -> float:
-        return statistics.median(r[key] for r in rows if r[field] == mode)
-
-    summary = {
-        "reports_per_s_batched": median_of("batched", "reports_per_s", rounds, "mode"),
-        "reports_per_s_every_report_waits": median_of(
-            "every report waits", "reports_per_s", rounds, "mode"
-        ),
-        "decision_latency_p50_ms_batched": statistics.median(
-            r["decision_latency_ms"]["p50"] for r in rounds if r["mode"] == "batched"
-        ),
-    }
-    for runner in {r["runner"] for r in overhead}:
-        summary[f"ms_per_trial {runner}"] = median_of(runner, "ms_per_trial", overhead, "runner")
-    import ray as ray_module
-
-    out = {
-        "benchmark": "ray_scale",
-        "args": vars(args),
-        "cluster": {"head_cpus": 0, "nodes": args.nodes, "cpus_per_node": per_node},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "versions": {"ray": ray_module.__version__, "hypersweep": hs.__version__},
-        "loadavg_before": loadavg_before,
-        "loadavg_after": os.getloadavg(),
-        "summary": summary,
-        "throughput_rounds": rounds,
-        "overhead_rounds": overhead,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(save(), indent=2))
 
 
 if __name__ == "__main__":
