@@ -214,20 +214,21 @@ class MLflowCallback(Callback):
         """
         now = time.monotonic()
         with self._lock:
-            pending, kept = self._pending[shard], {}
+            pending = self._pending[shard]
+            waiting: dict[int, dict[str, list[Any]]] = {}
             if not force:
                 since = self._since[shard]
-                kept = {
+                waiting = {
                     key: batch
                     for key, batch in pending.items()
                     if now - since.get(key, now) < self.batch_seconds
                 }
-                pending = {key: batch for key, batch in pending.items() if key not in kept}
-            self._pending[shard] = kept
+                pending = {key: batch for key, batch in pending.items() if key not in waiting}
+            self._pending[shard] = waiting
             for key in pending:
                 self._since[shard].pop(key, None)
             self._drain_queued[shard] = False
-            if kept and not self._timer_armed[shard]:
+            if waiting and not self._timer_armed[shard]:
                 self._timer_armed[shard] = True
                 timer = threading.Timer(self.batch_seconds, lambda: self._wake(shard))
                 timer.daemon = True
