@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import pytest
 from conftest import require_module
 
@@ -33,6 +34,8 @@ import hypersweep as hs
 from hypersweep._errors import ConfigError
 from hypersweep.launchers import RayLauncher
 from hypersweep.launchers._ray import _placeable
+from hypersweep.orchestrator._objective import resolve_objective
+from hypersweep.orchestrator._ray_parameters import put_in_object_store
 
 pytestmark = pytest.mark.slow
 
@@ -856,6 +859,10 @@ def test_tune_with_parameters_puts_large_objects_in_the_object_store_once(
     launcher = _launcher(markers, reuse_actors=False)  # a fresh actor per trial
     on_ray = hs.tune(space, trainable, metric="loss", strategy="grid", launcher=launcher)
     assert {t.config["x"]: t.value for t in on_ray.trials} == expected
-    assert len(launcher._objective.pickled) < 2**20  # what each actor got: a reference
+    # What the launcher puts for every new actor holds the object's reference, not the object
+    # (which the objective pickled for local workers does hold).
+    shipped = resolve_objective(trainable)
+    assert shipped.pickled is not None and len(shipped.pickled) > mb * 2**20
+    assert len(cloudpickle.dumps(put_in_object_store(shipped))) < 2**20
     local = hs.tune(space, trainable, metric="loss", strategy="grid")
     assert {t.config["x"]: t.value for t in local.trials} == expected

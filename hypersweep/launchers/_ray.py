@@ -255,9 +255,11 @@ class RayLauncher(Launcher):
             self._actor_options["runtime_env"] = runtime_env
         self._actor_class = ray.remote(TrialActor)
         # Put once: each new actor reads it from the object store (Ray resolves the ref).
-        # tune.with_parameters objects go in the object store once; the objective keeps refs.
-        self._objective = put_in_object_store(context.objective)
-        self._objective_payload = ray.put(self._objective)
+        # tune.with_parameters objects go in the object store once; the function that reads
+        # them is put as it is, so that Ray tracks the references it holds.
+        self._objective = context.objective
+        function = put_in_object_store(context.objective)
+        self._objective_payload = ray.put(context.objective if function is None else function)
         self._check_cluster(time.monotonic(), starting=True)
         self._check_shared_checkpoints()
 

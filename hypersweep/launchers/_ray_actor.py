@@ -150,7 +150,7 @@ class TrialActor:
 
     def run(
         self,
-        objective: ObjectiveRef | None,
+        objective: ObjectiveRef | Objective | None,
         key: str,
         assignment: TrialAssignment,
         env: dict[str, str],
@@ -164,7 +164,9 @@ class TrialActor:
         """
         if objective is not None and key not in self._objectives:
             try:
-                self._objectives[key] = objective.load()
+                # The function itself where the driver put it so (tune.with_parameters).
+                loaded = objective.load() if isinstance(objective, ObjectiveRef) else objective
+                self._objectives[key] = loaded
             except Exception:  # noqa: BLE001 - reported with the trial that needs it
                 self._objectives[key] = traceback.format_exc()
         while not self._decisions.empty():  # nothing stale from an earlier attempt

@@ -9,7 +9,7 @@ ships an objective as a pickle, so:
   references, so that the objective runs where Ray is not connected (local worker processes,
   Kubernetes pods), as it would outside any tuner;
 - :func:`put_in_object_store` puts a registry's objects in the object store once, for a sweep
-  on Ray, so that the pickle every new actor receives holds only references.
+  on Ray, so that what every new actor receives holds only references.
 
 Nothing here imports Ray unless the objective comes from ``tune.with_parameters``.
 """
@@ -57,23 +57,22 @@ def self_contained(function: Any) -> Any:
     return function
 
 
-def put_in_object_store(objective: ObjectiveRef) -> ObjectiveRef:
-    """``objective`` with its with_parameters objects put in Ray's object store (connected now).
+def put_in_object_store(objective: ObjectiveRef) -> Any:
+    """The objective's function with its with_parameters objects put in Ray's object store
+    (connected now), or None when it holds none.
 
-    Returns ``objective`` itself when it holds none.
+    Give the function to ``ray.put`` as it is: Ray's own serializer then records the objects'
+    references in it, so they stay alive and reachable from every actor (a plain pickle of a
+    reference does not).
     """
     if objective.pickled is None or b"_ParameterRegistry" not in objective.pickled:
-        return objective
+        return None
     import cloudpickle
 
     function = cloudpickle.loads(objective.pickled)
     registries = _registries(function)
     if not any(registry.to_flush for registry in registries):
-        return objective
+        return None
     for registry in registries:
         registry.flush()  # ray.put of each object, once; only the references stay
-    return ObjectiveRef(
-        display_name=objective.display_name,
-        reference=objective.reference,
-        pickled=cloudpickle.dumps(function),
-    )
+    return function
