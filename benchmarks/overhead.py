@@ -223,9 +223,20 @@ def main() -> None:
     parser.add_argument("--mlp-trials", type=int, default=20)
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument(
+        "--tracking",
+        action="store_true",
+        help="only the MLflow row: run benchmarks/tracking_overhead.py's measurement (the "
+        "same trivial sweep with and without an MLflowCallback) and save its JSON",
+    )
+    parser.add_argument(
         "--repeats", type=int, default=3, help="runs of each row; the median one is reported"
     )
     args = parser.parse_args()
+    if args.tracking:
+        from tracking_overhead import measure  # this folder is on sys.path for a script
+
+        measure(args.trials, max(args.repeats, 2))
+        return
     n = args.repeats
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 

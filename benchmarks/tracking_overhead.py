@@ -77,6 +77,14 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    measure(args.trials, args.rounds)
+
+
+def measure(trials: int, rounds: int) -> dict[str, Any]:
+    """Run the rounds, print the table, save and return tracking_overhead.json's payload
+    (benchmarks/overhead.py --tracking runs it too)."""
+    args = argparse.Namespace(trials=trials, rounds=rounds)
+    requests: list[float] = []  # the server's requests per trial, from its access log
     walls: dict[str, list[float]] = {"none": [], "mlflow": []}
     loops: dict[str, list[float]] = {"none": [], "mlflow": []}
     logs: dict[str, list[float]] = {"none": [], "mlflow": []}
@@ -93,7 +101,13 @@ def main() -> None:
                     ("mlflow", MLflowCallback(tracking_uri=url)),
                 ):
                     name = f"{label}-{index}"
+                    access_log = workdir / "mlflow-server.log"
+                    before = len(access_log.read_text().splitlines())
                     loop, wall, logged = run(args.trials, name, tracker)
+                    if tracker is not None:
+                        lines = access_log.read_text().splitlines()[before:]
+                        sent = sum("/api/2.0/mlflow/" in line for line in lines)
+                        requests.append(sent / args.trials)
                     loops[label].append(loop)
                     walls[label].append(wall)
                     logs[label].append(logged)
@@ -157,12 +171,15 @@ def main() -> None:
         "mlflow_vs_none_loop": loop_ratio,
         "mlflow_logged_vs_none": logged_ratio,
         "mlflow_server_trials_per_s": server_rate,
+        "mlflow_requests_per_trial": statistics.median(requests),
+        "rounds_mlflow_requests_per_trial": requests,
         "note": "loop_s: until the sweep loop ended (trials done); wall_s: until tune() "
         "returned, logging may still be in flight; logged_s: until MLflowCallback.flush() "
         "returned, the server has every run (the interpreter's exit waits for this too)",
         "target": "mlflow within 2x of none",
     }
     (RESULTS / "tracking_overhead.json").write_text(json.dumps(payload, indent=2) + "\n")
+    return payload
 
 
 if __name__ == "__main__":

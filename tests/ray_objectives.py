@@ -185,3 +185,33 @@ def tune_trainable(config: dict[str, Any]) -> None:
                 {"loss": loss, "step": step, "started_at": start},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
+
+
+def steady(config: dict[str, Any]) -> float:
+    """Reports every step of ``steps`` with ``loss = x``; checkpoints every ``every`` steps.
+
+    Writes a marker ``reached-t<N>-s<step>`` after reporting step ``mark``, and on its
+    first attempt SIGKILLs its own actor right after reporting step ``kill_at``, if given.
+    """
+    import signal
+
+    context = _context()
+    state = hs.restore()
+    start = 0 if state is None else state["step"] + 1
+    every = int(config.get("every", 0))
+    for step in range(start, int(config["steps"])):
+        if every and step % every == 0:
+            hs.checkpoint({"step": step}, step=step)
+        hs.report(step, loss=config["x"])
+        if step == config.get("mark"):
+            (_markers() / f"reached-t{context.trial_number}-s{step}").touch()
+        if step == config.get("kill_at") and context.attempt == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return float(config["x"])
+
+
+def with_data(config: dict[str, Any], data: bytes = b"") -> None:
+    """A Ray Tune trainable given a large object through ``tune.with_parameters``."""
+    from ray import tune
+
+    tune.report({"loss": config["x"] + len(data) / 2**20})

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import pytest
 from conftest import require_module
 
@@ -31,6 +33,8 @@ import hypersweep as hs
 from hypersweep._errors import ConfigError
 from hypersweep.launchers import RayLauncher
 from hypersweep.launchers._ray import _placeable
+from hypersweep.orchestrator._objective import resolve_objective
+from hypersweep.orchestrator._ray_parameters import put_in_object_store
 from hypersweep.testing import wait_until
 
 pytestmark = pytest.mark.slow
@@ -556,6 +560,7 @@ def test_bad_launcher_limits_are_refused() -> None:
 
 DRIVER = """
 import sys
+import time
 
 import hypersweep as hs
 from hypersweep.launchers import RayLauncher
@@ -692,3 +697,191 @@ def test_a_jax_trial_spans_two_nodes_with_the_coordinator_on_process_0(
         assert replica["total"] == 3.0 and replica["process_count"] == 2
         assert replica["jax_env"]["JAX_COORDINATOR_ADDRESS"] == address
         assert replica["jax_env"]["JAX_PROCESS_ID"] == str(replica["rank"])
+
+
+class _HoldsTheDriver(hs.Callback):
+    """Holds the driver's loop in trial 0's report of ``step`` until the trial has gone on to
+    ``until`` (its marker exists) or ``timeout`` seconds passed; records whether it had."""
+
+    def __init__(self, markers: Path, step: int, until: int, timeout: float = 60.0) -> None:
+        self.markers, self.step, self.until, self.timeout = markers, step, until, timeout
+        self.went_on: bool | None = None
+
+    def on_trial_result(self, trial: Any, step: int, metrics: Any) -> None:
+        if trial.number != 0 or step != self.step:
+            return
+        marker = self.markers / f"reached-t0-s{self.until}"
+        deadline = time.monotonic() + self.timeout
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.went_on = marker.exists()
+
+
+def test_reports_between_decision_steps_do_not_wait_for_the_driver(
+    cluster: Cluster, markers: Path
+) -> None:
+    """ASHA decides at rungs 10 and 30 only: while the driver is held in the report of step 2,
+    the trial goes on to step 8 (today every report waits for the driver); at rung 10 it waits,
+    so a trial ASHA stops ends exactly at its rung; every report reaches the driver."""
+    holder = _HoldsTheDriver(markers, step=2, until=8)
+    result = hs.tune(
+        {"x": hs.grid([1.0, 2.0, 3.0, 4.0]), "steps": 40, "mark": 8},
+        ray_objectives.steady,
+        metric="loss",
+        strategy="grid",
+        early_stopping={"name": "asha", "min_resource": 10, "reduction_factor": 2},
+        max_concurrent=1,
+        callbacks=[holder],
+        launcher=_launcher(markers),
+    )
+    assert holder.went_on is True
+    by_x = {t.config["x"]: t for t in result.trials}
+    assert by_x[1.0].state == "completed"
+    assert sorted(by_x[1.0].intermediate_values) == list(range(40))
+    stopped = [t for t in result.trials if t.state == "pruned"]
+    assert stopped  # the worse trials are stopped at a rung, where their report waited
+    for trial in stopped:
+        last = max(trial.intermediate_values)
+        assert last in (10, 20), trial.intermediate_values
+        assert sorted(trial.intermediate_values) == list(range(last + 1))
+
+
+def test_no_report_is_lost_when_a_trial_ends_pauses_or_its_actor_is_killed(
+    cluster: Cluster, markers: Path
+) -> None:
+    """Batched reports are flushed before the trial's end, its checkpoints and its pause; an
+    actor killed between checkpoints loses only steps that its retry reports again."""
+    result = hs.tune(
+        {"x": hs.grid([1.0, 2.0]), "steps": 60, "every": 10, "kill_at": 37},
+        ray_objectives.steady,
+        metric="loss",
+        strategy="grid",
+        launcher=_launcher(markers),
+    )
+    assert result.counts() == {"completed": 2}
+    for trial in result.trials:
+        assert trial.attempts == 2  # killed once, after step 37 and its checkpoint at 30
+        assert sorted(trial.intermediate_values) == list(range(60))
+    paused = hs.tune(
+        {"x": hs.grid([4.0, 3.0, 2.0, 1.0]), "steps": 24, "every": 1},
+        ray_objectives.steady,
+        metric="loss",
+        strategy="grid",
+        early_stopping={"name": "asha", "min_resource": 3, "max_resource": 24},
+        max_concurrent=2,
+        launcher=_launcher(markers),
+    )
+    assert "paused" not in paused.counts()
+    promoted = [t for t in paused.trials if t.promoted_at]
+    assert promoted  # paused at a rung, then resumed from its checkpoint
+    for trial in paused.trials:
+        assert sorted(trial.intermediate_values) == list(range(max(trial.intermediate_values) + 1))
+
+
+UNSHARED_DRIVER = """
+import sys
+import ray
+import ray_objectives
+import hypersweep as hs
+from hypersweep.launchers import RayLauncher
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+hs.tune(
+    {"x": hs.uniform(0, 1), "steps": 2, "mark": 0},
+    ray_objectives.steady,
+    metric="loss",
+    n_trials=2,
+    checkpoint_dir=sys.argv[2],
+    storage=sys.argv[3],
+    launcher=RayLauncher(env={"HYPERSWEEP_TEST_MARKERS": sys.argv[4]}),
+)
+"""
+
+
+def test_a_checkpoint_dir_the_workers_do_not_share_is_refused_before_the_first_trial(
+    cluster: Cluster, markers: Path, run_dir: Path
+) -> None:
+    """A driver whose checkpoint folder is its own (a private mount over the path, as a laptop
+    driver's local folder) is refused before any trial runs, instead of retrying from zero;
+    the same sweep with the folder shared runs."""
+    folder = run_dir / "checkpoints"
+    folder.mkdir()
+    args = [cluster.address, str(folder), str(run_dir / "sweep.journal"), str(markers)]
+    script = f'mount -t tmpfs none {folder} && exec {PYTHON} -c "$0" "$@"'
+    run = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, UNSHARED_DRIVER, *args],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=300,
+    )
+    assert run.returncode != 0
+    assert "checkpoint_dir: " + str(folder) + " is not shared" in run.stderr, run.stderr[-3000:]
+    assert not list(markers.glob("reached-*"))  # no trial ran
+    assert not list(folder.iterdir())  # the probe's marker went with the driver's mount
+    shared = subprocess.run(
+        [PYTHON, "-c", UNSHARED_DRIVER, *args[:2], str(run_dir / "shared.journal"), args[3]],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=300,
+    )
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    assert len(list(markers.glob("reached-*"))) == 2
+    assert not list(folder.glob(".hypersweep-shared-*"))  # the probe cleans up
+
+
+WITH_PARAMETERS_DRIVER = """
+import json, os, sys
+
+import ray
+from ray import tune
+
+import ray_objectives
+
+ray.init(
+    address=sys.argv[1],
+    runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}},
+    log_to_driver=False,
+)
+tuner = tune.Tuner(
+    tune.with_parameters(ray_objectives.with_data, data=b"0" * (int(sys.argv[3]) * 2**20)),
+    param_space={"x": tune.grid_search([1.0, 2.0, 3.0])},
+    tune_config=tune.TuneConfig(metric="loss", mode="min"),
+    run_config=tune.RunConfig(storage_path=sys.argv[2], verbose=0),
+)
+print(json.dumps([[r.config["x"], r.metrics["loss"]] for r in tuner.fit()]))
+"""
+
+
+def test_tune_with_parameters_puts_large_objects_in_the_object_store_once(
+    cluster: Cluster, markers: Path
+) -> None:
+    """A trainable wrapped by tune.with_parameters (after ray.init, as Ray Tune scripts do)
+    gets its object under hs.tune, on Ray and locally, as under Tuner; on Ray the pickle sent
+    to the actors holds only the object's reference."""
+    from ray import tune
+
+    mb = 24
+    run = subprocess.run(
+        [PYTHON, "-c", WITH_PARAMETERS_DRIVER, cluster.address, str(markers / "rt"), str(mb)],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected = {float(x): loss for x, loss in json.loads(run.stdout.splitlines()[-1])}
+    assert expected == {1.0: 1.0 + mb, 2.0: 2.0 + mb, 3.0: 3.0 + mb}
+    trainable = tune.with_parameters(ray_objectives.with_data, data=b"0" * (mb * 2**20))
+    space = {"x": tune.grid_search([1.0, 2.0, 3.0])}
+    launcher = _launcher(markers, reuse_actors=False)  # a fresh actor per trial
+    on_ray = hs.tune(space, trainable, metric="loss", strategy="grid", launcher=launcher)
+    assert {t.config["x"]: t.value for t in on_ray.trials} == expected
+    # What the launcher puts for every new actor holds the object's reference, not the object
+    # (which the objective pickled for local workers does hold).
+    shipped = resolve_objective(trainable)
+    assert shipped.pickled is not None and len(shipped.pickled) > mb * 2**20
+    assert len(cloudpickle.dumps(put_in_object_store(shipped))) < 2**20
+    local = hs.tune(space, trainable, metric="loss", strategy="grid")
+    assert {t.config["x"]: t.value for t in local.trials} == expected

@@ -243,3 +243,18 @@ def test_scheduler_settings_are_validated() -> None:
                 early_stopping=bad,
             )
     assert ASHA(1, 27, 3).rungs(100) == [1, 3, 9]
+
+
+def test_next_decision_steps_of_each_scheduler() -> None:
+    """Where a report can next be answered other than "continue" (reports before it go
+    unanswered on Ray): rungs, PBT intervals, pruners' interval steps, never for NopPruner."""
+    import optuna
+
+    from hypersweep.strategies._schedulers import ASHA, PBT, OptunaPrunerScheduler
+
+    asha = ASHA(min_resource=1, max_resource=27, reduction_factor=3)
+    assert [asha.next_decision(0, s) for s in (0, 1, 2, 3, 8, 9, 26)] == [1, 3, 3, 9, 9, None, None]
+    assert PBT(perturbation_interval=4).next_decision(0, 5) == 8
+    median = OptunaPrunerScheduler(optuna.pruners.MedianPruner(n_warmup_steps=5, interval_steps=3))
+    assert [median.next_decision(0, s) for s in (0, 5, 6, 7, 8)] == [5, 8, 8, 8, 11]
+    assert OptunaPrunerScheduler(optuna.pruners.NopPruner()).next_decision(0, 3) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -50,8 +51,10 @@ class MLflowCallback(Callback):
 
     Logging runs on background threads (``threads``, each owning a share of the trials' runs,
     so one run's calls stay in order), batched per run: a trial costs three requests (create
-    the run; one ``log_batch`` with what piled up, usually params, metrics and tags together;
-    set its status), and the sweep never waits for the tracking server. So ``tune()`` may
+    the run; one ``log_batch`` with its params, metrics and tags together, for a trial that
+    ends within ``batch_seconds``, and one more per ``batch_seconds`` of a longer trial's
+    reports; set its status), the floor of MLflow's REST API, and the sweep never waits for
+    the tracking server. So ``tune()`` may
     return before the server has every run: :meth:`flush` (or
     :func:`hypersweep.integrations.flush`) waits for it, and so does the interpreter's exit
     (at most ``flush_timeout`` seconds). ``wait=True`` makes the sweep's end wait instead.
@@ -64,6 +67,8 @@ class MLflowCallback(Callback):
             ``wait``) waits for queued logging.
         threads: background threads sending to the tracking server.
         wait: the sweep's end waits until every run is logged.
+        batch_seconds: how long a run's logging may wait to be sent with more (its status
+            change sends it at once), so that a short trial costs one ``log_batch``.
 
     The MLflow client's line per ended run ("View run ... at") is turned off, unless
     ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`` is set. If the tracking server fails a call
@@ -79,6 +84,7 @@ class MLflowCallback(Callback):
         flush_timeout: float = 600.0,
         threads: int = 4,
         wait: bool = False,
+        batch_seconds: float = 1.0,
     ) -> None:
         require("mlflow", "mlflow", "MLflowCallback")
         self.tracking_uri = tracking_uri
@@ -86,6 +92,7 @@ class MLflowCallback(Callback):
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.flush_timeout = flush_timeout
         self.wait = wait
+        self.batch_seconds = batch_seconds
         self._workers = [
             BackgroundWorker("mlflow-callback", exit_timeout=flush_timeout)
             for _ in range(max(1, threads))
@@ -94,7 +101,9 @@ class MLflowCallback(Callback):
         # Per worker: run key -> metrics/params/tags waiting to be sent, and whether a drain
         # of them is queued.
         self._pending: list[dict[int, dict[str, list[Any]]]] = [{} for _ in self._workers]
+        self._since: list[dict[int, float]] = [{} for _ in self._workers]  # oldest item's time
         self._drain_queued = [False for _ in self._workers]
+        self._timer_armed = [False for _ in self._workers]
         self._opened = threading.Event()
         # Each run's id is written by the worker that owns the run.
         self._client: Any = None
@@ -108,6 +117,8 @@ class MLflowCallback(Callback):
         at most ``timeout`` seconds; True if it all did."""
         deadline = None if timeout is None else time.monotonic() + timeout
         done = True
+        for shard, worker in enumerate(self._workers):  # what waits to be batched goes now
+            worker.submit(functools.partial(self._drain, shard))
         for _ in range(2):  # the sweep's closing call queues its last batch on another worker
             for worker in self._workers:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -188,15 +199,40 @@ class MLflowCallback(Callback):
                 batch["params"].append(Param(name, str(param)[:6000]))
             for name, tag in (tags or {}).items():
                 batch["tags"].append(RunTag(name, tag))
+            self._since[shard].setdefault(key, time.monotonic())
             if self._drain_queued[shard]:
                 return
             self._drain_queued[shard] = True
-        self._workers[shard].submit(lambda: self._drain(shard))
+        self._workers[shard].submit(lambda: self._drain(shard, force=False))
 
-    def _drain(self, shard: int) -> None:
+    def _drain(self, shard: int, *, force: bool = True) -> None:
+        """Send the shard's pending batches, one ``log_batch`` per run.
+
+        Unless ``force`` (a run's status changes, a flush), a batch younger than
+        ``batch_seconds`` waits for more (a short trial's params, metrics and tags then go in
+        one request) and a timer drains it later.
+        """
+        now = time.monotonic()
         with self._lock:
-            pending, self._pending[shard] = self._pending[shard], {}
+            pending = self._pending[shard]
+            waiting: dict[int, dict[str, list[Any]]] = {}
+            if not force:
+                since = self._since[shard]
+                waiting = {
+                    key: batch
+                    for key, batch in pending.items()
+                    if now - since.get(key, now) < self.batch_seconds
+                }
+                pending = {key: batch for key, batch in pending.items() if key not in waiting}
+            self._pending[shard] = waiting
+            for key in pending:
+                self._since[shard].pop(key, None)
             self._drain_queued[shard] = False
+            if waiting and not self._timer_armed[shard]:
+                self._timer_armed[shard] = True
+                timer = threading.Timer(self.batch_seconds, lambda: self._wake(shard))
+                timer.daemon = True
+                timer.start()
         for key, batch in pending.items():
             run_id = self._runs.get(key)
             if run_id is None:  # its run is created later in the queue: keep it for then
@@ -219,6 +255,15 @@ class MLflowCallback(Callback):
                 metrics = metrics[_MAX_METRICS:]
                 params = params[_MAX_PARAMS:]
                 tags = tags[_MAX_TAGS:]
+
+    def _wake(self, shard: int) -> None:
+        """The batching timer: drain what waited ``batch_seconds``."""
+        with self._lock:
+            self._timer_armed[shard] = False
+            if self._drain_queued[shard] or not self._pending[shard]:
+                return
+            self._drain_queued[shard] = True
+        self._workers[shard].submit(lambda: self._drain(shard, force=False))
 
     # --- the worker thread's side ------------------------------------------------------------
 

@@ -33,6 +33,8 @@ class WandbCallback(Callback):
             None uses W&B's default (``WANDB_MODE``).
         dir: where W&B writes its run files; defaults to the sweep's run folder.
         tags: tags of every run.
+        init_timeout: seconds W&B may take to start a run (its service process) before the
+            callback gives up logging for the sweep.
     """
 
     def __init__(
@@ -42,8 +44,10 @@ class WandbCallback(Callback):
         mode: str | None = None,
         dir: str | None = None,
         tags: list[str] | None = None,
+        init_timeout: float = 600.0,
     ) -> None:
         require("wandb", "wandb", "WandbCallback")
+        self.init_timeout = init_timeout
         self.project = project
         self.entity = entity
         self.mode = mode
@@ -109,7 +113,11 @@ class WandbCallback(Callback):
             config=trial.params,
             resume="allow",
             reinit="create_new",
-            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+            # W&B's 90 s to start its service process is not enough on a loaded machine; a
+            # failed start would give up the logging of the whole sweep.
+            settings=wandb.Settings(
+                console="off", x_disable_stats=True, silent=True, init_timeout=self.init_timeout
+            ),
         )
 
     def _with_run(self, number: int, method: str, *args: Any, **kwargs: Any) -> None:

@@ -20,13 +20,15 @@ class SweepContext:
     """What a launcher learns once, before the first trial.
 
     ``job`` is set when every trial runs as several replicas: the launcher runs each attempt
-    of a trial as that job (``job.for_trial(...)``), all replicas together.
+    of a trial as that job (``job.for_trial(...)``), all replicas together. ``checkpoint_dir``
+    is where the trials write their checkpoints and the driver looks for them on a retry.
     """
 
     sweep_name: str
     objective: ObjectiveRef
     metric: str
     job: TrainJob | None = None
+    checkpoint_dir: str | None = None
 
 
 class Launcher(abc.ABC):
@@ -56,6 +58,15 @@ class Launcher(abc.ABC):
     @abc.abstractmethod
     def respond(self, trial_number: int, decision: str) -> None:
         """Answer a trial's pending report with ``"continue"``, ``"stop"`` or ``"pause"``."""
+
+    def respond_until(self, trial_number: int, decision: str, decide_from: int | None) -> None:
+        """Answer like :meth:`respond`, and say from which step a decision can be due again.
+
+        The trial's reports at earlier steps cannot change its course (no rung, interval or
+        pruning step before ``decide_from``; None: none at all), so a launcher may let them go
+        without making the trial wait for an answer; this default answers every report.
+        """
+        self.respond(trial_number, decision)
 
     @abc.abstractmethod
     def stop(self, trial_number: int) -> None:

@@ -25,7 +25,9 @@ import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hypersweep._errors import ConfigError
@@ -41,6 +43,7 @@ from hypersweep.launchers._ray_gang import (
 )
 from hypersweep.orchestrator._events import Crashed, Errored, Event, TrialAssignment
 from hypersweep.orchestrator._job import ReplicaId, TrainJob, dns_label
+from hypersweep.orchestrator._ray_parameters import put_in_object_store
 
 __all__ = ["PLACEMENT_STRATEGIES", "RayLauncher"]
 
@@ -169,6 +172,7 @@ class RayLauncher(Launcher):
         self._warned_shared_dir = False
         self._slot_counter = 0
         self._sys_path: list[str] = []
+        self._objective: Any = None  # the objective the actors run
         self._objective_payload: Any = None  # the objective in Ray's object store
         self._next_cluster_check = 0.0
         self._next_pending_warning = 0.0
@@ -253,8 +257,78 @@ class RayLauncher(Launcher):
             self._actor_options["runtime_env"] = runtime_env
         self._actor_class = ray.remote(TrialActor)
         # Put once: each new actor reads it from the object store (Ray resolves the ref).
-        self._objective_payload = ray.put(context.objective)
+        # tune.with_parameters objects go in the object store once; the function that reads
+        # them is put as it is, so that Ray tracks the references it holds.
+        self._objective = context.objective
+        function = put_in_object_store(context.objective)
+        self._objective_payload = ray.put(context.objective if function is None else function)
         self._check_cluster(time.monotonic(), starting=True)
+        self._check_shared_checkpoints()
+
+    def _check_shared_checkpoints(self, timeout: float = 120.0) -> None:
+        """Refuse a checkpoint folder that the nodes trials run on do not share with the driver.
+
+        The trials write checkpoints there and the driver looks there for a retry's restore
+        point: a folder only the driver sees (a laptop driver through Ray Client, a node
+        without the shared mount) would silently retrain every retry from zero. The driver
+        writes a marker file, and a task on each node that could run a trial looks for it.
+        """
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        assert self._context is not None
+        folder = self._context.checkpoint_dir
+        if folder is None or "://" in folder:
+            return
+        bundles = self._bundles()
+        nodes = [
+            node
+            for node in ray.nodes()
+            if node.get("Alive")
+            and any(_fits(bundle, node.get("Resources") or {}) for bundle in bundles)
+        ]
+        if not nodes:
+            return  # none can run a trial yet; the insufficient-resources warning says so
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        marker = Path(folder) / f".hypersweep-shared-{uuid.uuid4().hex}"
+        marker.write_bytes(b"")
+        try:
+            probe = ray.remote(num_cpus=0, max_retries=1)(os.path.exists)
+            seen: list[bool] = ray.get(
+                [
+                    probe.options(
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(
+                            node["NodeID"], soft=False
+                        ),
+                        runtime_env=self._actor_options.get("runtime_env"),
+                    ).remote(str(marker))
+                    for node in nodes
+                ],
+                timeout=timeout,
+            )
+        except ray.exceptions.GetTimeoutError:
+            logger.warning(
+                "Could not check within %g s that the Ray nodes share checkpoint_dir %s with "
+                "this driver; every node must reach it at the same path",
+                timeout,
+                folder,
+            )
+            return
+        finally:
+            marker.unlink(missing_ok=True)
+        blind = [
+            str(node.get("NodeManagerAddress"))
+            for node, sees in zip(nodes, seen, strict=True)
+            if not sees
+        ]
+        if blind:
+            raise ConfigError(
+                f"checkpoint_dir: {folder} is not shared between this driver and the Ray "
+                f"node(s) {', '.join(blind)}: a file the driver wrote there is not seen by "
+                "their workers, so checkpoints would be written where the driver cannot find "
+                "them and retries would start from zero. Set checkpoint_dir= to a folder every "
+                "node and the driver mount at the same path (NFS, a ReadWriteMany volume)"
+            )
 
     def _check_runtime_env(self, *, owns_connection: bool) -> dict[str, Any]:
         """Validate ``runtime_env`` before the first trial; return it if it goes to ``ray.init``.
@@ -390,7 +464,7 @@ class RayLauncher(Launcher):
         if self._job is None and self._idle:
             member = self._idle.pop()
             attempt = RayAttempt(assignment, None, [member], grace=self.replica_grace)
-            attempt.run(self._context.objective, self._objective_payload)
+            attempt.run(self._objective, self._objective_payload)
             self._attempts[number] = attempt
             return
         try:
@@ -546,7 +620,7 @@ class RayLauncher(Launcher):
             return
         if kind == "prepare":
             assert self._context is not None
-            attempt.on_prepared(member, value, self._context.objective, self._objective_payload)
+            attempt.on_prepared(member, value, self._objective, self._objective_payload)
         else:
             events.extend(attempt.on_messages(member, value))
 
@@ -601,7 +675,7 @@ class RayLauncher(Launcher):
             kill_actor(placing.actor)
             remove_group(placing.placement_group)
             attempt.replicas = [self._idle.pop()]
-            attempt.run(self._context.objective, self._objective_payload)
+            attempt.run(self._objective, self._objective_payload)
 
     def _expire_pending(self, now: float, events: list[Event]) -> None:
         """Fail trials that waited ``pending_timeout`` for a placement the cluster cannot give."""
@@ -633,9 +707,13 @@ class RayLauncher(Launcher):
         attempt.kill()
 
     def respond(self, trial_number: int, decision: str) -> None:
+        self.respond_until(trial_number, decision, 0)
+
+    def respond_until(self, trial_number: int, decision: str, decide_from: int | None) -> None:
+        """Answer; a trial's reports before ``decide_from`` then go in batches, unanswered."""
         attempt = self._attempts.get(trial_number)
         if attempt is not None:
-            attempt.respond(decision)
+            attempt.respond(decision, decide_from)
 
     def stop(self, trial_number: int) -> None:
         attempt = self._attempts.pop(trial_number, None)

@@ -24,6 +24,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import traceback
 from typing import TYPE_CHECKING, Any, cast
 
@@ -43,18 +44,65 @@ PORT_LISTEN = "listen"
 PORT_RESERVE = "reserve"
 
 
+def urgent(message: Message) -> bool:
+    """Whether the driver must get ``message`` now: all but reports that await no answer."""
+    return message[0] != "report" or bool(message[3])
+
+
 class _QueueConnection:
-    """The two methods of a ``Connection`` that ``run_assignment`` uses, over two queues."""
+    """The two methods of a ``Connection`` that ``run_assignment`` uses, over two queues.
+
+    A report waits for the driver's answer only from the step at which a decision can be due
+    (``decide_from``, which each answer updates: the scheduler's next rung, PBT interval or
+    pruning step; 0 at first, so the first report always waits). Reports before it go in the
+    outbox, flagged as awaiting nothing, and the trial goes on at once; they reach the driver
+    in order with the next batch, ahead of anything the trial says after them.
+
+    What a retry would not report again is never left only in the outbox, where an actor's
+    death would lose it: before a checkpoint is written, :meth:`flush` waits until the driver
+    has every report so far, and a report at or before the checkpoint's step waits for its
+    answer.
+    """
 
     def __init__(self, outbox: queue.Queue[Message], decisions: queue.Queue[Message]) -> None:
         self._outbox = outbox
         self._decisions = decisions
+        self.decide_from: int | None = 0  # None: no later report can be decided
+        self._answered: Message | None = None
+        self._unacknowledged = False  # reports in the outbox that no answer has covered yet
+        self._checkpointed: int | None = None  # the step of a checkpoint sent since then
 
     def send(self, message: Message) -> None:
+        if message[0] == "report":
+            step = message[1]
+            waits = (self.decide_from is not None and step >= self.decide_from) or (
+                self._checkpointed is not None and step <= self._checkpointed
+            )
+            self._outbox.put((*message, waits))
+            if waits:
+                self._unacknowledged = False
+                self._checkpointed = None
+            else:
+                self._answered = ("decision", "continue")
+                self._unacknowledged = True
+            return
+        if message[0] == "checkpoint" and message[2] is not None:
+            self._checkpointed = int(message[2])
         self._outbox.put(message)
 
+    def flush(self) -> None:
+        """Wait until the driver has received every report sent so far."""
+        if self._unacknowledged:
+            self._outbox.put(("sync",))
+            self._decisions.get()  # the driver's acknowledgement
+            self._unacknowledged = False
+
     def recv(self) -> Message:
-        return self._decisions.get()
+        if self._answered is not None:
+            answer, self._answered = self._answered, None
+            return answer
+        kind, decision, self.decide_from = self._decisions.get()
+        return (kind, decision)
 
 
 class TrialActor:
@@ -102,7 +150,7 @@ class TrialActor:
 
     def run(
         self,
-        objective: ObjectiveRef | None,
+        objective: ObjectiveRef | Objective | None,
         key: str,
         assignment: TrialAssignment,
         env: dict[str, str],
@@ -116,7 +164,9 @@ class TrialActor:
         """
         if objective is not None and key not in self._objectives:
             try:
-                self._objectives[key] = objective.load()
+                # The function itself where the driver put it so (tune.with_parameters).
+                loaded = objective.load() if isinstance(objective, ObjectiveRef) else objective
+                self._objectives[key] = loaded
             except Exception:  # noqa: BLE001 - reported with the trial that needs it
                 self._objectives[key] = traceback.format_exc()
         while not self._decisions.empty():  # nothing stale from an earlier attempt
@@ -186,18 +236,38 @@ class TrialActor:
         self._held = None
         return serve_torch_store(descriptor, world_size)
 
-    def messages(self, timeout: float) -> list[Message]:
-        """Wait up to ``timeout`` seconds for messages and return all that are queued."""
+    def messages(self, timeout: float, linger: float = 0.0) -> list[Message]:
+        """Wait up to ``timeout`` seconds for messages and return all that are queued.
+
+        Reports that await no answer are held up to ``linger`` seconds after the first, to go
+        in fewer, larger batches; any other message (a report that waits, a checkpoint, the
+        trial's end) returns the batch at once.
+        """
         try:
             batch = [self._outbox.get(timeout=timeout)]
         except queue.Empty:
             return []
+        flush = urgent(batch[0])
+        deadline = time.monotonic() + linger
         while True:
             try:
-                batch.append(self._outbox.get_nowait())
+                message = self._outbox.get_nowait()
             except queue.Empty:
-                return batch
+                left = deadline - time.monotonic()
+                if flush or left <= 0:
+                    return batch
+                try:
+                    message = self._outbox.get(timeout=left)
+                except queue.Empty:
+                    return batch
+            batch.append(message)
+            flush = flush or urgent(message)
 
-    def decide(self, decision: str) -> None:
-        """Answer the running attempt's pending report."""
-        self._decisions.put(("decision", decision))
+    def decide(self, decision: str, decide_from: int | None = 0) -> None:
+        """Answer the running attempt's pending report; ``decide_from`` is the first step
+        whose report waits for the next answer (0: every report; None: none will)."""
+        self._decisions.put(("decision", decision, decide_from))
+
+    def acknowledge(self) -> None:
+        """Tell the running attempt's :meth:`_QueueConnection.flush` that its reports arrived."""
+        self._decisions.put(("ack", None, None))

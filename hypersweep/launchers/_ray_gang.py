@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,6 +50,9 @@ logger = logging.getLogger("hypersweep")
 
 POLL_SECONDS = 30.0
 """How long one ``messages`` call waits in the actor before it returns empty-handed."""
+
+LINGER_SECONDS = 0.1
+"""How long an actor holds reports that await no answer, to send them in one batch."""
 
 Phase = Literal["starting", "running", "finishing", "failing", "done"]
 
@@ -81,7 +85,7 @@ class RayReplica:
 
     def poll(self) -> None:
         """Issue the next long-polling ``messages`` call."""
-        self.pending = self.actor.messages.remote(POLL_SECONDS)
+        self.pending = self.actor.messages.remote(POLL_SECONDS, LINGER_SECONDS)
         self.pending_kind = "messages"
 
 
@@ -116,6 +120,9 @@ class RayAttempt:
     started: float = field(default_factory=time.monotonic)
     _shared: SharedDecisions = field(default_factory=SharedDecisions)
     _failures: list[_Failure] = field(default_factory=list)
+    # Whether each of rank 0's reports passed on (and not yet answered) awaits its answer:
+    # the orchestrator answers every report in order; only those that wait get the answer.
+    _awaits: deque[bool] = field(default_factory=deque)
 
     @property
     def trial_number(self) -> int:
@@ -243,10 +250,16 @@ class RayAttempt:
         if kind == "report":
             if rank == 0:
                 if self.phase == "running":
-                    self._shared.pending = message[1]
+                    waits = message[3] if len(message) > 3 else True
+                    self._awaits.append(waits)
+                    if waits:
+                        self._shared.pending = message[1]
                     events.append(Reported(number, message[1], message[2]))
             else:
                 self._answer_or_wait(member, message[1])
+        elif kind == "sync":  # every message before it has been handled
+            if not member.dead:
+                member.actor.acknowledge.remote()
         elif kind == "checkpoint":
             if rank == 0 and self.phase == "running":
                 events.append(Checkpointed(number, message[1], message[2]))
@@ -306,14 +319,21 @@ class RayAttempt:
 
     # --- decisions -----------------------------------------------------------------------
 
-    def respond(self, decision: str) -> None:
-        """Rank 0's pending report gets ``decision``; so does every rank waiting at its step."""
+    def respond(self, decision: str, decide_from: int | None = 0) -> None:
+        """Rank 0's pending report gets ``decision``; so does every rank waiting at its step.
+
+        ``decide_from`` goes with it to a trial without replicas: its reports before that step
+        will not wait for an answer. Every report of a multi-replica trial waits (its other
+        ranks must get rank 0's decision at the same step).
+        """
         if self.phase != "running":
             return
+        if self._awaits and not self._awaits.popleft():
+            return  # the answer to a report that did not wait for it
         step = self._shared.decide(decision)
         if step is None:
             return
-        self.replicas[0].actor.decide.remote(decision)
+        self.replicas[0].actor.decide.remote(decision, decide_from if self.job is None else 0)
         for member in self.replicas[1:]:
             if member.waiting_step is not None and member.waiting_step <= step:
                 self._answer(member, self._shared.settled(member.waiting_step))

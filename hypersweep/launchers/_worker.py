@@ -92,6 +92,13 @@ class PipeChannel:
     def send(self, message: tuple[Any, ...]) -> None:
         self._connection.send(message)
 
+    def flush(self) -> None:
+        """Wait until the driver has every report sent so far, where reports may go unanswered
+        (on Ray); over a local worker's socket every report waited for its answer already."""
+        flush = getattr(self._connection, "flush", None)
+        if flush is not None:
+            flush()
+
 
 def _redirect_output(log_path: str | None) -> None:
     if log_path is None:

@@ -132,8 +132,12 @@ def resolve_objective(objective: Objective | str) -> ObjectiveRef:
         )
     import cloudpickle
 
+    from hypersweep.orchestrator._ray_parameters import self_contained
+
     name = getattr(objective, "__qualname__", type(objective).__name__)
-    return ObjectiveRef(display_name=name, pickled=cloudpickle.dumps(objective))
+    # A tune.with_parameters function carries its objects (a launcher on Ray puts them in the
+    # object store once, see RayLauncher.start).
+    return ObjectiveRef(display_name=name, pickled=cloudpickle.dumps(self_contained(objective)))
 
 
 def reference_of(objective: Objective | str) -> str | None:

@@ -111,6 +111,10 @@ class RunningTrial:
     promoted_at: list[int] = field(default_factory=list)
     segments: list[list[float]] = field(default_factory=list)  # earlier runs: [start, end]
     wall_started: float = 0.0  # time.time() when this run started
+    # The first step of this run whose report the scheduler may answer other than "continue"
+    # (its next rung, interval or pruning step); None: no later report. Reports before it
+    # are recorded without asking the scheduler, and launchers need not make them wait.
+    decide_from: int | None = 0
 
     @property
     def step(self) -> int | None:
@@ -333,7 +337,13 @@ class Orchestrator:
         put back in the queue, so that ``resume`` continues them from their checkpoints.
         """
         self.launcher.start(
-            SweepContext(self.name, self.objective, self.settings.metrics[0], self.settings.job)
+            SweepContext(
+                self.name,
+                self.objective,
+                self.settings.metrics[0],
+                self.settings.job,
+                checkpoint_dir=str(self.checkpoint_dir),
+            )
         )
         self._started = time.monotonic()
         self.callbacks.on_sweep_start(
@@ -654,6 +664,7 @@ class Orchestrator:
     def _launch(self, running: RunningTrial) -> None:
         restore = latest_checkpoint(trial_checkpoint_dir(self.checkpoint_dir, running.number))
         running.decision = "continue"
+        running.decide_from = 0  # a new run's first report is always decided
         self.views[running.number] = TrialView.of(running, "running")
         if running.info is not None:
             if running.info.attempt != running.attempt:  # a retry
@@ -708,13 +719,16 @@ class Orchestrator:
         value = event.metrics.get(self.settings.metrics[0])
         if len(self.settings.metrics) > 1:
             value = None  # Optuna's intermediate values (for early stopping) are single-objective
+            running.decide_from = None
         if value is not None and event.step not in running.reported_steps:
             running.reported_steps.add(event.step)
             running.trial.report(value, event.step)
-            if math.isfinite(value):
+            due = running.decide_from is not None and event.step >= running.decide_from
+            if due and math.isfinite(value):
                 decision = self._decide(running, event.step)
+                running.decide_from = self.scheduler.next_decision(running.number, event.step)
         running.decision = decision.value
-        self.launcher.respond(running.number, decision.value)
+        self.launcher.respond_until(running.number, decision.value, running.decide_from)
 
     def _decide(self, running: RunningTrial, step: int) -> Decision:
         frozen = self.store.storage.get_trial(running.trial._trial_id)

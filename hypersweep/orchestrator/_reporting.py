@@ -139,6 +139,9 @@ def checkpoint(state_or_dir: Any, *, step: int | None = None) -> str | None:
         return None
     if step is None and context.last_step >= 0:
         step = context.last_step
+    # Reports not yet with the driver go before the checkpoint exists: a retry resumes after it
+    # and would not report them again.
+    getattr(context.channel, "flush", lambda: None)()
     path = _checkpoints.write_checkpoint(
         _checkpoints.trial_checkpoint_dir(context.checkpoint_dir, context.trial_number),
         state_or_dir,

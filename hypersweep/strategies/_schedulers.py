@@ -71,6 +71,22 @@ class Scheduler(abc.ABC):
         """After STOP: a new trial to start in ``trial``'s place, if any."""
         return None
 
+    def next_decision(self, trial_number: int, step: int) -> int | None:
+        """The first step after ``step`` whose report may be answered other than CONTINUE.
+
+        Asked after a decision at ``step``: until a report reaches the returned step, the
+        trial's reports cannot change its course, so a launcher lets them go without waiting
+        for the answer. None: no later report can. By default every step may decide.
+        """
+        return step + 1
+
+
+def _next_interval_start(step: int, warmup: int, interval: int) -> int:
+    """The first step after ``step`` of the form ``warmup + k * interval`` (k >= 0)."""
+    if step < warmup:
+        return warmup
+    return warmup + ((step - warmup) // interval + 1) * interval
+
 
 class OptunaPrunerScheduler(Scheduler):
     """Adapts any ``optuna.pruners.BasePruner``: a pruned trial is stopped."""
@@ -80,6 +96,23 @@ class OptunaPrunerScheduler(Scheduler):
 
     def on_report(self, study: optuna.Study, trial: FrozenTrial, step: int) -> Decision:
         return Decision.STOP if self.pruner.prune(study, trial) else Decision.CONTINUE
+
+    def next_decision(self, trial_number: int, step: int) -> int | None:
+        import optuna
+
+        pruner = self.pruner
+        if isinstance(pruner, optuna.pruners.NopPruner):
+            return None
+        if isinstance(
+            pruner,
+            (optuna.pruners.PercentilePruner, optuna.pruners.ThresholdPruner),
+        ):
+            # They prune only at the first report of each interval after the warm-up
+            # (optuna's _is_first_in_interval_step): any report at or past the next start.
+            warmup = int(getattr(pruner, "_n_warmup_steps", 0))
+            interval = int(getattr(pruner, "_interval_steps", 1))
+            return _next_interval_start(step, warmup, max(interval, 1))
+        return step + 1
 
 
 # --- asynchronous successive halving ---------------------------------------------------------
@@ -184,6 +217,13 @@ class ASHA(Scheduler):
             count = max(count, 1)
         return [number for _, number in ranked[:count]]
 
+    def next_decision(self, trial_number: int, step: int) -> int | None:
+        # A rung is decided at the first report at or past it (see on_report).
+        rung = self.min_resource
+        while rung <= step:
+            rung *= self.reduction_factor
+        return rung if self.max_resource is None or rung < self.max_resource else None
+
     def current_rung(self, trial: FrozenTrial) -> int | None:
         """The highest rung ``trial`` has reached, or None."""
         if not trial.intermediate_values:
@@ -264,6 +304,9 @@ class Hyperband(Scheduler):
 
     def _for(self, trial: FrozenTrial) -> ASHA:
         return self.brackets[trial.number % len(self.brackets)]
+
+    def next_decision(self, trial_number: int, step: int) -> int | None:
+        return self.brackets[trial_number % len(self.brackets)].next_decision(trial_number, step)
 
     def on_report(self, study: optuna.Study, trial: FrozenTrial, step: int) -> Decision:
         return self._for(trial).on_report(study, trial, step)
@@ -350,6 +393,10 @@ class PBT(Scheduler):
         if not self._donors(top):
             return Decision.CONTINUE
         return Decision.STOP
+
+    def next_decision(self, trial_number: int, step: int) -> int | None:
+        interval = self.perturbation_interval
+        return max(step // interval + 1, 1) * interval
 
     def _donors(self, top: list[FrozenTrial]) -> list[FrozenTrial]:
         # A finished trial has nothing left to train: cloning it would waste the budget.
