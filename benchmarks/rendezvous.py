@@ -121,8 +121,18 @@ def _progress(bench_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.endswith("}")]
 
 
-def kill_to_resume(launcher: str, replicas: int) -> float:
-    """SIGKILL rank 1 during epoch 3; seconds until rank 0's first step after the restart."""
+TORCHRUN_TIMEOUT_S = 90.0  # a restarted torchrun gang that has not finished by then is hung
+
+
+def kill_to_resume(
+    launcher: str, replicas: int, timeout: float = TORCHRUN_TIMEOUT_S
+) -> dict[str, Any]:
+    """SIGKILL rank 1 during epoch 3; seconds until rank 0's first step after the restart.
+
+    Returns ``{"outcome": "ok", "seconds": ...}``, or the outcome of a run that did not get
+    there (``timeout``: still running ``timeout`` seconds after the kill, then killed;
+    ``exit N``: ended without resuming, or failed), with ``seconds`` set if training resumed.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         bench_dir = Path(tmp)
         command = (
@@ -136,24 +146,41 @@ def kill_to_resume(launcher: str, replicas: int) -> float:
             # workers hang in init_process_group (pytorch/pytorch#135712); its workaround is a
             # store per round, served by rank 0, as before torch 2.5.
             env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+        # A session of its own, so that a hung launcher is killed with all its workers.
         process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
+        outcome = "ok"
         try:
             deadline = time.monotonic() + 300
             while not any(r["epoch"] == 3 and r["step"] == 5 for r in _progress(bench_dir)):
-                assert time.monotonic() < deadline and process.poll() is None, "no progress"
+                if process.poll() is not None:
+                    return {
+                        "outcome": f"exit {process.returncode} before the kill",
+                        "seconds": None,
+                    }
+                if time.monotonic() > deadline:
+                    return {"outcome": "timeout before the kill", "seconds": None}
                 time.sleep(0.01)
             victim = int((bench_dir / "rank1-attempt0.pid").read_text())
             killed = time.time()
             os.kill(victim, signal.SIGKILL)
-            assert process.wait(timeout=120) == 0, f"{launcher} did not finish after the kill"
+            try:
+                code = process.wait(timeout=timeout)
+                if code != 0:
+                    outcome = f"exit {code}"
+            except subprocess.TimeoutExpired:
+                outcome = "timeout"
         finally:
             if process.poll() is None:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        resumed = min(r["t"] for r in _progress(bench_dir) if r["attempt"] >= 1)
-        return resumed - killed
+        resumed = [r["t"] for r in _progress(bench_dir) if r["attempt"] >= 1]
+        return {"outcome": outcome, "seconds": min(resumed) - killed if resumed else None}
 
 
 def _summary(samples: list[float]) -> dict[str, Any]:
@@ -163,6 +190,15 @@ def _summary(samples: list[float]) -> dict[str, Any]:
         "max_s": max(samples),
         "samples_s": samples,
     }
+
+
+def _summary_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Statistics over the runs that resumed and finished; every run is kept, as it went."""
+    good = [run["seconds"] for run in runs if run["outcome"] == "ok"]
+    summary: dict[str, Any] = _summary(good) if good else {"median_s": None}
+    summary["ok"] = f"{len(good)} of {len(runs)}"
+    summary["runs"] = runs
+    return summary
 
 
 def main() -> None:
@@ -183,12 +219,12 @@ def main() -> None:
                 samples[name].append(time_to_first_allreduce(name, replicas))
         for name in launchers:
             first[f"{name}, {replicas} replicas"] = _summary(samples[name])
-        restarts: dict[str, list[float]] = {"torchrun": [], "hypersweep": []}
+        restarts: dict[str, list[dict[str, Any]]] = {"torchrun": [], "hypersweep": []}
         for _ in range(args.repeats):
             for name in restarts:
                 restarts[name].append(kill_to_resume(name, replicas))
-        for name, values in restarts.items():
-            restart[f"{name}, {replicas} replicas"] = _summary(values)
+        for name, runs in restarts.items():
+            restart[f"{name}, {replicas} replicas"] = _summary_of_runs(runs)
 
     print("\nlaunch to first completed all-reduce (gloo, CPU)")
     print(f"{'launcher':48} {'median s':>9} {'min s':>7} {'max s':>7}")
@@ -197,7 +233,12 @@ def main() -> None:
     print("\nreplica SIGKILL to training resumed from the checkpoint")
     print(f"{'launcher':48} {'median s':>9} {'min s':>7} {'max s':>7}")
     for name, entry in restart.items():
-        print(f"{name:48} {entry['median_s']:9.2f} {entry['min_s']:7.2f} {entry['max_s']:7.2f}")
+        if entry["median_s"] is None:
+            outcomes = ", ".join(run["outcome"] for run in entry["runs"])
+            print(f"{name:48} {'-':>9} (none resumed and finished: {outcomes})")
+            continue
+        line = f"{entry['median_s']:9.2f} {entry['min_s']:7.2f} {entry['max_s']:7.2f}"
+        print(f"{name:48} {line}  ({entry['ok']} ok)")
 
     RESULTS.mkdir(exist_ok=True)
     payload = {
