@@ -19,7 +19,7 @@ Two measurements on the same script (``benchmarks/rendezvous_train.py``), gloo o
 
 3. A sweep of short trials: ``--sweep-trials`` (50) trials of about one second, 2 replicas each,
    one at a time; the sweep's wall time against the sum of the trials' own running time (rank
-   0's objective, from its start to its end). Against it, torchrun launched once per trial
+   0's objective, from after its imports to its end). Against it, torchrun launched once per trial
    (``--torchrun-sweep-trials`` of them, as a plain loop with no search at all).
 
 The load average of the machine is recorded with each part: other programs share its cores.
@@ -311,7 +311,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--replicas", type=int, nargs="+", default=[4])
     parser.add_argument("--sweep-trials", type=int, default=50)
-    parser.add_argument("--torchrun-sweep-trials", type=int, default=10)
+    parser.add_argument("--torchrun-sweep-trials", type=int, default=5)
     args = parser.parse_args()
 
     import torch

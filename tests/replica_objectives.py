@@ -283,6 +283,7 @@ def warm_probe(config: dict[str, Any]) -> float:
     inherited = {
         "torch_imported": "torch" in sys.modules,
         "leak": os.environ.get("HYPERSWEEP_TEST_LEAK"),
+        "cwd": os.getcwd(),
     }
     import torch
     import torch.distributed as dist
@@ -296,6 +297,7 @@ def warm_probe(config: dict[str, Any]) -> float:
     dist.all_reduce(total)
     os.environ["HYPERSWEEP_TEST_LEAK"] = f"trial {context.trial_number}"
     os.environ["CUDA_VISIBLE_DEVICES"] = "7"
+    os.chdir(_markers())
     time.sleep(float(config.get("seconds", 0.0)))
     if plan == "prune":
         hs.report(0, loss=100.0)

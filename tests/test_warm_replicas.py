@@ -23,6 +23,7 @@ import replica_objectives
 from conftest import PYTHON, python_env
 
 import hypersweep as hs
+from hypersweep.launchers import LocalLauncher
 
 
 @pytest.fixture
@@ -96,6 +97,7 @@ def test_pruned_and_failed_trials_leave_warm_workers_clean(markers: Path) -> Non
             assert not r["initialized"], r
             assert r["leak"] is None, r
             assert r["env"]["CUDA_VISIBLE_DEVICES"] == "", r
+            assert r["cwd"] == str(markers.parent), r
     assert not _alive([r["pid"] for r in records])
 
 
@@ -156,6 +158,20 @@ def test_concurrent_gangs_on_reused_workers_never_share_a_port(markers: Path) ->
     for a, b in overlapping:
         assert ports[a] != ports[b]
     assert not _alive([r["pid"] for r in records])
+
+
+def test_without_reuse_every_replica_is_a_new_process(markers: Path) -> None:
+    result = hs.tune(
+        {"x": hs.uniform(0, 1), "plan": "return,return"},
+        replica_objectives.warm_probe,
+        metric="loss",
+        n_trials=2,
+        launcher=LocalLauncher(1, reuse_workers=False),
+        replicas=hs.Replicas(n=2),
+    )
+    assert result.counts() == {"completed": 2}
+    records = _read(markers, "warm-t*-r*")
+    assert len({r["pid"] for r in records}) == 4
 
 
 DRIVER = textwrap.dedent(
