@@ -63,6 +63,7 @@ class _Replica:
     waiting_step: int | None = None  # its report waits for rank 0's decision at this step
     env: dict[str, str] | None = None  # a warm worker's environment for this replica
     reset: tuple[bool, str] | None = None  # a warm worker's answer after its replica ended
+    reset_asked: bool = False  # a warm worker was asked to reset (leave its process group)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class Gang:
     # to come back reusable, instead of killing them.
     pool: WarmPool | None = None
     abort_window: float = 2.0
+    _aborted: bool = False
 
     @property
     def trial_number(self) -> int:
@@ -274,25 +276,35 @@ class Gang:
         who = f"replica {replica.label} (rank {replica.rank} of {self.job.world_size})"
         separator = ": " if died else " "
         self._failures.append(_Failure(died, by_signal, f"{who}{separator}{what}", details))
-        if self.pool is not None and self.phase == "running":
-            self._abort_survivors()
         if self.phase == "running" or died:
             # A death is the root cause whatever follows: end the gang now. An exception may
             # be the echo of a peer's death that is not seen yet: wait a moment for one.
-            # Warm survivors get a moment to unwind and come back reusable.
+            # Warm survivors of a death are aborted now and get a moment to come back.
             window = 0.0 if died else self.failure_window
-            if self.pool is not None:
+            if self.pool is not None and died:
+                self._abort_survivors()
                 window = max(window, self.abort_window)
             self._enter("failing", window)
 
     def _abort_survivors(self) -> None:
         """Interrupt the replicas still running, so they unwind and can be reused."""
+        if self._aborted:
+            return
+        self._aborted = True
         for member in self.replicas:
             if not member.finished:
                 try:
                     os.kill(member.worker.process.pid, signal.SIGUSR1)
                 except ProcessLookupError:
                     pass
+            elif not member.dead:
+                # Its leaving the process group fails the collectives its peers wait in.
+                self._ask_reset(member)
+
+    def _ask_reset(self, member: _Replica) -> None:
+        if not member.reset_asked:
+            member.reset_asked = True
+            self._send(member, ("reset",))
 
     def _enter(self, phase: Literal["finishing", "failing"], seconds: float) -> None:
         self.phase = phase
@@ -343,6 +355,12 @@ class Gang:
         settled = all(member.finished for member in self.replicas)
         if not settled and (self.deadline is None or now < self.deadline):
             return
+        if not settled and self.phase == "failing" and self.pool is not None and not self._aborted:
+            # The failure window after an exception is over: abort the warm survivors rather
+            # than kill them, and give them a moment to come back.
+            self._abort_survivors()
+            self.deadline = now + self.abort_window
+            return
         failing = self.phase == "failing"
         self.kill()
         if failing:
@@ -368,6 +386,7 @@ class Gang:
                 member.worker.kill()
             elif not member.dead:  # else it is gone already
                 if member.finished:
+                    self._ask_reset(member)
                     self.pool.give_back(member.worker, member.reset)
                 else:
                     self.pool.discard(member.worker)

@@ -13,7 +13,8 @@ trial waits for it. Then it runs replica after replica, each of a different gang
   environment); when it ends, however it ends (returned, pruned, raised, aborted), the worker
   resets what a trial leaves behind: a process group still initialised is destroyed, output
   redirected to the trial's log goes back, the working directory and environment are restored;
-- then it answers ``("reset", reusable, why)``: not reusable once CUDA was initialised (its
+- it resets when the driver asks (``("reset",)``, once the whole gang has ended), and answers
+  ``("reset", reusable, why)``: not reusable once CUDA was initialised (its
   context is bound to the trial's GPUs, and after a fault it cannot be trusted), or when
   resetting failed. The pool replaces such a worker with a fresh one.
 
@@ -179,6 +180,15 @@ def _run(
         finally:
             _running = False
     finally:
+        # Stay as the replica ended (process group, store) until the gang has ended: a peer
+        # may still be joining or failing, and must see this replica as it was, not gone.
+        while True:
+            try:
+                request = connection.recv()
+            except (EOFError, OSError):
+                os._exit(0)
+            if request[0] == "reset":
+                break
         reusable, why = reset_framework()
         del store  # closes the store's socket: its port is free again
         baseline.restore()
