@@ -6,6 +6,8 @@ wall-clock times it measures to files named by ``BENCH_DIR``, so that the benchm
 both launchers' figures the same way.
 
 - ``first_allreduce``: join the process group and complete one gloo all-reduce.
+- ``one_second``: a trial of about one second: join the process group, all-reduce until one
+  second has passed since its imports, leave; logs its own start and end.
 - ``train``: DDP training that checkpoints every epoch and logs every step's completion time;
   the benchmark SIGKILLs rank 1 mid-run, and the launcher restarts the gang from the latest
   checkpoint. It returns one epoch after the restart.
@@ -52,6 +54,33 @@ def first_allreduce(config: dict[str, Any]) -> dict[str, float]:
         (_bench_dir() / "allreduce.json").write_text(json.dumps({"done": done}))
     dist.destroy_process_group()
     return {"loss": 0.0, "done": done}
+
+
+def one_second(config: dict[str, Any]) -> dict[str, float]:
+    """About one second of all-reduces, from after the imports (rank 0 logs its own time).
+
+    The imports are not the trial's own time: they are what a launcher can take off the trial's
+    path. The ranks agree on when to stop (a max all-reduce of "my second is up"), so that no
+    rank leaves the group while another still all-reduces.
+    """
+    import torch
+    import torch.distributed as dist
+
+    began = time.time()
+    dist.init_process_group("gloo")
+    flag = torch.zeros(1)
+    while True:
+        flag.fill_(1.0 if time.time() - began >= 1.0 else 0.0)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0:
+            break
+        time.sleep(0.01)
+    dist.destroy_process_group()
+    ended = time.time()
+    if int(os.environ["RANK"]) == 0:
+        with open(_bench_dir() / "trials.jsonl", "a") as log:
+            log.write(json.dumps({"began": began, "ended": ended}) + "\n")
+    return {"loss": 0.0}
 
 
 def _save(state: dict[str, Any], epoch: int, rank: int) -> None:
@@ -125,4 +154,4 @@ def train(config: dict[str, Any]) -> dict[str, float]:
 if __name__ == "__main__":  # under torchrun
     name = sys.argv[1]
     settings = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-    {"first_allreduce": first_allreduce, "train": train}[name](settings)
+    {"first_allreduce": first_allreduce, "train": train, "one_second": one_second}[name](settings)

@@ -310,3 +310,46 @@ def elastic_train(config: dict[str, Any]) -> dict[str, float]:
         hs.report(epoch, loss=loss.item(), world_size=float(context.world_size))
     dist.destroy_process_group()
     return {"loss": loss.item(), "world_size": float(context.world_size)}
+
+
+def warm_probe(config: dict[str, Any]) -> float:
+    """Records what a replica inherits from the previous trial of its worker, then leaves a mess.
+
+    At start: its pid, whether torch was imported already and a process group is initialised,
+    and the variables a previous trial set. Then it joins the gang, all-reduces, sets variables
+    and ``CUDA_VISIBLE_DEVICES`` and ends as ``config["plan"]`` says for this trial (by trial
+    number, comma-separated): ``keep`` returns with its process group still initialised,
+    ``prune`` is stopped by early stopping (process group initialised), ``raise`` raises on rank
+    1 while rank 0 waits in a collective, ``return`` cleans up and returns.
+    """
+    import sys
+
+    inherited = {
+        "torch_imported": "torch" in sys.modules,
+        "leak": os.environ.get("HYPERSWEEP_TEST_LEAK"),
+        "cwd": os.getcwd(),
+    }
+    import torch
+    import torch.distributed as dist
+
+    context = _context()
+    inherited["initialized"] = dist.is_initialized()
+    plan = config["plan"].split(",")[context.trial_number]
+    record(f"warm-t{context.trial_number}-r{context.rank}", plan=plan, **inherited)
+    dist.init_process_group("gloo")
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    os.environ["HYPERSWEEP_TEST_LEAK"] = f"trial {context.trial_number}"
+    os.environ["CUDA_VISIBLE_DEVICES"] = "7"
+    os.chdir(_markers())
+    time.sleep(float(config.get("seconds", 0.0)))
+    if plan == "prune":
+        hs.report(0, loss=100.0)
+    elif plan == "raise":
+        if context.rank == 1:
+            raise ValueError("rank 1 fails")
+        dist.all_reduce(total)  # waits for rank 1 until its process group goes
+    elif plan == "return":
+        dist.destroy_process_group()
+        record(f"warm-end-t{context.trial_number}-r{context.rank}")
+    return total.item()

@@ -24,15 +24,19 @@ traceback. After an exception it waits up to a second for such a death before de
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import send_handle
 from pathlib import Path
 from typing import Any, Literal
 
 from hypersweep.launchers._decisions import SharedDecisions
 from hypersweep.launchers._process import ReplicaRun, Worker, describe_exit
 from hypersweep.launchers._resources import HeldPort, PortAllocator
+from hypersweep.launchers._warm_pool import WarmPool, sys_path_of
 from hypersweep.orchestrator._events import (
     Checkpointed,
     Completed,
@@ -62,6 +66,9 @@ class _Replica:
     finished: bool = False  # it returned, raised or died: nothing more will come from it
     dead: bool = False
     waiting_step: int | None = None  # its report waits for rank 0's decision at this step
+    env: dict[str, str] | None = None  # a warm worker's environment for this replica
+    reset: tuple[bool, str] | None = None  # a warm worker's answer after its replica ended
+    reset_asked: bool = False  # a warm worker was asked to reset (leave its process group)
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,12 @@ class Gang:
     _shared: SharedDecisions = field(default_factory=SharedDecisions)
     _failures: list[_Failure] = field(default_factory=list)
     _ports: PortAllocator | None = None
+    # Warm workers (PyTorch): replicas are lent by the pool and given back when they end. A
+    # failing gang then aborts its survivors (SIGUSR1) and gives them ``abort_window`` seconds
+    # to come back reusable, instead of killing them.
+    pool: WarmPool | None = None
+    abort_window: float = 2.0
+    _aborted: bool = False
 
     @property
     def trial_number(self) -> int:
@@ -162,6 +175,7 @@ class Gang:
             rendezvous = [tensorflow_env(job, replica.rank, cluster) for replica in ids]
 
         store_fd = store.fileno() if store is not None else None
+        warm = self.pool.acquire(len(ids)) if self.pool is not None else None
         gpu_offset = 0
         for replica in ids:
             group = job.group_of(replica.rank)
@@ -170,10 +184,11 @@ class Gang:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus[gpu_offset : gpu_offset + count])
             gpu_offset += count
             _set_threads(env, group.resources.cpus, job.framework)
+            if warm is not None:
+                self.replicas.append(_Replica(replica, warm[replica.rank], env=env))
+                continue
             inherit = (store_fd,) if store_fd is not None and replica.rank == 0 else ()
             self.replicas.append(_Replica(replica, Worker(env, pass_fds=inherit)))
-        if store is not None:
-            store.close()  # rank 0 holds it now; the port stays counted as ours until release
 
         for member in self.replicas:
             rank = member.id.rank
@@ -181,8 +196,30 @@ class Gang:
             if log_dir is not None:
                 log_path = str(log_dir / f"trial-{self.trial_number:05d}-rank{rank}.log")
             run = ReplicaRun(rank, job.world_size, store_fd if rank == 0 else None)
+            if member.env is not None:
+                self._send_warm(member, objective, log_path, run)
+                continue
             self._send(member, ("objective", objective))
             self._send(member, ("run", objective.key, self.assignment, log_path, run))
+        if store is not None:
+            store.close()  # rank 0 holds it now; the port stays counted as ours until release
+
+    def _send_warm(
+        self, member: _Replica, objective: ObjectiveRef, log_path: str | None, run: ReplicaRun
+    ) -> None:
+        """Hand a warm worker its replica: environment, and rank 0 the store's socket."""
+        assert member.env is not None
+        worker = member.worker
+        try:
+            if worker.objective_key != objective.key:
+                worker.connection.send(("objective", objective, sys_path_of(member.env)))
+                worker.objective_key = objective.key
+            message = ("run", objective.key, self.assignment, log_path, run, member.env)
+            worker.connection.send(message)
+            if run.store_fd is not None:
+                send_handle(worker.connection, run.store_fd, worker.process.pid)
+        except OSError:
+            pass  # a dead replica shows up at the next poll
 
     # --- messages ------------------------------------------------------------------------
 
@@ -234,9 +271,13 @@ class Gang:
             member.finished = True
             if self.phase in ("running", "failing"):
                 self._fail(member, f"raised {message[1]}", message[2], died=False, by_signal=False)
+        elif kind == "reset":
+            member.reset = (bool(message[1]), str(message[2]))
 
     def _on_death(self, member: _Replica) -> None:
         member.worker.kill()  # reap it, and take any children it left with it
+        if self.pool is not None:
+            self.pool.discard(member.worker)  # its successor starts now, for the restart
         member.dead = member.finished = True
         returncode = member.worker.process.returncode
         if self.phase in ("running", "failing"):
@@ -253,7 +294,32 @@ class Gang:
         if self.phase == "running" or died:
             # A death is the root cause whatever follows: end the gang now. An exception may
             # be the echo of a peer's death that is not seen yet: wait a moment for one.
-            self._enter("failing", 0.0 if died else self.failure_window)
+            # Warm survivors of a death are aborted now and get a moment to come back.
+            window = 0.0 if died else self.failure_window
+            if self.pool is not None and died:
+                self._abort_survivors()
+                window = max(window, self.abort_window)
+            self._enter("failing", window)
+
+    def _abort_survivors(self) -> None:
+        """Interrupt the replicas still running, so they unwind and can be reused."""
+        if self._aborted:
+            return
+        self._aborted = True
+        for member in self.replicas:
+            if not member.finished:
+                try:
+                    os.kill(member.worker.process.pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+            elif not member.dead:
+                # Its leaving the process group fails the collectives its peers wait in.
+                self._ask_reset(member)
+
+    def _ask_reset(self, member: _Replica) -> None:
+        if not member.reset_asked:
+            member.reset_asked = True
+            self._send(member, ("reset",))
 
     def _enter(self, phase: Literal["finishing", "failing"], seconds: float) -> None:
         self.phase = phase
@@ -304,6 +370,12 @@ class Gang:
         settled = all(member.finished for member in self.replicas)
         if not settled and (self.deadline is None or now < self.deadline):
             return
+        if not settled and self.phase == "failing" and self.pool is not None and not self._aborted:
+            # The failure window after an exception is over: abort the warm survivors rather
+            # than kill them, and give them a moment to come back.
+            self._abort_survivors()
+            self.deadline = now + self.abort_window
+            return
         failing = self.phase == "failing"
         self.kill()
         if failing:
@@ -319,10 +391,20 @@ class Gang:
         return Crashed(self.trial_number, described)
 
     def kill(self) -> None:
-        """SIGKILL every replica (and its children), reap them, and release the ports."""
+        """SIGKILL every replica (and its children), reap them, and release the ports.
+
+        With a warm pool, replicas that ended by themselves go back to it instead.
+        """
         self.phase = "done"
         for member in self.replicas:
-            member.worker.kill()
+            if self.pool is None:
+                member.worker.kill()
+            elif not member.dead:  # else it is gone already
+                if member.finished:
+                    self._ask_reset(member)
+                    self.pool.give_back(member.worker, member.reset)
+                else:
+                    self.pool.discard(member.worker)
             member.dead = member.finished = True
         for held in self.held_ports:
             if self._ports is not None:

@@ -6,9 +6,10 @@ start-up. A worker that dies mid-trial (SIGKILL, OOM) is noticed at once through
 reported as a crash, which the orchestrator retries from the trial's checkpoint.
 
 A sweep with a :class:`~hypersweep.orchestrator._job.TrainJob` runs each trial as a gang of
-replica processes instead (see ``_gang``). Those are started afresh for every attempt: a
-process joins one ``torch.distributed`` group or TensorFlow cluster, and sees one set of GPUs,
-for its whole life, so a replica cannot be reused for another trial.
+replica processes instead (see ``_gang``). PyTorch replicas are lent by a pool of warm workers
+that imported torch once (``_warm_pool``): each attempt gets a fresh store, port, process group
+and environment, but not a fresh process. TensorFlow replicas start afresh for every attempt:
+a TF process joins one cluster for its whole life.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hypersweep.launchers._elastic import ElasticGang
 from hypersweep.launchers._gang import Gang
 from hypersweep.launchers._process import Worker, describe_exit
 from hypersweep.launchers._resources import GpuPool, PortAllocator, detect_gpus
+from hypersweep.launchers._warm_pool import WARM_FRAMEWORKS, WarmPool
 from hypersweep.orchestrator._events import (
     Checkpointed,
     Completed,
@@ -57,7 +59,8 @@ class LocalLauncher(Launcher):
     Args:
         max_concurrent: trials running at once; defaults to the number of CPUs (for
             multi-replica trials: the number of CPUs divided by the replicas per trial).
-        reuse_workers: keep workers warm between trials (set False to isolate every trial).
+        reuse_workers: keep workers warm between trials (set False to isolate every trial);
+            for PyTorch multi-replica trials, keep a pool of warm replica workers.
         log_dir: if set, each trial's stdout and stderr go to ``log_dir/trial-NNNNN.log``
             (``trial-NNNNN-rankR.log`` per replica) instead of this terminal.
         gpus: GPU ids that multi-replica trials may use; None detects them
@@ -94,6 +97,7 @@ class LocalLauncher(Launcher):
         self._backlog: list[Event] = []
         self._ports = PortAllocator()
         self._gpus = GpuPool([])
+        self._pool: WarmPool | None = None
 
     def start(self, context: SweepContext) -> None:
         self._context = context
@@ -105,6 +109,10 @@ class LocalLauncher(Launcher):
         self._job = context.job
         if self._job is not None:
             self._prepare_job(self._job)
+            if self.reuse_workers and self._job.framework in WARM_FRAMEWORKS:
+                size = self.max_concurrent * self._job.world_size
+                self._pool = WarmPool(self._job.framework, self._env, size)
+                self._pool.fill()  # they import while the sweep gets going
 
     def _prepare_job(self, job: TrainJob) -> None:
         """Check that this machine can run the job at all, before any trial starts."""
@@ -168,8 +176,10 @@ class LocalLauncher(Launcher):
             if gpus is None:
                 return
             self._pending.pop(0)
-            kind = Gang if job.min_replicas is None else ElasticGang  # Replicas(n=(min, max))
-            gang = kind(assignment, job, gpus, grace=self.replica_grace)
+            if job.min_replicas is None:
+                gang = Gang(assignment, job, gpus, grace=self.replica_grace, pool=self._pool)
+            else:  # Replicas(n=(min, max)): each round starts fresh processes
+                gang = ElasticGang(assignment, job, gpus, grace=self.replica_grace)
             try:
                 gang.start(self._context.objective, self._env, self._ports, self.log_dir)
             except OSError as error:
@@ -321,3 +331,5 @@ class LocalLauncher(Launcher):
         for worker in self._idle:
             self._retire(worker)
         self._idle.clear()
+        if self._pool is not None:
+            self._pool.shutdown()

@@ -42,15 +42,23 @@ class Worker:
     :meth:`kill` takes the worker's own children (data loader processes...) with it.
     """
 
-    def __init__(self, env: dict[str, str], pass_fds: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        pass_fds: Sequence[int] = (),
+        *,
+        module: str = "hypersweep.launchers._worker",
+        args: Sequence[str] = (),
+    ) -> None:
         parent_end, child_end = socket.socketpair()
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "hypersweep.launchers._worker",
+                module,
                 str(child_end.fileno()),
                 str(os.getpid()),
+                *args,
             ],
             pass_fds=(child_end.fileno(), *pass_fds),
             env=env,

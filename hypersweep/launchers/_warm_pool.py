@@ -1,0 +1,183 @@
+"""Warm replica workers for multi-replica trials: started once, lent to gang after gang.
+
+A replica's cost before its first collective is mostly its Python start and ``import torch``
+(seconds on a small machine), paid again by every trial and every gang restart if each gang
+starts its own processes. The pool keeps worker processes (``_warm_worker``) that imported the
+framework ahead of time and lends them to gangs. What a process joins stays per trial: each
+replica gets a fresh environment (rendezvous variables, ``CUDA_VISIBLE_DEVICES``), a fresh
+c10d store on a newly allocated port, and so a fresh process group.
+
+A lent worker comes back in one of two ways. Its replica ended (returned, pruned, raised, or
+aborted because a peer died): it resets itself and says whether it can serve again; it is
+reused if so, replaced if not (CUDA initialised, reset failed, or no answer within
+``reset_timeout``). Or it died or was killed: it is replaced at once, so that the replacement's
+start overlaps whatever comes next (a gang restart finds it warming). A gang restart after a
+replica loss therefore reuses the survivors' processes and starts only the replacement cold.
+
+Only PyTorch gangs use the pool. A TensorFlow process keeps one collective context for its
+life (its cluster is fixed at first use), so TF replicas start afresh for every gang.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from multiprocessing.connection import Connection, wait
+
+from hypersweep.launchers._process import Worker
+
+WARM_FRAMEWORKS = frozenset({"pytorch"})
+
+
+class WarmPool:
+    """Worker processes with ``framework`` imported, ``size`` of them kept started.
+
+    Args:
+        framework: the trial's framework (``pytorch``).
+        env: the environment the processes start with; each replica's own environment
+            replaces it when it runs.
+        size: processes kept started (idle, lent or coming back): the replicas of all the
+            gangs that may run at once.
+        reset_timeout: seconds a returned worker has to report that it reset itself.
+    """
+
+    def __init__(
+        self, framework: str, env: dict[str, str], size: int, *, reset_timeout: float = 10.0
+    ) -> None:
+        if framework not in WARM_FRAMEWORKS:
+            raise ValueError(f"no warm workers for {framework} replicas")
+        self.framework = framework
+        self.size = size
+        self.reset_timeout = reset_timeout
+        # Threads while importing: one, as for a replica that did not ask for more.
+        self._env = {"OMP_NUM_THREADS": "1", **env}
+        self._idle: list[Worker] = []  # ready for a replica (or still importing)
+        self._returning: dict[Worker, float] = {}  # -> deadline for its reset answer
+        self._lent: set[Worker] = set()
+        self.started = 0  # processes started over the pool's life (for tests and tooling)
+        self.closed = False
+
+    # --- lending -------------------------------------------------------------------------
+
+    def fill(self) -> None:
+        """Start processes until ``size`` are started (they import while nobody waits)."""
+        while not self.closed and self._count() < self.size:
+            self._idle.append(self._start())
+
+    def acquire(self, count: int, wait_s: float | None = None) -> list[Worker]:
+        """``count`` workers for a gang: idle ones first, then returning ones, then new ones.
+
+        Workers that are coming back from a gang are waited for up to ``wait_s`` (default
+        ``reset_timeout``): reusing a process that is resetting beats starting one.
+        """
+        self._collect(0.0)
+        deadline = time.monotonic() + (self.reset_timeout if wait_s is None else wait_s)
+        while len(self._live_idle()) < count and self._returning:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._collect(left)
+        idle = self._live_idle()
+        taken = idle[:count]
+        self._idle = idle[count:]
+        taken.extend(self._start() for _ in range(count - len(taken)))
+        self._lent.update(taken)
+        return taken
+
+    def give_back(self, worker: Worker, reset: tuple[bool, str] | None) -> None:
+        """A lent worker whose replica ended; ``reset`` is its answer if it came already."""
+        self._lent.discard(worker)
+        if reset is None:
+            self._returning[worker] = time.monotonic() + self.reset_timeout
+        elif reset[0] and not self.closed:
+            self._idle.append(worker)
+        else:
+            self._replace(worker)
+
+    def discard(self, worker: Worker) -> None:
+        """Kill a lent worker (it died, or its replica did not end) and start its successor."""
+        if worker in self._lent:
+            self._lent.discard(worker)
+            self._replace(worker)
+        else:
+            worker.kill()
+
+    def shutdown(self) -> None:
+        """Stop every process of the pool (lent ones are their gangs' to kill)."""
+        self.closed = True
+        for worker in (*self._idle, *self._returning):
+            try:
+                worker.connection.send(("exit",))
+            except OSError:
+                pass
+        for worker in (*self._idle, *self._returning):
+            try:
+                worker.process.wait(timeout=2.0)
+            except Exception:  # noqa: BLE001 - killed below either way
+                pass
+            worker.kill()
+        self._idle.clear()
+        self._returning.clear()
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _count(self) -> int:
+        return len(self._idle) + len(self._returning) + len(self._lent)
+
+    def _start(self) -> Worker:
+        self.started += 1
+        return Worker(self._env, module="hypersweep.launchers._warm_worker", args=[self.framework])
+
+    def _replace(self, worker: Worker) -> None:
+        worker.kill()
+        self.fill()
+
+    def _live_idle(self) -> list[Worker]:
+        """Idle workers minus those that died (an idle worker says nothing unless it dies)."""
+        live = []
+        for worker in self._idle:
+            if worker.connection.closed or worker.connection.poll(0):
+                worker.kill()
+            else:
+                live.append(worker)
+        if len(live) < len(self._idle):
+            self._idle = live
+            self.fill()
+        return live
+
+    def _collect(self, timeout: float) -> None:
+        """Take in the reset answers of returning workers, waiting up to ``timeout``."""
+        if not self._returning:
+            return
+        for ready in wait([worker.connection for worker in self._returning], timeout):
+            worker = next(w for w in self._returning if w.connection is ready)
+            del self._returning[worker]
+            answer = _read_reset(worker.connection)
+            if answer is not None and answer[0] and not self.closed:
+                self._idle.append(worker)
+            else:
+                self._replace(worker)
+        now = time.monotonic()
+        for worker, deadline in list(self._returning.items()):
+            if now >= deadline:
+                del self._returning[worker]
+                self._replace(worker)
+
+
+def _read_reset(connection: object) -> tuple[bool, str] | None:
+    """The worker's ``("reset", reusable, why)``, skipping what its last replica still said."""
+    assert isinstance(connection, Connection)
+    try:
+        while True:
+            message = connection.recv()
+            if message[0] == "reset":
+                return bool(message[1]), str(message[2])
+            if not connection.poll(1.0):
+                return None
+    except (EOFError, OSError):
+        return None
+
+
+def sys_path_of(env: dict[str, str]) -> str:
+    """The ``sys.path`` entries a worker adds before loading an objective (JSON)."""
+    return env.get("HYPERSWEEP_SYS_PATH", json.dumps([]))
