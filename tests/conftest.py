@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -105,3 +107,31 @@ def skip_or_fail_k8s(reason: str) -> None:
     if os.environ.get("HYPERSWEEP_REQUIRE_K8S", "") == "1":
         pytest.fail(f"HYPERSWEEP_REQUIRE_K8S=1 but {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture
+def markers(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder where test objectives leave JSON markers (``HYPERSWEEP_TEST_MARKERS``)."""
+    path = run_dir / "markers"
+    path.mkdir(exist_ok=True)
+    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(path))
+    return path
+
+
+def read_markers(markers: Path, pattern: str) -> list[dict[str, Any]]:
+    """The markers matching ``pattern``, sorted by name."""
+    return [json.loads(p.read_text()) for p in sorted(markers.glob(f"{pattern}.json"))]
+
+
+def alive_pids(pids: list[int]) -> list[int]:
+    """The processes among ``pids`` that still run (zombies count as gone)."""
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                # The state follows the command name, which may itself hold spaces.
+                if stat.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+        except FileNotFoundError:
+            pass
+    return alive

@@ -12,13 +12,6 @@ import hypersweep as hs
 from hypersweep.orchestrator._spec import parse_spec
 
 
-@pytest.fixture
-def markers(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = run_dir / "markers"
-    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(path))
-    return path
-
-
 def _worlds(markers: Path) -> dict[int, set[int]]:
     """Epoch -> the world sizes it ran with (a round that was cut short included)."""
     seen: dict[int, set[int]] = {}

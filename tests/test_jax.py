@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import jax_objectives
 import numpy as np
 import optuna
-import pytest
+from conftest import alive_pids, read_markers
 
 import hypersweep as hs
-
-
-@pytest.fixture
-def markers(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = run_dir / "markers"
-    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(path))
-    return path
-
-
-def _read(markers: Path, pattern: str) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(markers.glob(f"{pattern}.json"))]
-
-
-def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().split()[2] != "Z":
-                    alive.append(pid)
-        except FileNotFoundError:
-            pass
-    return alive
 
 
 def test_psum_across_three_jax_processes_initialized_without_arguments(markers: Path) -> None:
@@ -47,7 +22,7 @@ def test_psum_across_three_jax_processes_initialized_without_arguments(markers: 
     )
     assert result.counts() == {"completed": 1}
     assert result.trials[0].value == 1 + 2 + 3
-    seen = _read(markers, "jax-t0-r*")
+    seen = read_markers(markers, "jax-t0-r*")
     assert [r["rank"] for r in seen] == [0, 1, 2]
     address = seen[0]["jax_env"]["JAX_COORDINATOR_ADDRESS"]
     host, port = address.rsplit(":", 1)
@@ -63,7 +38,7 @@ def test_psum_across_three_jax_processes_initialized_without_arguments(markers: 
         # JAXJob's names, for code written against Kubeflow's training operator
         assert (env["COORDINATOR_ADDRESS"], env["COORDINATOR_PORT"]) == (host, port)
         assert (env["NUM_PROCESSES"], env["PROCESS_ID"]) == ("3", str(replica["rank"]))
-    assert not _alive([r["pid"] for r in seen])
+    assert not alive_pids([r["pid"] for r in seen])
 
 
 def test_pruning_stops_every_jax_process_at_the_same_step(markers: Path) -> None:
@@ -76,9 +51,9 @@ def test_pruning_stops_every_jax_process_at_the_same_step(markers: Path) -> None
         replicas=hs.Replicas(n=2, framework="jax"),
     )
     assert result.counts() == {"pruned": 1}
-    pruned = _read(markers, "jaxpruned-r*")
+    pruned = read_markers(markers, "jaxpruned-r*")
     assert [(r["rank"], r["step"]) for r in pruned] == [(0, 3), (1, 3)]
-    assert not _alive([r["pid"] for r in _read(markers, "jaxprobe-r*")])
+    assert not alive_pids([r["pid"] for r in read_markers(markers, "jaxprobe-r*")])
 
 
 def test_a_killed_jax_process_restarts_the_gang_from_a_numpy_checkpoint(markers: Path) -> None:
@@ -96,8 +71,8 @@ def test_a_killed_jax_process_restarts_the_gang_from_a_numpy_checkpoint(markers:
     clean = next(t for t in result.trials if t.config["kill_rank"] == -1)
     assert killed.attempts == 2 and clean.attempts == 1
     assert killed.metrics["resumed_from"] == 2.0  # after the epoch-1 checkpoint
-    assert [r["start"] for r in _read(markers, "jaxtrain-1-a1-r*")] == [2, 2]
-    assert not _alive([r["pid"] for r in _read(markers, "jaxtrain-1-a0-r*")])
+    assert [r["start"] for r in read_markers(markers, "jaxtrain-1-a1-r*")] == [2, 2]
+    assert not alive_pids([r["pid"] for r in read_markers(markers, "jaxtrain-1-a0-r*")])
     np.testing.assert_array_equal(
         np.load(markers / "jaxfinal-1.npy"), np.load(markers / "jaxfinal--1.npy")
     )

@@ -26,7 +26,7 @@ import objectives
 import optuna
 import ray_objectives
 import replica_objectives
-from conftest import PYTHON, python_env
+from conftest import PYTHON, python_env, read_markers
 from ray.cluster_utils import Cluster
 
 import hypersweep as hs
@@ -64,20 +64,8 @@ def cluster() -> Iterator[Cluster]:
         cluster.shutdown()
 
 
-@pytest.fixture
-def markers(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = run_dir / "markers"
-    path.mkdir()
-    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(path))
-    return path
-
-
 def _launcher(markers: Path, **options: Any) -> RayLauncher:
     return RayLauncher(env={"HYPERSWEEP_TEST_MARKERS": str(markers)}, **options)
-
-
-def _read(markers: Path, pattern: str) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(markers.glob(f"{pattern}.json"))]
 
 
 def test_two_replica_gloo_trial_spans_two_nodes(cluster: Cluster, markers: Path) -> None:
@@ -91,7 +79,7 @@ def test_two_replica_gloo_trial_spans_two_nodes(cluster: Cluster, markers: Path)
     )
     assert result.counts() == {"completed": 1}
     assert result.trials[0].value == 1 + 2
-    ranks = _read(markers, "allreduce-t0-r*")
+    ranks = read_markers(markers, "allreduce-t0-r*")
     assert [r["rank"] for r in ranks] == [0, 1]
     assert len({r["node"] for r in ranks}) == 2  # one replica per Ray node
     master = ranks[0]
@@ -124,9 +112,11 @@ def test_removing_a_node_mid_trial_resumes_from_checkpoint(cluster: Cluster, mar
 
     driver = threading.Thread(target=sweep)
     driver.start()
-    wait_until(lambda: len(_read(markers, "waiting-r*")) == 2 or not driver.is_alive(), timeout=180)
+    wait_until(
+        lambda: len(read_markers(markers, "waiting-r*")) == 2 or not driver.is_alive(), timeout=180
+    )
     assert driver.is_alive(), "the sweep ended before its replicas reached epoch 2"
-    rank1 = next(r for r in _read(markers, "waiting-r*") if r["rank"] == 1)
+    rank1 = next(r for r in read_markers(markers, "waiting-r*") if r["rank"] == 1)
     victim = next(node for node in cluster.worker_nodes if node.node_id == rank1["node"])
     cluster.remove_node(victim, allow_graceful=False)
     cluster.add_node(**NODE)  # what an autoscaler does: the gang needs two nodes again
@@ -138,7 +128,7 @@ def test_removing_a_node_mid_trial_resumes_from_checkpoint(cluster: Cluster, mar
     trial = result.trials[0]
     assert trial.attempts == 2
     assert trial.metrics["resumed_from"] == 2.0  # after the epoch-1 checkpoint
-    retried = _read(markers, "train-a1-r*")
+    retried = read_markers(markers, "train-a1-r*")
     assert [r["start"] for r in retried] == [2, 2]  # both ranks restored the checkpoint
     assert rank1["node"] not in {r["node"] for r in retried}
     assert len({r["node"] for r in retried}) == 2
@@ -337,7 +327,7 @@ def test_trials_without_gpus_see_none_and_gpus_per_replica_0_wins(
         name="gpu-probe",
         launcher=_launcher(markers),
     )
-    single = _read(markers, "held-t0-a0")[0]
+    single = read_markers(markers, "held-t0-a0")[0]
     assert single["env"]["CUDA_VISIBLE_DEVICES"] == ""  # the nodes have a GPU each
     assert single["actor"] == "hs-gpu-probe-t0"  # `ray list actors` names the trial
     result = hs.tune(
@@ -349,7 +339,7 @@ def test_trials_without_gpus_see_none_and_gpus_per_replica_0_wins(
         launcher=_launcher(markers, num_gpus=1),
     )
     assert result.counts() == {"completed": 1}
-    ranks = _read(markers, "allreduce-t0-r*")
+    ranks = read_markers(markers, "allreduce-t0-r*")
     assert [r["env"]["CUDA_VISIBLE_DEVICES"] for r in ranks] == ["", ""]
 
 
@@ -395,11 +385,13 @@ def test_the_sweep_grows_as_nodes_join_and_retries_as_they_leave(
     extra = None
     try:
         wait_until(
-            lambda: len(_read(markers, "held-t*")) == 4 or not driver.is_alive(), timeout=180
+            lambda: len(read_markers(markers, "held-t*")) == 4 or not driver.is_alive(), timeout=180
         )
         extra = cluster.add_node(**NODE)
-        wait_until(lambda: len(_read(markers, "held-t*")) == 6 or not driver.is_alive(), 120)
-        on_extra = {r["trial"] for r in _read(markers, "held-t*") if r["node"] == extra.node_id}
+        wait_until(lambda: len(read_markers(markers, "held-t*")) == 6 or not driver.is_alive(), 120)
+        on_extra = {
+            r["trial"] for r in read_markers(markers, "held-t*") if r["node"] == extra.node_id
+        }
         assert len(on_extra) == 2
         cluster.remove_node(extra, allow_graceful=False)
         wait_until(lambda: sum(node["Alive"] for node in ray.nodes()) == 3, timeout=180)
@@ -434,9 +426,9 @@ def test_retries_after_a_node_loss_go_before_new_trials(cluster: Cluster, marker
     driver.start()
     try:
         wait_until(
-            lambda: len(_read(markers, "held-t*")) == 4 or not driver.is_alive(), timeout=180
+            lambda: len(read_markers(markers, "held-t*")) == 4 or not driver.is_alive(), timeout=180
         )
-        first = _read(markers, "held-t*")
+        first = read_markers(markers, "held-t*")
         victim_id = first[0]["node"]
         lost = {r["trial"] for r in first if r["node"] == victim_id}
         victim = next(node for node in cluster.worker_nodes if node.node_id == victim_id)
@@ -457,7 +449,7 @@ def test_retries_after_a_node_loss_go_before_new_trials(cluster: Cluster, marker
     assert outcome["result"].counts() == {"completed": 8}
     starts = {
         (r["trial"], r["attempt"]): r["time"]
-        for r in _read(markers, "held-t*")
+        for r in read_markers(markers, "held-t*")
         if not (r["attempt"] == 0 and r["trial"] in {t["trial"] for t in first})
     }
     retries = [time for (trial, attempt), time in starts.items() if attempt == 1]
@@ -598,7 +590,9 @@ def test_resume_runs_a_ray_sweep_on_ray_again(
         [PYTHON, "drive.py", cluster.address, str(markers)], env=env, stderr=subprocess.PIPE
     )
     try:
-        wait_until(lambda: _read(markers, "held-t0-a0") or driver.poll() is not None, timeout=180)
+        wait_until(
+            lambda: read_markers(markers, "held-t0-a0") or driver.poll() is not None, timeout=180
+        )
         assert driver.poll() is None, (driver.stderr.read() if driver.stderr else b"")[-2000:]
         driver.send_signal(signal.SIGINT)
         driver.wait(timeout=120)
@@ -614,7 +608,7 @@ def test_resume_runs_a_ray_sweep_on_ray_again(
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert hs.load("ray-resume").counts() == {"completed": 3}
-    ran = _read(markers, "held-t*")
+    ran = read_markers(markers, "held-t*")
     assert {r["trial"] for r in ran} == {0, 1, 2}
     assert all(r["actor"].startswith("hs-ray-resume-t") for r in ran)  # Ray actors, not local
 
@@ -689,7 +683,7 @@ def test_a_jax_trial_spans_two_nodes_with_the_coordinator_on_process_0(
     )
     assert result.counts() == {"completed": 1}
     assert result.trials[0].value == 1 + 2
-    seen = _read(markers, "jax-t0-r*")
+    seen = read_markers(markers, "jax-t0-r*")
     assert [r["rank"] for r in seen] == [0, 1]
     assert len({r["node"] for r in seen}) == 2  # one JAX process per Ray node
     address = seen[0]["jax_env"]["JAX_COORDINATOR_ADDRESS"]

@@ -10,39 +10,15 @@ import subprocess
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
 import replica_objectives
-from conftest import PYTHON, python_env
+from conftest import PYTHON, alive_pids, python_env, read_markers
 
 import hypersweep as hs
 from hypersweep.launchers import LocalLauncher
 from hypersweep.testing import wait_until
-
-
-@pytest.fixture
-def markers(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = run_dir / "markers"
-    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(path))
-    return path
-
-
-def _read(markers: Path, pattern: str) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(markers.glob(f"{pattern}.json"))]
-
-
-def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().split()[2] != "Z":
-                    alive.append(pid)
-        except FileNotFoundError:
-            pass
-    return alive
 
 
 def test_gloo_all_reduce_across_four_replicas(markers: Path) -> None:
@@ -55,7 +31,7 @@ def test_gloo_all_reduce_across_four_replicas(markers: Path) -> None:
     )
     assert result.counts() == {"completed": 1}
     assert result.trials[0].value == 1 + 2 + 3 + 4
-    ranks = _read(markers, "allreduce-t0-r*")
+    ranks = read_markers(markers, "allreduce-t0-r*")
     assert [r["rank"] for r in ranks] == [0, 1, 2, 3]
     port = ranks[0]["env"]["MASTER_PORT"]
     for replica in ranks:
@@ -66,7 +42,7 @@ def test_gloo_all_reduce_across_four_replicas(markers: Path) -> None:
         assert (env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("0", "1")
         assert env["CUDA_VISIBLE_DEVICES"] == ""  # no GPUs asked for: none visible
         assert env["OMP_NUM_THREADS"] == "1"
-    assert not _alive([r["pid"] for r in ranks])  # nothing left after the sweep
+    assert not alive_pids([r["pid"] for r in ranks])  # nothing left after the sweep
 
 
 def test_concurrent_trials_never_share_ports(markers: Path) -> None:
@@ -81,9 +57,9 @@ def test_concurrent_trials_never_share_ports(markers: Path) -> None:
     )
     assert result.counts() == {"completed": 3}
     assert all(t.value == 3.0 for t in result.trials)
-    ports = {r["trial"]: r["env"]["MASTER_PORT"] for r in _read(markers, "allreduce-t*-r0")}
+    ports = {r["trial"]: r["env"]["MASTER_PORT"] for r in read_markers(markers, "allreduce-t*-r0")}
     assert len(ports) == 3 and len(set(ports.values())) == 3
-    for replica in _read(markers, "allreduce-t*-r1"):
+    for replica in read_markers(markers, "allreduce-t*-r1"):
         assert replica["env"]["MASTER_PORT"] == ports[replica["trial"]]
 
 
@@ -105,9 +81,9 @@ def test_a_killed_replica_restarts_the_gang_from_the_checkpoint(markers: Path) -
     assert killed.attempts == 2 and clean.attempts == 1
     assert killed.metrics["resumed_from"] == 2.0  # after the epoch-1 checkpoint
     # Both ranks were restarted, and both restored the checkpoint.
-    assert [r["start"] for r in _read(markers, "ddp-1-a1-r*")] == [2, 2]
-    first = _read(markers, "ddp-1-a0-r*")
-    assert not _alive([r["pid"] for r in first])
+    assert [r["start"] for r in read_markers(markers, "ddp-1-a1-r*")] == [2, 2]
+    first = read_markers(markers, "ddp-1-a0-r*")
+    assert not alive_pids([r["pid"] for r in first])
     final_killed = torch.load(markers / "final-1.pt")
     final_clean = torch.load(markers / "final--1.pt")
     for name, tensor in final_clean.items():
@@ -131,8 +107,8 @@ def test_a_failing_rank_fails_the_trial_with_its_traceback(markers: Path) -> Non
     assert error.startswith("replica worker-0 (rank 1 of 3) raised ValueError: bad shard on rank 1")
     assert "Traceback (most recent call last)" in error and "in fail_on_rank" in error
     assert "gave up after 2 attempts" in error
-    assert len(_read(markers, "fail-a1-r*")) == 3  # the whole gang ran again
-    assert not _alive([r["pid"] for r in _read(markers, "fail-a*-r*")])
+    assert len(read_markers(markers, "fail-a1-r*")) == 3  # the whole gang ran again
+    assert not alive_pids([r["pid"] for r in read_markers(markers, "fail-a*-r*")])
 
 
 def test_restart_policy_never_fails_at_once(markers: Path) -> None:
@@ -159,9 +135,9 @@ def test_pruning_on_rank_0_stops_every_rank_at_the_same_step(markers: Path) -> N
     )
     elapsed = time.monotonic() - started
     assert result.counts() == {"pruned": 1}
-    pruned = _read(markers, "pruned-r*")
+    pruned = read_markers(markers, "pruned-r*")
     assert [(r["rank"], r["step"]) for r in pruned] == [(0, 3), (1, 3), (2, 3)]
-    assert not _alive([r["pid"] for r in _read(markers, "probe-r*")])
+    assert not alive_pids([r["pid"] for r in read_markers(markers, "probe-r*")])
     assert elapsed < 60  # no rank waited for a collective's timeout
 
 
@@ -177,7 +153,7 @@ def test_gpus_are_lent_per_replica_and_never_oversubscribed(markers: Path) -> No
         replicas=hs.Replicas(n=2, gpus_per_replica=1),
     )
     assert result.counts() == {"completed": 3}
-    records = _read(markers, "gpu-t*-r*")
+    records = read_markers(markers, "gpu-t*-r*")
     assert len(records) == 6
     for trial in {r["trial"] for r in records}:
         gpus = [r["env"]["CUDA_VISIBLE_DEVICES"] for r in records if r["trial"] == trial]
@@ -215,8 +191,8 @@ def test_replicas_die_with_a_killed_driver(run_dir: Path, markers: Path) -> None
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    pids = [r["pid"] for r in _read(markers, "hold-*")]
-    wait_until(lambda: not _alive(pids), timeout=10)
+    pids = [r["pid"] for r in read_markers(markers, "hold-*")]
+    wait_until(lambda: not alive_pids(pids), timeout=10)
 
 
 @pytest.mark.slow
@@ -230,7 +206,7 @@ def test_tensorflow_multi_worker_training(markers: Path, monkeypatch: pytest.Mon
         replicas=hs.Replicas(n=2, framework="tensorflow"),
     )
     assert result.counts() == {"completed": 1}, [t.error for t in result.trials]
-    workers = _read(markers, "tf-r*")
+    workers = read_markers(markers, "tf-r*")
     assert [w["rank"] for w in workers] == [0, 1]
     configs = [json.loads(w["env"]["TF_CONFIG"]) for w in workers]
     addresses = configs[0]["cluster"]["worker"]
@@ -244,7 +220,7 @@ def test_tensorflow_multi_worker_training(markers: Path, monkeypatch: pytest.Mon
     assert all(w["replicas"] == 2 for w in workers)  # one strategy spanning both workers
     assert workers[0]["checksum"] == workers[1]["checksum"]  # gradients were all-reduced
     assert result.trials[0].value == pytest.approx(workers[0]["loss"])
-    assert not _alive([w["pid"] for w in workers])
+    assert not alive_pids([w["pid"] for w in workers])
     assert os.environ.get("TF_CONFIG") is None  # the driver's own environment is untouched
 
 
@@ -261,7 +237,9 @@ def test_ctrl_c_stops_every_replica(run_dir: Path, markers: Path) -> None:
         if driver.poll() is None:
             driver.kill()
     assert driver.returncode != 0
-    assert not _alive([r["pid"] for r in _read(markers, "hold-*")])  # gone before it exited
+    assert not alive_pids(
+        [r["pid"] for r in read_markers(markers, "hold-*")]
+    )  # gone before it exited
     assert hs.load("gang").counts() == {"interrupted": 2}
 
 

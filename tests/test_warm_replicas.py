@@ -9,7 +9,6 @@ the sweep or its driver; concurrent gangs on reused workers never share a port.
 from __future__ import annotations
 
 import itertools
-import json
 import signal
 import subprocess
 import textwrap
@@ -20,33 +19,10 @@ from typing import Any
 import optuna
 import pytest
 import replica_objectives
-from conftest import PYTHON, python_env
+from conftest import PYTHON, alive_pids, python_env, read_markers
 
 import hypersweep as hs
 from hypersweep.launchers import LocalLauncher
-
-
-@pytest.fixture
-def markers(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = run_dir / "markers"
-    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(path))
-    return path
-
-
-def _read(markers: Path, pattern: str) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(markers.glob(f"{pattern}.json"))]
-
-
-def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    alive.append(pid)
-        except FileNotFoundError:
-            pass
-    return alive
 
 
 def _children(parent: int) -> list[int]:
@@ -82,7 +58,7 @@ def test_pruned_and_failed_trials_leave_warm_workers_clean(markers: Path) -> Non
     )
     states = [trial.state for trial in sorted(result.trials, key=lambda t: t.number)]
     assert states == ["completed", "pruned", "failed", "completed", "completed"]
-    records = _read(markers, "warm-t*-r*")
+    records = read_markers(markers, "warm-t*-r*")
     assert len(records) == 10
     # The same two processes served every trial: they were reused, never restarted ...
     assert len({r["pid"] for r in records}) == 2
@@ -98,7 +74,7 @@ def test_pruned_and_failed_trials_leave_warm_workers_clean(markers: Path) -> Non
             assert r["leak"] is None, r
             assert r["env"]["CUDA_VISIBLE_DEVICES"] == "", r
             assert r["cwd"] == str(markers.parent), r
-    assert not _alive([r["pid"] for r in records])
+    assert not alive_pids([r["pid"] for r in records])
 
 
 def test_a_gang_restart_reuses_the_survivors_and_starts_only_the_replacement(
@@ -114,13 +90,13 @@ def test_a_gang_restart_reuses_the_survivors_and_starts_only_the_replacement(
     assert result.counts() == {"completed": 1}
     trial = result.trials[0]
     assert trial.attempts == 2 and trial.metrics["resumed_from"] == 2.0
-    first = {r["rank"]: r["pid"] for r in _read(markers, "ddp-1-a0-r*")}
-    second = {r["rank"]: r["pid"] for r in _read(markers, "ddp-1-a1-r*")}
+    first = {r["rank"]: r["pid"] for r in read_markers(markers, "ddp-1-a0-r*")}
+    second = {r["rank"]: r["pid"] for r in read_markers(markers, "ddp-1-a1-r*")}
     assert len(first) == len(second) == 3
     survivors = {first[0], first[2]}
     assert survivors <= set(second.values())  # same processes, a new process group
     assert first[1] not in second.values()
-    assert not _alive([*first.values(), *second.values()])
+    assert not alive_pids([*first.values(), *second.values()])
 
 
 def test_concurrent_gangs_on_reused_workers_never_share_a_port(markers: Path) -> None:
@@ -134,14 +110,14 @@ def test_concurrent_gangs_on_reused_workers_never_share_a_port(markers: Path) ->
     )
     assert result.counts() == {"completed": 8}
     assert all(trial.value == 2.0 for trial in result.trials)
-    records = _read(markers, "warm-t*-r*")
+    records = read_markers(markers, "warm-t*-r*")
     assert len({r["pid"] for r in records}) <= 4  # workers served several trials each
     ports = {r["trial"]: r["env"]["MASTER_PORT"] for r in records if r["rank"] == 0}
     assert len(ports) == 8
     for r in records:
         assert r["env"]["MASTER_PORT"] == ports[r["trial"]]
     # Trials that ran at the same time had different ports; some did run at the same time.
-    ends = _read(markers, "warm-end-t*-r*")
+    ends = read_markers(markers, "warm-end-t*-r*")
     spans = {
         trial: (
             min(r["time"] for r in records if r["trial"] == trial),
@@ -157,7 +133,7 @@ def test_concurrent_gangs_on_reused_workers_never_share_a_port(markers: Path) ->
     assert overlapping
     for a, b in overlapping:
         assert ports[a] != ports[b]
-    assert not _alive([r["pid"] for r in records])
+    assert not alive_pids([r["pid"] for r in records])
 
 
 def test_without_reuse_every_replica_is_a_new_process(markers: Path) -> None:
@@ -170,7 +146,7 @@ def test_without_reuse_every_replica_is_a_new_process(markers: Path) -> None:
         replicas=hs.Replicas(n=2),
     )
     assert result.counts() == {"completed": 2}
-    records = _read(markers, "warm-t*-r*")
+    records = read_markers(markers, "warm-t*-r*")
     assert len({r["pid"] for r in records}) == 4
 
 
@@ -198,4 +174,4 @@ def test_idle_and_lent_warm_workers_die_with_a_killed_driver(run_dir: Path, mark
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    _wait_for(lambda: not _alive(workers), timeout=10)
+    _wait_for(lambda: not alive_pids(workers), timeout=10)
