@@ -32,10 +32,12 @@ Writes benchmarks/results/chaos.json (``--output`` to change).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 NAMESPACE = "chaos"
 
 
-def operator_chaos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+COMMAND = [
+    sys.executable,
+    "-m",
+    "hypersweep.operators.trial_entrypoint",
+    "hypersweep.testing._chaos:chaos_curve",
+]
+
+
+@contextlib.contextmanager
+def chaos_cluster(
+    args: argparse.Namespace, workdir: Path
+) -> Iterator[tuple[LocalCluster, OperatorProcess, Path, Path]]:
+    """A test cluster with one node, the data claim and a running operator; yields the
+    cluster, the operator, the data folder and the markers folder."""
     data, markers = workdir / "data", workdir / "markers"
     data.mkdir()
     markers.mkdir()
@@ -77,86 +92,57 @@ def operator_chaos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             start_timeout=120,
         )
         operator.start()
-        command = [
-            sys.executable,
-            "-m",
-            "hypersweep.operators.trial_entrypoint",
-            "hypersweep.testing._chaos:chaos_curve",
-        ]
+        try:
+            yield cluster, operator, data, markers
+        finally:
+            if operator.process is not None and operator.process.poll() is None:
+                operator.kill()
+
+
+def operator_chaos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    with chaos_cluster(args, workdir) as (cluster, operator, data, markers):
         sweep = chaos_sweep(
             "chaos",
-            command,
+            COMMAND,
             markers,
             max_trials=args.max_trials,
             parallelism=args.parallelism,
             seed=args.seed,
         )
-        try:
-            report = run_operator_chaos(
-                cluster,
-                NAMESPACE,
-                lambda study: data / NAMESPACE / study / "journal.log",
-                operator,
-                sweep,
-                markers,
-                kills=args.operator_kills,
-                seed=args.seed,
-                delay=tuple(args.kill_delay),
-                log=print,
-            )
-        finally:
-            if operator.process is not None and operator.process.poll() is None:
-                operator.kill()
+        report = run_operator_chaos(
+            cluster,
+            NAMESPACE,
+            lambda study: data / NAMESPACE / study / "journal.log",
+            operator,
+            sweep,
+            markers,
+            kills=args.operator_kills,
+            seed=args.seed,
+            delay=tuple(args.kill_delay),
+            log=print,
+        )
     return report.as_dict()
 
 
 def trainjob_gang_chaos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    data, markers = workdir / "data", workdir / "markers"
-    data.mkdir()
-    markers.mkdir()
-    with LocalCluster(crds=crd_manifests()) as cluster:
-        cluster.start_node_agent("agent-0")
-        create_namespace(cluster.api_client(), NAMESPACE)
-        apply_data_claim(cluster, NAMESPACE, data)
-        operator = OperatorProcess(
-            cluster.kubeconfig,
+    with chaos_cluster(args, workdir) as (cluster, _operator, data, markers):
+        report = run_trainjob_gang_chaos(
+            cluster,
             NAMESPACE,
-            data,
-            workdir / "operator.log",
-            lease_duration=args.lease,
-            identity="chaos",
-            ready_path="/readyz",
-            restart_on_exit=True,
-            start_timeout=120,
+            lambda study: data / NAMESPACE / study / "journal.log",
+            COMMAND,
+            markers,
+            kills=args.trainjob_kills,
+            trials=args.trainjob_trials,
+            replicas=args.replicas,
+            parallelism=2,
+            steps=args.trainjob_steps,
+            pause=0.3,
+            seed=args.seed,
+            delay=(0.5, 1.5),
+            timeout=3600,
+            log=print,
         )
-        operator.start()
-        command = [
-            sys.executable,
-            "-m",
-            "hypersweep.operators.trial_entrypoint",
-            "hypersweep.testing._chaos:chaos_curve",
-        ]
-        try:
-            report = run_trainjob_gang_chaos(
-                cluster,
-                NAMESPACE,
-                lambda study: data / NAMESPACE / study / "journal.log",
-                command,
-                markers,
-                kills=args.trainjob_kills,
-                trials=args.trainjob_trials,
-                replicas=args.replicas,
-                parallelism=2,
-                steps=args.trainjob_steps,
-                pause=0.3,
-                seed=args.seed,
-                delay=(0.5, 1.5),
-                timeout=3600,
-                log=print,
-            )
-        finally:
-            if operator.process is not None and operator.process.poll() is None:
-                operator.kill()
     return report.as_dict()
 
 
