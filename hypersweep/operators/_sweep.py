@@ -759,7 +759,7 @@ class SweepController:
         finished trial's resources for inspection)."""
         best = ((sweep.get("status") or {}).get("bestTrial") or {}).get("number")
         checkpoints = directory / "checkpoints"
-        keep = trial_checkpoint_dir(checkpoints, int(best)).name if best is not None else None
+        keep = Path(trial_checkpoint_dir(checkpoints, int(best))).name if best is not None else None
         if checkpoints.is_dir():
             for child in checkpoints.iterdir():
                 if child.name != keep:
