@@ -34,6 +34,9 @@ if [ -f hack/k8s/build.sh ]; then
   bash hack/k8s/build.sh
   export HYPERSWEEP_REQUIRE_K8S=1
 fi
+# SeaweedFS (an S3 server) for the object-storage checkpoint tests, built from the module proxy.
+bash hack/seaweedfs/build.sh
+export HYPERSWEEP_REQUIRE_S3=1
 export HYPERSWEEP_REQUIRE_POSTGRES=1
 # Ray and Ray Tune are dev dependencies: their tests fail rather than skip when missing.
 export HYPERSWEEP_REQUIRE_RAY=1

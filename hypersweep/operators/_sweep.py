@@ -52,6 +52,7 @@ from hypersweep.launchers._kubernetes import (
     one_line,
     suspend_unfinished_trainjobs,
 )
+from hypersweep.operators._checkpoint_store import sweep_checkpoints
 from hypersweep.operators._crds import FRONT_LIMIT
 from hypersweep.operators._expectations import LatestWrites
 from hypersweep.operators._informer import Controller, Informer, enqueue_self
@@ -74,7 +75,7 @@ from hypersweep.operators._validation import (
     check_trial_parameters,
     strategy_for,
 )
-from hypersweep.orchestrator._checkpoints import trial_checkpoint_dir
+from hypersweep.orchestrator._checkpoints import delete_location, trial_checkpoint_dir
 from hypersweep.orchestrator._objective import ObjectiveRef
 from hypersweep.orchestrator._spec import SweepSettings
 from hypersweep.orchestrator._storage import PAUSED_ATTR, describe_storage
@@ -500,6 +501,7 @@ class SweepController:
         spec = sweep.get("spec") or {}
         try:
             settings, template = self.settings_for(sweep)
+            checkpoints = sweep_checkpoints(self.kube, sweep, study_name(sweep))
             pools = parse_pools(spec.get("pools"), "spec.pools")
             if pools and not self.pools_allowed:
                 raise ConfigError(
@@ -515,7 +517,8 @@ class SweepController:
             self.recorder.event(sweep, "Warning", "StorageUnavailable", error.message)
             return 10.0
         goal = (spec.get("objective") or {}).get("goal")
-        volumes, mounts = self._data_volume(spec)
+        # Checkpoints in a bucket: trial pods mount no volume at all.
+        volumes, mounts = self._data_volume(spec) if checkpoints is None else ([], [])
 
         def make_launcher(runner: SweepRunner) -> KubernetesLauncher:
             return KubernetesLauncher(
@@ -529,6 +532,8 @@ class SweepController:
                 owner=sweep,
                 volumes=volumes,
                 volume_mounts=mounts,
+                checkpoint_options=checkpoints.options if checkpoints else None,
+                checkpoint_secret=checkpoints.secret if checkpoints else None,
                 trial_state=runner.trial_state,
                 pools=pools,
                 scheduling_policy=policy,
@@ -590,6 +595,7 @@ class SweepController:
             raise ConfigError(text if text.startswith("spec.") else f"spec.{text}") from None
         directory = run_dir(self.data_dir, sweep)
         storage = self._storage_url(meta["namespace"], spec) or str(directory / "journal.log")
+        checkpoints = sweep_checkpoints(self.kube, sweep, study_name(sweep))
         several = objective.get("metrics")
         settings = SweepSettings(
             space=spec.get("space") or {},
@@ -611,7 +617,8 @@ class SweepController:
             max_retries=spec.get("maxRetries", 2),
             seed=seed,
             keep_checkpoints=spec.get("keepCheckpoints", 2),
-            checkpoint_dir=str(directory / "checkpoints"),
+            checkpoint_dir=checkpoints.url if checkpoints else str(directory / "checkpoints"),
+            checkpoint_storage_options=checkpoints.operator_options if checkpoints else None,
             callbacks=spec.get("callbacks"),
         )
         try:
@@ -749,9 +756,22 @@ class SweepController:
                 pass
         if directory.exists():
             shutil.rmtree(directory, ignore_errors=True)
+        self._delete_checkpoints(key, sweep)
         logger.info("sweep %s deleted with its trials", key)
         self._release(sweep)
         return None
+
+    def _delete_checkpoints(self, key: str, sweep: JsonDict, keep: str | None = None) -> None:
+        """Delete the Sweep's prefix in its checkpoint bucket (but the trial folder ``keep``)."""
+        try:
+            checkpoints = sweep_checkpoints(self.kube, sweep, study_name(sweep))
+            if checkpoints is not None:
+                delete_location(checkpoints.url, checkpoints.operator_options, keep=keep)
+        except Exception as error:  # noqa: BLE001 - a store we cannot reach keeps its data
+            logger.warning("sweep %s: its checkpoints were not deleted: %s", key, error)
+            self.recorder.event(
+                sweep, "Warning", "CheckpointsKept", f"checkpoints not deleted: {error}"
+            )
 
     def _retain(self, key: str, sweep: JsonDict, directory: Path) -> None:
         """``spec.retain``: keep the trial records (journal or database study) and the best
@@ -764,6 +784,7 @@ class SweepController:
             for child in checkpoints.iterdir():
                 if child.name != keep:
                     shutil.rmtree(child, ignore_errors=True)
+        self._delete_checkpoints(key, sweep, keep=keep)
         logger.info(
             "sweep %s deleted; its trial records and best checkpoint are kept in %s",
             key,

@@ -71,13 +71,18 @@ def resolve_location(location: str | os.PathLike[str]) -> str:
     return str(Path(text).resolve())
 
 
-def check_location(location: Any, options: Any, field: str = "checkpoint_dir") -> None:
+def check_location(
+    location: Any,
+    options: Any,
+    field: str = "checkpoint_dir",
+    options_field: str = "checkpoint_storage_options",
+) -> None:
     """Refuse a location whose filesystem is unknown or not installed, naming the fix."""
     if options is not None and (
         not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options)
     ):
         raise ConfigError(
-            f"{field}_storage_options: expected a mapping of option names to values (e.g. "
+            f"{options_field}: expected a mapping of option names to values (e.g. "
             f"{{'endpoint_url': 'http://...'}}), got {options!r}"
         )
     if location is None or not is_url(str(location)):
@@ -354,3 +359,32 @@ def delete_location(
         if keep is not None and posixpath.basename(str(entry).rstrip("/")) == keep:
             continue
         fs.rm(str(entry), recursive=True)
+
+
+#: The environment variables of each store's client libraries, as fsspec options: how the
+#: operator, which serves many sweeps in one process, uses a credentials Secret that trial pods
+#: receive as environment variables.
+_ENV_OPTIONS: dict[str, dict[str, str]] = {
+    "s3": {
+        "AWS_ACCESS_KEY_ID": "key",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_SESSION_TOKEN": "token",
+        "AWS_ENDPOINT_URL": "endpoint_url",
+        "AWS_ENDPOINT_URL_S3": "endpoint_url",
+    },
+    "az": {
+        "AZURE_STORAGE_CONNECTION_STRING": "connection_string",
+        "AZURE_STORAGE_ACCOUNT_NAME": "account_name",
+        "AZURE_STORAGE_ACCOUNT_KEY": "account_key",
+        "AZURE_STORAGE_SAS_TOKEN": "sas_token",
+    },
+}
+_ENV_OPTIONS["s3a"] = _ENV_OPTIONS["s3"]
+_ENV_OPTIONS["abfs"] = _ENV_OPTIONS["az"]
+
+
+def options_from_env(location: str, variables: Mapping[str, str]) -> dict[str, Any]:
+    """The fsspec options that ``variables`` (e.g. a Secret's ``AWS_ACCESS_KEY_ID``...) give
+    the filesystem of ``location``; variables it does not know are left out."""
+    known = _ENV_OPTIONS.get(str(location).split("://", 1)[0], {})
+    return {known[name]: value for name, value in variables.items() if name in known}
