@@ -165,9 +165,7 @@ def main() -> None:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "seaweedfs": SEAWEEDFS_VERSION,
         }
-        results["local_folder"] = throughput(
-            str(work / "folder"), {}, state, pickled, args.repeats
-        )
+        results["local_folder"] = throughput(str(work / "folder"), {}, state, pickled, args.repeats)
         print("local folder:", results["local_folder"], flush=True)
         with s3_server(work / "seaweedfs") as s3:
             options = s3.storage_options()

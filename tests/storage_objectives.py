@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from objectives import ASHA_QUALITY
 
 import hypersweep as hs
 from hypersweep.orchestrator import _checkpoints
@@ -64,3 +65,33 @@ def folder_checkpoint(config: dict[str, Any]) -> float:
         hs.checkpoint(str(work), step=step)
         hs.report(step, loss=1.0 / (step + 1), start=float(start))
     return 1.0 / 4
+
+
+def ray_asha_curve(config: dict[str, Any]) -> float:
+    """``objectives.asha_curve``, recording at each start the Ray node it runs on and the
+    checkpoint it restores from (``HYPERSWEEP_TEST_MARKERS``/starts-N.jsonl)."""
+    import json
+
+    import ray
+
+    context = hs.get_trial_context()
+    assert context is not None
+    markers = Path(os.environ["HYPERSWEEP_TEST_MARKERS"])
+    markers.mkdir(parents=True, exist_ok=True)
+    state = hs.restore()
+    start = 0 if state is None else state["step"] + 1
+    with open(markers / f"starts-{context.trial_number}.jsonl", "a") as handle:
+        record = {
+            "step": start,
+            "node": ray.get_runtime_context().get_node_id(),
+            "restore": context.restore_path,
+        }
+        handle.write(json.dumps(record) + "\n")
+    quality = ASHA_QUALITY[context.trial_number % len(ASHA_QUALITY)]
+    loss = float("inf")
+    for step in range(start, 10):
+        time.sleep(0.05)
+        loss = 1.0 - quality + 1.0 / (step + 1)
+        hs.checkpoint({"step": step}, step=step)
+        hs.report(step, loss=loss)
+    return loss
