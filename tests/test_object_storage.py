@@ -363,3 +363,41 @@ def test_a_sweep_file_takes_a_bucket_and_its_options(s3: S3Server, run_dir: Path
             checkpoint_dir=f"{s3.url}/x",
             checkpoint_storage_options=["endpoint_url"],  # type: ignore[arg-type]
         )
+
+
+STREAMER = textwrap.dedent(
+    """
+    import resource, sys, numpy as np
+    from hypersweep.orchestrator import _checkpoints
+    url, endpoint, key, secret = sys.argv[1:]
+    options = {"endpoint_url": endpoint, "key": key, "secret": secret}
+    state = {"weights": np.ones(2**28 // 8)}  # 256 MiB
+    trial = _checkpoints.trial_checkpoint_dir(url, 0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    path = _checkpoints.write_checkpoint(trial, state, step=0, keep=1, options=options)
+    saved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    del state
+    restored = _checkpoints.read_checkpoint(path, options)
+    assert restored["weights"].sum() == 2**28 // 8
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((saved - before) // 1024, (loaded - before) // 1024)
+    """
+)
+
+
+def test_a_large_state_streams_to_and_from_the_bucket(s3: S3Server, tmp_path: Path) -> None:
+    """Peak memory while saving 256 MiB grows by about one 64 MiB part, not by the state."""
+    script = tmp_path / "streamer.py"
+    script.write_text(STREAMER)
+    out = subprocess.run(
+        [PYTHON, str(script), s3.url, s3.endpoint_url, s3.access_key, s3.secret_key],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout.split()
+    saving_mib, loading_mib = int(out[0]), int(out[1])
+    assert saving_mib < 160, f"saving 256 MiB raised peak memory by {saving_mib} MiB"
+    # Restoring frees the saved state first; the restored state is the only new copy.
+    assert loading_mib < 160, f"restoring raised peak memory by {loading_mib} MiB"

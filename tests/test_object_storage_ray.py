@@ -87,18 +87,17 @@ def test_a_ray_cluster_pauses_and_promotes_through_the_bucket(
     assert best.state == "completed" and max(best.intermediate_values) == 9
     starts = [
         json.loads(line)
-        for line in (markers / f"starts-{best.number}.jsonl").read_text().splitlines()
+        for path in sorted(markers.glob("starts-*.jsonl"))
+        for line in path.read_text().splitlines()
     ]
-    # Paused and promoted at least once; each resumed run restored from the bucket, whichever
-    # node it ran on.
-    assert len(starts) >= 2 and starts[0]["step"] == 0 and starts[0]["restore"] is None
-    for later in starts[1:]:
-        assert later["step"] > 0
-        assert later["restore"].startswith(f"{s3.url}/ray/trial-"), later
-    nodes = {
-        start["node"]
-        for name in markers.glob("starts-*.jsonl")
-        for start in map(json.loads, name.read_text().splitlines())
-    }
-    assert len(nodes) == 2  # trials ran on both worker nodes
+    # Paused trials were promoted, and each resumed run restored from the bucket, whichever
+    # node it ran on; the first run of a trial restored nothing.
+    resumed = [start for start in starts if start["step"] > 0]
+    assert resumed, "no trial was paused and promoted"
+    for start in starts:
+        if start["step"] == 0:
+            assert start["restore"] is None
+        else:
+            assert start["restore"].startswith(f"{s3.url}/ray/trial-"), start
+    assert len({start["node"] for start in starts}) == 2  # trials ran on both worker nodes
     assert not list(run_dir.rglob("checkpoint.json")), "a checkpoint was written locally"

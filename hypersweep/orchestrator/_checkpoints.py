@@ -193,6 +193,31 @@ class _Pieces:
         return len(view)
 
 
+class _ReadPieces:
+    """A binary file whose large reads into a buffer (how pickle reads a big array's bytes)
+    fetch :data:`BLOCK` bytes at a time, rather than the whole array as one temporary copy."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def read(self, size: int = -1) -> bytes:
+        return bytes(self._handle.read(size))
+
+    def readline(self) -> bytes:
+        return bytes(self._handle.readline())
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view):
+            piece = self._handle.read(min(BLOCK, len(view) - done))
+            if not piece:
+                break
+            view[done : done + len(piece)] = piece
+            done += len(piece)
+        return done
+
+
 def write_checkpoint(
     trial_dir: str | os.PathLike[str],
     state_or_dir: Any,
@@ -286,7 +311,7 @@ def read_checkpoint(path: str | os.PathLike[str], options: StorageOptions | None
     meta = json.loads(fs.cat_file(f"{where}/{_META}"))
     if meta["kind"] == "object":
         with fs.open(f"{where}/{_STATE}", "rb", block_size=BLOCK) as handle:
-            return pickle.load(handle)
+            return pickle.load(_ReadPieces(handle))
     if _is_local(fs):
         return where
     return _download(fs, where)
