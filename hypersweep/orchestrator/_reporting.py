@@ -1,21 +1,23 @@
 """The trial-side API: what an objective calls while it runs.
 
 ``report`` sends intermediate metrics to the driver and gets the early-stopping decision back;
-``checkpoint`` and ``restore`` save and load the trial's state in the sweep's checkpoint location
-(a folder, or object storage through fsspec). They
-work in any worker process the launcher started for a trial. Outside a trial (an objective
-called by hand while debugging) they do nothing, so the same function runs both ways.
+``checkpoint`` and ``restore`` save and load the trial's state in the sweep's checkpoint
+location (a folder, or object storage through fsspec). They work in any worker process the
+launcher started for a trial. Outside a trial (an objective called by hand while debugging)
+they do nothing, so the same function runs both ways.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from hypersweep.orchestrator import _checkpoints
@@ -185,9 +187,6 @@ def checkpoint(
 
 def _snapshot(state_or_dir: Any) -> tuple[Any, Callable[[], None]]:
     """A copy the trial may not change while it uploads, and how to drop it afterwards."""
-    import os
-    from pathlib import Path
-
     if isinstance(state_or_dir, (str, os.PathLike)) and Path(state_or_dir).is_dir():
         staging = tempfile.mkdtemp(prefix="hypersweep-checkpoint-")
         copied = shutil.copytree(state_or_dir, os.path.join(staging, "folder"))
