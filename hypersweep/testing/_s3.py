@@ -128,7 +128,7 @@ def s3_server(
             }
         )
     )
-    master, volume, filer, s3, iceberg = _free_ports(5)
+    master, volume, filer, s3 = _free_ports(4)
     data = workdir / "data"
     data.mkdir(exist_ok=True)
     command = [
@@ -138,13 +138,14 @@ def s3_server(
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
         f"-master.port={master}",
-        "-master.volumeSizeLimitMB=1024",
+        "-master.volumeSizeLimitMB=1024",  # small volumes: tests stay within a little disk
         f"-volume.port={volume}",
         "-volume.max=0",
         f"-filer.port={filer}",
         "-s3",
         f"-s3.port={s3}",
-        f"-s3.port.iceberg={iceberg}",
+        "-s3.port.iceberg=0",  # no Iceberg catalog nor Lance server: only S3
+        "-s3.port.lance=0",
         f"-s3.config={config}",
     ]
     log_path = workdir / "weed.log"
