@@ -347,7 +347,7 @@ def test_a_sweep_file_takes_a_bucket_and_its_options(s3: S3Server, run_dir: Path
     settings = parse_spec(
         {
             "objective": "objectives:quadratic",
-            "space": {"x": {"uniform": [0, 1]}},
+            "space": {"x": {"type": "float", "low": 0, "high": 1}},
             "metric": "loss",
             "n_trials": 1,
             "checkpoint_dir": f"{s3.url}/file",
@@ -376,6 +376,8 @@ STREAMER = textwrap.dedent(
     options = {"endpoint_url": endpoint, "key": key, "secret": secret}
     state = {"weights": np.ones(2**28 // 8)}  # 256 MiB
     trial = _checkpoints.trial_checkpoint_dir(url, 0)
+    # A small checkpoint first: the S3 client's imports and connections are not the state's.
+    _checkpoints.write_checkpoint(trial, {"warm": 1}, step=0, keep=1, options=options)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     path = _checkpoints.write_checkpoint(trial, state, step=0, keep=1, options=options)
     saved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -389,7 +391,8 @@ STREAMER = textwrap.dedent(
 
 
 def test_a_large_state_streams_to_and_from_the_bucket(s3: S3Server, tmp_path: Path) -> None:
-    """Peak memory while saving 256 MiB grows by about one 64 MiB part, not by the state."""
+    """Peak memory while saving or restoring 256 MiB grows by a few 16 MiB parts, not by
+    the state (a whole copy would add 256 MiB)."""
     script = tmp_path / "streamer.py"
     script.write_text(STREAMER)
     out = subprocess.run(
@@ -401,6 +404,6 @@ def test_a_large_state_streams_to_and_from_the_bucket(s3: S3Server, tmp_path: Pa
         check=True,
     ).stdout.split()
     saving_mib, loading_mib = int(out[0]), int(out[1])
-    assert saving_mib < 160, f"saving 256 MiB raised peak memory by {saving_mib} MiB"
+    assert saving_mib < 128, f"saving 256 MiB raised peak memory by {saving_mib} MiB"
     # Restoring frees the saved state first; the restored state is the only new copy.
-    assert loading_mib < 160, f"restoring raised peak memory by {loading_mib} MiB"
+    assert loading_mib < 128, f"restoring raised peak memory by {loading_mib} MiB"

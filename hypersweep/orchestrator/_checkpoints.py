@@ -12,7 +12,7 @@ stores have no rename, so the data objects are uploaded first and the marker com
 them. A writer killed midway thus leaves a folder without a marker, which readers skip and the
 trial's next checkpoint deletes.
 
-Large states stream: pickle writes into the store in pieces of at most :data:`BLOCK` bytes
+Large states stream: pickle writes into the store in pieces of :data:`BLOCK` bytes (16 MiB)
 (an object store uploads each piece as one part of a multipart upload) and reads them back the
 same way, so no second copy of the state is held in memory.
 """
@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"^checkpoint-(\d{6,})$")
 _META = "checkpoint.json"
 _STATE = "state.pkl"
-#: Pieces a state is written and read in: one multipart part on object storage.
-BLOCK = 64 * 2**20
+#: Pieces a state is written and read in: one multipart part on object storage. The S3
+#: client holds a few copies of the part being sent, so parts are kept small.
+BLOCK = 16 * 2**20
 #: Which extra installs the fsspec implementation of a URL scheme.
 _EXTRAS = {
     "s3": "s3fs",

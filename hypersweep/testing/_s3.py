@@ -140,7 +140,7 @@ def s3_server(
         f"-master.port={master}",
         "-master.volumeSizeLimitMB=1024",  # small volumes: tests stay within a little disk
         f"-volume.port={volume}",
-        "-volume.max=0",
+        "-volume.max=1000",  # each bucket (collection) takes volumes of its own; sparse files
         f"-filer.port={filer}",
         "-s3",
         f"-s3.port={s3}",
