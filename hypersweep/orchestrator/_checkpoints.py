@@ -246,8 +246,7 @@ def write_checkpoint(
     if _is_local(fs):
         _write_local(path, final, state_or_dir, is_dir, meta)
     else:
-        if fs.exists(final):  # a writer killed while writing this very folder
-            fs.rm(final, recursive=True)
+        _remove(fs, final)  # what a writer killed while writing this very folder left
         if is_dir:
             sources, targets = _files_under(Path(state_or_dir), final)
             if sources:
@@ -299,8 +298,17 @@ def _prune(fs: AbstractFileSystem, trial_dir: str, keep: int) -> None:
         folder = _folder(trial_dir, sequence)
         if sequence in complete:
             # The marker first: a reader never sees a checkpoint whose files are going.
-            fs.rm_file(f"{folder}/{_META}")
-        fs.rm(folder, recursive=True)
+            _remove(fs, f"{folder}/{_META}")
+        _remove(fs, folder)
+
+
+def _remove(fs: AbstractFileSystem, path: str) -> None:
+    """Delete a file or folder that may already be gone. Some stores (SeaweedFS) keep listing
+    a folder whose objects were all deleted, with nothing left in it to delete."""
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
 
 
 def read_checkpoint(path: str | os.PathLike[str], options: StorageOptions | None = None) -> Any:
@@ -384,7 +392,7 @@ def delete_location(
     for entry in entries:
         if keep is not None and posixpath.basename(str(entry).rstrip("/")) == keep:
             continue
-        fs.rm(str(entry), recursive=True)
+        _remove(fs, str(entry))
 
 
 #: The environment variables of each store's client libraries, as fsspec options: how the
