@@ -44,6 +44,9 @@ fi
 # Gang schedulers the gang-scheduling tests hand trials to (scheduler-plugins' coscheduling),
 # built from the Go module proxy like the control plane.
 bash hack/gang/build.sh
+# SeaweedFS (an S3 server) for the object-storage checkpoint tests, built from the module proxy.
+bash hack/seaweedfs/build.sh
+export HYPERSWEEP_REQUIRE_S3=1
 export HYPERSWEEP_REQUIRE_POSTGRES=1
 # Ray and Ray Tune are dev dependencies: their tests fail rather than skip when missing.
 export HYPERSWEEP_REQUIRE_RAY=1

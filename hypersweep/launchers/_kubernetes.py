@@ -159,9 +159,11 @@ class KubernetesLauncher(Launcher):
         scheduling_policy: ``{"gang": "builtin" | "none" | "kueue" | "podGroup", ...}``:
             who makes a trial's replicas start together (see ``Sweep.spec.schedulingPolicy``).
 
-    Trials restore from checkpoints under the sweep's ``checkpoint_dir``, which must be on a
-    volume that trial pods mount at the same path (``volumes`` and ``volume_mounts``, added to
-    every replica), as the operator does with its data volume.
+    Trials restore from checkpoints under the sweep's ``checkpoint_dir``: object storage
+    (``s3://...``; ``checkpoint_options`` are its fsspec options without credentials, and
+    every replica gets the variables of the Secret ``checkpoint_secret``, e.g.
+    ``AWS_ACCESS_KEY_ID``), or a volume that trial pods mount at the same path (``volumes`` and
+    ``volume_mounts``, added to every replica), as the operator does with its data volume.
 
     The operator also passes ``kube``, ``server``, ``sweep``, ``owner``, ``trial_state`` and
     ``trainjobs``, to share its client, server and TrainJob cache, own the trials by their
@@ -192,6 +194,8 @@ class KubernetesLauncher(Launcher):
         trainjobs: Informer | None = None,
         on_change: Callable[[], None] | None = None,
         notify: Callable[[str, str, str], None] | None = None,
+        checkpoint_options: Mapping[str, Any] | None = None,
+        checkpoint_secret: str | None = None,
     ) -> None:
         if (
             isinstance(max_concurrent, bool)
@@ -214,6 +218,8 @@ class KubernetesLauncher(Launcher):
         self._owner = dict(owner) if owner else None
         self._volumes = [dict(v) for v in volumes]
         self._volume_mounts = [dict(m) for m in volume_mounts]
+        self._checkpoint_options = dict(checkpoint_options or {})
+        self._checkpoint_secret = checkpoint_secret
         self._trial_state = trial_state
         self._pools = parse_pools(list(pools), "pools")
         self._policy = parse_policy(scheduling_policy, "scheduling_policy")
@@ -840,6 +846,10 @@ class KubernetesLauncher(Launcher):
             {"name": names.CHECKPOINT_DIR_ENV, "value": assignment.checkpoint_dir},
             {"name": names.KEEP_CHECKPOINTS_ENV, "value": str(assignment.keep_checkpoints)},
             {
+                "name": names.CHECKPOINT_OPTIONS_ENV,
+                "value": json.dumps(self._checkpoint_options, sort_keys=True),
+            },
+            {
                 "name": names.CONFIG_FILE_ENV,
                 "value": f"{names.TRIAL_CONFIG_DIR}/{names.CONFIG_KEY}",
             },
@@ -876,6 +886,11 @@ class KubernetesLauncher(Launcher):
             for container in pod["containers"]:
                 # Ours come last so that a template cannot point a trial at another's identity.
                 container["env"] = [*(container.get("env") or []), *copy.deepcopy(env)]
+                if self._checkpoint_secret:  # the checkpoint store's credentials
+                    container["envFrom"] = [
+                        *(container.get("envFrom") or []),
+                        {"secretRef": {"name": self._checkpoint_secret}},
+                    ]
                 container["volumeMounts"] = [
                     *(container.get("volumeMounts") or []),
                     {

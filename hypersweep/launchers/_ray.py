@@ -7,8 +7,9 @@ multi-replica trial starts on all its bundles or waits, and each replica is an a
 its bundle (``_ray_gang``, ``_ray_actor``). The driver stays the only writer of the sweep's
 storage: actors never touch it, they queue their reports, checkpoints and outcomes, and the
 driver collects them with long-polling actor calls. Checkpoints are written by the trials
-themselves under the sweep's ``checkpoint_dir``, which every node must reach (a shared
-filesystem: NFS, a ReadWriteMany volume); on one machine any folder will do.
+themselves under the sweep's ``checkpoint_dir``, which every node must reach: object storage
+(``s3://bucket/prefix``, credentials in each node's environment), or a shared filesystem (NFS,
+a ReadWriteMany volume); on one machine any folder will do.
 
 Failures are the local launcher's: an actor that dies (killed, out of memory, its node removed
 from the cluster) is reported as a crash, and the orchestrator retries the whole gang from the
@@ -41,6 +42,7 @@ from hypersweep.launchers._ray_gang import (
     kill_actor,
     remove_group,
 )
+from hypersweep.orchestrator._checkpoints import is_url
 from hypersweep.orchestrator._events import Crashed, Errored, Event, TrialAssignment
 from hypersweep.orchestrator._job import ReplicaId, TrainJob, dns_label
 from hypersweep.orchestrator._ray_parameters import put_in_object_store
@@ -545,8 +547,8 @@ class RayLauncher(Launcher):
         return attempt
 
     def _warn_about_checkpoints(self, assignment: TrialAssignment) -> None:
-        if self._warned_shared_dir or len(self._hosts) < 2:
-            return
+        if self._warned_shared_dir or len(self._hosts) < 2 or is_url(assignment.checkpoint_dir):
+            return  # object storage (s3://...) is reached from every node
         self._warned_shared_dir = True
         logger.info(
             "Trials on %d Ray hosts checkpoint under %s: every node must reach this path "

@@ -32,6 +32,7 @@ from hypersweep.orchestrator._reporting import (
     TrialPaused,
     TrialPruned,
     _set_context,
+    call_objective,
 )
 
 _PR_SET_PDEATHSIG = 1
@@ -123,13 +124,14 @@ def run_assignment(
         restore_path=assignment.restore_path,
         attempt=assignment.attempt,
         keep_checkpoints=assignment.keep_checkpoints,
+        checkpoint_options=dict(assignment.checkpoint_options),
         channel=PipeChannel(connection),
         **context,
     )
     _set_context(trial_context)
     try:
         with ray_tune_session() as ray_session:  # tune.report() in a Ray Tune trainable
-            result = objective(json.loads(json.dumps(assignment.config)))
+            result = call_objective(objective, json.loads(json.dumps(assignment.config)))
         if result is None and ray_session.last_metrics:
             result = ray_session.last_metrics  # Ray Tune's result: the last report
     except TrialPruned:

@@ -655,6 +655,38 @@ def _storage_schema() -> JsonDict:
                 ),
                 "properties": {"claimName": {"type": "string", "default": DEFAULT_CLAIM}},
             },
+            "checkpoints": {
+                "type": "object",
+                "required": ["url"],
+                "description": (
+                    "Checkpoints on object storage instead of the claim: trial pods then mount "
+                    "no volume. The Sweep writes under <url>/<namespace>/<study>, deleted with "
+                    "the Sweep."
+                ),
+                "properties": {
+                    "url": {
+                        "type": "string",
+                        "description": "An fsspec URL: s3://bucket/prefix, gs://..., az://...",
+                    },
+                    "options": {
+                        "type": "object",
+                        "description": (
+                            "fsspec storage options without credentials, e.g. endpoint_url"
+                        ),
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    },
+                    "secretRef": {
+                        "type": "object",
+                        "required": ["name"],
+                        "description": (
+                            "A Secret of the store's environment variables (AWS_ACCESS_KEY_ID, "
+                            "AWS_SECRET_ACCESS_KEY, ...): given to every trial pod as "
+                            "variables, and read by the operator."
+                        ),
+                        "properties": {"name": {"type": "string"}},
+                    },
+                },
+            },
             "url": {
                 "type": "object",
                 "required": ["secretKeyRef"],

@@ -68,6 +68,7 @@ from hypersweep.kube._trial_jobs import (
     one_line,
     suspend_unfinished_trainjobs,
 )
+from hypersweep.operators._checkpoint_store import sweep_checkpoints
 from hypersweep.operators._crds import FRONT_LIMIT
 from hypersweep.operators._katib import native_view
 from hypersweep.operators._katib_status import katib_status
@@ -76,7 +77,7 @@ from hypersweep.operators._validation import (
     check_trial_parameters,
     strategy_for,
 )
-from hypersweep.orchestrator._checkpoints import trial_checkpoint_dir
+from hypersweep.orchestrator._checkpoints import delete_location, trial_checkpoint_dir
 from hypersweep.orchestrator._objective import ObjectiveRef
 from hypersweep.orchestrator._spec import SweepSettings
 from hypersweep.orchestrator._storage import PAUSED_ATTR, describe_storage
@@ -519,6 +520,7 @@ class SweepController:
         spec = sweep.get("spec") or {}
         try:
             settings, template = self.settings_for(sweep)
+            checkpoints = sweep_checkpoints(self.kube, sweep, study_name(sweep))
             pools = parse_pools(spec.get("pools"), "spec.pools")
             if pools and not self.pools_allowed:
                 raise ConfigError(
@@ -534,7 +536,8 @@ class SweepController:
             self.recorder.event(sweep, "Warning", "StorageUnavailable", error.message)
             return 10.0
         goal = (spec.get("objective") or {}).get("goal")
-        volumes, mounts = self._data_volume(spec)
+        # Checkpoints in a bucket: trial pods mount no volume at all.
+        volumes, mounts = self._data_volume(spec) if checkpoints is None else ([], [])
 
         def make_launcher(runner: SweepRunner) -> Launcher:
             return self.launcher_factory(
@@ -548,6 +551,8 @@ class SweepController:
                 owner=sweep,
                 volumes=volumes,
                 volume_mounts=mounts,
+                checkpoint_options=checkpoints.options if checkpoints else None,
+                checkpoint_secret=checkpoints.secret if checkpoints else None,
                 trial_state=runner.trial_state,
                 pools=pools,
                 scheduling_policy=policy,
@@ -610,6 +615,7 @@ class SweepController:
             raise ConfigError(text if text.startswith("spec.") else f"spec.{text}") from None
         directory = run_dir(self.data_dir, sweep)
         storage = self._storage_url(meta["namespace"], spec) or str(directory / "journal.log")
+        checkpoints = sweep_checkpoints(self.kube, sweep, study_name(sweep))
         several = objective.get("metrics")
         settings = SweepSettings(
             space=spec.get("space") or {},
@@ -631,7 +637,8 @@ class SweepController:
             max_retries=spec.get("maxRetries", 2),
             seed=seed,
             keep_checkpoints=spec.get("keepCheckpoints", 2),
-            checkpoint_dir=str(directory / "checkpoints"),
+            checkpoint_dir=checkpoints.url if checkpoints else str(directory / "checkpoints"),
+            checkpoint_storage_options=checkpoints.operator_options if checkpoints else None,
             callbacks=spec.get("callbacks"),
         )
         try:
@@ -769,9 +776,22 @@ class SweepController:
                 pass
         if directory.exists():
             shutil.rmtree(directory, ignore_errors=True)
+        self._delete_checkpoints(key, sweep)
         logger.info("sweep %s deleted with its trials", key)
         self._release(sweep)
         return None
+
+    def _delete_checkpoints(self, key: str, sweep: JsonDict, keep: str | None = None) -> None:
+        """Delete the Sweep's prefix in its checkpoint bucket (but the trial folder ``keep``)."""
+        try:
+            checkpoints = sweep_checkpoints(self.kube, sweep, study_name(sweep))
+            if checkpoints is not None:
+                delete_location(checkpoints.url, checkpoints.operator_options, keep=keep)
+        except Exception as error:  # noqa: BLE001 - a store we cannot reach keeps its data
+            logger.warning("sweep %s: its checkpoints were not deleted: %s", key, error)
+            self.recorder.event(
+                sweep, "Warning", "CheckpointsKept", f"checkpoints not deleted: {error}"
+            )
 
     def _retain(self, key: str, sweep: JsonDict, directory: Path) -> None:
         """``spec.retain``: keep the trial records (journal or database study) and the best
@@ -779,11 +799,12 @@ class SweepController:
         finished trial's resources for inspection)."""
         best = ((sweep.get("status") or {}).get("bestTrial") or {}).get("number")
         checkpoints = directory / "checkpoints"
-        keep = trial_checkpoint_dir(checkpoints, int(best)).name if best is not None else None
+        keep = Path(trial_checkpoint_dir(checkpoints, int(best))).name if best is not None else None
         if checkpoints.is_dir():
             for child in checkpoints.iterdir():
                 if child.name != keep:
                     shutil.rmtree(child, ignore_errors=True)
+        self._delete_checkpoints(key, sweep, keep=keep)
         logger.info(
             "sweep %s deleted; its trial records and best checkpoint are kept in %s",
             key,

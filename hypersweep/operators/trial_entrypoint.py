@@ -42,6 +42,7 @@ from hypersweep.orchestrator._reporting import (
     TrialPaused,
     TrialPruned,
     _set_context,
+    call_objective,
 )
 
 logger = logging.getLogger("hypersweep.trial")
@@ -146,14 +147,17 @@ def run_trial(objective: Objective, env: Mapping[str, str]) -> int:
     checkpoint_dir = env.get(names.CHECKPOINT_DIR_ENV) or os.path.join(
         tempfile.gettempdir(), "hypersweep-checkpoints"
     )
-    latest = latest_checkpoint(trial_checkpoint_dir(checkpoint_dir, trial_number))
+    # Credentials, if any, are in the environment (the Secret's variables, e.g. AWS_*).
+    options = json.loads(env.get(names.CHECKPOINT_OPTIONS_ENV) or "{}")
+    latest = latest_checkpoint(trial_checkpoint_dir(checkpoint_dir, trial_number), options)
     channel = _channel(env, rank)
     context = TrialContext(
         trial_number=trial_number,
         config=config,
         sweep_name=env.get(names.SWEEP_ENV, ""),
         checkpoint_dir=checkpoint_dir,
-        restore_path=str(latest) if latest else None,
+        restore_path=latest,
+        checkpoint_options=options,
         attempt=int(env.get(names.ATTEMPT_ENV, "0")),
         keep_checkpoints=int(env.get(names.KEEP_CHECKPOINTS_ENV, "2")),
         rank=rank,
@@ -165,7 +169,7 @@ def run_trial(objective: Objective, env: Mapping[str, str]) -> int:
     _set_context(context)
     try:
         try:
-            result = objective(json.loads(json.dumps(config)))
+            result = call_objective(objective, json.loads(json.dumps(config)))
         except TrialPruned:
             channel.send(("stopped", "stop"))
             return 0

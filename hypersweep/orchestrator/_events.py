@@ -18,6 +18,8 @@ class TrialAssignment:
     attempt: int
     keep_checkpoints: int
     env: dict[str, str] = field(default_factory=dict)
+    #: fsspec storage options of ``checkpoint_dir`` (endpoint, credentials).
+    checkpoint_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

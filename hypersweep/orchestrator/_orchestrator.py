@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,7 +25,12 @@ from hypersweep.orchestrator._callbacks import (
     TrialInfo,
     make_callbacks,
 )
-from hypersweep.orchestrator._checkpoints import latest_checkpoint, trial_checkpoint_dir
+from hypersweep.orchestrator._checkpoints import (
+    copy_checkpoint,
+    latest_checkpoint,
+    resolve_location,
+    trial_checkpoint_dir,
+)
 from hypersweep.orchestrator._events import (
     Checkpointed,
     Completed,
@@ -199,7 +202,9 @@ class Orchestrator:
         self.views: dict[int, TrialView] = {}
         self.best: tuple[int, float] | None = None
         run_dir = default_run_dir(self.name)
-        self.checkpoint_dir = Path(settings.checkpoint_dir or run_dir / "checkpoints").resolve()
+        # A folder (made absolute) or an fsspec URL such as s3://bucket/prefix.
+        self.checkpoint_dir = resolve_location(settings.checkpoint_dir or run_dir / "checkpoints")
+        self.checkpoint_options = dict(settings.checkpoint_storage_options or {})
         self._waiting: list[FrozenTrial] = []
         self._ready: list[tuple[int, dict[str, Any]]] = []
         self._warned_no_checkpoint = False
@@ -593,12 +598,15 @@ class Orchestrator:
         storage = self.store.storage
         storage.set_trial_system_attr(trial_id, OWNER_ATTR, self.driver_id)
         number = storage.get_trial(trial_id).number
-        source = latest_checkpoint(trial_checkpoint_dir(self.checkpoint_dir, clone.source_trial))
+        source = latest_checkpoint(
+            trial_checkpoint_dir(self.checkpoint_dir, clone.source_trial), self.checkpoint_options
+        )
         lineage: dict[str, Any] = {"fixed_params": clone.params, PARENT_ATTR: clone.source_trial}
         if source is not None:
-            target = trial_checkpoint_dir(self.checkpoint_dir, number) / source.name
-            shutil.copytree(source, target, dirs_exist_ok=True)
-            lineage[CLONED_FROM_ATTR] = str(source)
+            copy_checkpoint(
+                source, trial_checkpoint_dir(self.checkpoint_dir, number), self.checkpoint_options
+            )
+            lineage[CLONED_FROM_ATTR] = source
         for key, value in lineage.items():
             storage.set_trial_system_attr(trial_id, key, value)
         logger.info("Trial %d starts from trial %d's checkpoint", number, clone.source_trial)
@@ -662,7 +670,9 @@ class Orchestrator:
         self._launch(running)
 
     def _launch(self, running: RunningTrial) -> None:
-        restore = latest_checkpoint(trial_checkpoint_dir(self.checkpoint_dir, running.number))
+        restore = latest_checkpoint(
+            trial_checkpoint_dir(self.checkpoint_dir, running.number), self.checkpoint_options
+        )
         running.decision = "continue"
         running.decide_from = 0  # a new run's first report is always decided
         self.views[running.number] = TrialView.of(running, "running")
@@ -675,10 +685,11 @@ class Orchestrator:
                 trial_number=running.number,
                 config=running.config,
                 sweep_name=self.name,
-                checkpoint_dir=str(self.checkpoint_dir),
-                restore_path=str(restore) if restore else None,
+                checkpoint_dir=self.checkpoint_dir,
+                restore_path=restore,
                 attempt=running.attempt,
                 keep_checkpoints=self.settings.keep_checkpoints,
+                checkpoint_options=self.checkpoint_options,
             )
         )
 

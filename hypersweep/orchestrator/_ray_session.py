@@ -76,7 +76,7 @@ def _next_step(context: Any) -> int:
     """The step of the next report: Ray Tune's iteration count, which goes on after a restore
     from the step recorded with the checkpoint."""
     if context.last_step < 0 and context.restore_path is not None:
-        restored = checkpoint_step(context.restore_path)
+        restored = checkpoint_step(context.restore_path, context.checkpoint_options)
         if restored is not None:
             return restored + 1
     return int(context.last_step) + 1

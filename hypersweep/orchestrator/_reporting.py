@@ -1,16 +1,23 @@
 """The trial-side API: what an objective calls while it runs.
 
 ``report`` sends intermediate metrics to the driver and gets the early-stopping decision back;
-``checkpoint`` and ``restore`` save and load the trial's state on the shared filesystem. They
-work in any worker process the launcher started for a trial. Outside a trial (an objective
-called by hand while debugging) they do nothing, so the same function runs both ways.
+``checkpoint`` and ``restore`` save and load the trial's state in the sweep's checkpoint
+location (a folder, or object storage through fsspec). They work in any worker process the
+launcher started for a trial. Outside a trial (an objective called by hand while debugging)
+they do nothing, so the same function runs both ways.
 """
 
 from __future__ import annotations
 
+import copy
+import os
+import shutil
+import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from hypersweep.orchestrator import _checkpoints
@@ -56,6 +63,10 @@ class TrialContext:
     world_size: int = 1
     channel: Channel | None = field(default=None, repr=False)
     last_step: int = -1
+    #: fsspec storage options of ``checkpoint_dir`` (endpoint, credentials).
+    checkpoint_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: The asynchronous checkpoint being uploaded: (its path, step, the upload).
+    pending: tuple[str, int | None, Future[str]] | None = field(default=None, repr=False)
 
 
 _current: TrialContext | None = None
@@ -109,6 +120,7 @@ def report(step: int | None = None, **metrics: float) -> None:
         raise TypeError(f"report(step=...) must be an int, got {step!r}")
     context.last_step = step
     assert context.channel is not None
+    _settle(context, wait=False)  # an asynchronous checkpoint that has ended counts from now
     clean = {name: _as_float(name, value) for name, value in metrics.items()}
     decision = context.channel.request(("report", step, clean))
     if decision == "stop":
@@ -124,12 +136,20 @@ def _as_float(name: str, value: Any) -> float:
         raise TypeError(f"report(): metric {name!r} must be a number, got {value!r}") from None
 
 
-def checkpoint(state_or_dir: Any, *, step: int | None = None) -> str | None:
-    """Save a checkpoint for this trial and return its path.
+def checkpoint(
+    state_or_dir: Any, *, step: int | None = None, asynchronous: bool = False
+) -> str | None:
+    """Save a checkpoint for this trial and return its path (or URL).
 
     ``state_or_dir`` is any picklable object (a dict of tensors, a model) or the path of a
-    directory to copy. The latest ``keep_checkpoints`` are kept. Only rank 0 writes in a
-    multi-replica trial; other ranks get None.
+    directory to copy (a framework's own checkpoint folder), saved as a unit. The latest
+    ``keep_checkpoints`` are kept. Only rank 0 writes in a multi-replica trial; other ranks get
+    None.
+
+    With ``asynchronous=True`` the call returns once the state is copied in memory (a folder:
+    copied to a local staging folder), and the upload goes on in the background while the
+    trial trains; the next ``checkpoint`` call, and the trial's end, wait for it. The checkpoint
+    counts (for resuming, pausing, cloning) once its upload has ended.
     """
     context = _current
     if context is None:
@@ -142,16 +162,82 @@ def checkpoint(state_or_dir: Any, *, step: int | None = None) -> str | None:
     # Reports not yet with the driver go before the checkpoint exists: a retry resumes after it
     # and would not report them again.
     getattr(context.channel, "flush", lambda: None)()
-    path = _checkpoints.write_checkpoint(
-        _checkpoints.trial_checkpoint_dir(context.checkpoint_dir, context.trial_number),
-        state_or_dir,
-        step=step,
-        keep=context.keep_checkpoints,
-    )
-    context.restore_path = str(path)
+    _settle(context, wait=True)  # one checkpoint at a time, in order
+    trial_dir = _checkpoints.trial_checkpoint_dir(context.checkpoint_dir, context.trial_number)
+    options = context.checkpoint_options
+    if not asynchronous:
+        path = _checkpoints.write_checkpoint(
+            trial_dir, state_or_dir, step=step, keep=context.keep_checkpoints, options=options
+        )
+        _committed(context, path, step)
+        return path
+    path = _checkpoints.next_checkpoint(trial_dir, options)
+    snapshot, cleanup = _snapshot(state_or_dir)
+
+    def upload() -> str:
+        try:
+            return _checkpoints.write_checkpoint(
+                trial_dir,
+                snapshot,
+                step=step,
+                keep=context.keep_checkpoints,
+                options=options,
+                at=path,
+            )
+        finally:
+            cleanup()
+
+    context.pending = (path, step, _uploader().submit(upload))
+    return path
+
+
+def _snapshot(state_or_dir: Any) -> tuple[Any, Callable[[], None]]:
+    """A copy the trial may not change while it uploads, and how to drop it afterwards."""
+    if isinstance(state_or_dir, (str, os.PathLike)) and Path(state_or_dir).is_dir():
+        staging = tempfile.mkdtemp(prefix="hypersweep-checkpoint-")
+        copied = shutil.copytree(state_or_dir, os.path.join(staging, "folder"))
+        return copied, lambda: shutil.rmtree(staging, ignore_errors=True)
+    return copy.deepcopy(state_or_dir), lambda: None
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _uploader() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hypersweep-upload")
+    return _executor
+
+
+def _committed(context: TrialContext, path: str, step: int | None) -> None:
+    context.restore_path = path
     if context.channel is not None:
-        context.channel.send(("checkpoint", str(path), step))
-    return str(path)
+        context.channel.send(("checkpoint", path, step))
+
+
+def _settle(context: TrialContext, *, wait: bool) -> None:
+    """Tell the driver about an asynchronous checkpoint whose upload ended (waiting for it
+    if ``wait``); an upload's error is raised here, in the trial."""
+    if context.pending is None:
+        return
+    path, step, upload = context.pending
+    if not wait and not upload.done():
+        return
+    context.pending = None
+    upload.result()
+    _committed(context, path, step)
+
+
+def call_objective(objective: Callable[[Any], Any], config: Any) -> Any:
+    """Run the objective as the current trial; its asynchronous checkpoint ends before we
+    return (also when the trial is pruned or paused), so the driver sees it first."""
+    try:
+        return objective(config)
+    finally:
+        context = _current
+        if context is not None:
+            _settle(context, wait=True)
 
 
 def restore() -> Any:
@@ -162,4 +248,4 @@ def restore() -> Any:
     context = _current
     if context is None or context.restore_path is None:
         return None
-    return _checkpoints.read_checkpoint(context.restore_path)
+    return _checkpoints.read_checkpoint(context.restore_path, context.checkpoint_options)

@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from hypersweep._errors import ConfigError
 from hypersweep.orchestrator._callbacks import callbacks_to_data, make_callbacks
+from hypersweep.orchestrator._checkpoints import check_location
 from hypersweep.orchestrator._job import Replicas, TrainJob
 from hypersweep.strategies import (
     check_objectives,
@@ -70,6 +71,7 @@ class SweepSettings:
     seed: int | None = None
     keep_checkpoints: int = 2
     checkpoint_dir: str | None = None
+    checkpoint_storage_options: Mapping[str, Any] | None = None
     replicas: Any = None
     launcher: Mapping[str, Any] | None = None  # a sweep file's ``launcher:``; None: local
     constraints: Mapping[str, Any] | None = None  # metric -> {min, max}
@@ -96,14 +98,7 @@ class SweepSettings:
         _check_int(self.max_retries, "max_retries", 0)
         _check_int(self.keep_checkpoints, "keep_checkpoints", 1)
         _check_int(self.seed, "seed", 0)
-        if self.checkpoint_dir is not None and "://" in str(self.checkpoint_dir):
-            # Taken as a path, "s3://bucket/x" would be a local folder "./s3:/bucket/x" that
-            # no other node sees: retries would silently retrain from zero.
-            raise ConfigError(
-                f"checkpoint_dir: {self.checkpoint_dir!r} is a URL; object storage is not "
-                "supported yet: give a folder that every worker reaches (a shared filesystem "
-                "mount, e.g. /mnt/shared/checkpoints)"
-            )
+        check_location(self.checkpoint_dir, self.checkpoint_storage_options)
         if self.timeout is not None and (
             isinstance(self.timeout, bool)
             or not isinstance(self.timeout, (int, float))
@@ -181,6 +176,8 @@ class SweepSettings:
             "max_retries": self.max_retries,
             "seed": self.seed,
             "keep_checkpoints": self.keep_checkpoints,
+            # Its storage options may hold credentials: those come again with the resume.
+            "checkpoint_dir": self.checkpoint_dir,
             "replicas": Replicas.from_value(self.replicas).to_dict()
             if self.replicas is not None
             else None,
@@ -238,6 +235,12 @@ class SweepSpec(pydantic.BaseModel):
     max_retries: int = pydantic.Field(default=2, ge=0)
     seed: int | None = pydantic.Field(default=None, ge=0)
     keep_checkpoints: int = pydantic.Field(default=2, ge=1)
+    checkpoint_dir: str | None = pydantic.Field(
+        default=None, description="a folder, or a URL such as s3://bucket/prefix (fsspec)"
+    )
+    checkpoint_storage_options: dict[str, Any] | None = pydantic.Field(
+        default=None, description="fsspec options of checkpoint_dir, e.g. {endpoint_url: ...}"
+    )
     replicas: ReplicasSpec | None = None
     launcher: LauncherSpec | None = None
     callbacks: list[dict[str, Any] | str] | None = pydantic.Field(

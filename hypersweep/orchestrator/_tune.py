@@ -53,6 +53,7 @@ def tune(
     seed: int | None = None,
     keep_checkpoints: int = 2,
     checkpoint_dir: str | None = None,
+    checkpoint_storage_options: Mapping[str, Any] | None = None,
     replicas: Replicas | dict[str, Any] | None = None,
     launcher: Launcher | None = None,
     verbose: bool = True,
@@ -95,7 +96,12 @@ def tune(
             configs again; a proposal that another trial already has is replaced by an unused
             config while the space has one.
         keep_checkpoints: checkpoints kept per trial.
-        checkpoint_dir: where checkpoints go; defaults to the sweep's folder.
+        checkpoint_dir: where checkpoints go; defaults to the sweep's folder. A folder every
+            worker reaches, or an fsspec URL: ``s3://bucket/prefix`` (``pip install
+            'hypersweep[s3]'``), ``gs://``, ``az://``, ``file://``.
+        checkpoint_storage_options: fsspec options of ``checkpoint_dir``, e.g.
+            ``{"endpoint_url": "http://minio:9000", "key": ..., "secret": ...}``; unset, the
+            filesystem reads its usual environment (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``...).
         replicas: run every trial as several replicas of the objective (distributed
             training), e.g. ``hs.Replicas(n=4, framework="pytorch")``: one process per rank,
             with the rendezvous environment of torchrun or TFJob set, started and stopped
@@ -140,6 +146,7 @@ def tune(
         seed=seed,
         keep_checkpoints=keep_checkpoints,
         checkpoint_dir=checkpoint_dir,
+        checkpoint_storage_options=checkpoint_storage_options,
         replicas=replicas,
         callbacks=callbacks,
         launcher=launcher.to_spec() if launcher is not None else None,  # for resume
