@@ -1,6 +1,10 @@
 """Search and early stopping: pure decision logic, no I/O."""
 
-from hypersweep.strategies._bounded import BoundedHistorySampler
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hypersweep.strategies._bounded import BoundedHistorySampler
+
 from hypersweep.strategies._early_stopping import make_scheduler
 from hypersweep.strategies._objectives import (
     CONSTRAINT_STRATEGIES,
@@ -99,3 +103,13 @@ __all__ = [
     "uniform",
     "validate_space",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # BoundedHistorySampler subclasses Optuna's BaseSampler: importing it eagerly would load
+    # Optuna with every ``import hypersweep``, which stays light.
+    if name == "BoundedHistorySampler":
+        from hypersweep.strategies._bounded import BoundedHistorySampler
+
+        return BoundedHistorySampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
