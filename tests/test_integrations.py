@@ -16,7 +16,7 @@ import pytest
 from conftest import free_port
 
 import hypersweep as hs
-from hypersweep import integrations, testing
+from hypersweep import testing
 from hypersweep.integrations import MLflowCallback, TensorBoardCallback, WandbCallback
 
 ASHA = {"name": "asha", "min_resource": 1, "max_resource": 9}
@@ -220,16 +220,18 @@ def test_mlflow_outage_does_not_stop_the_sweep(
     # Nothing listens on this port: every request fails, the sweep still completes, and the
     # failure is logged once. (No retries: MLflow's backoff would take minutes.)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    tracker = MLflowCallback(tracking_uri=f"http://127.0.0.1:{free_port()}")
     with caplog.at_level(logging.ERROR, logger="hypersweep"):
         result = hs.tune(
             {"x": hs.uniform(0, 1)},
             objectives.quadratic,
             metric="loss",
             n_trials=3,
-            callbacks=[{"mlflow": {"tracking_uri": f"http://127.0.0.1:{free_port()}"}}],
+            callbacks=[tracker],
             verbose=False,
         )
-        assert integrations.flush(timeout=120)
+        # This sweep's own logging (another test's callbacks may still be sending theirs).
+        assert tracker.flush(timeout=120)
     assert result.counts() == {"completed": 3}
     failures = [r for r in caplog.records if "mlflow-callback: logging failed" in r.getMessage()]
     assert len(failures) == 1

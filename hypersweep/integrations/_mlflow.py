@@ -117,13 +117,18 @@ class MLflowCallback(Callback):
         at most ``timeout`` seconds; True if it all did."""
         deadline = None if timeout is None else time.monotonic() + timeout
         done = True
-        for shard, worker in enumerate(self._workers):  # what waits to be batched goes now
-            worker.submit(functools.partial(self._drain, shard))
-        for _ in range(2):  # the sweep's closing call queues its last batch on another worker
+        # A worker's call may queue a batch on another (the sweep's closing call tags the best
+        # trial's run) after that one was flushed: go round until nothing waits.
+        for _ in range(4):
+            for shard, worker in enumerate(self._workers):  # what waits to be batched goes now
+                worker.submit(functools.partial(self._drain, shard))
             for worker in self._workers:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 done = worker.flush(left) and done
-        return done
+            with self._lock:
+                if not any(self._pending):
+                    return done
+        return False
 
     # --- the sweep loop's hooks (driver thread): queue work, return at once ----------------
 
