@@ -128,7 +128,7 @@ class MLflowCallback(Callback):
             with self._lock:
                 if not any(self._pending):
                     return done
-        return False
+        return done  # what is left waits for a run that never came (the server was down)
 
     # --- the sweep loop's hooks (driver thread): queue work, return at once ----------------
 
