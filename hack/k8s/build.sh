@@ -41,16 +41,7 @@ WORK_DIR="${VERSION_DIR}/src"
 STAMP="${BIN_DIR}/.versions"
 STAMP_CONTENT="kubernetes=${KUBERNETES_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION}"
 
-FORCE=0
-for arg in "$@"; do
-  case "${arg}" in
-    --force) FORCE=1 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
-    *) echo "unknown argument: ${arg}" >&2; exit 2 ;;
-  esac
-done
-
-all_present() {
+present() {
   [[ -f "${STAMP}" ]] && [[ "$(cat "${STAMP}")" == "${STAMP_CONTENT}" ]] || return 1
   local b
   for b in "${BINARIES[@]}"; do
@@ -59,35 +50,12 @@ all_present() {
   [[ -s "${BIN_DIR}/${STAGES_FILE_NAME}" ]]
 }
 
-if [[ "${FORCE}" == 0 ]] && all_present; then
-  echo "k8s binaries up to date in ${BIN_DIR} (${STAMP_CONTENT})"
-  exit 0
-fi
-
-# Serialize concurrent builds on one machine (e.g. parallel CI jobs), then check again.
-mkdir -p "${CACHE_ROOT}"
-if command -v flock >/dev/null 2>&1; then
-  exec 9>"${VERSION_DIR}.lock"
-  flock 9
-  if [[ "${FORCE}" == 0 ]] && all_present; then
-    echo "k8s binaries up to date in ${BIN_DIR} (${STAMP_CONTENT})"
-    exit 0
-  fi
-fi
-
-if ! command -v go >/dev/null 2>&1; then
-  if [[ -x /usr/local/go/bin/go ]]; then
-    export PATH="/usr/local/go/bin:${PATH}"
-  else
-    echo "error: the Go toolchain (>= 1.26) is required to build the control plane" >&2
-    exit 1
-  fi
-fi
-
-START=$(date +%s)
-log() { echo "[$(date +%H:%M:%S)] $*"; }
-mkdir -p "${BIN_DIR}" "${WORK_DIR}"
-rm -f "${STAMP}"
+# shellcheck source=../lib/cached_build.sh
+source "$(dirname "$0")/../lib/cached_build.sh"
+parse_build_args "$@"
+exit_if_built "${VERSION_DIR}.lock" "k8s binaries up to date in ${BIN_DIR} (${STAMP_CONTENT})"
+require_go 1.26 "the control plane"
+begin_build "${BIN_DIR}"
 
 export CGO_ENABLED=0
 BUILD_FLAGS=(-trimpath)
@@ -99,12 +67,7 @@ k8s_minor="${minor_patch%%.*}"                   # 36
 
 # --- Kubernetes --------------------------------------------------------------------------
 log "resolving k8s.io/kubernetes@${KUBERNETES_VERSION}"
-k8s_gomod="$(cd "${WORK_DIR}" && GOFLAGS=-mod=mod go mod download -json \
-  "k8s.io/kubernetes@${KUBERNETES_VERSION}" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')"
-if [[ -z "${k8s_gomod}" || ! -f "${k8s_gomod}" ]]; then
-  echo "error: could not download the go.mod of k8s.io/kubernetes@${KUBERNETES_VERSION}" >&2
-  exit 1
-fi
+k8s_gomod="$(module_gomod k8s.io/kubernetes "${KUBERNETES_VERSION}")"
 go_directive="$(sed -n 's/^go \(.*\)$/\1/p' "${k8s_gomod}")"
 godebug_line="$(grep -E '^godebug ' "${k8s_gomod}" || true)"
 # Staging modules: the ones kubernetes replaces with ./staging/src/...
@@ -187,8 +150,7 @@ GOBIN="${BIN_DIR}" go install "${BUILD_FLAGS[@]}" -ldflags="${kwok_ldflags}" \
   "sigs.k8s.io/kwok/cmd/kwokctl@${KWOK_VERSION}"
 
 log "writing ${STAGES_FILE_NAME}"
-kwok_src="$(cd "${WORK_DIR}" && GOFLAGS=-mod=mod go mod download -json \
-  "sigs.k8s.io/kwok@${KWOK_VERSION}" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')"
+kwok_src="$(module_dir sigs.k8s.io/kwok "${KWOK_VERSION}")"
 stage_files=(
   kustomize/stage/node/fast/node-initialize.yaml
   kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
@@ -211,9 +173,5 @@ for b in "${BINARIES[@]}"; do
     exit 1
   fi
 done
-echo "${STAMP_CONTENT}" > "${STAMP}"
-
-END=$(date +%s)
-log "built ${BINARIES[*]} into ${BIN_DIR}"
 du -sh "${BIN_DIR}" | sed 's/^/size: /'
-echo "build took $((END - START)) s"
+end_build "built ${BINARIES[*]} into ${BIN_DIR}"
