@@ -21,6 +21,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from hypersweep._errors import ConfigError
+from hypersweep.strategies._trial_scan import TrialScan
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -30,10 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["BoundedHistorySampler"]
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# Trials finished by other drivers are read from storage again after this many proposals, or
-# a 1/_RESCAN_FRACTION of the trials seen if more: amortized O(1) per proposal.
-_RESCAN_MIN = 16
-_RESCAN_FRACTION = 64
 
 
 class _StudyView:
@@ -90,8 +87,7 @@ class BoundedHistorySampler(BaseSampler):
         self._recent: deque[FrozenTrial] = deque(maxlen=recent)
         self._seen: set[int] = set()
         self._running: dict[int, int] = {}  # number -> trial id, started in this driver
-        self._since_scan: int | None = None
-        self._scan_from = 0
+        self._scan = TrialScan()  # trials finished by other drivers, read now and then
 
     def __str__(self) -> str:
         return f"{self.sampler} (best {self.best} + recent {self.recent} trials)"
@@ -116,21 +112,9 @@ class BoundedHistorySampler(BaseSampler):
             heapq.heapreplace(self._best, entry)
 
     def _refresh(self, study: Study) -> None:
-        due = self._since_scan is None or self._since_scan >= max(
-            _RESCAN_MIN, len(self._seen) // _RESCAN_FRACTION
-        )
-        if not due:
-            assert self._since_scan is not None
-            self._since_scan += 1
-            return
-        self._since_scan = 0
-        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        for index in range(self._scan_from, len(trials)):
-            trial = trials[index]
+        for trial in self._scan.due_trials(study, len(self._seen)):
             if trial.state in _FINISHED:
                 self._add(study, trial)
-            if index == self._scan_from and trial.state.is_finished():
-                self._scan_from += 1
 
     def _view(self, study: Study, current: FrozenTrial) -> Any:
         self._refresh(study)

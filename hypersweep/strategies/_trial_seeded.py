@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from optuna.samplers import BaseSampler, QMCSampler, RandomSampler
 from optuna.samplers._lazy_random_state import LazyRandomState
 
+from hypersweep.strategies._trial_scan import TrialScan
+
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
     from optuna.study import Study
@@ -131,8 +133,7 @@ class TrialSeededSampler(BaseSampler):
         # drivers' configs); this driver's own proposals are added as they are made. Reading
         # every trial for every proposal would make each proposal cost O(trials).
         self._taken: dict[tuple[Any, ...], int] = {}
-        self._since_scan: int | None = None  # proposals since the last read; None: never read
-        self._scan_from = 0  # trials before this index (storage order) are finished and read
+        self._scan = TrialScan()  # other drivers' configs: refused from the next read on
         self._checked: set[int] = set()  # trials whose whole config is drawn and checked at once
 
     def __getattr__(self, name: str) -> Any:
@@ -165,29 +166,17 @@ class TrialSeededSampler(BaseSampler):
             return own
         self._refresh_taken(study)
         if not self._taken or (len(self._taken) == 1 and trial.number in self._taken.values()):
-            self._since_scan = None  # read again for the next trial: this config is unseen
+            self._scan.read_next_time()  # read again for the next trial: this config is unseen
             return own  # the first config: nothing to repeat, sampled as Optuna would
         self._checked.add(trial.number)
         return {**self.distributions, **own}
 
     def _refresh_taken(self, study: Study) -> None:
         """Read every trial's config from storage when due (amortized O(1) per proposal)."""
-        due = self._since_scan is None or self._since_scan >= max(
-            _RESCAN_MIN, len(self._taken) // _RESCAN_FRACTION
-        )
-        if not due:
-            assert self._since_scan is not None
-            self._since_scan += 1
-            return
-        self._since_scan = 0
         names = self.distributions.keys()
-        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        for index in range(self._scan_from, len(trials)):
-            other = trials[index]
+        for other in self._scan.due_trials(study, len(self._taken)):
             if other.params and other.params.keys() >= names:
                 self._taken.setdefault(_config_key(other.params), other.number)
-            if index == self._scan_from and other.state.is_finished():
-                self._scan_from += 1  # a finished trial's config never changes: read it once
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -264,11 +253,6 @@ class TrialSeededSampler(BaseSampler):
 
 
 _MAX_LISTED = 100_000  # discrete spaces up to this size are listed to find an unused config
-# Other drivers' configs are read again after this many proposals, or a 1/_RESCAN_FRACTION of
-# the known configs if more: a proposal costs O(1) amortized, and a repeat of a config another
-# driver proposed meanwhile is refused from the next read on.
-_RESCAN_MIN = 16
-_RESCAN_FRACTION = 64
 
 
 def _config_key(params: dict[str, Any]) -> tuple[Any, ...]:
