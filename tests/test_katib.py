@@ -18,9 +18,9 @@ import yaml
 from hypersweep._errors import ConfigError
 from hypersweep.operators._katib import (
     DEFAULT_FILTER,
-    RELAY,
     is_katib_spec,
     native_view,
+    relay_command,
     translate_experiment,
     translate_spec,
 )
@@ -369,7 +369,7 @@ def test_job_trial_template_substitutes_and_wraps() -> None:
     assert template["runPolicy"] == {"backoffLimit": 1}
     container = primary(native)
     assert container["command"] == [
-        *RELAY,
+        *relay_command(),
         "python",
         "/app/train.py",
         "--lr=${trialParameters.lr}",
@@ -450,7 +450,7 @@ def test_pytorchjob_and_tfjob_become_trainjobs() -> None:
     native = translate_spec(body)
     specs = native["trialTemplate"]["pytorchReplicaSpecs"]
     for role in ("Master", "Worker"):
-        assert specs[role]["template"]["spec"]["containers"][0]["command"][:4] == list(RELAY)
+        assert specs[role]["template"]["spec"]["containers"][0]["command"][:5] == relay_command()
     assert native["trialTemplate"]["runPolicy"] == {"cleanPodPolicy": "None"}  # retain
     settings_of(native)
     tf = copy.deepcopy(body)
@@ -547,6 +547,36 @@ def test_default_filter_parses_katib_lines() -> None:
         MetricsRelay([DEFAULT_FILTER], {"loss": "min"}).result()
 
 
+def bare_python() -> str:
+    """The interpreter this virtualenv was made from: standard library only, no hypersweep."""
+    return str(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def test_the_relay_runs_where_hypersweep_cannot_be_imported(tmp_path: Path) -> None:
+    """The trial command needs only ``python3``: the relay's source rides in the command (no
+    Kubernetes ``$(VAR)`` reference in it, small enough for a pod spec) and runs under ``-I``."""
+    command = relay_command()
+    assert command[:3] == ["python3", "-I", "-c"] and command[4] == "--"
+    assert "$(" not in command[3] and len(command[3]) < 20_000
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = subprocess.run(
+        [bare_python(), "-I", "-c", "import hypersweep"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert probe.returncode != 0 and "No module named 'hypersweep'" in probe.stderr
+    collector = {"kind": "StdOut", "filters": [DEFAULT_FILTER], "metrics": {"loss": "min"}}
+    done = _relay(
+        [bare_python(), "-c", "print('loss=0.5 epoch'); print('loss=0.25')"], collector, tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"step": 2, "metrics": {"loss": 0.25}' in done.stderr
+    assert '{"kind": "result", "result": {"loss": 0.25}}' in done.stderr
+
+
 def _relay(
     command: list[str], collector: dict[str, Any], tmp_path: Path
 ) -> subprocess.CompletedProcess[str]:
@@ -556,8 +586,10 @@ def _relay(
         "HYPERSWEEP_CHECKPOINT_DIR": str(tmp_path),
     }
     env.pop("HYPERSWEEP_REPORT_URL", None)
+    env.pop("PYTHONPATH", None)
+    # The relay as a trial pod runs it, under an interpreter without hypersweep.
     return subprocess.run(
-        [sys.executable, "-m", "hypersweep.operators.katib_entrypoint", "--", *command],
+        [bare_python(), *relay_command()[1:], *command],
         env=env,
         capture_output=True,
         text=True,
