@@ -7,6 +7,7 @@ number of trials and the right best trial, in the Sweep's status and Katib's
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,48 @@ def test_tpe_experiment_with_push_collector(
     assert len(trials) == 4 and status["trials"]["succeeded"] == 4
     check_best(status, trials)
     assert all(len(t.intermediate_values) == 5 for t in trials)
+
+
+def test_a_trial_image_with_only_python3_runs_unchanged(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """The trial's interpreter cannot import hypersweep (the pod's PATH finds a bare
+    ``python3``, the one this virtualenv was made from, and no PYTHONPATH): the relay runs from
+    the source in the command, and the Experiment completes with the right best trial."""
+    probe = subprocess.run(
+        [str(getattr(sys, "_base_executable", None) or sys.executable), "-c", "import hypersweep"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""},
+        capture_output=True,
+        check=False,
+    )
+    assert probe.returncode != 0  # the interpreter the pod will find cannot import hypersweep
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "python3").symlink_to(getattr(sys, "_base_executable", None) or sys.executable)
+    body = experiment(
+        "katib-bare",
+        settings=[{"name": "random_state", "value": "4"}],
+        max_trials=3,
+        extra_args=["--bare"],
+    )
+    container = body["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    container["command"] = ["python3", SCRIPT]
+    container["env"] = [
+        {"name": "PATH", "value": f"{bare}:/usr/bin:/bin"},
+        {"name": "PYTHONPATH", "value": ""},
+    ]
+    status, trials = run(cluster, namespace, operator, body)
+    assert "Succeeded" in status["true"], status
+    assert len(trials) == 3 and status["trials"]["succeeded"] == 3
+    check_best(status, trials)
+    assert all(sorted(t.intermediate_values) == [1, 2, 3, 4, 5] for t in trials)
+    pod = kubectl_json(cluster, "get", "pods", "-n", namespace.name)["items"][0]
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[:3] == ["python3", "-I", "-c"] and command[4:6] == ["--", "python3"]
+    # katib_trial.py --bare exits 7 (a failed trial) if the relay's interpreter is not its own,
+    # or if it can import hypersweep.
 
 
 def test_medianstop_stops_the_trials_that_learn_worse(
