@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hypersweep._errors import ConfigError
+from hypersweep.strategies._brackets import HyperbandSchedule
 
 JsonDict = dict[str, Any]
 
@@ -42,13 +43,10 @@ ALGORITHMS = {
     "cmaes": "cmaes",
     "bayesianoptimization": "gp",
     "sobol": "qmc",
+    "hyperband": "hyperband",
 }
 #: Katib algorithms refused, and why.
 _REFUSED_ALGORITHMS = {
-    "hyperband": "hypersweep's hyperband pauses trials at each rung and resumes them from their "
-    "checkpoints, and a trial command run under the metrics relay has none (every trial would "
-    "stop at the first rung); use earlyStopping medianstop here, or a native Sweep with "
-    "earlyStopping hyperband and an objective that calls hypersweep.checkpoint()",
     "pbt": "population based training clones trials from their checkpoints, and a trial command "
     "run under the metrics relay has none; use a native Sweep with earlyStopping pbt and an "
     "objective that calls hypersweep.checkpoint()",
@@ -73,13 +71,20 @@ _SETTINGS: dict[str, dict[str, str]] = {
     "cmaes": {"random_state": "seed", "sigma": "sigma0", "restart_strategy": "restart_strategy"},
     "bayesianoptimization": {"random_state": "seed", "n_initial_points": "n_startup_trials"},
     "sobol": {"random_state": "seed"},
+    "hyperband": {
+        "resource_name": "resource",
+        "r_l": "max_resource",
+        "eta": "eta",
+        "random_state": "seed",
+    },
 }
 _INT_SETTINGS = {
     "seed",
+    "eta",
     "n_startup_trials",
     "n_ei_candidates",
 }
-_FLOAT_SETTINGS = {"sigma0"}
+_FLOAT_SETTINGS = {"sigma0", "max_resource"}
 #: medianstop's settings -> Optuna's MedianPruner's.
 _MEDIANSTOP = {"min_trials_required": "n_startup_trials", "start_step": "n_warmup_steps"}
 #: Katib's defaults for medianstop (its docs): 3 trials, from the 4th report.
@@ -703,7 +708,7 @@ def translate_spec(spec: Mapping[str, Any]) -> JsonDict:
     parallel = spec.get("parallelTrialCount", 3)
     native["parallelism"] = _count(parallel, "spec.parallelTrialCount", 1)
     trials = spec.get("maxTrialCount")
-    if trials is None:
+    if trials is None and name != "hyperband":
         if name != "grid":
             raise ConfigError(
                 "spec.maxTrialCount: required (a sweep runs a fixed budget of trials); Katib's "
@@ -712,6 +717,10 @@ def translate_spec(spec: Mapping[str, Any]) -> JsonDict:
         trials = 1
         for domain in space.values():
             trials *= len(domain.get("values") or [1])
+    if name == "hyperband":
+        schedule = _hyperband(strategy, space)
+        # Katib's hyperband ends with its last bracket, or at maxTrialCount if that comes first.
+        trials = min(trials, schedule.total_trials) if trials is not None else schedule.total_trials
     native["maxTrials"] = _count(trials, "spec.maxTrialCount", 1)
     if spec.get("maxFailedTrialCount") is not None:
         # Katib fails the experiment when more than maxFailedTrialCount trials failed.
@@ -723,6 +732,36 @@ def translate_spec(spec: Mapping[str, Any]) -> JsonDict:
             f"spec.resumePolicy: expected Never, LongRunning or FromVolume, got {policy!r}"
         )
     return native
+
+
+def _hyperband(strategy: JsonDict, space: JsonDict) -> HyperbandSchedule:
+    """Check Katib's hyperband settings against the parameters, and make the budget parameter
+    an integer between the smallest and the largest budget (Katib gives trials ``int`` budgets,
+    whatever the parameter's feasible space says)."""
+    at = "spec.algorithm.algorithmSettings"
+    settings = strategy.get("settings") or {}
+    for needed, katib in (("resource", "resource_name"), ("max_resource", "r_l")):
+        if needed not in settings:
+            raise ConfigError(
+                f"{at}: hyperband needs {katib} (the budget parameter and the largest budget, as "
+                "Katib's hyperband)"
+            )
+    resource = settings["resource"]
+    if resource not in space:
+        raise ConfigError(
+            f"{at} resource_name: {resource!r} is not one of spec.parameters (the budget each "
+            f"trial gets is a parameter's value; the parameters are {', '.join(space)})"
+        )
+    try:
+        schedule = HyperbandSchedule(settings["max_resource"], settings.get("eta", 3))
+    except ConfigError as error:
+        raise ConfigError(f"{at}: {error}") from None
+    space[resource] = {
+        "type": "int",
+        "low": schedule.min_budget,
+        "high": int(schedule.max_resource),
+    }
+    return schedule
 
 
 def _count(value: Any, where: str, minimum: int) -> int:

@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hypersweep.strategies._bounded import BoundedHistorySampler
+    from hypersweep.strategies._hyperband import HyperbandSampler
 
 from hypersweep.strategies._early_stopping import make_scheduler
 from hypersweep.strategies._objectives import (
@@ -73,6 +74,7 @@ __all__ = [
     "Float",
     "Grid",
     "Hyperband",
+    "HyperbandSampler",
     "Int",
     "OptunaPrunerScheduler",
     "Scheduler",
@@ -106,10 +108,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # BoundedHistorySampler subclasses Optuna's BaseSampler: importing it eagerly would load
-    # Optuna with every ``import hypersweep``, which stays light.
+    # BoundedHistorySampler and HyperbandSampler subclass Optuna's BaseSampler: importing them
+    # eagerly would load Optuna with every ``import hypersweep``, which stays light.
     if name == "BoundedHistorySampler":
         from hypersweep.strategies._bounded import BoundedHistorySampler
 
         return BoundedHistorySampler
+    if name == "HyperbandSampler":
+        from hypersweep.strategies._hyperband import HyperbandSampler
+
+        return HyperbandSampler
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

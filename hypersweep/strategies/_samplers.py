@@ -29,7 +29,7 @@ from hypersweep.strategies._space import (
 if TYPE_CHECKING:
     import optuna
 
-STRATEGY_NAMES = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2", "nsga3")
+STRATEGY_NAMES = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2", "nsga3", "hyperband")
 
 __all__ = ["STRATEGY_NAMES", "StrategyNotReady", "check_strategy", "grid_size", "make_sampler"]
 
@@ -95,6 +95,13 @@ def make_sampler(
 
     samplers = optuna.samplers
     sampler: optuna.samplers.BaseSampler
+    if strategy == "hyperband":
+        # Its budget parameter and largest budget have no default.
+        raise ConfigError(
+            "strategy: hyperband needs its settings: pass "
+            "hypersweep.strategies.HyperbandSampler(resource=..., max_resource=...), or in a "
+            "Sweep give strategy.settings.resource and strategy.settings.max_resource"
+        )
     if strategy == "tpe":
         sampler = samplers.TPESampler(
             seed=seed, constant_liar=parallel, constraints_func=constraints_func
