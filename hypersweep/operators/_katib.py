@@ -48,8 +48,9 @@ ALGORITHMS = {
 #: Katib algorithms refused, and why.
 _REFUSED_ALGORITHMS = {
     "pbt": "population based training clones trials from their checkpoints, and a trial command "
-    "run under the metrics relay has none; use a native Sweep with earlyStopping pbt and an "
-    "objective that calls hypersweep.checkpoint()",
+    "run under the metrics relay has none; use algorithmName hyperband (budgets as a parameter, "
+    "no checkpoints needed), or a native Sweep with earlyStopping pbt and an objective that "
+    "calls hypersweep.checkpoint()",
     "enas": "neural architecture search is not supported",
     "darts": "neural architecture search is not supported",
 }
