@@ -577,6 +577,35 @@ def test_the_relay_runs_where_hypersweep_cannot_be_imported(tmp_path: Path) -> N
     assert '{"kind": "result", "result": {"loss": 0.25}}' in done.stderr
 
 
+_WRITE_EVENTS = """
+import sys
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.util import tensor_util
+writer = EventFileWriter(sys.argv[1])
+for step, value in ((1, 0.5), (2, 0.25), (3, 0.375)):
+    tensor = tensor_util.make_tensor_proto(value, dtype="float32", shape=[])
+    values = [summary_pb2.Summary.Value(tag="eval/loss", tensor=tensor)]
+    writer.add_event(event_pb2.Event(step=step, summary=summary_pb2.Summary(value=values)))
+writer.close()
+"""
+
+
+def test_the_relay_reads_tf_events_without_tensorboard(tmp_path: Path) -> None:
+    """Event files written by tensorboard's own writer (TF2 scalar tensors) are read by the relay
+    under an interpreter that has neither tensorboard nor protobuf."""
+    probe = subprocess.run(
+        [bare_python(), "-I", "-c", "import google.protobuf"], capture_output=True, check=False
+    )
+    assert probe.returncode != 0
+    events = tmp_path / "events"
+    collector = {"kind": "TensorFlowEvent", "path": str(events), "metrics": {"loss": "min"}}
+    done = _relay([sys.executable, "-c", _WRITE_EVENTS, str(events)], collector, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert '"step": 3, "metrics": {"loss": 0.375}' in done.stderr
+    assert '{"kind": "result", "result": {"loss": 0.25}}' in done.stderr
+
+
 def _relay(
     command: list[str], collector: dict[str, Any], tmp_path: Path
 ) -> subprocess.CompletedProcess[str]:

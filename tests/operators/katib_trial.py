@@ -69,6 +69,11 @@ def main() -> int:
     parser.add_argument("--name", default="")
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds per epoch")
     parser.add_argument(
+        "--budget-matters",
+        action="store_true",
+        help="a longer run ends better (as Hyperband's budgets assume)",
+    )
+    parser.add_argument(
         "--bare", action="store_true", help="fail if this interpreter can import hypersweep"
     )
     args = parser.parse_args()
@@ -91,6 +96,8 @@ def main() -> int:
     print(f"run {args.name} starts: lr={args.lr} layers={args.layers}", flush=True)
     for epoch in range(1, args.epochs + 1):
         value = accuracy(args.lr, args.layers, epoch, args.epochs) * fade
+        if args.budget_matters:
+            value = round(value * args.epochs / (args.epochs + 1), 6)
         train = min(value + 0.05, 1.0)
         line = f"epoch {epoch}: Train-accuracy={train:.6f} Validation-accuracy={value:.6f}"
         if args.push:

@@ -264,6 +264,56 @@ def test_a_trial_image_with_only_python3_runs_unchanged(
     # or if it can import hypersweep.
 
 
+def test_hyperband_runs_katibs_brackets_with_the_budget_as_a_parameter(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    """Katib's hyperband (resource_name, eta, r_l): each rung is new trials of an unchanged
+    Katib trial, the budget (``--epochs``) a parameter; a rung runs the best configs of the rung
+    below with eta times the budget. r_l = 4, eta = 2: 3 brackets, 15 trials."""
+    from hypersweep.strategies._brackets import HyperbandSchedule
+
+    body = experiment(
+        "katib-hyperband",
+        algorithm="hyperband",
+        settings=[
+            {"name": "resource_name", "value": "epochs"},
+            {"name": "eta", "value": "2"},
+            {"name": "r_l", "value": "4"},
+        ],
+        max_trials=None,
+        parallel=4,
+        extra_args=["--epochs=${trialParameters.budget}", "--budget-matters"],
+    )
+    spec = body["spec"]
+    spec["parameters"].append(
+        {"name": "epochs", "parameterType": "int", "feasibleSpace": {"min": "1", "max": "100"}}
+    )
+    spec["trialTemplate"]["trialParameters"].append({"name": "budget", "reference": "epochs"})
+    status, trials = run(cluster, namespace, operator, body)
+    assert "Succeeded" in status["true"], status
+    schedule = HyperbandSchedule(4, 2)
+    assert len(trials) == schedule.total_trials == 15 and status["trials"]["succeeded"] == 15
+    by_number = {t.number: t for t in trials}
+    for position, rung in enumerate(schedule.rungs):
+        numbers = range(rung.first, rung.first + rung.count)
+        for number in numbers:
+            # The trial got its rung's budget, and ran that many epochs.
+            assert by_number[number].params["epochs"] == rung.budget
+            assert sorted(by_number[number].intermediate_values) == list(range(1, rung.budget + 1))
+        if rung.index == 0:
+            continue
+        below = schedule.rungs[position - 1]
+        ranked = sorted(
+            (by_number[n] for n in range(below.first, below.first + below.count)),
+            key=lambda t: -(t.value or 0.0),
+        )
+        for slot, number in enumerate(numbers):
+            mine, parent = by_number[number].params, ranked[slot].params
+            assert (mine["lr"], mine["layers"]) == (parent["lr"], parent["layers"])
+    check_best(status, trials)
+    assert status["bestTrial"]["params"]["epochs"] == 4
+
+
 def test_medianstop_stops_the_trials_that_learn_worse(
     cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
 ) -> None:
