@@ -191,3 +191,37 @@ def test_a_native_hyperband_strategy_needs_its_settings() -> None:
         strategy_for({"name": "hyperband", "settings": {"resource": "x"}}, {})
     with pytest.raises(ConfigError, match="has no setting 'rungs'"):
         strategy_for({"name": "hyperband", "settings": {"rungs": 3}}, {})
+
+
+def budgeted_score(config: dict[str, Any]) -> float:
+    """A trial that trains from scratch for its budget: a longer run ends better."""
+    import hypersweep as hs
+
+    score = 0.0
+    for epoch in range(1, config["epochs"] + 1):
+        score = (1.0 - abs(config["x"] - 0.3)) * epoch / (epoch + 1)
+        hs.report(epoch, score=score)
+    return score
+
+
+def test_tune_runs_the_hyperband_strategy(tmp_path: Path) -> None:
+    """``tune()`` takes the sampler as any strategy: the local launcher runs the schedule."""
+    import hypersweep as hs
+
+    result = hs.tune(
+        {"x": hs.uniform(0, 1), "epochs": hs.randint(1, 5)},
+        budgeted_score,
+        metric="score",
+        mode="max",
+        strategy=HyperbandSampler("epochs", max_resource=4, eta=2, seed=0),
+        n_trials=15,
+        max_concurrent=3,
+        storage=str(tmp_path / "journal.log"),
+        name="hyperband-local",
+    )
+    assert result.counts() == {"completed": 15}
+    budgets = [r.budget for r in HyperbandSchedule(4, 2).rungs for _ in range(r.count)]
+    trials = sorted(result.trials, key=lambda t: t.number)
+    assert [t.config["epochs"] for t in trials] == budgets
+    assert [len(t.intermediate_values) for t in trials] == budgets
+    assert result.best_trial.config["epochs"] == 4
