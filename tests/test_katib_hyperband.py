@@ -225,3 +225,15 @@ def test_tune_runs_the_hyperband_strategy(tmp_path: Path) -> None:
     assert [t.config["epochs"] for t in trials] == budgets
     assert [len(t.intermediate_values) for t in trials] == budgets
     assert result.best_trial.config["epochs"] == 4
+
+
+def test_katibs_own_hyperband_shape_translates() -> None:
+    """Katib's published shape: a dashed budget parameter whose feasible space is [1, 1], r_l 2,
+    eta 2, and a maxTrialCount below the schedule's 5 trials."""
+    body = katib_spec(resource_name="num-epochs", eta="2", r_l="2")
+    body["parameters"][-1]["name"] = "num-epochs"
+    body["parameters"][-1]["feasibleSpace"] = {"min": "1", "max": "1"}
+    body["maxTrialCount"] = 2
+    native = translate_spec(body)
+    assert HyperbandSchedule(2, 2).total_trials == 5 and native["maxTrials"] == 2
+    assert native["space"]["num-epochs"] == {"type": "int", "low": 1, "high": 2}
