@@ -18,6 +18,7 @@ from hypersweep.strategies._objectives import (
 )
 from hypersweep.strategies._samplers import (
     STRATEGY_NAMES,
+    SWEEP_STRATEGY_NAMES,
     StrategyNotReady,
     check_strategy,
     grid_size,
@@ -65,6 +66,7 @@ __all__ = [
     "MULTI_OBJECTIVE_STRATEGIES",
     "PBT",
     "STRATEGY_NAMES",
+    "SWEEP_STRATEGY_NAMES",
     "BoundedHistorySampler",
     "Branches",
     "Categorical",
