@@ -6,8 +6,9 @@ such a spec with :func:`translate_spec` before it builds the sweep's settings, s
 loop runs it as any Sweep; ``hypersweep katib convert experiment.yaml`` prints the translation
 for users who want to move on to the native form.
 
-This module is pure (no I/O): Katib's fields in, the native spec (and the collector settings the
-trial entry point reads) out, or a :class:`ConfigError` naming the Katib field and the fix.
+This module is pure (its one read is the metrics relay's source, once): Katib's fields in, the
+native spec (the primary container's command wrapped by the relay, with the collector settings
+it reads) out, or a :class:`ConfigError` naming the Katib field and the fix.
 """
 
 from __future__ import annotations
@@ -721,7 +722,10 @@ def translate_spec(spec: Mapping[str, Any]) -> JsonDict:
     if name == "hyperband":
         schedule = _hyperband(strategy, space)
         # Katib's hyperband ends with its last bracket, or at maxTrialCount if that comes first.
-        trials = min(trials, schedule.total_trials) if trials is not None else schedule.total_trials
+        if trials is None:
+            trials = schedule.total_trials
+        else:
+            trials = min(_count(trials, "spec.maxTrialCount", 1), schedule.total_trials)
     native["maxTrials"] = _count(trials, "spec.maxTrialCount", 1)
     if spec.get("maxFailedTrialCount") is not None:
         # Katib fails the experiment when more than maxFailedTrialCount trials failed.
