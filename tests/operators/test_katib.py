@@ -1,6 +1,7 @@
 """Katib Experiments run as Sweeps on the test cluster: our own Experiments in Katib's shapes
-(random, grid, tpe; a batch Job and a PyTorchJob trial; StdOut, File and Push collectors;
-medianstop; a goal), changed only in apiVersion and kind. Each runs to completion with the right
+(random, grid, tpe, hyperband; a batch Job and a PyTorchJob trial; StdOut, File, TF-event and
+Push collectors; medianstop; a goal; a trial interpreter without hypersweep), changed only in
+apiVersion and kind. Each runs to completion with the right
 number of trials and the right best trial, in the Sweep's status and Katib's
 ``currentOptimalTrial``."""
 
