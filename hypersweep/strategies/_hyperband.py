@@ -7,12 +7,13 @@ Katib's hyperband suggestion runs it: each rung is a set of *new* trials, the be
 the rung below run again with ``eta`` times the budget.
 
 The schedule is Katib's (:mod:`hypersweep.strategies._brackets`). Trial ``k`` of the sweep has a
-fixed place in it, so what trial ``k`` runs is a function of its number and of the trials stored
-before it: a restarted (or a second) driver proposes the same.
+fixed place in it, so what trial ``k`` runs is a function of its number, the seed and the trials
+stored before it: a restarted (or a second) driver proposes the same.
 """
 
 from __future__ import annotations
 
+import secrets
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +60,9 @@ class HyperbandSampler(optuna.samplers.BaseSampler):
             raise ConfigError("resource: expected the name of the budget parameter")
         self.resource = resource
         self.schedule = HyperbandSchedule(max_resource, eta)
-        self.seed = seed if seed is not None else 0
+        # Unseeded, each driver draws its own base seed (as the named strategies do): two sweeps
+        # do not start from the same configs. A proposed config is stored with its trial.
+        self.seed = seed if seed is not None else secrets.randbits(32)
         self._copies: dict[int, dict[str, Any] | None] = {}
 
     def infer_relative_search_space(
