@@ -18,9 +18,9 @@ import yaml
 from hypersweep._errors import ConfigError
 from hypersweep.operators._katib import (
     DEFAULT_FILTER,
-    RELAY,
     is_katib_spec,
     native_view,
+    relay_command,
     translate_experiment,
     translate_spec,
 )
@@ -178,15 +178,15 @@ def test_grid_enumerates_values_and_counts_trials() -> None:
     refused(body, "spec.parameters[0] (lr).feasibleSpace.step", "grid")
 
 
-def test_hyperband_and_pbt_are_refused_saying_why() -> None:
-    """They pause and clone trials from checkpoints, which a relayed command has none of."""
-    for name in ("hyperband", "pbt"):
-        refused(
-            spec(algorithm={"algorithmName": name}),
-            "spec.algorithm.algorithmName",
-            f"{name} is not supported",
-            "checkpoint",
-        )
+def test_pbt_is_refused_saying_why_and_what_instead() -> None:
+    """PBT clones trials from checkpoints, which a relayed command has none of."""
+    refused(
+        spec(algorithm={"algorithmName": "pbt"}),
+        "spec.algorithm.algorithmName",
+        "pbt is not supported",
+        "checkpoint",
+        "hyperband",
+    )
 
 
 def test_algorithm_refusals() -> None:
@@ -369,7 +369,7 @@ def test_job_trial_template_substitutes_and_wraps() -> None:
     assert template["runPolicy"] == {"backoffLimit": 1}
     container = primary(native)
     assert container["command"] == [
-        *RELAY,
+        *relay_command(),
         "python",
         "/app/train.py",
         "--lr=${trialParameters.lr}",
@@ -450,7 +450,7 @@ def test_pytorchjob_and_tfjob_become_trainjobs() -> None:
     native = translate_spec(body)
     specs = native["trialTemplate"]["pytorchReplicaSpecs"]
     for role in ("Master", "Worker"):
-        assert specs[role]["template"]["spec"]["containers"][0]["command"][:4] == list(RELAY)
+        assert specs[role]["template"]["spec"]["containers"][0]["command"][:5] == relay_command()
     assert native["trialTemplate"]["runPolicy"] == {"cleanPodPolicy": "None"}  # retain
     settings_of(native)
     tf = copy.deepcopy(body)
@@ -547,6 +547,65 @@ def test_default_filter_parses_katib_lines() -> None:
         MetricsRelay([DEFAULT_FILTER], {"loss": "min"}).result()
 
 
+def bare_python() -> str:
+    """The interpreter this virtualenv was made from: standard library only, no hypersweep."""
+    return str(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def test_the_relay_runs_where_hypersweep_cannot_be_imported(tmp_path: Path) -> None:
+    """The trial command needs only ``python3``: the relay's source rides in the command (no
+    Kubernetes ``$(VAR)`` reference in it, small enough for a pod spec) and runs under ``-I``."""
+    command = relay_command()
+    assert command[:3] == ["python3", "-I", "-c"] and command[4] == "--"
+    assert "$(" not in command[3] and len(command[3]) < 20_000
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = subprocess.run(
+        [bare_python(), "-I", "-c", "import hypersweep"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert probe.returncode != 0 and "No module named 'hypersweep'" in probe.stderr
+    collector = {"kind": "StdOut", "filters": [DEFAULT_FILTER], "metrics": {"loss": "min"}}
+    done = _relay(
+        [bare_python(), "-c", "print('loss=0.5 epoch'); print('loss=0.25')"], collector, tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"step": 2, "metrics": {"loss": 0.25}' in done.stderr
+    assert '{"kind": "result", "result": {"loss": 0.25}}' in done.stderr
+
+
+_WRITE_EVENTS = """
+import sys
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.util import tensor_util
+writer = EventFileWriter(sys.argv[1])
+for step, value in ((1, 0.5), (2, 0.25), (3, 0.375)):
+    tensor = tensor_util.make_tensor_proto(value, dtype="float32", shape=[])
+    values = [summary_pb2.Summary.Value(tag="eval/loss", tensor=tensor)]
+    writer.add_event(event_pb2.Event(step=step, summary=summary_pb2.Summary(value=values)))
+writer.close()
+"""
+
+
+def test_the_relay_reads_tf_events_without_tensorboard(tmp_path: Path) -> None:
+    """Event files written by tensorboard's own writer (TF2 scalar tensors) are read by the relay
+    under an interpreter that has neither tensorboard nor protobuf."""
+    probe = subprocess.run(
+        [bare_python(), "-I", "-c", "import google.protobuf"], capture_output=True, check=False
+    )
+    assert probe.returncode != 0
+    events = tmp_path / "events"
+    collector = {"kind": "TensorFlowEvent", "path": str(events), "metrics": {"loss": "min"}}
+    done = _relay([sys.executable, "-c", _WRITE_EVENTS, str(events)], collector, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert '"step": 3, "metrics": {"loss": 0.375}' in done.stderr
+    assert '{"kind": "result", "result": {"loss": 0.25}}' in done.stderr
+
+
 def _relay(
     command: list[str], collector: dict[str, Any], tmp_path: Path
 ) -> subprocess.CompletedProcess[str]:
@@ -556,8 +615,10 @@ def _relay(
         "HYPERSWEEP_CHECKPOINT_DIR": str(tmp_path),
     }
     env.pop("HYPERSWEEP_REPORT_URL", None)
+    env.pop("PYTHONPATH", None)
+    # The relay as a trial pod runs it, under an interpreter without hypersweep.
     return subprocess.run(
-        [sys.executable, "-m", "hypersweep.operators.katib_entrypoint", "--", *command],
+        [bare_python(), *relay_command()[1:], *command],
         env=env,
         capture_output=True,
         text=True,

@@ -41,7 +41,7 @@ from hypersweep.kube._jobspec import (
     TENSORFLOW_ROLES,
 )
 from hypersweep.kube._names import GROUP, VERSION
-from hypersweep.strategies import EARLY_STOPPING_NAMES, STRATEGY_NAMES
+from hypersweep.strategies import EARLY_STOPPING_NAMES, SWEEP_STRATEGY_NAMES
 
 JsonDict = dict[str, Any]
 
@@ -538,7 +538,7 @@ def _strategy_schema() -> JsonDict:
         "properties": {
             "name": {
                 "type": "string",
-                "enum": list(STRATEGY_NAMES),
+                "enum": list(SWEEP_STRATEGY_NAMES),
                 "default": "tpe",
                 "description": "The search strategy (an Optuna sampler).",
             },

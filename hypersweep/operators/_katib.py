@@ -6,19 +6,24 @@ such a spec with :func:`translate_spec` before it builds the sweep's settings, s
 loop runs it as any Sweep; ``hypersweep katib convert experiment.yaml`` prints the translation
 for users who want to move on to the native form.
 
-This module is pure (no I/O): Katib's fields in, the native spec (and the collector settings the
-trial entry point reads) out, or a :class:`ConfigError` naming the Katib field and the fix.
+This module is pure (its one read is the metrics relay's source, once): Katib's fields in, the
+native spec (the primary container's command wrapped by the relay, with the collector settings
+it reads) out, or a :class:`ConfigError` naming the Katib field and the fix.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
+import functools
 import json
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hypersweep._errors import ConfigError
+from hypersweep.strategies._brackets import HyperbandSchedule
 
 JsonDict = dict[str, Any]
 
@@ -27,8 +32,8 @@ KATIB_API_VERSION = "kubeflow.org/v1beta1"
 DEFAULT_FILTER = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 #: The environment variable carrying the metrics collector settings to the trial entry point.
 COLLECTOR_ENV = "HYPERSWEEP_KATIB_COLLECTOR"
-#: The command that wraps the primary container's command and relays its metrics.
-RELAY = ("python", "-m", "hypersweep.operators.katib_entrypoint", "--")
+#: The interpreter and its flags that run the metrics relay (``-I``: standard library only).
+RELAY_INTERPRETER = ("python3", "-I", "-c")
 
 #: Katib's algorithms and the strategy (Optuna sampler) each runs as.
 ALGORITHMS = {
@@ -39,16 +44,14 @@ ALGORITHMS = {
     "cmaes": "cmaes",
     "bayesianoptimization": "gp",
     "sobol": "qmc",
+    "hyperband": "hyperband",
 }
 #: Katib algorithms refused, and why.
 _REFUSED_ALGORITHMS = {
-    "hyperband": "hypersweep's hyperband pauses trials at each rung and resumes them from their "
-    "checkpoints, and a trial command run under the metrics relay has none (every trial would "
-    "stop at the first rung); use earlyStopping medianstop here, or a native Sweep with "
-    "earlyStopping hyperband and an objective that calls hypersweep.checkpoint()",
     "pbt": "population based training clones trials from their checkpoints, and a trial command "
-    "run under the metrics relay has none; use a native Sweep with earlyStopping pbt and an "
-    "objective that calls hypersweep.checkpoint()",
+    "run under the metrics relay has none; use algorithmName hyperband (budgets as a parameter, "
+    "no checkpoints needed), or a native Sweep with earlyStopping pbt and an objective that "
+    "calls hypersweep.checkpoint()",
     "enas": "neural architecture search is not supported",
     "darts": "neural architecture search is not supported",
 }
@@ -70,13 +73,20 @@ _SETTINGS: dict[str, dict[str, str]] = {
     "cmaes": {"random_state": "seed", "sigma": "sigma0", "restart_strategy": "restart_strategy"},
     "bayesianoptimization": {"random_state": "seed", "n_initial_points": "n_startup_trials"},
     "sobol": {"random_state": "seed"},
+    "hyperband": {
+        "resource_name": "resource",
+        "r_l": "max_resource",
+        "eta": "eta",
+        "random_state": "seed",
+    },
 }
 _INT_SETTINGS = {
     "seed",
+    "eta",
     "n_startup_trials",
     "n_ei_candidates",
 }
-_FLOAT_SETTINGS = {"sigma0"}
+_FLOAT_SETTINGS = {"sigma0", "max_resource"}
 #: medianstop's settings -> Optuna's MedianPruner's.
 _MEDIANSTOP = {"min_trials_required": "n_startup_trials", "start_step": "n_warmup_steps"}
 #: Katib's defaults for medianstop (its docs): 3 trials, from the 4th report.
@@ -598,15 +608,42 @@ def translate_trial_template(
     return job
 
 
+@functools.cache
+def relay_source() -> str:
+    """The metrics relay's source as the trial runs it: ``_katib_relay.py`` without its
+    docstrings and comments (half the size in every trial pod's spec)."""
+    tree = ast.parse(Path(__file__).with_name("_katib_relay.py").read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            if len(body) == 1:
+                body[0] = ast.Pass()
+            else:
+                del body[0]
+    return ast.unparse(tree) + "\n"
+
+
+def relay_command() -> list[str]:
+    """What the primary container's command is prefixed with: the relay, then ``--``."""
+    return [*RELAY_INTERPRETER, relay_source(), "--"]
+
+
 def _wrap(container: JsonDict, collector: JsonDict, strategies: JsonDict, at: str) -> None:
-    """Run the container's command under the metrics relay (no sidecar)."""
+    """Run the container's command under the metrics relay (no sidecar, nothing of hypersweep
+    needed in the image: the relay is standard-library Python run from its source)."""
     command = list(container.get("command") or [])
     if not command:
         raise ConfigError(
             f"{at}.command: the primary container needs its command written out (the image's "
             "entrypoint is not known here, and the metrics relay runs the command itself)"
         )
-    container["command"] = [*RELAY, *command, *(container.get("args") or [])]
+    container["command"] = [*relay_command(), *command, *(container.get("args") or [])]
     container.pop("args", None)
     settings = {**collector, "metrics": strategies}
     env = [e for e in container.get("env") or [] if e.get("name") != COLLECTOR_ENV]
@@ -673,7 +710,7 @@ def translate_spec(spec: Mapping[str, Any]) -> JsonDict:
     parallel = spec.get("parallelTrialCount", 3)
     native["parallelism"] = _count(parallel, "spec.parallelTrialCount", 1)
     trials = spec.get("maxTrialCount")
-    if trials is None:
+    if trials is None and name != "hyperband":
         if name != "grid":
             raise ConfigError(
                 "spec.maxTrialCount: required (a sweep runs a fixed budget of trials); Katib's "
@@ -682,6 +719,13 @@ def translate_spec(spec: Mapping[str, Any]) -> JsonDict:
         trials = 1
         for domain in space.values():
             trials *= len(domain.get("values") or [1])
+    if name == "hyperband":
+        schedule = _hyperband(strategy, space)
+        # Katib's hyperband ends with its last bracket, or at maxTrialCount if that comes first.
+        if trials is None:
+            trials = schedule.total_trials
+        else:
+            trials = min(_count(trials, "spec.maxTrialCount", 1), schedule.total_trials)
     native["maxTrials"] = _count(trials, "spec.maxTrialCount", 1)
     if spec.get("maxFailedTrialCount") is not None:
         # Katib fails the experiment when more than maxFailedTrialCount trials failed.
@@ -693,6 +737,36 @@ def translate_spec(spec: Mapping[str, Any]) -> JsonDict:
             f"spec.resumePolicy: expected Never, LongRunning or FromVolume, got {policy!r}"
         )
     return native
+
+
+def _hyperband(strategy: JsonDict, space: JsonDict) -> HyperbandSchedule:
+    """Check Katib's hyperband settings against the parameters, and make the budget parameter
+    an integer between the smallest and the largest budget (Katib gives trials ``int`` budgets,
+    whatever the parameter's feasible space says)."""
+    at = "spec.algorithm.algorithmSettings"
+    settings = strategy.get("settings") or {}
+    for needed, katib in (("resource", "resource_name"), ("max_resource", "r_l")):
+        if needed not in settings:
+            raise ConfigError(
+                f"{at}: hyperband needs {katib} (the budget parameter and the largest budget, as "
+                "Katib's hyperband)"
+            )
+    resource = settings["resource"]
+    if resource not in space:
+        raise ConfigError(
+            f"{at} resource_name: {resource!r} is not one of spec.parameters (the budget each "
+            f"trial gets is a parameter's value; the parameters are {', '.join(space)})"
+        )
+    try:
+        schedule = HyperbandSchedule(settings["max_resource"], settings.get("eta", 3))
+    except ConfigError as error:
+        raise ConfigError(f"{at}: {error}") from None
+    space[resource] = {
+        "type": "int",
+        "low": schedule.min_budget,
+        "high": int(schedule.max_resource),
+    }
+    return schedule
 
 
 def _count(value: Any, where: str, minimum: int) -> int:

@@ -74,6 +74,8 @@ def check_early_stopping(early: Mapping[str, Any]) -> None:
 def _sampler_classes() -> dict[str, Callable[..., Any]]:
     import optuna
 
+    from hypersweep.strategies._hyperband import HyperbandSampler
+
     samplers = optuna.samplers
     return {
         "tpe": samplers.TPESampler,
@@ -83,6 +85,7 @@ def _sampler_classes() -> dict[str, Callable[..., Any]]:
         "gp": samplers.GPSampler,
         "qmc": samplers.QMCSampler,
         "nsga2": samplers.NSGAIISampler,
+        "hyperband": HyperbandSampler,
     }
 
 
@@ -115,6 +118,14 @@ def strategy_for(strategy: Mapping[str, Any], space: Any) -> tuple[Any, int | No
                 f"settings are {', '.join(known)}"
             )
     seed = settings.pop("seed", None)
+    if name == "hyperband":
+        # No sampler of it without settings: its budget parameter has no default.
+        try:
+            return classes[name](**settings, seed=seed), seed
+        except TypeError as error:
+            raise ConfigError(
+                f"spec.strategy.settings: {error} (hyperband needs resource and max_resource)"
+            ) from None
     if not settings:
         return name, seed
     try:

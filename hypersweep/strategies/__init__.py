@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hypersweep.strategies._bounded import BoundedHistorySampler
+    from hypersweep.strategies._hyperband import HyperbandSampler
 
 from hypersweep.strategies._early_stopping import make_scheduler
 from hypersweep.strategies._objectives import (
@@ -17,6 +18,7 @@ from hypersweep.strategies._objectives import (
 )
 from hypersweep.strategies._samplers import (
     STRATEGY_NAMES,
+    SWEEP_STRATEGY_NAMES,
     StrategyNotReady,
     check_strategy,
     grid_size,
@@ -64,6 +66,7 @@ __all__ = [
     "MULTI_OBJECTIVE_STRATEGIES",
     "PBT",
     "STRATEGY_NAMES",
+    "SWEEP_STRATEGY_NAMES",
     "BoundedHistorySampler",
     "Branches",
     "Categorical",
@@ -73,6 +76,7 @@ __all__ = [
     "Float",
     "Grid",
     "Hyperband",
+    "HyperbandSampler",
     "Int",
     "OptunaPrunerScheduler",
     "Scheduler",
@@ -106,10 +110,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # BoundedHistorySampler subclasses Optuna's BaseSampler: importing it eagerly would load
-    # Optuna with every ``import hypersweep``, which stays light.
+    # BoundedHistorySampler and HyperbandSampler subclass Optuna's BaseSampler: importing them
+    # eagerly would load Optuna with every ``import hypersweep``, which stays light.
     if name == "BoundedHistorySampler":
         from hypersweep.strategies._bounded import BoundedHistorySampler
 
         return BoundedHistorySampler
+    if name == "HyperbandSampler":
+        from hypersweep.strategies._hyperband import HyperbandSampler
+
+        return HyperbandSampler
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

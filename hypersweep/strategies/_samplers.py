@@ -30,13 +30,29 @@ if TYPE_CHECKING:
     import optuna
 
 STRATEGY_NAMES = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2", "nsga3")
+#: The strategies a Sweep's ``spec.strategy.name`` takes: hyperband too, whose settings (its
+#: budget parameter and largest budget) have no default, so it has no name-only form.
+SWEEP_STRATEGY_NAMES = (*STRATEGY_NAMES, "hyperband")
 
-__all__ = ["STRATEGY_NAMES", "StrategyNotReady", "check_strategy", "grid_size", "make_sampler"]
+__all__ = [
+    "STRATEGY_NAMES",
+    "SWEEP_STRATEGY_NAMES",
+    "StrategyNotReady",
+    "check_strategy",
+    "grid_size",
+    "make_sampler",
+]
 
 
 def check_strategy(strategy: Any, field: str = "strategy") -> None:
     """Refuse an unknown strategy before anything starts."""
     if isinstance(strategy, str):
+        if strategy == "hyperband":
+            raise ConfigError(
+                f"{field}: hyperband needs its settings: pass "
+                "hypersweep.strategies.HyperbandSampler(resource=..., max_resource=...), or in a "
+                "Sweep give strategy.settings.resource and strategy.settings.max_resource"
+            )
         if strategy not in STRATEGY_NAMES:
             raise ConfigError(
                 f"{field}: unknown strategy {strategy!r}; expected one of "

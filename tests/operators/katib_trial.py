@@ -68,12 +68,36 @@ def main() -> int:
     parser.add_argument("--fade-after", type=int)
     parser.add_argument("--name", default="")
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds per epoch")
+    parser.add_argument(
+        "--budget-matters",
+        action="store_true",
+        help="a longer run ends better (as Hyperband's budgets assume)",
+    )
+    parser.add_argument(
+        "--bare", action="store_true", help="fail if this interpreter can import hypersweep"
+    )
     args = parser.parse_args()
+    if args.bare:
+        # The relay that runs this script must be this very interpreter, which must not be
+        # able to import hypersweep (as in a Katib trial image).
+        relay = os.path.realpath(f"/proc/{os.getppid()}/exe")
+        if relay != os.path.realpath(sys.executable):
+            print(f"the relay runs under {relay}, not {sys.executable}", flush=True)
+            return 7
+        try:
+            import hypersweep
+        except ImportError:
+            print("hypersweep is not importable here", flush=True)
+        else:
+            print(f"hypersweep is importable from {hypersweep.__file__}", flush=True)
+            return 7
     trial = int(os.environ.get("HYPERSWEEP_TRIAL_NUMBER", "0"))
     fade = 0.1 if args.fade_after is not None and trial >= args.fade_after else 1.0
     print(f"run {args.name} starts: lr={args.lr} layers={args.layers}", flush=True)
     for epoch in range(1, args.epochs + 1):
         value = accuracy(args.lr, args.layers, epoch, args.epochs) * fade
+        if args.budget_matters:
+            value = round(value * args.epochs / (args.epochs + 1), 6)
         train = min(value + 0.05, 1.0)
         line = f"epoch {epoch}: Train-accuracy={train:.6f} Validation-accuracy={value:.6f}"
         if args.push:

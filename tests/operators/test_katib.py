@@ -1,12 +1,14 @@
 """Katib Experiments run as Sweeps on the test cluster: our own Experiments in Katib's shapes
-(random, grid, tpe; a batch Job and a PyTorchJob trial; StdOut, File and Push collectors;
-medianstop; a goal), changed only in apiVersion and kind. Each runs to completion with the right
+(random, grid, tpe, hyperband; a batch Job and a PyTorchJob trial; StdOut, File, TF-event and
+Push collectors; medianstop; a goal; a trial interpreter without hypersweep), changed only in
+apiVersion and kind. Each runs to completion with the right
 number of trials and the right best trial, in the Sweep's status and Katib's
 ``currentOptimalTrial``."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,98 @@ def test_tpe_experiment_with_push_collector(
     assert len(trials) == 4 and status["trials"]["succeeded"] == 4
     check_best(status, trials)
     assert all(len(t.intermediate_values) == 5 for t in trials)
+
+
+def test_a_trial_image_with_only_python3_runs_unchanged(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """The trial's interpreter cannot import hypersweep (the pod's PATH finds a bare
+    ``python3``, the one this virtualenv was made from, and no PYTHONPATH): the relay runs from
+    the source in the command, and the Experiment completes with the right best trial."""
+    probe = subprocess.run(
+        [str(getattr(sys, "_base_executable", None) or sys.executable), "-c", "import hypersweep"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""},
+        capture_output=True,
+        check=False,
+    )
+    assert probe.returncode != 0  # the interpreter the pod will find cannot import hypersweep
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "python3").symlink_to(getattr(sys, "_base_executable", None) or sys.executable)
+    body = experiment(
+        "katib-bare",
+        settings=[{"name": "random_state", "value": "4"}],
+        max_trials=3,
+        extra_args=["--bare"],
+    )
+    container = body["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    container["command"] = ["python3", SCRIPT]
+    container["env"] = [
+        {"name": "PATH", "value": f"{bare}:/usr/bin:/bin"},
+        {"name": "PYTHONPATH", "value": ""},
+    ]
+    status, trials = run(cluster, namespace, operator, body)
+    assert "Succeeded" in status["true"], status
+    assert len(trials) == 3 and status["trials"]["succeeded"] == 3
+    check_best(status, trials)
+    assert all(sorted(t.intermediate_values) == [1, 2, 3, 4, 5] for t in trials)
+    pod = kubectl_json(cluster, "get", "pods", "-n", namespace.name)["items"][0]
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[:3] == ["python3", "-I", "-c"] and command[4:6] == ["--", "python3"]
+    # katib_trial.py --bare exits 7 (a failed trial) if the relay's interpreter is not its own,
+    # or if it can import hypersweep.
+
+
+def test_hyperband_runs_katibs_brackets_with_the_budget_as_a_parameter(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    """Katib's hyperband (resource_name, eta, r_l): each rung is new trials of an unchanged
+    Katib trial, the budget (``--epochs``) a parameter; a rung runs the best configs of the rung
+    below with eta times the budget. r_l = 4, eta = 2: 3 brackets, 15 trials."""
+    from hypersweep.strategies._brackets import HyperbandSchedule
+
+    body = experiment(
+        "katib-hyperband",
+        algorithm="hyperband",
+        settings=[
+            {"name": "resource_name", "value": "epochs"},
+            {"name": "eta", "value": "2"},
+            {"name": "r_l", "value": "4"},
+        ],
+        max_trials=None,
+        parallel=4,
+        extra_args=["--epochs=${trialParameters.budget}", "--budget-matters"],
+    )
+    spec = body["spec"]
+    spec["parameters"].append(
+        {"name": "epochs", "parameterType": "int", "feasibleSpace": {"min": "1", "max": "100"}}
+    )
+    spec["trialTemplate"]["trialParameters"].append({"name": "budget", "reference": "epochs"})
+    status, trials = run(cluster, namespace, operator, body)
+    assert "Succeeded" in status["true"], status
+    schedule = HyperbandSchedule(4, 2)
+    assert len(trials) == schedule.total_trials == 15 and status["trials"]["succeeded"] == 15
+    by_number = {t.number: t for t in trials}
+    for position, rung in enumerate(schedule.rungs):
+        numbers = range(rung.first, rung.first + rung.count)
+        for number in numbers:
+            # The trial got its rung's budget, and ran that many epochs.
+            assert by_number[number].params["epochs"] == rung.budget
+            assert sorted(by_number[number].intermediate_values) == list(range(1, rung.budget + 1))
+        if rung.index == 0:
+            continue
+        below = schedule.rungs[position - 1]
+        ranked = sorted(
+            (by_number[n] for n in range(below.first, below.first + below.count)),
+            key=lambda t: -(t.value or 0.0),
+        )
+        for slot, number in enumerate(numbers):
+            mine, parent = by_number[number].params, ranked[slot].params
+            assert (mine["lr"], mine["layers"]) == (parent["lr"], parent["layers"])
+    check_best(status, trials)
+    assert status["bestTrial"]["params"]["epochs"] == 4
 
 
 def test_medianstop_stops_the_trials_that_learn_worse(
