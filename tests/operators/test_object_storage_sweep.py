@@ -148,6 +148,9 @@ def test_a_sweep_with_no_persistent_volume_checkpoints_in_a_bucket(
                 container = pod["containers"][0]
                 assert {"secretRef": {"name": "checkpoint-credentials"}} in container["envFrom"]
                 assert not any("AWS_SECRET" in json.dumps(e) for e in container["env"])
+                # ...and never the database URL, nor its Secret.
+                assert "sweeps.db" not in json.dumps(pod), pod
+                assert "sweep-database" not in json.dumps(pod), pod
         prefix = f"{s3.bucket}/sweeps/{name}/{status['studyName']}"
         fs = s3.filesystem()
         stored = [str(k) for k in fs.find(prefix)]
