@@ -270,7 +270,7 @@ def test_the_status_command_reads_the_snapshot_and_lists_at_most_50_trials(
     assert _status_rows(capsys.readouterr().out) == list(range(60))
 
 
-def test_the_status_command_keeps_a_running_trial_among_its_50_rows(
+def test_a_running_trial_is_listed_by_status_and_holds_back_the_snapshot(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     hs.tune(SPACE, objectives.quadratic, n_trials=5, name="s", verbose=False, **SETTINGS)
@@ -279,15 +279,19 @@ def test_the_status_command_keeps_a_running_trial_among_its_50_rows(
     distributions = study.trials[0].distributions
     # Trial 5 stays running (another driver's), then 60 later trials finish: it is neither
     # among the best nor among the latest, and is listed because it runs.
-    study.ask(fixed_distributions=distributions)
+    running = study.ask(fixed_distributions=distributions)
     for i in range(60):
         params = {"x": -5.0 + i / 10, "y": 0.0}
         study.add_trial(
             optuna.trial.create_trial(params=params, distributions=distributions, value=i)
         )
     assert hs.load("s").counts() == {"completed": 65, "running": 1}
+    assert read_snapshot(journal, "s") is None  # not saved while a trial runs...
     monkeypatch.setenv("COLUMNS", "250")
     capsys.readouterr()
     assert cli_main(["status", "s"]) == 0
     rows = _status_rows(capsys.readouterr().out)
     assert len(rows) == 50 and 5 in rows and 65 in rows, rows
+    study.tell(running, 100.0)
+    assert hs.load("s").counts() == {"completed": 66}
+    assert read_snapshot(journal, "s") is not None  # ...and saved again once none runs
