@@ -82,6 +82,18 @@ def jax_psum(config: dict[str, Any]) -> dict[str, float]:
     return {"loss": total}
 
 
+def jax_collectives_probe(config: dict[str, Any]) -> float:
+    """Records the CPU collectives the replica's JAX is set to use, before any device is used
+    (creating the CPU backend is what would load them)."""
+    jax = _initialize()
+    context = _context()
+    record(
+        f"jaxcollectives-r{context.rank}",
+        collectives=jax.config.jax_cpu_collectives_implementation,
+    )
+    return 0.0
+
+
 def jax_prune_probe(config: dict[str, Any]) -> float:
     """A cross-process psum every step; rank 0's loss jumps at step 3 so that it is pruned.
 

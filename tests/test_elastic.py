@@ -26,6 +26,11 @@ def _ranks(markers: Path, epoch: int, world: int) -> list[int]:
     return sorted(json.loads(p.read_text())["rank"] for p in found)
 
 
+def _pids(markers: Path, epoch: int, world: int) -> set[int]:
+    found = markers.glob(f"elastic-e{epoch}-w{world}-r*.json")
+    return {json.loads(p.read_text())["pid"] for p in found}
+
+
 def test_a_lost_replica_shrinks_the_gang_which_then_grows_back(markers: Path) -> None:
     # 4 replicas; rank 3 dies in epoch 2. The other 3 go on from the epoch-1 checkpoint, and
     # after their first checkpoint (epoch 2) the gang is 4 again.
@@ -45,6 +50,16 @@ def test_a_lost_replica_shrinks_the_gang_which_then_grows_back(markers: Path) ->
     assert worlds[2] == {4, 3}  # cut short with 4, then run with 3
     assert _ranks(markers, 2, 3) == [0, 1, 2]
     assert worlds[3] == {4} and worlds[4] == {4}  # grown back
+    # The variables say the new world too, so code that reads WORLD_SIZE/RANK follows it.
+    for epoch, world in ((2, 3), (3, 4)):
+        for path in markers.glob(f"elastic-e{epoch}-w{world}-r*.json"):
+            data = json.loads(path.read_text())
+            assert data["env"]["WORLD_SIZE"] == str(world), data
+            assert data["env"]["RANK"] == str(data["rank"]), data
+    # Each membership change restarted every replica's process, survivors included.
+    first, shrunk, regrown = (_pids(markers, e, w) for e, w in ((0, 4), (2, 3), (3, 4)))
+    assert len(first) == 4 and len(shrunk) == 3 and len(regrown) == 4
+    assert not first & shrunk and not shrunk & regrown
     assert trial.metrics["world_size"] == 4.0
     reported = trial.intermediate_values
     assert sorted(reported) == [0, 1, 2, 3, 4]
@@ -93,4 +108,24 @@ def test_elastic_ranges_are_refused_by_the_ray_launcher_before_it_starts() -> No
             n_trials=1,
             replicas=hs.Replicas(n=(2, 4)),
             launcher=RayLauncher(),
+        )
+
+
+def test_elastic_ranges_are_refused_by_the_kubernetes_launcher_before_it_starts(
+    run_dir: Path,
+) -> None:
+    from hypersweep.launchers import KubernetesLauncher
+
+    # A kubeconfig that does not exist: the range is refused before any connection is tried.
+    launcher = KubernetesLauncher("default", kubeconfig=str(run_dir / "no-kubeconfig"))
+    with pytest.raises(
+        hs.ConfigError, match=r"replicas\.n: an elastic range .* not on KubernetesLauncher"
+    ):
+        hs.tune(
+            {"kill_rank": hs.choice([0]), "kill_epoch": 0, "epochs": 1},
+            replica_objectives.elastic_train,
+            metric="loss",
+            n_trials=1,
+            replicas=hs.Replicas(n=(2, 4)),
+            launcher=launcher,
         )

@@ -41,6 +41,23 @@ def test_psum_across_three_jax_processes_initialized_without_arguments(markers: 
     assert not alive_pids([r["pid"] for r in seen])
 
 
+def test_jax_cpu_collectives_implementation_chooses_other_collectives(markers: Path) -> None:
+    # gloo is only the default: a replica whose environment names another implementation keeps
+    # it (MPI here; the probe stops before JAX would load it).
+    result = hs.tune(
+        {"x": hs.uniform(0, 1)},
+        jax_objectives.jax_collectives_probe,
+        metric="loss",
+        n_trials=1,
+        replicas=hs.Replicas(
+            n=2, framework="jax", env={"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "mpi"}
+        ),
+    )
+    assert result.counts() == {"completed": 1}
+    seen = read_markers(markers, "jaxcollectives-r*")
+    assert [(r["rank"], r["collectives"]) for r in seen] == [(0, "mpi"), (1, "mpi")]
+
+
 def test_pruning_stops_every_jax_process_at_the_same_step(markers: Path) -> None:
     result = hs.tune(
         {"x": hs.uniform(0, 1)},

@@ -86,6 +86,21 @@ def test_a_layer_does_not_import_the_layers_it_must_not(
     assert _offending(package, forbidden) == []
 
 
+def test_strategies_import_nothing_of_the_package_but_errors() -> None:
+    """Pure logic imports no other layer, top-level modules (``_cli``, ``_progress``...)
+    included: of ``hypersweep`` only ``hypersweep._errors`` and its own modules."""
+    allowed = ("hypersweep._errors", "hypersweep.strategies")
+    found = sorted(
+        f"{where} imports {imported}"
+        for where, imports in _arrows("strategies").items()
+        for imported in imports
+        if (imported == "hypersweep" or imported.startswith("hypersweep."))
+        and not imported.startswith(("hypersweep._errors.", "hypersweep.strategies."))
+        and imported not in allowed
+    )
+    assert found == []
+
+
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One import cycle of ``graph`` (module -> modules it imports), or None."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done

@@ -3,6 +3,7 @@ proposals that do not read every trial."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import textwrap
@@ -16,6 +17,7 @@ import pytest
 from conftest import PYTHON, python_env
 
 import hypersweep as hs
+from hypersweep._cli import main as cli_main
 from hypersweep.orchestrator import _tune
 from hypersweep.orchestrator._journal import FlockJournalFileBackend
 from hypersweep.orchestrator._snapshot import read_snapshot, snapshot_path, write_snapshot
@@ -185,10 +187,15 @@ class _Recording(optuna.samplers.RandomSampler):
     def __init__(self) -> None:
         super().__init__(seed=0)
         self.shown: list[tuple[int, list[int]]] = []
+        self.running: list[tuple[set[int], set[int]]] = []  # (shown, running in the storage)
 
     def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
         finished = study._get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         self.shown.append((trial.number, [t.number for t in finished]))
+        running = optuna.trial.TrialState.RUNNING
+        shown_running = {t.number for t in study._get_trials(deepcopy=False, states=(running,))}
+        stored = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(running,))
+        self.running.append((shown_running, {t.number for t in stored} - {trial.number}))
         return super().sample_independent(study, trial, name, distribution)
 
 
@@ -214,6 +221,9 @@ def test_a_bounded_history_shows_the_best_and_the_most_recent_trials_only() -> N
         assert must <= set(shown), (number, best, shown)
         # ...and the rest of the window is the most recent trials.
         assert max(shown) >= number - 4
+    # The trials running in this driver are shown too (TPE's constant liar needs them).
+    assert all(shown == stored for shown, stored in recording.running), recording.running
+    assert sum(bool(shown) for shown, _ in recording.running) >= 20  # 2 at a time: most times
 
 
 def test_a_bounded_history_refuses_an_empty_window() -> None:
@@ -234,3 +244,54 @@ def test_status_of_a_large_sweep_lists_the_best_and_the_latest_trials() -> None:
     assert 29 in shown and shown == sorted(shown)
     assert "10 of 30 trials" in str(table.caption) and "--all" in str(table.caption)
     assert trials_table(result).row_count == 30
+
+
+def _status_rows(output: str) -> list[int]:
+    """The trial numbers in the rows of ``hypersweep status``'s table."""
+    return [int(m.group(1)) for m in re.finditer(r"^│\s*(\d+)\s*│", output, re.MULTILINE)]
+
+
+def test_the_status_command_reads_the_snapshot_and_lists_at_most_50_trials(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hs.tune(SPACE, objectives.quadratic, n_trials=60, name="s", verbose=False, **SETTINGS)
+    monkeypatch.setenv("COLUMNS", "250")
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        # While the journal is unchanged, the command reads the snapshot only.
+        patched.setattr(_tune, "read_sweep", _journal_refused)
+        patched.setattr("hypersweep.orchestrator._storage.open_storage", _journal_refused)
+        assert cli_main(["status", "s"]) == 0
+    output = capsys.readouterr().out
+    rows = _status_rows(output)
+    assert len(rows) == 50 and 59 in rows, rows
+    assert "50 of 60 trials" in output
+    assert cli_main(["status", "s", "--all"]) == 0
+    assert _status_rows(capsys.readouterr().out) == list(range(60))
+
+
+def test_a_running_trial_is_listed_by_status_and_holds_back_the_snapshot(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hs.tune(SPACE, objectives.quadratic, n_trials=5, name="s", verbose=False, **SETTINGS)
+    journal = default_run_dir("s") / "journal.log"
+    study = optuna.load_study(study_name="s", storage=open_storage(str(journal), "s"))
+    distributions = study.trials[0].distributions
+    # Trial 5 stays running (another driver's), then 60 later trials finish: it is neither
+    # among the best nor among the latest, and is listed because it runs.
+    running = study.ask(fixed_distributions=distributions)
+    for i in range(60):
+        params = {"x": -5.0 + i / 10, "y": 0.0}
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, value=i)
+        )
+    assert hs.load("s").counts() == {"completed": 65, "running": 1}
+    assert read_snapshot(journal, "s") is None  # not saved while a trial runs...
+    monkeypatch.setenv("COLUMNS", "250")
+    capsys.readouterr()
+    assert cli_main(["status", "s"]) == 0
+    rows = _status_rows(capsys.readouterr().out)
+    assert len(rows) == 50 and 5 in rows and 65 in rows, rows
+    study.tell(running, 100.0)
+    assert hs.load("s").counts() == {"completed": 66}
+    assert read_snapshot(journal, "s") is not None  # ...and saved again once none runs

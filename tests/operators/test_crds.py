@@ -570,3 +570,12 @@ def test_a_kubeflow_jaxjob_ports_by_changing_its_kind(
     refused = apply(cluster, namespace.name, _with(jaxjob, "pytorch", "spec", "framework"))
     assert refused.returncode != 0
     assert "jaxReplicaSpecs needs framework jax" in refused.stderr, refused.stderr
+    # Its pod templates are not checked at apply (the controller and the pods' own admission
+    # do), where the same template under replicaSpecs is refused by the CRD's schema.
+    bad_template = copy.deepcopy(WORKER)
+    bad_template["template"]["spec"]["containers"][0]["ports"] = "6666"
+    loose = _with(jaxjob, {"Worker": bad_template}, "spec", "jaxReplicaSpecs")
+    assert apply(cluster, namespace.name, _with(loose, "loose", "metadata", "name")).returncode == 0
+    strict = _with(BASE_JOB, {"Master": bad_template}, "spec", "replicaSpecs")
+    refused = apply(cluster, namespace.name, _with(strict, "strict", "metadata", "name"))
+    assert refused.returncode != 0 and "ports" in refused.stderr, refused.stderr

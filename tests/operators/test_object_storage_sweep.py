@@ -126,6 +126,17 @@ def test_a_sweep_with_no_persistent_volume_checkpoints_in_a_bucket(
             },
         }
         cluster.kubectl("apply", "-n", name, "-f", "-", input=json.dumps(body))
+        # Beside it, a retained Sweep of 2 trials (qualities 0.5 and 0.9: trial 1 is best).
+        kept_markers = tmp_path / "kept-markers"
+        kept_markers.mkdir()
+        kept = json.loads(json.dumps(body))
+        kept["metadata"]["name"] = "kept"
+        kept["spec"].pop("earlyStopping")
+        kept["spec"].update(maxTrials=2, parallelism=2, retain=True)
+        kept["spec"]["trialTemplate"] = trial_template(
+            objective_command("asha_curve"), {"HYPERSWEEP_TEST_MARKERS": str(kept_markers)}
+        )
+        cluster.kubectl("apply", "-n", name, "-f", "-", input=json.dumps(kept))
         status = wait_sweep(cluster, namespace, "bucket", operator, timeout=400)
         assert "Succeeded" in status["true"], status
         assert status["trials"]["succeeded"] == 1 and status["trials"]["pruned"] == 5, status
@@ -148,11 +159,30 @@ def test_a_sweep_with_no_persistent_volume_checkpoints_in_a_bucket(
                 container = pod["containers"][0]
                 assert {"secretRef": {"name": "checkpoint-credentials"}} in container["envFrom"]
                 assert not any("AWS_SECRET" in json.dumps(e) for e in container["env"])
+                # ...and never the database URL, nor its Secret.
+                assert "sweeps.db" not in json.dumps(pod), pod
+                assert "sweep-database" not in json.dumps(pod), pod
         prefix = f"{s3.bucket}/sweeps/{name}/{status['studyName']}"
         fs = s3.filesystem()
         stored = [str(k) for k in fs.find(prefix)]
         assert any(k.endswith("/checkpoint.json") for k in stored), stored
         assert not list(namespace.data_dir.rglob("checkpoint.json"))
+
+        # retain: deleting the Sweep keeps its best trial's folder in the bucket, and only it.
+        kept_status = wait_sweep(cluster, namespace, "kept", operator, timeout=400)
+        assert kept_status["bestTrial"]["number"] == 1, kept_status
+        kept_prefix = f"{s3.bucket}/sweeps/{name}/{kept_status['studyName']}"
+
+        def kept_folders() -> set[str]:
+            """The trial folders holding a complete checkpoint (an emptied folder may still be
+            listed by SeaweedFS)."""
+            found = [str(k) for k in s3.filesystem().find(kept_prefix)]
+            done = [k[len(kept_prefix) + 1 :] for k in found if k.endswith("/checkpoint.json")]
+            return {k.split("/")[0] for k in done}
+
+        assert kept_folders() == {"trial-00000", "trial-00001"}
+        cluster.kubectl("delete", "sweep", "kept", "-n", name, "--timeout=120s")
+        wait_until(lambda: kept_folders() == {"trial-00001"}, 60, "only the best trial's folder")
 
         cluster.kubectl("delete", "sweep", "bucket", "-n", name, "--timeout=120s")
         # (SeaweedFS may keep listing the emptied prefix itself as a folder: nothing under it.)
