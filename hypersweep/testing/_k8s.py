@@ -92,6 +92,14 @@ NODE_AGENT_LABEL = "hypersweep.io/node-agent"
 #: Annotation selecting the nodes kwok manages.
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 
+#: Alpha gates the control plane runs with: the upstream Workload/PodGroup API
+#: (``scheduling.k8s.io/v1alpha2``) and kube-scheduler's gang scheduling of its PodGroups, which
+#: ``schedulingPolicy.gang: workload`` hands gangs to. Same gates on every component, as a
+#: cluster that turns them on must.
+FEATURE_GATES = "GenericWorkload=true,GangScheduling=true"
+#: Alpha API versions the API server serves besides the default ones.
+RUNTIME_CONFIG = "scheduling.k8s.io/v1alpha2=true"
+
 _SERVICE_CIDR = "10.96.0.0/16"
 _SERVICE_IP = "10.96.0.1"
 _POD_CIDR = "10.244.0.0/16"
@@ -720,6 +728,8 @@ class LocalCluster:
                     f"--proxy-client-cert-file={creds.proxy_cert}",
                     f"--proxy-client-key-file={creds.proxy_key}",
                     "--profiling=false",
+                    f"--feature-gates={FEATURE_GATES}",
+                    f"--runtime-config={RUNTIME_CONFIG}",
                     *self._audit_args(),
                     *self.extra_apiserver_args,
                 ],
@@ -786,6 +796,7 @@ class LocalCluster:
                     f"--service-cluster-ip-range={_SERVICE_CIDR}",
                     f"--cluster-cidr={_POD_CIDR}",
                     "--profiling=false",
+                    f"--feature-gates={FEATURE_GATES}",
                 ],
                 logs,
                 env,
@@ -804,6 +815,7 @@ class LocalCluster:
                     f"--cert-dir={workdir / 'scheduler-certs'}",
                     "--leader-elect=false",
                     "--profiling=false",
+                    f"--feature-gates={FEATURE_GATES}",
                 ],
                 logs,
                 env,
