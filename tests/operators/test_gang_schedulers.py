@@ -213,8 +213,9 @@ def test_workload_sweeps_competing_for_one_gangs_room_bind_whole_gangs_only(
         cluster,
         namespace,
         "workload",
-        lambda: f"{cluster.log_path('kube-scheduler').read_text()[-6000:]}\n"
-        f"{operator.log_tail(60)}",
+        lambda: (
+            f"{cluster.log_path('kube-scheduler').read_text()[-6000:]}\n{operator.log_tail(60)}"
+        ),
         check_gang,
     )
 
