@@ -44,7 +44,7 @@ from typing import Any
 
 from hypersweep._errors import ConfigError
 from hypersweep._metrics import operator_metrics
-from hypersweep.kube._client import PODS, JsonDict, Kube, Resource
+from hypersweep.kube._client import PODS, ApiError, JsonDict, Kube, Resource
 from hypersweep.kube._informer import Informer
 from hypersweep.kube._names import JOB_NAME_LABEL
 
@@ -743,6 +743,40 @@ class SchedulingPolicy:
             "metadata": dict(metadata),
             "spec": spec,
         }
+
+
+def check_served(kube: Kube, policy: SchedulingPolicy, where: str = "schedulingPolicy") -> None:
+    """Refuse, before any trial starts, a policy whose gang objects the cluster does not serve.
+
+    Asks the API server's discovery (open to every authenticated client: no RBAC rule), so a
+    sweep with ``gang: workload`` on a cluster without the alpha API fails at once with the fix,
+    rather than each of its trials failing. Other answers (no discovery access, say) leave the
+    check to the creation of each trial's objects.
+    """
+    if policy.gang not in ("podGroup", "workload"):
+        return
+    resources = [resource for resource, _ in policy.gang_objects({"name": "x"}, 1)]
+    if policy.gang == "workload":
+        fix = (
+            "kube-scheduler's gang scheduling needs Kubernetes 1.36 or later with the feature "
+            "gates GenericWorkload and GangScheduling on (API server, scheduler and "
+            "controller-manager) and --runtime-config=scheduling.k8s.io/v1alpha2=true on the "
+            "API server"
+        )
+    else:
+        fix = f"install the {policy.provider} scheduler and its PodGroup CRD first"
+    for resource in resources:
+        try:
+            found = kube.request("GET", f"/apis/{resource.group}/{resource.version}")
+        except ApiError as error:
+            if error.status != 404:
+                return
+            found = {"resources": []}
+        if resource.plural not in {r.get("name") for r in found.get("resources") or []}:
+            raise ConfigError(
+                f"{where}.gang: {policy.gang} needs {resource.api_version} {resource.kind}, "
+                f"which this cluster does not serve: {fix}"
+            )
 
 
 def parse_policy(raw: Any, where: str = "schedulingPolicy") -> SchedulingPolicy:

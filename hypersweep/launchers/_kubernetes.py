@@ -66,6 +66,7 @@ from hypersweep.kube._pools import (
     GangRequest,
     Pool,
     SchedulingPolicy,
+    check_served,
     describe_demand,
     parse_policy,
     parse_pools,
@@ -281,6 +282,8 @@ class KubernetesLauncher(Launcher):
 
     def start(self, context: SweepContext) -> None:
         refuse_elastic(context.job, "KubernetesLauncher")
+        # A gang scheduler the cluster lacks fails the sweep now, not each of its trials.
+        check_served(self.kube, self._policy)
         self._context = context
         if self._sweep is None:
             self._sweep = dns_label(context.sweep_name)[:MAX_SWEEP_NAME].rstrip("-")

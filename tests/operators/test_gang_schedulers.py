@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 
+from hypersweep._errors import ConfigError
+from hypersweep.kube._client import Kube
+from hypersweep.kube._pools import check_served, parse_policy
 from hypersweep.testing import (
     COSCHEDULER_NAME,
     GANG_BUILD_COMMAND,
@@ -230,3 +233,18 @@ def test_workload_sweeps_competing_for_one_gangs_room_bind_whole_gangs_only(
 
     wait_until(lambda: not left_of(winner), 120, f"{winner}'s Workloads and PodGroups gone")
     cluster.kubectl("delete", "sweep", other, "-n", ns, "--wait=false")
+
+
+def test_a_workload_gang_on_a_cluster_without_the_workload_api_is_refused_up_front(
+    cluster: LocalCluster,
+) -> None:
+    """Where the API server does not serve ``scheduling.k8s.io/v1alpha2`` (the alpha API off,
+    as on a cluster that did not turn it on), the launcher refuses ``gang: workload`` before
+    any trial, naming the field and the fix; where it is served, it starts."""
+    policy = parse_policy({"gang": "workload"})
+    check_served(Kube(cluster.api_client()), policy)  # the test cluster serves it
+    with LocalCluster(alpha_gang_scheduling=False) as bare, pytest.raises(ConfigError) as refused:
+        check_served(Kube(bare.api_client()), policy)
+    message = str(refused.value)
+    assert message.startswith("schedulingPolicy.gang: workload needs scheduling.k8s.io/v1alpha2")
+    assert "GenericWorkload" in message and "scheduling.k8s.io/v1alpha2=true" in message
