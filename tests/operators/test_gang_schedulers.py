@@ -240,11 +240,17 @@ def test_a_workload_gang_on_a_cluster_without_the_workload_api_is_refused_up_fro
 ) -> None:
     """Where the API server does not serve ``scheduling.k8s.io/v1alpha2`` (the alpha API off,
     as on a cluster that did not turn it on), the launcher refuses ``gang: workload`` before
-    any trial, naming the field and the fix; where it is served, it starts."""
+    any trial, naming the field and the fix; where it is served, it starts. The same for
+    ``podGroup`` without its scheduler's CRD."""
     policy = parse_policy({"gang": "workload"})
     check_served(Kube(cluster.api_client()), policy)  # the test cluster serves it
-    with LocalCluster(alpha_gang_scheduling=False) as bare, pytest.raises(ConfigError) as refused:
-        check_served(Kube(bare.api_client()), policy)
+    with LocalCluster(alpha_gang_scheduling=False) as bare:
+        with pytest.raises(ConfigError) as refused:
+            check_served(Kube(bare.api_client()), policy)
+        # Likewise a podGroup sweep where scheduler-plugins' PodGroup CRD is not installed.
+        with pytest.raises(ConfigError, match="scheduling.x-k8s.io/v1alpha1 PodGroup") as plugins:
+            check_served(Kube(bare.api_client()), parse_policy({"gang": "podGroup"}))
+        assert "install the schedulerPlugins scheduler and its PodGroup CRD" in str(plugins.value)
     message = str(refused.value)
     assert message.startswith("schedulingPolicy.gang: workload needs scheduling.k8s.io/v1alpha2")
     assert "GenericWorkload" in message and "scheduling.k8s.io/v1alpha2=true" in message
