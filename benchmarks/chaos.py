@@ -19,12 +19,14 @@
    each kill fails a pod and the TrainJob controller restarts the gang from the checkpoint.
 
 Sized for a 2-core machine shared with other work: the defaults (20 operator kills in a
-30-trial sweep, 100 replica kills in a local 16-trial sweep of 4-replica trials, 48 in the same
-as TrainJobs, at most 3 per trial since a gang's restarts back off exponentially) take a few
-minutes each. Kills stop when the sweep ends: the JSON says how many were delivered.
+30-trial sweep, 100 replica kills in a local 16-trial sweep of 4-replica trials, 100 in a
+34-trial sweep as TrainJobs, at most ceil(kills / trials) = 3 per trial since a gang's restarts
+back off exponentially, so more trials rather than more kills per trial) take a few minutes
+to a quarter of an hour each. Kills stop when the sweep ends: the JSON says how many were
+delivered.
 
-    python benchmarks/chaos.py [--operator-kills 20] [--replica-kills 100] [--trainjob-kills 48]
-        [--seed 0] [--skip operator|gangs|trainjob-gangs ...]
+    python benchmarks/chaos.py [--operator-kills 20] [--replica-kills 100] [--trainjob-kills 100]
+        [--trainjob-trials 34] [--seed 0] [--skip operator|gangs|trainjob-gangs ...]
 
 Writes benchmarks/results/chaos.json (``--output`` to change).
 """
@@ -157,8 +159,8 @@ def main() -> None:
     parser.add_argument("--gang-trials", type=int, default=16)
     parser.add_argument("--replicas", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--trainjob-kills", type=int, default=48)
-    parser.add_argument("--trainjob-trials", type=int, default=16)
+    parser.add_argument("--trainjob-kills", type=int, default=100)
+    parser.add_argument("--trainjob-trials", type=int, default=34)
     parser.add_argument("--trainjob-steps", type=int, default=30)
     parser.add_argument(
         "--skip",

@@ -44,7 +44,7 @@ from typing import Any
 
 from hypersweep._errors import ConfigError
 from hypersweep._metrics import operator_metrics
-from hypersweep.kube._client import PODS, JsonDict, Kube, Resource
+from hypersweep.kube._client import PODS, ApiError, JsonDict, Kube, Resource
 from hypersweep.kube._informer import Informer
 from hypersweep.kube._names import JOB_NAME_LABEL
 
@@ -53,8 +53,9 @@ logger = logging.getLogger("hypersweep.operator")
 NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
 
 #: ``schedulingPolicy.gang``: built-in admission, none (pods go straight to the scheduler),
-#: or handing the gang to Kueue or to a PodGroup (scheduler-plugins or Volcano).
-GANG_MODES = ("builtin", "none", "kueue", "podGroup")
+#: or handing the gang to Kueue, to a PodGroup (scheduler-plugins or Volcano), or to
+#: kube-scheduler's own gang scheduling (the upstream Workload API).
+GANG_MODES = ("builtin", "none", "kueue", "podGroup", "workload")
 
 _SUFFIXES: dict[str, Decimal | int] = {
     "Ki": 2**10,
@@ -609,6 +610,13 @@ POD_GROUPS = {
     "volcano": Resource("scheduling.volcano.sh", "v1beta1", "podgroups", "PodGroup"),
 }
 _DEFAULT_SCHEDULERS = {"schedulerPlugins": "scheduler-plugins-scheduler", "volcano": "volcano"}
+#: The upstream Workload API (alpha in Kubernetes 1.35/1.36, behind the GenericWorkload and
+#: GangScheduling feature gates): a Workload holds the gang's template, a PodGroup made from it
+#: is the gang at run time, and each pod names its PodGroup in ``spec.schedulingGroup``.
+WORKLOADS = Resource("scheduling.k8s.io", "v1alpha2", "workloads", "Workload")
+WORKLOAD_POD_GROUPS = Resource("scheduling.k8s.io", "v1alpha2", "podgroups", "PodGroup")
+#: The one PodGroupTemplate of a trial's Workload: all of its replicas.
+WORKLOAD_GANG_TEMPLATE = "replicas"
 
 
 @dataclass(frozen=True)
@@ -623,7 +631,12 @@ class SchedulingPolicy:
       (suspended) and ungates the whole group at once; the TrainJob carries the queue label;
     * ``podGroup``: a PodGroup with ``minMember`` = all replicas, for the coscheduling plugin of
       scheduler-plugins (``scheduling.x-k8s.io/v1alpha1``) or Volcano
-      (``scheduling.volcano.sh/v1beta1``), and pods that name it and that scheduler.
+      (``scheduling.volcano.sh/v1beta1``), and pods that name it and that scheduler;
+    * ``workload``: kube-scheduler's own gang scheduling (``scheduling.k8s.io/v1alpha2``): a
+      Workload with one gang template of ``minCount`` = all replicas, the PodGroup made from it,
+      and pods that name that PodGroup in ``spec.schedulingGroup``. No second scheduler, but the
+      cluster must serve the alpha API (feature gates ``GenericWorkload`` and
+      ``GangScheduling``, ``--runtime-config=scheduling.k8s.io/v1alpha2=true``).
     """
 
     gang: str = "builtin"
@@ -655,6 +668,10 @@ class SchedulingPolicy:
             else:
                 labels[COSCHEDULING_LABEL] = group
             spec["schedulerName"] = self.scheduler_name or _DEFAULT_SCHEDULERS[self.provider]
+        elif self.gang == "workload":
+            spec["schedulingGroup"] = {"podGroupName": group}
+            if self.scheduler_name:
+                spec["schedulerName"] = self.scheduler_name
         else:
             return out
         meta["labels"], meta["annotations"], out["metadata"], out["spec"] = (
@@ -666,7 +683,51 @@ class SchedulingPolicy:
         return out
 
     def pod_group_resource(self) -> Resource:
-        return POD_GROUPS[self.provider]
+        return WORKLOAD_POD_GROUPS if self.gang == "workload" else POD_GROUPS[self.provider]
+
+    def gang_objects(
+        self,
+        metadata: Mapping[str, Any],
+        total: int,
+        controller: Mapping[str, str] | None = None,
+    ) -> list[tuple[Resource, JsonDict]]:
+        """What to create, in order, before a trial's pods so that the scheduler sees one gang.
+
+        ``controller`` (``apiGroup``, ``kind``, ``name``) is the object whose pods form the gang,
+        recorded as the Workload's ``controllerRef``. Empty for modes with nothing to create.
+        """
+        if self.gang == "podGroup":
+            return [(self.pod_group_resource(), self.pod_group(metadata, total))]
+        if self.gang != "workload":
+            return []
+        policy: JsonDict = {"gang": {"minCount": total}}
+        workload_spec: JsonDict = {
+            "podGroupTemplates": [{"name": WORKLOAD_GANG_TEMPLATE, "schedulingPolicy": policy}]
+        }
+        if controller:
+            workload_spec["controllerRef"] = dict(controller)
+        workload: JsonDict = {
+            "apiVersion": WORKLOADS.api_version,
+            "kind": WORKLOADS.kind,
+            "metadata": dict(metadata),
+            "spec": workload_spec,
+        }
+        # The PodGroup copies the template's policy, as the API asks of whoever creates it.
+        group: JsonDict = {
+            "apiVersion": WORKLOAD_POD_GROUPS.api_version,
+            "kind": WORKLOAD_POD_GROUPS.kind,
+            "metadata": dict(metadata),
+            "spec": {
+                "podGroupTemplateRef": {
+                    "workload": {
+                        "workloadName": metadata["name"],
+                        "podGroupTemplateName": WORKLOAD_GANG_TEMPLATE,
+                    }
+                },
+                "schedulingPolicy": policy,
+            },
+        }
+        return [(WORKLOADS, workload), (WORKLOAD_POD_GROUPS, group)]
 
     def pod_group(self, metadata: Mapping[str, Any], total: int) -> JsonDict:
         """The PodGroup of one trial's gang: all replicas or none."""
@@ -682,6 +743,40 @@ class SchedulingPolicy:
             "metadata": dict(metadata),
             "spec": spec,
         }
+
+
+def check_served(kube: Kube, policy: SchedulingPolicy, where: str = "schedulingPolicy") -> None:
+    """Refuse, before any trial starts, a policy whose gang objects the cluster does not serve.
+
+    Asks the API server's discovery (open to every authenticated client: no RBAC rule), so a
+    sweep with ``gang: workload`` on a cluster without the alpha API fails at once with the fix,
+    rather than each of its trials failing. Other answers (no discovery access, say) leave the
+    check to the creation of each trial's objects.
+    """
+    if policy.gang not in ("podGroup", "workload"):
+        return
+    resources = [resource for resource, _ in policy.gang_objects({"name": "x"}, 1)]
+    if policy.gang == "workload":
+        fix = (
+            "kube-scheduler's gang scheduling needs Kubernetes 1.36 or later with the feature "
+            "gates GenericWorkload and GangScheduling on (API server, scheduler and "
+            "controller-manager) and --runtime-config=scheduling.k8s.io/v1alpha2=true on the "
+            "API server"
+        )
+    else:
+        fix = f"install the {policy.provider} scheduler and its PodGroup CRD first"
+    for resource in resources:
+        try:
+            found = kube.request("GET", f"/apis/{resource.group}/{resource.version}")
+        except ApiError as error:
+            if error.status != 404:
+                return
+            found = {"resources": []}
+        if resource.plural not in {r.get("name") for r in found.get("resources") or []}:
+            raise ConfigError(
+                f"{where}.gang: {policy.gang} needs {resource.api_version} {resource.kind}, "
+                f"which this cluster does not serve: {fix}"
+            )
 
 
 def parse_policy(raw: Any, where: str = "schedulingPolicy") -> SchedulingPolicy:

@@ -66,6 +66,7 @@ from hypersweep.kube._pools import (
     GangRequest,
     Pool,
     SchedulingPolicy,
+    check_served,
     describe_demand,
     parse_policy,
     parse_pools,
@@ -156,7 +157,8 @@ class KubernetesLauncher(Launcher):
             their plain-data form, as in ``Sweep.spec.pools``). A trial starts only once one
             pool has room for all of its replicas at once (gang admission); until then it
             waits, and a trial that fits no pool even when empty fails.
-        scheduling_policy: ``{"gang": "builtin" | "none" | "kueue" | "podGroup", ...}``:
+        scheduling_policy: ``{"gang": "builtin" | "none" | "kueue" | "podGroup" | "workload",
+            ...}``:
             who makes a trial's replicas start together (see ``Sweep.spec.schedulingPolicy``).
 
     Trials restore from checkpoints under the sweep's ``checkpoint_dir``: object storage
@@ -280,6 +282,8 @@ class KubernetesLauncher(Launcher):
 
     def start(self, context: SweepContext) -> None:
         refuse_elastic(context.job, "KubernetesLauncher")
+        # A gang scheduler the cluster lacks fails the sweep now, not each of its trials.
+        check_served(self.kube, self._policy)
         self._context = context
         if self._sweep is None:
             self._sweep = dns_label(context.sweep_name)[:MAX_SWEEP_NAME].rstrip("-")
@@ -515,11 +519,11 @@ class KubernetesLauncher(Launcher):
     def _write_trial(
         self, trial: _Trial, assignment: TrialAssignment, pool: Pool | None
     ) -> ApiError | None:
-        """Write a trial attempt's Secret (and PodGroup) and TrainJob; the refusal, if any."""
+        """Write a trial attempt's Secret (and its gang's PodGroup or Workload) and TrainJob;
+        the refusal, if any."""
         try:
             self._write_secret(trial, assignment)
-            if self._policy.gang == "podGroup":
-                self._create_pod_group(trial.name, trial.number)
+            self._create_gang_objects(trial.name, trial.number)
             job = self._render_job(trial, assignment, pool)
             trial.uid = self.kube.create(TRAINJOBS, self.namespace, job)["metadata"]["uid"]
         except ApiError as error:
@@ -806,24 +810,35 @@ class KubernetesLauncher(Launcher):
             self.kube.delete(SECRETS, self.namespace, name)
             self.kube.create(SECRETS, self.namespace, body)
 
-    def _create_pod_group(self, name: str, number: int) -> None:
-        """The PodGroup that makes the trial's pods one gang for a gang-scheduling scheduler."""
-        body = self._policy.pod_group(self._metadata(name, number), self._replica_total())
-        try:
-            self.kube.create(self._policy.pod_group_resource(), self.namespace, body)
-        except ApiError as error:
-            if error.conflict:
-                return  # left by an earlier attempt: the same gang
-            if error.not_found:
-                raise ApiError(
-                    422,
-                    "PodGroupUnavailable",
-                    {
-                        "message": f"schedulingPolicy.gang=podGroup, but {body['apiVersion']} "
-                        "PodGroup is not served here: install its scheduler first"
-                    },
-                ) from None
-            raise
+    def _create_gang_objects(self, name: str, number: int) -> None:
+        """The PodGroup (or Workload and PodGroup) that makes the trial's pods one gang for a
+        gang-scheduling scheduler; nothing for the other scheduling policies."""
+        controller = {"apiGroup": TRAINJOBS.group, "kind": TRAINJOBS.kind, "name": name}
+        objects = self._policy.gang_objects(
+            self._metadata(name, number), self._replica_total(), controller
+        )
+        for resource, body in objects:
+            try:
+                self.kube.create(resource, self.namespace, body)
+            except ApiError as error:
+                if error.conflict:
+                    continue  # left by an earlier attempt: the same gang
+                if error.not_found:
+                    fix = (
+                        "turn on the feature gates GenericWorkload and GangScheduling and "
+                        "--runtime-config=scheduling.k8s.io/v1alpha2=true (Kubernetes 1.36+)"
+                        if self._policy.gang == "workload"
+                        else "install its scheduler first"
+                    )
+                    raise ApiError(
+                        422,
+                        f"{resource.kind}Unavailable",
+                        {
+                            "message": f"schedulingPolicy.gang={self._policy.gang}, but "
+                            f"{body['apiVersion']} {resource.kind} is not served here: {fix}"
+                        },
+                    ) from None
+                raise
 
     def _replica_total(self) -> int:
         return sum(int(r.get("replicas", 1)) for r in self._template[self._spec_key].values())

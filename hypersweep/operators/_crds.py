@@ -787,13 +787,14 @@ def _scheduling_policy_schema() -> JsonDict:
         "description": (
             "Who starts a trial's replicas together: builtin (the operator admits a trial once a "
             "pool has room for all replicas), none (pods go straight to the scheduler; partial "
-            "gangs can deadlock a pool), kueue (queueName: a LocalQueue) or podGroup "
-            "(scheduler-plugins coscheduling or Volcano)."
+            "gangs can deadlock a pool), kueue (queueName: a LocalQueue), podGroup "
+            "(scheduler-plugins coscheduling or Volcano) or workload (kube-scheduler's own gang "
+            "scheduling: a scheduling.k8s.io/v1alpha2 Workload and PodGroup per trial)."
         ),
         "properties": {
             "gang": {
                 "type": "string",
-                "enum": ["builtin", "none", "kueue", "podGroup"],
+                "enum": ["builtin", "none", "kueue", "podGroup", "workload"],
                 "default": "builtin",
             },
             "queueName": {"type": "string"},

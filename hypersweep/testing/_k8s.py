@@ -92,6 +92,14 @@ NODE_AGENT_LABEL = "hypersweep.io/node-agent"
 #: Annotation selecting the nodes kwok manages.
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 
+#: Alpha gates the control plane runs with: the upstream Workload/PodGroup API
+#: (``scheduling.k8s.io/v1alpha2``) and kube-scheduler's gang scheduling of its PodGroups, which
+#: ``schedulingPolicy.gang: workload`` hands gangs to. Same gates on every component, as a
+#: cluster that turns them on must.
+FEATURE_GATES = "GenericWorkload=true,GangScheduling=true"
+#: Alpha API versions the API server serves besides the default ones.
+RUNTIME_CONFIG = "scheduling.k8s.io/v1alpha2=true"
+
 _SERVICE_CIDR = "10.96.0.0/16"
 _SERVICE_IP = "10.96.0.1"
 _POD_CIDR = "10.244.0.0/16"
@@ -435,6 +443,8 @@ class LocalCluster:
 
     ``audit_users`` turns on the API server's audit log for those users (see
     :meth:`audit_events`): tests derive the permissions a component needs from what it did.
+    ``alpha_gang_scheduling=False`` leaves out the alpha gates of the upstream Workload API
+    (:data:`FEATURE_GATES`), which are on by default.
     """
 
     def __init__(
@@ -447,6 +457,7 @@ class LocalCluster:
         extra_apiserver_args: Sequence[str] = (),
         crds: Sequence[Mapping[str, Any] | Path | str] = (),
         audit_users: Sequence[str] = (),
+        alpha_gang_scheduling: bool = True,
     ) -> None:
         self.bin_dir = Path(bin_dir) if bin_dir is not None else binaries_dir()
         self._requested_workdir = Path(workdir) if workdir is not None else None
@@ -460,6 +471,9 @@ class LocalCluster:
         self.crds = tuple(crds)
         #: Users whose every API request the API server writes to its audit log.
         self.audit_users = tuple(audit_users)
+        #: Whether the components run with :data:`FEATURE_GATES` and the API server serves
+        #: :data:`RUNTIME_CONFIG` (off: a cluster as it comes, without the Workload API).
+        self.alpha_gang_scheduling = alpha_gang_scheduling
         self._components: list[_Component] = []
         self._agents: list[NodeAgentProcess] = []
         self._lock = threading.RLock()
@@ -720,6 +734,7 @@ class LocalCluster:
                     f"--proxy-client-cert-file={creds.proxy_cert}",
                     f"--proxy-client-key-file={creds.proxy_key}",
                     "--profiling=false",
+                    *self._gate_args(runtime_config=True),
                     *self._audit_args(),
                     *self.extra_apiserver_args,
                 ],
@@ -729,6 +744,13 @@ class LocalCluster:
         )
         self._wait("etcd", lambda: self._http_ok(f"{etcd_url}/health"))
         self._wait("kube-apiserver", lambda: self._get(f"{self.server}/readyz") == 200)
+
+    def _gate_args(self, runtime_config: bool = False) -> list[str]:
+        """The alpha feature gates (and, for the API server, the alpha API) of every component."""
+        if not self.alpha_gang_scheduling:
+            return []
+        gates = [f"--feature-gates={FEATURE_GATES}"]
+        return [*gates, f"--runtime-config={RUNTIME_CONFIG}"] if runtime_config else gates
 
     def _audit_args(self) -> list[str]:
         """The API server's audit flags: for :attr:`audit_users` only, else none."""
@@ -786,6 +808,7 @@ class LocalCluster:
                     f"--service-cluster-ip-range={_SERVICE_CIDR}",
                     f"--cluster-cidr={_POD_CIDR}",
                     "--profiling=false",
+                    *self._gate_args(),
                 ],
                 logs,
                 env,
@@ -804,6 +827,7 @@ class LocalCluster:
                     f"--cert-dir={workdir / 'scheduler-certs'}",
                     "--leader-elect=false",
                     "--profiling=false",
+                    *self._gate_args(),
                 ],
                 logs,
                 env,

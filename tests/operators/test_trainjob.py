@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from hypersweep.kube._pools import parse_policy
 from hypersweep.testing import LocalCluster
 
 from .conftest import HERE, Namespace, OperatorProcess, free_port, kubectl_json, wait_until
@@ -175,18 +176,38 @@ def _process_id(cluster: LocalCluster, namespace: str, pod: str) -> int | None:
     return None
 
 
+@pytest.mark.parametrize("gang", ["none", "workload"])
 def test_a_killed_replica_restarts_the_gang_from_its_checkpoint(
-    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess, tmp_path: Path
+    cluster: LocalCluster,
+    namespace: Namespace,
+    operator: OperatorProcess,
+    tmp_path: Path,
+    gang: str,
 ) -> None:
+    """``workload``: the replicas form a gang of kube-scheduler's own gang scheduling (the
+    Workload and PodGroup a ``gang: workload`` Sweep makes per trial); the restarted gang's new
+    pods join the same PodGroup and are scheduled again, whole."""
     checkpoint = tmp_path / "step"
     env = {"CHECKPOINT_FILE": str(checkpoint), "STEPS": "25"}
     master = container("pytorch", "gang", free_port(span=2), env)
     worker = container("pytorch", "gang", None, env)
+    pod: dict[str, Any] = {}
+    if gang == "workload":
+        policy = parse_policy({"gang": "workload"})
+        for _, body in policy.gang_objects({"name": "gang"}, 2):
+            cluster.kubectl("apply", "-n", namespace.name, "-f", "-", input=json.dumps(body))
+        pod = policy.pod_template({"spec": {}}, "gang", 2)["spec"]
+        assert pod == {"schedulingGroup": {"podGroupName": "gang"}}
     create(
         cluster,
         namespace.name,
         "gang",
-        {"pytorchReplicaSpecs": {"Master": replica(master), "Worker": replica(worker)}},
+        {
+            "pytorchReplicaSpecs": {
+                "Master": replica(master, **pod),
+                "Worker": replica(worker, **pod),
+            }
+        },
     )
     wait_until(
         lambda: checkpoint.exists() and int(checkpoint.read_text()) >= 3, 90, "3 checkpointed steps"
@@ -205,6 +226,11 @@ def test_a_killed_replica_restarts_the_gang_from_its_checkpoint(
         "get", "events", "-n", namespace.name, "--field-selector", "involvedObject.name=gang"
     ).stdout
     assert "Restarting" in events and "killed by signal 9" in events
+    if gang == "workload":
+        # The second start's pods were gang-scheduled through the same PodGroup.
+        restarted = kubectl_json(cluster, "get", "pod", "gang-master-0", "-n", namespace.name)
+        assert restarted["metadata"]["labels"]["hypersweep.io/restart-count"] == "1"
+        assert restarted["spec"]["schedulingGroup"] == {"podGroupName": "gang"}
 
 
 def test_run_policies(
