@@ -62,7 +62,7 @@ _QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 def kueue_binaries_dir() -> Path:
-    """Where ``hack/kueue/build.sh`` puts its outputs (``$HYPERSWEEP_CACHE/kueue/<version>/bin``)."""
+    """Where ``hack/kueue/build.sh`` puts its outputs (``$HYPERSWEEP_CACHE/kueue/<ver>/bin``)."""
     root = os.environ.get("HYPERSWEEP_CACHE") or str(Path.home() / ".cache" / "hypersweep")
     return Path(root) / "kueue" / KUEUE_VERSION / "bin"
 
@@ -126,7 +126,10 @@ class KueueProcess:
             },
         ]
         self.cluster.kubectl(
-            "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
         )
 
     def stop(self) -> None:
@@ -246,7 +249,9 @@ def _certificates(directory: Path) -> dict[str, bytes]:
     ]  # fmt: skip
     for step in steps:
         _openssl(*step, cwd=directory)
-    return {name: (directory / name).read_bytes() for name in ("ca.crt", "ca.key", "tls.crt", "tls.key")}
+    return {
+        name: (directory / name).read_bytes() for name in ("ca.crt", "ca.key", "tls.crt", "tls.key")
+    }
 
 
 def start_kueue(cluster: LocalCluster, *, timeout: float = 120.0) -> KueueProcess:
