@@ -133,8 +133,14 @@ class KueueProcess:
         )
 
     def stop(self) -> None:
-        """Remove the webhook configurations (they would refuse queued pods with nobody to
-        answer), then end the manager."""
+        """End the manager, then remove its webhook configurations (they would refuse queued
+        pods with nobody to answer)."""
+        if self.component.alive():
+            self.component.process.terminate()
+            try:
+                self.component.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.component.process.kill()
         self.cluster.kubectl(
             "delete",
             "mutatingwebhookconfiguration/kueue-mutating-webhook-configuration",
@@ -142,12 +148,6 @@ class KueueProcess:
             "--ignore-not-found",
             check=False,
         )
-        if self.component.alive():
-            self.component.process.terminate()
-            try:
-                self.component.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.component.process.kill()
 
 
 def _webhooks(source: Path, port: int) -> list[dict[str, Any]]:
