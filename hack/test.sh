@@ -44,6 +44,8 @@ fi
 # Gang schedulers the gang-scheduling tests hand trials to (scheduler-plugins' coscheduling),
 # built from the Go module proxy like the control plane.
 bash hack/gang/build.sh
+# Kueue's manager (its CRDs and webhooks) for the `gang: kueue` tests, from the module proxy.
+bash hack/kueue/build.sh
 # SeaweedFS (an S3 server) for the object-storage checkpoint tests, built from the module proxy.
 bash hack/seaweedfs/build.sh
 export HYPERSWEEP_REQUIRE_S3=1

@@ -3,7 +3,8 @@
 See :mod:`hypersweep.testing._k8s` for :class:`LocalCluster` and the node-pool helpers, and
 :mod:`hypersweep.testing._node_agent` for the agent that really runs pods on a test node, and
 :mod:`hypersweep.testing._chaos` for the chaos runs (operator and replica SIGKILLs),
-:mod:`hypersweep.testing._gang_schedulers` for the coscheduling gang scheduler, and
+:mod:`hypersweep.testing._gang_schedulers` for the coscheduling gang scheduler,
+:mod:`hypersweep.testing._kueue` for Kueue's manager, and
 :func:`mlflow_server` for a real MLflow tracking server, :class:`OperatorProcess` for the
 operator as a process of its own, and :func:`free_port` and :func:`wait_until` for every test
 of a real process.
@@ -45,6 +46,14 @@ from hypersweep.testing._k8s import (
     find_binaries,
     wait_for_nodes_ready,
 )
+from hypersweep.testing._kueue import (
+    KUEUE_BUILD_COMMAND,
+    KUEUE_VERSION,
+    KueueProcess,
+    kueue_binaries_dir,
+    missing_kueue_binaries,
+    start_kueue,
+)
 from hypersweep.testing._mlflow import mlflow_server
 from hypersweep.testing._node_agent import NodeAgent, expand_vars
 from hypersweep.testing._operator import OperatorProcess
@@ -56,6 +65,8 @@ __all__ = [
     "COSCHEDULER_NAME",
     "DEFAULT_K8S_VERSION",
     "GANG_BUILD_COMMAND",
+    "KUEUE_BUILD_COMMAND",
+    "KUEUE_VERSION",
     "KWOK_NODE_ANNOTATION",
     "KWOK_STAGES_FILE",
     "NODE_AGENT_LABEL",
@@ -64,6 +75,7 @@ __all__ = [
     "ClusterStartError",
     "Coscheduler",
     "GangChaosReport",
+    "KueueProcess",
     "LocalCluster",
     "NodeAgent",
     "NodeAgentProcess",
@@ -79,12 +91,15 @@ __all__ = [
     "free_port",
     "gang_binaries_dir",
     "gang_chaos_sweep",
+    "kueue_binaries_dir",
     "missing_gang_binaries",
+    "missing_kueue_binaries",
     "mlflow_server",
     "run_gang_chaos",
     "run_operator_chaos",
     "run_trainjob_gang_chaos",
     "start_coscheduler",
+    "start_kueue",
     "wait_for_nodes_ready",
     "wait_until",
 ]
