@@ -109,3 +109,23 @@ def test_the_jax_multiprocess_example_sweeps() -> None:
     for trial in result.trials:
         assert trial.attempts == 1
         assert 0.5 < trial.metrics["accuracy"] <= 1.0  # it learned: chance is 0.1
+
+
+def test_a_jax_set_up_error_fails_the_trial_with_its_traceback_not_as_a_crash() -> None:
+    # The replica's JAX set-up runs in the worker before the objective: an error there (here
+    # JAX refusing an unknown collectives implementation) is the trial's error, with its
+    # traceback, not a worker lost to a signal.
+    result = hs.tune(
+        {"x": hs.uniform(0, 1)},
+        jax_objectives.jax_collectives_probe,
+        metric="loss",
+        n_trials=1,
+        replicas=hs.Replicas(
+            n=2, framework="jax", env={"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "no-such-one"}
+        ),
+    )
+    trial = result.trials[0]
+    error = trial.error or ""
+    assert trial.state == "failed", error
+    assert "no-such-one" in error and "Traceback" in error, error
+    assert "SIGKILL" not in error and "killed" not in error, error

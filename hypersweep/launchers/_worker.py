@@ -128,8 +128,8 @@ def run_assignment(
         channel=PipeChannel(connection),
         **context,
     )
-    _set_context(trial_context)
     try:
+        _set_context(trial_context)  # may raise (e.g. JAX set-up): the trial's error, not a crash
         with ray_tune_session() as ray_session:  # tune.report() in a Ray Tune trainable
             result = call_objective(objective, json.loads(json.dumps(assignment.config)))
         if result is None and ray_session.last_metrics:
