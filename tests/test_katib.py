@@ -128,11 +128,21 @@ def test_objective_refusals() -> None:
             [{"name": "n_startup_trials", "value": "4"}],
             {"name": "tpe", "settings": {"n_startup_trials": 4}},
         ),
+        (
+            "tpe",
+            [{"name": "n_ei_candidates", "value": "12"}],
+            {"name": "tpe", "settings": {"n_ei_candidates": 12}},
+        ),
         ("multivariate-tpe", [], {"name": "tpe", "settings": {"multivariate": True}}),
         (
             "cmaes",
             [{"name": "sigma", "value": "0.5"}],
             {"name": "cmaes", "settings": {"sigma0": 0.5}},
+        ),
+        (
+            "cmaes",
+            [{"name": "restart_strategy", "value": "ipop"}],
+            {"name": "cmaes", "settings": {"restart_strategy": "ipop"}},
         ),
         (
             "bayesianoptimization",
@@ -289,6 +299,17 @@ def test_parameter_refusals() -> None:
         ),
         "feasibleSpace.distribution",
         "normal",
+    )
+    refused(
+        one(
+            {
+                "name": "x",
+                "parameterType": "double",
+                "feasibleSpace": {"min": "0.1", "max": "1", "distribution": "logNormal"},
+            }
+        ),
+        "feasibleSpace.distribution",
+        "logNormal",
     )
     refused(
         one({"name": "x", "parameterType": "categorical", "feasibleSpace": {}}),
@@ -761,3 +782,20 @@ def test_tf_event_collector_settings() -> None:
         primary(translate_spec(spec(metricsCollectorSpec=file)))["env"][-1]["value"]
     )
     assert (settings["kind"], settings["path"]) == ("TensorFlowEvent", "/logs")
+
+
+def test_a_job_keeps_its_deadline_and_ttl_and_conditions_are_accepted() -> None:
+    body = spec()
+    body["trialTemplate"]["trialSpec"]["spec"].update(
+        {"activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 30}
+    )
+    body["trialTemplate"]["successCondition"] = 'status.conditions.#(type=="Complete")#|#'
+    body["trialTemplate"]["failureCondition"] = 'status.conditions.#(type=="Failed")#|#'
+    native = translate_spec(body)
+    assert native["trialTemplate"]["runPolicy"] == {
+        "backoffLimit": 1,
+        "activeDeadlineSeconds": 600,
+        "ttlSecondsAfterFinished": 30,
+    }
+    assert "successCondition" not in native["trialTemplate"]  # the TrainJob's own conditions
+    settings_of(native)
