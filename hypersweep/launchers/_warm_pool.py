@@ -134,18 +134,14 @@ class WarmPool:
             worker.kill()
 
     def shutdown(self) -> None:
-        """Stop every process of the pool (lent ones are their gangs' to kill)."""
+        """Stop every process of the pool (lent ones are their gangs' to kill).
+
+        They are killed, not asked to exit: an idle worker holds nothing of a trial, and one
+        still importing (a spare) would only read the request once its import is done, while
+        the sweep's end waited for it.
+        """
         self.closed = True
         for worker in (*self._idle, *self._returning):
-            try:
-                worker.connection.send(("exit",))
-            except OSError:
-                pass
-        for worker in (*self._idle, *self._returning):
-            try:
-                worker.process.wait(timeout=2.0)
-            except Exception:  # noqa: BLE001 - killed below either way
-                pass
             worker.kill()
         self._idle.clear()
         self._returning.clear()
