@@ -132,6 +132,7 @@ def ddp_train(config: dict[str, Any]) -> dict[str, float]:
                 and epoch == 2
                 and batch == 3
             ):
+                record(f"ddp-{config['kill_rank']}-killed")  # the moment of the kill
                 os.kill(os.getpid(), signal.SIGKILL)
             index = order[begin : begin + 8]
             optimizer.zero_grad()

@@ -9,6 +9,7 @@ the sweep or its driver; concurrent gangs on reused workers never share a port.
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import subprocess
 import textwrap
@@ -97,6 +98,63 @@ def test_a_gang_restart_reuses_the_survivors_and_starts_only_the_replacement(
     assert survivors <= set(second.values())  # same processes, a new process group
     assert first[1] not in second.values()
     assert not alive_pids([*first.values(), *second.values()])
+
+
+class _WaitForSpare(hs.Callback):
+    """Holds the gang at its first report until the pool has a ready spare; notes its pid."""
+
+    def __init__(self, launcher: LocalLauncher) -> None:
+        self.launcher = launcher
+        self.spares: list[int] = []
+
+    def on_trial_result(self, trial: Any, step: int, metrics: Any) -> None:
+        if self.spares:
+            return
+        pool = self.launcher._pool
+        assert pool is not None
+        _wait_for(lambda: bool(pool.ready_idle_pids()), timeout=120)
+        self.spares = pool.ready_idle_pids()
+
+
+def test_a_lost_replica_is_replaced_by_a_ready_spare_not_a_cold_start(markers: Path) -> None:
+    launcher = LocalLauncher(1)
+    spare = _WaitForSpare(launcher)
+    result = hs.tune(
+        {"x": hs.uniform(0, 1), "kill_rank": 1, "lr": 0.05, "epochs": 4},
+        replica_objectives.ddp_train,
+        metric="loss",
+        n_trials=1,
+        launcher=launcher,
+        callbacks=[spare],
+        replicas=hs.Replicas(n=4),
+    )
+    assert result.counts() == {"completed": 1}
+    assert result.trials[0].attempts == 2
+    # The ready spare the gang had before rank 1 was killed (held at the first report until
+    # there was one) ...
+    assert len(spare.spares) == 1
+    killed = read_markers(markers, "ddp-1-killed")[0]
+    first = {r["rank"]: r["pid"] for r in read_markers(markers, "ddp-1-a0-r*")}
+    second = {r["rank"]: r["pid"] for r in read_markers(markers, "ddp-1-a1-r*")}
+    assert killed["pid"] == first[1]
+    # ... took the lost replica's place in the restarted gang, beside all three survivors
+    # (rank 3, whose ring neighbours both survived, was blocked in an all-reduce and came
+    # back when they left the process group): no process started after the kill was on the
+    # restart's path.
+    assert set(second.values()) == {first[0], first[2], first[3], spare.spares[0]}
+    # The pool started the four replicas, the spare, and the spare's successor (started when
+    # the replica was lost, ready for the next loss); none of them outlives the sweep.
+    pool = launcher._pool
+    assert pool is not None and pool.started == 6
+    assert not alive_pids([*first.values(), *second.values()])
+    assert not [pid for pid in _children(os.getpid()) if _is_warm_worker(pid)]
+
+
+def _is_warm_worker(pid: int) -> bool:
+    try:
+        return b"_warm_worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def test_concurrent_gangs_on_reused_workers_never_share_a_port(markers: Path) -> None:

@@ -271,6 +271,12 @@ class Gang:
             member.finished = True
             if self.phase in ("running", "failing"):
                 self._fail(member, f"raised {message[1]}", message[2], died=False, by_signal=False)
+            if self._aborted:
+                # It unwound after the abort: leaving its process group now fails the
+                # collectives its peers may still be blocked in, so they come back too.
+                self._ask_reset(member)
+        elif kind == "ready" and self.pool is not None:
+            self.pool.note_ready(member.worker)  # lent while it was importing
         elif kind == "reset":
             member.reset = (bool(message[1]), str(message[2]))
 

@@ -7,8 +7,9 @@ reported as a crash, which the orchestrator retries from the trial's checkpoint.
 
 A sweep with a :class:`~hypersweep.orchestrator._job.TrainJob` runs each trial as a gang of
 replica processes instead (see ``_gang``). PyTorch replicas are lent by a pool of warm workers
-that imported torch once (``_warm_pool``): each attempt gets a fresh store, port, process group
-and environment, but not a fresh process. TensorFlow replicas start afresh for every attempt:
+that imported torch once (``_warm_pool``), plus a ready spare that takes a lost replica's place:
+each attempt gets a fresh store, port, process group and environment, but not a fresh process.
+TensorFlow replicas start afresh for every attempt:
 a TF process joins one cluster for its whole life.
 """
 
@@ -60,7 +61,8 @@ class LocalLauncher(Launcher):
         max_concurrent: trials running at once; defaults to the number of CPUs (for
             multi-replica trials: the number of CPUs divided by the replicas per trial).
         reuse_workers: keep workers warm between trials (set False to isolate every trial);
-            for PyTorch multi-replica trials, keep a pool of warm replica workers.
+            for PyTorch multi-replica trials, keep a pool of warm replica workers (and a
+            ready spare for a gang restart).
         log_dir: if set, each trial's stdout and stderr go to ``log_dir/trial-NNNNN.log``
             (``trial-NNNNN-rankR.log`` per replica) instead of this terminal.
         gpus: GPU ids that multi-replica trials may use; None detects them

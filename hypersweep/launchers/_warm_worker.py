@@ -3,7 +3,9 @@
 Started as ``python -m hypersweep.launchers._warm_worker FD PARENT_PID FRAMEWORK`` by the warm
 pool (``_warm_pool``). It imports the framework (``torch``, ``torch.distributed``) before it
 reads its first message, so that the cost of a Python start and of the import is paid while no
-trial waits for it. Then it runs replica after replica, each of a different gang:
+trial waits for it; if no trial waits yet, also what a trial imports on its path
+(``torch._dynamo``, which the first ``torch.optim`` optimizer imports). Then it says it is
+ready (``("ready",)``) and runs replica after replica, each of a different gang:
 
 - every ``run`` message carries the replica's whole environment: ``os.environ`` is replaced by
   it (rendezvous variables, ``CUDA_VISIBLE_DEVICES``, thread counts), and rank 0 of a PyTorch
@@ -13,7 +15,9 @@ trial waits for it. Then it runs replica after replica, each of a different gang
   environment); when it ends, however it ends (returned, pruned, raised, aborted), the worker
   resets what a trial leaves behind: a process group still initialised is destroyed, output
   redirected to the trial's log goes back, the working directory and environment are restored;
-- it resets when the driver asks (``("reset",)``, once the whole gang has ended), and answers
+- it resets when the driver asks (``("reset",)``, once the whole gang has ended, or at once
+  after a failure), shutting down the TCP connections the trial left open (a peer blocked in
+  a collective on one of them comes back at once), and answers
   ``("reset", reusable, why)``: not reusable once CUDA was initialised (its
   context is bound to the trial's GPUs, and after a fault it cannot be trusted), or when
   resetting failed. The pool replaces such a worker with a fresh one.
@@ -29,6 +33,8 @@ import dataclasses
 import json
 import os
 import signal
+import socket
+import stat
 import sys
 import traceback
 from multiprocessing.connection import Connection
@@ -40,8 +46,12 @@ from hypersweep.launchers._process import ReplicaRun
 from hypersweep.launchers._worker import die_with_parent, run_assignment, serve_torch_store
 from hypersweep.orchestrator._objective import Objective, ObjectiveRef
 
-# What each framework's warm worker imports ahead of its trials.
+# What each framework's warm worker imports ahead of its trials, before it says it is ready.
 FRAMEWORK_IMPORTS = {"pytorch": ("torch", "torch.distributed")}
+# What it imports afterwards while no trial waits for it: ``torch._dynamo`` is imported by the
+# first ``torch.optim`` optimizer a process builds (1.4 s on a 2-core machine), on the path of
+# every trial that trains.
+FRAMEWORK_WARMUP = {"pytorch": ("torch._dynamo",)}
 
 
 class GangAborted(BaseException):
@@ -83,12 +93,55 @@ class _GuardedConnection:
         return self._connection.recv()
 
 
-def _import_framework(framework: str) -> None:
-    for module in FRAMEWORK_IMPORTS.get(framework, ()):
+def _import(modules: tuple[str, ...] | list[str]) -> None:
+    for module in modules:
         try:
             __import__(module)
         except Exception:  # noqa: BLE001 - the trial reports it when it imports the module
             return
+
+
+def _tcp_sockets() -> set[int]:
+    """The descriptors of this process's connected TCP sockets (Linux; none elsewhere).
+
+    Listening ones are left out: gloo aborts the process when its listener fails.
+    """
+    found: set[int] = set()
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return found
+    for descriptor in descriptors:
+        try:
+            if not stat.S_ISSOCK(os.fstat(descriptor).st_mode):
+                continue
+            probe = socket.socket(fileno=os.dup(descriptor))
+        except OSError:
+            continue
+        with probe:
+            if probe.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            if probe.type != socket.SOCK_STREAM:
+                continue
+            try:
+                probe.getpeername()
+            except OSError:
+                continue  # listening, or not connected
+            found.add(descriptor)
+    return found
+
+
+def _shut_down(descriptors: set[int]) -> int:
+    """Shut down these TCP sockets (without closing them: their owners still hold them)."""
+    count = 0
+    for descriptor in descriptors:
+        try:
+            with socket.socket(fileno=os.dup(descriptor)) as probe:
+                probe.shutdown(socket.SHUT_RDWR)
+            count += 1
+        except OSError:
+            pass  # not connected, or closed meanwhile
+    return count
 
 
 class _Baseline:
@@ -99,9 +152,11 @@ class _Baseline:
         self.sys_path = list(sys.path)
         self.stdout = os.dup(1)
         self.stderr = os.dup(2)
+        self.sockets: set[int] = set()  # TCP sockets open before the trial began
 
     def enter(self, env: dict[str, str]) -> None:
         """Make the process look as if it had been started with ``env`` for this trial."""
+        self.sockets = _tcp_sockets()
         os.environ.clear()
         os.environ.update(env)
         sys.path[:] = self.sys_path
@@ -122,8 +177,16 @@ class _Baseline:
         os.chdir(self.cwd)
 
 
-def reset_framework() -> tuple[bool, str]:
-    """Undo the trial's framework state; whether this process can serve another trial."""
+def reset_framework(baseline: _Baseline | None = None) -> tuple[bool, str]:
+    """Undo the trial's framework state; whether this process can serve another trial.
+
+    After a failed collective, torch can keep the destroyed process group's gloo connections
+    open (its C++ objects outlive the Python ones). A peer still blocked in a collective on one
+    of them would wait for gloo's timeout (30 minutes), out of reach of any signal. So the TCP
+    connections the trial opened and left behind are shut down: the blocked peer's collective
+    fails at once, and it comes back too. (The connections are the trial's: nothing may carry
+    a connection from one trial to the next on a reused worker.)
+    """
     torch = sys.modules.get("torch")
     if torch is None:
         return True, ""
@@ -135,6 +198,8 @@ def reset_framework() -> tuple[bool, str]:
             distributed.destroy_process_group()
         except Exception as error:  # noqa: BLE001 - such a worker is replaced
             return False, f"destroy_process_group() failed: {error}"
+    if baseline is not None:
+        _shut_down(_tcp_sockets() - baseline.sockets)
     return True, ""
 
 
@@ -189,7 +254,7 @@ def _run(
                 os._exit(0)
             if request[0] == "reset":
                 break
-        reusable, why = reset_framework()
+        reusable, why = reset_framework(baseline)
         del store  # closes the store's socket: its port is free again
         baseline.restore()
         connection.send(("reset", reusable, why))
@@ -199,8 +264,19 @@ def main(argv: list[str]) -> int:
     connection = Connection(int(argv[1]))
     die_with_parent(int(argv[2]))
     signal.signal(signal.SIGUSR1, _abort)
-    _import_framework(argv[3])
+    _import(FRAMEWORK_IMPORTS.get(argv[3], ()))
     baseline = _Baseline()
+    # Until the first message comes (nothing waits for this process yet), import what a
+    # trial would import on its path. Only then: an import cannot be cut short, and one
+    # running when a trial comes would delay it.
+    for module in FRAMEWORK_WARMUP.get(argv[3], ()):
+        if connection.poll(0):
+            break
+        _import([module])
+    try:
+        connection.send(("ready",))  # the pool lends ready workers first
+    except OSError:
+        return 0
     objectives: dict[str, Objective | str] = {}
     while True:
         try:
