@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"^checkpoint-(\d{6,})$")
 _META = "checkpoint.json"
 _STATE = "state.pkl"
+#: Where a checkpoint every rank wrote keeps the ranks' pickled parts and part markers.
+_PARTS = ".parts"
 #: Pieces a state is written and read in: one multipart part on object storage. The S3
 #: client holds a few copies of the part being sent, so parts are kept small.
 BLOCK = 16 * 2**20
@@ -177,6 +179,23 @@ def next_checkpoint(
     return _url(fs, _folder(path, every[-1] + 1 if every else 1))
 
 
+def checkpoint_at(
+    trial_dir: str | os.PathLike[str], sequence: int, options: StorageOptions | None = None
+) -> str:
+    """The path or URL of the trial's checkpoint number ``sequence``."""
+    fs, path = filesystem(trial_dir, options)
+    return _url(fs, _folder(path, sequence))
+
+
+def prune(
+    trial_dir: str | os.PathLike[str], keep: int, options: StorageOptions | None = None
+) -> None:
+    """Delete the trial's complete checkpoints beyond the newest ``keep``, and older unfinished
+    ones."""
+    fs, path = filesystem(trial_dir, options)
+    _prune(fs, path, keep)
+
+
 class _Pieces:
     """A binary file whose writes go through in pieces of at most :data:`BLOCK` bytes.
 
@@ -311,15 +330,24 @@ def _remove(fs: AbstractFileSystem, path: str) -> None:
         pass
 
 
-def read_checkpoint(path: str | os.PathLike[str], options: StorageOptions | None = None) -> Any:
+def read_checkpoint(
+    path: str | os.PathLike[str], options: StorageOptions | None = None, *, rank: int = 0
+) -> Any:
     """What :func:`write_checkpoint` saved: the object, or a local folder with its files.
 
-    A folder checkpoint on object storage is downloaded once into a local cache folder.
+    A folder checkpoint on object storage is downloaded once into a local cache folder. Of a
+    checkpoint every rank wrote a part of, ``rank`` gets its own object, or the merged folder.
     """
     fs, where = filesystem(path, options)
     meta = json.loads(fs.cat_file(f"{where}/{_META}"))
+    state = f"{where}/{_STATE}"
+    if meta["kind"] == "ranks":
+        from hypersweep.orchestrator._rank_checkpoints import read_part
+
+        kind, state = read_part(fs, where, meta, rank)
+        meta = {**meta, "kind": kind}
     if meta["kind"] == "object":
-        with fs.open(f"{where}/{_STATE}", "rb", block_size=BLOCK) as handle:
+        with fs.open(state, "rb", block_size=BLOCK) as handle:
             return pickle.load(_ReadPieces(handle))
     if _is_local(fs):
         return where
@@ -334,7 +362,12 @@ def _download(fs: AbstractFileSystem, where: str) -> str:
         return str(local)
     cache.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
-    files = [f for f in fs.find(where) if str(f).rstrip("/") != where]
+    files = [
+        f
+        for f in fs.find(where)
+        if str(f).rstrip("/") != where
+        and not posixpath.relpath(str(f), where).startswith(f"{_PARTS}/")
+    ]
     targets = [str(staging / posixpath.relpath(str(f), where)) for f in files]
     for target in targets:
         os.makedirs(os.path.dirname(target), exist_ok=True)
