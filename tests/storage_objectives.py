@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import time
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,33 @@ def rank_parts_objects(config: dict[str, Any]) -> float:
         if attempt == 0 and rank == config["fail_rank"] and epoch == 1:
             raise RuntimeError("a rank fails once")
     return 1.0 / config["epochs"]
+
+
+def reach_other_prefix(config: dict[str, Any]) -> dict[str, float]:
+    """Checkpoints and restores with the sweep's key, then tries that key on another sweep's
+    prefix (``HYPERSWEEP_TEST_OTHER``, an s3:// URL of an object there): reading the object,
+    listing the prefix, writing into it. Each metric is 1.0 where the store allowed it."""
+    from fsspec.core import url_to_fs
+
+    context = hs.get_trial_context()
+    assert context is not None
+    path = hs.checkpoint({"weights": np.arange(1000)}, step=0)
+    assert path is not None
+    restored = _checkpoints.read_checkpoint(path, context.checkpoint_options)
+    other = os.environ["HYPERSWEEP_TEST_OTHER"]
+    fs, other_path = url_to_fs(other, skip_instance_cache=True, **context.checkpoint_options)
+
+    def allowed(action: Any) -> float:
+        try:
+            action()
+        except PermissionError:
+            return 0.0
+        return 1.0
+
+    return {
+        "loss": 0.0,
+        "own_restored": float(np.array_equal(restored["weights"], np.arange(1000))),
+        "read_other": allowed(lambda: fs.cat_file(other_path)),
+        "list_other": allowed(lambda: fs.ls(posixpath.dirname(other_path), refresh=True)),
+        "write_other": allowed(lambda: fs.pipe_file(f"{other_path}.mine", b"x")),
+    }
