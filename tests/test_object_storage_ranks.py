@@ -18,7 +18,7 @@ import pytest
 import storage_objectives
 
 import hypersweep as hs
-from hypersweep.orchestrator import _checkpoints
+from hypersweep.orchestrator import _checkpoints, _rank_checkpoints
 from hypersweep.testing._s3 import S3Server, s3_server, weed_binary
 
 pytest.importorskip("s3fs")
@@ -125,6 +125,9 @@ def test_a_rank_killed_mid_upload_never_leaves_a_checkpoint_to_restore(
     keys = _keys(s3, "dcp/trial-00000")
     assert not [k for k in keys if "leftovers" in k], keys
     assert trial.checkpoint == f"{s3.url}/dcp/trial-00000/checkpoint-000003"
+    # Every rank, of any world size, restores the whole merged folder.
+    whole = _checkpoints.read_checkpoint(trial.checkpoint, s3.storage_options(), rank=5)
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= set(os.listdir(whole))
     assert _keys(s3, "dcp/trial-00000/checkpoint-000003") == [
         ".metadata",
         ".parts/rank-00000.json",
@@ -133,3 +136,19 @@ def test_a_rank_killed_mid_upload_never_leaves_a_checkpoint_to_restore(
         "__1_0.distcp",
         "checkpoint.json",
     ]
+
+
+def test_rank_zero_names_the_ranks_whose_part_never_came(tmp_path: Path) -> None:
+    """On a local folder too; a rank that does not call ``checkpoint(all_ranks=True)`` (or a
+    part a killed gang left, with another token) is named, and nothing is committed."""
+    where = _checkpoints.checkpoint_at(str(tmp_path / "trial-00000"), 1)
+    _rank_checkpoints.write_part(where, {"r": 2}, rank=2, world_size=3, token="old")
+    _rank_checkpoints.write_part(where, {"r": 0}, rank=0, world_size=3, token="now")
+    with pytest.raises(TimeoutError, match=r"ranks \[1, 2\] did not write their part"):
+        _rank_checkpoints.commit(where, world_size=3, token="now", step=0, timeout=0.3)
+    assert _checkpoints.latest_checkpoint(str(tmp_path / "trial-00000")) is None
+    _rank_checkpoints.write_part(where, {"r": 1}, rank=1, world_size=3, token="now")
+    _rank_checkpoints.write_part(where, {"r": 2}, rank=2, world_size=3, token="now")
+    _rank_checkpoints.commit(where, world_size=3, token="now", step=0, timeout=5)
+    assert _checkpoints.latest_checkpoint(str(tmp_path / "trial-00000")) == where
+    assert [_checkpoints.read_checkpoint(where, rank=r)["r"] for r in range(3)] == [0, 1, 2]
