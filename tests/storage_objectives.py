@@ -12,7 +12,7 @@ import numpy as np
 from objectives import ASHA_QUALITY
 
 import hypersweep as hs
-from hypersweep.orchestrator import _checkpoints
+from hypersweep.orchestrator import _checkpoints, _reporting
 
 
 def asynchronous_probe(config: dict[str, Any]) -> dict[str, float]:
@@ -237,3 +237,20 @@ def reach_other_prefix(config: dict[str, Any]) -> dict[str, float]:
         "list_other": allowed(lambda: fs.ls(posixpath.dirname(other_path), refresh=True)),
         "write_other": allowed(lambda: fs.pipe_file(f"{other_path}.mine", b"x")),
     }
+
+
+def keeps_each_snapshot(config: dict[str, Any]) -> float:
+    """Three asynchronous checkpoints of one array changed in place between them: each
+    restored checkpoint must hold the array as it was at its call."""
+    state = {"w": np.zeros(2**20)}
+    paths = []
+    for step in range(3):
+        state["w"][:] = step
+        paths.append(hs.checkpoint(state, step=step, asynchronous=True))
+        state["w"][:] = -1.0  # changed right after the call, while it uploads
+    context = hs.get_trial_context()
+    assert context is not None
+    _reporting._settle(context, wait=True)
+    for step, path in enumerate(paths):
+        assert path is not None and np.all(_checkpoints.read_checkpoint(path)["w"] == step), step
+    return 0.0

@@ -9,7 +9,6 @@ they do nothing, so the same function runs both ways.
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 
 from hypersweep.orchestrator import _checkpoints, _rank_checkpoints
 from hypersweep.orchestrator._jax_cluster import is_jax_replica, prepare_jax_replica
+from hypersweep.orchestrator._state_copy import copy_state
 
 
 class TrialPruned(Exception):
@@ -71,6 +71,8 @@ class TrialContext:
     #: started from: where every rank puts its part of the next one, without talking.
     rank_checkpoints: int = field(default=0, repr=False)
     started_from: str | None = field(default=None, init=False, repr=False)
+    #: The last asynchronous checkpoint's copy of the state, uploaded: the next one's memory.
+    reusable: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.started_from = self.restore_path
@@ -191,7 +193,7 @@ def checkpoint(
         _committed(context, path, step)
         return path
     path = _checkpoints.next_checkpoint(trial_dir, options)
-    snapshot, cleanup = _snapshot(state_or_dir)
+    snapshot, cleanup = _snapshot(context, state_or_dir)
 
     def upload() -> str:
         try:
@@ -246,7 +248,7 @@ def _checkpoint_all_ranks(
         write(state_or_dir)
         _committed(context, path, step)
         return path
-    snapshot, cleanup = _snapshot(state_or_dir)
+    snapshot, cleanup = _snapshot(context, state_or_dir)
 
     def upload() -> str:
         try:
@@ -258,13 +260,23 @@ def _checkpoint_all_ranks(
     return path
 
 
-def _snapshot(state_or_dir: Any) -> tuple[Any, Callable[[], None]]:
-    """A copy the trial may not change while it uploads, and how to drop it afterwards."""
+def _snapshot(context: TrialContext, state_or_dir: Any) -> tuple[Any, Callable[[], None]]:
+    """A copy the trial may not change while it uploads, and what to do once it is uploaded.
+
+    An object is copied into the arrays of the previous snapshot, whose upload has ended
+    (``_state_copy``), and kept for the next one.
+    """
     if isinstance(state_or_dir, (str, os.PathLike)) and Path(state_or_dir).is_dir():
         staging = tempfile.mkdtemp(prefix="hypersweep-checkpoint-")
         copied = shutil.copytree(state_or_dir, os.path.join(staging, "folder"))
         return copied, lambda: shutil.rmtree(staging, ignore_errors=True)
-    return copy.deepcopy(state_or_dir), lambda: None
+    previous, context.reusable = context.reusable, None
+    snapshot = copy_state(state_or_dir, previous)
+
+    def keep() -> None:
+        context.reusable = snapshot
+
+    return snapshot, keep
 
 
 _executor: ThreadPoolExecutor | None = None
