@@ -10,12 +10,18 @@ library could at best reach there. Each figure is the best of ``--repeats`` runs
 is shared: the best is the least disturbed).
 
 Then asynchronous checkpoints: a training loop of ``--steps`` steps of ``--step-seconds`` each
-(a sleep: the step of a model training on an accelerator, which leaves the host's CPUs free)
-checkpoints a ``--hiding-size-mib`` MiB state after each step to S3, synchronously,
-asynchronously (``asynchronous=True``), or not at all. ``hidden`` is the share of the synchronous
-checkpointing time that the asynchronous loop does not add to training time.
+(a sleep: the step of a model training on an accelerator, which leaves the host's CPUs free; or
+numpy work on one core: training on this machine's CPUs) checkpoints a ``--hiding-size-mib`` MiB
+state after each step to S3, synchronously, asynchronously (``asynchronous=True``), or not at
+all. Recorded: how long each ``hs.checkpoint`` call blocked the loop, the loop's time, and the
+wait for the last upload at the trial's end (apart). ``hidden`` is the share of the synchronous
+checkpointing time that the asynchronous loop does not add to the loop's time.
 
-    python benchmarks/checkpoint.py [--size-mib 1024] [--repeats 2]
+Then a gang's checkpoint of ``--ranks-size-mib`` MiB: written by one process (rank 0 holding
+every rank's state) against ``--ranks`` processes each writing its share at once, as
+``hs.checkpoint(..., all_ranks=True)`` does, rank 0 committing once all parts are there.
+
+    python benchmarks/checkpoint.py [--size-mib 1024] [--repeats 2] [--only async --only ranks]
 
 Writes benchmarks/results/checkpoint.json (``--output`` to change).
 """
