@@ -134,9 +134,23 @@ def trial_checkpoint_dir(root: str | os.PathLike[str], trial_number: int) -> str
     return f"{str(root).rstrip('/')}/trial-{trial_number:05d}"
 
 
+def _forget(fs: AbstractFileSystem, path: str) -> None:
+    """Drop what ``fs`` remembers of ``path`` and of every folder under it.
+
+    Other processes write there. s3fs caches the listing of every folder a ``glob`` or
+    ``find`` walked, and reads a file's size from its folder's cached listing before fetching
+    it: a marker committed after that listing would read as missing. ``invalidate_cache``
+    forgets a path and its parents, not the folders under it.
+    """
+    fs.invalidate_cache(path)
+    prefix = path.rstrip("/") + "/"
+    for cached in [key for key in fs.dircache if str(key).startswith(prefix)]:
+        fs.dircache.pop(cached, None)
+
+
 def _sequences(fs: AbstractFileSystem, trial_dir: str) -> tuple[list[int], list[int]]:
     """The sequence numbers of the trial's checkpoint folders: (complete, all)."""
-    fs.invalidate_cache(trial_dir)  # another process may have written since we last listed
+    _forget(fs, trial_dir)  # another process may have written since we last listed
     try:
         entries = fs.ls(trial_dir, detail=False)
     except FileNotFoundError:
@@ -339,6 +353,7 @@ def read_checkpoint(
     checkpoint every rank wrote a part of, ``rank`` gets its own object, or the merged folder.
     """
     fs, where = filesystem(path, options)
+    _forget(fs, where)
     meta = json.loads(fs.cat_file(f"{where}/{_META}"))
     state = f"{where}/{_STATE}"
     if meta["kind"] == "ranks":
@@ -385,6 +400,7 @@ def checkpoint_step(
 ) -> int | None:
     """The step recorded with a checkpoint, if the trial gave one."""
     fs, where = filesystem(path, options)
+    _forget(fs, where)
     step = json.loads(fs.cat_file(f"{where}/{_META}")).get("step")
     return int(step) if step is not None else None
 
@@ -402,6 +418,7 @@ def copy_checkpoint(
     if _is_local(fs):
         shutil.copytree(where, target, dirs_exist_ok=True)
         return target
+    _forget(fs, where)
     files = [f for f in fs.find(where) if posixpath.basename(str(f)) != _META]
     if files:
         fs.copy(files, [f"{target}/{posixpath.relpath(str(f), where)}" for f in files])
@@ -417,7 +434,7 @@ def delete_location(
 ) -> None:
     """Delete every checkpoint under ``location``, except the trial folder named ``keep``."""
     fs, root = filesystem(location, options)
-    fs.invalidate_cache(root)
+    _forget(fs, root)
     try:
         entries = fs.ls(root, detail=False)
     except FileNotFoundError:

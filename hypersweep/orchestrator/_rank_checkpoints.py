@@ -34,6 +34,7 @@ from hypersweep.orchestrator._checkpoints import (
     BLOCK,
     StorageOptions,
     _files_under,
+    _forget,
     _is_local,
     _Pieces,
     _remove,
@@ -124,7 +125,7 @@ def commit(
     for part in parts.values():
         wanted.update(part["files"])
     # What a killed gang left in this folder (its marker too, should it have committed).
-    fs.invalidate_cache(where)
+    _forget(fs, where)
     for found in fs.find(where):
         if posixpath.relpath(str(found), where) not in wanted:
             _remove(fs, str(found))
@@ -145,7 +146,7 @@ def _wait_for_parts(
     deadline = time.monotonic() + timeout
     pause = 0.02
     while True:
-        fs.invalidate_cache(f"{where}/{PARTS}")
+        _forget(fs, where)
         for rank in range(world_size):
             if rank in parts:
                 continue
