@@ -40,6 +40,15 @@ def test_tensors_are_copied_into_the_previous_copys_tensors() -> None:
     second = copy_state(state, first)
     assert second["w"] is first["w"] and float(second["w"][0]) == 1.0
     assert second["nested"]["b"] is first["nested"]["b"]
+    # A module's state_dict (an OrderedDict with its _metadata) is copied in place too.
+    model = torch.nn.Linear(4, 2)
+    saved = copy_state(model.state_dict())
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    again = copy_state(model.state_dict(), saved)
+    assert type(again) is type(model.state_dict()) and again["weight"] is saved["weight"]
+    assert torch.equal(again["weight"], model.weight) and again._metadata == saved._metadata
+    torch.nn.Linear(4, 2).load_state_dict(again)
 
 
 def test_asynchronous_checkpoints_each_keep_their_state(run_dir: Any) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections import OrderedDict
 from typing import Any
 
 
@@ -26,9 +27,11 @@ def _copy(state: Any, reuse: Any, memo: dict[int, Any]) -> Any:
     if id(state) in memo:  # the same array twice stays one array, as deepcopy keeps it
         return memo[id(state)]
     kind = type(state)
-    if kind is dict:
-        olds = reuse if type(reuse) is dict else {}
-        copied: Any = {key: _copy(value, olds.get(key), memo) for key, value in state.items()}
+    if kind is dict or kind is OrderedDict:  # a torch state_dict is an OrderedDict
+        olds = reuse if type(reuse) is kind else {}
+        copied: Any = kind((key, _copy(value, olds.get(key), memo)) for key, value in state.items())
+        if getattr(state, "__dict__", None):  # e.g. a state_dict's _metadata (its versions)
+            copied.__dict__.update(copy.deepcopy(state.__dict__, memo))
     elif kind is list or kind is tuple:
         same = type(reuse) is kind and len(reuse) == len(state)
         previous = reuse if same else [None] * len(state)
