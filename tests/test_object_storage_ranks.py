@@ -8,6 +8,7 @@ that each rank restores its own part.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Iterator
@@ -152,3 +153,6 @@ def test_rank_zero_names_the_ranks_whose_part_never_came(tmp_path: Path) -> None
     _rank_checkpoints.commit(where, world_size=3, token="now", step=0, timeout=5)
     assert _checkpoints.latest_checkpoint(str(tmp_path / "trial-00000")) == where
     assert [_checkpoints.read_checkpoint(where, rank=r)["r"] for r in range(3)] == [0, 1, 2]
+    # A trial's rank 0 waits 10 minutes (the README says so) before naming the missing ranks.
+    timeout = inspect.signature(_rank_checkpoints.commit).parameters["timeout"].default
+    assert timeout == 600.0
