@@ -8,6 +8,7 @@ cloning, retries after SIGKILL and a Ray cluster work through the bucket alone.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import textwrap
@@ -407,3 +408,24 @@ def test_a_large_state_streams_to_and_from_the_bucket(s3: S3Server, tmp_path: Pa
     assert saving_mib < 128, f"saving 256 MiB raised peak memory by {saving_mib} MiB"
     # Restoring frees the saved state first; the restored state is the only new copy.
     assert loading_mib < 128, f"restoring raised peak memory by {loading_mib} MiB"
+
+
+def test_a_marker_committed_by_another_process_is_read_despite_cached_listings(
+    s3: S3Server,
+) -> None:
+    """A reader that listed the trial while a checkpoint was unfinished (s3fs then caches the
+    listing of every folder it walked) still reads the checkpoint once another writer commits
+    it, as the driver and a worker that restores trial after trial do."""
+    options = s3.storage_options()
+    trial = _checkpoints.trial_checkpoint_dir(f"{s3.url}/cache", 0)
+    _checkpoints.write_checkpoint(trial, {"step": 1}, step=1, keep=5, options=options)
+    writer = s3.filesystem()  # another process's client: none of the reader's cache
+    unfinished = f"{s3.bucket}/cache/trial-00000/checkpoint-000002"
+    writer.pipe_file(f"{unfinished}/state.pkl", pickle.dumps({"step": 2}))
+    latest = _checkpoints.latest_checkpoint(trial, options)  # lists, caches both folders
+    assert latest == f"{s3.url}/cache/trial-00000/checkpoint-000001"
+    writer.pipe_file(f"{unfinished}/checkpoint.json", b'{"step": 2, "kind": "object"}')
+    second = f"{s3.url}/cache/trial-00000/checkpoint-000002"
+    assert _checkpoints.checkpoint_step(second, options) == 2
+    assert _checkpoints.read_checkpoint(second, options) == {"step": 2}
+    assert _checkpoints.latest_checkpoint(trial, options) == second

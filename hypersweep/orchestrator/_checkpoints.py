@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"^checkpoint-(\d{6,})$")
 _META = "checkpoint.json"
 _STATE = "state.pkl"
+#: Where a checkpoint every rank wrote keeps the ranks' pickled parts and part markers.
+_PARTS = ".parts"
 #: Pieces a state is written and read in: one multipart part on object storage. The S3
 #: client holds a few copies of the part being sent, so parts are kept small.
 BLOCK = 16 * 2**20
@@ -132,9 +134,23 @@ def trial_checkpoint_dir(root: str | os.PathLike[str], trial_number: int) -> str
     return f"{str(root).rstrip('/')}/trial-{trial_number:05d}"
 
 
+def _forget(fs: AbstractFileSystem, path: str) -> None:
+    """Drop what ``fs`` remembers of ``path`` and of every folder under it.
+
+    Other processes write there. s3fs caches the listing of every folder a ``glob`` or
+    ``find`` walked, and reads a file's size from its folder's cached listing before fetching
+    it: a marker committed after that listing would read as missing. ``invalidate_cache``
+    forgets a path and its parents, not the folders under it.
+    """
+    fs.invalidate_cache(path)
+    prefix = path.rstrip("/") + "/"
+    for cached in [key for key in fs.dircache if str(key).startswith(prefix)]:
+        fs.dircache.pop(cached, None)
+
+
 def _sequences(fs: AbstractFileSystem, trial_dir: str) -> tuple[list[int], list[int]]:
     """The sequence numbers of the trial's checkpoint folders: (complete, all)."""
-    fs.invalidate_cache(trial_dir)  # another process may have written since we last listed
+    _forget(fs, trial_dir)  # another process may have written since we last listed
     try:
         entries = fs.ls(trial_dir, detail=False)
     except FileNotFoundError:
@@ -175,6 +191,23 @@ def next_checkpoint(
     fs, path = filesystem(trial_dir, options)
     _, every = _sequences(fs, path)
     return _url(fs, _folder(path, every[-1] + 1 if every else 1))
+
+
+def checkpoint_at(
+    trial_dir: str | os.PathLike[str], sequence: int, options: StorageOptions | None = None
+) -> str:
+    """The path or URL of the trial's checkpoint number ``sequence``."""
+    fs, path = filesystem(trial_dir, options)
+    return _url(fs, _folder(path, sequence))
+
+
+def prune(
+    trial_dir: str | os.PathLike[str], keep: int, options: StorageOptions | None = None
+) -> None:
+    """Delete the trial's complete checkpoints beyond the newest ``keep``, and older unfinished
+    ones."""
+    fs, path = filesystem(trial_dir, options)
+    _prune(fs, path, keep)
 
 
 class _Pieces:
@@ -311,15 +344,25 @@ def _remove(fs: AbstractFileSystem, path: str) -> None:
         pass
 
 
-def read_checkpoint(path: str | os.PathLike[str], options: StorageOptions | None = None) -> Any:
+def read_checkpoint(
+    path: str | os.PathLike[str], options: StorageOptions | None = None, *, rank: int = 0
+) -> Any:
     """What :func:`write_checkpoint` saved: the object, or a local folder with its files.
 
-    A folder checkpoint on object storage is downloaded once into a local cache folder.
+    A folder checkpoint on object storage is downloaded once into a local cache folder. Of a
+    checkpoint every rank wrote a part of, ``rank`` gets its own object, or the merged folder.
     """
     fs, where = filesystem(path, options)
+    _forget(fs, where)
     meta = json.loads(fs.cat_file(f"{where}/{_META}"))
+    state = f"{where}/{_STATE}"
+    if meta["kind"] == "ranks":
+        from hypersweep.orchestrator._rank_checkpoints import read_part
+
+        kind, state = read_part(fs, where, meta, rank)
+        meta = {**meta, "kind": kind}
     if meta["kind"] == "object":
-        with fs.open(f"{where}/{_STATE}", "rb", block_size=BLOCK) as handle:
+        with fs.open(state, "rb", block_size=BLOCK) as handle:
             return pickle.load(_ReadPieces(handle))
     if _is_local(fs):
         return where
@@ -334,7 +377,12 @@ def _download(fs: AbstractFileSystem, where: str) -> str:
         return str(local)
     cache.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
-    files = [f for f in fs.find(where) if str(f).rstrip("/") != where]
+    files = [
+        f
+        for f in fs.find(where)
+        if str(f).rstrip("/") != where
+        and not posixpath.relpath(str(f), where).startswith(f"{_PARTS}/")
+    ]
     targets = [str(staging / posixpath.relpath(str(f), where)) for f in files]
     for target in targets:
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -352,6 +400,7 @@ def checkpoint_step(
 ) -> int | None:
     """The step recorded with a checkpoint, if the trial gave one."""
     fs, where = filesystem(path, options)
+    _forget(fs, where)
     step = json.loads(fs.cat_file(f"{where}/{_META}")).get("step")
     return int(step) if step is not None else None
 
@@ -369,6 +418,7 @@ def copy_checkpoint(
     if _is_local(fs):
         shutil.copytree(where, target, dirs_exist_ok=True)
         return target
+    _forget(fs, where)
     files = [f for f in fs.find(where) if posixpath.basename(str(f)) != _META]
     if files:
         fs.copy(files, [f"{target}/{posixpath.relpath(str(f), where)}" for f in files])
@@ -384,7 +434,7 @@ def delete_location(
 ) -> None:
     """Delete every checkpoint under ``location``, except the trial folder named ``keep``."""
     fs, root = filesystem(location, options)
-    fs.invalidate_cache(root)
+    _forget(fs, root)
     try:
         entries = fs.ls(root, detail=False)
     except FileNotFoundError:

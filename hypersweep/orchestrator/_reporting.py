@@ -9,7 +9,6 @@ they do nothing, so the same function runs both ways.
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import tempfile
@@ -20,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from hypersweep.orchestrator import _checkpoints
+from hypersweep.orchestrator import _checkpoints, _rank_checkpoints
 from hypersweep.orchestrator._jax_cluster import is_jax_replica, prepare_jax_replica
+from hypersweep.orchestrator._state_copy import copy_state
 
 
 class TrialPruned(Exception):
@@ -67,6 +67,15 @@ class TrialContext:
     checkpoint_options: dict[str, Any] = field(default_factory=dict, repr=False)
     #: The asynchronous checkpoint being uploaded: (its path, step, the upload).
     pending: tuple[str, int | None, Future[str]] | None = field(default=None, repr=False)
+    #: ``checkpoint(all_ranks=True)`` calls so far in this run, and the checkpoint the run
+    #: started from: where every rank puts its part of the next one, without talking.
+    rank_checkpoints: int = field(default=0, repr=False)
+    started_from: str | None = field(default=None, init=False, repr=False)
+    #: The last asynchronous checkpoint's copy of the state, uploaded: the next one's memory.
+    reusable: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.started_from = self.restore_path
 
 
 _current: TrialContext | None = None
@@ -137,7 +146,11 @@ def _as_float(name: str, value: Any) -> float:
 
 
 def checkpoint(
-    state_or_dir: Any, *, step: int | None = None, asynchronous: bool = False
+    state_or_dir: Any,
+    *,
+    step: int | None = None,
+    asynchronous: bool = False,
+    all_ranks: bool = False,
 ) -> str | None:
     """Save a checkpoint for this trial and return its path (or URL).
 
@@ -145,6 +158,12 @@ def checkpoint(
     directory to copy (a framework's own checkpoint folder), saved as a unit. The latest
     ``keep_checkpoints`` are kept. Only rank 0 writes in a multi-replica trial; other ranks get
     None.
+
+    With ``all_ranks=True`` every rank of a multi-replica trial calls it at the same point and
+    writes its own part, all ranks at once: an object per rank (``restore`` gives each rank its
+    own), or a folder whose files are merged with the other ranks' (``torch.distributed.checkpoint``
+    shards; ``restore`` gives every rank the whole folder). The checkpoint becomes visible once
+    every rank's part is complete.
 
     With ``asynchronous=True`` the call returns once the state is copied in memory (a folder:
     copied to a local staging folder), and the upload goes on in the background while the
@@ -155,6 +174,8 @@ def checkpoint(
     if context is None:
         _outside_trial("checkpoint")
         return None
+    if all_ranks and context.world_size > 1:
+        return _checkpoint_all_ranks(context, state_or_dir, step, asynchronous)
     if context.rank != 0:
         return None
     if step is None and context.last_step >= 0:
@@ -172,7 +193,7 @@ def checkpoint(
         _committed(context, path, step)
         return path
     path = _checkpoints.next_checkpoint(trial_dir, options)
-    snapshot, cleanup = _snapshot(state_or_dir)
+    snapshot, cleanup = _snapshot(context, state_or_dir)
 
     def upload() -> str:
         try:
@@ -191,13 +212,71 @@ def checkpoint(
     return path
 
 
-def _snapshot(state_or_dir: Any) -> tuple[Any, Callable[[], None]]:
-    """A copy the trial may not change while it uploads, and how to drop it afterwards."""
+def _checkpoint_all_ranks(
+    context: TrialContext, state_or_dir: Any, step: int | None, asynchronous: bool
+) -> str:
+    """This rank's part of the run's next all-ranks checkpoint; rank 0 also commits it."""
+    if step is None and context.last_step >= 0:
+        step = context.last_step
+    if context.rank == 0:
+        getattr(context.channel, "flush", lambda: None)()
+    _settle(context, wait=True)
+    context.rank_checkpoints += 1
+    trial_dir = _checkpoints.trial_checkpoint_dir(context.checkpoint_dir, context.trial_number)
+    sequence = _rank_checkpoints.sequence_of(context.started_from) + context.rank_checkpoints
+    path = _checkpoints.checkpoint_at(trial_dir, sequence, context.checkpoint_options)
+    token = f"{context.attempt}/{context.world_size}/{context.started_from}"
+    options = context.checkpoint_options
+
+    def write(state: Any) -> str:
+        _rank_checkpoints.write_part(
+            path,
+            state,
+            rank=context.rank,
+            world_size=context.world_size,
+            token=token,
+            options=options,
+        )
+        if context.rank == 0:
+            _rank_checkpoints.commit(
+                path, world_size=context.world_size, token=token, step=step, options=options
+            )
+            _checkpoints.prune(trial_dir, context.keep_checkpoints, options)
+        return path
+
+    if not asynchronous:
+        write(state_or_dir)
+        _committed(context, path, step)
+        return path
+    snapshot, cleanup = _snapshot(context, state_or_dir)
+
+    def upload() -> str:
+        try:
+            return write(snapshot)
+        finally:
+            cleanup()
+
+    context.pending = (path, step, _uploader().submit(upload))
+    return path
+
+
+def _snapshot(context: TrialContext, state_or_dir: Any) -> tuple[Any, Callable[[], None]]:
+    """A copy the trial may not change while it uploads, and what to do once it is uploaded.
+
+    An object is copied into the arrays of the previous snapshot, whose upload has ended
+    (``_state_copy``), and kept for the next one.
+    """
     if isinstance(state_or_dir, (str, os.PathLike)) and Path(state_or_dir).is_dir():
         staging = tempfile.mkdtemp(prefix="hypersweep-checkpoint-")
         copied = shutil.copytree(state_or_dir, os.path.join(staging, "folder"))
         return copied, lambda: shutil.rmtree(staging, ignore_errors=True)
-    return copy.deepcopy(state_or_dir), lambda: None
+    previous, context.reusable = context.reusable, None
+    snapshot = copy_state(state_or_dir, previous)
+
+    def keep() -> None:
+        context.reusable = snapshot
+
+    return snapshot, keep
 
 
 _executor: ThreadPoolExecutor | None = None
@@ -212,7 +291,7 @@ def _uploader() -> ThreadPoolExecutor:
 
 def _committed(context: TrialContext, path: str, step: int | None) -> None:
     context.restore_path = path
-    if context.channel is not None:
+    if context.channel is not None and context.rank == 0:  # rank 0 speaks for the trial
         context.channel.send(("checkpoint", path, step))
 
 
@@ -248,4 +327,6 @@ def restore() -> Any:
     context = _current
     if context is None or context.restore_path is None:
         return None
-    return _checkpoints.read_checkpoint(context.restore_path, context.checkpoint_options)
+    return _checkpoints.read_checkpoint(
+        context.restore_path, context.checkpoint_options, rank=context.rank
+    )

@@ -14,7 +14,7 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +77,24 @@ class S3Server:
         return S3Server(self.endpoint_url, self.access_key, self.secret_key, bucket)
 
 
+def prefix_identity(name: str, prefix: str) -> tuple[dict[str, Any], str, str]:
+    """A SeaweedFS identity that may read, write and list only under ``prefix``
+    (``bucket/path``), and its fresh key pair: SeaweedFS scopes an identity's actions to
+    object paths (``Read:bucket/path/*``), as an IAM policy on ``arn:aws:s3:::bucket/path/*``
+    and ``s3:prefix`` does on AWS.
+
+    Returns the identity (for ``s3_server(identities=...)``), its access key and secret key.
+    """
+    access_key, secret_key = f"hs{secrets.token_hex(8)}", secrets.token_hex(20)
+    path = prefix.strip("/")
+    identity = {
+        "name": name,
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": [f"{action}:{path}/*" for action in ("Read", "Write", "List")],
+    }
+    return identity, access_key, secret_key
+
+
 def _free_ports(count: int) -> list[int]:
     """``count`` distinct free ports of 127.0.0.1 (with their +10000 gRPC ports also free)."""
     ports: list[int] = []
@@ -97,11 +115,16 @@ def _free_ports(count: int) -> list[int]:
 
 @contextmanager
 def s3_server(
-    workdir: Path, *, bucket: str = "hypersweep", timeout: float = 120.0
+    workdir: Path,
+    *,
+    bucket: str = "hypersweep",
+    timeout: float = 120.0,
+    identities: Sequence[dict[str, Any]] = (),
 ) -> Iterator[S3Server]:
     """Run SeaweedFS (master, volume, filer and S3 gateway in one ``weed server``) on free
     ports of 127.0.0.1 with its data in ``workdir``, with a fresh access key, and yield it once
-    ``bucket`` is created; stopped on exit.
+    ``bucket`` is created; stopped on exit. ``identities`` are more SeaweedFS identities (e.g.
+    :func:`prefix_identity`) beside the administrator the yielded server's key belongs to.
 
     Raises:
         FileNotFoundError: ``weed`` is not built (the message says how to build it).
@@ -123,7 +146,8 @@ def s3_server(
                         "name": "hypersweep",
                         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
+                    },
+                    *identities,
                 ]
             }
         )
