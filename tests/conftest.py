@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -107,6 +108,44 @@ def skip_or_fail_k8s(reason: str) -> None:
     if os.environ.get("HYPERSWEEP_REQUIRE_K8S", "") == "1":
         pytest.fail(f"HYPERSWEEP_REQUIRE_K8S=1 but {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def require_seaweedfs() -> None:
+    """Skip an object-storage test when SeaweedFS is not built, or fail it under
+    ``HYPERSWEEP_REQUIRE_S3=1`` (hack/test.sh)."""
+    from hypersweep.testing._s3 import weed_binary
+
+    if weed_binary() is None:
+        message = "SeaweedFS is not built: bash hack/seaweedfs/build.sh"
+        if os.environ.get("HYPERSWEEP_REQUIRE_S3") == "1":
+            pytest.fail(f"HYPERSWEEP_REQUIRE_S3=1 but {message}", pytrace=False)
+        pytest.skip(message)
+
+
+@contextlib.contextmanager
+def ray_test_cluster(worker_node: dict[str, Any], workers: int = 2) -> Iterator[Any]:
+    """A Ray cluster on this machine: a head node that runs no trials (no CPUs) and
+    ``workers`` nodes of ``worker_node``'s resources, with this process connected to it."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "object_store_memory": 100 * 2**20,
+            "include_dashboard": False,
+        },
+    )
+    for _ in range(workers):
+        cluster.add_node(**worker_node)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 @pytest.fixture

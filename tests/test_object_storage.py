@@ -7,7 +7,6 @@ cloning, retries after SIGKILL and a Ray cluster work through the bucket alone.
 
 from __future__ import annotations
 
-import os
 import pickle
 import signal
 import subprocess
@@ -20,12 +19,12 @@ import numpy as np
 import objectives
 import pytest
 import storage_objectives
-from conftest import PYTHON, python_env
+from conftest import PYTHON, python_env, require_seaweedfs
 
 import hypersweep as hs
 from hypersweep.orchestrator import _checkpoints
 from hypersweep.strategies import PBT
-from hypersweep.testing._s3 import S3Server, s3_server, weed_binary
+from hypersweep.testing._s3 import S3Server, s3_server
 
 pytest.importorskip("s3fs")
 
@@ -35,11 +34,7 @@ ASHA = {"name": "asha", "min_resource": 1, "max_resource": 9, "reduction_factor"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """One SeaweedFS server for the module; each test gets its own bucket."""
-    if weed_binary() is None:
-        message = "SeaweedFS is not built: bash hack/seaweedfs/build.sh"
-        if os.environ.get("HYPERSWEEP_REQUIRE_S3") == "1":
-            pytest.fail(f"HYPERSWEEP_REQUIRE_S3=1 but {message}", pytrace=False)
-        pytest.skip(message)
+    require_seaweedfs()
     with s3_server(tmp_path_factory.mktemp("seaweedfs")) as running:
         yield running
 

@@ -17,21 +17,18 @@ from typing import Any
 
 import pytest
 import storage_objectives
+from conftest import require_seaweedfs
 
 import hypersweep as hs
 from hypersweep.orchestrator import _checkpoints, _rank_checkpoints
-from hypersweep.testing._s3 import S3Server, s3_server, weed_binary
+from hypersweep.testing._s3 import S3Server, s3_server
 
 pytest.importorskip("s3fs")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    if weed_binary() is None:
-        message = "SeaweedFS is not built: bash hack/seaweedfs/build.sh"
-        if os.environ.get("HYPERSWEEP_REQUIRE_S3") == "1":
-            pytest.fail(f"HYPERSWEEP_REQUIRE_S3=1 but {message}", pytrace=False)
-        pytest.skip(message)
+    require_seaweedfs()
     with s3_server(tmp_path_factory.mktemp("seaweedfs")) as running:
         yield running
 

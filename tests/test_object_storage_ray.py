@@ -4,12 +4,11 @@ promotes it wherever Ray places it, restoring from the real S3 server (SeaweedFS
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_module
+from conftest import ray_test_cluster, require_module, require_seaweedfs
 
 ray = require_module("ray")
 pytest.importorskip("s3fs")
@@ -20,7 +19,7 @@ from ray.cluster_utils import Cluster
 
 import hypersweep as hs
 from hypersweep.launchers import RayLauncher
-from hypersweep.testing._s3 import S3Server, s3_server, weed_binary
+from hypersweep.testing._s3 import S3Server, s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +28,7 @@ NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    if weed_binary() is None:
-        message = "SeaweedFS is not built: bash hack/seaweedfs/build.sh"
-        if os.environ.get("HYPERSWEEP_REQUIRE_S3") == "1":
-            pytest.fail(f"HYPERSWEEP_REQUIRE_S3=1 but {message}", pytrace=False)
-        pytest.skip(message)
+    require_seaweedfs()
     with s3_server(tmp_path_factory.mktemp("seaweedfs")) as running:
         yield running
 
@@ -41,23 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """A head node without CPUs for trials, and two worker nodes of one CPU each."""
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "object_store_memory": 100 * 2**20,
-            "include_dashboard": False,
-        },
-    )
-    for _ in range(2):
-        cluster.add_node(**NODE)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
+    with ray_test_cluster(NODE) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def test_a_ray_cluster_pauses_and_promotes_through_the_bucket(

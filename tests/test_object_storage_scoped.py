@@ -7,15 +7,15 @@ cannot read, list or write another sweep's prefix.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import storage_objectives
+from conftest import require_seaweedfs
 
 import hypersweep as hs
-from hypersweep.testing._s3 import S3Server, prefix_identity, s3_server, weed_binary
+from hypersweep.testing._s3 import S3Server, prefix_identity, s3_server
 
 pytest.importorskip("s3fs")
 
@@ -23,11 +23,7 @@ pytest.importorskip("s3fs")
 @pytest.fixture(scope="module")
 def scoped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S3Server, S3Server]]:
     """The server's administrator, and a key that reaches only ``hypersweep/team-a/``."""
-    if weed_binary() is None:
-        message = "SeaweedFS is not built: bash hack/seaweedfs/build.sh"
-        if os.environ.get("HYPERSWEEP_REQUIRE_S3") == "1":
-            pytest.fail(f"HYPERSWEEP_REQUIRE_S3=1 but {message}", pytrace=False)
-        pytest.skip(message)
+    require_seaweedfs()
     identity, key, secret = prefix_identity("team-a", "hypersweep/team-a")
     with s3_server(tmp_path_factory.mktemp("seaweedfs"), identities=[identity]) as admin:
         yield admin, S3Server(admin.endpoint_url, key, secret, admin.bucket)

@@ -18,7 +18,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from conftest import require_module
+from conftest import ray_test_cluster, require_module
 
 ray = require_module("ray")
 
@@ -45,23 +45,8 @@ NODE = {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 100 * 2**20}
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """A head node without CPUs for trials, and two worker nodes."""
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "object_store_memory": 100 * 2**20,
-            "include_dashboard": False,
-        },
-    )
-    for _ in range(2):
-        cluster.add_node(**NODE)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
+    with ray_test_cluster(NODE) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def _launcher(markers: Path, **options: Any) -> RayLauncher:

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import require_seaweedfs
 
 from hypersweep.testing import LocalCluster, create_namespace
-from hypersweep.testing._s3 import S3Server, s3_server, weed_binary
+from hypersweep.testing._s3 import S3Server, s3_server
 
 from .conftest import (
     OPERATOR_NAMESPACE,
@@ -37,11 +37,7 @@ pytest.importorskip("s3fs")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    if weed_binary() is None:
-        message = "SeaweedFS is not built: bash hack/seaweedfs/build.sh"
-        if os.environ.get("HYPERSWEEP_REQUIRE_S3") == "1":
-            pytest.fail(f"HYPERSWEEP_REQUIRE_S3=1 but {message}", pytrace=False)
-        pytest.skip(message)
+    require_seaweedfs()
     with s3_server(tmp_path_factory.mktemp("seaweedfs")) as running:
         yield running
 
