@@ -22,7 +22,7 @@ machine's load average at each row's start.
 
     python benchmarks/tracking_overhead.py [--trials 1000] [--rounds 2] [--workers 1] [--threads 4]
 
-Prints a table and writes benchmarks/results/tracking_overhead.json.
+Prints a table and writes benchmarks/results/tracking_overhead.json (``--output``).
 """
 
 from __future__ import annotations
@@ -174,6 +174,9 @@ def main() -> None:
         help="comma-separated server worker counts to measure the threaded floor on too, "
         "one round each on a server of its own (e.g. 2,4)",
     )
+    parser.add_argument(
+        "--output", default="tracking_overhead.json", help="file name under benchmarks/results/"
+    )
     args = parser.parse_args()
     measure(
         args.trials,
@@ -183,6 +186,7 @@ def main() -> None:
         floor_trials=args.floor_trials,
         optuna_trials=args.optuna_trials,
         floor_workers=[int(w) for w in args.floor_workers.split(",") if w],
+        output=args.output,
     )
 
 
@@ -210,6 +214,7 @@ def measure(
     floor_trials: int | None = None,
     optuna_trials: int | None = None,
     floor_workers: list[int] | None = None,
+    output: str = "tracking_overhead.json",
 ) -> dict[str, Any]:
     """Run the rounds, print the table, save and return tracking_overhead.json's payload
     (benchmarks/overhead.py --tracking runs it too)."""
@@ -369,7 +374,7 @@ def measure(
         "synchronously, so its end is when the server has every run",
         "target": "mlflow within 2x of none",
     }
-    (RESULTS / "tracking_overhead.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / output).write_text(json.dumps(payload, indent=2) + "\n")
     return payload
 
 
