@@ -375,7 +375,49 @@ def measure(
         "target": "mlflow within 2x of none",
     }
     (RESULTS / output).write_text(json.dumps(payload, indent=2) + "\n")
+    print(readme_table(payload))
     return payload
+
+
+def readme_table(payload: dict[str, Any]) -> str:
+    """The README's overhead table for a saved payload (a test checks that the README's table
+    reads so for the saved JSON)."""
+    med, per, rate, ratios = (
+        payload["median_s"],
+        payload["ms_per_trial"],
+        payload["runs_logged_per_s"],
+        payload["ratios"],
+    )
+
+    def times(key: str, base: str = "none_wall") -> str:
+        return f"{med[key] / med[base]:.2f}x"
+
+    threads = payload["arguments"]["threads"]
+    rows = [
+        ("no callbacks, `tune()` returned", "none_wall", ""),
+        ("`MLflowCallback`, sweep loop ended", "mlflow_loop", times("mlflow_loop", "none_loop")),
+        ("`MLflowCallback`, `tune()` returned", "mlflow_wall", times("mlflow_wall")),
+        ("`MLflowCallback`, the server has every run", "mlflow_logged", times("mlflow_logged")),
+        ("floor: plain client, sequential", "floor_sequential", ""),
+        (f"floor: plain client, {threads} threads", "floor_threads", ""),
+    ]
+    for count in payload["arguments"]["floor_workers"]:
+        label = f"floor: {threads} threads, server with {count} workers"
+        rows.append((f"{label} (one round)", f"floor_threads_workers_{count}", ""))
+    rows += [
+        ("Optuna, no callback", "optuna_none", ""),
+        (
+            "Optuna, its `MLflowCallback` (synchronous)",
+            "optuna_mlflow",
+            f"{ratios['optuna_mlflow_vs_optuna_none']:.2f}x",
+        ),
+    ]
+    lines = ["| row | median | per trial or run |", "|---|---|---|"]
+    for label, key, ratio in rows:
+        notes = [note for note in (ratio, key in rate and f"{rate[key]:.1f} runs/s") if note]
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        lines.append(f"| {label} | {med[key]:.1f} s | {per[key]:.1f} ms{extra} |")
+    return "\n".join(lines)
 
 
 def _version(package: str) -> str | None:
