@@ -372,3 +372,64 @@ def _read_wandb_runs(folder: Path, protos: Any) -> dict[int, dict[str, Any]]:
         if "name" in info:
             seen[int(str(info["name"]).removeprefix("trial-"))] = info
     return seen
+
+
+def test_readme_tracking_overhead_quotes_the_saved_benchmark() -> None:
+    """The README's overhead table and figures read as benchmarks/results/ holds them."""
+    import importlib.util
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "tracking_overhead", root / "benchmarks" / "tracking_overhead.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    payload = json.loads((root / "benchmarks/results/tracking_overhead.json").read_text())
+    readme = (root / "README.md").read_text()
+    block = re.search(
+        r"<!-- tracking-overhead -->\n(.*?)\n<!-- /tracking-overhead -->", readme, re.S
+    )
+    assert block is not None, "README.md: no <!-- tracking-overhead --> block"
+    assert block.group(1) == bench.readme_table(payload)
+    section = readme[block.end() : readme.index("## Kubernetes", block.end())]
+    intro = readme[readme.index("**Overhead.**") : block.start()]
+    loads = [load for row in payload["load_avg_1m_at_start"].values() for load in row]
+    assert f"{min(loads):.1f} to {max(loads):.1f}" in " ".join(intro.split())
+    med, ratios, rate = payload["median_s"], payload["ratios"], payload["runs_logged_per_s"]
+    figures = [
+        f"{ratios['mlflow_loop_vs_none']:.2f}x",
+        f"{ratios['mlflow_tune_return_vs_none']:.2f}x",
+        f"{ratios['mlflow_logged_vs_none']:.2f}x",
+        f"{rate['floor_threads']:.1f} runs/s",
+        f"{med['floor_threads'] * 1000 / payload['arguments']['floor_trials']:.0f} ms a run",
+        f"{med['none_wall'] * 1000 / payload['trials_per_row']['none_wall']:.0f} ms a trial",
+        f"{payload['mlflow_requests_per_trial']:.1f} requests per trial",
+        f"{ratios['mlflow_logged_per_trial_vs_floor_threads_per_run']:.2f}x",
+        f"{rate['floor_threads_workers_4']:.1f} runs/s with 4",
+        f"{ratios['optuna_mlflow_vs_optuna_none']:.2f}x",
+        f"{ratios['optuna_mlflow_per_trial_vs_hypersweep_mlflow_logged_per_trial']:.2f}x",
+    ]
+    text = " ".join(section.split())
+    assert [f for f in figures if f not in text] == []
+    assert "**met for the sweep loop**" in text and ratios["mlflow_loop_vs_none"] <= 2
+    assert "**not met until the server holds every run**" in text
+    assert ratios["mlflow_logged_vs_none"] > 2
+    # The run against a 4-worker server, quoted in the paragraph after the table.
+    four = json.loads((root / "benchmarks/results/tracking_overhead_workers4.json").read_text())
+    assert four["arguments"]["workers"] == 4
+    loads = [load for row in four["load_avg_1m_at_start"].values() for load in row]
+    med, ratios, rate = four["median_s"], four["ratios"], four["runs_logged_per_s"]
+    figures = [
+        f"{min(loads):.1f} to {max(loads):.1f}",
+        f"{med['none_wall']:.1f} s without callbacks",
+        f"sweep loop took {ratios['mlflow_loop_vs_none']:.2f}x",
+        f"after {ratios['mlflow_logged_vs_none']:.2f}x ({rate['mlflow_logged']:.1f} runs/s",
+        f"{ratios['mlflow_logged_per_trial_vs_floor_threads_per_run']:.2f}x the threaded floor",
+        f"was {rate['floor_threads']:.1f} runs/s",
+        f"only {rate['floor_sequential']:.1f} runs/s",
+        f"took {ratios['optuna_mlflow_vs_optuna_none']:.2f}x Optuna",
+        f"trials at {med['none_wall'] * 1000 / four['trials_per_row']['none_wall']:.1f} ms",
+    ]
+    assert [f for f in figures if f not in text] == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -14,9 +15,9 @@ from pathlib import Path
 
 
 @contextmanager
-def mlflow_server(workdir: Path, *, timeout: float = 180.0) -> Iterator[str]:
-    """Run ``mlflow server`` (SQLite backend in ``workdir``, one worker) on a free port of
-    127.0.0.1 and yield its URL once ``/health`` answers; stopped on exit.
+def mlflow_server(workdir: Path, *, timeout: float = 180.0, workers: int = 1) -> Iterator[str]:
+    """Run ``mlflow server`` (SQLite backend in ``workdir``, ``workers`` worker processes) on
+    a free port of 127.0.0.1 and yield its URL once ``/health`` answers; stopped on exit.
 
     Raises:
         RuntimeError: the server exited or did not answer within ``timeout`` (its log named).
@@ -40,10 +41,13 @@ def mlflow_server(workdir: Path, *, timeout: float = 180.0) -> Iterator[str]:
             "--port",
             str(port),
             "--workers",
-            "1",
+            str(workers),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        # MLflow's job runner (GenAI jobs, trace rollups; none of it tracking) would start
+        # several more processes that import MLflow for many seconds on a small machine.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     url = f"http://127.0.0.1:{port}"
     try:
