@@ -405,6 +405,7 @@ def test_readme_tracking_overhead_quotes_the_saved_benchmark() -> None:
         f"{rate['floor_threads']:.1f} runs/s",
         f"{med['floor_threads'] * 1000 / payload['arguments']['floor_trials']:.0f} ms a run",
         f"{med['none_wall'] * 1000 / payload['trials_per_row']['none_wall']:.0f} ms a trial",
+        f"twice a {med['none_wall']:.1f} s sweep",
         f"{payload['mlflow_requests_per_trial']:.1f} requests per trial",
         f"{ratios['mlflow_logged_per_trial_vs_floor_threads_per_run']:.2f}x",
         f"{rate['floor_threads_workers_4']:.1f} runs/s with 4",
