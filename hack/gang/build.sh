@@ -30,12 +30,6 @@ STAMP="${BIN_DIR}/.versions"
 STAMP_CONTENT="scheduler-plugins=${SCHEDULER_PLUGINS_VERSION}"
 OUTPUTS=(kube-scheduler-coscheduling crds/podgroups.yaml)
 
-present() {
-  [[ -f "${STAMP}" ]] && [[ "$(cat "${STAMP}")" == "${STAMP_CONTENT}" ]] || return 1
-  local o
-  for o in "${OUTPUTS[@]}"; do [[ -e "${BIN_DIR}/${o}" ]] || return 1; done
-}
-
 # shellcheck source=../lib/cached_build.sh
 source "$(dirname "$0")/../lib/cached_build.sh"
 parse_build_args "$@"

@@ -26,12 +26,6 @@ STAMP="${BIN_DIR}/.version"
 STAMP_CONTENT="${KUEUE_VERSION}"
 OUTPUTS=(kueue crds/kueue.x-k8s.io_workloads.yaml webhook/manifests.yaml)
 
-present() {
-  [[ -f "${STAMP}" ]] && [[ "$(cat "${STAMP}")" == "${STAMP_CONTENT}" ]] || return 1
-  local o
-  for o in "${OUTPUTS[@]}"; do [[ -e "${BIN_DIR}/${o}" ]] || return 1; done
-}
-
 # shellcheck source=../lib/cached_build.sh
 source "$(dirname "$0")/../lib/cached_build.sh"
 parse_build_args "$@"

@@ -2,8 +2,8 @@
 # (hack/k8s/build.sh, hack/gang/build.sh, hack/seaweedfs/build.sh).  Source it, do not run it.
 #
 # Each build happens once per machine into a cache outside the clone.  A script sets
-# CACHE_ROOT, WORK_DIR, STAMP and a `present` function (true when every output is there and
-# the stamp matches the pinned versions), then calls, in this order:
+# CACHE_ROOT, WORK_DIR, BIN_DIR, STAMP, STAMP_CONTENT and OUTPUTS (paths under BIN_DIR), or
+# defines its own `present` check before sourcing this file, then calls, in this order:
 #   parse_build_args "$@"              --force rebuilds, --help prints the script's header
 #   exit_if_built LOCK_FILE MESSAGE    exits 0 when present; else takes the lock, checks again
 #   require_go MIN_VERSION WHAT        puts the Go toolchain on PATH or fails, naming WHAT
@@ -12,6 +12,15 @@
 #   end_build MESSAGE                  writes the stamp (STAMP_CONTENT) and reports the time
 
 FORCE=0
+
+# Built when the stamp names the pinned versions and every output is there.
+if ! declare -F present >/dev/null; then
+  present() {
+    [[ -f "${STAMP}" ]] && [[ "$(cat "${STAMP}")" == "${STAMP_CONTENT}" ]] || return 1
+    local output
+    for output in "${OUTPUTS[@]}"; do [[ -e "${BIN_DIR}/${output}" ]] || return 1; done
+  }
+fi
 
 parse_build_args() {
   local arg

@@ -26,10 +26,7 @@ BIN_DIR="${VERSION_DIR}/bin"
 WORK_DIR="${VERSION_DIR}/src"
 STAMP="${BIN_DIR}/.version"
 STAMP_CONTENT="${SEAWEEDFS_VERSION}"
-
-present() {
-  [[ -x "${BIN_DIR}/weed" && -f "${STAMP}" && "$(cat "${STAMP}")" == "${STAMP_CONTENT}" ]]
-}
+OUTPUTS=(weed)
 
 # shellcheck source=../lib/cached_build.sh
 source "$(dirname "$0")/../lib/cached_build.sh"

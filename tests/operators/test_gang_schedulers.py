@@ -11,11 +11,11 @@ scheduler the same pool ends with partial gangs holding GPUs (test_pools.py,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import skip_or_fail_k8s
 
 from hypersweep._errors import ConfigError
 from hypersweep.kube._client import Kube
@@ -41,9 +41,7 @@ def coscheduler(cluster: LocalCluster) -> Iterator[Coscheduler]:
     missing = missing_gang_binaries()
     if missing:
         reason = f"gang schedulers not built ({', '.join(missing)}): run {GANG_BUILD_COMMAND}"
-        if os.environ.get("HYPERSWEEP_REQUIRE_K8S") == "1":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail_k8s(reason)
     yield start_coscheduler(cluster)
 
 

@@ -12,12 +12,12 @@ with partial gangs holding GPUs (test_pools.py,
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import skip_or_fail_k8s
 
 from hypersweep.testing import (
     KUEUE_BUILD_COMMAND,
@@ -41,9 +41,7 @@ def kueue(cluster: LocalCluster) -> Iterator[KueueProcess]:
     missing = missing_kueue_binaries()
     if missing:
         reason = f"Kueue not built ({', '.join(missing)}): run {KUEUE_BUILD_COMMAND}"
-        if os.environ.get("HYPERSWEEP_REQUIRE_K8S") == "1":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail_k8s(reason)
     process = start_kueue(cluster)
     yield process
     process.stop()
