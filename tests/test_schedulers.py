@@ -75,6 +75,29 @@ class RecordingLauncher(LocalLauncher):
         super().respond(trial_number, decision)
 
 
+def test_a_file_url_checkpoint_dir_pauses_and_promotes_through_that_folder(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # checkpoint_dir takes fsspec URLs; file:// is the local folder spelt as a URL.
+    markers = run_dir / "markers"
+    monkeypatch.setenv("HYPERSWEEP_TEST_MARKERS", str(markers))
+    folder = run_dir / "as-url"
+    result = hs.tune(
+        {"x": hs.uniform(0, 1)},
+        objectives.asha_curve,
+        metric="loss",
+        n_trials=6,
+        max_concurrent=1,
+        early_stopping={"name": "asha", "min_resource": 1, "max_resource": 9},
+        checkpoint_dir=f"file://{folder}",
+    )
+    best = next(t for t in result.trials if objectives.ASHA_QUALITY[t.number] == 0.9)
+    assert best.state == "completed" and starts(markers, best.number) == [0, 2, 4]
+    assert best.checkpoint is not None and str(folder) in best.checkpoint
+    assert list(folder.rglob("checkpoint.json")), "nothing was written under the file:// URL"
+    assert not (Path.cwd() / "file:").exists()
+
+
 def test_asha_without_checkpoints_stops_instead_of_pausing() -> None:
     launcher = RecordingLauncher(1)
     result = hs.tune(
