@@ -745,6 +745,10 @@ class SchedulingPolicy:
         }
 
 
+#: The gangs whose objects are an API the cluster may not serve (checked by check_served).
+GANG_APIS = ("podGroup", "workload")
+
+
 def check_served(kube: Kube, policy: SchedulingPolicy, where: str = "schedulingPolicy") -> None:
     """Refuse, before any trial starts, a policy whose gang objects the cluster does not serve.
 
@@ -753,7 +757,7 @@ def check_served(kube: Kube, policy: SchedulingPolicy, where: str = "schedulingP
     rather than each of its trials failing. Other answers (no discovery access, say) leave the
     check to the creation of each trial's objects.
     """
-    if policy.gang not in ("podGroup", "workload"):
+    if policy.gang not in GANG_APIS:
         return
     resources = [resource for resource, _ in policy.gang_objects({"name": "x"}, 1)]
     if policy.gang == "workload":

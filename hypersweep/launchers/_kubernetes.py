@@ -61,6 +61,7 @@ from hypersweep.kube._jobspec import (
     main_container,
 )
 from hypersweep.kube._pools import (
+    GANG_APIS,
     Demand,
     GangAdmission,
     GangRequest,
@@ -282,8 +283,10 @@ class KubernetesLauncher(Launcher):
 
     def start(self, context: SweepContext) -> None:
         refuse_elastic(context.job, "KubernetesLauncher")
-        # A gang scheduler the cluster lacks fails the sweep now, not each of its trials.
-        check_served(self.kube, self._policy)
+        # A gang scheduler the cluster lacks fails the sweep now, not each of its trials; a
+        # sweep without a gang API needs no cluster configuration yet.
+        if self._policy.gang in GANG_APIS:
+            check_served(self.kube, self._policy)
         self._context = context
         if self._sweep is None:
             self._sweep = dns_label(context.sweep_name)[:MAX_SWEEP_NAME].rstrip("-")
