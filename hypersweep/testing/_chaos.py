@@ -435,6 +435,40 @@ class GangChaosReport:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def compare(
+        cls,
+        values: dict[str, dict[float, float | None]],
+        seconds: dict[str, float],
+        *,
+        delays: list[float],
+        trials: int,
+        replicas: int,
+        completed: int,
+        restarts: int,
+        every_trial_seen: bool = True,
+    ) -> GangChaosReport:
+        """The report of a fault-free run and a run with kills: trial values by config."""
+        clean, faulty = values["fault-free"], values["with-kills"]
+        differences = [
+            abs(clean[n] - faulty[n])  # type: ignore[operator]
+            for n in clean
+            if clean[n] is not None and faulty.get(n) is not None
+        ]
+        return cls(
+            kills=len(delays),
+            trials=trials,
+            replicas=replicas,
+            completed=completed,
+            lost_trials=trials - completed,
+            values_equal=clean == faulty and every_trial_seen,
+            max_abs_difference=max(differences, default=float("nan")),
+            gang_restarts=restarts,
+            seconds_fault_free=seconds["fault-free"],
+            seconds_with_kills=seconds["with-kills"],
+            kill_delays_s=delays,
+        )
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -525,24 +559,14 @@ def run_gang_chaos(
         if run == "with-kills":
             completed = result.counts().get("completed", 0)
             restarts = sum(max(0, t.attempts - 1) for t in result.trials)
-    clean, faulty = values["fault-free"], values["with-kills"]
-    differences = [
-        abs(clean[n] - faulty[n])  # type: ignore[operator]
-        for n in clean
-        if clean[n] is not None and faulty.get(n) is not None
-    ]
-    return GangChaosReport(
-        kills=len(delays),
+    return GangChaosReport.compare(
+        values,
+        seconds,
+        delays=delays,
         trials=trials,
         replicas=replicas,
         completed=completed,
-        lost_trials=trials - completed,
-        values_equal=clean == faulty,
-        max_abs_difference=max(differences, default=float("nan")),
-        gang_restarts=restarts,
-        seconds_fault_free=seconds["fault-free"],
-        seconds_with_kills=seconds["with-kills"],
-        kill_delays_s=delays,
+        restarts=restarts,
     )
 
 
@@ -741,22 +765,13 @@ def run_trainjob_gang_chaos(
                 )
                 for t in found
             )
-    clean, faulty = values["fault-free"], values["with-kills"]
-    differences = [
-        abs(clean[n] - faulty[n])  # type: ignore[operator]
-        for n in clean
-        if clean[n] is not None and faulty.get(n) is not None
-    ]
-    return GangChaosReport(
-        kills=len(delays),
+    return GangChaosReport.compare(
+        values,
+        seconds,
+        delays=delays,
         trials=trials,
         replicas=replicas,
         completed=completed,
-        lost_trials=trials - completed,
-        values_equal=clean == faulty and len(clean) == trials,
-        max_abs_difference=max(differences, default=float("nan")),
-        gang_restarts=restarts,
-        seconds_fault_free=seconds["fault-free"],
-        seconds_with_kills=seconds["with-kills"],
-        kill_delays_s=delays,
+        restarts=restarts,
+        every_trial_seen=len(values["fault-free"]) == trials,
     )
