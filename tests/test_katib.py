@@ -24,7 +24,7 @@ from hypersweep.operators._katib import (
     translate_experiment,
     translate_spec,
 )
-from hypersweep.operators._katib_metrics import MetricsRelay, MetricsUnavailable
+from hypersweep.operators._katib_relay import MetricsRelay, MetricsUnavailable
 from hypersweep.operators._katib_status import katib_status
 
 HERE = Path(__file__).resolve().parent
@@ -740,7 +740,7 @@ def test_tf_event_files_are_read_as_they_grow(tmp_path: Path) -> None:
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
     from tensorboard.util import tensor_util
 
-    from hypersweep.operators._tfevents import EventScalars
+    from hypersweep.operators._katib_relay import EventScalars
 
     writer = EventFileWriter(str(tmp_path))
     scalars = EventScalars(str(tmp_path))
