@@ -35,11 +35,11 @@ from hypersweep.operators import crd_manifests  # noqa: E402
 from hypersweep.testing import LocalCluster, apply_data_claim, create_namespace  # noqa: E402
 from tests.operators.conftest import (  # noqa: E402
     OPERATOR_USER,
-    RBAC_KINDS,
     SECRETS_BINDING,
     Namespace,
     OperatorProcess,
-    render,
+    install_operator_rbac,
+    operator_account_kubeconfig,
     wait_until,
 )
 from tests.operators.test_katib import experiment  # noqa: E402
@@ -98,18 +98,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="katib-bench-"))
     with LocalCluster(crds=crd_manifests(), audit_users=[OPERATOR_USER]) as cluster:
         cluster.start_node_agent("agent-0")
-        rbac = [doc for doc in render("deploy/base") if doc["kind"] in RBAC_KINDS]
-        cluster.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}),
-        )
-        kubeconfig = cluster.user_kubeconfig(
-            OPERATOR_USER,
-            ["system:serviceaccounts", "system:serviceaccounts:hypersweep-system"],
-            name="operator-sa",
-        )
+        install_operator_rbac(cluster)
+        kubeconfig = operator_account_kubeconfig(cluster)
         name = "katib-bench"
         (work / "data").mkdir()
         (work / "markers").mkdir()

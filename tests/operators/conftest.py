@@ -73,6 +73,31 @@ def render(path: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
+def rbac_objects(path: str) -> list[dict[str, Any]]:
+    """The ServiceAccounts, roles and bindings (and their Namespace) of ``deploy/...``."""
+    return [doc for doc in render(path) if doc["kind"] in RBAC_KINDS]
+
+
+def install_operator_rbac(cluster: LocalCluster) -> None:
+    """Apply deploy/base's ServiceAccount and RBAC: the operator runs with exactly those."""
+    rbac = rbac_objects("deploy/base")
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}),
+    )
+
+
+def operator_account_kubeconfig(cluster: LocalCluster) -> Path:
+    """A kubeconfig with the operator ServiceAccount's identity and groups."""
+    return cluster.user_kubeconfig(
+        OPERATOR_USER,
+        ["system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}"],
+        name="operator-sa",
+    )
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
     reason = k8s_unavailable_reason()
@@ -84,23 +109,13 @@ def cluster() -> Iterator[LocalCluster]:
     # test derives the permissions it needs from that log (test_least_privilege.py).
     with LocalCluster(crds=crd_manifests(), audit_users=[OPERATOR_USER]) as started:
         started.start_node_agent("agent-0")
-        rbac = [doc for doc in render("deploy/base") if doc["kind"] in RBAC_KINDS]
-        started.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}),
-        )
+        install_operator_rbac(started)
         yield started
 
 
 @pytest.fixture(scope="session")
 def operator_kubeconfig(cluster: LocalCluster) -> Path:
-    return cluster.user_kubeconfig(
-        OPERATOR_USER,
-        ["system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}"],
-        name="operator-sa",
-    )
+    return operator_account_kubeconfig(cluster)
 
 
 @dataclass

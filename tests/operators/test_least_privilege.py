@@ -21,13 +21,12 @@ from hypersweep.testing import LocalCluster, create_namespace
 from .conftest import (
     OPERATOR_NAMESPACE,
     OPERATOR_USER,
-    RBAC_KINDS,
     SECRETS_BINDING,
     Namespace,
     OperatorProcess,
     kubectl_json,
     operator_suite_deselected,
-    render,
+    rbac_objects,
     wait_until,
 )
 from .test_sweep import create_sweep, wait_sweep
@@ -94,10 +93,6 @@ def granted(rules: list[dict[str, Any]]) -> set[Permission]:
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-
-
-def rbac_objects(path: str) -> list[dict[str, Any]]:
-    return [doc for doc in render(path) if doc["kind"] in RBAC_KINDS]
 
 
 def rules_of(objects: list[dict[str, Any]], kind: str, name: str) -> list[dict[str, Any]]:
