@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# The operator tests' helpers, which import the suite's top-level conftest as `conftest`.
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from hypersweep.operators import crd_manifests  # noqa: E402
 from hypersweep.testing import LocalCluster, apply_data_claim, create_namespace  # noqa: E402
