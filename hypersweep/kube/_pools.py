@@ -32,6 +32,7 @@ of its pools even when they are empty is refused (it would wait forever).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -47,6 +48,7 @@ from hypersweep._metrics import operator_metrics
 from hypersweep.kube._client import PODS, ApiError, JsonDict, Kube, Resource
 from hypersweep.kube._informer import Informer
 from hypersweep.kube._names import JOB_NAME_LABEL
+from hypersweep.kube._tpu import TPU_RESOURCE, TpuSlice, chips_per_host, parse_tpu, slices
 
 logger = logging.getLogger("hypersweep.operator")
 
@@ -111,6 +113,10 @@ class Pool:
     per_replica: int = 0
     tolerations: tuple[JsonDict, ...] = ()
     weight: int = 1
+    #: A TPU slice shape: each gang is one whole slice of it (see :mod:`hypersweep.kube._tpu`).
+    tpu: TpuSlice | None = None
+    #: The slice (GKE node pool) admission put a gang on; only on an admitted TPU pool.
+    slice: str | None = None
 
     def matches(self, node: Mapping[str, Any]) -> bool:
         labels = node["metadata"].get("labels") or {}
@@ -124,9 +130,29 @@ class Pool:
             "tolerations": [dict(t) for t in self.tolerations],
             "weight": self.weight,
         }
-        if self.resource:
+        if self.tpu is not None:
+            data["tpu"] = self.tpu.to_dict()
+        elif self.resource:
             data["accelerator"] = {"resource": self.resource, "perReplica": self.per_replica}
         return data
+
+    def with_chips_per_host(self, nodes: Sequence[Mapping[str, Any]], where: str) -> Pool:
+        """A TPU pool with its chips per host known (from ``nodes``, see
+        :func:`~hypersweep.kube._tpu.chips_per_host`) and requested by every replica; other
+        pools as they are."""
+        if self.tpu is None:
+            return self
+        count = chips_per_host(self.tpu, nodes, f"{where}.tpu")
+        shape = dataclasses.replace(self.tpu, chips_per_host=count)
+        return dataclasses.replace(self, tpu=shape, per_replica=count)
+
+    def groups(self, nodes: Sequence[Mapping[str, Any]]) -> list[tuple[str | None, list[str]]]:
+        """The sets of node names one gang may be placed across, each with its slice: a TPU
+        pool's slices (GKE node pools), one at a time, so no gang spans two; any other pool's
+        nodes, all together (slice None)."""
+        if self.tpu is None:
+            return [(None, [str(n["metadata"]["name"]) for n in nodes])]
+        return sorted(slices(nodes).items())
 
     def apply(self, pod_spec: JsonDict, main: JsonDict) -> None:
         """Point one replica's pod spec at this pool (selector, tolerations, accelerator)."""
@@ -155,9 +181,19 @@ def parse_pools(raw: Any, where: str = "pools") -> tuple[Pool, ...]:
             raise ConfigError(f"{at}: expected a mapping")
         name = str(item.get("name") or "")
         selector = item.get("nodeSelector") or {}
+        tpu = parse_tpu(item["tpu"], f"{at}.tpu") if item.get("tpu") is not None else None
         if not name:
             raise ConfigError(f"{at}.name: required")
-        if not isinstance(selector, Mapping) or not selector:
+        if not isinstance(selector, Mapping):
+            raise ConfigError(f"{at}.nodeSelector: expected a mapping of node labels")
+        if tpu is not None:
+            if item.get("accelerator"):
+                raise ConfigError(
+                    f"{at}.accelerator: a tpu pool requests {TPU_RESOURCE} = chips per host; "
+                    "leave accelerator out"
+                )
+            selector = {**selector, **tpu.node_selector()}
+        if not selector:
             raise ConfigError(f"{at}.nodeSelector: give at least one node label")
         accelerator = item.get("accelerator") or {}
         count = accelerator.get("perReplica", 1 if accelerator.get("resource") else 0)
@@ -170,10 +206,11 @@ def parse_pools(raw: Any, where: str = "pools") -> tuple[Pool, ...]:
             Pool(
                 name=name,
                 node_selector={str(k): str(v) for k, v in selector.items()},
-                resource=accelerator.get("resource") or None,
-                per_replica=count,
+                resource=TPU_RESOURCE if tpu else accelerator.get("resource") or None,
+                per_replica=(tpu.chips_per_host or 0) if tpu else count,
                 tolerations=tuple(dict(t) for t in item.get("tolerations") or []),
                 weight=weight,
+                tpu=tpu,
             )
         )
     if len({pool.name for pool in pools}) != len(pools):
@@ -438,12 +475,12 @@ class GangAdmission:
         known = self._fits.get(key)
         if known is not None:
             return known
-        empty = {
-            n["metadata"]["name"]: allocatable(n)
-            for n in self.nodes.list()
-            if usable(n, pool, now=False)
-        }
-        fits = bool(empty) and place(replicas, empty) is not None
+        nodes = [n for n in self.nodes.list() if usable(n, pool, now=False)]
+        empty = {n["metadata"]["name"]: allocatable(n) for n in nodes}
+        fits = any(
+            bool(names) and place(replicas, {n: empty[n] for n in names}) is not None
+            for _, names in pool.groups(nodes)
+        )
         if len(self._fits) > 1024:
             self._fits.clear()
         self._fits[key] = fits
@@ -512,7 +549,7 @@ class GangAdmission:
             blocked: set[str] = set()
             still: list[GangRequest] = []
             admitted: list[float] = []  # seconds each admitted gang waited
-            usable_nodes: dict[int, list[str]] = {}  # by pool (id), for this pass
+            usable_nodes: dict[int, list[tuple[str | None, list[str]]]] = {}  # by pool (id)
             for request in self._waiting:
                 choice = self._choose(request, free, blocked, usable_nodes)
                 if choice is None:
@@ -543,13 +580,13 @@ class GangAdmission:
         request: GangRequest,
         free: dict[str, Demand],
         blocked: set[str],
-        usable_nodes: dict[int, list[str]],
+        usable_nodes: dict[int, list[tuple[str | None, list[str]]]],
     ) -> tuple[Pool, dict[str, list[int]]] | None:
         """The pool for a gang now: highest weight, then the most accelerators left (spread).
 
-        ``usable_nodes`` keeps each pool's usable nodes for the pass (every gang of a sweep
-        looks at the same pools). Pools are tried heaviest first, and none lighter than one
-        that fits: it could not rank above it.
+        ``usable_nodes`` keeps each pool's usable nodes (by slice, for TPU pools) for the pass
+        (every gang of a sweep looks at the same pools). Pools are tried heaviest first, and
+        none lighter than one that fits: it could not rank above it.
         """
         best: tuple[tuple[int, int], Pool, dict[str, list[int]]] | None = None
         pools = sorted(
@@ -558,19 +595,22 @@ class GangAdmission:
         for pool in pools:
             if best is not None and pool.weight < best[1].weight:
                 break
-            names = usable_nodes.get(id(pool))
-            if names is None:
-                names = [n["metadata"]["name"] for n in self.nodes.list() if usable(n, pool)]
-                usable_nodes[id(pool)] = names
-            room = {name: free[name] for name in names if name in free}
-            placement = place(request.demands[pool.name], room)
-            if placement is None:
-                request.reason = f"pool {pool.name} has no room for all replicas"
-                continue
-            spare = sum(left.get(pool.resource or "pods", 0) for left in room.values())
-            rank = (pool.weight, spare)
-            if best is None or rank > best[0]:
-                best = (rank, pool, placement)
+            groups = usable_nodes.get(id(pool))
+            if groups is None:
+                groups = pool.groups([n for n in self.nodes.list() if usable(n, pool)])
+                usable_nodes[id(pool)] = groups
+            for slice_name, names in groups:
+                room = {name: free[name] for name in names if name in free}
+                placement = place(request.demands[pool.name], room)
+                if placement is None:
+                    request.reason = f"pool {pool.name} has no room for all replicas"
+                    continue
+                spare = sum(left.get(pool.resource or "pods", 0) for left in room.values())
+                rank = (pool.weight, spare)
+                if best is None or rank > best[0]:
+                    # A TPU gang's pods are pinned to the slice it fits on (its node pool).
+                    on = dataclasses.replace(pool, slice=slice_name) if slice_name else pool
+                    best = (rank, on, placement)
         if best is None:
             return None
         return best[1], best[2]

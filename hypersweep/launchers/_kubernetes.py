@@ -74,6 +74,7 @@ from hypersweep.kube._pools import (
     pod_requests,
 )
 from hypersweep.kube._server import ReportServer
+from hypersweep.kube._tpu import SLICE_ANNOTATION, check_replicas
 from hypersweep.kube._trial_jobs import (
     LauncherDetached,
     one_line,
@@ -297,6 +298,16 @@ class KubernetesLauncher(Launcher):
             if k in self._template
         )
         self._spec_key = key
+        if self._pools:
+            if self._admission is None:
+                self._admission = GangAdmission(self.kube)
+                self._own_admission = True
+            self._admission.start()
+            self._pools = self._tpu_slices(self._pools, self._admission.nodes.list())
+            self._demands = {pool.name: self._gang_demand(pool) for pool in self._pools}
+            # Two round trips per trial (Secret, TrainJob): enough at once to keep pace with
+            # admission when hundreds of trials fit at the start of a sweep.
+            self._creates = ThreadPoolExecutor(16, thread_name_prefix="launcher-create")
         if self._server is None:
             self._server = ReportServer(port=self._report_port).start()
             self._own_server = True
@@ -324,15 +335,6 @@ class KubernetesLauncher(Launcher):
         self._trainjobs.start()
         if not self._trainjobs.wait_synced():
             raise TimeoutError(f"could not list the TrainJobs of namespace {self.namespace}")
-        if self._pools:
-            self._demands = {pool.name: self._gang_demand(pool) for pool in self._pools}
-            if self._admission is None:
-                self._admission = GangAdmission(self.kube)
-                self._own_admission = True
-            self._admission.start()
-            # Two round trips per trial (Secret, TrainJob): enough at once to keep pace with
-            # admission when hundreds of trials fit at the start of a sweep.
-            self._creates = ThreadPoolExecutor(16, thread_name_prefix="launcher-create")
         self._started = True
 
     def _trial_template(self, context: SweepContext) -> JsonDict:
@@ -407,6 +409,26 @@ class KubernetesLauncher(Launcher):
         self._admit()
 
     # --- gang admission ------------------------------------------------------------------
+
+    def _tpu_slices(self, pools: Sequence[Pool], nodes: Sequence[JsonDict]) -> tuple[Pool, ...]:
+        """The pools with each TPU pool's chips per host read from its nodes; refuses, before
+        any trial starts, a gang that is not one replica per host of a slice."""
+        out = tuple(pool.with_chips_per_host(nodes, f"pools[{i}]") for i, pool in enumerate(pools))
+        for pool in out:
+            if pool.tpu is None:
+                continue
+            if self._policy.gang != "builtin":
+                raise ConfigError(
+                    f"scheduling_policy.gang: pool {pool.name} is a TPU slice pool, whose gangs "
+                    "are placed one whole slice at a time by the built-in gang admission; use "
+                    "gang: builtin"
+                )
+            roles = self._template[self._spec_key]
+            where = f"trial_template.{self._spec_key}." + (
+                next(iter(roles)) if len(roles) == 1 else "*"
+            )
+            check_replicas(pool.tpu, self._replica_total(), f"{where}.replicas")
+        return out
 
     def _gang_demand(self, pool: Pool) -> list[Demand]:
         """What each replica of a trial requests in ``pool`` (the template, pointed there)."""
@@ -939,6 +961,8 @@ class KubernetesLauncher(Launcher):
         }
         if pool is not None and self._policy.gang == "builtin":
             metadata["annotations"][names.POOL_ANNOTATION] = json.dumps(pool.to_dict())
+            if pool.slice:  # a TPU gang's slice: its pods are pinned there (kube._tpu)
+                metadata["annotations"][SLICE_ANNOTATION] = pool.slice
         metadata["labels"].update(self._policy.job_labels())
         return {
             "apiVersion": TRAINJOBS.api_version,

@@ -103,6 +103,7 @@ from hypersweep.kube._names import (
 )
 from hypersweep.kube._pools import NODES, GangAdmission, GangRequest, parse_pools, pod_requests
 from hypersweep.kube._recorder import EventRecorder
+from hypersweep.kube._tpu import SLICE_ANNOTATION, current_slice, tpu_pod, with_slice
 from hypersweep.operators._batch import all_at_once, slow_start
 from hypersweep.orchestrator._job import ReplicaId
 from hypersweep.orchestrator._rendezvous import (
@@ -225,7 +226,7 @@ def render_pod(
     if pod_spec.get("hostNetwork"):
         declared["hostPort"] = port
     container["ports"] = [*ports, declared]
-    return {
+    pod: JsonDict = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -237,6 +238,20 @@ def render_pod(
         },
         "spec": pod_spec,
     }
+    # A host of a TPU slice: JobSet's names, TPU_WORKER_*, pinned to the gang's slice.
+    by_dns = networking.replica_host is None and len(set(replica_ports(spec, networking))) == 1
+    roles = [(r.label, r.replicas) for r in spec.replica_specs]
+    tpu_pod(
+        job,
+        pod,
+        roles,
+        replica.spec.label,
+        replica.index,
+        replica.rank,
+        restart,
+        port if by_dns else None,
+    )
+    return pod
 
 
 def render_service(job: Mapping[str, Any], spec: JobSpec, networking: Networking) -> JsonDict:
@@ -1037,6 +1052,8 @@ class TrainJobController:
             return None
         labels = {JOB_NAME_LABEL: name}
         pods = self.pods.list(namespace, labels)
+        admitted = self._gang_admitted(key, job, spec, pods)
+        job = self._on_slice(key, job, pods)
         plan = decide(
             job,
             spec,
@@ -1045,7 +1062,7 @@ class TrainJobController:
             dt.datetime.now(dt.timezone.utc),
             self.networking,
             nodes=self._nodes(),
-            admitted=self._gang_admitted(key, job, spec, pods),
+            admitted=admitted,
         )
         if not plan.awaiting_admission:
             finished = plan.status.get("conditions") or []
@@ -1130,6 +1147,18 @@ class TrainJobController:
                 waiting = self._readmitting[key] = (restart, request)
         admission.pump()
         return waiting[1].admitted is not None
+
+    def _on_slice(self, key: str, job: JsonDict, pods: Sequence[JsonDict]) -> JsonDict:
+        """A TPU gang's job as of its current start's slice: the one admission chose when it
+        restarted (any whole slice), else where its pods are, else its first one."""
+        if SLICE_ANNOTATION not in (job["metadata"].get("annotations") or {}):
+            return job
+        restart = int((job.get("status") or {}).get("restartCount") or 0)
+        with self._lock:
+            waiting = self._readmitting.get(key)
+        if waiting is not None and waiting[0] == restart and waiting[1].admitted is not None:
+            return with_slice(job, waiting[1].admitted.slice)
+        return with_slice(job, current_slice(job, pods, restart, RESTART_LABEL))
 
     def _forget_readmission(self, key: str) -> None:
         with self._lock:
