@@ -751,9 +751,26 @@ def _pools_schema() -> JsonDict:
         "x-kubernetes-list-map-keys": ["name"],
         "items": {
             "type": "object",
-            "required": ["name", "nodeSelector"],
+            "required": ["name"],
             "properties": {
                 "name": {"type": "string", "minLength": 1, "maxLength": 63},
+                "tpu": {
+                    "type": "object",
+                    "required": ["accelerator", "topology"],
+                    "description": (
+                        "A GKE TPU slice pool: each trial is one whole slice (one replica per "
+                        "host), its nodes selected by cloud.google.com/gke-tpu-accelerator and "
+                        "-topology, each replica requesting google.com/tpu = chipsPerHost."
+                    ),
+                    "properties": {
+                        "accelerator": {"type": "string", "minLength": 1},
+                        "topology": {
+                            "type": "string",
+                            "pattern": "^[1-9][0-9]*(x[1-9][0-9]*){1,2}$",
+                        },
+                        "chipsPerHost": {"type": "integer", "minimum": 1},
+                    },
+                },
                 "nodeSelector": {
                     "type": "object",
                     "minProperties": 1,
