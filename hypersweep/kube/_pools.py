@@ -142,7 +142,7 @@ class Pool:
         pools as they are."""
         if self.tpu is None:
             return self
-        count = chips_per_host(self.tpu, nodes, f"{where}.tpu")
+        count = chips_per_host(self.tpu, nodes, f"{where}.tpu", self.node_selector)
         shape = dataclasses.replace(self.tpu, chips_per_host=count)
         return dataclasses.replace(self, tpu=shape, per_replica=count)
 

@@ -131,12 +131,18 @@ def parse_tpu(raw: Any, where: str) -> TpuSlice:
     return shape
 
 
-def chips_per_host(shape: TpuSlice, nodes: Iterable[Mapping[str, Any]], where: str) -> int:
-    """Chips per host of ``shape``: as given, else its nodes' ``google.com/tpu`` capacity, else
-    GKE's table. ConfigError (naming ``where``) when nodes disagree or nothing says."""
+def chips_per_host(
+    shape: TpuSlice,
+    nodes: Iterable[Mapping[str, Any]],
+    where: str,
+    selector: Mapping[str, str] | None = None,
+) -> int:
+    """Chips per host of ``shape``: as given, else the ``google.com/tpu`` capacity of the nodes
+    ``selector`` picks (default: the shape's GKE labels), else GKE's table. ConfigError (naming
+    ``where``) when those nodes disagree or nothing says."""
     if shape.chips_per_host:
         return shape.chips_per_host
-    selector = shape.node_selector()
+    selector = selector or shape.node_selector()
     found: set[int] = set()
     for node in nodes:
         labels = node["metadata"].get("labels") or {}
