@@ -62,7 +62,6 @@ GKE_CHIPS_PER_HOST = {
     "tpu-v5p-slice": 4,
     "tpu-v5-lite-podslice": 4,
     "tpu-v6e-slice": 4,
-    "tpu7x": 4,
 }
 
 _TOPOLOGY = re.compile(r"^[1-9][0-9]*(x[1-9][0-9]*){1,2}$")

@@ -423,7 +423,10 @@ def test_a_jax_gang_meets_at_its_jobset_host_names_on_a_slice(
             namespace,
             "jax",
             template,
-            space={"x": {"type": "constant", "value": 10.0}},
+            space={
+                "lr": {"type": "float", "low": 0.0, "high": 1.0},
+                "x": {"type": "constant", "value": 10.0},
+            },
         )
         status = wait_until(lambda: finished(cluster, namespace, "jax"), 240, "the sweep to end")
         logs = {
