@@ -393,8 +393,9 @@ def test_a_jax_gang_meets_at_its_jobset_host_names_on_a_slice(
     cluster: LocalCluster, namespace: Namespace, dns_operator: OperatorProcess
 ) -> None:
     """Two node agents form a 2-host slice; the trial's two processes check TPU_WORKER_ID and
-    TPU_WORKER_HOSTNAMES against JAX and against their own host names, and meet through JAX's
-    coordinator at process 0's JobSet name (cluster DNS, no shared address)."""
+    TPU_WORKER_HOSTNAMES against JAX and against their own host names, and exchange their host
+    names through JAX's coordinator at process 0's JobSet name (cluster DNS, no shared
+    address)."""
     ns = namespace.name
     labels = {ACCELERATOR: V5E, TOPOLOGY: "2x4", NODE_POOL: f"{ns}-agents", TEST_LABEL: ns}
     agents = [
@@ -435,8 +436,9 @@ def test_a_jax_gang_meets_at_its_jobset_host_names_on_a_slice(
             for path in (Path(cluster.workdir) / "node-agents" / agent.node_name).rglob("jax.log")
         }
         trials = status.get("trials") or {}
-        assert trials.get("succeeded") == 1, (status, logs, dns_operator.log_tail(80))
-        assert status["bestTrial"]["value"] == 1 + 2 + 10.0  # both hosts' shares, summed
+        tails = "\n".join(f"--- {pod}:\n{log[-3000:]}" for pod, log in sorted(logs.items()))
+        assert trials.get("succeeded") == 1, f"{status}\n{tails}\n{dns_operator.log_tail(40)}"
+        assert status["bestTrial"]["value"] == 2 + 10.0  # both hosts met at the coordinator
         for index in range(2):
             pod = f"jax-trial-0-worker-{index}"
             assert f"host {index} of 2: jax-trial-0-worker-0-{index}." in logs[pod], logs

@@ -11,36 +11,40 @@ from typing import Any
 def slice_host(config: dict[str, Any]) -> float:
     """Each host: ``TPU_WORKER_ID`` is its JAX process id, ``TPU_WORKER_HOSTNAMES`` lists every
     host in process order with its own name (its pod's hostname) at that place, resolving to
-    its own address; then the processes sum their ids over JAX's collectives."""
+    its own address; then every process publishes its host name in the key-value store of
+    JAX's coordinator (reached at process 0's JobSet name) and reads all the others back.
+
+    JAX's distributed state is read rather than ``jax.process_index()``: that starts the CPU
+    backend, whose gloo collectives do not start in the test node agent's cluster-DNS mode.
+    """
     import jax
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding
-    from jax.sharding import PartitionSpec as P
+    from jax._src import distributed  # the coordinator client JAX itself uses
 
     import hypersweep
 
     jax.distributed.initialize()  # at JAX_COORDINATOR_ADDRESS: process 0's JobSet name
+    state = distributed.global_state
     worker = int(os.environ["TPU_WORKER_ID"])
     hosts = os.environ["TPU_WORKER_HOSTNAMES"].split(",")
     own = socket.gethostname()
     problems = []
-    if worker != jax.process_index():
-        problems.append(f"TPU_WORKER_ID {worker} != process {jax.process_index()}")
-    if len(hosts) != jax.process_count():
-        problems.append(f"{len(hosts)} hostnames for {jax.process_count()} processes")
+    if worker != state.process_id:
+        problems.append(f"TPU_WORKER_ID {worker} != process {state.process_id}")
+    if len(hosts) != state.num_processes:
+        problems.append(f"{len(hosts)} hostnames for {state.num_processes} processes")
     elif not own.startswith(hosts[worker] + "."):
         problems.append(f"my hostname {own} is not {hosts[worker]}")
     elif socket.gethostbyname(hosts[worker]) != socket.gethostbyname(own):
         problems.append(f"{hosts[worker]} does not resolve to my address")
+    client = state.client
+    assert client is not None
+    client.key_value_set(f"tpu-host/{worker}", own)
+    seen = [client.blocking_key_value_get(f"tpu-host/{i}", 60_000) for i in range(len(hosts))]
+    if [name.split(".")[0] for name in seen] != [name.split(".")[0] for name in hosts]:
+        problems.append(f"the hosts met at the coordinator are {seen}, not {hosts}")
     print(f"host {worker} of {len(hosts)}: {own} in {hosts}: {problems or 'ok'}", flush=True)
     if problems:
         raise RuntimeError("; ".join(problems))
-    mesh = Mesh(np.array(jax.devices()), ("p",))
-    mine = np.array([[float(worker + 1)]], dtype=np.float32)
-    stacked = jax.make_array_from_process_local_data(NamedSharding(mesh, P("p")), mine)
-    summed = jax.jit(
-        jax.shard_map(lambda b: jax.lax.psum(b, "p"), mesh=mesh, in_specs=P("p"), out_specs=P())
-    )(stacked)
-    total = float(np.asarray(summed.addressable_data(0))[0, 0]) + float(config["x"])
+    total = float(len(seen)) + float(config["x"])
     hypersweep.report(0, loss=total)
     return total
