@@ -247,7 +247,7 @@ def tpu_pod(
     """Make one replica's pod a host of a TPU slice, as GKE's multi-host TPU workloads are.
 
     Sets JobSet's hostname, labels and annotations, ``TPU_WORKER_ID`` and
-    ``TPU_WORKER_HOSTNAMES`` (JAX's TPU backend reads them to find its peers), points JAX's
+    ``TPU_WORKER_HOSTNAMES`` (JAX's GKE TPU cluster detection reads them), points JAX's
     coordinator at process 0's JobSet name (``coordinator_port``: its port when replicas are
     reached by their DNS names, else None), and pins the pod to the gang's slice. A no-op for
     a TrainJob that is not on a TPU slice (no ``hypersweep.io/tpu-slice`` annotation).
