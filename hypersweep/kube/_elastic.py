@@ -24,6 +24,9 @@ from typing import Any
 
 #: Rendezvous backends torch's elastic agent has (Kubeflow's rdzvBackend values).
 RDZV_BACKENDS = ("c10d", "etcd", "etcd-v2")
+#: ``maxRestarts`` when not given. torchrun's own default, 0, would end every survivor's pod
+#: at the first lost peer (its workers' collective breaks, which the agent counts as a failure).
+DEFAULT_MAX_RESTARTS = 10
 
 
 class ElasticPolicyError(ValueError):
@@ -41,7 +44,7 @@ class ElasticPolicy:
     rdzv_port: int | None = None
     rdzv_id: str | None = None
     rdzv_conf: tuple[tuple[str, str], ...] = ()
-    max_restarts: int | None = None
+    max_restarts: int = DEFAULT_MAX_RESTARTS
 
     @property
     def nnodes(self) -> str:
@@ -69,9 +72,12 @@ class ElasticPolicy:
             "PET_RDZV_ID": self.rdzv_id or job_name,
             "PET_NNODES": self.nnodes,
             "PET_NPROC_PER_NODE": "1",
+            "PET_MAX_RESTARTS": str(self.max_restarts),
+            # A store of the round's own for the workers: torch keeps the first round's (on that
+            # round's rank 0) otherwise, and after a membership change that makes another node
+            # rank 0, ranks would meet through the last round's keys and wait on dead peers.
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
         }
-        if self.max_restarts is not None:
-            env["PET_MAX_RESTARTS"] = str(self.max_restarts)
         conf = dict(self.rdzv_conf)
         if shared_host is not None and self.rdzv_backend == "c10d" and self.rdzv_host is None:
             conf.setdefault("is_host", "true" if rank == 0 else "false")
@@ -133,7 +139,11 @@ def parse_elastic_policy(
         rdzv_port=None if port is None else _count(port, f"{where}.rdzvPort"),
         rdzv_id=str(data["rdzvId"]) if data.get("rdzvId") else None,
         rdzv_conf=tuple((str(item["key"]), str(item.get("value", ""))) for item in conf),
-        max_restarts=None if restarts is None else _count(restarts, f"{where}.maxRestarts", 0),
+        max_restarts=(
+            DEFAULT_MAX_RESTARTS
+            if restarts is None
+            else _count(restarts, f"{where}.maxRestarts", 0)
+        ),
     )
 
 
@@ -169,7 +179,10 @@ def elastic_policy_schema() -> dict[str, Any]:
             "maxRestarts": {
                 "type": "integer",
                 "minimum": 0,
-                "description": "torchrun's --max-restarts: worker restarts within a pod.",
+                "description": (
+                    "torchrun's --max-restarts: restarts of a pod's workers after a failure "
+                    f"(a lost peer is one) before the pod fails; default {DEFAULT_MAX_RESTARTS}."
+                ),
             },
         },
     }

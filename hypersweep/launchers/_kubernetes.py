@@ -81,7 +81,6 @@ from hypersweep.kube._trial_jobs import (
     suspend_unfinished_trainjobs,
 )
 from hypersweep.launchers._base import Launcher, SweepContext
-from hypersweep.launchers._elastic import refuse_elastic
 from hypersweep.orchestrator._events import (
     Checkpointed,
     Completed,
@@ -98,6 +97,9 @@ from hypersweep.strategies._space import flatten_config
 logger = logging.getLogger("hypersweep")
 
 ENTRYPOINT = ("python", "-m", "hypersweep.operators.trial_entrypoint")
+#: An elastic trial's replicas run the entry point under torch's elastic agent (torchrun), which
+#: takes its rendezvous from the TrainJob's ``PET_*`` variables (``elasticPolicy``).
+ELASTIC_ENTRYPOINT = ("python", "-m", "torch.distributed.run", "-m", ENTRYPOINT[-1])
 _PARAMETER = re.compile(r"\$\{trialParameters\.([A-Za-z0-9_.\-]+)\}")
 _LONG_POLL = 20.0
 _FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
@@ -282,7 +284,6 @@ class KubernetesLauncher(Launcher):
     # --- Launcher ------------------------------------------------------------------------
 
     def start(self, context: SweepContext) -> None:
-        refuse_elastic(context.job, "KubernetesLauncher")
         # A gang scheduler the cluster lacks fails the sweep now, not each of its trials; a
         # sweep without a gang API needs no cluster configuration yet.
         if self._policy.gang in GANG_APIS:
@@ -345,6 +346,7 @@ class KubernetesLauncher(Launcher):
                     "trial_template"
                 )
             template = default_template(context.job, self._image)
+        template = with_elastic_policy(template, context.job)
         try:
             JobSpec.from_spec(template)
         except SpecError as error:
@@ -417,7 +419,8 @@ class KubernetesLauncher(Launcher):
             pod = replica_spec["template"]["spec"]
             pool.apply(pod, main_container(parsed, pod["containers"]))
             demands += [pod_requests(pod)] * int(replica_spec.get("replicas", 1))
-        return demands
+        # An elastic gang is admitted with minReplicas; the others start when they fit.
+        return demands[: parsed.elastic.min_replicas] if parsed.elastic else demands
 
     def _refuse(self, number: int) -> None:
         """Fail a trial whose gang fits in none of the pools, even empty ones."""
@@ -900,7 +903,7 @@ class KubernetesLauncher(Launcher):
             ]
             main = main_container(parsed, pod["containers"])
             if not main.get("command") and not main.get("args"):
-                main["command"] = list(ENTRYPOINT)
+                main["command"] = list(ELASTIC_ENTRYPOINT if parsed.elastic else ENTRYPOINT)
             for container in pod["containers"]:
                 # Ours come last so that a template cannot point a trial at another's identity.
                 container["env"] = [*(container.get("env") or []), *copy.deepcopy(env)]
@@ -1306,6 +1309,14 @@ def substitute_parameters(template: Mapping[str, Any], config: Mapping[str, Any]
     return result
 
 
+def with_elastic_policy(template: Mapping[str, Any], job: TrainJob | None) -> JsonDict:
+    """The template with ``Replicas(n=(min, max))``'s ``elasticPolicy`` where it has none."""
+    out = copy.deepcopy(dict(template))
+    if job is not None and job.min_replicas is not None and "elasticPolicy" not in out:
+        out["elasticPolicy"] = {"minReplicas": job.min_replicas, "maxReplicas": job.world_size}
+    return out
+
+
 def default_template(job: TrainJob | None, image: str) -> JsonDict:
     """The trial TrainJob spec for ``tune()``: one replica of ``image``, or the replicas of
     ``job`` (from ``tune(replicas=...)``) with their resources and restart policy."""
@@ -1333,7 +1344,7 @@ def default_template(job: TrainJob | None, image: str) -> JsonDict:
         container: JsonDict = {
             "name": CONTAINER_NAMES[job.framework],
             "image": image,
-            "command": list(ENTRYPOINT),
+            "command": list(ELASTIC_ENTRYPOINT if job.min_replicas else ENTRYPOINT),
             "env": [{"name": k, "value": v} for k, v in {**job.env, **group.env}.items()],
         }
         if resources:
