@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import hypersweep as hs
 from hypersweep.testing import LocalCluster
 
 from .conftest import HERE, Namespace, OperatorProcess, free_port, kubectl_json, wait_until
@@ -173,3 +175,114 @@ def test_an_elastic_job_below_min_replicas_restarts_counted(
     assert "Succeeded" in status["true"], (status, operator.log_tail())
     assert status["restartCount"] == 1
     assert set(worlds(log)) == {2}
+
+
+def test_an_elastic_trial_of_tune_goes_on_with_fewer_replicas_and_grows_back(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """``tune(replicas=Replicas(n=(2, 3)))`` on Kubernetes: the trial's TrainJob is elastic and
+    its replicas run the entry point under torchrun. A replica is lost mid-trial: the objective
+    goes on from its checkpoint with world 2, then 3 again, in one attempt (no retry)."""
+    from hypersweep.kube._client import Kube
+    from hypersweep.launchers import KubernetesLauncher
+
+    from .conftest import trial_template
+
+    ns = namespace.name
+    worlds_log, done = tmp_path / "worlds", tmp_path / "done"
+    template = trial_template(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "-m",
+            "hypersweep.operators.trial_entrypoint",
+        ],
+        {"OMP_NUM_THREADS": "1", "WORLDS_LOG": str(worlds_log), "DONE_FILE": str(done)},
+    )
+    master = template["replicaSpecs"]["Master"]
+    master["template"]["spec"]["containers"][0]["ports"] = [
+        {"name": "pytorchjob-port", "containerPort": free_port(span=3)}
+    ]
+    template["replicaSpecs"]["Worker"] = {**master, "replicas": 2}
+    template["elasticPolicy"] = {"rdzvConf": [{"key": "last_call_timeout", "value": "2"}]}
+    port = free_port()
+    launcher = KubernetesLauncher(
+        ns,
+        trial_template=template,
+        kube=Kube(cluster.api_client()),
+        report_url=f"http://127.0.0.1:{port}",
+        report_port=port,
+    )
+
+    def objective(config: dict[str, Any]) -> float:  # shipped to the pods by value
+        import os
+        import time
+
+        import torch
+        import torch.distributed as dist
+
+        import hypersweep
+
+        dist.init_process_group("gloo")
+        context = hypersweep.get_trial_context()
+        assert context is not None
+        rank, world = dist.get_rank(), dist.get_world_size()
+        assert (context.rank, context.world_size) == (rank, world)
+        state = hypersweep.restore()
+        start = state["step"] + 1 if state else 0
+        loss = 0.0
+        for step in range(start, 100_000):
+            shard = range(rank, 1000, world)  # this round's share of the data
+            totals = torch.tensor(
+                [float(len(shard)), float(os.path.exists(os.environ["DONE_FILE"]))]
+            )
+            dist.all_reduce(totals)
+            loss = config["x"] ** 2 + 1 / (step + 1)
+            if rank == 0:
+                with open(os.environ["WORLDS_LOG"], "a") as handle:
+                    handle.write(f"{step} {world} {int(totals[0])}\n")
+                hypersweep.checkpoint({"step": step})
+            hypersweep.report(step, loss=loss)
+            if totals[1] > 0:
+                break
+            time.sleep(0.3)
+        dist.destroy_process_group()
+        return loss
+
+    def seen() -> list[int]:
+        out: list[int] = []
+        for line in worlds_log.read_text().splitlines() if worlds_log.exists() else []:
+            _, world, samples = map(int, line.split())
+            assert samples == 1000, line  # every round covered the whole dataset
+            if not out or out[-1] != world:
+                out.append(world)
+        return out
+
+    def lose_a_replica() -> None:
+        wait_until(lambda: seen() == [3], 240, "the 3-replica trial's steps")
+        with cordoned(cluster):
+            kill_pod(cluster, ns, "elastic-tune-trial-0-worker-1")
+            wait_until(lambda: seen()[-1:] == [2], 180, "the 2 survivors to go on")
+        wait_until(lambda: seen()[-1:] == [3], 180, "the trial to grow back to 3")
+        done.touch()
+
+    chaos = threading.Thread(target=lose_a_replica, daemon=True)
+    chaos.start()
+    result = hs.tune(
+        {"x": hs.choice([0.5])},
+        objective,
+        metric="loss",
+        n_trials=1,
+        name="elastic-tune",
+        replicas=hs.Replicas(n=(2, 3)),
+        max_retries=0,
+        launcher=launcher,
+        storage=str(tmp_path / "journal.log"),
+    )
+    chaos.join(10)
+    assert [t.state for t in result.trials] == ["completed"], (result.trials, operator.log_tail())
+    assert seen() == [3, 2, 3]
+    job = kubectl_json(cluster, "get", "trainjob", "elastic-tune-trial-0", "-n", ns)
+    assert job["spec"]["elasticPolicy"]["minReplicas"] == 2
+    assert job["status"]["restartCount"] == 0
