@@ -106,6 +106,7 @@ _FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 #: Seconds between writes of a running trial's latest value on its TrainJob.
 VALUE_INTERVAL = 10.0
 _MAX_PICKLE = 96 * 1024  # one environment variable holds at most 128 KiB on Linux
+_SPEC_KEYS = ("replicaSpecs", "pytorchReplicaSpecs", "tfReplicaSpecs", "jaxReplicaSpecs")
 _ROLE_NAMES = {"master": "Master", "worker": "Worker", "chief": "Chief"}
 
 
@@ -411,16 +412,7 @@ class KubernetesLauncher(Launcher):
     # --- gang admission ------------------------------------------------------------------
 
     def _gang_demand(self, pool: Pool) -> list[Demand]:
-        """What each replica of a trial requests in ``pool`` (the template, pointed there)."""
-        spec = copy.deepcopy(self._template)
-        parsed = JobSpec.from_spec(spec)
-        demands: list[Demand] = []
-        for replica_spec in spec[self._spec_key].values():
-            pod = replica_spec["template"]["spec"]
-            pool.apply(pod, main_container(parsed, pod["containers"]))
-            demands += [pod_requests(pod)] * int(replica_spec.get("replicas", 1))
-        # An elastic gang is admitted with minReplicas; the others start when they fit.
-        return demands[: parsed.elastic.min_replicas] if parsed.elastic else demands
+        return gang_demand(self._template, pool)
 
     def _refuse(self, number: int) -> None:
         """Fail a trial whose gang fits in none of the pools, even empty ones."""
@@ -1307,6 +1299,21 @@ def substitute_parameters(template: Mapping[str, Any], config: Mapping[str, Any]
 
     result: JsonDict = walk(copy.deepcopy(dict(template)))
     return result
+
+
+def gang_demand(template: Mapping[str, Any], pool: Pool) -> list[Demand]:
+    """What the replicas of a trial that gang admission admits request in ``pool`` (the
+    template, pointed there): every replica, or an elastic gang's ``minReplicas`` (the others
+    start when they fit)."""
+    spec = copy.deepcopy(dict(template))
+    parsed = JobSpec.from_spec(spec)
+    key = next(k for k in _SPEC_KEYS if k in spec)
+    demands: list[Demand] = []
+    for replica_spec in spec[key].values():
+        pod = replica_spec["template"]["spec"]
+        pool.apply(pod, main_container(parsed, pod["containers"]))
+        demands += [pod_requests(pod)] * int(replica_spec.get("replicas", 1))
+    return demands[: parsed.elastic.min_replicas] if parsed.elastic else demands
 
 
 def with_elastic_policy(template: Mapping[str, Any], job: TrainJob | None) -> JsonDict:
