@@ -137,5 +137,8 @@ def test_an_elastic_range_makes_the_kubernetes_trial_an_elastic_trainjob() -> No
     # A template's own policy wins; a fixed gang gets none.
     own = {**template, "elasticPolicy": {"minReplicas": 3, "maxReplicas": 4}}
     assert with_elastic_policy(own, job)["elasticPolicy"]["minReplicas"] == 3
+    conf = [{"key": "last_call_timeout", "value": "2"}]
+    partial = with_elastic_policy({**template, "elasticPolicy": {"rdzvConf": conf}}, job)
+    assert partial["elasticPolicy"] == {"rdzvConf": conf, "minReplicas": 2, "maxReplicas": 4}
     fixed = hs.Replicas(n=4).to_job("s", backoff_limit=3)
     assert "elasticPolicy" not in with_elastic_policy(default_template(fixed, "t"), fixed)

@@ -1317,10 +1317,13 @@ def gang_demand(template: Mapping[str, Any], pool: Pool) -> list[Demand]:
 
 
 def with_elastic_policy(template: Mapping[str, Any], job: TrainJob | None) -> JsonDict:
-    """The template with ``Replicas(n=(min, max))``'s ``elasticPolicy`` where it has none."""
+    """The template with ``Replicas(n=(min, max))`` as its ``elasticPolicy``'s replica range,
+    where the template's own policy does not give one (its other fields stay)."""
     out = copy.deepcopy(dict(template))
-    if job is not None and job.min_replicas is not None and "elasticPolicy" not in out:
-        out["elasticPolicy"] = {"minReplicas": job.min_replicas, "maxReplicas": job.world_size}
+    if job is not None and job.min_replicas is not None:
+        policy = out["elasticPolicy"] = dict(out.get("elasticPolicy") or {})
+        policy.setdefault("minReplicas", job.min_replicas)
+        policy.setdefault("maxReplicas", job.world_size)
     return out
 
 
