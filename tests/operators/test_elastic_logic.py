@@ -130,3 +130,12 @@ def test_gang_admission_asks_for_min_replicas_of_an_elastic_trial() -> None:
     assert len(gang_demand(spec, pool)) == 2  # minReplicas; the other 2 start when they fit
     del spec["elasticPolicy"]
     assert len(gang_demand(spec, pool)) == 4
+
+
+def test_a_trial_under_the_elastic_agent_leaves_errors_to_its_restarts() -> None:
+    from hypersweep.operators.trial_entrypoint import elastic_restarts_left
+
+    assert not elastic_restarts_left({})  # not under torchrun: the error is the trial's
+    agent = {"TORCHELASTIC_MAX_RESTARTS": "3"}
+    assert elastic_restarts_left({**agent, "TORCHELASTIC_RESTART_COUNT": "2"})
+    assert not elastic_restarts_left({**agent, "TORCHELASTIC_RESTART_COUNT": "3"})
