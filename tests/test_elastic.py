@@ -111,21 +111,34 @@ def test_elastic_ranges_are_refused_by_the_ray_launcher_before_it_starts() -> No
         )
 
 
-def test_elastic_ranges_are_refused_by_the_kubernetes_launcher_before_it_starts(
-    run_dir: Path,
-) -> None:
-    from hypersweep.launchers import KubernetesLauncher
+def test_an_elastic_range_makes_the_kubernetes_trial_an_elastic_trainjob() -> None:
+    """``Replicas(n=(2, 4))`` on Kubernetes: the trial's TrainJob has Kubeflow's elasticPolicy
+    (min 2, max 4) and its replicas run the entry point under torchrun, whose rendezvous
+    variables the TrainJob controller sets (tests/operators/test_trainjob_elastic.py)."""
+    from hypersweep.kube._jobspec import JobSpec
+    from hypersweep.launchers._kubernetes import (
+        ELASTIC_ENTRYPOINT,
+        default_template,
+        with_elastic_policy,
+    )
+    from hypersweep.operators._trainjob import Networking, rendezvous_env
 
-    # A kubeconfig that does not exist: the range is refused before any connection is tried.
-    launcher = KubernetesLauncher("default", kubeconfig=str(run_dir / "no-kubeconfig"))
-    with pytest.raises(
-        hs.ConfigError, match=r"replicas\.n: an elastic range .* not on KubernetesLauncher"
-    ):
-        hs.tune(
-            {"kill_rank": hs.choice([0]), "kill_epoch": 0, "epochs": 1},
-            replica_objectives.elastic_train,
-            metric="loss",
-            n_trials=1,
-            replicas=hs.Replicas(n=(2, 4)),
-            launcher=launcher,
-        )
+    job = hs.Replicas(n=(2, 4)).to_job("s", backoff_limit=3)
+    template = with_elastic_policy(default_template(job, "trainer:1"), job)
+    spec = JobSpec.from_spec(template)
+    assert spec.elastic is not None
+    assert (spec.elastic.min_replicas, spec.elastic.max_replicas) == (2, 4)
+    assert sum(r.replicas for r in spec.replica_specs) == 4
+    master = template["replicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert master["command"] == list(ELASTIC_ENTRYPOINT)
+    env = rendezvous_env(spec, "s-trial-0", "ns", 3, Networking())
+    assert env["PET_NNODES"] == "2:4" and env["PET_RDZV_BACKEND"] == "c10d"
+    assert env["PET_RDZV_ENDPOINT"] == "s-trial-0-master-0.s-trial-0.ns.svc:23456"
+    # A template's own policy wins; a fixed gang gets none.
+    own = {**template, "elasticPolicy": {"minReplicas": 3, "maxReplicas": 4}}
+    assert with_elastic_policy(own, job)["elasticPolicy"]["minReplicas"] == 3
+    conf = [{"key": "last_call_timeout", "value": "2"}]
+    partial = with_elastic_policy({**template, "elasticPolicy": {"rdzvConf": conf}}, job)
+    assert partial["elasticPolicy"] == {"rdzvConf": conf, "minReplicas": 2, "maxReplicas": 4}
+    fixed = hs.Replicas(n=4).to_job("s", backoff_limit=3)
+    assert "elasticPolicy" not in with_elastic_policy(default_template(fixed, "t"), fixed)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hypersweep.kube._client import JsonDict
+from hypersweep.kube._elastic import ElasticPolicy, ElasticPolicyError, parse_elastic_policy
 from hypersweep.orchestrator._job import DEFAULT_PORTS, ReplicaGroup, TrainJob
 
 PYTORCH_ROLES = ("Master", "Worker")
@@ -103,6 +104,8 @@ class JobSpec:
     suspend: bool = False
     success_policy: str = ""
     stalled_timeout_seconds: int = DEFAULT_STALLED_TIMEOUT
+    #: ``elasticPolicy``: an elastic PyTorch gang (see :mod:`hypersweep.kube._elastic`).
+    elastic: ElasticPolicy | None = None
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> JobSpec:
@@ -131,6 +134,12 @@ class JobSpec:
             raise SpecError(
                 f"spec.runPolicy.cleanPodPolicy: expected one of {', '.join(CLEAN_POD_POLICIES)}"
             )
+        try:
+            elastic = parse_elastic_policy(
+                spec.get("elasticPolicy"), framework, sum(r.replicas for r in replica_specs)
+            )
+        except ElasticPolicyError as error:
+            raise SpecError(str(error)) from None
         return cls(
             framework=framework,
             replica_specs=replica_specs,
@@ -151,6 +160,7 @@ class JobSpec:
                 0,
             ),
             success_policy=str(spec.get("successPolicy") or ""),
+            elastic=elastic,
         )
 
     def replicas(self) -> list[Replica]:

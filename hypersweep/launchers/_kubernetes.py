@@ -82,7 +82,6 @@ from hypersweep.kube._trial_jobs import (
     suspend_unfinished_trainjobs,
 )
 from hypersweep.launchers._base import Launcher, SweepContext
-from hypersweep.launchers._elastic import refuse_elastic
 from hypersweep.orchestrator._events import (
     Checkpointed,
     Completed,
@@ -99,12 +98,16 @@ from hypersweep.strategies._space import flatten_config
 logger = logging.getLogger("hypersweep")
 
 ENTRYPOINT = ("python", "-m", "hypersweep.operators.trial_entrypoint")
+#: An elastic trial's replicas run the entry point under torch's elastic agent (torchrun), which
+#: takes its rendezvous from the TrainJob's ``PET_*`` variables (``elasticPolicy``).
+ELASTIC_ENTRYPOINT = ("python", "-m", "torch.distributed.run", "-m", ENTRYPOINT[-1])
 _PARAMETER = re.compile(r"\$\{trialParameters\.([A-Za-z0-9_.\-]+)\}")
 _LONG_POLL = 20.0
 _FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 #: Seconds between writes of a running trial's latest value on its TrainJob.
 VALUE_INTERVAL = 10.0
 _MAX_PICKLE = 96 * 1024  # one environment variable holds at most 128 KiB on Linux
+_SPEC_KEYS = ("replicaSpecs", "pytorchReplicaSpecs", "tfReplicaSpecs", "jaxReplicaSpecs")
 _ROLE_NAMES = {"master": "Master", "worker": "Worker", "chief": "Chief"}
 
 
@@ -283,7 +286,6 @@ class KubernetesLauncher(Launcher):
     # --- Launcher ------------------------------------------------------------------------
 
     def start(self, context: SweepContext) -> None:
-        refuse_elastic(context.job, "KubernetesLauncher")
         # A gang scheduler the cluster lacks fails the sweep now, not each of its trials; a
         # sweep without a gang API needs no cluster configuration yet.
         if self._policy.gang in GANG_APIS:
@@ -347,6 +349,7 @@ class KubernetesLauncher(Launcher):
                     "trial_template"
                 )
             template = default_template(context.job, self._image)
+        template = with_elastic_policy(template, context.job)
         try:
             JobSpec.from_spec(template)
         except SpecError as error:
@@ -431,15 +434,7 @@ class KubernetesLauncher(Launcher):
         return out
 
     def _gang_demand(self, pool: Pool) -> list[Demand]:
-        """What each replica of a trial requests in ``pool`` (the template, pointed there)."""
-        spec = copy.deepcopy(self._template)
-        parsed = JobSpec.from_spec(spec)
-        demands: list[Demand] = []
-        for replica_spec in spec[self._spec_key].values():
-            pod = replica_spec["template"]["spec"]
-            pool.apply(pod, main_container(parsed, pod["containers"]))
-            demands += [pod_requests(pod)] * int(replica_spec.get("replicas", 1))
-        return demands
+        return gang_demand(self._template, pool)
 
     def _refuse(self, number: int) -> None:
         """Fail a trial whose gang fits in none of the pools, even empty ones."""
@@ -922,7 +917,7 @@ class KubernetesLauncher(Launcher):
             ]
             main = main_container(parsed, pod["containers"])
             if not main.get("command") and not main.get("args"):
-                main["command"] = list(ENTRYPOINT)
+                main["command"] = list(ELASTIC_ENTRYPOINT if parsed.elastic else ENTRYPOINT)
             for container in pod["containers"]:
                 # Ours come last so that a template cannot point a trial at another's identity.
                 container["env"] = [*(container.get("env") or []), *copy.deepcopy(env)]
@@ -1330,6 +1325,32 @@ def substitute_parameters(template: Mapping[str, Any], config: Mapping[str, Any]
     return result
 
 
+def gang_demand(template: Mapping[str, Any], pool: Pool) -> list[Demand]:
+    """What the replicas of a trial that gang admission admits request in ``pool`` (the
+    template, pointed there): every replica, or an elastic gang's ``minReplicas`` (the others
+    start when they fit)."""
+    spec = copy.deepcopy(dict(template))
+    parsed = JobSpec.from_spec(spec)
+    key = next(k for k in _SPEC_KEYS if k in spec)
+    demands: list[Demand] = []
+    for replica_spec in spec[key].values():
+        pod = replica_spec["template"]["spec"]
+        pool.apply(pod, main_container(parsed, pod["containers"]))
+        demands += [pod_requests(pod)] * int(replica_spec.get("replicas", 1))
+    return demands[: parsed.elastic.min_replicas] if parsed.elastic else demands
+
+
+def with_elastic_policy(template: Mapping[str, Any], job: TrainJob | None) -> JsonDict:
+    """The template with ``Replicas(n=(min, max))`` as its ``elasticPolicy``'s replica range,
+    where the template's own policy does not give one (its other fields stay)."""
+    out = copy.deepcopy(dict(template))
+    if job is not None and job.min_replicas is not None:
+        policy = out["elasticPolicy"] = dict(out.get("elasticPolicy") or {})
+        policy.setdefault("minReplicas", job.min_replicas)
+        policy.setdefault("maxReplicas", job.world_size)
+    return out
+
+
 def default_template(job: TrainJob | None, image: str) -> JsonDict:
     """The trial TrainJob spec for ``tune()``: one replica of ``image``, or the replicas of
     ``job`` (from ``tune(replicas=...)``) with their resources and restart policy."""
@@ -1357,7 +1378,7 @@ def default_template(job: TrainJob | None, image: str) -> JsonDict:
         container: JsonDict = {
             "name": CONTAINER_NAMES[job.framework],
             "image": image,
-            "command": list(ENTRYPOINT),
+            "command": list(ELASTIC_ENTRYPOINT if job.min_replicas else ENTRYPOINT),
             "env": [{"name": k, "value": v} for k, v in {**job.env, **group.env}.items()],
         }
         if resources:

@@ -28,6 +28,7 @@ import json
 from importlib import resources
 from typing import Any
 
+from hypersweep.kube._elastic import elastic_policy_schema
 from hypersweep.kube._jobspec import (
     CLEAN_POD_POLICIES,
     DEFAULT_BACKOFF_LIMIT,
@@ -226,6 +227,7 @@ def trainjob_spec_schema() -> JsonDict:
                 ),
             },
             "runPolicy": _run_policy_schema(),
+            "elasticPolicy": elastic_policy_schema(),
         },
         "x-kubernetes-validations": [*_replica_specs_rules(), *_framework_rules()],
     }

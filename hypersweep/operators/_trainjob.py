@@ -161,7 +161,18 @@ def rendezvous_env(
         cluster = cluster_addresses(job, host, port)
     if spec.framework == "pytorch":
         master_host, master_port = split_address(cluster[job.replicas[0].role][0])
-        return pytorch_env(job, rank, master_addr=master_host, master_port=master_port)
+        env = pytorch_env(job, rank, master_addr=master_host, master_port=master_port)
+        if spec.elastic is not None:  # torchrun's arguments: it sets RANK and WORLD_SIZE itself
+            env.update(
+                spec.elastic.env(
+                    job_name=name,
+                    rank=rank,
+                    master_host=master_host,
+                    master_port=master_port,
+                    shared_host=replica_host,
+                )
+            )
+        return env
     if spec.framework == "jax":  # worker 0 hosts the coordinator
         host0, port0 = split_address(cluster[job.replicas[0].role][0])
         return jax_env(job, rank, coordinator_addr=host0, coordinator_port=port0)
@@ -738,6 +749,8 @@ def _failed_replicas(seen: _Observed) -> bool:
         if seen.lost
         else [f for f in failures if not restartable(f[0].spec.restart_policy, f[1])]
     )
+    if not fatal and _elastic_goes_on(seen, failures):
+        return False
     seen.counts()
     if fatal:
         replica, _, message = fatal[0]
@@ -760,6 +773,41 @@ def _failed_replicas(seen: _Observed) -> bool:
         seen.clean_up()
         return True
     _restart_gang(seen, message)
+    return True
+
+
+def _elastic_goes_on(seen: _Observed, failures: Sequence[tuple[Replica, int | None, str]]) -> bool:
+    """An elastic gang with ``minReplicas`` or more replicas left goes on without a restart.
+
+    The survivors' agents re-rendezvous by themselves (torchrun); the failed pods are deleted
+    here, and the missing ones are created again (:func:`_converge`), so their agents join the
+    next rendezvous and the gang grows back. Nothing is counted toward ``backoffLimit``.
+    """
+    policy = seen.spec.elastic
+    if policy is None:
+        return False
+    name = seen.name
+    down = {replica.pod_name(name) for replica, _, _ in failures}
+    alive = [
+        pod
+        for pod_name, pod in seen.current.items()
+        if pod_name not in down and _phase(pod) in ("Pending", "Running")
+    ]
+    if len(alive) < policy.min_replicas:
+        return False
+    for replica, _, message in failures:
+        pod = seen.current.get(replica.pod_name(name))
+        if pod is None:
+            continue  # already gone: _converge creates it again
+        seen.plan.delete_pods.append(pod)
+        seen.plan.events.append(
+            (
+                "Warning",
+                "ElasticReplicaLost",
+                f"{message}; the gang goes on with {len(alive)} replicas (elasticPolicy."
+                f"minReplicas {policy.min_replicas}) and the replica is created again",
+            )
+        )
     return True
 
 
@@ -804,6 +852,13 @@ def _stalled_pods(seen: _Observed) -> bool:
         return False
     reason, message = stuck[0]
     grace = seen.spec.stalled_timeout_seconds
+    running = sum(1 for pod in seen.current.values() if _phase(pod) == "Running")
+    elastic = seen.spec.elastic
+    if elastic is not None and running >= elastic.min_replicas:
+        text = f"{message} (the elastic gang runs with {running} replicas meanwhile)"
+        if set_condition(conditions, "Stalled", True, reason, text, stamp):
+            seen.plan.events.append(("Warning", reason, message))
+        return False
     text = f"{message} (the job fails if this lasts {grace} s: runPolicy.stalledTimeoutSeconds)"
     if set_condition(conditions, "Stalled", True, reason, text, stamp):
         seen.plan.events.append(("Warning", reason, message))
@@ -1140,7 +1195,9 @@ class TrainJobController:
                 except (ValueError, ConfigError) as error:
                     logger.warning("TrainJob %s: unreadable %s: %s", key, POOL_ANNOTATION, error)
                     return True
-                demands = [pod_requests(r.spec.template.get("spec") or {}) for r in spec.replicas()]
+                # An elastic gang is admitted with minReplicas; the rest start when they fit.
+                admitted = spec.replicas()[: spec.elastic.min_replicas if spec.elastic else None]
+                demands = [pod_requests(r.spec.template.get("spec") or {}) for r in admitted]
                 request = GangRequest(key, f"TrainJob {key}", (pool,), {pool.name: demands})
                 admission.start()
                 admission.submit(request)

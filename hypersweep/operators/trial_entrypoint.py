@@ -12,7 +12,10 @@ TrainJob after a replica failure goes on where it stopped.
 In a multi-replica trial every replica runs this entry point; its rank comes from ``RANK``
 (PyTorch) or ``TF_CONFIG`` (TensorFlow: the chief, else worker 0, is rank 0). Only rank 0's
 reports, checkpoints and outcome are the trial's; the other ranks get the same early-stopping
-decisions.
+decisions. Under torch's elastic agent (an elastic trial's replicas run ``python -m
+torch.distributed.run -m hypersweep.operators.trial_entrypoint``), an objective's error while
+the agent has restarts left is not reported: the agent restarts the workers (a lost peer breaks
+every rank's collective) and the last restart's error is the trial's.
 
 Exit codes: 0 the trial returned, or was stopped early; 1 the objective raised (reported as the
 trial's error); 2 the entry point itself was misconfigured; 3 the operator refused the token.
@@ -75,6 +78,19 @@ def replica_rank(env: Mapping[str, str]) -> tuple[int, int]:
             return offset + index, max(world, 1)
         offset += len(cluster[candidate])
     return world + 1 + index, max(world, 1)  # a parameter server or an evaluator
+
+
+def elastic_restarts_left(env: Mapping[str, str]) -> bool:
+    """Whether torch's elastic agent (torchrun) runs this process and will restart it.
+
+    In an elastic gang a replica lost mid-collective makes the objective raise on every other
+    rank; the agents then restart their workers in a new rendezvous, from the latest
+    checkpoint. Such an error is the trial's only once the agent has no restart left.
+    """
+    restarts = env.get("TORCHELASTIC_MAX_RESTARTS")
+    if restarts is None:
+        return False
+    return int(env.get("TORCHELASTIC_RESTART_COUNT", "0")) < int(restarts)
 
 
 def read_config(env: Mapping[str, str]) -> dict[str, Any]:
@@ -181,6 +197,13 @@ def run_trial(objective: Objective, env: Mapping[str, str]) -> int:
         except Exception as error:  # noqa: BLE001 - the objective's error is the trial's
             details = traceback.format_exc()
             sys.stderr.write(details)
+            if elastic_restarts_left(env):
+                logger.warning(
+                    "trial %d: the workers are restarted by torch's elastic agent: %s",
+                    trial_number,
+                    error,
+                )
+                return EXIT_ERROR
             channel.send(("error", f"{type(error).__name__}: {error}", details))
             return EXIT_ERROR
         channel.send(("result", _clean_result(result)))

@@ -943,13 +943,22 @@ class LocalCluster:
         crd_items = [i for i in items if i.get("kind") == "CustomResourceDefinition"]
         names = [i["metadata"]["name"] for i in crd_items]
         if names:
-            self.kubectl(
-                "wait",
-                "--for=condition=Established",
-                f"--timeout={int(timeout)}s",
-                *(f"customresourcedefinition/{n}" for n in names),
-                timeout=timeout + 10,
-            )
+            for attempt in range(10):
+                try:
+                    self.kubectl(
+                        "wait",
+                        "--for=condition=Established",
+                        f"--timeout={int(timeout)}s",
+                        *(f"customresourcedefinition/{n}" for n in names),
+                        timeout=timeout + 10,
+                    )
+                    break
+                except subprocess.CalledProcessError as error:
+                    # A CRD just created may have no status yet: kubectl wait then fails at
+                    # once ("accessor error") instead of waiting.
+                    if "accessor error" not in (error.stderr or "") or attempt == 9:
+                        raise
+                    time.sleep(0.2)
         deadline = time.monotonic() + timeout
         for item in crd_items:
             spec = item["spec"]

@@ -74,6 +74,20 @@ _MAX_GRACE_SECONDS = 30.0
 JsonDict = dict[str, Any]
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, parents first (Linux ``/proc``; none elsewhere)."""
+    found: list[int] = []
+    parents = [pid]
+    while parents:
+        parent = parents.pop()
+        for tasks in Path(f"/proc/{parent}/task").glob("*/children"):
+            with contextlib.suppress(OSError, ValueError):
+                children = [int(child) for child in tasks.read_text().split()]
+                found += children
+                parents += children
+    return found
+
+
 def _now() -> str:
     """Current time as a Kubernetes ``Time`` (RFC 3339, seconds)."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -466,6 +480,9 @@ class _PodRunner(threading.Thread):
             for c in self.init_containers + self.containers
             if c.process is not None and c.process.poll() is None
         ]
+        # Processes that left the container's process group (torchrun starts its workers in
+        # sessions of their own) go too, as everything in a container's cgroup does.
+        strays = [pid for proc in procs for pid in _descendants(proc.pid)]
         for proc in procs:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGTERM if grace_seconds > 0 else signal.SIGKILL)
@@ -476,6 +493,9 @@ class _PodRunner(threading.Thread):
         for proc in procs:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
 

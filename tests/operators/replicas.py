@@ -7,6 +7,11 @@ Each finds its peers only through the environment the TrainJob controller set.
   connects to every peer's (plain sockets: importing TensorFlow takes too long on small CI
   machines; what is tested is the cluster spec the controller wrote).
 * ``jax``: ``jax.distributed`` from JAXJob's variables, a cross-process ``psum`` over gloo.
+* ``elastic``: run under torchrun (an elastic gang): each step all-reduces this rank's shard of
+  a dataset (split by the round's ``RANK``/``WORLD_SIZE``, as ``DistributedSampler`` splits it)
+  and rank 0 appends ``step <n> world <w> samples <s> sum <t>`` to ``$STEP_LOG`` and
+  checkpoints the step to ``$CHECKPOINT_FILE``; a round resumes after it. It ends once
+  ``$DONE_FILE`` exists (every rank learns it in the same all-reduce).
 * ``gang``: PyTorch-style master/worker over ``MASTER_ADDR``/``MASTER_PORT`` that checkpoints
   each step to ``$CHECKPOINT_FILE`` (rank 0) and resumes from it after a gang restart.
 """
@@ -148,6 +153,51 @@ def run_gang() -> int:
     return 0
 
 
+#: The dataset the elastic mode shards: sample i is the number i.
+ELASTIC_SAMPLES = 1000
+
+
+def run_elastic() -> int:
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    checkpoint, log, done = (
+        os.environ["CHECKPOINT_FILE"],
+        os.environ["STEP_LOG"],
+        os.environ["DONE_FILE"],
+    )
+    start = 0
+    if os.path.exists(checkpoint):
+        with open(checkpoint) as handle:
+            start = int(handle.read().strip()) + 1
+    print(f"rank {rank} of {world} starts at step {start}", flush=True)
+    shard = range(rank, ELASTIC_SAMPLES, world)
+    for step in range(start, 100_000):
+        totals = torch.tensor([float(sum(shard)), float(len(shard)), float(os.path.exists(done))])
+        dist.all_reduce(totals)
+        if rank == 0:
+            with open(log, "a") as handle:
+                handle.write(
+                    f"step {step} world {world} samples {int(totals[1])} sum {int(totals[0])}\n"
+                )
+            with open(checkpoint + ".tmp", "w") as handle:
+                handle.write(str(step))
+            os.replace(checkpoint + ".tmp", checkpoint)
+        if totals[2] > 0:
+            break
+        time.sleep(0.3)
+    dist.destroy_process_group()
+    return 0
+
+
 if __name__ == "__main__":
-    modes = {"torch": run_torch, "tf-config": run_tf_config, "jax": run_jax, "gang": run_gang}
+    modes = {
+        "torch": run_torch,
+        "tf-config": run_tf_config,
+        "jax": run_jax,
+        "gang": run_gang,
+        "elastic": run_elastic,
+    }
     sys.exit(modes[sys.argv[1]]())
