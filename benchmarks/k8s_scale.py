@@ -3,35 +3,38 @@
 One run starts the local control plane (``hypersweep.testing.LocalCluster``), creates three kwok
 node pools (a100 and h100 with 8 ``nvidia.com/gpu`` per node, tpu with 8 ``google.com/tpu``;
 2 per replica, so a node holds 4 replicas), runs the operator as its own process, and applies
-one Sweep whose trials are 4-replica gangs admitted onto the pools. kwok runs no containers: a
-kwok Stage added for this benchmark ends each trial pod (image ``hypersweep-sim:trial``)
-``--run-ms`` after it starts, which is the simulated training run. Such trials never report a
-result, so each ends as failed ("succeeded without reporting") a few seconds later: what is
-measured is the machinery, not the objective.
+one Sweep whose trials are 4-replica PyTorch gangs admitted onto the pools, with Optuna's median
+pruner and ``runPolicy.ttlSecondsAfterFinished`` (``--ttl``).
+
+kwok runs no containers, so each trial's rank-0 process is simulated (``SimulatedTrials``): once
+kwok marks the master pod Running, the benchmark sends what the trial's process would, on the
+real report path (HTTP to the operator's report server, with the trial's token from its Secret):
+a few steps of a loss over ``--run-ms``, then its final value, or it stops when the pruner says
+so. Then the "process exits": the pod is labelled and a kwok Stage ends it as Succeeded, which
+ends the TrainJob (PyTorch's rule: the master decides); its TTL then deletes it, and its pods
+and Service with it. So storage, early stopping and the HTTP path are in the cost, and trials
+end succeeded or pruned.
 
 Measured, in the same run:
 
+* the operator's API requests per trial by verb and resource, as its own client counted them
+  (``hypersweep_operator_api_requests`` on its ``/metrics``; watches are listed, not counted per
+  trial), its CPU per trial and its memory (``/proc``), every 10 s and at the end;
 * time from ``kubectl apply`` to the first trial pod (seen by a watch);
-* pods per second the operator creates (in the first wave, as many pods as the pools hold at
-  once, so capacity does not limit it; and over the whole sweep) against the raw rate of the
-  same API server: one plain client creating pods one after another, of two kinds:
-
-  - ``unscheduled``: pods no node can take, so one API write each: the API server alone;
-  - ``trial_like``: the trial container with its 2 GPUs on a pool's nodes, so the scheduler
-    binds them and kwok runs and ends them, as it does the operator's pods, but without the
-    job around them (Secret, TrainJob, headless Service and its endpoints, status, Events);
-
-  three rounds of each, alternating, and the best round of each kind is the reference;
-* the operator's CPU seconds and peak memory (``/proc``), and the Sweep object's size in bytes
-  (sampled through the run: it must not grow with the trials);
-* what shares of the 2 cores each process took during the first wave, and the API requests per
-  trial by verb and resource (the API server's own counters), which say where the time went.
+* what the API server holds (the namespace's TrainJobs, pods, Services, EndpointSlices, Secrets,
+  Events) every 10 s and after the last TTL, and etcd's database size at the end;
+* the Sweep object's size in bytes through the run (it must not grow with the trials);
+* as context only: pods per second the operator creates, against the raw rate of the same API
+  server (one plain client creating pods one after another, three alternating rounds of two
+  kinds, every round kept: ``unscheduled`` pods no node can take, and ``trial_like`` pods bound
+  and run by kwok), and each process's share of the cores during the first wave; the API
+  server's own request counters (every client's).
 
 Everything runs on one machine: on 2 cores the control plane saturates both during the first
 wave, the API server taking the largest share, so every request the operator saves is time the
 API server gets back.
 
-    python benchmarks/k8s_scale.py [--trials 1000] [--nodes 500] [--run-ms 2000] [--workers 8]
+    python benchmarks/k8s_scale.py [--trials 1000] [--nodes 500] [--run-ms 2000] [--ttl 5]
 
 ``--workers`` defaults to the operator's own default.
 
@@ -58,7 +61,7 @@ from typing import Any
 
 import yaml
 
-from hypersweep.kube._client import Kube
+from hypersweep.kube._client import SWEEPS, Kube
 from hypersweep.operators import crd_manifests
 from hypersweep.operators._operator import OperatorOptions
 from hypersweep.testing import LocalCluster, create_namespace, create_node_pool, find_binaries
@@ -127,6 +130,14 @@ def _proc(pid: int) -> tuple[float, int]:
         if line.startswith("VmHWM:"):
             peak = int(line.split()[1]) * 1024
     return cpu, peak
+
+
+def _rss(pid: int) -> int:
+    """Resident memory (bytes) of a process now."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def _raw_pod(scheduled: bool) -> dict[str, Any]:
@@ -603,15 +614,28 @@ def _run(
     live: list[dict[str, int]] = []
     finished = None
     polls = 0
+    reader = Kube(api)
+    progress: list[dict[str, Any]] = []
     while True:
         time.sleep(2)
         polls += 1
-        if polls % 5 == 0:  # every 10 s: what the API server holds now
-            live.append(_stored_objects(api))
-        got = json.loads(
-            cluster.kubectl("get", "sweep", "scale", "-n", NAMESPACE, "-o", "json").stdout
-        )
+        got = reader.get(SWEEPS, NAMESPACE, "scale") or {}
         status_sizes.append(len(json.dumps(got)))
+        counts = (got.get("status") or {}).get("trials") or {}
+        if polls % 5 == 0:  # every 10 s: how far it got, and what the API server holds now
+            objects = _stored_objects(api)
+            live.append(objects)
+            cpu_now, _ = _proc(operator.pid)
+            sample = {
+                "s": round(time.perf_counter() - applied),
+                "finished": sum(counts.get(k, 0) for k in ("succeeded", "pruned", "failed")),
+                "running": counts.get("running", 0),
+                "operator_cpu_s": round(cpu_now, 1),
+                "operator_rss_mib": round(_rss(operator.pid) / 2**20, 1),
+                "objects": objects,
+            }
+            progress.append(sample)
+            print(json.dumps(sample), flush=True)
         conditions = {
             c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions") or []
         }
@@ -700,6 +724,12 @@ def _run(
         else {},
         "stored_objects_end": stored_end,
         "etcd_end": etcd_end,
+        # Every 10 s: trials finished and running, the operator's CPU and memory, live objects.
+        "progress": progress,
+        # The operator's resident memory when the first 1,000 trials had finished.
+        "operator_rss_mib_at_1000_finished": next(
+            (p["operator_rss_mib"] for p in progress if p["finished"] >= 1000), None
+        ),
         # Pods created in each second after the first one (the first wave and beyond).
         "pods_per_second_timeline": _timeline(times, 60),
     }
