@@ -291,14 +291,14 @@ def _timeline(times: list[float], seconds: int) -> list[int]:
     return counts
 
 
-def _template(ttl: int) -> dict[str, Any]:
+def _template(ttl: int, replicas: int) -> dict[str, Any]:
     def role(count: int, image: str) -> dict[str, Any]:
         container = {**_container(), "image": image}
         return {"replicas": count, "template": {"spec": {"containers": [container]}}}
 
     return {
         "framework": "pytorch",
-        "replicaSpecs": {"Master": role(1, IMAGE), "Worker": role(3, WORKER_IMAGE)},
+        "replicaSpecs": {"Master": role(1, IMAGE), "Worker": role(replicas - 1, WORKER_IMAGE)},
         # Kubeflow's convention: a finished trial's TrainJob (and with it its pods and
         # Service) is deleted this long after it finished; its result is in storage.
         "runPolicy": {"ttlSecondsAfterFinished": ttl},
@@ -423,12 +423,22 @@ def run(
     parallelism: int,
     workers: int,
     ttl: int,
+    replicas: int = 4,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="k8s-scale-"))
     try:
         with LocalCluster(bin_dir=_bin_dir(workdir), crds=crd_manifests()) as cluster:
             result = _run(
-                cluster, workdir, trials, nodes, raw_pods, parallelism, workers, run_ms, ttl
+                cluster,
+                workdir,
+                trials,
+                nodes,
+                raw_pods,
+                parallelism,
+                workers,
+                run_ms,
+                ttl,
+                replicas,
             )
             result["simulated_run_ms"] = run_ms
             return result
@@ -446,6 +456,7 @@ def _run(
     workers: int,
     run_ms: int,
     ttl: int,
+    replicas: int,
 ) -> dict[str, Any]:
     from kubernetes import client
 
@@ -591,7 +602,7 @@ def _run(
             "parallelism": parallelism,
             "maxRetries": 0,
             "earlyStopping": {"name": "median"},
-            "trialTemplate": _template(ttl),
+            "trialTemplate": _template(ttl, replicas),
             "pools": [
                 {
                     "name": name,
@@ -678,7 +689,7 @@ def _run(
     return {
         "trials": trials,
         "ttl_seconds_after_finished": ttl,
-        "replicas_per_trial": 4,
+        "replicas_per_trial": replicas,
         "nodes": sizes,
         "parallelism": parallelism,
         "operator_workers": workers,
@@ -739,6 +750,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--nodes", type=int, default=500)
+    parser.add_argument(
+        "--replicas", type=int, default=4, help="replicas per trial: a master and workers"
+    )
     parser.add_argument("--run-ms", type=int, default=2000)
     parser.add_argument("--raw-pods", type=int, default=500)
     parser.add_argument("--parallelism", type=int, default=0, help="default: --trials")
@@ -760,6 +774,7 @@ def main() -> None:
         args.parallelism or args.trials,
         args.workers,
         args.ttl,
+        args.replicas,
     )
     result["arguments"] = vars(args)
     print(json.dumps(result, indent=2))
