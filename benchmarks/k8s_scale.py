@@ -465,7 +465,8 @@ def _run(
     sizes["tpu"] = nodes - sizes["a100"] - sizes["h100"]
     for name, count in sizes.items():
         resource = "google.com/tpu" if name == "tpu" else "nvidia.com/gpu"
-        create_node_pool(api, name, count, capacity={resource: 8}, timeout=300)
+        # kwok marks nodes Ready one after another: on a loaded machine that takes a while.
+        create_node_pool(api, name, count, capacity={resource: 8}, timeout=max(300, 3 * count))
     raw_rates = _raw_rates(api, raw_pods)
 
     create_namespace(api, NAMESPACE)
