@@ -3,35 +3,38 @@
 One run starts the local control plane (``hypersweep.testing.LocalCluster``), creates three kwok
 node pools (a100 and h100 with 8 ``nvidia.com/gpu`` per node, tpu with 8 ``google.com/tpu``;
 2 per replica, so a node holds 4 replicas), runs the operator as its own process, and applies
-one Sweep whose trials are 4-replica gangs admitted onto the pools. kwok runs no containers: a
-kwok Stage added for this benchmark ends each trial pod (image ``hypersweep-sim:trial``)
-``--run-ms`` after it starts, which is the simulated training run. Such trials never report a
-result, so each ends as failed ("succeeded without reporting") a few seconds later: what is
-measured is the machinery, not the objective.
+one Sweep whose trials are 4-replica PyTorch gangs admitted onto the pools, with Optuna's median
+pruner and ``runPolicy.ttlSecondsAfterFinished`` (``--ttl``).
+
+kwok runs no containers, so each trial's rank-0 process is simulated (``SimulatedTrials``): once
+kwok marks the master pod Running, the benchmark sends what the trial's process would, on the
+real report path (HTTP to the operator's report server, with the trial's token from its Secret):
+a few steps of a loss over ``--run-ms``, then its final value, or it stops when the pruner says
+so. Then the "process exits": the pod is labelled and a kwok Stage ends it as Succeeded, which
+ends the TrainJob (PyTorch's rule: the master decides); its TTL then deletes it, and its pods
+and Service with it. So storage, early stopping and the HTTP path are in the cost, and trials
+end succeeded or pruned.
 
 Measured, in the same run:
 
+* the operator's API requests per trial by verb and resource, as its own client counted them
+  (``hypersweep_operator_api_requests`` on its ``/metrics``; watches are listed, not counted per
+  trial), its CPU per trial and its memory (``/proc``), every 10 s and at the end;
 * time from ``kubectl apply`` to the first trial pod (seen by a watch);
-* pods per second the operator creates (in the first wave, as many pods as the pools hold at
-  once, so capacity does not limit it; and over the whole sweep) against the raw rate of the
-  same API server: one plain client creating pods one after another, of two kinds:
-
-  - ``unscheduled``: pods no node can take, so one API write each: the API server alone;
-  - ``trial_like``: the trial container with its 2 GPUs on a pool's nodes, so the scheduler
-    binds them and kwok runs and ends them, as it does the operator's pods, but without the
-    job around them (Secret, TrainJob, headless Service and its endpoints, status, Events);
-
-  three rounds of each, alternating, and the best round of each kind is the reference;
-* the operator's CPU seconds and peak memory (``/proc``), and the Sweep object's size in bytes
-  (sampled through the run: it must not grow with the trials);
-* what shares of the 2 cores each process took during the first wave, and the API requests per
-  trial by verb and resource (the API server's own counters), which say where the time went.
+* what the API server holds (the namespace's TrainJobs, pods, Services, EndpointSlices, Secrets,
+  Events) every 10 s and after the last TTL, and etcd's database size at the end;
+* the Sweep object's size in bytes through the run (it must not grow with the trials);
+* as context only: pods per second the operator creates, against the raw rate of the same API
+  server (one plain client creating pods one after another, three alternating rounds of two
+  kinds, every round kept: ``unscheduled`` pods no node can take, and ``trial_like`` pods bound
+  and run by kwok), and each process's share of the cores during the first wave; the API
+  server's own request counters (every client's).
 
 Everything runs on one machine: on 2 cores the control plane saturates both during the first
 wave, the API server taking the largest share, so every request the operator saves is time the
 API server gets back.
 
-    python benchmarks/k8s_scale.py [--trials 1000] [--nodes 500] [--run-ms 2000] [--workers 8]
+    python benchmarks/k8s_scale.py [--trials 1000] [--nodes 500] [--run-ms 2000] [--ttl 5]
 
 ``--workers`` defaults to the operator's own default.
 
@@ -41,6 +44,7 @@ Writes benchmarks/results/k8s_scale.json (``--output`` to change).
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import json
 import logging
@@ -57,17 +61,23 @@ from typing import Any
 
 import yaml
 
+from hypersweep.kube._client import SWEEPS, Kube
 from hypersweep.operators import crd_manifests
 from hypersweep.operators._operator import OperatorOptions
 from hypersweep.testing import LocalCluster, create_namespace, create_node_pool, find_binaries
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMAGE = "hypersweep-sim:trial"
+#: The workers' image: kwok runs them until the job ends (PyTorch's rule: the master decides).
+WORKER_IMAGE = "hypersweep-sim:worker"
+#: The label the reporter puts on a master pod once its result is in: kwok then ends the pod.
+SIM_DONE_LABEL = "hypersweep-sim-done"
 NAMESPACE = "bench"
 
 
-def _stages(run_ms: int) -> str:
-    """kwok's default stages plus one that ends trial pods ``run_ms`` after they run."""
+def _stages() -> str:
+    """kwok's default stages plus one that ends a trial's master pod once its simulated
+    process has reported its result (the reporter labels the pod ``SIM_DONE_LABEL``)."""
     default = (find_binaries().directory / "kwok-stages.yaml").read_text()
     complete: dict[str, Any] = {
         "apiVersion": "kwok.x-k8s.io/v1alpha1",
@@ -76,13 +86,13 @@ def _stages(run_ms: int) -> str:
         "spec": {
             "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
             "selector": {
+                "matchLabels": {SIM_DONE_LABEL: "true"},
                 "matchExpressions": [
                     {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
                     {"key": ".status.phase", "operator": "In", "values": ["Running"]},
                     {"key": ".spec.containers.[].image", "operator": "In", "values": [IMAGE]},
-                ]
+                ],
             },
-            "delay": {"durationMilliseconds": run_ms},
             "next": {
                 "statusTemplate": (
                     "{{ $now := Now }}\ncontainerStatuses:\n{{ range $index, $item := "
@@ -98,7 +108,7 @@ def _stages(run_ms: int) -> str:
     return yaml.safe_dump(complete) + "---\n" + default
 
 
-def _bin_dir(workdir: Path, run_ms: int) -> Path:
+def _bin_dir(workdir: Path) -> Path:
     """The control-plane binaries (linked) with the extended kwok stages."""
     source = find_binaries().directory
     target = workdir / "bin"
@@ -106,7 +116,7 @@ def _bin_dir(workdir: Path, run_ms: int) -> Path:
     for entry in source.iterdir():
         if entry.name != "kwok-stages.yaml":
             (target / entry.name).symlink_to(entry)
-    (target / "kwok-stages.yaml").write_text(_stages(run_ms))
+    (target / "kwok-stages.yaml").write_text(_stages())
     return target
 
 
@@ -120,6 +130,14 @@ def _proc(pid: int) -> tuple[float, int]:
         if line.startswith("VmHWM:"):
             peak = int(line.split()[1]) * 1024
     return cpu, peak
+
+
+def _rss(pid: int) -> int:
+    """Resident memory (bytes) of a process now."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def _raw_pod(scheduled: bool) -> dict[str, Any]:
@@ -199,6 +217,51 @@ def _request_counts(cluster: LocalCluster) -> dict[str, float]:
     return counts
 
 
+def _stored_objects(api: Any) -> dict[str, int]:
+    """Objects the API server holds now in the benchmark's namespace, by kind: one list of
+    one item each (its ``remainingItemCount`` says how many more there are)."""
+    from hypersweep.kube._client import EVENTS, PODS, SECRETS, SERVICES, TRAINJOBS, Resource
+
+    endpointslices = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+    kube = Kube(api)
+    counts: dict[str, int] = {}
+    for resource in (TRAINJOBS, PODS, SERVICES, endpointslices, SECRETS, EVENTS):
+        listing = kube.request("GET", resource.path(NAMESPACE), query={"limit": 1})
+        remaining = int((listing.get("metadata") or {}).get("remainingItemCount") or 0)
+        counts[resource.plural] = len(listing.get("items") or []) + remaining
+    return counts
+
+
+def _etcd_size(cluster: LocalCluster) -> dict[str, int]:
+    """etcd's database size, allocated and in use, in bytes (its own metrics)."""
+    import urllib.request
+
+    sizes: dict[str, int] = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.etcd_port}/metrics") as response:
+        for line in response.read().decode().splitlines():
+            for name in ("db_total_size_in_bytes", "db_total_size_in_use_in_bytes"):
+                if line.startswith(f"etcd_mvcc_{name} "):
+                    sizes[name] = int(float(line.split()[1]))
+    return sizes
+
+
+def _operator_requests(port: int) -> dict[str, float]:
+    """The operator's own API requests by verb and resource, as its client counted them."""
+    import urllib.request
+
+    counts: dict[str, float] = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        for line in response.read().decode().splitlines():
+            prefix = "hypersweep_operator_api_requests_total{"
+            if line.startswith(prefix):
+                labels_text, value = line[len(prefix) :].rsplit("} ", 1)
+                labels = dict(
+                    part.split("=", 1) for part in labels_text.replace('"', "").split(",")
+                )
+                counts[f"{labels['verb']} {labels['resource']}"] = float(value)
+    return counts
+
+
 def _cpu_between(
     samples: list[tuple[float, dict[str, float]]], start: float, end: float
 ) -> dict[str, float]:
@@ -228,22 +291,155 @@ def _timeline(times: list[float], seconds: int) -> list[int]:
     return counts
 
 
-def _template() -> dict[str, Any]:
-    container = _container()
-
-    def role(count: int) -> dict[str, Any]:
+def _template(ttl: int, replicas: int) -> dict[str, Any]:
+    def role(count: int, image: str) -> dict[str, Any]:
+        container = {**_container(), "image": image}
         return {"replicas": count, "template": {"spec": {"containers": [container]}}}
 
-    return {"framework": "pytorch", "replicaSpecs": {"Master": role(1), "Worker": role(3)}}
+    return {
+        "framework": "pytorch",
+        "replicaSpecs": {"Master": role(1, IMAGE), "Worker": role(replicas - 1, WORKER_IMAGE)},
+        # Kubeflow's convention: a finished trial's TrainJob (and with it its pods and
+        # Service) is deleted this long after it finished; its result is in storage.
+        "runPolicy": {"ttlSecondsAfterFinished": ttl},
+    }
+
+
+class SimulatedTrials:
+    """What each trial's rank-0 process would send, sent on its behalf (kwok runs no process).
+
+    When kwok marks a trial's master pod Running, the trial "trains" for ``run_ms``: it reports
+    ``steps`` steps of a loss through the real report path (``HttpChannel``, the trial's own
+    token read from its Secret, the URL, sweep, trial number and attempt from the pod's
+    environment), then its final value, or ends as pruned when the operator says stop. Then it
+    "exits": the pod gets ``SIM_DONE_LABEL`` and kwok ends it as Succeeded.
+    """
+
+    def __init__(self, api: Any, namespace: str, run_ms: int, steps: int = 3) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.api = api
+        self.namespace = namespace
+        self.run_ms = run_ms
+        self.steps = steps
+        self._seen: set[str] = set()
+        # Trials sleep most of their run: a thread each for the trials running at once.
+        self._pool = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="trial")
+        self.outcomes: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def pod_event(self, pod: dict[str, Any]) -> None:
+        """A pod changed: start its trial once a master pod runs."""
+        meta = pod["metadata"]
+        containers = (pod.get("spec") or {}).get("containers") or []
+        if (
+            meta["uid"] in self._seen
+            or (pod.get("status") or {}).get("phase") != "Running"
+            or not containers
+            or containers[0].get("image") != IMAGE
+            or meta.get("deletionTimestamp")
+        ):
+            return
+        self._seen.add(meta["uid"])
+        self._pool.submit(self._run, meta["name"], containers[0].get("env") or [])
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    def _run(self, pod: str, env_list: list[dict[str, Any]]) -> None:
+        try:
+            self._count(self._trial(pod, env_list))
+        except BaseException as error:  # noqa: BLE001 - counted: the JSON says what happened
+            logging.getLogger("k8s_scale").warning("simulated trial %s: %r", pod, error)
+            self._count(type(error).__name__)
+
+    def _trial(self, pod: str, env_list: list[dict[str, Any]]) -> str:
+        import base64
+        import random
+
+        from kubernetes import client
+
+        from hypersweep.kube import _names as names
+        from hypersweep.operators._channel import HttpChannel
+
+        env = {item["name"]: item.get("value") for item in env_list}
+        secret_ref = next(
+            item["valueFrom"]["secretKeyRef"]
+            for item in env_list
+            if item["name"] == names.TOKEN_ENV
+        )
+        core = client.CoreV1Api(self.api)
+        secret = json.loads(
+            core.read_namespaced_secret(
+                secret_ref["name"], self.namespace, _preload_content=False
+            ).data
+        )
+        token = base64.b64decode(secret["data"][secret_ref["key"]]).decode()
+        channel = HttpChannel(
+            env[names.REPORT_URL_ENV],
+            token,
+            namespace=env[names.NAMESPACE_ENV],
+            sweep=env[names.SWEEP_ENV],
+            trial_number=int(env[names.TRIAL_ENV]),
+            attempt=int(env[names.ATTEMPT_ENV]),
+            timeout=600.0,
+        )
+        config = json.loads(base64.b64decode(secret["data"][names.CONFIG_KEY]).decode() or "{}")
+        lr = float(config.get("lr", random.random()))
+        loss = 1.0
+        outcome = "result"
+        for step in range(self.steps):
+            time.sleep(self.run_ms / 1000 / self.steps)
+            loss = lr + 1.0 / (step + 2)
+            if channel.request(("report", step, {"loss": loss})) == "stop":
+                channel.send(("stopped", "stop"))
+                outcome = "pruned"
+                break
+        else:
+            channel.send(("result", loss))
+        # The process exits: kwok ends the pod (gone already if the trial was pruned).
+        try:
+            core.patch_namespaced_pod(
+                pod,
+                self.namespace,
+                {"metadata": {"labels": {SIM_DONE_LABEL: "true"}}},
+                _preload_content=False,
+            )
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+        return outcome
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run(
-    trials: int, nodes: int, run_ms: int, raw_pods: int, parallelism: int, workers: int
+    trials: int,
+    nodes: int,
+    run_ms: int,
+    raw_pods: int,
+    parallelism: int,
+    workers: int,
+    ttl: int,
+    replicas: int = 4,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="k8s-scale-"))
     try:
-        with LocalCluster(bin_dir=_bin_dir(workdir, run_ms), crds=crd_manifests()) as cluster:
-            result = _run(cluster, workdir, trials, nodes, raw_pods, parallelism, workers)
+        with LocalCluster(bin_dir=_bin_dir(workdir), crds=crd_manifests()) as cluster:
+            result = _run(
+                cluster,
+                workdir,
+                trials,
+                nodes,
+                raw_pods,
+                parallelism,
+                workers,
+                run_ms,
+                ttl,
+                replicas,
+            )
             result["simulated_run_ms"] = run_ms
             return result
     finally:
@@ -258,6 +454,9 @@ def _run(
     raw_pods: int,
     parallelism: int,
     workers: int,
+    run_ms: int,
+    ttl: int,
+    replicas: int,
 ) -> dict[str, Any]:
     from kubernetes import client
 
@@ -266,7 +465,8 @@ def _run(
     sizes["tpu"] = nodes - sizes["a100"] - sizes["h100"]
     for name, count in sizes.items():
         resource = "google.com/tpu" if name == "tpu" else "nvidia.com/gpu"
-        create_node_pool(api, name, count, capacity={resource: 8}, timeout=300)
+        # kwok marks nodes Ready one after another: on a loaded machine that takes a while.
+        create_node_pool(api, name, count, capacity={resource: 8}, timeout=max(300, 3 * count))
     raw_rates = _raw_rates(api, raw_pods)
 
     create_namespace(api, NAMESPACE)
@@ -332,8 +532,15 @@ def _run(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+    def end_operator() -> None:
+        if operator.poll() is None:
+            os.killpg(operator.pid, signal.SIGTERM)
+
+    atexit.register(end_operator)  # its own session: it would outlive an interrupted run
     created: list[float] = []
     stop = threading.Event()
+    simulated = SimulatedTrials(api, NAMESPACE, run_ms)
 
     def watch_pods() -> None:
         # Plain JSON lines, not the client's models: the benchmark must not compete for CPU.
@@ -361,6 +568,8 @@ def _run(
                     if event["type"] == "ADDED" and meta["uid"] not in seen:
                         seen.add(meta["uid"])
                         created.append(time.perf_counter())
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        simulated.pod_event(event["object"])
                     if stop.is_set():
                         break
             except Exception as error:  # noqa: BLE001 - resumed from the last version seen
@@ -393,7 +602,8 @@ def _run(
             "maxTrials": trials,
             "parallelism": parallelism,
             "maxRetries": 0,
-            "trialTemplate": _template(),
+            "earlyStopping": {"name": "median"},
+            "trialTemplate": _template(ttl, replicas),
             "pools": [
                 {
                     "name": name,
@@ -409,16 +619,35 @@ def _run(
         },
     }
     requests_before = _request_counts(cluster)
+    operator_before = _operator_requests(port)
     applied = time.perf_counter()
     cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(sweep))
     status_sizes: list[int] = []
+    live: list[dict[str, int]] = []
     finished = None
+    polls = 0
+    reader = Kube(api)
+    progress: list[dict[str, Any]] = []
     while True:
         time.sleep(2)
-        got = json.loads(
-            cluster.kubectl("get", "sweep", "scale", "-n", NAMESPACE, "-o", "json").stdout
-        )
+        polls += 1
+        got = reader.get(SWEEPS, NAMESPACE, "scale") or {}
         status_sizes.append(len(json.dumps(got)))
+        counts = (got.get("status") or {}).get("trials") or {}
+        if polls % 5 == 0:  # every 10 s: how far it got, and what the API server holds now
+            objects = _stored_objects(api)
+            live.append(objects)
+            cpu_now, _ = _proc(operator.pid)
+            sample = {
+                "s": round(time.perf_counter() - applied),
+                "finished": sum(counts.get(k, 0) for k in ("succeeded", "pruned", "failed")),
+                "running": counts.get("running", 0),
+                "operator_cpu_s": round(cpu_now, 1),
+                "operator_rss_mib": round(_rss(operator.pid) / 2**20, 1),
+                "objects": objects,
+            }
+            progress.append(sample)
+            print(json.dumps(sample), flush=True)
         conditions = {
             c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions") or []
         }
@@ -429,7 +658,13 @@ def _run(
             raise RuntimeError("the operator exited")
     cpu, peak = _proc(operator.pid)
     requests = _request_counts(cluster)
+    operator_requests = _operator_requests(port)
     stop.set()
+    simulated.shutdown()
+    # What the API server and etcd hold at the end, once the last TTL has passed.
+    time.sleep(ttl + 5)
+    stored_end = _stored_objects(api)
+    etcd_end = _etcd_size(cluster)
     os.killpg(operator.pid, signal.SIGTERM)
     operator.wait(60)
     log.close()
@@ -445,9 +680,17 @@ def _run(
     per_trial = {
         k: round(v / trials, 2) for k, v in sorted(delta.items(), key=lambda kv: -kv[1]) if v
     }
+    operator_delta = {
+        k: v - operator_before.get(k, 0.0)
+        for k, v in sorted(operator_requests.items(), key=lambda kv: -kv[1])
+        if v - operator_before.get(k, 0.0)
+    }
+    # Watches are long-lived streams, not per-trial work; they are listed but not counted.
+    per_trial_total = sum(v for k, v in operator_delta.items() if not k.startswith("watch "))
     return {
         "trials": trials,
-        "replicas_per_trial": 4,
+        "ttl_seconds_after_finished": ttl,
+        "replicas_per_trial": replicas,
         "nodes": sizes,
         "parallelism": parallelism,
         "operator_workers": workers,
@@ -478,7 +721,27 @@ def _run(
         "first_wave_cores": {k: round(v / wave_s, 2) for k, v in wave_cpu.items()}
         if wave_s
         else {},
-        "api_requests_per_trial": dict(list(per_trial.items())[:20]),
+        # The operator's own requests, counted by its client (its /metrics).
+        "operator_requests_per_trial": round(per_trial_total / trials, 2),
+        "operator_requests_by_kind": {k: int(v) for k, v in operator_delta.items()},
+        "operator_cpu_ms_per_trial": round(cpu * 1000 / trials, 1),
+        "simulated_trial_outcomes": dict(simulated.outcomes),
+        # Every client (operator, scheduler, kwok, controller-manager, this benchmark).
+        "api_requests_per_trial_all_clients": dict(list(per_trial.items())[:20]),
+        # Objects the API server holds (apiserver_storage_objects), every 10 s and at the end.
+        "stored_objects_max": {
+            kind: max(sample.get(kind, 0) for sample in live) for kind in live[-1]
+        }
+        if live
+        else {},
+        "stored_objects_end": stored_end,
+        "etcd_end": etcd_end,
+        # Every 10 s: trials finished and running, the operator's CPU and memory, live objects.
+        "progress": progress,
+        # The operator's resident memory when the first 1,000 trials had finished.
+        "operator_rss_mib_at_1000_finished": next(
+            (p["operator_rss_mib"] for p in progress if p["finished"] >= 1000), None
+        ),
         # Pods created in each second after the first one (the first wave and beyond).
         "pods_per_second_timeline": _timeline(times, 60),
     }
@@ -488,14 +751,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--nodes", type=int, default=500)
+    parser.add_argument(
+        "--replicas", type=int, default=4, help="replicas per trial: a master and workers"
+    )
     parser.add_argument("--run-ms", type=int, default=2000)
     parser.add_argument("--raw-pods", type=int, default=500)
     parser.add_argument("--parallelism", type=int, default=0, help="default: --trials")
     parser.add_argument(
         "--workers", type=int, default=OperatorOptions.workers, help="the operator's --workers"
     )
+    parser.add_argument(
+        "--ttl", type=int, default=5, help="the trials' runPolicy.ttlSecondsAfterFinished"
+    )
     parser.add_argument("--output", default=str(RESULTS / "k8s_scale.json"))
     args = parser.parse_args()
+    # SIGTERM ends the run like Ctrl-C: the control plane and the operator are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(
         args.trials,
         args.nodes,
@@ -503,7 +774,10 @@ def main() -> None:
         args.raw_pods,
         args.parallelism or args.trials,
         args.workers,
+        args.ttl,
+        args.replicas,
     )
+    result["arguments"] = vars(args)
     print(json.dumps(result, indent=2))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

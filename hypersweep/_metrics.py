@@ -170,6 +170,13 @@ class OperatorMetrics:
         self.leader = prometheus.Gauge(
             "hypersweep_operator_leader", "1 while this operator leads", registry=registry
         )
+        self.api_requests = prometheus.Counter(
+            "hypersweep_operator_api_requests",
+            "Requests this process sent to the Kubernetes API server, by verb and resource "
+            "(verb as the API server counts it: get, list, watch, create, update, patch, delete)",
+            ["verb", "resource"],
+            registry=registry,
+        )
         self.pods_created = prometheus.Counter(
             "hypersweep_operator_pods_created", "Pods the operator created", registry=registry
         )

@@ -31,11 +31,50 @@ import time
 from collections.abc import Callable, Mapping
 
 from hypersweep._metrics import operator_metrics
-from hypersweep.kube._client import ApiError, JsonDict, Kube, Resource, object_key
+from hypersweep.kube._client import PODS, ApiError, JsonDict, Kube, Resource, object_key
 
 logger = logging.getLogger("hypersweep.operator")
 
 Handler = Callable[[str, JsonDict], None]
+Transform = Callable[[JsonDict], JsonDict]
+
+#: What of a container the controllers read (what it requests, to count capacity; its name).
+_CONTAINER_KEEP = ("name", "image", "resources")
+#: What of a pod's spec the controllers never read: the bulk of a trial pod (its environment,
+#: volumes, commands), which would otherwise be held for every pod of every running trial.
+_POD_SPEC_DROP = ("volumes",)
+
+
+def trim(obj: JsonDict) -> JsonDict:
+    """Drop what no controller reads, before an object is cached (client-go's transform).
+
+    ``metadata.managedFields`` (server-side apply's bookkeeping, often the largest part of an
+    object) and ``kubectl apply``'s copy of the last applied object go from every object.
+    """
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+        annotations = meta.get("annotations")
+        if annotations:
+            annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+    return obj
+
+
+def trim_pod(obj: JsonDict) -> JsonDict:
+    """:func:`trim`, and of a pod's spec only what the controllers read: its containers' names,
+    images and resources, and the rest of the spec but its volumes (the node, scheduling,
+    tolerations). A trial pod's environment and volumes are most of its size."""
+    trim(obj)
+    spec = obj.get("spec")
+    if isinstance(spec, dict):
+        for key in _POD_SPEC_DROP:
+            spec.pop(key, None)
+        for field in ("containers", "initContainers"):
+            if spec.get(field):
+                spec[field] = [
+                    {key: c[key] for key in _CONTAINER_KEEP if key in c} for c in spec[field]
+                ]
+    return obj
 
 
 class Informer:
@@ -48,6 +87,8 @@ class Informer:
         label_selector: only objects with these labels.
         field_selector: only objects with these fields.
         index: a label whose value, with the namespace, indexes the cache (see :meth:`list`).
+        transform: applied to each object before it is cached and handed to handlers; by
+            default :func:`trim_pod` for pods and :func:`trim` for the rest.
     """
 
     def __init__(
@@ -60,8 +101,10 @@ class Informer:
         field_selector: str | None = None,
         watch_timeout: int = 240,
         index: str | None = None,
+        transform: Transform | None = None,
     ) -> None:
         self.kube = kube
+        self.transform = transform or (trim_pod if resource == PODS else trim)
         self.resource = resource
         self.namespace = namespace
         self.label_selector = label_selector
@@ -151,7 +194,7 @@ class Informer:
             label_selector=self.label_selector,
             field_selector=self.field_selector,
         )
-        fresh = {object_key(obj): obj for obj in listing.get("items") or []}
+        fresh = {object_key(obj): self.transform(obj) for obj in listing.get("items") or []}
         with self._lock:
             old, self._cache = self._cache, fresh
             self._indexed = {}
@@ -186,6 +229,7 @@ class Informer:
                 continue
             obj.setdefault("apiVersion", self.resource.api_version)
             obj.setdefault("kind", self.resource.kind)
+            obj = self.transform(obj)
             key = object_key(obj)
             with self._lock:
                 self._unindex(key, self._cache.get(key))

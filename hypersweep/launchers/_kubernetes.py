@@ -546,6 +546,9 @@ class KubernetesLauncher(Launcher):
             self._create_gang_objects(trial.name, trial.number)
             job = self._render_job(trial, assignment, pool)
             trial.uid = self.kube.create(TRAINJOBS, self.namespace, job)["metadata"]["uid"]
+            # The watch has 30 s to show the job from now, not from when its write was queued
+            # (a thousand trials started at once queue their writes for minutes).
+            trial.created = time.monotonic()
         except ApiError as error:
             return error
         return None

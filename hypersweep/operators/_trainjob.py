@@ -642,7 +642,7 @@ def _after_finish(seen: _Observed) -> None:
     # The counts stay as the job ended: its clean-up changes nothing a user asked about.
     seen.clean_up()
     ttl = seen.spec.ttl_seconds_after_finished
-    if ttl is not None:
+    if ttl is not None and not seen.job["metadata"].get("deletionTimestamp"):  # once
         done_at = parse_time(seen.status.get("completionTime")) or seen.now
         left = (done_at - seen.now).total_seconds() + ttl
         if left <= 0:
@@ -1283,7 +1283,9 @@ class TrainJobController:
             self.recorder.event(job, "Normal", "SuccessfulCreatePod", message)
         if plan.delete_job:
             self.kube.delete(TRAINJOBS, namespace, name, uid=meta["uid"])
-            self.recorder.event(job, "Normal", "Deleted", f"TrainJob {name} deleted after its TTL")
+            # Logged, not an Event: an Event of a deleted object outlives it (an hour in the
+            # API server) and costs a write per trial; Kubernetes' own TTL controller has none.
+            logger.info("TrainJob %s/%s deleted after its TTL", namespace, name)
         return plan.requeue_after
 
     def _write_status(self, key: str, job: JsonDict, status: JsonDict) -> JsonDict:

@@ -1,5 +1,6 @@
 """The controllers' plumbing against a real API server: an informer's label index follows
-every change, and events recorded in the background are written."""
+every change, pods are cached without what no controller reads, and events recorded in the
+background are written."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from hypersweep.kube._client import Kube, Resource
+from hypersweep.kube._client import PODS, Kube, Resource
 from hypersweep.kube._informer import Informer
 from hypersweep.kube._recorder import EventRecorder
 from hypersweep.testing import LocalCluster
@@ -82,3 +83,52 @@ def test_events_recorded_in_the_background_are_written(
     )["items"]
     assert sorted(e["message"] for e in events) == [f"event {i}" for i in range(5)]
     assert recorder.dropped == 0
+
+
+def test_the_pod_informer_caches_pods_without_what_no_controller_reads(
+    kube: Kube, namespace: Namespace
+) -> None:
+    """managedFields and a pod's environment, commands and volumes are dropped on the way in;
+    what the controllers read (labels, owner, node, containers' resources, phase) stays."""
+    ns = namespace.name
+    pods = Informer(kube, PODS, namespace=ns, label_selector=JOB, index=JOB)
+    pods.start()
+    try:
+        assert pods.wait_synced(30)
+        container = {
+            "name": "main",
+            "image": "x",
+            "command": ["train"],
+            "env": [{"name": "BULK", "value": "x" * 4096}],
+            "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+            "resources": {"requests": {"cpu": "10m"}},
+        }
+        kube.create(
+            PODS,
+            ns,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "p-0", "labels": {JOB: "p"}},
+                "spec": {
+                    "nodeSelector": {"hypersweep.io/none": "none"},  # stays pending
+                    "containers": [container],
+                    "volumes": [{"name": "scratch", "emptyDir": {}}],
+                },
+            },
+        )
+        assert (kube.get(PODS, ns, "p-0") or {})["metadata"].get("managedFields")
+        wait_until(lambda: pods.get(ns, "p-0") is not None, 10, "the informer to see the pod")
+        cached = pods.get(ns, "p-0")
+        assert cached is not None
+        assert "managedFields" not in cached["metadata"]
+        assert cached["metadata"]["labels"][JOB] == "p"
+        assert cached["spec"]["containers"] == [
+            {"name": "main", "image": "x", "resources": {"requests": {"cpu": "10m"}}}
+        ]
+        assert "volumes" not in cached["spec"]
+        assert cached["spec"]["nodeSelector"] == {"hypersweep.io/none": "none"}
+        assert cached["status"]["phase"] == "Pending"
+        assert [p["metadata"]["name"] for p in pods.list(ns, {JOB: "p"})] == ["p-0"]
+    finally:
+        pods.stop()
