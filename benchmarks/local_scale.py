@@ -13,7 +13,9 @@ start-up are its own:
 * status: ``hypersweep status NAME`` as a command (its Python start-up included), with the
   results snapshot and after the journal changed;
 * resume: ``tune(..., resume=True)`` of the finished sweep (nothing left to run), from the
-  replay snapshot.
+  replay snapshot;
+* journal replay: the memory a storage holds (RSS growth) and the time it takes after reading
+  the whole journal, Optuna's ``JournalStorage`` against hypersweep's.
 
 The machine's load average is recorded before and after every round: the figures of a
 loaded machine are slower, not wrong.
@@ -114,6 +116,31 @@ def child_touch() -> dict[str, Any]:
     return {}
 
 
+def child_replay(kind: str) -> dict[str, Any]:
+    """Memory and time of reading the whole journal into a storage: Optuna's JournalStorage
+    against hypersweep's (no replay snapshot), each in a fresh process."""
+    import optuna
+
+    from hypersweep.orchestrator._journal import FlockJournalFileBackend, SweepJournalStorage
+    from hypersweep.orchestrator._storage import default_run_dir
+
+    backend = FlockJournalFileBackend(str(default_run_dir(NAME) / "journal.log"))
+    before = _rss_mib()
+    started = time.perf_counter()
+    if kind == "optuna":
+        storage: Any = optuna.storages.JournalStorage(backend)
+    else:
+        storage = SweepJournalStorage(backend)
+    wall = time.perf_counter() - started
+    trials = len(storage.get_all_trials(0, deepcopy=False))
+    return {"wall_s": wall, "trials": trials, "held_mib": _rss_mib() - before}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _status(runs_dir: Path) -> float:
     """Seconds the ``hypersweep status NAME`` command takes, start-up included."""
     env = {**os.environ, "HYPERSWEEP_RUNS_DIR": str(runs_dir)}
@@ -157,6 +184,8 @@ def one_round(trials: int, concurrent: int) -> dict[str, Any]:
         status_changed = _status(runs_dir)
         snapshot.unlink(missing_ok=True)
         replay.unlink(missing_ok=True)
+        replay_optuna = _in_child(runs_dir, "replay", "optuna")
+        replay_hypersweep = _in_child(runs_dir, "replay", "hypersweep")
         load_journal = _in_child(runs_dir, "load")  # and writes both snapshots again
         resume = _in_child(runs_dir, "resume", str(trials), str(concurrent))
         return {
@@ -168,6 +197,7 @@ def one_round(trials: int, concurrent: int) -> dict[str, Any]:
             "status_command_s": status,
             "status_command_after_journal_changed_s": status_changed,
             "resume": resume,
+            "journal_replay": {"optuna": replay_optuna, "hypersweep": replay_hypersweep},
             "journal_bytes": journal.stat().st_size,
             "snapshot_bytes": snapshot_bytes,
             "replay_snapshot_bytes": replay_bytes,
@@ -192,6 +222,8 @@ def main() -> None:
             figures = child_load()
         elif kind == "touch":
             figures = child_touch()
+        elif kind == "replay":
+            figures = child_replay(rest[0])
         else:
             figures = child_run(int(rest[0]), int(rest[1]), resume=kind == "resume")
         print(json.dumps(figures))
