@@ -409,6 +409,10 @@ def test_a_restart_restores_the_replay_snapshot_and_reads_only_later_lines(
     assert counted[0] == 2
     assert trials == _optuna_replay(journal) and len(trials) == 31
     assert storage.get_study_user_attrs(storage.get_study_id_from_name("s")) == {"note": "later"}
+    # load() of the changed journal: the results snapshot is stale, the replay one is not.
+    counted[0] = 0
+    assert hs.load("s").counts() == {"completed": 31}
+    assert counted[0] == 2
     # A resume of the finished sweep reads none of the lines the snapshot covers.
     counted[0] = 0
     resumed = hs.tune(
@@ -450,3 +454,54 @@ def test_a_replay_snapshot_that_does_not_match_the_journal_is_ignored(
     counted[0] = 0
     _opened_trials(journal)
     assert counted[0] == 0  # the intact one again: restored
+
+
+REPLAY_WRITER = textwrap.dedent(
+    """
+    import copy
+    import sys
+    from hypersweep.orchestrator._journal import save_replay_snapshot
+    from hypersweep.orchestrator._storage import open_storage
+    storage = open_storage(sys.argv[1], "s")
+    replay = storage._replay_result
+    # A large, wrong replay (every trial 2000 times), so that a write can be killed midway.
+    trials = list(replay._trials.values())
+    for trial_id in range(len(trials), len(trials) * 2000):
+        trial = copy.copy(trials[trial_id % len(trials)])
+        trial._trial_id = trial_id
+        replay._trials[trial_id] = trial
+        replay._study_id_to_trial_ids[0].append(trial_id)
+        replay._trial_id_to_study_id[trial_id] = 0
+    print("ready", flush=True)
+    while True:
+        save_replay_snapshot(storage, min_new_lines=0)
+    """
+)
+
+
+def test_a_replay_snapshot_killed_mid_write_never_disagrees_with_the_journal(
+    run_dir: Path,
+) -> None:
+    """SIGKILL a process that rewrites the replay snapshot (with 2000x trials) at random
+    times: a storage opened after it holds the journal's trials, or that wrong snapshot whole."""
+    hs.tune(SPACE, objectives.quadratic, n_trials=6, name="s", verbose=False, **SETTINGS)
+    journal = default_run_dir("s") / "journal.log"
+    expected = _optuna_replay(journal)
+    script = run_dir / "replay_writer.py"
+    script.write_text(REPLAY_WRITER)
+    for delay in (0.05, 0.13, 0.29, 0.41):
+        writer = subprocess.Popen(
+            [PYTHON, str(script), str(journal)],
+            env=python_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(delay)  # a random moment of the write loop, not a wait for a condition
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        _, trials = _opened_trials(journal)
+        assert trials == expected or len(trials) == len(expected) * 2000
+        replay_snapshot_path(journal).unlink(missing_ok=True)
+        assert _opened_trials(journal)[1] == expected
