@@ -151,7 +151,7 @@ def save_replay_snapshot(storage: Any, min_new_lines: int = 1) -> bool:
     return True
 
 
-class _ReadOnlyEmpty(dict):  # type: ignore[type-arg]
+class _ReadOnlyEmpty(dict):
     """The one empty dict that finished trials share: mutating it would change them all.
 
     Copies of it are plain dicts, so a deep-copied trial (``study.trials``) is as editable
