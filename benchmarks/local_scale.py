@@ -6,10 +6,16 @@ start-up are its own:
 
 * run: ``tune(n_trials=N)``; wall time, time per trial, the driver's peak memory, and the
   time at which each tenth of the trials had finished (per-trial time flat or not);
-* load: ``hypersweep.load(name)`` from the snapshot the sweep left beside its journal, and
-  from the journal alone (snapshot removed; this load writes it again);
-* status: ``hypersweep status NAME`` as a command (its Python start-up included);
-* resume: ``tune(..., resume=True)`` of the finished sweep (nothing left to run).
+* load: ``hypersweep.load(name)`` from the results snapshot the sweep left beside its
+  journal; after one more line was written to the journal (the results snapshot no longer
+  matches: the replay snapshot and the lines after it are read); and from the journal alone
+  (both snapshots removed; this load writes them again);
+* status: ``hypersweep status NAME`` as a command (its Python start-up included), with the
+  results snapshot and after the journal changed;
+* resume: ``tune(..., resume=True)`` of the finished sweep (nothing left to run), from the
+  replay snapshot;
+* journal replay: the memory a storage holds (RSS growth) and the time it takes after reading
+  the whole journal, Optuna's ``JournalStorage`` against hypersweep's.
 
 The machine's load average is recorded before and after every round: the figures of a
 loaded machine are slower, not wrong.
@@ -98,6 +104,56 @@ def child_load() -> dict[str, Any]:
     return {"wall_s": wall, "trials": len(result.trials), "peak_rss_mib": _peak_mib()}
 
 
+def child_touch() -> dict[str, Any]:
+    """Write one line to the journal, as any later write would (a study attribute)."""
+    import optuna
+
+    from hypersweep.orchestrator._storage import default_run_dir, open_storage
+
+    storage = open_storage(str(default_run_dir(NAME) / "journal.log"), NAME)
+    study = optuna.load_study(study_name=NAME, storage=storage)
+    study.set_user_attr("touched", time.time())
+    return {}
+
+
+def child_replay(kind: str) -> dict[str, Any]:
+    """Memory and time of reading the whole journal into a storage: Optuna's JournalStorage
+    against hypersweep's (no replay snapshot), each in a fresh process."""
+    import optuna
+
+    from hypersweep.orchestrator._journal import FlockJournalFileBackend, SweepJournalStorage
+    from hypersweep.orchestrator._storage import default_run_dir
+
+    backend = FlockJournalFileBackend(str(default_run_dir(NAME) / "journal.log"))
+    before = _rss_mib()
+    started = time.perf_counter()
+    if kind == "optuna":
+        storage: Any = optuna.storages.JournalStorage(backend)
+    else:
+        storage = SweepJournalStorage(backend)
+    wall = time.perf_counter() - started
+    trials = len(storage.get_all_trials(0, deepcopy=False))
+    return {"wall_s": wall, "trials": trials, "held_mib": _rss_mib() - before}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _status(runs_dir: Path) -> float:
+    """Seconds the ``hypersweep status NAME`` command takes, start-up included."""
+    env = {**os.environ, "HYPERSWEEP_RUNS_DIR": str(runs_dir)}
+    started = time.perf_counter()
+    subprocess.run(
+        [shutil.which("hypersweep") or "hypersweep", "status", NAME],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - started
+
+
 def _in_child(runs_dir: Path, *args: str) -> dict[str, Any]:
     env = {**os.environ, "HYPERSWEEP_RUNS_DIR": str(runs_dir)}
     out = subprocess.run(
@@ -117,29 +173,34 @@ def one_round(trials: int, concurrent: int) -> dict[str, Any]:
         run = _in_child(runs_dir, "run", str(trials), str(concurrent))
         journal = runs_dir / NAME / "journal.log"
         snapshot = journal.with_name(journal.name + ".snapshot")
-        load_snapshot = _in_child(runs_dir, "load")
-        env = {**os.environ, "HYPERSWEEP_RUNS_DIR": str(runs_dir)}
-        started = time.perf_counter()
-        subprocess.run(
-            [shutil.which("hypersweep") or "hypersweep", "status", NAME],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        status = time.perf_counter() - started
+        replay = journal.with_name(journal.name + ".replay")
         snapshot_bytes = snapshot.stat().st_size if snapshot.exists() else None
+        replay_bytes = replay.stat().st_size if replay.exists() else None
+        load_snapshot = _in_child(runs_dir, "load")
+        status = _status(runs_dir)
+        _in_child(runs_dir, "touch")  # the results snapshot no longer matches the journal
+        load_changed = _in_child(runs_dir, "load")  # replay snapshot + later lines
+        _in_child(runs_dir, "touch")
+        status_changed = _status(runs_dir)
         snapshot.unlink(missing_ok=True)
-        load_journal = _in_child(runs_dir, "load")  # and writes the snapshot again
+        replay.unlink(missing_ok=True)
+        replay_optuna = _in_child(runs_dir, "replay", "optuna")
+        replay_hypersweep = _in_child(runs_dir, "replay", "hypersweep")
+        load_journal = _in_child(runs_dir, "load")  # and writes both snapshots again
         resume = _in_child(runs_dir, "resume", str(trials), str(concurrent))
         return {
             "trials": trials,
             "run": run,
             "load_from_snapshot": load_snapshot,
+            "load_after_journal_changed": load_changed,
             "load_from_journal": load_journal,
             "status_command_s": status,
+            "status_command_after_journal_changed_s": status_changed,
             "resume": resume,
+            "journal_replay": {"optuna": replay_optuna, "hypersweep": replay_hypersweep},
             "journal_bytes": journal.stat().st_size,
             "snapshot_bytes": snapshot_bytes,
+            "replay_snapshot_bytes": replay_bytes,
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
         }
@@ -159,6 +220,10 @@ def main() -> None:
         kind, *rest = args.child
         if kind == "load":
             figures = child_load()
+        elif kind == "touch":
+            figures = child_touch()
+        elif kind == "replay":
+            figures = child_replay(rest[0])
         else:
             figures = child_run(int(rest[0]), int(rest[1]), resume=kind == "resume")
         print(json.dumps(figures))
@@ -174,8 +239,10 @@ def main() -> None:
                 f" {figures['run']['ms_per_trial']:.2f} ms/trial,"
                 f" peak {figures['run']['peak_rss_mib']:.0f} MiB,"
                 f" load {figures['load_from_snapshot']['wall_s']:.2f} s (snapshot)"
+                f" / {figures['load_after_journal_changed']['wall_s']:.2f} s (changed)"
                 f" / {figures['load_from_journal']['wall_s']:.2f} s (journal),"
-                f" status {figures['status_command_s']:.2f} s,"
+                f" status {figures['status_command_s']:.2f} s"
+                f" / {figures['status_command_after_journal_changed_s']:.2f} s (changed),"
                 f" resume {figures['resume']['wall_s']:.2f} s,"
                 f" journal {figures['journal_bytes'] / 1e6:.0f} MB,"
                 f" load average {figures['loadavg_before'][0]:.1f}",

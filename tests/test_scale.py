@@ -20,7 +20,12 @@ import hypersweep as hs
 from hypersweep._cli import main as cli_main
 from hypersweep.orchestrator import _tune
 from hypersweep.orchestrator._journal import FlockJournalFileBackend
-from hypersweep.orchestrator._snapshot import read_snapshot, snapshot_path, write_snapshot
+from hypersweep.orchestrator._snapshot import (
+    read_snapshot,
+    replay_snapshot_path,
+    snapshot_path,
+    write_snapshot,
+)
 from hypersweep.orchestrator._storage import default_run_dir, open_storage
 
 SPACE = {"x": hs.uniform(-5, 5), "y": hs.choice([-1.0, 0.0, 1.0])}
@@ -295,3 +300,208 @@ def test_a_running_trial_is_listed_by_status_and_holds_back_the_snapshot(
     study.tell(running, 100.0)
     assert hs.load("s").counts() == {"completed": 66}
     assert read_snapshot(journal, "s") is not None  # ...and saved again once none runs
+
+
+# --- the journal storage's memory and its replay snapshot ----------------------------------
+
+
+def _optuna_replay(journal: Path) -> list[optuna.trial.FrozenTrial]:
+    """The trials as Optuna's own JournalStorage reads the journal, from its first line."""
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    return storage.get_all_trials(storage.get_study_id_from_name("s"))
+
+
+def _opened_trials(journal: Path) -> tuple[Any, list[optuna.trial.FrozenTrial]]:
+    storage = open_storage(str(journal), "s")
+    return storage, storage.get_all_trials(storage.get_study_id_from_name("s"), deepcopy=False)
+
+
+def test_the_storage_holds_finished_trials_as_optuna_reads_them_in_shared_parts() -> None:
+    result = hs.tune(SPACE, objectives.quadratic, n_trials=40, name="s", verbose=False, **SETTINGS)
+    assert result.counts() == {"completed": 40}
+    journal = default_run_dir("s") / "journal.log"
+    replay_snapshot_path(journal).unlink()  # read every line
+    storage, trials = _opened_trials(journal)
+    assert trials == _optuna_replay(journal)
+    # One distributions dict and one object per distribution for every finished trial.
+    assert len({id(t.distributions) for t in trials}) == 1
+    assert len({id(t.distributions["x"]) for t in trials}) == 1
+    # Optuna's own API on top still works: a deep copy is an ordinary, editable trial.
+    study = optuna.load_study(study_name="s", storage=storage)
+    copied = study.trials[0]
+    copied.user_attrs["note"] = 1
+    assert storage.get_trial(copied._trial_id).user_attrs == {}
+    with pytest.raises(TypeError, match="read-only"):
+        trials[0].user_attrs["note"] = 1  # the stored, shared empty dict
+
+
+def _traced_bytes(build: Any) -> tuple[Any, int]:
+    """What ``build()`` returns and the bytes it still holds once built."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        built = build()
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return built, held
+
+
+def test_the_storage_holds_a_finished_trial_in_much_less_memory_than_optuna() -> None:
+    """Optuna's JournalStorage holds about 2 KB per finished trial (allocated bytes; 3 KB of
+    RSS), most of it new distribution objects and dicts per trial: 300 MB at 100,000 trials."""
+    from optuna.storages.journal import JournalFileBackend
+
+    n = 600
+    hs.tune(SPACE, objectives.quadratic, n_trials=n, name="s", verbose=False, **SETTINGS)
+    journal = default_run_dir("s") / "journal.log"
+    replay_snapshot_path(journal).unlink()
+    theirs, optuna_bytes = _traced_bytes(
+        lambda: optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    )
+    ours, our_bytes = _traced_bytes(lambda: open_storage(str(journal), "s"))
+    assert len(ours._replay_result._trials) == len(theirs._replay_result._trials) == n
+    assert our_bytes / n < 1400, our_bytes / n
+    assert our_bytes < 0.7 * optuna_bytes, (our_bytes / n, optuna_bytes / n)
+
+
+def _count_lines_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the journal lines every reader parses from now on (the real reader, counted)."""
+    counted = [0]
+    read_logs = FlockJournalFileBackend.read_logs
+
+    def counting(self: FlockJournalFileBackend, log_number_from: int) -> Any:
+        for log in read_logs(self, log_number_from):
+            counted[0] += 1
+            yield log
+
+    monkeypatch.setattr(FlockJournalFileBackend, "read_logs", counting)
+    return counted
+
+
+def test_a_restart_restores_the_replay_snapshot_and_reads_only_later_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hs.tune(SPACE, objectives.quadratic, n_trials=30, name="s", verbose=False, **SETTINGS)
+    journal = default_run_dir("s") / "journal.log"
+    assert replay_snapshot_path(journal).is_file()
+    lines = len(journal.read_bytes().splitlines())
+    counted = _count_lines_read(monkeypatch)
+    storage, trials = _opened_trials(journal)
+    assert counted[0] == 0 and storage._backend.restored_lines == lines
+    assert trials == _optuna_replay(journal)
+    # Another writer adds lines (plain Optuna): they are read after the snapshot.
+    study = optuna.load_study(study_name="s", storage=storage)
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 0.5, "y": 1.0}, distributions=trials[0].distributions, value=3.0
+        )
+    )
+    study.set_user_attr("note", "later")
+    counted[0] = 0
+    storage, trials = _opened_trials(journal)
+    assert counted[0] == 2
+    assert trials == _optuna_replay(journal) and len(trials) == 31
+    assert storage.get_study_user_attrs(storage.get_study_id_from_name("s")) == {"note": "later"}
+    # load() of the changed journal: the results snapshot is stale, the replay one is not.
+    counted[0] = 0
+    assert hs.load("s").counts() == {"completed": 31}
+    assert counted[0] == 2
+    # A resume of the finished sweep reads none of the lines the snapshot covers.
+    counted[0] = 0
+    resumed = hs.tune(
+        SPACE, objectives.quadratic, n_trials=30, name="s", resume=True, verbose=False, **SETTINGS
+    )
+    assert resumed.counts() == {"completed": 31}
+    assert counted[0] < 20, counted[0]
+
+
+def test_a_replay_snapshot_that_does_not_match_the_journal_is_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hs.tune(SPACE, objectives.quadratic, n_trials=8, name="s", verbose=False, **SETTINGS)
+    journal = default_run_dir("s") / "journal.log"
+    replay = replay_snapshot_path(journal)
+    saved, content = replay.read_bytes(), journal.read_bytes()
+    counted = _count_lines_read(monkeypatch)
+    lines = len(content.splitlines())
+
+    def reads_every_line() -> None:
+        counted[0] = 0
+        storage, trials = _opened_trials(journal)
+        assert counted[0] == len(journal.read_bytes().splitlines())
+        assert storage._backend.restored_lines == 0
+        assert trials == _optuna_replay(journal)
+
+    # A journal shorter than the snapshot covers (truncated, or a new sweep of that name).
+    journal.write_bytes(b"\n".join(content.splitlines()[: lines // 2]) + b"\n")
+    reads_every_line()
+    # The same length, other content: refused by the fingerprint.
+    journal.write_bytes(content.replace(b'"state":1', b'"state":2', 1))
+    replay.write_bytes(saved)
+    reads_every_line()
+    # A damaged snapshot.
+    journal.write_bytes(content)
+    replay.write_bytes(saved[:-1] + bytes([saved[-1] ^ 1]))
+    reads_every_line()
+    replay.write_bytes(saved)
+    counted[0] = 0
+    _opened_trials(journal)
+    assert counted[0] == 0  # the intact one again: restored
+
+
+REPLAY_WRITER = textwrap.dedent(
+    """
+    import copy
+    import sys
+    from hypersweep.orchestrator._journal import save_replay_snapshot
+    from hypersweep.orchestrator._storage import open_storage
+    storage = open_storage(sys.argv[1], "s")
+    replay = storage._replay_result
+    # A large, wrong replay (every trial 2000 times), so that a write can be killed midway.
+    trials = list(replay._trials.values())
+    for trial_id in range(len(trials), len(trials) * 2000):
+        trial = copy.copy(trials[trial_id % len(trials)])
+        trial._trial_id = trial_id
+        replay._trials[trial_id] = trial
+        replay._study_id_to_trial_ids[0].append(trial_id)
+        replay._trial_id_to_study_id[trial_id] = 0
+    print("ready", flush=True)
+    while True:
+        save_replay_snapshot(storage, min_new_lines=0)
+    """
+)
+
+
+def test_a_replay_snapshot_killed_mid_write_never_disagrees_with_the_journal(
+    run_dir: Path,
+) -> None:
+    """SIGKILL a process that rewrites the replay snapshot (with 2000x trials) at random
+    times: a storage opened after it holds the journal's trials, or that wrong snapshot whole."""
+    hs.tune(SPACE, objectives.quadratic, n_trials=6, name="s", verbose=False, **SETTINGS)
+    journal = default_run_dir("s") / "journal.log"
+    expected = _optuna_replay(journal)
+    script = run_dir / "replay_writer.py"
+    script.write_text(REPLAY_WRITER)
+    for delay in (0.05, 0.13, 0.29, 0.41):
+        writer = subprocess.Popen(
+            [PYTHON, str(script), str(journal)],
+            env=python_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(delay)  # a random moment of the write loop, not a wait for a condition
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        _, trials = _opened_trials(journal)
+        assert trials == expected or len(trials) == len(expected) * 2000
+        replay_snapshot_path(journal).unlink(missing_ok=True)
+        assert _opened_trials(journal)[1] == expected

@@ -12,6 +12,19 @@ power-loss durability. The file format is Optuna's own, so Optuna and optuna-das
 Reading keeps one cursor (the next line's number and byte offset) where Optuna's reader keeps
 the offset of every line it ever read: a dict entry per line, about 100 bytes each, six lines
 per trial, which grew with the sweep (60 MB at 100,000 trials).
+
+Optuna's ``JournalStorage`` keeps every trial in memory as a ``FrozenTrial``. Its replay builds
+new distribution objects, a new distributions dict and new key strings for each trial: about
+3 KB a trial, 300 MB at 100,000 trials. :class:`SweepJournalStorage` replays into
+:class:`CompactReplayResult`, which gives finished trials (they never change again) one shared
+instance of each distribution, of each distributions dict and of each attribute key, and
+read-only shared empty dicts: the same ``FrozenTrial`` values, in less memory.
+
+Replaying the whole journal on every start is seconds at 100,000 trials. The backend keeps a
+replay snapshot beside the journal (``journal.log.replay``, see ``_snapshot``): the pickled
+replay result, with the journal length and fingerprint it was read from. A storage opened on
+the journal restores it, then reads only the lines written after it; a snapshot that does not
+match the journal is ignored.
 """
 
 from __future__ import annotations
@@ -19,19 +32,46 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
+import threading
+import uuid
 from collections.abc import Generator
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
-from optuna.storages.journal import JournalFileBackend
+from optuna.distributions import BaseDistribution, json_to_distribution
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal._base import BaseJournalSnapshot
+from optuna.storages.journal._storage import JournalStorageReplayResult
+from optuna.trial import FrozenTrial
 
 
-class FlockJournalFileBackend(JournalFileBackend):
+class FlockJournalFileBackend(JournalFileBackend, BaseJournalSnapshot):
     """Append-only journal file for one machine's processes (not for NFS, like Optuna's)."""
 
     def __init__(self, file_path: str, *, fsync: bool = False) -> None:
         super().__init__(file_path)
         self._fsync = fsync
         self._cursor = (0, 0)  # (number, byte offset) of the first line not read yet
+        self.restored_lines = 0  # lines the replay snapshot restored (or last saved) covers
+
+    def save_snapshot(self, snapshot: bytes) -> None:
+        """Ignored: ``JournalStorage`` asks for one every 100 trials created, each the pickle of
+        the whole sweep, and a sweep creates its budget at once (quadratic). The replay snapshot
+        is written by :func:`save_replay_snapshot` when a driver ends or a sweep is loaded."""
+
+    def load_snapshot(self) -> bytes | None:
+        """The replay snapshot if it was taken of this journal as it starts now; the reader then
+        continues after the lines it covers."""
+        from hypersweep.orchestrator._snapshot import read_replay_snapshot
+
+        found = read_replay_snapshot(Path(self._file_path))
+        if found is None:
+            return None
+        number, offset, replay = found
+        self._cursor = (number, offset)
+        self.restored_lines = number
+        return replay
 
     @property
     def bytes_read(self) -> int:
@@ -84,3 +124,173 @@ class FlockJournalFileBackend(JournalFileBackend):
                     os.fsync(handle.fileno())
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def save_replay_snapshot(storage: Any, min_new_lines: int = 1) -> bool:
+    """Save the replay result of ``storage`` beside its journal file, if it is one of ours and
+    read at least ``min_new_lines`` lines more than the snapshot it started from.
+
+    Taken under the storage's lock after reading every line written so far, so that the
+    result, the line count and the byte offset it records agree.
+    """
+    from hypersweep.orchestrator._snapshot import write_replay_snapshot
+
+    backend = getattr(storage, "_backend", None)
+    if not isinstance(storage, JournalStorage) or not isinstance(backend, FlockJournalFileBackend):
+        return False
+    with storage._thread_lock:
+        storage._sync_with_backend()
+        replay = storage._replay_result
+        number, offset = backend._cursor
+        if replay.log_number_read != number:
+            return False  # read by another path: the counts do not describe the same lines
+        if number - backend.restored_lines < min_new_lines:
+            return False
+        write_replay_snapshot(Path(backend._file_path), number, offset, replay)
+        backend.restored_lines = number
+    return True
+
+
+class _ReadOnlyEmpty(dict):
+    """The one empty dict that finished trials share: mutating it would change them all.
+
+    Copies of it are plain dicts, so a deep-copied trial (``study.trials``) is as editable
+    as Optuna's own.
+    """
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("a stored trial's attributes are read-only; copy them to edit")
+
+    __setitem__ = __delitem__ = __ior__ = update = setdefault = pop = popitem = clear = _refuse
+
+    def __copy__(self) -> dict[Any, Any]:
+        return {}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[Any, Any]:
+        return {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, ())
+
+
+_EMPTY: dict[Any, Any] = _ReadOnlyEmpty()
+
+
+class CompactReplayResult(JournalStorageReplayResult):
+    """Optuna's journal replay, keeping finished trials in shared, de-duplicated parts.
+
+    A finished trial is never updated again (Optuna refuses it), so its distributions dict
+    and its attribute keys can be one object for every trial with the same content. Trials
+    still waiting or running share only the distribution objects.
+    """
+
+    def __init__(self, worker_id_prefix: str) -> None:
+        super().__init__(worker_id_prefix)
+        self._init_interning()
+
+    def _init_interning(self) -> None:
+        self._distributions: dict[str, BaseDistribution] = {}  # by its JSON
+        self._distribution_json: dict[int, str] = {}  # id of a shared one -> its JSON
+        self._distribution_dicts: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+
+    def _distribution(self, text: str) -> BaseDistribution:
+        """The shared distribution object for its JSON form."""
+        shared = self._distributions.get(text)
+        if shared is None:
+            shared = self._distributions[text] = json_to_distribution(text)
+            self._distribution_json[id(shared)] = text
+        return shared
+
+    def _shared_distributions(self, distributions: dict[str, Any]) -> dict[str, Any]:
+        if not distributions:
+            return _EMPTY
+        from optuna.distributions import distribution_to_json
+
+        key = tuple(
+            (
+                sys.intern(name),
+                self._distribution_json.get(id(d)) or distribution_to_json(d),
+            )
+            for name, d in distributions.items()
+        )
+        shared = self._distribution_dicts.get(key)
+        if shared is None:
+            shared = {name: self._distribution(text) for name, text in key}
+            self._distribution_dicts[key] = shared
+        return shared
+
+    def _compact(self, trial: FrozenTrial) -> None:
+        """Share what finished ``trial`` (a copy this replay made and owns) has in common with
+        other trials. Only finished ones: Optuna's ``Trial`` edits the dicts of the stored
+        trial it started from in place (``suggest_*``, ``set_user_attr``) while it runs."""
+        trial._distributions = self._shared_distributions(trial._distributions)
+        trial._params = {sys.intern(k): v for k, v in trial._params.items()} or _EMPTY
+        trial._system_attrs = {
+            sys.intern(k): sys.intern(v) if isinstance(v, str) else v
+            for k, v in trial._system_attrs.items()
+        } or _EMPTY
+        trial._user_attrs = {sys.intern(k): v for k, v in trial._user_attrs.items()} or _EMPTY
+        if not trial.intermediate_values:
+            trial.intermediate_values = _EMPTY
+
+    def _apply_create_trial(self, log: dict[str, Any]) -> None:
+        count = len(self._trials)
+        super()._apply_create_trial(log)
+        if len(self._trials) > count and self._trials[count].state.is_finished():
+            self._compact(self._trials[count])
+
+    def _apply_set_trial_param(self, log: dict[str, Any]) -> None:
+        super()._apply_set_trial_param(log)
+        trial = self._trials.get(log["trial_id"])
+        name = log["param_name"]
+        if trial is None or trial.state.is_finished() or name not in trial._distributions:
+            return
+        shared = self._distribution(log["distribution"])
+        if trial._distributions[name] == shared:  # an equal object: harmless in any dict
+            trial._distributions[name] = shared
+
+    def _apply_set_trial_state_values(self, log: dict[str, Any]) -> None:
+        super()._apply_set_trial_state_values(log)
+        trial = self._trials.get(log["trial_id"])
+        if trial is not None and trial.state.is_finished():
+            self._compact(trial)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("_distributions", "_distribution_json", "_distribution_dicts"):
+            del state[name]  # rebuilt on load: ids do not survive pickling
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_interning()
+        for trial in self._trials.values():
+            if trial.state.is_finished():
+                self._compact(trial)
+
+
+class SweepJournalStorage(JournalStorage):
+    """Optuna's ``JournalStorage`` replaying into :class:`CompactReplayResult`.
+
+    The same reads and writes as Optuna's: only how trials are held in memory differs, and a
+    replay snapshot the backend offers (``load_snapshot``) is restored before reading on.
+    """
+
+    def __init__(self, log_storage: FlockJournalFileBackend) -> None:
+        # JournalStorage.__init__ with our replay result: it names Optuna's class directly.
+        self._worker_id_prefix = str(uuid.uuid4()) + "-"
+        self._backend = log_storage
+        self._thread_lock = threading.Lock()
+        self._replay_result = CompactReplayResult(self._worker_id_prefix)
+        with self._thread_lock:
+            snapshot = self._backend.load_snapshot()
+            if snapshot is not None:
+                self.restore_replay_result(snapshot)
+                if not isinstance(self._replay_result, CompactReplayResult):
+                    # Not ours: start over, reading the journal from its first line.
+                    self._replay_result = CompactReplayResult(self._worker_id_prefix)
+            self._sync_with_backend()
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._replay_result = CompactReplayResult(self._worker_id_prefix)

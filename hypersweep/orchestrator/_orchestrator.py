@@ -127,7 +127,7 @@ class RunningTrial:
     info: TrialInfo | None = None  # what callbacks are told about this attempt
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per trial, 100,000s in a sweep
 class TrialView:
     """A trial as a progress display shows it.
 
@@ -397,7 +397,9 @@ class Orchestrator:
         return self.result()
 
     def _save_snapshot(self) -> None:
-        """Save the sweep's results beside its journal, for a fast ``load``/``status``."""
+        """Save the sweep's results beside its journal, for a fast ``load``/``status``, and
+        the storage's replay of the journal, for a fast restart (``resume``, another driver)."""
+        from hypersweep.orchestrator._journal import save_replay_snapshot
         from hypersweep.orchestrator._snapshot import journal_of
         from hypersweep.orchestrator._tune import read_sweep
 
@@ -412,6 +414,7 @@ class Orchestrator:
                 self.storage_description,
                 snapshot=journal,
             )
+            save_replay_snapshot(self.store.storage)
         except OSError as error:  # the sweep is done; only the next load is slower
             logger.warning("Could not save the snapshot of sweep %s: %s", self.name, error)
 

@@ -9,14 +9,22 @@ started, a report, another driver) changes the length, a replaced journal change
 fingerprint, and then the journal is read in full as before and the snapshot written again.
 The journal stays the source of truth; the snapshot can always be deleted.
 
+The replay snapshot (``journal.log.replay``) holds the journal storage's replay result (see
+``_journal``) with the number of lines and bytes of the journal it covers and the fingerprint
+of those bytes. It stays valid while the journal grows: a storage restores it and reads only
+the later lines. A journal that no longer starts with the bytes it covers (shorter, replaced)
+refuses it, and the journal is read from its first line.
+
 A snapshot is written to a temporary file and renamed over the old one, and carries a SHA-256
 of its own content: a process killed while writing it leaves the old snapshot or none, and a
-damaged file is ignored, never read as results.
+damaged file is ignored, never read as results. Pickling keeps no memo (``fast``): a memo entry
+per object would cost the writer about as much memory again as the sweep it saves.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 from pathlib import Path
@@ -25,13 +33,19 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 if TYPE_CHECKING:
     from hypersweep.orchestrator._result import SweepResult
 
-_MAGIC = b"hypersweep-snapshot-1\n"
+_MAGIC = b"hypersweep-snapshot-2\n"
+_REPLAY_MAGIC = b"hypersweep-replay-1\n"
 _EDGE = 64 * 1024  # bytes of each end of the journal in its fingerprint
 
 
 def snapshot_path(journal: Path) -> Path:
     """Where the snapshot of ``journal`` lives: beside it."""
     return journal.with_name(journal.name + ".snapshot")
+
+
+def replay_snapshot_path(journal: Path) -> Path:
+    """Where the replay snapshot of ``journal`` lives: beside it."""
+    return journal.with_name(journal.name + ".replay")
 
 
 def fingerprint(journal: Path, size: int) -> str:
@@ -57,21 +71,53 @@ class _HashingWriter:
         return self.handle.write(data)
 
 
-def write_snapshot(journal: Path, name: str, result: SweepResult, size: int) -> None:
-    """Save ``result``, read from the first ``size`` bytes of ``journal``, atomically."""
-    header = {"name": name, "size": size, "fingerprint": fingerprint(journal, size)}
-    target = snapshot_path(journal)
+def _write_atomic(target: Path, magic: bytes, *contents: Any) -> None:
+    """Pickle ``contents`` one after the other to ``target`` with a digest, replacing the old
+    file atomically."""
     temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            handle.write(_MAGIC + bytes(32))  # the payload's digest goes here once known
+            handle.write(magic + bytes(32))  # the payload's digest goes here once known
             writer = _HashingWriter(handle)
-            pickle.dump((header, result), writer, protocol=pickle.HIGHEST_PROTOCOL)
-            handle.seek(len(_MAGIC))
+            pickler = pickle.Pickler(writer, protocol=pickle.HIGHEST_PROTOCOL)
+            pickler.fast = True  # no memo: nothing pickled here refers to itself
+            for content in contents:
+                pickler.dump(content)
+            handle.seek(len(magic))
             handle.write(writer.digest.digest())
         os.replace(temporary, target)  # atomic: readers see the old file or the new one
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _verified_payload(target: Path, magic: bytes) -> memoryview | None:
+    """The pickles ``_write_atomic`` saved to ``target``; None if missing or damaged."""
+    try:
+        data = target.read_bytes()
+    except OSError:
+        return None
+    start = len(magic) + 32
+    payload = memoryview(data)[start:]
+    if not data.startswith(magic) or hashlib.sha256(payload).digest() != data[len(magic) : start]:
+        return None  # not a snapshot, or a damaged one
+    return payload
+
+
+def _read_verified(target: Path, magic: bytes) -> Any:
+    """The first object ``_write_atomic`` saved to ``target``, or None if unreadable."""
+    payload = _verified_payload(target, magic)
+    if payload is None:
+        return None
+    try:
+        return pickle.loads(payload)
+    except Exception:  # noqa: BLE001 - e.g. written by another version: read the journal
+        return None
+
+
+def write_snapshot(journal: Path, name: str, result: SweepResult, size: int) -> None:
+    """Save ``result``, read from the first ``size`` bytes of ``journal``, atomically."""
+    header = {"name": name, "size": size, "fingerprint": fingerprint(journal, size)}
+    _write_atomic(snapshot_path(journal), _MAGIC, (header, result))
 
 
 def read_snapshot(journal: Path, name: str) -> SweepResult | None:
@@ -79,18 +125,13 @@ def read_snapshot(journal: Path, name: str) -> SweepResult | None:
     from hypersweep.orchestrator._result import SweepResult
 
     try:
-        data = snapshot_path(journal).read_bytes()
         size = journal.stat().st_size
     except OSError:
         return None
-    start = len(_MAGIC) + 32
-    payload = memoryview(data)[start:]
-    if not data.startswith(_MAGIC) or hashlib.sha256(payload).digest() != data[len(_MAGIC) : start]:
-        return None  # not a snapshot, or a damaged one
-    try:
-        header, result = pickle.loads(payload)
-    except Exception:  # noqa: BLE001 - e.g. written by another version: read the journal
+    content = _read_verified(snapshot_path(journal), _MAGIC)
+    if not isinstance(content, tuple) or len(content) != 2:
         return None
+    header, result = content
     if not isinstance(header, dict) or not isinstance(result, SweepResult):
         return None
     if header.get("name") != name or header.get("size") != size:
@@ -98,6 +139,40 @@ def read_snapshot(journal: Path, name: str) -> SweepResult | None:
     if header.get("fingerprint") != fingerprint(journal, size):
         return None
     return result
+
+
+def write_replay_snapshot(journal: Path, lines: int, size: int, replay: Any) -> None:
+    """Save a journal storage's replay result, read from the first ``lines`` lines (``size``
+    bytes) of ``journal``, atomically."""
+    header = {"lines": lines, "size": size, "fingerprint": fingerprint(journal, size)}
+    _write_atomic(replay_snapshot_path(journal), _REPLAY_MAGIC, header, replay)
+
+
+def read_replay_snapshot(journal: Path) -> tuple[int, int, bytes] | None:
+    """``(lines, size, pickled replay result)`` if the snapshot covers the start of ``journal``.
+
+    The replay result is returned pickled, as Optuna's ``BaseJournalSnapshot.load_snapshot``
+    gives it to ``JournalStorage``.
+    """
+    payload = _verified_payload(replay_snapshot_path(journal), _REPLAY_MAGIC)
+    if payload is None:
+        return None
+    stream = io.BytesIO(payload[:4096])  # the header is a few hundred bytes
+    try:
+        header = pickle.load(stream)  # the header only: the replay result follows it
+    except Exception:  # noqa: BLE001 - e.g. written by another version: read the journal
+        return None
+    if not isinstance(header, dict):
+        return None
+    lines, size = header.get("lines"), header.get("size")
+    if not isinstance(lines, int) or not isinstance(size, int):
+        return None
+    try:
+        if journal.stat().st_size < size or header.get("fingerprint") != fingerprint(journal, size):
+            return None
+    except OSError:
+        return None
+    return lines, size, bytes(payload[stream.tell() :])
 
 
 def journal_of(storage: str | Any | None, name: str) -> Path | None:

@@ -1,7 +1,8 @@
 """Where sweeps live: Optuna storages, the trial budget, and which driver owns which trial.
 
 The default storage is Optuna's journal format under ``./hypersweep-runs/<name>/journal.log``
-(``_journal`` says how it is locked). We prefer it to SQLite because it is an append-only
+(``_journal`` says how it is locked, how trials are kept in memory and how a restart skips
+replaying it). We prefer it to SQLite because it is an append-only
 log guarded by a file lock: several driver processes on one machine can share it without
 SQLite's "database is locked" errors (optuna#820), and a driver killed mid-write cannot corrupt
 what was written before. Any Optuna storage URL (PostgreSQL for many machines) works as well.
@@ -61,9 +62,7 @@ def default_run_dir(name: str) -> Path:
 
 def open_storage(storage: str | BaseStorage | None, name: str) -> BaseStorage:
     """The Optuna storage for a sweep: default journal file, a URL, a journal path, or as is."""
-    from optuna.storages.journal import JournalStorage
-
-    from hypersweep.orchestrator._journal import FlockJournalFileBackend
+    from hypersweep.orchestrator._journal import FlockJournalFileBackend, SweepJournalStorage
 
     if storage is None:
         storage = str(default_run_dir(name) / "journal.log")
@@ -71,7 +70,7 @@ def open_storage(storage: str | BaseStorage | None, name: str) -> BaseStorage:
         if "://" in storage:
             return _open_rdb(storage)
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(FlockJournalFileBackend(storage))
+        return SweepJournalStorage(FlockJournalFileBackend(storage))
     return storage
 
 

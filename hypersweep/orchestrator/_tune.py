@@ -194,11 +194,13 @@ def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) ->
 
     A sweep in a journal file is read from the snapshot beside it while the journal has not
     changed since the snapshot was written (see ``_snapshot``), else from the journal, which
-    then writes the snapshot again if no trial is running.
+    then writes the snapshot again if no trial is running. Reading the journal starts from its
+    replay snapshot, when one matches, and reads only the lines after it.
     """
     from dataclasses import replace
 
     from hypersweep._errors import ConfigError
+    from hypersweep.orchestrator._journal import save_replay_snapshot
     from hypersweep.orchestrator._snapshot import journal_of, read_snapshot
     from hypersweep.orchestrator._storage import describe_storage, open_storage
 
@@ -220,7 +222,14 @@ def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) ->
         study_id = opened.get_study_id_from_name(name)
     except KeyError:
         raise ConfigError(f"name: no sweep {name!r} in {describe_storage(storage, name)}") from None
-    return read_sweep(opened, study_id, name, describe_storage(storage, name), snapshot=journal)
+    result = read_sweep(opened, study_id, name, describe_storage(storage, name), snapshot=journal)
+    # Many lines read past the replay snapshot (a sweep still running): save it again.
+    save_replay_snapshot(opened, min_new_lines=_REPLAY_RESAVE_LINES)
+    return result
+
+
+# Lines read past the replay snapshot after which load() saves it again (about 150 trials).
+_REPLAY_RESAVE_LINES = 1000
 
 
 def read_sweep(
