@@ -19,6 +19,9 @@ Membership is decided here rather than by replicas agreeing among themselves (to
 rendezvous): the launcher sees every replica process, as Ray Train's controller sees its
 workers. Each round uses the launcher-held c10d store like any gang, so ``init_process_group()``
 (env://) works unchanged and ``WORLD_SIZE``/``RANK`` say the round's world.
+
+The rules that do not depend on where replicas run (:class:`ElasticPolicy`) are shared with
+the Ray launcher's elastic gangs (``_ray_elastic``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ _elastic.ElasticPolicy`) and Ray Train V2's placement:
   process joins one ``torch.distributed`` group for its life, so every replica of the new
   round is a new actor. Its placement groups are made anew (the lost bundle may sit on a node
   that is gone): a core of the survivors' count and a spare of the rest. Below ``min`` the
-  crash is the trial's, retried (counted) with the full world, as a fixed gang's.
+  crash is the trial's, retried (counted) with the full world, as a fixed gang's. Which
+  replicas were lost is asked of Ray, not guessed from their peers' errors: a replica that
+  neither ended nor is known dead when the round fails has its actor pinged.
 - **Growing back.** Once a smaller round has checkpointed and its spare is placed (the
   capacity came back: a node joined, another trial ended), the next report is answered with a
   pause on every rank, at the same step, and a round of ``max`` replicas starts from that
@@ -41,6 +43,9 @@ from hypersweep.orchestrator._events import Event, TrialAssignment
 from hypersweep.orchestrator._job import TrainJob
 from hypersweep.orchestrator._objective import ObjectiveRef
 
+LOST_AFTER = 30.0
+"""Seconds a failing round waits for a replica's actor to answer before counting it lost."""
+
 Slot = tuple[Any, int]
 """A bundle a replica's actor is pinned to: its placement group and its index there."""
 
@@ -63,6 +68,8 @@ class ElasticRayAttempt(RayAttempt):
     _spare: Any = None  # the placement group of the replicas missing from the round
     _spare_ready: Any = None  # its ready() reference; None once it is placed
     _spare_slots: list[Slot] = field(default_factory=list)
+    _pings: list[tuple[Any, RayReplica]] | None = None  # liveness checks of a failing round
+    _pings_deadline: float = 0.0
 
     @classmethod
     def admit(
@@ -163,6 +170,7 @@ class ElasticRayAttempt(RayAttempt):
         self.deadline = None
         self.started = time.monotonic()
         self._failures = []
+        self._pings = None
         self._shared = SharedDecisions()
         self._awaits = deque()
         tag = f"e{len(self._policy.rounds) - 1}"
@@ -206,6 +214,9 @@ class ElasticRayAttempt(RayAttempt):
         if policy.growing and self.phase == "running" and all(m.finished for m in self.replicas):
             self._next_round(policy.max_replicas, "grow")
             return []
+        failing = self.phase == "failing" and self.deadline is not None and now >= self.deadline
+        if failing and not self._settle_losses(now):
+            return []
         lost = sum(1 for failure in self._failures if failure.died)
         events: list[Event] = []
         for event in super().tick(now):
@@ -215,6 +226,41 @@ class ElasticRayAttempt(RayAttempt):
             else:
                 events.append(event)
         return events
+
+    def _settle_losses(self, now: float) -> bool:
+        """Whether the replicas that neither ended nor died are known to be alive or lost.
+
+        A node that left the cluster is known dead to Ray only after its health checks fail
+        (seconds), while its peers' collectives fail at once: without this, the round would
+        end with exceptions only, and no replica counted as lost. Each such replica's actor is
+        pinged: one that answers is alive (blocked in a collective); one whose call fails, or
+        that does not answer within ``LOST_AFTER`` seconds, is lost with its node.
+        """
+        import ray
+
+        if self._pings is None:
+            unsure = [m for m in self.replicas if not m.finished]
+            self._pings = [(m.actor.__ray_ready__.remote(), m) for m in unsure]
+            self._pings_deadline = now + LOST_AFTER
+        waiting = []
+        for ref, member in self._pings:
+            if member.finished:
+                continue
+            ready, _ = ray.wait([ref], timeout=0)
+            if not ready:
+                waiting.append((ref, member))
+                continue
+            try:
+                ray.get(ref)
+            except Exception as error:  # noqa: BLE001 - any failed call: the actor is lost
+                self.on_death(member, error)
+        self._pings = waiting
+        if waiting and now < self._pings_deadline:
+            self.deadline = now + 0.2  # look again soon
+            return False
+        for _, member in waiting:
+            self.on_death(member, TimeoutError(f"no answer within {LOST_AFTER:g} s"))
+        return True
 
     def kill(self) -> None:
         super().kill()
