@@ -172,3 +172,22 @@ def test_a_lost_node_shrinks_the_gang_which_grows_back_when_a_node_joins(
     assert trial.metrics["world_size"] == 4.0
     # Leave the cluster as Ray sees it settled: the removed node known to be gone.
     wait_until(lambda: sum(node["Alive"] for node in ray.nodes()) == 3, timeout=180)
+
+
+def test_the_gang_starts_with_min_when_only_min_can_be_placed(
+    cluster: Cluster, markers: Path
+) -> None:
+    # 2 CPUs per replica: the two nodes hold 2 replicas, not 4. A fixed gang of 4 would wait
+    # for ever; the elastic one starts with 2 and ends with 2.
+    result = hs.tune(
+        {"kill_rank": hs.choice([-1]), "kill_epoch": -1, "epochs": 2},
+        replica_objectives.elastic_train,
+        metric="loss",
+        n_trials=1,
+        max_retries=0,
+        replicas=hs.Replicas(n=(2, 4), cpus_per_replica=2),
+        launcher=_launcher(markers),
+    )
+    assert result.counts() == {"completed": 1}, result.trials[0].error
+    assert _worlds(markers) == {0: {2}, 1: {2}}
+    assert result.trials[0].metrics["world_size"] == 2.0
