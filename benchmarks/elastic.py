@@ -11,9 +11,14 @@ Both restart every process from the epoch-1 checkpoint (torchrun restarts its wo
 membership change too); what differs is the retry path and the world size. The elastic run then
 grows back to 4 (the time of that round is reported too).
 
-    python benchmarks/elastic.py [--repeats 3]
+With ``--launcher ray`` the same runs go through ``RayLauncher`` on a ``ray.cluster_utils.Cluster``
+on this machine (a head node that runs no trials, two worker nodes of 2 CPUs: 4 replicas fill
+it), each replica an actor; a new round is new actors in new or held placement-group bundles.
 
-Prints the medians and writes benchmarks/results/elastic.json.
+    python benchmarks/elastic.py [--repeats 3] [--launcher local|ray]
+
+Prints the medians and writes them to benchmarks/results/elastic.json (the Ray runs under
+``"ray"``, the local runs at the top level; a run of one launcher keeps the other's).
 """
 
 from __future__ import annotations
@@ -67,8 +72,13 @@ def train(config: dict[str, Any]) -> float:
     return 1.0
 
 
-def _run(kind: str, repeat: int) -> dict[str, float]:
+def _run(kind: str, repeat: int, launcher: str = "local") -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
+        options: dict[str, Any] = {}
+        if launcher == "ray":
+            from hypersweep.launchers import RayLauncher
+
+            options["launcher"] = RayLauncher()
         os.environ["HYPERSWEEP_RUNS_DIR"] = str(Path(folder) / "runs")
         replicas = hs.Replicas(n=(2, 4)) if kind == "elastic" else hs.Replicas(n=4)
         result = hs.tune(
@@ -78,7 +88,8 @@ def _run(kind: str, repeat: int) -> dict[str, float]:
             n_trials=1,
             max_retries=1,
             replicas=replicas,
-            name=f"elastic-bench-{kind}-{repeat}",
+            name=f"elastic-bench-{launcher}-{kind}-{repeat}",
+            **options,
         )
         assert result.counts() == {"completed": 1}, result.counts()
         killed = float((Path(folder) / "killed").read_text())
@@ -98,14 +109,7 @@ def _run(kind: str, repeat: int) -> dict[str, float]:
         }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    runs: dict[str, list[dict[str, float]]] = {"elastic": [], "full_restart": []}
-    for repeat in range(args.repeats):
-        for kind in runs:
-            runs[kind].append(_run(kind, repeat))
+def _summary(runs: dict[str, list[dict[str, float]]], repeats: int) -> dict[str, Any]:
     summary = {
         kind: {
             "median_loss_to_resumed_s": statistics.median(r["loss_to_resumed_s"] for r in rs),
@@ -117,16 +121,54 @@ def main() -> None:
     regrown = [r["loss_to_regrown_s"] for r in runs["elastic"] if "loss_to_regrown_s" in r]
     if regrown:
         summary["elastic"]["median_loss_to_regrown_s"] = statistics.median(regrown)
-    out = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "repeats": args.repeats,
-        "summary": summary,
-        "runs": runs,
-    }
+    return {"repeats": repeats, "summary": summary, "runs": runs}
+
+
+def _ray_cluster() -> Any:
+    """The tests' Ray cluster: a head node without CPUs for trials, two nodes of 2 CPUs."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "object_store_memory": 100 * 2**20},
+    )
+    for _ in range(2):
+        cluster.add_node(num_cpus=2, object_store_memory=100 * 2**20)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    return cluster
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--launcher", choices=("local", "ray"), default="local")
+    args = parser.parse_args()
+    runs: dict[str, list[dict[str, float]]] = {"elastic": [], "full_restart": []}
+    cluster = _ray_cluster() if args.launcher == "ray" else None
+    try:
+        for repeat in range(args.repeats):
+            for kind in runs:
+                runs[kind].append(_run(kind, repeat, args.launcher))
+    finally:
+        if cluster is not None:
+            import ray
+
+            ray.shutdown()
+            cluster.shutdown()
+    path = RESULTS / "elastic.json"
+    out: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    out["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    measured = _summary(runs, args.repeats)
+    if args.launcher == "ray":
+        out["ray"] = measured
+    else:
+        out.update(measured)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "elastic.json").write_text(json.dumps(out, indent=2) + "\n")
-    for kind, row in summary.items():
-        print(kind, json.dumps(row))
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    for kind, row in measured["summary"].items():
+        print(args.launcher, kind, json.dumps(row))
 
 
 if __name__ == "__main__":

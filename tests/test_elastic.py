@@ -95,22 +95,6 @@ def test_elastic_ranges_are_checked_before_anything_starts() -> None:
     assert type(job).from_dict(job.to_dict()) == job
 
 
-def test_elastic_ranges_are_refused_by_the_ray_launcher_before_it_starts() -> None:
-    from hypersweep.launchers import RayLauncher
-
-    with pytest.raises(
-        hs.ConfigError, match=r"replicas\.n: an elastic range .* not on RayLauncher"
-    ):
-        hs.tune(
-            {"kill_rank": hs.choice([0]), "kill_epoch": 0, "epochs": 1},
-            replica_objectives.elastic_train,
-            metric="loss",
-            n_trials=1,
-            replicas=hs.Replicas(n=(2, 4)),
-            launcher=RayLauncher(),
-        )
-
-
 def test_an_elastic_range_makes_the_kubernetes_trial_an_elastic_trainjob() -> None:
     """``Replicas(n=(2, 4))`` on Kubernetes: the trial's TrainJob has Kubeflow's elasticPolicy
     (min 2, max 4) and its replicas run the entry point under torchrun, whose rendezvous

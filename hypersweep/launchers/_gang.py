@@ -34,14 +34,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hypersweep.launchers._decisions import SharedDecisions
+from hypersweep.launchers._failures import ReplicaFailure, failure_event
 from hypersweep.launchers._process import ReplicaRun, Worker, describe_exit
 from hypersweep.launchers._resources import HeldPort, PortAllocator
 from hypersweep.launchers._warm_pool import WarmPool, sys_path_of
 from hypersweep.orchestrator._events import (
     Checkpointed,
     Completed,
-    Crashed,
-    Errored,
     Event,
     Reported,
     Stopped,
@@ -71,14 +70,6 @@ class _Replica:
     reset_asked: bool = False  # a warm worker was asked to reset (leave its process group)
 
 
-@dataclass(frozen=True)
-class _Failure:
-    died: bool
-    killed_by_signal: bool
-    message: str  # "replica worker-0 (rank 1 of 2) raised ValueError: ..."
-    details: str = ""  # its traceback, for an exception
-
-
 @dataclass
 class Gang:
     """The processes of one attempt of one multi-replica trial, and what they have said.
@@ -100,7 +91,7 @@ class Gang:
     replicas: list[_Replica] = field(default_factory=list)
     held_ports: list[HeldPort] = field(default_factory=list)
     _shared: SharedDecisions = field(default_factory=SharedDecisions)
-    _failures: list[_Failure] = field(default_factory=list)
+    _failures: list[ReplicaFailure] = field(default_factory=list)
     _ports: PortAllocator | None = None
     # Warm workers (PyTorch): replicas are lent by the pool and given back when they end. A
     # failing gang then aborts its survivors (SIGUSR1) and gives them ``abort_window`` seconds
@@ -293,10 +284,10 @@ class Gang:
     def _fail(
         self, member: _Replica, what: str, details: str, *, died: bool, by_signal: bool
     ) -> None:
-        replica = member.id
-        who = f"replica {replica.label} (rank {replica.rank} of {self.job.world_size})"
-        separator = ": " if died else " "
-        self._failures.append(_Failure(died, by_signal, f"{who}{separator}{what}", details))
+        failure = ReplicaFailure.of(
+            member.id, self.job.world_size, what, details, died=died, by_signal=by_signal
+        )
+        self._failures.append(failure)
         if self.phase == "running" or died:
             # A death is the root cause whatever follows: end the gang now. An exception may
             # be the echo of a peer's death that is not seen yet: wait a moment for one.
@@ -388,13 +379,7 @@ class Gang:
             events.append(self._failure_event())
 
     def _failure_event(self) -> Event:
-        deaths = [failure for failure in self._failures if failure.died]
-        root = deaths[0] if deaths else self._failures[0]
-        # The stored error starts with the replica, then its traceback if it raised.
-        described = f"{root.message}\n{root.details.rstrip()}" if root.details else root.message
-        if not self.job.restart_policy.restarts(killed_by_signal=root.killed_by_signal):
-            return Errored(self.trial_number, root.message, described)
-        return Crashed(self.trial_number, described)
+        return failure_event(self.trial_number, self.job, self._failures)
 
     def kill(self) -> None:
         """SIGKILL every replica (and its children), reap them, and release the ports.

@@ -13,7 +13,10 @@ a ReadWriteMany volume); on one machine any folder will do.
 
 Failures are the local launcher's: an actor that dies (killed, out of memory, its node removed
 from the cluster) is reported as a crash, and the orchestrator retries the whole gang from the
-trial's latest checkpoint, up to ``max_retries`` times.
+trial's latest checkpoint, up to ``max_retries`` times. An elastic gang,
+``Replicas(n=(min, max))``, starts once ``min`` replicas are placed and goes on with the
+survivors of a loss while they are at least ``min``, growing back when the cluster has room
+again (``_ray_elastic``).
 
 Ray stays optional: nothing here imports it before :meth:`RayLauncher.start`.
 """
@@ -33,8 +36,8 @@ from typing import Any
 
 from hypersweep._errors import ConfigError
 from hypersweep.launchers._base import Launcher, SweepContext
-from hypersweep.launchers._elastic import refuse_elastic
 from hypersweep.launchers._ray_actor import TrialActor
+from hypersweep.launchers._ray_elastic import ElasticRayAttempt
 from hypersweep.launchers._ray_gang import (
     RayAttempt,
     RayReplica,
@@ -238,7 +241,6 @@ class RayLauncher(Launcher):
             raise ConfigError(
                 "launcher: RayLauncher needs Ray; pip install 'hypersweep[ray]'"
             ) from None
-        refuse_elastic(context.job, "RayLauncher")
         self._context = context
         self._job = context.job
         job_env = self._check_runtime_env(owns_connection=not ray.is_initialized())
@@ -404,6 +406,8 @@ class RayLauncher(Launcher):
 
         self._next_cluster_check = now + min(2.0, self.pending_warning)
         bundles = self._bundles()
+        if self._job is not None and self._job.min_replicas is not None:
+            bundles = bundles[: self._job.min_replicas]  # an elastic trial starts with min
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         self._hosts = {str(node.get("NodeManagerAddress")) for node in nodes}
         capacities = [dict(node.get("Resources") or {}) for node in nodes]
@@ -499,20 +503,55 @@ class RayLauncher(Launcher):
 
     def _new_attempt(self, assignment: TrialAssignment) -> RayAttempt:
         """A placement group for the attempt, and an actor in each of its bundles."""
+        job = self._job
+        if job is not None and job.min_replicas is not None:
+            return ElasticRayAttempt.admit(
+                assignment, job, self._place, self._spawn, self.replica_grace
+            )
+        ranks = range(1 if job is None else job.world_size)
+        group = self._place(assignment, ranks)
+        replicas = self._spawn(assignment, job, [(group, index) for index in ranks], "")
+        if job is None:
+            # A warm slot: the actor keeps its placement group across trials.
+            replicas[0].placement_group, group = group, None
+        attempt = RayAttempt(
+            assignment, job, replicas, placement_group=group, grace=self.replica_grace
+        )
+        attempt.prepare()
+        return attempt
+
+    def _place(self, assignment: TrialAssignment, ranks: range) -> Any:
+        """A placement group with the bundles of these ranks (Ray places it when it can)."""
         from ray.util.placement_group import placement_group
+
+        sweep = self._context.sweep_name if self._context else assignment.sweep_name
+        bundles = self._bundles()[ranks.start : ranks.stop]
+        self._slot_counter += 1
+        name = dns_label(f"hypersweep-{sweep}-t{assignment.trial_number}-a{assignment.attempt}")
+        return placement_group(
+            bundles, strategy=self.placement_strategy, name=f"{name}-{self._slot_counter}"
+        )
+
+    def _spawn(
+        self,
+        assignment: TrialAssignment,
+        job: TrainJob | None,
+        slots: list[tuple[Any, int]],
+        tag: str,
+    ) -> list[RayReplica]:
+        """An actor for each of the first ``len(slots)`` ranks, pinned to its slot's bundle.
+
+        ``tag`` tells apart the actors of an elastic attempt's later rounds.
+        """
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         sweep = self._context.sweep_name if self._context else assignment.sweep_name
         number = assignment.trial_number
         bundles = self._bundles()
-        self._slot_counter += 1
-        name = dns_label(f"hypersweep-{sweep}-t{number}-a{assignment.attempt}")
-        group = placement_group(
-            bundles, strategy=self.placement_strategy, name=f"{name}-{self._slot_counter}"
-        )
-        ids = [ReplicaId(0, "trial", 0)] if self._job is None else self._job.replica_ids()
+        ids = [ReplicaId(0, "trial", 0)] if job is None else job.replica_ids()
         replicas = []
-        for replica_id, bundle in zip(ids, bundles, strict=True):
+        for replica_id, (group, index) in zip(ids, slots, strict=False):
+            bundle = bundles[replica_id.rank]
             custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
             options = dict(
                 self._actor_options,
@@ -521,12 +560,13 @@ class RayLauncher(Launcher):
                 resources=custom or None,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     group,
-                    placement_group_bundle_index=replica_id.rank,
+                    placement_group_bundle_index=index,
                     placement_group_capture_child_tasks=True,
                 ),
             )
             # Named after its trial, so that `ray list actors` and the dashboard say which.
-            label = _actor_name(sweep, number, assignment.attempt, replica_id, self._job)
+            label = _actor_name(sweep, number, assignment.attempt, replica_id, job)
+            label += f"-{tag}" if tag else ""
             try:
                 actor = self._actor_class.options(name=label, **options).remote(
                     self._sys_path, label
@@ -537,14 +577,7 @@ class RayLauncher(Launcher):
                     self._sys_path, label
                 )
             replicas.append(RayReplica(replica_id, actor))
-        if self._job is None:
-            # A warm slot: the actor keeps its placement group across trials.
-            replicas[0].placement_group, group = group, None
-        attempt = RayAttempt(
-            assignment, self._job, replicas, placement_group=group, grace=self.replica_grace
-        )
-        attempt.prepare()
-        return attempt
+        return replicas
 
     def _warn_about_checkpoints(self, assignment: TrialAssignment) -> None:
         if self._warned_shared_dir or len(self._hosts) < 2 or is_url(assignment.checkpoint_dir):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hypersweep.launchers._decisions import SharedDecisions
+from hypersweep.launchers._failures import ReplicaFailure, failure_event
 from hypersweep.launchers._ray_actor import PORT_LISTEN, PORT_RESERVE
 from hypersweep.orchestrator._events import (
     Checkpointed,
@@ -89,14 +90,6 @@ class RayReplica:
         self.pending_kind = "messages"
 
 
-@dataclass(frozen=True)
-class _Failure:
-    died: bool
-    killed_by_signal: bool
-    message: str
-    details: str = ""
-
-
 @dataclass
 class RayAttempt:
     """One attempt of one trial: its replicas (rank order), placement group and phase.
@@ -119,7 +112,7 @@ class RayAttempt:
     reusable: bool = False
     started: float = field(default_factory=time.monotonic)
     _shared: SharedDecisions = field(default_factory=SharedDecisions)
-    _failures: list[_Failure] = field(default_factory=list)
+    _failures: list[ReplicaFailure] = field(default_factory=list)
     # Whether each of rank 0's reports passed on (and not yet answered) awaits its answer:
     # the orchestrator answers every report in order; only those that wait get the answer.
     _awaits: deque[bool] = field(default_factory=deque)
@@ -301,10 +294,10 @@ class RayAttempt:
     def _fail(
         self, member: RayReplica, what: str, details: str, *, died: bool, by_signal: bool
     ) -> None:
-        replica = member.id
-        who = f"replica {replica.label} (rank {replica.rank} of {self.world_size})"
-        separator = ": " if died else " "
-        self._failures.append(_Failure(died, by_signal, f"{who}{separator}{what}", details))
+        failure = ReplicaFailure.of(
+            member.id, self.world_size, what, details, died=died, by_signal=by_signal
+        )
+        self._failures.append(failure)
         if self.phase in ("starting", "running"):
             self._enter("failing", self.failure_window)
 
@@ -369,13 +362,8 @@ class RayAttempt:
         return [self._failure_event()] if failing else []
 
     def _failure_event(self) -> Event:
-        deaths = [failure for failure in self._failures if failure.died]
-        root = deaths[0] if deaths else self._failures[0]
-        described = f"{root.message}\n{root.details.rstrip()}" if root.details else root.message
         assert self.job is not None
-        if not self.job.restart_policy.restarts(killed_by_signal=root.killed_by_signal):
-            return Errored(self.trial_number, root.message, described)
-        return Crashed(self.trial_number, described)
+        return failure_event(self.trial_number, self.job, self._failures)
 
     def next_deadline(self) -> float | None:
         return self.deadline if self.phase in ("finishing", "failing") else None
