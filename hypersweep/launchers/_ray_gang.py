@@ -166,6 +166,12 @@ class RayAttempt:
         """
         environments = self._environments()
         shipped = objective if payload is None else payload
+        # The order trials are dispatched in (retries before new trials) is the driver's.
+        logger.debug(
+            "Dispatching trial %d attempt %d to its actor(s)",
+            self.trial_number,
+            self.assignment.attempt,
+        )
         for member in self.replicas:
             rank = member.id.rank
             send = None if member.has_objective == objective.key else shipped
