@@ -27,17 +27,22 @@ import optuna
 import ray_objectives
 import replica_objectives
 from conftest import PYTHON, python_env, read_markers
+from optuna.storages.journal import JournalStorage
+from optuna.storages.journal._storage import JournalOperation
 from ray.cluster_utils import Cluster
 
 import hypersweep as hs
 from hypersweep._errors import ConfigError
 from hypersweep.launchers import RayLauncher
 from hypersweep.launchers._ray import _placeable
+from hypersweep.orchestrator._journal import FlockJournalFileBackend
 from hypersweep.orchestrator._objective import resolve_objective
 from hypersweep.orchestrator._ray_parameters import put_in_object_store
 from hypersweep.testing import wait_until
 
 pytestmark = pytest.mark.slow
+
+INTERMEDIATE_OP = JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE
 
 NODE = {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 100 * 2**20}
 
@@ -765,6 +770,54 @@ def test_no_report_is_lost_when_a_trial_ends_pauses_or_its_actor_is_killed(
     assert promoted  # paused at a rung, then resumed from its checkpoint
     for trial in paused.trials:
         assert sorted(trial.intermediate_values) == list(range(max(trial.intermediate_values) + 1))
+
+
+class _CountingJournal(FlockJournalFileBackend):
+    """The default journal file, recording how many intermediate values each append carries."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.appends: list[int] = []
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        values = [log for log in logs if log["op_code"] == INTERMEDIATE_OP]
+        if values:
+            self.appends.append(len(values))
+        super().append_logs(logs)
+
+
+def test_values_of_batched_reports_are_stored_in_one_write_per_batch(
+    cluster: Cluster, markers: Path, run_dir: Path
+) -> None:
+    """The driver stores the values of a batch of reports together: one journal append (one
+    transaction in an RDB) for many reports, where each report was a write of its own; every
+    value is stored, in order, in both storages."""
+    space = {"x": hs.grid([1.0, 2.0]), "steps": 60, "mark": 0}
+    backend = _CountingJournal(str(run_dir / "sweep.journal"))
+    result = hs.tune(
+        space,
+        ray_objectives.steady,
+        metric="loss",
+        strategy="grid",
+        storage=JournalStorage(backend),
+        launcher=_launcher(markers),
+    )
+    assert result.counts() == {"completed": 2}
+    for trial in result.trials:
+        assert trial.intermediate_values == {step: trial.config["x"] for step in range(60)}
+    assert sum(backend.appends) == 120
+    assert len(backend.appends) <= 12, backend.appends  # one per report would be 120
+    on_sqlite = hs.tune(
+        space,
+        ray_objectives.steady,
+        metric="loss",
+        strategy="grid",
+        storage=f"sqlite:///{run_dir / 'sweep.db'}",
+        launcher=_launcher(markers),
+    )
+    assert on_sqlite.counts() == {"completed": 2}
+    for trial in on_sqlite.trials:
+        assert trial.intermediate_values == {step: trial.config["x"] for step in range(60)}
 
 
 UNSHARED_DRIVER = """
