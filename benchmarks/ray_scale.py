@@ -216,6 +216,28 @@ def overhead_round(args: argparse.Namespace, runner: str) -> dict[str, Any]:
     }
 
 
+def _start_cluster(nodes: int, per_node: int, tries: int = 3) -> Any:
+    """A head without CPUs and ``nodes`` nodes; retried, as a node can time out starting on a
+    loaded machine (Ray waits 30 s for it)."""
+    from ray.cluster_utils import Cluster
+
+    for attempt in range(tries):
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 0, "include_dashboard": False},
+        )
+        try:
+            for _ in range(nodes):
+                cluster.add_node(num_cpus=per_node, object_store_memory=200 * 2**20)
+            cluster.wait_for_nodes()
+            return cluster
+        except Exception:
+            cluster.shutdown()
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
@@ -237,17 +259,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import ray
-    from ray.cluster_utils import Cluster
 
     loadavg_before = os.getloadavg()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False},
-    )
     per_node = -(-args.trials // args.nodes)
-    for _ in range(args.nodes):
-        cluster.add_node(num_cpus=per_node, object_store_memory=200 * 2**20)
-    cluster.wait_for_nodes()
+    cluster = _start_cluster(args.nodes, per_node)
     # The workers import this module by name, and the same hypersweep as this driver.
     paths = [str(Path(__file__).parent), str(Path(hs.__file__).resolve().parent.parent)]
     ray.init(
