@@ -20,7 +20,13 @@ and Ray Tune's default (a fresh actor per trial), on the same cluster.
     python benchmarks/ray_scale.py [--trials 200] [--reports 100] [--step-ms 40]
                                    [--interval 25] [--repeats 2] [--overhead-trials 100]
 
-Writes benchmarks/results/ray_scale.json (arguments, every round, load averages).
+Writes benchmarks/results/ray_scale.json (arguments, every round, load averages, and the
+driver's CPU time per report after the barrier). ``--skip-throughput`` or ``--skip-overhead``
+run one half, ``--time-limit`` starts no round after that many seconds, and
+``--round-timeout`` ends a throughput round that cannot keep up.
+
+Each simulated trial is a Ray actor of its own (a worker process of about 100 MB or more), so
+the number of concurrent trials is bounded by the machine's memory, not by the driver.
 """
 
 from __future__ import annotations
@@ -249,6 +255,7 @@ def main() -> None:
     parser.add_argument("--overhead-trials", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument(
         "--round-timeout", type=float, default=300.0, help="seconds a throughput round may run"
     )
@@ -319,7 +326,7 @@ def main() -> None:
         return summary
 
     try:
-        for repeat in range(args.repeats):
+        for repeat in range(0 if args.skip_throughput else args.repeats):
             for batched in (True, False):
                 if time.monotonic() - began > args.time_limit:
                     break
