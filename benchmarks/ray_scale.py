@@ -25,7 +25,7 @@ driver's CPU time per report after the barrier). ``--skip-throughput`` or ``--sk
 run one half, ``--time-limit`` starts no round after that many seconds, and
 ``--round-timeout`` ends a throughput round that cannot keep up.
 
-Each simulated trial is a Ray actor of its own (a worker process of about 100 MB or more), so
+Each simulated trial is a Ray actor of its own (a Python worker process with Ray loaded), so
 the number of concurrent trials is bounded by the machine's memory, not by the driver.
 """
 
