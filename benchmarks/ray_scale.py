@@ -228,17 +228,19 @@ def _start_cluster(nodes: int, per_node: int, tries: int = 3) -> Any:
     from ray.cluster_utils import Cluster
 
     for attempt in range(tries):
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={"num_cpus": 0, "include_dashboard": False},
-        )
+        cluster = None
         try:
+            cluster = Cluster(
+                initialize_head=True,
+                head_node_args={"num_cpus": 0, "include_dashboard": False},
+            )
             for _ in range(nodes):
                 cluster.add_node(num_cpus=per_node, object_store_memory=200 * 2**20)
             cluster.wait_for_nodes()
             return cluster
         except Exception:
-            cluster.shutdown()
+            if cluster is not None:
+                cluster.shutdown()
             if attempt == tries - 1:
                 raise
     raise AssertionError("unreachable")
