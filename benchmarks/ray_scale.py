@@ -222,6 +222,14 @@ def overhead_round(args: argparse.Namespace, runner: str) -> dict[str, Any]:
     }
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def _start_cluster(nodes: int, per_node: int, tries: int = 3) -> Any:
     """A head without CPUs and ``nodes`` nodes; retried, as a node can time out starting on a
     loaded machine (Ray waits 30 s for it)."""
@@ -230,12 +238,22 @@ def _start_cluster(nodes: int, per_node: int, tries: int = 3) -> Any:
     for attempt in range(tries):
         cluster = None
         try:
+            # Fixed metrics-agent ports: a raylet then does not wait for its agent to write
+            # one (under load that wait timed out and the raylet died).
             cluster = Cluster(
                 initialize_head=True,
-                head_node_args={"num_cpus": 0, "include_dashboard": False},
+                head_node_args={
+                    "num_cpus": 0,
+                    "include_dashboard": False,
+                    "metrics_agent_port": _free_port(),
+                },
             )
             for _ in range(nodes):
-                cluster.add_node(num_cpus=per_node, object_store_memory=200 * 2**20)
+                cluster.add_node(
+                    num_cpus=per_node,
+                    object_store_memory=200 * 2**20,
+                    metrics_agent_port=_free_port(),
+                )
             cluster.wait_for_nodes()
             return cluster
         except Exception:
