@@ -20,7 +20,13 @@ and Ray Tune's default (a fresh actor per trial), on the same cluster.
     python benchmarks/ray_scale.py [--trials 200] [--reports 100] [--step-ms 40]
                                    [--interval 25] [--repeats 2] [--overhead-trials 100]
 
-Writes benchmarks/results/ray_scale.json (arguments, every round, load averages).
+Writes benchmarks/results/ray_scale.json (arguments, every round, load averages, and the
+driver's CPU time per report after the barrier). ``--skip-throughput`` or ``--skip-overhead``
+run one half, ``--time-limit`` starts no round after that many seconds, and
+``--round-timeout`` ends a throughput round that cannot keep up.
+
+Each simulated trial is a Ray actor of its own (a Python worker process with Ray loaded), so
+the number of concurrent trials is bounded by the machine's memory, not by the driver.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ class _Counter(hs.Callback):
         self.opened: float | None = None
         self.count = 0
         self.last = 0.0
+        self.cpu_opened = self.cpu_last = 0.0  # the driver process's CPU time then
 
     def on_trial_result(self, trial: Any, step: int, metrics: Any) -> None:
         if step == 0:
@@ -79,9 +86,11 @@ class _Counter(hs.Callback):
             if len(self.first) == self.trials and self.opened is None:
                 (self.folder / "go").touch()
                 self.opened = time.perf_counter()
+                self.cpu_opened = time.process_time()
             return
         self.count += 1
         self.last = time.perf_counter()
+        self.cpu_last = time.process_time()
 
 
 def throughput_round(args: argparse.Namespace, *, batched: bool) -> dict[str, Any]:
@@ -89,6 +98,8 @@ def throughput_round(args: argparse.Namespace, *, batched: bool) -> dict[str, An
 
     from hypersweep.launchers import RayLauncher
 
+    loadavg_before = os.getloadavg()
+    cpu_began = time.process_time()
     with tempfile.TemporaryDirectory() as folder:
         counter = _Counter(Path(folder), args.trials)
         # Both never prune: what differs is where a decision can be due.
@@ -111,18 +122,21 @@ def throughput_round(args: argparse.Namespace, *, batched: bool) -> dict[str, An
             storage=f"{folder}/sweep.journal",
             callbacks=[counter],
             launcher=RayLauncher(max_pending_trials=args.trials),
+            timeout=args.round_timeout,  # a round that cannot keep up ends, and says so
         )
         wall = time.perf_counter() - began
-        assert result.counts() == {"completed": args.trials}, result.counts()
+        cpu = time.process_time() - cpu_began
+        counts = result.counts()
         reported = sum(len(t.intermediate_values) for t in result.trials)
-        assert reported == args.trials * args.reports, reported  # nothing lost
+        if counts == {"completed": args.trials}:
+            assert reported == args.trials * args.reports, reported  # nothing lost
         latencies = []
         for path in Path(folder).glob("latency-*.json"):
             latencies.extend(json.loads(path.read_text()))
-    assert counter.opened is not None
-    elapsed = counter.last - counter.opened
+    elapsed = (counter.last - counter.opened) if counter.opened is not None else float("nan")
     offered = args.trials * 1000 / args.step_ms
-    latencies.sort()
+    measured = len(latencies)
+    latencies = sorted(latencies) or [float("nan")]
     return {
         "mode": "batched" if batched else "every report waits",
         "trials": args.trials,
@@ -132,12 +146,23 @@ def throughput_round(args: argparse.Namespace, *, batched: bool) -> dict[str, An
         "offered_reports_per_s": round(offered, 1),
         "ideal_seconds": round((args.reports - 1) * args.step_ms / 1000, 3),
         "decision_latency_ms": {
-            "count": len(latencies),
+            "count": measured,
             "p50": round(1000 * statistics.median(latencies), 2),
             "p95": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 2),
             "max": round(1000 * latencies[-1], 2),
         },
         "sweep_wall_s": round(wall, 2),
+        "counts": counts,
+        "values_stored": reported,
+        # The driver process's CPU (all its threads, Ray's included) over the whole sweep:
+        # what one report costs the driver, whatever the cluster offers.
+        "driver_cpu_s": round(cpu, 2),
+        # ... and over the reports after the barrier: the driver's cost per report once every
+        # trial runs, so 1000 / this is what one core of driver sustains.
+        "driver_cpu_ms_per_report": round(
+            1000 * (counter.cpu_last - counter.cpu_opened) / max(1, counter.count), 4
+        ),
+        "loadavg_before": loadavg_before,
         "loadavg_after": os.getloadavg(),
     }
 
@@ -197,6 +222,48 @@ def overhead_round(args: argparse.Namespace, runner: str) -> dict[str, Any]:
     }
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _start_cluster(nodes: int, per_node: int, tries: int = 3) -> Any:
+    """A head without CPUs and ``nodes`` nodes; retried, as a node can time out starting on a
+    loaded machine (Ray waits 30 s for it)."""
+    from ray.cluster_utils import Cluster
+
+    for attempt in range(tries):
+        cluster = None
+        try:
+            # Fixed metrics-agent ports: a raylet then does not wait for its agent to write
+            # one (under load that wait timed out and the raylet died).
+            cluster = Cluster(
+                initialize_head=True,
+                head_node_args={
+                    "num_cpus": 0,
+                    "include_dashboard": False,
+                    "metrics_agent_port": _free_port(),
+                },
+            )
+            for _ in range(nodes):
+                cluster.add_node(
+                    num_cpus=per_node,
+                    object_store_memory=200 * 2**20,
+                    metrics_agent_port=_free_port(),
+                )
+            cluster.wait_for_nodes()
+            return cluster
+        except Exception:
+            if cluster is not None:
+                cluster.shutdown()
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
@@ -208,27 +275,29 @@ def main() -> None:
     parser.add_argument("--overhead-trials", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument(
+        "--round-timeout", type=float, default=300.0, help="seconds a throughput round may run"
+    )
+    parser.add_argument(
+        "--time-limit", type=float, default=1800.0, help="no new round starts after this"
+    )
     parser.add_argument("--output", default=str(RESULTS / "ray_scale.json"))
     args = parser.parse_args()
 
     import ray
-    from ray.cluster_utils import Cluster
 
     loadavg_before = os.getloadavg()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False},
-    )
     per_node = -(-args.trials // args.nodes)
-    for _ in range(args.nodes):
-        cluster.add_node(num_cpus=per_node, object_store_memory=200 * 2**20)
-    cluster.wait_for_nodes()
-    # The workers import this module by name: its folder goes on their path.
+    cluster = _start_cluster(args.nodes, per_node)
+    # The workers import this module by name, and the same hypersweep as this driver.
+    paths = [str(Path(__file__).parent), str(Path(hs.__file__).resolve().parent.parent)]
     ray.init(
         address=cluster.address,
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}},
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
     )
+    began = time.monotonic()
     rounds: list[dict[str, Any]] = []
     overhead: list[dict[str, Any]] = []
 
@@ -246,8 +315,14 @@ def main() -> None:
             "reports_per_s_every_report_waits": median(
                 rounds, "mode", "every report waits", lambda r: r["reports_per_s"]
             ),
+            "driver_cpu_ms_per_report_batched": median(
+                rounds, "mode", "batched", lambda r: r["driver_cpu_ms_per_report"]
+            ),
             "decision_latency_p50_ms_batched": median(
                 rounds, "mode", "batched", lambda r: r["decision_latency_ms"]["p50"]
+            ),
+            "decision_latency_p95_ms_batched": median(
+                rounds, "mode", "batched", lambda r: r["decision_latency_ms"]["p95"]
             ),
         }
         for runner in sorted({r["runner"] for r in overhead}):
@@ -271,8 +346,10 @@ def main() -> None:
         return summary
 
     try:
-        for repeat in range(args.repeats):
+        for repeat in range(0 if args.skip_throughput else args.repeats):
             for batched in (True, False):
+                if time.monotonic() - began > args.time_limit:
+                    break
                 row = {"repeat": repeat, **throughput_round(args, batched=batched)}
                 print(json.dumps(row), flush=True)
                 rounds.append(row)
@@ -284,6 +361,8 @@ def main() -> None:
                     "Ray Tune Tuner reuse_actors=True",
                     "Ray Tune Tuner default",
                 ):
+                    if time.monotonic() - began > args.time_limit:
+                        break
                     row = {"repeat": repeat, **overhead_round(args, runner)}
                     print(json.dumps(row), flush=True)
                     overhead.append(row)

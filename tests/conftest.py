@@ -129,16 +129,19 @@ def ray_test_cluster(worker_node: dict[str, Any], workers: int = 2) -> Iterator[
     import ray
     from ray.cluster_utils import Cluster
 
+    # Fixed metrics-agent ports: a raylet then does not wait for its agent to write one (on
+    # a loaded machine that wait timed out and the node died starting).
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
             "num_cpus": 0,
             "object_store_memory": 100 * 2**20,
             "include_dashboard": False,
+            "metrics_agent_port": free_port(),
         },
     )
     for _ in range(workers):
-        cluster.add_node(**worker_node)
+        cluster.add_node(**{"metrics_agent_port": free_port(), **worker_node})
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     try:

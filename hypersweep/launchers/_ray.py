@@ -624,26 +624,33 @@ class RayLauncher(Launcher):
             ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
             if ready:
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            values = _get_all(ready)
             for ref in ready:
                 owner, member = waiting[ref]
                 if member.pending is None or member.pending != ref:
                     continue  # superseded while handling an earlier reply (Ray Client hands
                     # back equal refs, not the same objects: compare, do not use "is")
-                self._on_reply(owner, member, ref, events)
+                self._on_reply(owner, member, ref, events, values)
         elif timeout > 0:
             time.sleep(timeout)
         self._settle(events)
         return events
 
     def _on_reply(
-        self, attempt: RayAttempt | None, member: RayReplica, ref: Any, events: list[Event]
+        self,
+        attempt: RayAttempt | None,
+        member: RayReplica,
+        ref: Any,
+        events: list[Event],
+        values: dict[Any, Any] | None = None,
     ) -> None:
         import ray
 
         kind = member.pending_kind
         member.pending = None
         try:
-            value = ray.get(ref)
+            # Fetched with the other replies of this poll, unless one of them failed.
+            value = values[ref] if values is not None else ray.get(ref)
         except Exception as error:  # noqa: BLE001 - any failed call means the actor is lost
             if attempt is None:
                 self._drop_idle(member, error)
@@ -776,6 +783,19 @@ class RayLauncher(Launcher):
 
             ray.shutdown()
             self._owns_ray = False
+
+
+def _get_all(refs: list[Any]) -> dict[Any, Any] | None:
+    """The values of ready replies, fetched in one call; None if one of them failed (each is
+    then fetched alone, to tell which actor was lost)."""
+    import ray
+
+    if len(refs) < 2:
+        return None
+    try:
+        return dict(zip(refs, ray.get(refs), strict=True))
+    except Exception:  # noqa: BLE001 - a lost actor's reply: see _on_reply
+        return None
 
 
 def _actor_name(

@@ -52,8 +52,13 @@ logger = logging.getLogger("hypersweep")
 POLL_SECONDS = 30.0
 """How long one ``messages`` call waits in the actor before it returns empty-handed."""
 
-LINGER_SECONDS = 0.1
-"""How long an actor holds reports that await no answer, to send them in one batch."""
+LINGER_SECONDS = 1.0
+"""How long an actor holds reports that await no answer, to send them in one batch.
+
+Each batch costs the driver a Ray call, whatever its size, so fewer, larger batches are what
+lets one driver keep up with hundreds of trials; a report that waits for a decision, a
+checkpoint or the trial's end sends the batch at once, so only the storage and callbacks see
+the reports between decisions up to this much later."""
 
 Phase = Literal["starting", "running", "finishing", "failing", "done"]
 
@@ -159,6 +164,12 @@ class RayAttempt:
         """
         environments = self._environments()
         shipped = objective if payload is None else payload
+        # The order trials are dispatched in (retries before new trials) is the driver's.
+        logger.debug(
+            "Dispatching trial %d attempt %d to its actor(s)",
+            self.trial_number,
+            self.assignment.attempt,
+        )
         for member in self.replicas:
             rank = member.id.rank
             send = None if member.has_objective == objective.key else shipped

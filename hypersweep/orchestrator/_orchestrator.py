@@ -42,6 +42,7 @@ from hypersweep.orchestrator._events import (
     TrialAssignment,
 )
 from hypersweep.orchestrator._failures import fail_fast_count, fail_fast_error, migration_hint
+from hypersweep.orchestrator._intermediate import IntermediateValues
 from hypersweep.orchestrator._objective import ObjectiveRef
 from hypersweep.orchestrator._result import SweepResult, TrialRecord
 from hypersweep.orchestrator._spec import SweepSettings
@@ -270,6 +271,8 @@ class Orchestrator:
                 study_name=self.name, storage=self.storage, sampler=sampler, pruner=pruner
             )
         self.store = SweepStore(self.storage, self.study._study_id)
+        # Reports' values, written in one storage write per pass of the loop (or sooner).
+        self.intermediate = IntermediateValues(self.study._storage)
         if created:
             # Slots first, spec last: a driver joining at the same time waits for the spec, so
             # it never mistakes a half-created budget for a smaller one.
@@ -381,12 +384,14 @@ class Orchestrator:
                 wait = min(0.5, max(0.0, self._next_heartbeat - time.monotonic()))
                 for event in self.launcher.poll(wait):
                     self._handle(event)
+                self.intermediate.flush()
                 self._notify()
         except KeyboardInterrupt:
             self.stop_reason = "interrupted"
             raise
         finally:
             restore_sigint()
+            self.intermediate.flush()
             self._release_running()
             self.launcher.shutdown()
             self.store.write_lease(self.driver_id, alive=False)
@@ -704,7 +709,9 @@ class Orchestrator:
             return  # a late message from a trial we already stopped
         if isinstance(event, Reported):
             self._on_report(running, event)
-        elif isinstance(event, Checkpointed):
+            return
+        self.intermediate.flush()  # the values reported before it are stored before it
+        if isinstance(event, Checkpointed):
             self.store.storage.set_trial_system_attr(
                 running.trial._trial_id, CHECKPOINT_ATTR, event.path
             )
@@ -736,9 +743,10 @@ class Orchestrator:
             running.decide_from = None
         if value is not None and event.step not in running.reported_steps:
             running.reported_steps.add(event.step)
-            running.trial.report(value, event.step)
+            self.intermediate.add(running.trial._trial_id, event.step, value)
             due = running.decide_from is not None and event.step >= running.decide_from
             if due and math.isfinite(value):
+                self.intermediate.flush()  # a scheduler compares with every trial's values
                 decision = self._decide(running, event.step)
                 running.decide_from = self.scheduler.next_decision(running.number, event.step)
         running.decision = decision.value
@@ -1019,6 +1027,7 @@ class Orchestrator:
 
     def _release_running(self) -> None:
         """Stop every trial this driver runs and queue it to resume later."""
+        self.intermediate.flush()
         for running in list(self.running.values()):
             self.launcher.stop(running.number)
             self._requeue(running, paused=False)
@@ -1028,6 +1037,8 @@ class Orchestrator:
     def result(self) -> SweepResult:
         """Every started trial of the sweep, from storage (all drivers' trials)."""
         import optuna
+
+        self.intermediate.flush()
 
         records = []
         queued = 0
