@@ -222,3 +222,30 @@ def test_tune_on_postgres(postgres_url: str) -> None:
     assert result.storage == "postgresql://***@" + postgres_url.split("@", 1)[1]
     assert secret not in repr(result)
     assert hs.load("pg-basic", postgres_url).best_value == result.best_value
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_grid_sweep_on_a_database_tries_every_config_once(
+    request: pytest.FixtureRequest, run_dir: Path, kind: str
+) -> None:
+    # The grid sampler writes a trial's parameters before anything reads the sweep's trials:
+    # the sweep's slots and the study must go through one storage, not two with their own caches.
+    url = (
+        f"sqlite:///{run_dir / 'grid.db'}"
+        if kind == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    result = hs.tune(
+        {"a": hs.choice([1, 2, 3]), "b": hs.choice(["good", "bad"])},
+        "objectives:categorical",
+        metric="loss",
+        n_trials=6,
+        storage=url,
+        name=f"grid-{kind}",
+        strategy="grid",
+        verbose=False,
+    )
+    assert result.counts() == {"completed": 6}
+    assert sorted((t.config["a"], t.config["b"]) for t in result.trials) == [
+        (a, b) for a in (1, 2, 3) for b in ("bad", "good")
+    ]

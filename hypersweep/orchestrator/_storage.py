@@ -82,6 +82,11 @@ def _open_rdb(url: str, attempts: int = 5) -> BaseStorage:
     already exists``). Creation runs under a lock held in the database itself (an advisory lock
     on PostgreSQL, ``GET_LOCK`` on MySQL) or on a lock file beside a SQLite file; a collision
     that still happens on another database is retried.
+
+    It comes wrapped as ``optuna.create_study`` would wrap it (Optuna's cache of finished
+    trials), so the sweep's slots and the study go through one storage: a raw ``RDBStorage``
+    beside the study's own wrapper left that cache unaware of slots the sweep created, and a
+    sampler that writes parameters before reading any trial (grid) failed the first trial.
     """
     import optuna
     import sqlalchemy.exc
@@ -89,7 +94,8 @@ def _open_rdb(url: str, attempts: int = 5) -> BaseStorage:
     for attempt in range(attempts):
         try:
             with _schema_lock(url):
-                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+                rdb = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+                return optuna.storages.get_storage(rdb)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             if attempt == attempts - 1:
                 raise
