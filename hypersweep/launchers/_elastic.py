@@ -27,6 +27,7 @@ the Ray launcher's elastic gangs (``_ray_elastic``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,23 @@ class ElasticPolicy:
                 self.latest_checkpoint = event.path
                 self.checkpointed_this_round = True
 
+    def relay(
+        self,
+        member: Any,
+        message: tuple[Any, ...],
+        events: list[Event],
+        handle: Callable[[Any, tuple[Any, ...], list[Event]], None],
+    ) -> None:
+        """Pass a replica's ``message`` to the gang's own ``handle`` and follow its events;
+        a replica that ends because the gang is growing has nothing to report."""
+        if self.growing and message[0] in ("stopped", "result", "error"):
+            member.finished = True  # ending for the next round
+            return
+        seen: list[Event] = []
+        handle(member, message, seen)
+        self.note(seen)
+        events.extend(seen)
+
     def grows(self, decision: str, world_size: int, *, pending: bool, room: bool) -> bool:
         """Whether rank 0's ``decision`` becomes a pause that regrows the gang.
 
@@ -164,13 +182,7 @@ class ElasticGang(Gang):
 
     def _on_message(self, member: _Replica, message: tuple[Any, ...], events: list[Event]) -> None:
         assert self.policy is not None
-        if self.policy.growing and message[0] in ("stopped", "result", "error"):
-            member.finished = True  # ending for the next round: nothing to report
-            return
-        seen: list[Event] = []
-        super()._on_message(member, message, seen)
-        self.policy.note(seen)
-        events.extend(seen)
+        self.policy.relay(member, message, events, super()._on_message)
 
     def respond(self, decision: str) -> None:
         """Rank 0's decision; a continue after a checkpoint of a small round grows the gang.

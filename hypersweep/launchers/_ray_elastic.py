@@ -182,13 +182,7 @@ class ElasticRayAttempt(RayAttempt):
     def _on_message(
         self, member: RayReplica, message: tuple[Any, ...], events: list[Event]
     ) -> None:
-        if self._policy.growing and message[0] in ("stopped", "result", "error"):
-            member.finished = True  # ending for the next round: nothing to report
-            return
-        seen: list[Event] = []
-        super()._on_message(member, message, seen)
-        self._policy.note(seen)
-        events.extend(seen)
+        self._policy.relay(member, message, events, super()._on_message)
 
     def respond(self, decision: str, decide_from: int | None = 0) -> None:
         """Rank 0's decision; a continue after a checkpoint of a small round, with the spare
