@@ -103,13 +103,7 @@ from hypersweep.kube._names import (
 )
 from hypersweep.kube._pools import NODES, GangAdmission, GangRequest, parse_pools, pod_requests
 from hypersweep.kube._recorder import EventRecorder
-from hypersweep.kube._tpu import (
-    SLICE_ANNOTATION,
-    current_slice,
-    node_down,
-    tpu_pod,
-    with_slice,
-)
+from hypersweep.kube._tpu import SLICE_ANNOTATION, current_slice, node_down, tpu_pod, with_slice
 from hypersweep.operators._batch import all_at_once, slow_start
 from hypersweep.orchestrator._job import ReplicaId
 from hypersweep.orchestrator._rendezvous import (
