@@ -15,6 +15,11 @@ host, and the slice works only when every host runs one process of the same prog
   gang only onto the usable nodes of *one* slice node pool at a time, and the pods carry that
   node pool as a node selector, so no trial spans two slices and no slice holds half a trial.
   A restarted gang (a lost node) is admitted again onto any slice that is whole.
+* **A host that stops is a slice that stops.** A host that is deleted, or whose node turns
+  NotReady (its kubelet stopped reporting, see :func:`node_down`), loses the whole gang at
+  once: the TrainJob controller restarts it (one counted restart) on another whole slice,
+  and force-deletes the pods left on the silent host (no kubelet will finish their
+  deletion, and the new start reuses their names).
 * **What multi-host TPU programs read.** Each pod gets ``TPU_WORKER_ID`` (its JAX process id)
   and ``TPU_WORKER_HOSTNAMES`` (every host's stable DNS name, in process order), the variables
   GKE's TPU webhook injects into JobSet pods, and JobSet's names: the hostname
@@ -192,6 +197,21 @@ def slices(nodes: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
         slice_name = (node["metadata"].get("labels") or {}).get(NODE_POOL_LABEL) or name
         out.setdefault(slice_name, []).append(name)
     return out
+
+
+def node_down(node: Mapping[str, Any]) -> bool:
+    """Whether a node cannot run its part of a slice: its ``Ready`` condition is not True.
+
+    The node lifecycle controller sets ``Ready`` to Unknown once the kubelet has not
+    heartbeated for the node monitor grace period (40-50 s), and a kubelet that is up but
+    unhealthy reports False. The TrainJob controller reads this from the node informer it
+    already runs, rather than waiting for the lifecycle controller's taint eviction of the
+    pods: that takes the pods' ``tolerationSeconds`` (300 s by default) and then leaves them
+    Terminating for as long as the kubelet is gone, holding the names the next start needs;
+    a slice missing one host is useless at once, so there is nothing to wait for.
+    """
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 # --- pods ----------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ from hypersweep.kube._names import (
 )
 from hypersweep.kube._pools import NODES, GangAdmission, GangRequest, parse_pools, pod_requests
 from hypersweep.kube._recorder import EventRecorder
-from hypersweep.kube._tpu import SLICE_ANNOTATION, current_slice, tpu_pod, with_slice
+from hypersweep.kube._tpu import SLICE_ANNOTATION, current_slice, node_down, tpu_pod, with_slice
 from hypersweep.operators._batch import all_at_once, slow_start
 from hypersweep.orchestrator._job import ReplicaId
 from hypersweep.orchestrator._rendezvous import (
@@ -455,6 +455,7 @@ def decide(
     networking: Networking = Networking(),
     *,
     nodes: Collection[str] | None = None,
+    unready: Collection[str] = (),
     admitted: bool = True,
 ) -> Plan:
     """Everything a reconcile of ``job`` should do, from what was observed. No I/O.
@@ -462,7 +463,10 @@ def decide(
     ``pods`` and ``services`` are those labelled with the job's name (whoever owns them).
     ``nodes`` are the names of the nodes that exist (None: not watched); a replica on a node
     that is gone is lost, and so is one whose pod vanished while the gang ran: either restarts
-    the gang, whatever the restart policy, since the trial did not fail. ``admitted`` is False
+    the gang, whatever the restart policy, since the trial did not fail. ``unready`` are the
+    nodes that are not Ready: on a TPU slice (the ``hypersweep.io/tpu-slice`` annotation) a
+    replica there is lost like one on a deleted node, since the slice cannot run without that
+    host; other jobs leave such pods to the node lifecycle controller. ``admitted`` is False
     while a restarted gang waits for gang admission: its pods are not created yet.
 
     The phases run in order, and the first that settles the job ends the reconcile: a finished
@@ -471,7 +475,7 @@ def decide(
     fails it after a grace period; the replicas' success ends it; a restarted gang waits for
     admission; otherwise the pods and the Service converge on the spec.
     """
-    seen = _observe(job, spec, pods, services, now, nodes)
+    seen = _observe(job, spec, pods, services, now, nodes, unready)
     name = seen.name
     if set_condition(
         seen.conditions,
@@ -588,6 +592,7 @@ def _observe(
     services: Sequence[JsonDict],
     now: dt.datetime,
     nodes: Collection[str] | None,
+    unready: Collection[str] = (),
 ) -> _Observed:
     """Sort the job's pods: the current start's, earlier starts', and replicas lost."""
     meta = job["metadata"]
@@ -602,13 +607,22 @@ def _observe(
     current: dict[str, JsonDict] = {}
     stale: list[JsonDict] = []
     lost: dict[str, str] = {}
+    on_slice = SLICE_ANNOTATION in (meta.get("annotations") or {})
     for pod in (pod for pod in pods if owned_by(pod, uid)):
         labels = pod["metadata"].get("labels") or {}
         node = (pod.get("spec") or {}).get("nodeName")
-        if nodes is not None and node and node not in nodes:
+        gone = nodes is not None and bool(node) and node not in nodes
+        # A slice host that stopped reporting: its pods never finish by themselves (nor
+        # their deletion), and they hold the names the next start needs.
+        silent = (
+            not gone and on_slice and node in unready and _phase(pod) not in ("Succeeded", "Failed")
+        )
+        if gone or silent:
             plan.force_delete_pods.append(pod)
             if labels.get(RESTART_LABEL) == str(gang) and _phase(pod) != "Succeeded":
-                lost[pod["metadata"]["name"]] = f"was lost with its node {node}"
+                lost[pod["metadata"]["name"]] = f"was lost with its node {node}" + (
+                    " (NotReady: its kubelet stopped reporting)" if silent else ""
+                )
         elif _alive(pod) and labels.get(RESTART_LABEL) == str(gang):
             current[pod["metadata"]["name"]] = pod
             if _disrupted(pod):
@@ -984,7 +998,9 @@ class TrainJobController:
             gang either; it queues behind the trials already waiting.
 
     Nodes are watched too: a replica on a node that is deleted is lost, and its gang restarts
-    on other capacity (see :func:`decide`).
+    on other capacity (see :func:`decide`); so is a TPU slice replica on a node that turns
+    NotReady (:func:`hypersweep.kube._tpu.node_down` says why the node's condition, and not
+    the pods' taint eviction).
     """
 
     def __init__(
@@ -1004,6 +1020,7 @@ class TrainJobController:
         self._readmitting: dict[str, tuple[int, GangRequest]] = {}  # job key -> restart, request
         self._lock = threading.Lock()
         self._node_names: frozenset[str] | None = None
+        self._unready: frozenset[str] = frozenset()  # nodes whose Ready condition is not True
         self.recorder = recorder
         self.networking = networking
         # Default: every worker's status write, Service and 4-replica gang at once.
@@ -1057,13 +1074,20 @@ class TrainJobController:
             self._expectations.deleted(key, str(meta.get("uid")))
 
     def _node_changed(self, kind: str, node: JsonDict) -> None:
-        """A node went away: reconcile the TrainJobs with pods there (their replicas are lost)."""
-        if kind in ("ADDED", "DELETED"):
-            with self._lock:
-                self._node_names = None  # heartbeats (MODIFIED) change no name
-        if kind != "DELETED":
-            return
+        """A node went away or stopped being Ready: reconcile the TrainJobs with pods there
+        (their replicas are lost: any job's on a deleted node, a TPU slice's on a NotReady
+        one)."""
         gone = node["metadata"]["name"]
+        down = kind != "DELETED" and node_down(node)
+        with self._lock:
+            if kind in ("ADDED", "DELETED"):
+                self._node_names = None  # heartbeats (MODIFIED) change no name
+            # Only a change of readiness queues anything: heartbeats are most node events.
+            went_down = down and gone not in self._unready
+            if down != (gone in self._unready):
+                self._unready = (self._unready | {gone}) if down else (self._unready - {gone})
+        if kind != "DELETED" and not went_down:
+            return
         for pod in self.pods.list():
             if (pod.get("spec") or {}).get("nodeName") == gone:
                 job = (pod["metadata"].get("labels") or {}).get(JOB_NAME_LABEL)
@@ -1117,6 +1141,7 @@ class TrainJobController:
             dt.datetime.now(dt.timezone.utc),
             self.networking,
             nodes=self._nodes(),
+            unready=self._unready,
             admitted=admitted,
         )
         if not plan.awaiting_admission:

@@ -11,7 +11,11 @@ leaves untested is listed in README ("TPU slices").
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +27,7 @@ from hypersweep._errors import ConfigError
 from hypersweep.kube._jobspec import JobSpec
 from hypersweep.kube._pools import parse_pools
 from hypersweep.kube._tpu import chips_per_host, parse_tpu
-from hypersweep.operators._trainjob import Networking, render_pod
+from hypersweep.operators._trainjob import Networking, decide, render_pod
 from hypersweep.testing import LocalCluster, create_node_pool
 
 from .conftest import HERE, Namespace, OperatorProcess, free_port, kubectl_json, wait_until
@@ -166,6 +170,47 @@ def test_a_slice_host_pod_gets_jobset_names_and_the_tpu_worker_variables() -> No
     plain = render_pod(job, spec, spec.replicas()[1], 0, Networking())
     assert plain["spec"]["hostname"] == "s-trial-3-worker-1"
     assert "TPU_WORKER_ID" not in {e["name"] for e in plain["spec"]["containers"][0]["env"]}
+
+
+def test_a_slice_replica_on_a_not_ready_node_is_lost_and_its_pod_force_deleted() -> None:
+    """The controller's decision, without a cluster: on a TPU slice a replica whose node is
+    NotReady is lost (one restart, at once) and its pod is force-deleted; a job on no slice
+    leaves such a pod to the node lifecycle controller."""
+    spec = JobSpec.from_spec(jax_spec(2, ["run"]))
+    meta = {"name": "t", "namespace": "ns", "uid": "u", "generation": 1}
+    job: dict[str, Any] = {
+        "apiVersion": "hypersweep.io/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": {**meta, "annotations": {"hypersweep.io/tpu-slice": "slice-a"}},
+        "status": {"conditions": [{"type": "Running", "status": "True"}], "restartCount": 0},
+    }
+
+    def pod(index: int, node_name: str) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": f"t-worker-{index}",
+                "uid": f"p{index}",
+                "labels": {"hypersweep.io/restart-count": "0"},
+                "ownerReferences": [{"uid": "u"}],
+            },
+            "spec": {"nodeName": node_name},
+            "status": {"phase": "Running"},
+        }
+
+    pods = [pod(0, "a-0"), pod(1, "a-1")]
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+    nodes = {"a-0", "a-1"}
+    plan = decide(job, spec, pods, [], now, nodes=nodes, unready={"a-1"})
+    assert plan.status["restartCount"] == 1
+    assert [p["metadata"]["name"] for p in plan.force_delete_pods] == ["t-worker-1"]
+    assert any("was lost with its node a-1 (NotReady" in e[2] for e in plan.events), plan.events
+    restarting = next(c for c in plan.status["conditions"] if c["type"] == "Restarting")
+    assert restarting["reason"] == "ReplicaLost"
+    # All Ready: nothing happens; and a job on no slice waits for the node lifecycle controller.
+    assert decide(job, spec, pods, [], now, nodes=nodes).status["restartCount"] == 0
+    plain = {**job, "metadata": meta}
+    plan = decide(plain, spec, pods, [], now, nodes=nodes, unready={"a-1"})
+    assert plan.status["restartCount"] == 0 and not plan.force_delete_pods
 
 
 # --- on kwok slices ------------------------------------------------------------------------
@@ -342,6 +387,108 @@ def test_a_lost_host_restarts_the_whole_slice_on_another_slice(
     status = status_of(cluster, namespace, "lost")
     assert not status["trials"].get("failed"), status["trials"]
     cluster.kubectl("delete", "sweep", "lost", "-n", ns, "--wait=false")
+
+
+@pytest.mark.k8s
+def test_a_host_that_goes_not_ready_restarts_the_whole_slice_on_another_slice(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
+) -> None:
+    """A host of the trial's slice stops heartbeating (its node agent is frozen, as a hung
+    kubelet; the node object stays): once the node lifecycle controller marks it NotReady,
+    the gang restarts once, whole, on the other slice, and the pod left on the silent host
+    goes at once instead of staying Terminating (its name is the new start's), well before
+    the 300 s default taint eviction."""
+    ns = namespace.name
+    labels = {ACCELERATOR: V5E, TOPOLOGY: "2x4", NODE_POOL: f"{ns}-a", TEST_LABEL: ns}
+    # Slice a: node agents (a kwok node heartbeats as long as kwok runs); slice b: kwok.
+    agents = [
+        cluster.start_node_agent(
+            f"{ns}-a-{i}",
+            labels=labels,
+            capacity={"cpu": "16", "memory": "64Gi", TPU: "4"},
+            taints=[TPU_TAINT],
+        )
+        for i in range(2)
+    ]
+    frozen: list[int] = []
+    try:
+        b = slice_nodes(cluster, ns, "b")
+        holder = hold_host(cluster, ns, b[0])  # slice b is not whole: the trial starts on a
+        apply_sweep(cluster, namespace, "silent", jax_spec(2, ["sleep", "3600"]))
+
+        def running() -> list[dict[str, Any]] | None:
+            pods = bound(trial_pods(cluster, ns, 0), 2)
+            if pods is None:
+                return None
+            statuses = [(p["status"].get("containerStatuses") or [{}])[0] for p in pods]
+            return pods if all("running" in (s.get("state") or {}) for s in statuses) else None
+
+        first = wait_until(running, 120, "the first start running on slice a")
+        assert {p["spec"]["nodeName"] for p in first} == {a.node_name for a in agents}
+        cluster.kubectl("delete", "pod", holder, "-n", ns, "--wait=false")
+        wait_until(
+            lambda: (
+                not kubectl_json(cluster, "get", "pods", "-n", ns, "-l", "!hypersweep.io/job-name")[
+                    "items"
+                ]
+            ),
+            60,
+            "slice b to be whole again",
+        )
+        victim = first[0]
+        silent = victim["spec"]["nodeName"]
+        agent = next(a for a in agents if a.node_name == silent)
+        container_id = str(victim["status"]["containerStatuses"][0]["containerID"])
+        pid = int(container_id.rsplit("/", 1)[-1])
+        os.kill(agent.component.process.pid, signal.SIGSTOP)  # no more heartbeats
+        frozen.append(agent.component.process.pid)
+
+        def not_ready() -> bool:
+            node = kubectl_json(cluster, "get", "node", silent)
+            conditions = node.get("status", {}).get("conditions") or []
+            return any(c["type"] == "Ready" and c["status"] != "True" for c in conditions)
+
+        # The node monitor grace period (40-50 s) plus a loaded machine's delays.
+        wait_until(not_ready, 240, f"node {silent} to turn NotReady")
+        second = wait_until(
+            lambda: bound(trial_pods(cluster, ns, 1), 2), 120, "the restarted slice"
+        )
+        assert {p["spec"]["nodeName"] for p in second} == set(b)
+        assert {p["spec"]["nodeSelector"][NODE_POOL] for p in second} == {f"{ns}-b"}
+        assert all(
+            p["metadata"]["labels"]["jobset.sigs.k8s.io/restart-attempt"] == "1" for p in second
+        )
+        # Nothing of the first start is left, not even Terminating on the silent host.
+        wait_until(
+            lambda: (
+                not kubectl_json(
+                    cluster, "get", "pods", "-n", ns, "-l", "hypersweep.io/restart-count=0"
+                )["items"]
+            ),
+            60,
+            "the first start's pods to go",
+        )
+        assert kubectl_json(cluster, "get", "node", silent)["metadata"]["name"] == silent
+        job = kubectl_json(cluster, "get", "trainjob", "silent-trial-0", "-n", ns)
+        assert job["status"]["restartCount"] == 1
+        events = events_of(cluster, namespace, "Restarting")
+        assert any(f"was lost with its node {silent} (NotReady" in e for e in events), events
+        status = status_of(cluster, namespace, "silent")
+        assert not status["trials"].get("failed"), status["trials"]
+        cluster.kubectl("delete", "sweep", "silent", "-n", ns, "--wait=false")
+    finally:
+        if frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # the silent host's process: no agent stops it
+        for started in agents:
+            process = started.component.process
+            # A running agent stops its pods' processes on SIGTERM; the frozen one cannot.
+            if process.pid in frozen:
+                process.kill()
+            else:
+                process.terminate()
+            process.wait(30)
+            cluster.kubectl("delete", "node", started.node_name, "--wait=false", check=False)
 
 
 @pytest.mark.k8s
