@@ -193,7 +193,7 @@ class CompactReplayResult(JournalStorageReplayResult):
         # re-sharing a restored replay then needs no JSON round trip per trial.
         self._distributions: dict[BaseDistribution, BaseDistribution] = {}
         self._distribution_texts: dict[str, BaseDistribution] = {}  # by its JSON (set_param logs)
-        self._distribution_dicts: dict[tuple[tuple[str, BaseDistribution], ...], dict[str, Any]] = {}
+        self._distribution_dicts: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
 
     def _shared(self, distribution: BaseDistribution) -> BaseDistribution:
         """The shared distribution object equal to ``distribution``."""
