@@ -451,6 +451,24 @@ def test_a_restored_replay_snapshot_shares_distributions_without_a_json_round_tr
     assert len({id(t.distributions["y"]) for t in trials}) == 1
 
 
+def test_reading_a_sweep_leaves_the_garbage_collector_as_it_was() -> None:
+    """The collector is paused while a sweep is read in bulk (everything read stays alive, so
+    a collection then is pure cost), and left on or off as the caller had it."""
+    import gc
+
+    hs.tune(SPACE, objectives.quadratic, n_trials=20, name="s", verbose=False, **SETTINGS)
+    journal = default_run_dir("s") / "journal.log"
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            snapshot_path(journal).unlink(missing_ok=True)  # load() builds every record
+            assert hs.load("s").counts() == {"completed": 20}
+            _opened_trials(journal)  # the replay snapshot restored
+            assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
+
+
 def test_a_replay_snapshot_that_does_not_match_the_journal_is_ignored(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -45,6 +45,8 @@ from optuna.storages.journal._base import BaseJournalSnapshot
 from optuna.storages.journal._storage import JournalStorageReplayResult
 from optuna.trial import FrozenTrial
 
+from hypersweep.orchestrator._gc import gc_paused
+
 
 class FlockJournalFileBackend(JournalFileBackend, BaseJournalSnapshot):
     """Append-only journal file for one machine's processes (not for NFS, like Optuna's)."""
@@ -279,7 +281,7 @@ class SweepJournalStorage(JournalStorage):
         self._backend = log_storage
         self._thread_lock = threading.Lock()
         self._replay_result = CompactReplayResult(self._worker_id_prefix)
-        with self._thread_lock:
+        with self._thread_lock, gc_paused():
             snapshot = self._backend.load_snapshot()
             if snapshot is not None:
                 self.restore_replay_result(snapshot)
