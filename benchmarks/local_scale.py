@@ -20,7 +20,7 @@ start-up are its own:
 The machine's load average is recorded before and after every round: the figures of a
 loaded machine are slower, not wrong.
 
-    python benchmarks/local_scale.py [--trials 20000 100000] [--repeats 1]
+    python benchmarks/local_scale.py [--trials 20000 100000] [--repeats 1] [--keep]
 
 Writes benchmarks/results/local_scale.json (arguments, every round, the median round).
 """
@@ -214,6 +214,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--concurrent", type=int, default=2)
     parser.add_argument("--output", type=Path, default=RESULTS / "local_scale.json")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the sizes of the existing output this run does not measure (with the"
+        " arguments and machine of the run that measured them)",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -253,8 +259,27 @@ def main() -> None:
         _save(args, sizes, complete=trials == args.trials[-1])
 
 
+def _kept_sizes(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """With ``--keep``: the sizes of the existing output that this run does not measure, each
+    with the arguments and machine of the run that measured it."""
+    if not args.keep or not args.output.is_file():
+        return []
+    earlier = json.loads(args.output.read_text())
+    return [
+        {
+            "arguments": earlier.get("arguments"),
+            "machine": earlier.get("machine"),
+            **size,
+        }
+        for size in earlier.get("sizes", [])
+        if size["trials"] not in args.trials
+    ]
+
+
 def _save(args: argparse.Namespace, sizes: list[dict[str, Any]], *, complete: bool) -> None:
     """Write the JSON after every size, so that a long run stopped early keeps what it did."""
+    if not hasattr(args, "kept"):
+        args.kept = _kept_sizes(args)  # read once, before this run first overwrites the file
     report = {
         "arguments": {
             "trials": args.trials,
@@ -268,7 +293,8 @@ def _save(args: argparse.Namespace, sizes: list[dict[str, Any]], *, complete: bo
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "sizes": sizes,
+        # Sizes kept from earlier runs (``--keep``) carry their own arguments and machine.
+        "sizes": sorted([*args.kept, *sizes], key=lambda size: size["trials"]),
         "complete": complete,  # False: stopped before the last size of ``trials``
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

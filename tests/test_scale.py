@@ -422,6 +422,53 @@ def test_a_restart_restores_the_replay_snapshot_and_reads_only_later_lines(
     assert counted[0] < 20, counted[0]
 
 
+def test_a_restored_replay_snapshot_shares_distributions_without_a_json_round_trip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Restoring the replay snapshot re-shares each finished trial's parts (a pickle without
+    memo gives every trial its own copies) by the distribution objects themselves: turning
+    each trial's distributions back into JSON made a resume of 100,000 trials seconds slower."""
+    import optuna.distributions as distributions_module
+
+    hs.tune(SPACE, objectives.quadratic, n_trials=30, name="s", verbose=False, **SETTINGS)
+    journal = default_run_dir("s") / "journal.log"
+    assert replay_snapshot_path(journal).is_file()
+    converted = [0]
+    to_json = distributions_module.distribution_to_json
+
+    def counting(distribution: Any) -> str:
+        converted[0] += 1
+        return to_json(distribution)
+
+    monkeypatch.setattr(distributions_module, "distribution_to_json", counting)
+    counted = _count_lines_read(monkeypatch)
+    _, trials = _opened_trials(journal)
+    assert counted[0] == 0  # every trial came from the snapshot
+    assert converted[0] == 0
+    assert len(trials) == 30 and trials == _optuna_replay(journal)
+    assert len({id(t.distributions) for t in trials}) == 1
+    assert len({id(t.distributions["x"]) for t in trials}) == 1
+    assert len({id(t.distributions["y"]) for t in trials}) == 1
+
+
+def test_reading_a_sweep_leaves_the_garbage_collector_as_it_was() -> None:
+    """The collector is paused while a sweep is read in bulk (everything read stays alive, so
+    a collection then is pure cost), and left on or off as the caller had it."""
+    import gc
+
+    hs.tune(SPACE, objectives.quadratic, n_trials=20, name="s", verbose=False, **SETTINGS)
+    journal = default_run_dir("s") / "journal.log"
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            snapshot_path(journal).unlink(missing_ok=True)  # load() builds every record
+            assert hs.load("s").counts() == {"completed": 20}
+            _opened_trials(journal)  # the replay snapshot restored
+            assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
+
+
 def test_a_replay_snapshot_that_does_not_match_the_journal_is_ignored(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

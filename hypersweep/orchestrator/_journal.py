@@ -45,6 +45,8 @@ from optuna.storages.journal._base import BaseJournalSnapshot
 from optuna.storages.journal._storage import JournalStorageReplayResult
 from optuna.trial import FrozenTrial
 
+from hypersweep.orchestrator._gc import gc_paused
+
 
 class FlockJournalFileBackend(JournalFileBackend, BaseJournalSnapshot):
     """Append-only journal file for one machine's processes (not for NFS, like Optuna's)."""
@@ -189,33 +191,30 @@ class CompactReplayResult(JournalStorageReplayResult):
         self._init_interning()
 
     def _init_interning(self) -> None:
-        self._distributions: dict[str, BaseDistribution] = {}  # by its JSON
-        self._distribution_json: dict[int, str] = {}  # id of a shared one -> its JSON
-        self._distribution_dicts: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+        # Keyed by the distributions themselves (Optuna's are hashable and compare by value):
+        # re-sharing a restored replay then needs no JSON round trip per trial.
+        self._distributions: dict[BaseDistribution, BaseDistribution] = {}
+        self._distribution_texts: dict[str, BaseDistribution] = {}  # by its JSON (set_param logs)
+        self._distribution_dicts: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+
+    def _shared(self, distribution: BaseDistribution) -> BaseDistribution:
+        """The shared distribution object equal to ``distribution``."""
+        return self._distributions.setdefault(distribution, distribution)
 
     def _distribution(self, text: str) -> BaseDistribution:
         """The shared distribution object for its JSON form."""
-        shared = self._distributions.get(text)
+        shared = self._distribution_texts.get(text)
         if shared is None:
-            shared = self._distributions[text] = json_to_distribution(text)
-            self._distribution_json[id(shared)] = text
+            shared = self._distribution_texts[text] = self._shared(json_to_distribution(text))
         return shared
 
     def _shared_distributions(self, distributions: dict[str, Any]) -> dict[str, Any]:
         if not distributions:
             return _EMPTY
-        from optuna.distributions import distribution_to_json
-
-        key = tuple(
-            (
-                sys.intern(name),
-                self._distribution_json.get(id(d)) or distribution_to_json(d),
-            )
-            for name, d in distributions.items()
-        )
+        key = tuple((sys.intern(name), self._shared(d)) for name, d in distributions.items())
         shared = self._distribution_dicts.get(key)
         if shared is None:
-            shared = {name: self._distribution(text) for name, text in key}
+            shared = dict(key)
             self._distribution_dicts[key] = shared
         return shared
 
@@ -257,8 +256,8 @@ class CompactReplayResult(JournalStorageReplayResult):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_distributions", "_distribution_json", "_distribution_dicts"):
-            del state[name]  # rebuilt on load: ids do not survive pickling
+        for name in ("_distributions", "_distribution_texts", "_distribution_dicts"):
+            del state[name]  # rebuilt on load from the trials themselves
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -282,7 +281,7 @@ class SweepJournalStorage(JournalStorage):
         self._backend = log_storage
         self._thread_lock = threading.Lock()
         self._replay_result = CompactReplayResult(self._worker_id_prefix)
-        with self._thread_lock:
+        with self._thread_lock, gc_paused():
             snapshot = self._backend.load_snapshot()
             if snapshot is not None:
                 self.restore_replay_result(snapshot)

@@ -42,6 +42,7 @@ from hypersweep.orchestrator._events import (
     TrialAssignment,
 )
 from hypersweep.orchestrator._failures import fail_fast_count, fail_fast_error, migration_hint
+from hypersweep.orchestrator._gc import gc_paused
 from hypersweep.orchestrator._intermediate import IntermediateValues
 from hypersweep.orchestrator._objective import ObjectiveRef
 from hypersweep.orchestrator._result import SweepResult, TrialRecord
@@ -1042,13 +1043,14 @@ class Orchestrator:
 
         records = []
         queued = 0
-        for trial in self.store.trials():
-            if trial.state == optuna.trial.TrialState.WAITING and not trial.params:
-                queued += 1
-                continue
-            records.append(
-                TrialRecord.from_frozen(trial, self.settings.space, self.settings.metric)
-            )
+        with gc_paused():  # one record per trial, all kept
+            for trial in self.store.trials():
+                if trial.state == optuna.trial.TrialState.WAITING and not trial.params:
+                    queued += 1
+                    continue
+                records.append(
+                    TrialRecord.from_frozen(trial, self.settings.space, self.settings.metric)
+                )
         return SweepResult(
             name=self.name,
             metric=self.settings.metric,

@@ -244,6 +244,7 @@ def read_sweep(
     beside it when no trial is running, for the next ``load`` to read."""
     import optuna
 
+    from hypersweep.orchestrator._gc import gc_paused
     from hypersweep.orchestrator._journal import FlockJournalFileBackend
     from hypersweep.orchestrator._snapshot import write_snapshot
     from hypersweep.orchestrator._storage import SweepStore
@@ -262,11 +263,12 @@ def read_sweep(
         size = None  # written to meanwhile: the spec may be newer than the trials
     records = []
     queued = 0
-    for trial in trials:
-        if trial.state == optuna.trial.TrialState.WAITING and not trial.params:
-            queued += 1
-        else:
-            records.append(TrialRecord.from_frozen(trial, space, spec.get("metric")))
+    with gc_paused():  # one record per trial, all kept
+        for trial in trials:
+            if trial.state == optuna.trial.TrialState.WAITING and not trial.params:
+                queued += 1
+            else:
+                records.append(TrialRecord.from_frozen(trial, space, spec.get("metric")))
     result = SweepResult(
         name=name,
         metric=spec.get("metric", "value"),
