@@ -1038,7 +1038,9 @@ class KubernetesLauncher(Launcher):
                     value is not None
                     and value != trial.value_shown
                     and trial.uid is not None
-                    and now - trial.value_shown_at >= VALUE_INTERVAL
+                    # From VALUE_INTERVAL after the launch on: a trial shorter than that
+                    # shows its value only with its outcome, in the same write.
+                    and now - max(trial.value_shown_at, trial.created) >= VALUE_INTERVAL
                 ):
                     trial.value_shown, trial.value_shown_at = value, now
                     due.append((trial.name, value))
