@@ -984,7 +984,10 @@ class KubernetesLauncher(Launcher):
 
         def action() -> None:
             self._withdraw(job_name)
-            job = self.kube.get(TRAINJOBS, self.namespace, job_name)
+            # From the watched cache (no read per trial); the API server if it lacks the job.
+            job = self._trainjobs.get(self.namespace, job_name) if self._trainjobs else None
+            if job is None:
+                job = self.kube.get(TRAINJOBS, self.namespace, job_name)
             if job is not None:
                 suspend_trainjob(self.kube, job, outcome, shown=shown)
             self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
