@@ -964,8 +964,8 @@ def _converge(seen: _Observed, networking: Networking) -> None:
     all_up = len(phases) == len(replicas) and all(p in ("Running", "Succeeded") for p in phases)
     if all_up and "Running" in phases:
         message = f"TrainJob {name} is running."
-        if set_condition(seen.conditions, "Running", True, "TrainJobRunning", message, seen.stamp):
-            plan.events.append(("Normal", "Running", f"All {len(replicas)} replicas are running"))
+        # A condition, not an Event too (as the Training Operator): one write per trial less.
+        set_condition(seen.conditions, "Running", True, "TrainJobRunning", message, seen.stamp)
         set_condition(seen.conditions, "Restarting", False, "TrainJobRunning", message, seen.stamp)
 
 

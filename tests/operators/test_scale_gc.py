@@ -27,7 +27,7 @@ pytestmark = pytest.mark.k8s
 TRIALS = 12
 PARALLELISM = 2
 #: The operator's API requests per finished trial at most (issue #19).
-MAX_REQUESTS_PER_TRIAL = 12
+MAX_REQUESTS_PER_TRIAL = 15
 
 
 def _live(kube: Kube, namespace: str, sweep: str) -> dict[str, int]:
@@ -108,11 +108,11 @@ def test_finished_trials_are_collected_and_live_objects_stay_bounded(
     # The operator's client counted what it sent, by verb and resource.
     counted = _requests(operator)
     assert counted.get("create trainjobs", 0) >= TRIALS, counted
-    # Per finished trial (lists, watches and leader election are per operator, not per trial): a
-    # trial's writes, not one per pod and phase. Its 2 replicas' pods, Secret, Service and
-    # TrainJob must be created; then its status is written when it starts, runs and ends, one
-    # Event per phase, its outcome shown, its running pods deleted in one request, its Service,
-    # Secret and TrainJob deleted. A controller that writes per pod or repeats writes exceeds it.
+    # Per finished trial (lists, watches and leader election are per operator, not per trial):
+    # its pod, Secret, Service and TrainJob are created; its status is written when it starts,
+    # runs and ends, and the Sweep's when it ends; an Event when it starts and one when it
+    # ends; its outcome shown; its running pods deleted in one request; its Service, Secret
+    # and TrainJob deleted: about 14. Repeated writes, or one per pod or phase, exceed it.
     per_trial = {
         kind: count
         for kind, count in counted.items()
@@ -121,7 +121,8 @@ def test_finished_trials_are_collected_and_live_objects_stay_bounded(
     total = sum(per_trial.values()) / TRIALS
     assert total <= MAX_REQUESTS_PER_TRIAL, (total, json.dumps(per_trial, sort_keys=True))
     assert per_trial.get("delete pods", 0) <= TRIALS, per_trial  # not one per pod
-    assert per_trial.get("create events", 0) <= 4 * TRIALS, per_trial
+    # An Event when it starts and one when it ends (a warning more now and then).
+    assert per_trial.get("create events", 0) <= 2.5 * TRIALS, per_trial
     assert per_trial.get("delete trainjobs", 0) <= TRIALS, per_trial  # once each
 
 
