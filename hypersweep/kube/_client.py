@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -109,6 +109,8 @@ def request_kind(method: str, path: str, watch: bool = False) -> tuple[str, str]
         resource += "/" + rest[2]
     if method == "GET":
         verb = "watch" if watch else ("list" if len(rest) == 1 else "get")
+    elif method == "DELETE" and len(rest) == 1:
+        verb = "deletecollection"
     else:
         verb = _VERBS.get(method, method.lower())
     return verb, resource
@@ -325,6 +327,24 @@ class Kube:
                 return False  # gone, or replaced by a new object of the same name
             raise
         return True
+
+    def delete_collection(
+        self,
+        resource: Resource,
+        namespace: str,
+        *,
+        label_selector: str,
+        field_selector: str | None = None,
+        propagation: str = "Background",
+    ) -> Sequence[JsonDict]:
+        """Delete every object the selectors match in one request; the objects it deleted
+        (or began to delete: a pod's grace period)."""
+        body: JsonDict = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        body["propagationPolicy"] = propagation
+        query = {"labelSelector": label_selector, "fieldSelector": field_selector}
+        result = self.request("DELETE", resource.path(namespace), query=query, body=body)
+        items: Sequence[JsonDict] = (result or {}).get("items") or []
+        return items
 
     def watch(
         self,

@@ -984,7 +984,10 @@ class KubernetesLauncher(Launcher):
 
         def action() -> None:
             self._withdraw(job_name)
-            job = self.kube.get(TRAINJOBS, self.namespace, job_name)
+            # From the watched cache (no read per trial); the API server if it lacks the job.
+            job = self._trainjobs.get(self.namespace, job_name) if self._trainjobs else None
+            if job is None:
+                job = self.kube.get(TRAINJOBS, self.namespace, job_name)
             if job is not None:
                 suspend_trainjob(self.kube, job, outcome, shown=shown)
             self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
@@ -1038,7 +1041,9 @@ class KubernetesLauncher(Launcher):
                     value is not None
                     and value != trial.value_shown
                     and trial.uid is not None
-                    and now - trial.value_shown_at >= VALUE_INTERVAL
+                    # From VALUE_INTERVAL after the launch on: a trial shorter than that
+                    # shows its value only with its outcome, in the same write.
+                    and now - max(trial.value_shown_at, trial.created) >= VALUE_INTERVAL
                 ):
                     trial.value_shown, trial.value_shown_at = value, now
                     due.append((trial.name, value))

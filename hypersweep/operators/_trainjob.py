@@ -435,6 +435,9 @@ class Plan:
     force_delete_pods: list[JsonDict] = field(default_factory=list)
     #: The gang's pods wait for gang admission to find room for all of them again.
     awaiting_admission: bool = False
+    #: The job's pods not being deleted yet (but those force-deleted): a plan that deletes all
+    #: of them (or all that still run) does it in one request.
+    alive_pods: list[JsonDict] = field(default_factory=list)
 
     def requeue(self, seconds: float) -> None:
         self.requeue_after = (
@@ -629,6 +632,7 @@ def _observe(
                 lost[pod["metadata"]["name"]] = "was evicted or preempted"
         elif _alive(pod):
             stale.append(pod)
+    plan.alive_pods = [*current.values(), *stale]
     if is_true(conditions, "Running"):
         # Every replica ran: one whose pod is gone now was deleted under the gang's feet.
         for replica in replicas:
@@ -649,6 +653,30 @@ def _observe(
         lost=lost,
         own_services=[svc for svc in services if owned_by(svc, uid)],
     )
+
+
+#: TrainJob uids remembered as deleted at most (each one's cache catches up within seconds).
+DELETED_JOBS_KEPT = 10_000
+
+
+def _collection_selector(
+    deleting: Mapping[str, JsonDict], alive: Sequence[JsonDict]
+) -> str | None:
+    """The field selector (``""`` for none) that, with the job's label, deletes exactly
+    ``deleting`` in one request: every alive pod of the job, or every one that still runs
+    (``cleanPodPolicy: Running``). None when neither is what is deleted, or for one pod."""
+    if len(deleting) < 2:
+        return None
+    if deleting.keys() == {str(pod["metadata"]["uid"]) for pod in alive}:
+        return ""
+    running = {
+        str(pod["metadata"]["uid"])
+        for pod in alive
+        if _phase(pod) not in ("Succeeded", "Failed")
+    }
+    if deleting.keys() == running:
+        return "status.phase!=Succeeded,status.phase!=Failed"
+    return None
 
 
 def _after_finish(seen: _Observed) -> None:
@@ -950,8 +978,8 @@ def _converge(seen: _Observed, networking: Networking) -> None:
     all_up = len(phases) == len(replicas) and all(p in ("Running", "Succeeded") for p in phases)
     if all_up and "Running" in phases:
         message = f"TrainJob {name} is running."
-        if set_condition(seen.conditions, "Running", True, "TrainJobRunning", message, seen.stamp):
-            plan.events.append(("Normal", "Running", f"All {len(replicas)} replicas are running"))
+        # A condition, not an Event too (as the Training Operator): one write per trial less.
+        set_condition(seen.conditions, "Running", True, "TrainJobRunning", message, seen.stamp)
         set_condition(seen.conditions, "Restarting", False, "TrainJobRunning", message, seen.stamp)
 
 
@@ -1030,6 +1058,8 @@ class TrainJobController:
         self._expectations = Expectations()
         self._written = LatestWrites()
         self._reread: set[str] = set()
+        # TrainJobs this controller deleted after their TTL (by uid, oldest first).
+        self._deleted_jobs: dict[str, None] = {}
         self._specs: dict[tuple[str, int], JobSpec] = {}  # by TrainJob uid and generation
         self.jobs = Informer(kube, TRAINJOBS, namespace=namespace)
         self.pods = Informer(
@@ -1272,8 +1302,12 @@ class TrainJobController:
                 latest = self._write_status(key, job, plan.status)
                 if not same_gang:
                     operator_metrics().trainjob_restarts.inc()
-        for kind, reason, message in plan.events:
-            self.recorder.event(job, kind, reason, message)
+        # A new job's "Created" goes with its pods' creation: one Event for both.
+        created_event = ("Normal", "Created", f"TrainJob {name} is created")
+        fold = bool(plan.create_pods) and created_event in plan.events
+        for event in plan.events:
+            if not (fold and event == created_event):
+                self.recorder.event(job, *event)
         for pod in plan.force_delete_pods:
             self.kube.delete(
                 PODS,
@@ -1305,8 +1339,17 @@ class TrainJobController:
                 if len(names) == 1
                 else f"Created {len(names)} pods: {', '.join(names)}"
             )
+            if fold:
+                message = f"TrainJob {name} is created. {message}"
             self.recorder.event(job, "Normal", "SuccessfulCreatePod", message)
-        if plan.delete_job:
+        elif fold:
+            self.recorder.event(job, *created_event)
+        if plan.delete_job and meta["uid"] not in self._deleted_jobs:
+            # Once per job: a reconcile from a cache that does not show the deletion yet
+            # would send it again.
+            self._deleted_jobs[meta["uid"]] = None
+            while len(self._deleted_jobs) > DELETED_JOBS_KEPT:
+                del self._deleted_jobs[next(iter(self._deleted_jobs))]
             self.kube.delete(TRAINJOBS, namespace, name, uid=meta["uid"])
             # Logged, not an Event: an Event of a deleted object outlives it (an hour in the
             # API server) and costs a write per trial; Kubernetes' own TTL controller has none.
@@ -1335,6 +1378,24 @@ class TrainJobController:
         namespace = split_key(key)[0]
         pods = {pod["metadata"]["uid"]: pod for pod in plan.delete_pods}
         self._expectations.expect(key, deletions=pods)
+        selector = _collection_selector(pods, plan.alive_pods)
+        if selector is not None:
+            # One request for a gang's pods, not one per pod (a finished or suspended job's).
+            try:
+                deleted = self.kube.delete_collection(
+                    PODS,
+                    namespace,
+                    label_selector=f"{JOB_NAME_LABEL}={split_key(key)[1]}",
+                    field_selector=selector or None,
+                )
+            except BaseException:
+                for uid in pods:
+                    self._expectations.deleted(key, uid)
+                raise
+            gone = {str(pod["metadata"].get("uid")) for pod in deleted}
+            for uid in pods.keys() - gone:  # exited meanwhile: no deletion of it will come
+                self._expectations.deleted(key, uid)
+            pods = {}
 
         def delete(item: tuple[Any, JsonDict]) -> None:
             resource, obj = item

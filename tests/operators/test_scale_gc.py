@@ -26,6 +26,8 @@ pytestmark = pytest.mark.k8s
 
 TRIALS = 12
 PARALLELISM = 2
+#: The operator's API requests per finished trial at most (issue #19).
+MAX_REQUESTS_PER_TRIAL = 15
 
 
 def _live(kube: Kube, namespace: str, sweep: str) -> dict[str, int]:
@@ -104,13 +106,35 @@ def test_finished_trials_are_collected_and_live_objects_stay_bounded(
     assert sizes and max(sizes) - min(sizes) < 200, (sizes, last.get("status"))
 
     # The operator's client counted what it sent, by verb and resource.
+    counted = _requests(operator)
+    assert counted.get("create trainjobs", 0) >= TRIALS, counted
+    # Per finished trial (lists, watches and leader election are per operator, not per trial):
+    # its pod, Secret, Service and TrainJob are created; its status is written when it starts,
+    # runs and ends, and the Sweep's when it ends; an Event when it starts and one when it
+    # ends; its outcome shown; its running pods deleted in one request; its Service, Secret
+    # and TrainJob deleted: about 14. Repeated writes, or one per pod or phase, exceed it.
+    per_trial = {
+        kind: count
+        for kind, count in counted.items()
+        if kind.split(" ")[0] not in ("list", "watch") and not kind.endswith(" leases")
+    }
+    total = sum(per_trial.values()) / TRIALS
+    assert total <= MAX_REQUESTS_PER_TRIAL, (total, json.dumps(per_trial, sort_keys=True))
+    assert per_trial.get("delete pods", 0) <= TRIALS, per_trial  # not one per pod
+    # An Event when it starts and one when it ends (a warning more now and then).
+    assert per_trial.get("create events", 0) <= 2.5 * TRIALS, per_trial
+    assert per_trial.get("delete trainjobs", 0) <= TRIALS, per_trial  # once each
+
+
+def _requests(operator: OperatorProcess) -> dict[str, float]:
+    """The operator's own request counts, as ``"verb resource"`` -> count."""
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.port}/metrics") as response:
         metrics = response.read().decode()
-    created = [
-        line
-        for line in metrics.splitlines()
-        if line.startswith("hypersweep_operator_api_requests_total{")
-        and 'verb="create"' in line
-        and 'resource="trainjobs"' in line
-    ]
-    assert created and float(created[0].rsplit(" ", 1)[1]) >= TRIALS, created
+    counted: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("hypersweep_operator_api_requests_total{"):
+            inside = line[line.index("{") + 1 : line.index("}")]
+            labels = {k: v.strip('"') for k, v in (p.split("=", 1) for p in inside.split(","))}
+            kind = f"{labels['verb']} {labels['resource']}"
+            counted[kind] = counted.get(kind, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counted
