@@ -165,6 +165,15 @@ def read_markers(markers: Path, pattern: str) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(markers.glob(f"{pattern}.json"))]
 
 
+def elastic_worlds(markers: Path) -> dict[int, set[int]]:
+    """Epoch -> the world sizes an elastic objective's epoch ran with (``elastic-e*`` markers,
+    a round that was cut short included)."""
+    seen: dict[int, set[int]] = {}
+    for data in read_markers(markers, "elastic-e*-w*-r*"):
+        seen.setdefault(data["epoch"], set()).add(data["world_size"])
+    return seen
+
+
 def alive_pids(pids: list[int]) -> list[int]:
     """The processes among ``pids`` that still run (zombies count as gone)."""
     alive = []

@@ -218,36 +218,19 @@ def with_data(config: dict[str, Any], data: bytes = b"") -> None:
 
 
 def elastic_node_train(config: dict[str, Any]) -> dict[str, float]:
-    """DDP regression over the round's world, its data sharded by rank, checkpointed each epoch.
+    """The elastic regression of ``replica_objectives`` whose epochs record the world size and
+    node they ran with (``elastic-e<epoch>-w<world>-r<rank>``).
 
-    Each epoch records the world size and node it ran with (``elastic-e<epoch>-w<world>-r<rank>``).
     In epoch 2 of a round of 4, before the test has removed a node (its ``node-removed``
     marker), every rank records its node (``elastic-wait-r<rank>``) and waits: the replicas on
     the removed node die with it, the others are ended with their round. A smaller round waits
     at each epoch until the test says that the cluster has room again (``capacity-back``).
     """
-    import torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
+    from replica_objectives import elastic_regression
 
-    context = _context()
     markers = _markers()
-    torch.manual_seed(0)
-    dist.init_process_group("gloo")
-    model = torch.nn.Linear(8, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    state = hs.restore()
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        start = state["epoch"] + 1
-    ddp = DistributedDataParallel(model)
-    generator = torch.Generator().manual_seed(0)
-    features = torch.randn(96, 8, generator=generator)
-    targets = features.sum(dim=1, keepdim=True)
-    shard = slice(context.rank, None, context.world_size)  # the data follows the world size
-    loss = torch.tensor(0.0)
-    for epoch in range(start, config["epochs"]):
+
+    def before_epoch(epoch: int, context: hs.TrialContext) -> None:
         world = context.world_size
         record(f"elastic-e{epoch}-w{world}-r{context.rank}", epoch=epoch)
         waits_for = None
@@ -259,12 +242,5 @@ def elastic_node_train(config: dict[str, Any]) -> dict[str, float]:
         deadline = time.monotonic() + 300
         while waits_for is not None and not waits_for.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        for _ in range(3):
-            optimizer.zero_grad()
-            loss = torch.nn.functional.mse_loss(ddp(features[shard]), targets[shard])
-            loss.backward()
-            optimizer.step()
-        hs.checkpoint({"model": model.state_dict(), "epoch": epoch}, step=epoch)
-        hs.report(epoch, loss=loss.item(), world_size=float(world))
-    dist.destroy_process_group()
-    return {"loss": loss.item(), "world_size": float(context.world_size)}
+
+    return elastic_regression(config, before_epoch)

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -269,11 +270,13 @@ def tf_train(config: dict[str, Any]) -> dict[str, float]:
     return {"loss": loss, "checksum": checksum}
 
 
-def elastic_train(config: dict[str, Any]) -> dict[str, float]:
+def elastic_regression(
+    config: dict[str, Any], before_epoch: Callable[[int, hs.TrialContext], None]
+) -> dict[str, float]:
     """DDP regression over the round's world, its data sharded by rank, checkpointed each epoch.
 
-    Each epoch records the world size it ran with. The replica with rank ``kill_rank`` of the
-    first round SIGKILLs itself in epoch ``kill_epoch`` (once: a marker file says it happened).
+    ``before_epoch(epoch, context)`` runs at the start of each epoch: where a test records the
+    world it ran with, and kills or holds a replica.
     """
     import torch
     import torch.distributed as dist
@@ -294,14 +297,9 @@ def elastic_train(config: dict[str, Any]) -> dict[str, float]:
     features = torch.randn(96, 8, generator=generator)
     targets = features.sum(dim=1, keepdim=True)
     shard = slice(context.rank, None, context.world_size)  # the data follows the world size
-    killed = _markers() / "elastic-killed"
     loss = torch.tensor(0.0)
     for epoch in range(start, config["epochs"]):
-        record(f"elastic-e{epoch}-w{context.world_size}-r{context.rank}", epoch=epoch)
-        chosen = (epoch, context.rank) == (config["kill_epoch"], config["kill_rank"])
-        if chosen and not killed.exists():
-            killed.write_text("1")
-            os.kill(os.getpid(), signal.SIGKILL)
+        before_epoch(epoch, context)
         for _ in range(3):
             optimizer.zero_grad()
             loss = torch.nn.functional.mse_loss(ddp(features[shard]), targets[shard])
@@ -311,6 +309,24 @@ def elastic_train(config: dict[str, Any]) -> dict[str, float]:
         hs.report(epoch, loss=loss.item(), world_size=float(context.world_size))
     dist.destroy_process_group()
     return {"loss": loss.item(), "world_size": float(context.world_size)}
+
+
+def elastic_train(config: dict[str, Any]) -> dict[str, float]:
+    """:func:`elastic_regression` whose epochs record the world size they ran with.
+
+    The replica with rank ``kill_rank`` of the first round SIGKILLs itself in epoch
+    ``kill_epoch`` (once: a marker file says it happened).
+    """
+    killed = _markers() / "elastic-killed"
+
+    def before_epoch(epoch: int, context: hs.TrialContext) -> None:
+        record(f"elastic-e{epoch}-w{context.world_size}-r{context.rank}", epoch=epoch)
+        chosen = (epoch, context.rank) == (config["kill_epoch"], config["kill_rank"])
+        if chosen and not killed.exists():
+            killed.write_text("1")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return elastic_regression(config, before_epoch)
 
 
 def warm_probe(config: dict[str, Any]) -> float:

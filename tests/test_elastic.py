@@ -7,18 +7,10 @@ from pathlib import Path
 
 import pytest
 import replica_objectives
+from conftest import elastic_worlds
 
 import hypersweep as hs
 from hypersweep.orchestrator._spec import parse_spec
-
-
-def _worlds(markers: Path) -> dict[int, set[int]]:
-    """Epoch -> the world sizes it ran with (a round that was cut short included)."""
-    seen: dict[int, set[int]] = {}
-    for path in markers.glob("elastic-e*-w*-r*.json"):
-        data = json.loads(path.read_text())
-        seen.setdefault(data["epoch"], set()).add(data["world_size"])
-    return seen
 
 
 def _ranks(markers: Path, epoch: int, world: int) -> list[int]:
@@ -45,7 +37,7 @@ def test_a_lost_replica_shrinks_the_gang_which_then_grows_back(markers: Path) ->
     assert result.counts() == {"completed": 1}
     trial = result.trials[0]
     assert trial.attempts == 1
-    worlds = _worlds(markers)
+    worlds = elastic_worlds(markers)
     assert worlds[0] == {4} and worlds[1] == {4}
     assert worlds[2] == {4, 3}  # cut short with 4, then run with 3
     assert _ranks(markers, 2, 3) == [0, 1, 2]
@@ -77,7 +69,7 @@ def test_below_min_the_gang_restarts_whole_and_counts_a_retry(markers: Path) -> 
     )
     assert result.counts() == {"completed": 1}
     assert result.trials[0].attempts == 2
-    assert _worlds(markers) == {0: {2}, 1: {2}, 2: {2}}
+    assert elastic_worlds(markers) == {0: {2}, 1: {2}, 2: {2}}
 
 
 def test_elastic_ranges_are_checked_before_anything_starts() -> None:

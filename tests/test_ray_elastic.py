@@ -7,14 +7,13 @@ lost by SIGKILL of their actor's process, or with the node that holds them.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ray_test_cluster, read_markers, require_module
+from conftest import elastic_worlds, ray_test_cluster, read_markers, require_module
 
 ray = require_module("ray")
 
@@ -41,15 +40,6 @@ def _launcher(markers: Path, **options: Any) -> RayLauncher:
     return RayLauncher(env={"HYPERSWEEP_TEST_MARKERS": str(markers)}, **options)
 
 
-def _worlds(markers: Path) -> dict[int, set[int]]:
-    """Epoch -> the world sizes it ran with (a round that was cut short included)."""
-    seen: dict[int, set[int]] = {}
-    for path in markers.glob("elastic-e*-w*-r*.json"):
-        data = json.loads(path.read_text())
-        seen.setdefault(data["epoch"], set()).add(data["world_size"])
-    return seen
-
-
 def _round(markers: Path, epoch: int, world: int) -> list[dict[str, Any]]:
     """The markers of ``epoch`` run with ``world`` replicas, in rank order."""
     return sorted(
@@ -74,7 +64,7 @@ def test_a_killed_actor_shrinks_the_gang_which_then_grows_back(
     assert result.counts() == {"completed": 1}, result.trials[0].error
     trial = result.trials[0]
     assert trial.attempts == 1
-    worlds = _worlds(markers)
+    worlds = elastic_worlds(markers)
     assert worlds[1] == {4}  # admitted with all 4: the cluster had room
     assert worlds[2] == {4, 3}  # cut short with 4, then run with 3
     assert worlds[3] == {4} and worlds[4] == {4}  # grown back
@@ -107,7 +97,7 @@ def test_below_min_the_gang_is_retried_whole_and_counts_a_retry(
     )
     assert result.counts() == {"completed": 1}, result.trials[0].error
     assert result.trials[0].attempts == 2
-    assert _worlds(markers) == {0: {2}, 1: {2}, 2: {2}}
+    assert elastic_worlds(markers) == {0: {2}, 1: {2}, 2: {2}}
 
 
 def test_a_lost_node_shrinks_the_gang_which_grows_back_when_a_node_joins(
@@ -164,7 +154,7 @@ def test_a_lost_node_shrinks_the_gang_which_grows_back_when_a_node_joins(
     assert result.counts() == {"completed": 1}, result.trials[0].error
     trial = result.trials[0]
     assert trial.attempts == 1
-    worlds = _worlds(markers)
+    worlds = elastic_worlds(markers)
     assert worlds[2] == {4, survivors}
     assert worlds[3] == {4} and worlds[4] == {4}
     assert rank3["node"] not in {data["node"] for data in _round(markers, 2, survivors)}
@@ -189,5 +179,5 @@ def test_the_gang_starts_with_min_when_only_min_can_be_placed(
         launcher=_launcher(markers),
     )
     assert result.counts() == {"completed": 1}, result.trials[0].error
-    assert _worlds(markers) == {0: {2}, 1: {2}}
+    assert elastic_worlds(markers) == {0: {2}, 1: {2}}
     assert result.trials[0].metrics["world_size"] == 2.0
