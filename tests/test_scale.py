@@ -8,6 +8,7 @@ import signal
 import subprocess
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,27 @@ def test_a_damaged_snapshot_is_ignored() -> None:
     assert hs.load("s").to_records() == _from_journal("s")
 
 
+def _killed_mid_write(
+    script: Path, source: str, journal: Path, delays: tuple[float, ...]
+) -> Iterator[float]:
+    """Run ``source`` (a writer that prints ``ready`` and then writes in a loop) on
+    ``journal`` once per delay, SIGKILL it that long after it is ready, and yield the delay."""
+    script.write_text(source)
+    for delay in delays:
+        writer = subprocess.Popen(
+            [PYTHON, str(script), str(journal)],
+            env=python_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(delay)  # a random moment of the write loop, not a wait for a condition
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        yield delay
+
+
 WRITER = textwrap.dedent(
     """
     import sys
@@ -118,21 +140,10 @@ def test_a_snapshot_killed_mid_write_never_disagrees_with_the_journal(run_dir: P
     hs.tune(SPACE, objectives.quadratic, n_trials=10, name="s", verbose=False, **SETTINGS)
     journal = default_run_dir("s") / "journal.log"
     expected = _from_journal("s")
-    script = run_dir / "writer.py"
-    script.write_text(WRITER)
     torn = 0
-    for delay in (0.05, 0.11, 0.23, 0.37, 0.5):
-        writer = subprocess.Popen(
-            [PYTHON, str(script), str(journal)],
-            env=python_env(),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert writer.stdout is not None
-        assert writer.stdout.readline().strip() == "ready"
-        time.sleep(delay)  # a random moment of the write loop, not a wait for a condition
-        writer.send_signal(signal.SIGKILL)
-        writer.wait()
+    for _ in _killed_mid_write(
+        run_dir / "writer.py", WRITER, journal, (0.05, 0.11, 0.23, 0.37, 0.5)
+    ):
         leftovers = list(journal.parent.glob("*.tmp"))
         torn += bool(leftovers)
         loaded = hs.load("s").to_records()
@@ -534,20 +545,9 @@ def test_a_replay_snapshot_killed_mid_write_never_disagrees_with_the_journal(
     hs.tune(SPACE, objectives.quadratic, n_trials=6, name="s", verbose=False, **SETTINGS)
     journal = default_run_dir("s") / "journal.log"
     expected = _optuna_replay(journal)
-    script = run_dir / "replay_writer.py"
-    script.write_text(REPLAY_WRITER)
-    for delay in (0.05, 0.13, 0.29, 0.41):
-        writer = subprocess.Popen(
-            [PYTHON, str(script), str(journal)],
-            env=python_env(),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert writer.stdout is not None
-        assert writer.stdout.readline().strip() == "ready"
-        time.sleep(delay)  # a random moment of the write loop, not a wait for a condition
-        writer.send_signal(signal.SIGKILL)
-        writer.wait()
+    for _ in _killed_mid_write(
+        run_dir / "replay_writer.py", REPLAY_WRITER, journal, (0.05, 0.13, 0.29, 0.41)
+    ):
         _, trials = _opened_trials(journal)
         assert trials == expected or len(trials) == len(expected) * 2000
         replay_snapshot_path(journal).unlink(missing_ok=True)
