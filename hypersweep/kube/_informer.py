@@ -123,6 +123,11 @@ class Informer:
         """Call ``handler(event_type, obj)`` for every change (ADDED, MODIFIED, DELETED)."""
         self._handlers.append(handler)
 
+    def remove_handler(self, handler: Handler) -> None:
+        """Stop calling ``handler`` (a user of a shared informer that is done)."""
+        if handler in self._handlers:
+            self._handlers = [h for h in self._handlers if h != handler]
+
     def start(self) -> None:
         """Start listing and watching (once: an informer shared by several users is started
         by each of them)."""

@@ -258,6 +258,10 @@ class KubernetesLauncher(Launcher):
         self._returned = 0
         self._handled = 0
         self._backlog: list[Event] = []
+        # The last state of running trials' TrainJobs that were deleted (from the watch's
+        # DELETED event): a job that finished and went (ttlSecondsAfterFinished) between two
+        # checks is judged by how it ended, not as deleted.
+        self._gone: dict[str, JsonDict] = {}
         # Clean-ups of ended trials (suspend the TrainJob, delete the Secret), by TrainJob
         # name, run at the next poll: they must reach the API before the trial is answered.
         self._actions: list[tuple[str, Callable[[], None]]] = []
@@ -334,6 +338,7 @@ class KubernetesLauncher(Launcher):
                 label_selector=f"{names.SWEEP_LABEL}={self.sweep}",
             )
             self._own_trainjobs = True
+        self._trainjobs.add_handler(self._job_event)
         self._trainjobs.start()
         if not self._trainjobs.wait_synced():
             raise TimeoutError(f"could not list the TrainJobs of namespace {self.namespace}")
@@ -545,10 +550,12 @@ class KubernetesLauncher(Launcher):
             self._write_secret(trial, assignment)
             self._create_gang_objects(trial.name, trial.number)
             job = self._render_job(trial, assignment, pool)
-            trial.uid = self.kube.create(TRAINJOBS, self.namespace, job)["metadata"]["uid"]
+            uid = self.kube.create(TRAINJOBS, self.namespace, job)["metadata"]["uid"]
             # The watch has 30 s to show the job from now, not from when its write was queued
-            # (a thousand trials started at once queue their writes for minutes).
+            # (a thousand trials started at once queue their writes for minutes); set before
+            # the uid, which is what makes a check (in another thread) look for the job.
             trial.created = time.monotonic()
+            trial.uid = uid
         except ApiError as error:
             return error
         return None
@@ -644,6 +651,8 @@ class KubernetesLauncher(Launcher):
         with self._cond:
             trial = self._trials.pop(trial_number, None)
             queued = self._queued.pop(trial_number, None)
+            if trial is not None:
+                self._gone.pop(trial.name, None)
             self._cond.notify_all()
         if queued is not None:
             self._withdraw(queued.name)
@@ -677,8 +686,10 @@ class KubernetesLauncher(Launcher):
             self._withdraw(waiting.name)
         if self._own_admission and self._admission is not None:
             self._admission.stop()
-        if self._own_trainjobs and self._trainjobs is not None:
-            self._trainjobs.stop()
+        if self._trainjobs is not None:
+            self._trainjobs.remove_handler(self._job_event)
+            if self._own_trainjobs:
+                self._trainjobs.stop()
         if self._creates is not None:
             self._creates.shutdown()
         assert self._server is not None
@@ -1077,6 +1088,13 @@ class KubernetesLauncher(Launcher):
                 if job is not None and job["metadata"].get("uid") != trial.uid:
                     job = None  # an earlier attempt's, not gone from the cache yet
                 if job is None:
+                    job = self._gone.get(trial.name)
+                    if job is not None and not _finished(job):
+                        # Deleted while it ran (by hand, or its Sweep's owner went).
+                        events.append(Crashed(trial.number, f"TrainJob {trial.name} was deleted"))
+                        self._drop(trial)
+                        continue
+                if job is None:
                     if trial.job_seen or now - trial.created > 30.0:
                         events.append(Crashed(trial.number, f"TrainJob {trial.name} was deleted"))
                         self._drop(trial)
@@ -1120,9 +1138,22 @@ class KubernetesLauncher(Launcher):
         Sweep's ``TrialsStalled`` condition."""
         return self._stalled_note
 
+    def _job_event(self, kind: str, job: JsonDict) -> None:
+        """Keep the last state of a running trial's TrainJob that was deleted (see ``_gone``)."""
+        if kind != "DELETED":
+            return
+        meta = job["metadata"]
+        number = (meta.get("labels") or {}).get(names.TRIAL_LABEL, "")
+        with self._cond:
+            # Only this launcher's running trials: the others' jobs go unremembered.
+            trial = self._trials.get(int(number)) if number.isdigit() else None
+            if trial is not None and trial.uid is not None and trial.uid == meta.get("uid"):
+                self._gone[trial.name] = job
+
     def _drop(self, trial: _Trial, failure: str | None = None) -> None:
         """Forget a trial whose TrainJob ended without an outcome (called with the lock)."""
         self._trials.pop(trial.number, None)
+        self._gone.pop(trial.name, None)
         trial.outcome = "lost"
         self._ended[trial.number] = trial
         shown = None
@@ -1260,6 +1291,7 @@ class KubernetesLauncher(Launcher):
             return 400, {"error": f"unknown message kind {kind!r}"}
         trial.outcome = kind
         self._trials.pop(number, None)
+        self._gone.pop(trial.name, None)
         self._ended[number] = trial
         self._actions.append((trial.name, action))
         return self._emit(event)
@@ -1290,6 +1322,12 @@ class KubernetesLauncher(Launcher):
             if remaining <= 0 or self._detached:
                 return 202, {"retry": True}
             self._cond.wait(remaining)
+
+
+def _finished(job: Mapping[str, Any]) -> bool:
+    """Whether a TrainJob had ended (Succeeded or Failed)."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return is_true(conditions, "Succeeded") or is_true(conditions, "Failed")
 
 
 def _show(value: float) -> str:

@@ -7,8 +7,10 @@ counts its own API requests by verb and resource on its ``/metrics``."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -18,7 +20,14 @@ from hypersweep.kube._client import PODS, SECRETS, SERVICES, SWEEPS, TRAINJOBS, 
 from hypersweep.kube._names import JOB_NAME_LABEL, SWEEP_LABEL
 from hypersweep.testing import LocalCluster
 
-from .conftest import Namespace, OperatorProcess, objective_command, trial_template, wait_until
+from .conftest import (
+    Namespace,
+    OperatorProcess,
+    free_port,
+    objective_command,
+    trial_template,
+    wait_until,
+)
 from .test_day_one import apply_sweep
 from .test_sweep import stored_trials, wait_sweep
 
@@ -124,6 +133,51 @@ def test_finished_trials_are_collected_and_live_objects_stay_bounded(
     # An Event when it starts and one when it ends (a warning more now and then).
     assert per_trial.get("create events", 0) <= 2.5 * TRIALS, per_trial
     assert per_trial.get("delete trainjobs", 0) <= TRIALS, per_trial  # once each
+
+
+def test_a_trial_whose_job_failed_and_was_collected_before_a_check_fails_with_its_reason(
+    cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """ttlSecondsAfterFinished: 0 deletes a failed trial's TrainJob as it fails, long before
+    the launcher's next check of the jobs' states (5 s here: a busy driver checks late). The
+    trial fails with why its job failed, and is not retried as if someone deleted it."""
+    import hypersweep as hs
+    from hypersweep.launchers import KubernetesLauncher
+
+    port = free_port()
+    template = trial_template([sys.executable, "-m", "hypersweep.operators.trial_entrypoint"])
+    template["runPolicy"] = {"ttlSecondsAfterFinished": 0}
+    launcher = KubernetesLauncher(
+        namespace.name,
+        trial_template=template,
+        max_concurrent=1,
+        kube=Kube(cluster.api_client()),
+        report_url=f"http://127.0.0.1:{port}",
+        report_port=port,
+        sync_interval=5.0,
+    )
+
+    def objective(config: dict[str, Any]) -> float:  # shipped to the pod by value
+        import os
+
+        os._exit(3)  # dies without a word: only the TrainJob says how it ended
+
+    result = hs.tune(
+        {"x": hs.uniform(-1, 1)},
+        objective,
+        metric="loss",
+        n_trials=1,
+        name="gone-fast",
+        seed=0,
+        launcher=launcher,
+        storage=str(tmp_path / "journal.log"),
+        max_retries=2,
+    )
+    [trial] = result.trials
+    assert trial.state == "failed", trial
+    assert "was deleted" not in str(trial.error), trial.error
+    assert "failed" in str(trial.error) and "exited with code 3" in str(trial.error), trial.error
+    assert trial.attempts == 1, trial  # not relaunched as a crash
 
 
 def _requests(operator: OperatorProcess) -> dict[str, float]:
