@@ -56,6 +56,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -655,6 +656,11 @@ def _observe(
     )
 
 
+#: Seconds a pod's node may be missing from the watched nodes before its replica is lost.
+UNSEEN_NODE_GRACE = 30.0
+#: Node names remembered as deleted at most.
+DELETED_NODES_KEPT = 10_000
+
 #: TrainJob uids remembered as deleted at most (each one's cache catches up within seconds).
 DELETED_JOBS_KEPT = 10_000
 
@@ -1048,6 +1054,10 @@ class TrainJobController:
         self._readmitting: dict[str, tuple[int, GangRequest]] = {}  # job key -> restart, request
         self._lock = threading.Lock()
         self._node_names: frozenset[str] | None = None
+        # Nodes that pods are bound to but the watch has not shown yet (a cluster adding
+        # nodes fast: their ADDED events lag the pods bound there), by when first met.
+        self._unseen_nodes: dict[str, float] = {}
+        self._deleted_nodes: dict[str, None] = {}  # seen DELETED (and not back), oldest first
         self._unready: frozenset[str] = frozenset()  # nodes whose Ready condition is not True
         self.recorder = recorder
         self.networking = networking
@@ -1112,6 +1122,13 @@ class TrainJobController:
         with self._lock:
             if kind in ("ADDED", "DELETED"):
                 self._node_names = None  # heartbeats (MODIFIED) change no name
+                self._unseen_nodes.pop(gone, None)
+            if kind == "DELETED":
+                self._deleted_nodes[gone] = None
+                while len(self._deleted_nodes) > DELETED_NODES_KEPT:
+                    del self._deleted_nodes[next(iter(self._deleted_nodes))]
+            else:
+                self._deleted_nodes.pop(gone, None)
             # Only a change of readiness queues anything: heartbeats are most node events.
             went_down = down and gone not in self._unready
             if down != (gone in self._unready):
@@ -1163,6 +1180,7 @@ class TrainJobController:
         pods = self.pods.list(namespace, labels)
         admitted = self._gang_admitted(key, job, spec, pods)
         job = self._on_slice(key, job, pods)
+        nodes, recheck = self._nodes(pods)
         plan = decide(
             job,
             spec,
@@ -1170,7 +1188,7 @@ class TrainJobController:
             self.services.list(namespace, labels),
             dt.datetime.now(dt.timezone.utc),
             self.networking,
-            nodes=self._nodes(),
+            nodes=nodes,
             unready=self._unready,
             admitted=admitted,
         )
@@ -1178,17 +1196,38 @@ class TrainJobController:
             finished = plan.status.get("conditions") or []
             if is_true(finished, "Succeeded") or is_true(finished, "Failed"):
                 self._forget_readmission(key)
-        return self.apply(job, plan)
+        after = self.apply(job, plan)
+        if recheck is not None:
+            after = recheck if after is None else min(after, recheck)
+        return after
 
-    def _nodes(self) -> frozenset[str] | None:
-        """The names of the nodes that exist, remembered until a node comes or goes (None
-        when nodes are not watched)."""
+    def _nodes(self, pods: Sequence[JsonDict]) -> tuple[frozenset[str] | None, float | None]:
+        """The names of the nodes that hold ``pods`` and are taken to exist (None when nodes
+        are not watched), and when to look again at a pod's node the watch has not shown.
+
+        A node the watch showed deleted is gone. One it has not shown at all is given
+        ``UNSEEN_NODE_GRACE`` seconds to appear: a cluster adding many nodes binds pods to
+        them before their ADDED events arrive here, and such a pod is not lost. A node still
+        unseen after that (deleted before this operator started) is gone.
+        """
         if self.nodes is None:
-            return None
+            return None, None
+        now = time.monotonic()
+        recheck: float | None = None
         with self._lock:
             if self._node_names is None:
                 self._node_names = frozenset(n["metadata"]["name"] for n in self.nodes.list())
-            return self._node_names
+            names = self._node_names
+            young: set[str] = set()
+            for pod in pods:
+                node = (pod.get("spec") or {}).get("nodeName")
+                if not node or node in names or node in self._deleted_nodes:
+                    continue
+                left = self._unseen_nodes.setdefault(node, now) + UNSEEN_NODE_GRACE - now
+                if left > 0:
+                    young.add(node)
+                    recheck = left if recheck is None else min(recheck, left)
+        return (names | young if young else names), recheck
 
     def _spec(self, job: JsonDict) -> JobSpec:
         """The job's parsed spec: parsed once per generation (a spec change bumps it), not at

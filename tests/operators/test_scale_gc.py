@@ -180,6 +180,76 @@ def test_a_trial_whose_job_failed_and_was_collected_before_a_check_fails_with_it
     assert trial.attempts == 1, trial  # not relaunched as a crash
 
 
+def test_a_pod_on_a_node_the_watch_has_not_shown_yet_is_not_lost(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster adding many nodes binds pods to them before the nodes' ADDED events reach
+    the operator: such a pod's replica is not lost with a node that "does not exist". A node
+    the watch showed deleted is gone at once; one never shown, after a grace period."""
+    from hypersweep.kube._pools import NODES
+    from hypersweep.kube._recorder import EventRecorder
+    from hypersweep.operators import _trainjob
+
+    kube = Kube(cluster.api_client())
+    controller = _trainjob.TrainJobController(kube, EventRecorder(kube))
+    assert controller.nodes is not None
+    controller.nodes.start()  # the real watch of the cluster's nodes, nothing else
+    assert controller.nodes.wait_synced()
+    node = f"joining-{threading.get_ident() % 100000}"
+
+    def pod_on(name: str) -> dict[str, Any]:
+        return {"metadata": {"name": "p", "uid": "u"}, "spec": {"nodeName": name}}
+
+    try:
+        # Bound there before the watch showed the node: it exists; look again later.
+        nodes, recheck = controller._nodes([pod_on(node)])
+        assert nodes is not None and node in nodes
+        assert recheck is not None and 0 < recheck <= _trainjob.UNSEEN_NODE_GRACE
+        # The node appears (unschedulable: nothing else lands on it).
+        kube.create(
+            NODES,
+            None,
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": node},
+                "spec": {
+                    "unschedulable": True,
+                    "taints": [{"key": "hypersweep.io/test", "effect": "NoSchedule"}],
+                },
+            },
+        )
+        wait_until(
+            lambda: controller.nodes is not None
+            and controller.nodes.get("", node) is not None,
+            timeout=30,
+            what="the node's ADDED event",
+        )
+        nodes, recheck = controller._nodes([pod_on(node)])
+        assert nodes is not None and node in nodes and recheck is None
+        # Deleted: gone at once, with no grace.
+        kube.delete(NODES, None, node)
+        wait_until(
+            lambda: node not in (controller._nodes([pod_on(node)])[0] or ()),
+            timeout=30,
+            what="the node's DELETED event",
+        )
+        assert controller._nodes([pod_on(node)])[1] is None
+        # A node never shown (deleted before the operator started): gone after the grace.
+        monkeypatch.setattr(_trainjob, "UNSEEN_NODE_GRACE", 0.3)
+        never = f"{node}-never"
+        assert never in (controller._nodes([pod_on(never)])[0] or ())
+        wait_until(
+            lambda: never not in (controller._nodes([pod_on(never)])[0] or ()),
+            timeout=10,
+            what="the grace of a node never shown to end",
+        )
+    finally:
+        controller.nodes.stop()
+        if kube.get(NODES, None, node) is not None:
+            kube.delete(NODES, None, node)
+
+
 def _requests(operator: OperatorProcess) -> dict[str, float]:
     """The operator's own request counts, as ``"verb resource"`` -> count."""
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.port}/metrics") as response:
