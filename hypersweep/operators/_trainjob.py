@@ -582,7 +582,10 @@ class _Observed:
                 policy == "Running" and _phase(pod) not in ("Succeeded", "Failed")
             ):
                 self.plan.delete_pods.append(pod)
-        if policy != "None":
+        ttl = self.spec.ttl_seconds_after_finished
+        # A job deleted soon after it finished takes its Services with it (the garbage
+        # collector deletes what the job owns): no request of ours for them.
+        if policy != "None" and (ttl is None or ttl > SERVICES_GO_WITH_JOB_TTL):
             self.plan.delete_services.extend(self.own_services)
 
     def who(self, replica: Replica) -> str:
@@ -655,6 +658,10 @@ def _observe(
         own_services=[svc for svc in services if owned_by(svc, uid)],
     )
 
+
+#: A finished job whose ttlSecondsAfterFinished is at most this leaves its Services to go with
+#: it, rather than deleting them itself.
+SERVICES_GO_WITH_JOB_TTL = 60
 
 #: Seconds a pod's node may be missing from the watched nodes before its replica is lost.
 UNSEEN_NODE_GRACE = 30.0
