@@ -620,6 +620,7 @@ def _run(
     }
     requests_before = _request_counts(cluster)
     operator_before = _operator_requests(port)
+    load_at_apply = os.getloadavg()
     applied = time.perf_counter()
     cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(sweep))
     status_sizes: list[int] = []
@@ -689,6 +690,12 @@ def _run(
     per_trial_total = sum(v for k, v in operator_delta.items() if not k.startswith("watch "))
     return {
         "trials": trials,
+        # The machine's load average (1, 5, 15 min) at apply and at the end: on 2 shared
+        # cores, how busy it was with other work tells how to read the times.
+        "load_average_at_apply_and_end": [
+            [round(x, 2) for x in load_at_apply],
+            [round(x, 2) for x in os.getloadavg()],
+        ],
         "ttl_seconds_after_finished": ttl,
         "replicas_per_trial": replicas,
         "nodes": sizes,
