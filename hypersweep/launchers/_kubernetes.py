@@ -131,6 +131,7 @@ class _Trial:
     value: float | None = None  # the latest reported value of the sweep's metric
     value_shown: float | None = None  # the value last written on the TrainJob
     value_shown_at: float = 0.0
+    first_value_at: float | None = None  # when its first value was reported
 
 
 @dataclass
@@ -1052,9 +1053,11 @@ class KubernetesLauncher(Launcher):
                     value is not None
                     and value != trial.value_shown
                     and trial.uid is not None
-                    # From VALUE_INTERVAL after the launch on: a trial shorter than that
-                    # shows its value only with its outcome, in the same write.
-                    and now - max(trial.value_shown_at, trial.created) >= VALUE_INTERVAL
+                    and trial.first_value_at is not None
+                    # From VALUE_INTERVAL after its first report on: a trial that reports
+                    # for less than that (however long its pods waited to start) shows its
+                    # value only with its outcome, in the same write.
+                    and now - max(trial.value_shown_at, trial.first_value_at) >= VALUE_INTERVAL
                 ):
                     trial.value_shown, trial.value_shown_at = value, now
                     due.append((trial.name, value))
@@ -1245,6 +1248,8 @@ class KubernetesLauncher(Launcher):
             trial.pending.append(step)
             if self._context is not None and self._context.metric in clean:
                 trial.value = clean[self._context.metric]
+                if trial.first_value_at is None:
+                    trial.first_value_at = time.monotonic()
             return self._emit(Reported(number, step, clean))
         if rank != 0:
             return None  # only rank 0 speaks for the trial; a failing rank fails its TrainJob

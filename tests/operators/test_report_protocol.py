@@ -171,3 +171,49 @@ def test_a_launcher_needs_a_reachable_report_url(monkeypatch: pytest.MonkeyPatch
             launcher.start(SweepContext("demo", ObjectiveRef("f", reference="m:f"), "loss"))
     finally:
         server.stop()
+
+
+def test_a_running_value_is_written_from_a_trials_first_report_on_not_its_launch(
+    launcher: KubernetesLauncher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial whose pods waited longer than VALUE_INTERVAL to start (a busy cluster) and then
+    reports for less than that writes no value on its TrainJob before its outcome: one write
+    per trial less. One that reports for longer still shows its latest value meanwhile."""
+    from hypersweep.kube._names import VALUE_ANNOTATION
+    from hypersweep.launchers import _kubernetes
+
+    monkeypatch.setattr(_kubernetes, "VALUE_INTERVAL", 3.0)
+    launcher.sync_interval = 0.1
+    launcher.launch(assignment(0))
+    token = token_of(launcher, 0)
+    launched = time.monotonic()
+
+    def shown() -> str | None:
+        job = launcher.kube.get(TRAINJOBS, launcher.namespace, "demo-trial-0") or {}
+        return ((job.get("metadata") or {}).get("annotations") or {}).get(VALUE_ANNOTATION)
+
+    def report(step: int, loss: float) -> None:
+        thread, out = in_thread(
+            lambda: channel(launcher, 0, token).request(("report", step, {"loss": loss}))
+        )
+        assert poll_until(launcher, Reported) == Reported(0, step, {"loss": loss})
+        launcher.respond(0, "continue")
+        thread.join(5)
+        assert out == ["continue"], out
+
+    # The pods "start" after more than VALUE_INTERVAL: the first report comes then.
+    while time.monotonic() - launched < 3.5:
+        launcher.poll(0.1)
+    report(0, 0.5)
+    first = time.monotonic()
+    while time.monotonic() - first < 1.0:  # checks run every 0.1 s meanwhile
+        launcher.poll(0.1)
+    assert shown() is None  # not VALUE_INTERVAL since its first report yet (2 s margin)
+    # Reporting for longer than VALUE_INTERVAL: its latest value is shown while it runs.
+    while time.monotonic() - first < 3.1:
+        launcher.poll(0.1)
+    report(1, 0.25)
+    deadline = time.monotonic() + 10
+    while shown() != "0.25" and time.monotonic() < deadline:
+        launcher.poll(0.1)
+    assert shown() == "0.25"
