@@ -200,7 +200,6 @@ def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) ->
     from dataclasses import replace
 
     from hypersweep._errors import ConfigError
-    from hypersweep.orchestrator._journal import save_replay_snapshot
     from hypersweep.orchestrator._snapshot import journal_of, read_snapshot
     from hypersweep.orchestrator._storage import describe_storage, open_storage
 
@@ -217,6 +216,8 @@ def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) ->
         cached = read_snapshot(journal, name)
         if cached is not None:
             return replace(cached, storage=describe_storage(storage, name))
+    from hypersweep.orchestrator._journal import save_replay_snapshot  # imports Optuna
+
     opened = open_storage(storage, name)
     try:
         study_id = opened.get_study_id_from_name(name)
