@@ -35,7 +35,7 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -130,7 +130,8 @@ class FlockJournalFileBackend(JournalFileBackend, BaseJournalSnapshot):
 
 def save_replay_snapshot(storage: Any, min_new_lines: int = 1) -> bool:
     """Save the replay result of ``storage`` beside its journal file, if it is one of ours and
-    read at least ``min_new_lines`` lines more than the snapshot it started from.
+    read at least ``min_new_lines`` lines more than the snapshot it started from (any line
+    if it started from none).
 
     Taken under the storage's lock after reading every line written so far, so that the
     result, the line count and the byte offset it records agree.
@@ -146,8 +147,8 @@ def save_replay_snapshot(storage: Any, min_new_lines: int = 1) -> bool:
         number, offset = backend._cursor
         if replay.log_number_read != number:
             return False  # read by another path: the counts do not describe the same lines
-        if number - backend.restored_lines < min_new_lines:
-            return False
+        if backend.restored_lines and number - backend.restored_lines < min_new_lines:
+            return False  # (none restored or saved yet: any lines are worth saving)
         write_replay_snapshot(Path(backend._file_path), number, offset, replay)
         backend.restored_lines = number
     return True
@@ -258,14 +259,109 @@ class CompactReplayResult(JournalStorageReplayResult):
         state = self.__dict__.copy()
         for name in ("_distributions", "_distribution_texts", "_distribution_dicts"):
             del state[name]  # rebuilt on load from the trials themselves
+        state["_trials"] = _PackedTrials(self._trials)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_interning()
-        for trial in self._trials.values():
-            if trial.state.is_finished():
-                self._compact(trial)
+        packed = self._trials
+        if isinstance(packed, _PackedTrials):
+            self._trials = packed.unpack(self._shared_distributions)
+
+
+def _interned(key: Any) -> Any:
+    """``key`` as the one shared string of its text (intermediate values' keys are ints)."""
+    return sys.intern(key) if isinstance(key, str) else key
+
+
+# Trial attributes packed as (index of their keys in a table, tuple of values).
+_PACKED_ATTRS = ("_params", "_user_attrs", "_system_attrs", "intermediate_values")
+
+
+class _PackedTrials:
+    """A replay's trials as the replay snapshot pickles them.
+
+    The snapshot is pickled without memo (see ``_snapshot``), so a ``FrozenTrial`` as is would
+    carry its attribute names, its distributions and its dicts' keys once per trial: most of
+    the file, and a new object each to share again on load. A finished trial is packed as a
+    tuple of its ``__dict__`` values in which the distributions dict is an index into a table
+    of the distinct ones and each dict of attributes is the index of its keys in a table of
+    the distinct key tuples with a tuple of its values. Unpacking builds the trials with their
+    parts already shared: no per-trial interning on load. Trials still waiting or running
+    are pickled as they are (Optuna's ``Trial`` edits their dicts in place).
+    """
+
+    def __init__(self, trials: dict[int, FrozenTrial]) -> None:
+        self.fields: tuple[str, ...] | None = None
+        self.distributions: list[dict[str, BaseDistribution]] = []
+        self.keys: list[tuple[str, ...]] = []
+        self.trials: dict[int, Any] = trials  # packed by __getstate__, while pickled
+
+    def __getstate__(self) -> dict[str, Any]:
+        fields: tuple[str, ...] | None = None
+        dict_index: dict[int, int] = {}
+        key_index: dict[tuple[str, ...], int] = {}
+        distributions: list[dict[str, BaseDistribution]] = []
+        keys: list[tuple[str, ...]] = []
+
+        def packed_dict(values: dict[str, Any]) -> tuple[int, tuple[Any, ...]] | None:
+            if not values:
+                return None
+            names = tuple(values)
+            index = key_index.get(names)
+            if index is None:
+                index = key_index[names] = len(keys)
+                keys.append(names)
+            return index, tuple(values.values())
+
+        packed: dict[int, Any] = {}
+        for trial_id, trial in self.trials.items():
+            attributes = trial.__dict__
+            if fields is None and trial.state.is_finished():
+                fields = tuple(attributes)
+            if not trial.state.is_finished() or tuple(attributes) != fields:
+                packed[trial_id] = trial
+                continue
+            values = dict(attributes)
+            shared = values["_distributions"]
+            index = dict_index.get(id(shared))
+            if index is None:
+                index = dict_index[id(shared)] = len(distributions)
+                distributions.append(shared)
+            values["_distributions"] = index
+            for name in _PACKED_ATTRS:
+                values[name] = packed_dict(values[name])
+            packed[trial_id] = tuple(values.values())
+        return {"fields": fields, "distributions": distributions, "keys": keys, "trials": packed}
+
+    def unpack(
+        self, share: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[int, FrozenTrial]:
+        """The trials, with ``share`` giving the shared distributions dict for each one."""
+        if self.fields is None:
+            return self.trials
+        distributions = [share(d) for d in self.distributions]
+        keys = [tuple(_interned(name) for name in names) for names in self.keys]
+        fields = self.fields
+        at = {name: fields.index(name) for name in ("_distributions", *_PACKED_ATTRS)}
+        at_distributions = at["_distributions"]
+        at_packed = [(at[name], name) for name in _PACKED_ATTRS]
+        new = FrozenTrial.__new__
+        trials: dict[int, FrozenTrial] = {}
+        for trial_id, packed in self.trials.items():
+            if not isinstance(packed, tuple):
+                trials[trial_id] = packed
+                continue
+            attributes = dict(zip(fields, packed, strict=True))
+            attributes["_distributions"] = distributions[packed[at_distributions]]
+            for index, name in at_packed:
+                part = packed[index]
+                attributes[name] = _EMPTY if part is None else dict(zip(keys[part[0]], part[1]))
+            trial = new(FrozenTrial)
+            trial.__dict__ = attributes
+            trials[trial_id] = trial
+        return trials
 
 
 class SweepJournalStorage(JournalStorage):

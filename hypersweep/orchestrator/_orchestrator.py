@@ -399,30 +399,50 @@ class Orchestrator:
             self._notify()
             if self.callbacks:
                 self.callbacks.on_sweep_end(self.result())
-        self._save_snapshot()
-        return self.result()
+        saved = self._save_snapshot()
+        if saved is None:
+            return self.result()
+        # The records just saved (or still current) are this result's: built once, not twice.
+        return replace(
+            saved,
+            metric=self.settings.metric,
+            mode=self.settings.mode,
+            constraints=self.settings.constraints,
+            storage=self.storage_description,
+            stopped_reason=self.stop_reason,
+            space=self.settings.space,
+        )
 
-    def _save_snapshot(self) -> None:
+    def _save_snapshot(self) -> SweepResult | None:
         """Save the sweep's results beside its journal, for a fast ``load``/``status``, and
-        the storage's replay of the journal, for a fast restart (``resume``, another driver)."""
+        the storage's replay of the journal, for a fast restart (``resume``, another driver).
+
+        Returns the results saved, or those of the snapshot already there if this driver wrote
+        nothing they depend on (a resume with nothing left to run); None without a journal.
+        """
         from hypersweep.orchestrator._journal import save_replay_snapshot
-        from hypersweep.orchestrator._snapshot import journal_of
-        from hypersweep.orchestrator._tune import read_sweep
+        from hypersweep.orchestrator._snapshot import journal_of, read_snapshot
+        from hypersweep.orchestrator._tune import REPLAY_RESAVE_LINES, read_sweep
 
         journal = journal_of(self.settings.storage, self.name)
         if journal is None:
-            return
+            return None
         try:
-            read_sweep(
-                self.store.storage,
-                self.store.study_id,
-                self.name,
-                self.storage_description,
-                snapshot=journal,
-            )
-            save_replay_snapshot(self.store.storage)
+            saved = read_snapshot(journal, self.name)
+            if saved is None:
+                saved = read_sweep(
+                    self.store.storage,
+                    self.store.study_id,
+                    self.name,
+                    self.storage_description,
+                    snapshot=journal,
+                )
+            # A driver that ran only a few trials leaves the next start a few lines to read.
+            save_replay_snapshot(self.store.storage, min_new_lines=REPLAY_RESAVE_LINES)
         except OSError as error:  # the sweep is done; only the next load is slower
             logger.warning("Could not save the snapshot of sweep %s: %s", self.name, error)
+            return None
+        return saved
 
     def _install_sigint_handler(self) -> Callable[[], None]:
         """First Ctrl-C: stop cleanly between two storage writes. Second: stop now."""
