@@ -428,17 +428,20 @@ class Orchestrator:
         if journal is None:
             return None
         try:
+            # A driver that ran only a few trials leaves the next start a few lines to read.
+            save_replay_snapshot(self.store.storage, min_new_lines=REPLAY_RESAVE_LINES)
             saved = read_snapshot(journal, self.name)
             if saved is None:
+                # The storage's trials are released as the records are built: this driver
+                # reads no trial after this (its callbacks were told already).
                 saved = read_sweep(
                     self.store.storage,
                     self.store.study_id,
                     self.name,
                     self.storage_description,
                     snapshot=journal,
+                    release=True,
                 )
-            # A driver that ran only a few trials leaves the next start a few lines to read.
-            save_replay_snapshot(self.store.storage, min_new_lines=REPLAY_RESAVE_LINES)
         except OSError as error:  # the sweep is done; only the next load is slower
             logger.warning("Could not save the snapshot of sweep %s: %s", self.name, error)
             return None

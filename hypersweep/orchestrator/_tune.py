@@ -240,13 +240,16 @@ def read_sweep(
     description: str,
     *,
     snapshot: Path | None = None,
+    release: bool = False,
 ) -> SweepResult:
     """A sweep's results from its open storage; with ``snapshot`` (its journal file), saved
-    beside it when no trial is running, for the next ``load`` to read."""
+    beside it when no trial is running, for the next ``load`` to read. With ``release``, the
+    storage's trials are dropped from memory as their records are built (a driver that ends:
+    see ``_journal.release_replay``)."""
     import optuna
 
     from hypersweep.orchestrator._gc import gc_paused
-    from hypersweep.orchestrator._journal import FlockJournalFileBackend
+    from hypersweep.orchestrator._journal import FlockJournalFileBackend, release_replay
     from hypersweep.orchestrator._snapshot import write_snapshot
     from hypersweep.orchestrator._storage import SweepStore
     from hypersweep.strategies import parse_space
@@ -262,10 +265,15 @@ def read_sweep(
     modes = ["min" if d == optuna.study.StudyDirection.MINIMIZE else "max" for d in directions]
     if isinstance(backend, FlockJournalFileBackend) and backend.bytes_read != size:
         size = None  # written to meanwhile: the spec may be newer than the trials
+    if release and release_replay(opened):
+        trials.reverse()  # popped from the end, in order, each freed once read
+    else:
+        trials = trials[::-1]  # the storage keeps them
     records = []
     queued = 0
     with gc_paused():  # one record per trial, all kept
-        for trial in trials:
+        while trials:
+            trial = trials.pop()
             if trial.state == optuna.trial.TrialState.WAITING and not trial.params:
                 queued += 1
             else:
