@@ -46,7 +46,6 @@ from optuna.trial import FrozenTrial
 
 from hypersweep.orchestrator._gc import gc_paused
 
-
 _CHUNK = 1 << 20  # bytes read at once: the reader holds one chunk, not the journal
 
 
@@ -59,6 +58,7 @@ class FlockJournalFileBackend(JournalFileBackend):
         self._cursor = (0, 0)  # (number, byte offset) of the first line not read yet
         self.restored_lines = 0  # lines the replay snapshot restored (or last saved) covers
         self._fd: int | None = None  # kept open for reading: storages read before every call
+        self._fd_pid = 0  # the process that opened it (a forked child opens its own)
 
     # Not an Optuna ``BaseJournalSnapshot``: Optuna's storage then pickles its whole replay
     # every 100 trials created (a sweep creates its budget at once: quadratic in the budget).
@@ -381,9 +381,7 @@ class _PackedTrials:
             packed[trial_id] = tuple(values.values())
         return {"fields": fields, "distributions": distributions, "keys": keys, "trials": packed}
 
-    def unpack(
-        self, share: Callable[[dict[str, Any]], dict[str, Any]]
-    ) -> dict[int, FrozenTrial]:
+    def unpack(self, share: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[int, FrozenTrial]:
         """The trials, with ``share`` giving the shared distributions dict for each one."""
         if self.fields is None:
             return self.trials
@@ -403,7 +401,9 @@ class _PackedTrials:
             attributes["_distributions"] = distributions[packed[at_distributions]]
             for index, name in at_packed:
                 part = packed[index]
-                attributes[name] = _EMPTY if part is None else dict(zip(keys[part[0]], part[1]))
+                attributes[name] = (
+                    _EMPTY if part is None else dict(zip(keys[part[0]], part[1], strict=True))
+                )
             trial = new(FrozenTrial)
             trial.__dict__ = attributes
             trials[trial_id] = trial
