@@ -32,6 +32,8 @@ import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from hypersweep.orchestrator._gc import gc_paused
+
 if TYPE_CHECKING:
     from hypersweep.orchestrator._result import SweepResult
 
@@ -111,7 +113,8 @@ def _read_verified(target: Path, magic: bytes) -> Any:
     if payload is None:
         return None
     try:
-        return pickle.loads(payload)
+        with gc_paused():  # every object read stays alive: collections would be pure cost
+            return pickle.loads(payload)
     except Exception:  # noqa: BLE001 - e.g. written by another version: read the journal
         return None
 
