@@ -59,6 +59,8 @@ class FlockJournalFileBackend(JournalFileBackend):
         self.restored_lines = 0  # lines the replay snapshot restored (or last saved) covers
         self._fd: int | None = None  # kept open for reading: storages read before every call
         self._fd_pid = 0  # the process that opened it (a forked child opens its own)
+        self._append_fd: int | None = None
+        self._append_pid = 0
 
     # Not an Optuna ``BaseJournalSnapshot``: Optuna's storage then pickles its whole replay
     # every 100 trials created (a sweep creates its budget at once: quadratic in the budget).
@@ -84,13 +86,14 @@ class FlockJournalFileBackend(JournalFileBackend):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_fd"] = None  # a descriptor means nothing in another process
+        state["_fd"] = state["_append_fd"] = None  # descriptors mean nothing elsewhere
         return state
 
     def __del__(self, _close: Callable[[int], None] = os.close) -> None:
         # ``os.close`` bound early: at interpreter exit the module's globals may be gone.
-        if getattr(self, "_fd", None) is not None:
-            _close(self._fd)  # type: ignore[arg-type]
+        for descriptor in (getattr(self, "_fd", None), getattr(self, "_append_fd", None)):
+            if descriptor is not None:
+                _close(descriptor)
 
     def _reader(self) -> int:
         """The journal's descriptor for reading, opened once: opening it for every read was
@@ -140,18 +143,27 @@ class FlockJournalFileBackend(JournalFileBackend):
         if error is not None and pending:
             raise error  # a line that is not JSON, followed by more
 
+    def _appender(self) -> int:
+        """The journal's descriptor for appending, opened once (like the reader's): a forked
+        child opens its own, as a descriptor it shared would share the parent's lock too."""
+        if self._append_fd is None or self._append_pid != os.getpid():
+            self._append_fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            self._append_pid = os.getpid()
+        return self._append_fd
+
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         payload = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
-        with open(self._file_path, "ab") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                # One write: O_APPEND writes of a regular file do not interleave.
-                handle.write(payload.encode("utf-8"))
-                handle.flush()
-                if self._fsync:
-                    os.fsync(handle.fileno())
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        data = memoryview(payload.encode("utf-8"))
+        descriptor = self._appender()
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            # One write: O_APPEND writes of a regular file do not interleave.
+            while data:
+                data = data[os.write(descriptor, data) :]
+            if self._fsync:
+                os.fsync(descriptor)
+        finally:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
 
 
 def save_replay_snapshot(storage: Any, min_new_lines: int = 1) -> bool:
