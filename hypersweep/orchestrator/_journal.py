@@ -333,6 +333,61 @@ def _interned(key: Any) -> Any:
     return sys.intern(key) if isinstance(key, str) else key
 
 
+_PACKED_CHUNK = 1000  # trials packed at once while the replay snapshot is written
+
+
+class _Packer:
+    """The tables of one replay snapshot being written, and the packing of each trial."""
+
+    def __init__(self) -> None:
+        self.fields: list[tuple[str, ...]] = []  # the one field order packed trials have
+        self.distributions: list[dict[str, BaseDistribution]] = []
+        self.keys: list[tuple[str, ...]] = []
+        self._dict_index: dict[int, int] = {}
+        self._key_index: dict[tuple[str, ...], int] = {}
+
+    def _packed_dict(self, values: dict[str, Any]) -> tuple[int, tuple[Any, ...]] | None:
+        if not values:
+            return None
+        names = tuple(values)
+        index = self._key_index.get(names)
+        if index is None:
+            index = self._key_index[names] = len(self.keys)
+            self.keys.append(names)
+        return index, tuple(values.values())
+
+    def pack(self, trial: FrozenTrial) -> Any:
+        """``trial`` as a tuple if finished (with the field order of the first one), else as is."""
+        attributes = trial.__dict__
+        if not trial.state.is_finished():
+            return trial
+        if not self.fields:
+            self.fields.append(tuple(attributes))
+        if tuple(attributes) != self.fields[0]:
+            return trial
+        values = dict(attributes)
+        shared = values["_distributions"]
+        index = self._dict_index.get(id(shared))
+        if index is None:
+            index = self._dict_index[id(shared)] = len(self.distributions)
+            self.distributions.append(shared)
+        values["_distributions"] = index
+        for name in _PACKED_ATTRS:
+            values[name] = self._packed_dict(values[name])
+        return tuple(values.values())
+
+
+class _Chunk:
+    """Some of a replay's trials, packed only when pickled (then read back as a dict)."""
+
+    def __init__(self, packer: _Packer, trials: dict[int, Any], ids: list[int]) -> None:
+        self.packer, self.trials, self.ids = packer, trials, ids
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        pack, trials = self.packer.pack, self.trials
+        return dict, ({trial_id: pack(trials[trial_id]) for trial_id in self.ids},)
+
+
 # Trial attributes packed as (index of their keys in a table, tuple of values).
 _PACKED_ATTRS = ("_params", "_user_attrs", "_system_attrs", "intermediate_values")
 
@@ -354,44 +409,31 @@ class _PackedTrials:
         self.fields: tuple[str, ...] | None = None
         self.distributions: list[dict[str, BaseDistribution]] = []
         self.keys: list[tuple[str, ...]] = []
-        self.trials: dict[int, Any] = trials  # packed by __getstate__, while pickled
+        self.trials: dict[int, Any] = trials  # packed chunk by chunk while pickled
 
     def __getstate__(self) -> dict[str, Any]:
-        fields: tuple[str, ...] | None = None
-        dict_index: dict[int, int] = {}
-        key_index: dict[tuple[str, ...], int] = {}
-        distributions: list[dict[str, BaseDistribution]] = []
-        keys: list[tuple[str, ...]] = []
+        packer = _Packer()
+        ids = list(self.trials)
+        chunks = [
+            _Chunk(packer, self.trials, ids[start : start + _PACKED_CHUNK])
+            for start in range(0, len(ids), _PACKED_CHUNK)
+        ]
+        # The chunks first: pickling each packs its trials and fills the tables, which are
+        # pickled after them, complete. Only one chunk's tuples exist at a time.
+        return {
+            "trials": chunks,
+            "fields": packer.fields,
+            "distributions": packer.distributions,
+            "keys": packer.keys,
+        }
 
-        def packed_dict(values: dict[str, Any]) -> tuple[int, tuple[Any, ...]] | None:
-            if not values:
-                return None
-            names = tuple(values)
-            index = key_index.get(names)
-            if index is None:
-                index = key_index[names] = len(keys)
-                keys.append(names)
-            return index, tuple(values.values())
-
-        packed: dict[int, Any] = {}
-        for trial_id, trial in self.trials.items():
-            attributes = trial.__dict__
-            if fields is None and trial.state.is_finished():
-                fields = tuple(attributes)
-            if not trial.state.is_finished() or tuple(attributes) != fields:
-                packed[trial_id] = trial
-                continue
-            values = dict(attributes)
-            shared = values["_distributions"]
-            index = dict_index.get(id(shared))
-            if index is None:
-                index = dict_index[id(shared)] = len(distributions)
-                distributions.append(shared)
-            values["_distributions"] = index
-            for name in _PACKED_ATTRS:
-                values[name] = packed_dict(values[name])
-            packed[trial_id] = tuple(values.values())
-        return {"fields": fields, "distributions": distributions, "keys": keys, "trials": packed}
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.fields = state["fields"][0] if state["fields"] else None
+        self.distributions = state["distributions"]
+        self.keys = state["keys"]
+        self.trials = {}
+        for chunk in state["trials"]:
+            self.trials.update(chunk)
 
     def unpack(self, share: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[int, FrozenTrial]:
         """The trials, with ``share`` giving the shared distributions dict for each one."""
