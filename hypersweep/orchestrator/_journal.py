@@ -193,8 +193,8 @@ def save_replay_snapshot(storage: Any, min_new_lines: int = 1) -> bool:
 
 
 def release_replay(storage: Any) -> bool:
-    """Drop the trials ``storage`` holds in memory, if it is one of ours: it reads the journal
-    again from its first line if used afterwards (correct, only slower).
+    """Drop the trials ``storage`` holds in memory, if it is one of ours: if used afterwards,
+    it restores the replay snapshot (or reads the journal from its first line) again.
 
     A driver that ends turns every trial into a record; with the storage's copies released
     first, each trial is freed as its record is built, and the driver's peak memory is the
@@ -207,6 +207,7 @@ def release_replay(storage: Any) -> bool:
         return False
     with storage._thread_lock:
         storage._replay_result = CompactReplayResult(storage._worker_id_prefix)
+        storage._released = True
         backend._cursor = (0, 0)
         backend.restored_lines = 0
     return True
@@ -477,15 +478,28 @@ class SweepJournalStorage(JournalStorage):
         self._backend = log_storage
         self._thread_lock = threading.Lock()
         self._replay_result = CompactReplayResult(self._worker_id_prefix)
-        with self._thread_lock, gc_paused():
-            snapshot = self._backend.load_snapshot()
-            if snapshot is not None:
-                self.restore_replay_result(snapshot)
-                if not isinstance(self._replay_result, CompactReplayResult):
-                    # Not ours: start over, reading the journal from its first line.
-                    self._replay_result = CompactReplayResult(self._worker_id_prefix)
+        self._released = True  # nothing read yet: the first read restores the replay snapshot
+        with self._thread_lock:
             self._sync_with_backend()
+
+    def _sync_with_backend(self) -> None:
+        if self._released:  # (the caller holds the lock)
+            self._released = False
+            backend = self._backend
+            with gc_paused():
+                snapshot = (
+                    backend.load_snapshot()
+                    if isinstance(backend, FlockJournalFileBackend)
+                    else None
+                )
+                if snapshot is not None:
+                    self.restore_replay_result(snapshot)
+                    if not isinstance(self._replay_result, CompactReplayResult):
+                        # Not ours: start over, reading the journal from its first line.
+                        self._replay_result = CompactReplayResult(self._worker_id_prefix)
+        super()._sync_with_backend()
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self._replay_result = CompactReplayResult(self._worker_id_prefix)
+        self._released = False
