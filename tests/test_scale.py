@@ -3,6 +3,7 @@ proposals that do not read every trial."""
 
 from __future__ import annotations
 
+import io
 import re
 import signal
 import subprocess
@@ -552,3 +553,150 @@ def test_a_replay_snapshot_killed_mid_write_never_disagrees_with_the_journal(
         assert trials == expected or len(trials) == len(expected) * 2000
         replay_snapshot_path(journal).unlink(missing_ok=True)
         assert _opened_trials(journal)[1] == expected
+
+
+# --- a resume, a status and a driver's end at 100,000 trials --------------------------------
+
+
+def test_a_resume_with_nothing_to_run_keeps_the_results_snapshot_current() -> None:
+    """A resume of a finished sweep writes only its lease and a create attempt: the results
+    snapshot stays current (status and load read it), and is not rewritten."""
+    hs.tune(SPACE, objectives.quadratic, n_trials=20, name="s", verbose=False, **SETTINGS)
+    journal = default_run_dir("s") / "journal.log"
+    size = journal.stat().st_size
+    saved = snapshot_path(journal).stat()
+    replay = replay_snapshot_path(journal).stat()
+    resumed = hs.tune(
+        SPACE, objectives.quadratic, n_trials=20, name="s", resume=True, verbose=False, **SETTINGS
+    )
+    assert journal.stat().st_size > size  # the resume's lease and create attempt
+    after = snapshot_path(journal).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (saved.st_ino, saved.st_mtime_ns)
+    after = replay_snapshot_path(journal).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (replay.st_ino, replay.st_mtime_ns)
+    current = read_snapshot(journal, "s")
+    assert current is not None and current.to_records() == _from_journal("s")
+    assert resumed.to_records() == current.to_records()
+    assert resumed.counts() == {"completed": 20}
+    # Any other write makes it stale: a study attribute that is no lease...
+    storage = open_storage(str(journal), "s")
+    storage.set_study_system_attr(storage.get_study_id_from_name("s"), "note", 1)
+    assert read_snapshot(journal, "s") is None
+    # ...and a lease write still being written (no newline yet).
+    write_snapshot(journal, "s", current, journal.stat().st_size)
+    assert read_snapshot(journal, "s") is not None
+    with open(journal, "ab") as handle:
+        handle.write(b'{"op_code":3,"worker_id":"w","study_id":0,"system_attr":{"hyper')
+    assert read_snapshot(journal, "s") is None
+
+
+def test_the_replay_snapshot_packs_finished_trials_and_restores_them_shared() -> None:
+    """The replay snapshot holds finished trials as tuples with tables of their distributions
+    and attribute names (a pickle without memo repeated them in every trial): less than half
+    the bytes, and restored trials share their keys as a replay of the journal does."""
+    import pickle
+
+    hs.tune(SPACE, objectives.quadratic, n_trials=60, name="s", verbose=False, **SETTINGS)
+    journal = default_run_dir("s") / "journal.log"
+    expected = _optuna_replay(journal)
+    pickler_output = io.BytesIO()
+    unpacked = pickle.Pickler(pickler_output, protocol=pickle.HIGHEST_PROTOCOL)
+    unpacked.fast = True  # as the snapshot is written
+    unpacked.dump(expected)
+    assert replay_snapshot_path(journal).stat().st_size < 0.5 * len(pickler_output.getvalue())
+    storage, trials = _opened_trials(journal)
+    assert storage._backend.restored_lines > 0  # restored, not read from the journal
+    assert trials == expected
+    keys = [key for trial in trials for key in trial.system_attrs]
+    assert len({id(key) for key in keys}) == len(set(keys))
+    assert len({id(t.distributions) for t in trials}) == 1
+
+
+def test_the_journal_backend_keeps_its_descriptors_and_is_never_pickled_by_optuna(
+    run_dir: Path,
+) -> None:
+    """Optuna's storage pickles its whole replay every 100 trials created when its backend
+    is a ``BaseJournalSnapshot`` (a budget of N trials: N/100 pickles of up to N trials), and
+    the backend opened the journal for every read and every write (about 27 per trial)."""
+    import os
+
+    from optuna.storages.journal._base import BaseJournalSnapshot
+
+    journal = run_dir / "journal.log"
+    storage = open_storage(str(journal), "s")
+    assert not isinstance(storage._backend, BaseJournalSnapshot)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")
+    for _ in range(30):
+        storage.create_new_trial(study_id)
+        storage.get_all_trials(study_id, deepcopy=False)
+    opened = [
+        fd
+        for fd in os.listdir("/proc/self/fd")
+        if os.path.realpath(f"/proc/self/fd/{fd}") == str(journal.resolve())
+    ]
+    assert len(opened) == 2  # one to read, one to append: not one per call
+    assert len(storage.get_all_trials(study_id)) == 30
+
+
+def test_a_driver_releases_its_stored_trials_as_it_builds_the_records() -> None:
+    """At its end a driver drops the storage's trials as their records are built, so that it
+    does not hold both (its peak memory); the storage restores its replay snapshot if used."""
+    seen: list[Any] = []
+    result = hs.tune(
+        SPACE,
+        objectives.quadratic,
+        n_trials=25,
+        name="s",
+        verbose=False,
+        on_update=lambda orchestrator: seen.append(orchestrator) if not seen else None,
+        **SETTINGS,
+    )
+    orchestrator = seen[0]
+    assert len(orchestrator.storage._replay_result._trials) == 0
+    assert result.to_records() == _from_journal("s")
+    # Read again: from the replay snapshot it saved, not the whole journal.
+    assert len(orchestrator.store.trials()) == 25
+    assert orchestrator.storage._backend.restored_lines > 0
+
+
+def test_a_trial_record_pickles_as_a_tuple_and_reads_the_older_form() -> None:
+    """The results snapshot's records: a tuple each (the frozen-slots default spent most of
+    ``load()`` in ``fields()``), and a snapshot saved before that still reads."""
+    import pickle
+
+    rows = hs.tune(SPACE, objectives.quadratic, n_trials=3, name="s", verbose=False, **SETTINGS)
+    for record in rows.trials:
+        assert isinstance(record.__getstate__(), tuple)
+        assert pickle.loads(pickle.dumps(record)) == record
+        older = object.__new__(type(record))
+        older.__setstate__(list(record.__getstate__()))  # the dataclass default's list
+        assert older == record
+
+
+def test_the_status_command_of_a_current_snapshot_imports_no_optuna(run_dir: Path) -> None:
+    """``hypersweep status`` in a fresh process: with the results snapshot current it reads
+    that file only, and Optuna (a third of the command's start-up) is never imported."""
+    import os
+
+    hs.tune(SPACE, objectives.quadratic, n_trials=8, name="s", verbose=False, **SETTINGS)
+    script = (
+        "import sys\n"
+        "from hypersweep._cli import main\n"
+        "assert main(['status', 's']) == 0\n"
+        "print('optuna imported:', 'optuna' in sys.modules)\n"
+    )
+    env = {**python_env(), "HYPERSWEEP_RUNS_DIR": str(default_run_dir("s").parent)}
+    shown = subprocess.run(
+        [PYTHON, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert "8 trials" in shown or "completed" in shown, shown
+    assert shown.rstrip().endswith("optuna imported: False"), shown
+    # Once the journal changed, the command reads it (and needs Optuna for that).
+    study = optuna.load_study(
+        study_name="s", storage=open_storage(os.fspath(default_run_dir("s") / "journal.log"), "s")
+    )
+    study.set_user_attr("note", 1)
+    shown = subprocess.run(
+        [PYTHON, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert shown.rstrip().endswith("optuna imported: True"), shown

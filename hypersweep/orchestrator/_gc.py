@@ -22,5 +22,10 @@ def gc_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        # Everything allocated meanwhile goes to the oldest generation as it is (freeze, then
+        # unfreeze: two list splices). Left in the youngest, the next allocation would make
+        # the collector traverse all of it at once: 0.5 s for 100,000 trials read.
+        gc.freeze()
+        gc.unfreeze()
         if was_enabled:
             gc.enable()

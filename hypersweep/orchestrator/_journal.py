@@ -35,20 +35,21 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, NoReturn
 
 from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.storages.journal import JournalFileBackend, JournalStorage
-from optuna.storages.journal._base import BaseJournalSnapshot
 from optuna.storages.journal._storage import JournalStorageReplayResult
 from optuna.trial import FrozenTrial
 
 from hypersweep.orchestrator._gc import gc_paused
 
+_CHUNK = 1 << 20  # bytes read at once: the reader holds one chunk, not the journal
 
-class FlockJournalFileBackend(JournalFileBackend, BaseJournalSnapshot):
+
+class FlockJournalFileBackend(JournalFileBackend):
     """Append-only journal file for one machine's processes (not for NFS, like Optuna's)."""
 
     def __init__(self, file_path: str, *, fsync: bool = False) -> None:
@@ -56,12 +57,15 @@ class FlockJournalFileBackend(JournalFileBackend, BaseJournalSnapshot):
         self._fsync = fsync
         self._cursor = (0, 0)  # (number, byte offset) of the first line not read yet
         self.restored_lines = 0  # lines the replay snapshot restored (or last saved) covers
+        self._fd: int | None = None  # kept open for reading: storages read before every call
+        self._fd_pid = 0  # the process that opened it (a forked child opens its own)
+        self._append_fd: int | None = None
+        self._append_pid = 0
 
-    def save_snapshot(self, snapshot: bytes) -> None:
-        """Ignored: ``JournalStorage`` asks for one every 100 trials created, each the pickle of
-        the whole sweep, and a sweep creates its budget at once (quadratic). The replay snapshot
-        is written by :func:`save_replay_snapshot` when a driver ends or a sweep is loaded."""
-
+    # Not an Optuna ``BaseJournalSnapshot``: Optuna's storage then pickles its whole replay
+    # every 100 trials created (a sweep creates its budget at once: quadratic in the budget).
+    # The replay snapshot is written by :func:`save_replay_snapshot` when a driver ends or a
+    # sweep is loaded, and offered here to :class:`SweepJournalStorage`.
     def load_snapshot(self) -> bytes | None:
         """The replay snapshot if it was taken of this journal as it starts now; the reader then
         continues after the lines it covers."""
@@ -80,27 +84,50 @@ class FlockJournalFileBackend(JournalFileBackend, BaseJournalSnapshot):
         """How many bytes of the file the logs read so far span (complete lines only)."""
         return self._cursor[1]
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_fd"] = state["_append_fd"] = None  # descriptors mean nothing elsewhere
+        return state
+
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
+        # ``os.close`` bound early: at interpreter exit the module's globals may be gone.
+        for descriptor in (getattr(self, "_fd", None), getattr(self, "_append_fd", None)):
+            if descriptor is not None:
+                _close(descriptor)
+
+    def _reader(self) -> int:
+        """The journal's descriptor for reading, opened once: opening it for every read was
+        most of a trial's time in the driver (about 20 reads per trial). ``pread`` at the
+        cursor shares no file offset with a forked child."""
+        if self._fd is None or self._fd_pid != os.getpid():
+            self._fd = os.open(self._file_path, os.O_RDONLY)
+            self._fd_pid = os.getpid()
+        return self._fd
+
     def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
         """The logs from number ``log_number_from`` on, as Optuna's reader yields them.
 
         A line still being written (no newline yet, or not JSON yet) is left for the next
         read if it is the last one; anywhere else it is an error, as in Optuna.
         """
-        with open(self._file_path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size  # what other writers add later waits
-            number, offset = self._cursor
-            if log_number_from < number:
-                number, offset = 0, 0
-            handle.seek(offset)
-            error: Exception | None = None
-            for line in handle:
-                if offset + len(line) > size:
-                    break
+        descriptor = self._reader()
+        size = os.fstat(descriptor).st_size  # what other writers add later waits
+        number, offset = self._cursor
+        if log_number_from < number:
+            number, offset = 0, 0
+        position = offset  # of the next chunk
+        pending = b""  # the start of a line the last chunk cut
+        error: Exception | None = None
+        while position < size:
+            chunk = os.pread(descriptor, min(_CHUNK, size - position), position)
+            if not chunk:
+                break
+            position += len(chunk)
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()  # no newline (yet): a line still being written
+            for line in lines:
                 if error is not None:
                     raise error
-                if not line.endswith(b"\n"):
-                    error = ValueError("Invalid log format.")
-                    continue
                 log = None
                 if number >= log_number_from:
                     try:
@@ -108,29 +135,41 @@ class FlockJournalFileBackend(JournalFileBackend, BaseJournalSnapshot):
                     except json.JSONDecodeError as decode_error:
                         error = decode_error
                         continue
-                offset += len(line)
+                offset += len(line) + 1
                 number += 1
                 self._cursor = (number, offset)
                 if log is not None:
                     yield log
+        if error is not None and pending:
+            raise error  # a line that is not JSON, followed by more
+
+    def _appender(self) -> int:
+        """The journal's descriptor for appending, opened once (like the reader's): a forked
+        child opens its own, as a descriptor it shared would share the parent's lock too."""
+        if self._append_fd is None or self._append_pid != os.getpid():
+            self._append_fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            self._append_pid = os.getpid()
+        return self._append_fd
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         payload = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
-        with open(self._file_path, "ab") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                # One write: O_APPEND writes of a regular file do not interleave.
-                handle.write(payload.encode("utf-8"))
-                handle.flush()
-                if self._fsync:
-                    os.fsync(handle.fileno())
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        data = memoryview(payload.encode("utf-8"))
+        descriptor = self._appender()
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            # One write: O_APPEND writes of a regular file do not interleave.
+            while data:
+                data = data[os.write(descriptor, data) :]
+            if self._fsync:
+                os.fsync(descriptor)
+        finally:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
 
 
 def save_replay_snapshot(storage: Any, min_new_lines: int = 1) -> bool:
     """Save the replay result of ``storage`` beside its journal file, if it is one of ours and
-    read at least ``min_new_lines`` lines more than the snapshot it started from.
+    read at least ``min_new_lines`` lines more than the snapshot it started from (any line
+    if it started from none).
 
     Taken under the storage's lock after reading every line written so far, so that the
     result, the line count and the byte offset it records agree.
@@ -146,10 +185,31 @@ def save_replay_snapshot(storage: Any, min_new_lines: int = 1) -> bool:
         number, offset = backend._cursor
         if replay.log_number_read != number:
             return False  # read by another path: the counts do not describe the same lines
-        if number - backend.restored_lines < min_new_lines:
-            return False
+        if backend.restored_lines and number - backend.restored_lines < min_new_lines:
+            return False  # (none restored or saved yet: any lines are worth saving)
         write_replay_snapshot(Path(backend._file_path), number, offset, replay)
         backend.restored_lines = number
+    return True
+
+
+def release_replay(storage: Any) -> bool:
+    """Drop the trials ``storage`` holds in memory, if it is one of ours: if used afterwards,
+    it restores the replay snapshot (or reads the journal from its first line) again.
+
+    A driver that ends turns every trial into a record; with the storage's copies released
+    first, each trial is freed as its record is built, and the driver's peak memory is the
+    larger of the two, not their sum.
+    """
+    backend = getattr(storage, "_backend", None)
+    if not isinstance(storage, SweepJournalStorage) or not isinstance(
+        backend, FlockJournalFileBackend
+    ):
+        return False
+    with storage._thread_lock:
+        storage._replay_result = CompactReplayResult(storage._worker_id_prefix)
+        storage._released = True
+        backend._cursor = (0, 0)
+        backend.restored_lines = 0
     return True
 
 
@@ -258,14 +318,151 @@ class CompactReplayResult(JournalStorageReplayResult):
         state = self.__dict__.copy()
         for name in ("_distributions", "_distribution_texts", "_distribution_dicts"):
             del state[name]  # rebuilt on load from the trials themselves
+        state["_trials"] = _PackedTrials(self._trials)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_interning()
-        for trial in self._trials.values():
-            if trial.state.is_finished():
-                self._compact(trial)
+        packed = self._trials
+        if isinstance(packed, _PackedTrials):
+            self._trials = packed.unpack(self._shared_distributions)
+
+
+def _interned(key: Any) -> Any:
+    """``key`` as the one shared string of its text (intermediate values' keys are ints)."""
+    return sys.intern(key) if isinstance(key, str) else key
+
+
+_PACKED_CHUNK = 1000  # trials packed at once while the replay snapshot is written
+
+
+class _Packer:
+    """The tables of one replay snapshot being written, and the packing of each trial."""
+
+    def __init__(self) -> None:
+        self.fields: list[tuple[str, ...]] = []  # the one field order packed trials have
+        self.distributions: list[dict[str, BaseDistribution]] = []
+        self.keys: list[tuple[str, ...]] = []
+        self._dict_index: dict[int, int] = {}
+        self._key_index: dict[tuple[str, ...], int] = {}
+
+    def _packed_dict(self, values: dict[str, Any]) -> tuple[int, tuple[Any, ...]] | None:
+        if not values:
+            return None
+        names = tuple(values)
+        index = self._key_index.get(names)
+        if index is None:
+            index = self._key_index[names] = len(self.keys)
+            self.keys.append(names)
+        return index, tuple(values.values())
+
+    def pack(self, trial: FrozenTrial) -> Any:
+        """``trial`` as a tuple if finished (with the field order of the first one), else as is."""
+        attributes = trial.__dict__
+        if not trial.state.is_finished():
+            return trial
+        if not self.fields:
+            self.fields.append(tuple(attributes))
+        if tuple(attributes) != self.fields[0]:
+            return trial
+        values = dict(attributes)
+        shared = values["_distributions"]
+        index = self._dict_index.get(id(shared))
+        if index is None:
+            index = self._dict_index[id(shared)] = len(self.distributions)
+            self.distributions.append(shared)
+        values["_distributions"] = index
+        for name in _PACKED_ATTRS:
+            values[name] = self._packed_dict(values[name])
+        return tuple(values.values())
+
+
+class _Chunk:
+    """Some of a replay's trials, packed only when pickled (then read back as a dict)."""
+
+    def __init__(self, packer: _Packer, trials: dict[int, Any], ids: list[int]) -> None:
+        self.packer, self.trials, self.ids = packer, trials, ids
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        pack, trials = self.packer.pack, self.trials
+        return dict, ({trial_id: pack(trials[trial_id]) for trial_id in self.ids},)
+
+
+# Trial attributes packed as (index of their keys in a table, tuple of values).
+_PACKED_ATTRS = ("_params", "_user_attrs", "_system_attrs", "intermediate_values")
+
+
+class _PackedTrials:
+    """A replay's trials as the replay snapshot pickles them.
+
+    The snapshot is pickled without memo (see ``_snapshot``), so a ``FrozenTrial`` as is would
+    carry its attribute names, its distributions and its dicts' keys once per trial: most of
+    the file, and a new object each to share again on load. A finished trial is packed as a
+    tuple of its ``__dict__`` values in which the distributions dict is an index into a table
+    of the distinct ones and each dict of attributes is the index of its keys in a table of
+    the distinct key tuples with a tuple of its values. Unpacking builds the trials with their
+    parts already shared: no per-trial interning on load. Trials still waiting or running
+    are pickled as they are (Optuna's ``Trial`` edits their dicts in place).
+    """
+
+    def __init__(self, trials: dict[int, FrozenTrial]) -> None:
+        self.fields: tuple[str, ...] | None = None
+        self.distributions: list[dict[str, BaseDistribution]] = []
+        self.keys: list[tuple[str, ...]] = []
+        self.trials: dict[int, Any] = trials  # packed chunk by chunk while pickled
+
+    def __getstate__(self) -> dict[str, Any]:
+        packer = _Packer()
+        ids = list(self.trials)
+        chunks = [
+            _Chunk(packer, self.trials, ids[start : start + _PACKED_CHUNK])
+            for start in range(0, len(ids), _PACKED_CHUNK)
+        ]
+        # The chunks first: pickling each packs its trials and fills the tables, which are
+        # pickled after them, complete. Only one chunk's tuples exist at a time.
+        return {
+            "trials": chunks,
+            "fields": packer.fields,
+            "distributions": packer.distributions,
+            "keys": packer.keys,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.fields = state["fields"][0] if state["fields"] else None
+        self.distributions = state["distributions"]
+        self.keys = state["keys"]
+        self.trials = {}
+        for chunk in state["trials"]:
+            self.trials.update(chunk)
+
+    def unpack(self, share: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[int, FrozenTrial]:
+        """The trials, with ``share`` giving the shared distributions dict for each one."""
+        if self.fields is None:
+            return self.trials
+        distributions = [share(d) for d in self.distributions]
+        keys = [tuple(_interned(name) for name in names) for names in self.keys]
+        fields = self.fields
+        at = {name: fields.index(name) for name in ("_distributions", *_PACKED_ATTRS)}
+        at_distributions = at["_distributions"]
+        at_packed = [(at[name], name) for name in _PACKED_ATTRS]
+        new = FrozenTrial.__new__
+        trials: dict[int, FrozenTrial] = {}
+        for trial_id, packed in self.trials.items():
+            if not isinstance(packed, tuple):
+                trials[trial_id] = packed
+                continue
+            attributes = dict(zip(fields, packed, strict=True))
+            attributes["_distributions"] = distributions[packed[at_distributions]]
+            for index, name in at_packed:
+                part = packed[index]
+                attributes[name] = (
+                    _EMPTY if part is None else dict(zip(keys[part[0]], part[1], strict=True))
+                )
+            trial = new(FrozenTrial)
+            trial.__dict__ = attributes
+            trials[trial_id] = trial
+        return trials
 
 
 class SweepJournalStorage(JournalStorage):
@@ -281,15 +478,28 @@ class SweepJournalStorage(JournalStorage):
         self._backend = log_storage
         self._thread_lock = threading.Lock()
         self._replay_result = CompactReplayResult(self._worker_id_prefix)
-        with self._thread_lock, gc_paused():
-            snapshot = self._backend.load_snapshot()
-            if snapshot is not None:
-                self.restore_replay_result(snapshot)
-                if not isinstance(self._replay_result, CompactReplayResult):
-                    # Not ours: start over, reading the journal from its first line.
-                    self._replay_result = CompactReplayResult(self._worker_id_prefix)
+        self._released = True  # nothing read yet: the first read restores the replay snapshot
+        with self._thread_lock:
             self._sync_with_backend()
+
+    def _sync_with_backend(self) -> None:
+        if self._released:  # (the caller holds the lock)
+            self._released = False
+            backend = self._backend
+            with gc_paused():
+                snapshot = (
+                    backend.load_snapshot()
+                    if isinstance(backend, FlockJournalFileBackend)
+                    else None
+                )
+                if snapshot is not None:
+                    self.restore_replay_result(snapshot)
+                    if not isinstance(self._replay_result, CompactReplayResult):
+                        # Not ours: start over, reading the journal from its first line.
+                        self._replay_result = CompactReplayResult(self._worker_id_prefix)
+        super()._sync_with_backend()
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self._replay_result = CompactReplayResult(self._worker_id_prefix)
+        self._released = False

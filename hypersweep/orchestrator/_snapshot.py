@@ -4,8 +4,9 @@ Reading a journal means replaying every line of it into Optuna's in-memory stora
 turning every trial into a record: seconds for a sweep of 100,000 trials. The snapshot
 (``journal.log.snapshot``) holds the :class:`SweepResult` that reading gave, with the length of
 the journal it was read from and a fingerprint of that journal (SHA-256 of its first and last
-64 KiB). It is used only while the journal is exactly that file: any later write (a trial
-started, a report, another driver) changes the length, a replaced journal changes the
+64 KiB). It is used only while the journal is that file, followed by nothing but drivers'
+lease writes (a resume with nothing left to run writes only those): any other later write (a
+trial started, a report, an attribute) makes it stale, a replaced journal changes the
 fingerprint, and then the journal is read in full as before and the snapshot written again.
 The journal stays the source of truth; the snapshot can always be deleted.
 
@@ -25,16 +26,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from hypersweep.orchestrator._gc import gc_paused
+
 if TYPE_CHECKING:
     from hypersweep.orchestrator._result import SweepResult
 
 _MAGIC = b"hypersweep-snapshot-2\n"
-_REPLAY_MAGIC = b"hypersweep-replay-1\n"
+_REPLAY_MAGIC = b"hypersweep-replay-2\n"  # 2: trials packed (_journal._PackedTrials)
 _EDGE = 64 * 1024  # bytes of each end of the journal in its fingerprint
 
 
@@ -109,7 +113,8 @@ def _read_verified(target: Path, magic: bytes) -> Any:
     if payload is None:
         return None
     try:
-        return pickle.loads(payload)
+        with gc_paused():  # every object read stays alive: collections would be pure cost
+            return pickle.loads(payload)
     except Exception:  # noqa: BLE001 - e.g. written by another version: read the journal
         return None
 
@@ -134,11 +139,53 @@ def read_snapshot(journal: Path, name: str) -> SweepResult | None:
     header, result = content
     if not isinstance(header, dict) or not isinstance(result, SweepResult):
         return None
-    if header.get("name") != name or header.get("size") != size:
+    saved = header.get("size")
+    if header.get("name") != name or not isinstance(saved, int) or saved > size:
         return None
-    if header.get("fingerprint") != fingerprint(journal, size):
+    if header.get("fingerprint") != fingerprint(journal, saved):
+        return None
+    if saved < size and not _only_leases(journal, name, saved, size):
         return None
     return result
+
+
+# Optuna's JournalOperation codes, without importing Optuna for ``status``.
+_CREATE_STUDY = 0
+_SET_STUDY_SYSTEM_ATTR = 3
+_LEASES_READ = 64 * 1024  # more than this after the snapshot: a sweep that ran on
+
+
+def _only_leases(journal: Path, name: str, start: int, end: int) -> bool:
+    """Whether bytes ``start`` to ``end`` of ``journal`` are whole lines that change nothing
+    the results of sweep ``name`` depend on: drivers' lease writes, and attempts to create
+    the sweep again (each driver tries; the journal's replay refuses an existing name). A
+    resume with nothing left to run writes only those."""
+    from hypersweep.orchestrator._storage import LEASE_PREFIX
+
+    if end - start > _LEASES_READ:
+        return False
+    with open(journal, "rb") as handle:
+        handle.seek(start)
+        tail = handle.read(end - start)
+    if not tail.endswith(b"\n"):
+        return False
+    for line in tail.splitlines():
+        try:
+            log = json.loads(line)
+        except ValueError:
+            return False
+        if not isinstance(log, dict):
+            return False
+        if log.get("op_code") == _CREATE_STUDY and log.get("study_name") == name:
+            continue
+        if log.get("op_code") != _SET_STUDY_SYSTEM_ATTR:
+            return False
+        attributes = log.get("system_attr")
+        if not isinstance(attributes, dict) or not all(
+            isinstance(key, str) and key.startswith(LEASE_PREFIX) for key in attributes
+        ):
+            return False
+    return True
 
 
 def write_replay_snapshot(journal: Path, lines: int, size: int, replay: Any) -> None:

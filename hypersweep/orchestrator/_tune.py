@@ -200,7 +200,6 @@ def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) ->
     from dataclasses import replace
 
     from hypersweep._errors import ConfigError
-    from hypersweep.orchestrator._journal import save_replay_snapshot
     from hypersweep.orchestrator._snapshot import journal_of, read_snapshot
     from hypersweep.orchestrator._storage import describe_storage, open_storage
 
@@ -217,6 +216,8 @@ def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) ->
         cached = read_snapshot(journal, name)
         if cached is not None:
             return replace(cached, storage=describe_storage(storage, name))
+    from hypersweep.orchestrator._journal import save_replay_snapshot  # imports Optuna
+
     opened = open_storage(storage, name)
     try:
         study_id = opened.get_study_id_from_name(name)
@@ -224,12 +225,12 @@ def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) ->
         raise ConfigError(f"name: no sweep {name!r} in {describe_storage(storage, name)}") from None
     result = read_sweep(opened, study_id, name, describe_storage(storage, name), snapshot=journal)
     # Many lines read past the replay snapshot (a sweep still running): save it again.
-    save_replay_snapshot(opened, min_new_lines=_REPLAY_RESAVE_LINES)
+    save_replay_snapshot(opened, min_new_lines=REPLAY_RESAVE_LINES)
     return result
 
 
 # Lines read past the replay snapshot after which load() saves it again (about 150 trials).
-_REPLAY_RESAVE_LINES = 1000
+REPLAY_RESAVE_LINES = 1000
 
 
 def read_sweep(
@@ -239,13 +240,16 @@ def read_sweep(
     description: str,
     *,
     snapshot: Path | None = None,
+    release: bool = False,
 ) -> SweepResult:
     """A sweep's results from its open storage; with ``snapshot`` (its journal file), saved
-    beside it when no trial is running, for the next ``load`` to read."""
+    beside it when no trial is running, for the next ``load`` to read. With ``release``, the
+    storage's trials are dropped from memory as their records are built (a driver that ends:
+    see ``_journal.release_replay``)."""
     import optuna
 
     from hypersweep.orchestrator._gc import gc_paused
-    from hypersweep.orchestrator._journal import FlockJournalFileBackend
+    from hypersweep.orchestrator._journal import FlockJournalFileBackend, release_replay
     from hypersweep.orchestrator._snapshot import write_snapshot
     from hypersweep.orchestrator._storage import SweepStore
     from hypersweep.strategies import parse_space
@@ -261,10 +265,15 @@ def read_sweep(
     modes = ["min" if d == optuna.study.StudyDirection.MINIMIZE else "max" for d in directions]
     if isinstance(backend, FlockJournalFileBackend) and backend.bytes_read != size:
         size = None  # written to meanwhile: the spec may be newer than the trials
+    if release and release_replay(opened):
+        trials.reverse()  # popped from the end, in order, each freed once read
+    else:
+        trials = trials[::-1]  # the storage keeps them
     records = []
     queued = 0
     with gc_paused():  # one record per trial, all kept
-        for trial in trials:
+        while trials:
+            trial = trials.pop()
             if trial.state == optuna.trial.TrialState.WAITING and not trial.params:
                 queued += 1
             else:
