@@ -163,7 +163,6 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="processes (quality only)")
     parser.add_argument("--output", type=Path, default=RESULTS / "tpe_bound.json")
     args = parser.parse_args()
-    report: dict[str, Any] = json.loads(args.output.read_text()) if args.output.exists() else {}
     section: dict[str, Any] = {
         "arguments": vars(args) | {"output": str(args.output)},
         "optuna": optuna.__version__,
@@ -202,6 +201,9 @@ def main() -> None:
                 ),
             }
     section["loadavg_after"] = os.getloadavg()
+    # Read now, not at the start: the other part may have written meanwhile.
+    report = json.loads(args.output.read_text()) if args.output.exists() else {}
+    report = {part: report[part] for part in ("cost", "quality") if part in report}
     report[args.part] = section
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
