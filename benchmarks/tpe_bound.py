@@ -11,9 +11,11 @@ Two measurements, on Optuna's in-memory storage so that what is timed is the sam
 * quality (``--part quality``, not timed): the best value after ``--quality-trials`` trials on
   benchmark functions (Branin, a shifted 6-D sphere, 6-D Rastrigin, 6-D Styblinski-Tang) for
   every seed, plain TPE against bounded TPE with windows small enough to be active (and random
-  search for scale), then after ``--default-trials`` trials with the default window.
+  search for scale); ``--part default``: the same after ``--default-trials`` trials, plain TPE
+  against the default window.
 
     python benchmarks/tpe_bound.py --part quality
+    python benchmarks/tpe_bound.py --part default
     flock /work/wt/bench.lock python benchmarks/tpe_bound.py --part cost
 
 Each part writes its section of benchmarks/results/tpe_bound.json (its arguments, the load
@@ -145,7 +147,7 @@ def _window(text: str) -> Window:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("cost", "quality"), required=True)
+    parser.add_argument("--part", choices=("cost", "quality", "default"), required=True)
     parser.add_argument("--plain-trials", type=int, default=5000)
     parser.add_argument("--bounded-trials", type=int, default=30000)
     parser.add_argument("--block", type=int, default=1000)
@@ -182,28 +184,26 @@ def main() -> None:
             "plain": plain_cost,
             "bounded": bounded_cost,
         }
+    elif args.part == "quality":
+        with ProcessPoolExecutor(args.jobs) as pool:
+            section["trials"] = args.quality_trials
+            section["seeds"] = args.seeds
+            section["functions"] = _compare(
+                pool, args.quality_trials, args.seeds, [None, "random", *args.windows]
+            )
     else:
         default = BoundedHistorySampler(optuna.samplers.TPESampler())
         window = (default.best, default.sample, default.recent)
         with ProcessPoolExecutor(args.jobs) as pool:
-            section["small_windows"] = {
-                "trials": args.quality_trials,
-                "seeds": args.seeds,
-                "functions": _compare(
-                    pool, args.quality_trials, args.seeds, [None, "random", *args.windows]
-                ),
-            }
-            section["default_window"] = {
-                "trials": args.default_trials,
-                "seeds": args.default_seeds,
-                "functions": _compare(
-                    pool, args.default_trials, args.default_seeds, [None, window]
-                ),
-            }
+            section["trials"] = args.default_trials
+            section["seeds"] = args.default_seeds
+            section["functions"] = _compare(
+                pool, args.default_trials, args.default_seeds, [None, window]
+            )
     section["loadavg_after"] = os.getloadavg()
     # Read now, not at the start: the other part may have written meanwhile.
     report = json.loads(args.output.read_text()) if args.output.exists() else {}
-    report = {part: report[part] for part in ("cost", "quality") if part in report}
+    report = {part: report[part] for part in ("cost", "quality", "default") if part in report}
     report[args.part] = section
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

@@ -44,7 +44,7 @@ def test_a_bounded_history_shows_the_best_a_sample_and_the_most_recent_trials_on
         ),
         verbose=False,
     )
-    values = {t.number: float(t.value or 0.0) for t in result.trials}
+    values = {t.number: float(t.value) for t in result.trials if t.value is not None}
     assert max(len(shown) for _, shown in recording.shown) <= 5 + 6 + 4
     for number, shown in recording.shown[40:]:
         assert len(shown) >= 6  # the sample alone holds 6 once enough trials finished
