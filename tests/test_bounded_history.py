@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import objectives
@@ -39,18 +40,17 @@ def test_a_bounded_history_shows_the_best_a_sample_and_the_most_recent_trials_on
         metric="loss",
         n_trials=80,
         max_concurrent=2,
-        strategy=hs.strategies.BoundedHistorySampler(
-            recording, best=5, sample=6, recent=4, seed=0
-        ),
+        strategy=hs.strategies.BoundedHistorySampler(recording, best=5, sample=6, recent=4, seed=0),
         verbose=False,
     )
     values = {t.number: float(t.value) for t in result.trials if t.value is not None}
     assert max(len(shown) for _, shown in recording.shown) <= 5 + 6 + 4
-    for number, shown in recording.shown[40:]:
+    for (number, shown), (_, running) in list(zip(recording.shown, recording.running))[40:]:
         assert len(shown) >= 6  # the sample alone holds 6 once enough trials finished
-        # A trial among the 5 best of all those proposed before this one is among the 5 best
-        # of those finished by then: if it finished long before, it is in the window...
-        best = sorted((n for n in values if n < number), key=lambda n: values[n])[:5]
+        # The 5 best trials of those finished by this proposal are in the window (a trial that
+        # is still running, e.g. one whose worker was slow to start, is not finished yet)...
+        finished = (n for n in values if n < number and n not in running)
+        best = sorted(finished, key=lambda n: values[n])[:5]
         must = {n for n in best if n < number - 4}
         assert must <= set(shown), (number, best, shown)
         # ...and so are the most recent trials.
@@ -113,6 +113,42 @@ def test_the_sample_is_drawn_from_the_whole_sweep_not_its_end() -> None:
         late += sum(n >= 100 for n in sampled)
     assert early + late >= 20 * 15  # the sample: 20 each time, few of them also best or recent
     assert 0.4 < early / (early + late) < 0.6, (early, late)
+
+
+def _sphere(trial: optuna.Trial) -> float:
+    """A shifted 6-D sphere: minimum 0 at x_i = 1.5."""
+    return sum((trial.suggest_float(f"x{i}", -5, 5) - 1.5) ** 2 for i in range(6))
+
+
+def test_tpe_proposes_as_unbounded_until_the_window_is_full() -> None:
+    plain = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=3))
+    plain.optimize(_sphere, n_trials=60)
+    tpe = optuna.samplers.TPESampler(seed=3)
+    bounded = optuna.create_study(
+        sampler=hs.strategies.BoundedHistorySampler(tpe, best=25, sample=40, recent=10, seed=3)
+    )
+    bounded.optimize(_sphere, n_trials=60)
+    same = [a.params == b.params for a, b in zip(plain.trials, bounded.trials, strict=True)]
+    assert all(same[: 40 + 10 + 1]), same.index(False)
+    assert not all(same)  # past it, the window is a sample: TPE proposes differently
+
+
+def test_bounded_tpe_still_learns_where_the_bound_is_active() -> None:
+    """On fixed seeds, 300 trials through a 100-trial window: far better than random search."""
+    bounded, random_search = [], []
+    for seed in range(5):
+        tpe = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        sampler = hs.strategies.BoundedHistorySampler(tpe, best=25, sample=50, recent=25, seed=seed)
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(_sphere, n_trials=300)
+        bounded.append(study.best_value)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        study.optimize(_sphere, n_trials=300)
+        random_search.append(study.best_value)
+    assert statistics.median(bounded) < statistics.median(random_search) / 10, (
+        bounded,
+        random_search,
+    )
 
 
 @pytest.mark.parametrize(
