@@ -45,7 +45,8 @@ def test_a_bounded_history_shows_the_best_a_sample_and_the_most_recent_trials_on
     )
     values = {t.number: float(t.value) for t in result.trials if t.value is not None}
     assert max(len(shown) for _, shown in recording.shown) <= 5 + 6 + 4
-    for (number, shown), (_, running) in list(zip(recording.shown, recording.running))[40:]:
+    windows = list(zip(recording.shown, recording.running, strict=True))
+    for (number, shown), (_, running) in windows[40:]:
         assert len(shown) >= 6  # the sample alone holds 6 once enough trials finished
         # The 5 best trials of those finished by this proposal are in the window (a trial that
         # is still running, e.g. one whose worker was slow to start, is not finished yet)...
