@@ -16,7 +16,11 @@ the same at trial 100,000 as at trial 2,000:
 * and the trials running in this driver (TPE's constant liar).
 
 The trade: past ``sample + recent`` trials, the "bad" density is estimated from a sample, so
-TPE proposes differently than unbounded (``benchmarks/tpe_bound.py`` measures by how much).
+TPE proposes differently than unbounded. ``benchmarks/tpe_bound.py`` measures by how much:
+with a window of 25 + 150 + 25 trials over 1,000 trials, the best values stayed within plain
+TPE's seed-to-seed spread on Branin, 6-D Rastrigin and 6-D Styblinski-Tang, and were about
+twice plain TPE's on a smooth 6-D sphere (which rewards refining the best region over
+exploring it).
 """
 
 from __future__ import annotations
