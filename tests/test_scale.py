@@ -198,56 +198,6 @@ def test_proposals_do_not_read_every_trial_each_time(run_dir: Path) -> None:
     assert _CountingStorage.reads < 60, _CountingStorage.reads
 
 
-class _Recording(optuna.samplers.RandomSampler):
-    """A real sampler that records which finished trials it was shown for each proposal."""
-
-    def __init__(self) -> None:
-        super().__init__(seed=0)
-        self.shown: list[tuple[int, list[int]]] = []
-        self.running: list[tuple[set[int], set[int]]] = []  # (shown, running in the storage)
-
-    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
-        finished = study._get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        self.shown.append((trial.number, [t.number for t in finished]))
-        running = optuna.trial.TrialState.RUNNING
-        shown_running = {t.number for t in study._get_trials(deepcopy=False, states=(running,))}
-        stored = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(running,))
-        self.running.append((shown_running, {t.number for t in stored} - {trial.number}))
-        return super().sample_independent(study, trial, name, distribution)
-
-
-def test_a_bounded_history_shows_the_best_and_the_most_recent_trials_only() -> None:
-    recording = _Recording()
-    result = hs.tune(
-        {"x": hs.uniform(-5, 5)},
-        objectives.quadratic,
-        metric="loss",
-        n_trials=80,
-        max_concurrent=2,
-        strategy=hs.strategies.BoundedHistorySampler(recording, best=5, recent=4),
-        verbose=False,
-    )
-    values = {t.number: float(t.value or 0.0) for t in result.trials}
-    assert max(len(shown) for _, shown in recording.shown) <= 5 + 4
-    for number, shown in recording.shown[40:]:
-        assert len(shown) >= 5  # the window is full once enough trials finished
-        # A trial among the 5 best of all those proposed before this one is among the 5 best
-        # of those finished by then: if it finished long before, it is in the window...
-        best = sorted((n for n in values if n < number), key=lambda n: values[n])[:5]
-        must = {n for n in best if n < number - 4}
-        assert must <= set(shown), (number, best, shown)
-        # ...and the rest of the window is the most recent trials.
-        assert max(shown) >= number - 4
-    # The trials running in this driver are shown too (TPE's constant liar needs them).
-    assert all(shown == stored for shown, stored in recording.running), recording.running
-    assert sum(bool(shown) for shown, _ in recording.running) >= 20  # 2 at a time: most times
-
-
-def test_a_bounded_history_refuses_an_empty_window() -> None:
-    with pytest.raises(hs.ConfigError, match="best: must be at least 1"):
-        hs.strategies.BoundedHistorySampler(optuna.samplers.TPESampler(), best=0)
-
-
 def test_status_of_a_large_sweep_lists_the_best_and_the_latest_trials() -> None:
     """Drawing a row per trial took minutes at 20,000 trials: past the limit, a selection."""
     from hypersweep._progress import trials_table
