@@ -496,6 +496,8 @@ class RayLauncher(Launcher):
         if self._job is None and self._idle:
             member = self._idle.pop()
             attempt = RayAttempt(assignment, None, [member], grace=self.replica_grace)
+            if member.shared is not None:
+                member.shared.owners[member.slot] = attempt
             attempt.run(self._objective, self._objective_payload)
             self._attempts[number] = attempt
             return
@@ -529,6 +531,7 @@ class RayLauncher(Launcher):
         assert slot is not None
         member = RayReplica(ReplicaId(0, "trial", 0), shared.actor, shared=shared, slot=slot)
         attempt = RayAttempt(assignment, None, [member], grace=self.replica_grace)
+        shared.owners[slot] = attempt
         attempt.prepare()
         return attempt
 
@@ -688,6 +691,13 @@ class RayLauncher(Launcher):
         for member in self._idle:
             if member.pending is not None:
                 waiting[member.pending] = (None, member)
+        hosts: dict[Any, SharedActor] = {}
+        for shared in self._shared:
+            shared.send_answers()  # what the last pass decided for its slots
+            if shared.pending is None and shared.placed and not shared.dead:
+                shared.poll()
+            if shared.pending is not None:
+                hosts[shared.pending] = shared
         if events:
             timeout = 0.0
         timeout = min(timeout, max(0.0, self._next_cluster_check - now))
@@ -698,13 +708,16 @@ class RayLauncher(Launcher):
         ]
         if deadlines:
             timeout = min(timeout, max(0.0, min(deadlines) - time.monotonic()))
-        if waiting:
-            refs = list(waiting)
+        if waiting or hosts:
+            refs = [*waiting, *hosts]
             ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
             if ready:
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             values = _get_all(ready)
             for ref in ready:
+                if ref in hosts:
+                    self._on_shared_reply(hosts[ref], ref, events, values)
+                    continue
                 owner, member = waiting[ref]
                 if member.pending is None or member.pending != ref:
                     continue  # superseded while handling an earlier reply (Ray Client hands
@@ -741,9 +754,44 @@ class RayLauncher(Launcher):
             return
         if kind == "prepare":
             assert self._context is not None
+            if member.shared is not None:
+                member.shared.placed = True
             attempt.on_prepared(member, value, self._objective, self._objective_payload)
         else:
             events.extend(attempt.on_messages(member, value))
+
+    def _on_shared_reply(
+        self, shared: SharedActor, ref: Any, events: list[Event], values: dict[Any, Any] | None
+    ) -> None:
+        """Hand what a shared actor's slots said to their attempts, and poll it again."""
+        import ray
+
+        shared.pending = None
+        try:
+            value = values[ref] if values is not None else ray.get(ref)
+        except Exception as error:  # noqa: BLE001 - any failed call means the actor is lost
+            self._lose_shared(shared, error, events)
+            return
+        by_slot: dict[int, list[tuple[Any, ...]]] = {}
+        for slot, message in value:
+            by_slot.setdefault(slot, []).append(message)
+        for slot, messages in by_slot.items():
+            attempt = shared.owners.get(slot)
+            if attempt is not None and attempt.phase != "done":
+                events.extend(attempt.on_messages(attempt.replicas[0], messages))
+        if not shared.dead:
+            shared.poll()
+
+    def _lose_shared(self, shared: SharedActor, error: BaseException, events: list[Event]) -> None:
+        """A shared actor died: each trial it ran crashes (and is retried); its warm slots go."""
+        shared.end()
+        for attempt in (*self._attempts.values(), *self._ending):
+            for member in attempt.replicas[:1]:  # a shared actor's trials have no replicas
+                if member.shared is shared and not member.dead:
+                    events.extend(attempt.on_death(member, error))
+        if any(member.shared is shared for member in self._idle):
+            logger.info("A warm Ray actor was lost between trials: %s", describe_actor_error(error))
+            self._idle = [member for member in self._idle if member.shared is not shared]
 
     def _drop_idle(self, member: RayReplica, error: BaseException) -> None:
         logger.info("A warm Ray actor was lost between trials: %s", describe_actor_error(error))

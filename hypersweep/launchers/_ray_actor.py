@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from hypersweep.orchestrator._events import TrialAssignment
 from hypersweep.orchestrator._objective import Objective, ObjectiveRef
@@ -49,6 +49,22 @@ def urgent(message: Message) -> bool:
     return message[0] != "report" or bool(message[3])
 
 
+class _Outbox(Protocol):
+    def put(self, item: Message) -> None: ...
+
+
+class _SlotOutbox:
+    """A slot's outbox in the outbox its actor shares among slots: messages go tagged with
+    the slot, so that one ``messages`` call returns what every slot said, in order."""
+
+    def __init__(self, shared: queue.Queue[Message], slot: int) -> None:
+        self._shared = shared
+        self._slot = slot
+
+    def put(self, item: Message) -> None:
+        self._shared.put((self._slot, item))
+
+
 class _QueueConnection:
     """The two methods of a ``Connection`` that ``run_assignment`` uses, over two queues.
 
@@ -64,7 +80,7 @@ class _QueueConnection:
     answer.
     """
 
-    def __init__(self, outbox: queue.Queue[Message], decisions: queue.Queue[Message]) -> None:
+    def __init__(self, outbox: _Outbox, decisions: queue.Queue[Message]) -> None:
         self._outbox = outbox
         self._decisions = decisions
         self.decide_from: int | None = 0  # None: no later report can be decided
@@ -113,8 +129,8 @@ class _QueueConnection:
 class _Slot:
     """One trial at a time in an actor: its messages to the driver, answers, thread."""
 
-    def __init__(self) -> None:
-        self.outbox: queue.Queue[Message] = queue.Queue()
+    def __init__(self, outbox: _Outbox) -> None:
+        self.outbox = outbox
         self.decisions: queue.Queue[Message] = queue.Queue()
         self.thread: threading.Thread | None = None
         self.connection: _QueueConnection | None = None
@@ -126,7 +142,8 @@ class TrialActor:
     An actor has one slot unless the launcher's ``trials_per_actor`` gives it more: each slot
     then runs its own trial in its own thread, with its own messages and decisions, so that
     light trials (I/O bound, or in code that releases the GIL) share one Ray worker process.
-    Every method that concerns a trial takes its ``slot``.
+    Every method that concerns a trial takes its ``slot``; the slots share one outbox, so the
+    driver collects what all of them said with one ``messages`` call per actor.
 
     Args:
         sys_path: the driver's ``sys.path``; entries that exist on this node are added, so
@@ -147,7 +164,11 @@ class TrialActor:
             sys.path[:0] = entries
         self._label = label
         self._shared = slots > 1  # trials run side by side in this process
-        self._slots = [_Slot() for _ in range(slots)]
+        self._outbox: queue.Queue[Message] = queue.Queue()
+        self._slots = [
+            _Slot(_SlotOutbox(self._outbox, slot) if self._shared else self._outbox)
+            for slot in range(slots)
+        ]
         self._objectives: dict[str, Objective | str] = {}
         self._held: HeldPort | None = None
 
@@ -266,19 +287,21 @@ class TrialActor:
         self._held = None
         return serve_torch_store(descriptor, world_size)
 
-    def messages(self, timeout: float, linger: float = 0.0, slot: int = 0) -> list[Message]:
+    def messages(self, timeout: float, linger: float = 0.0) -> list[Message]:
         """Wait up to ``timeout`` seconds for messages and return all that are queued.
 
         Reports that await no answer are held up to ``linger`` seconds after the first, to go
         in fewer, larger batches; any other message (a report that waits, a checkpoint, the
-        trial's end) returns the batch at once.
+        trial's end) returns the batch at once. An actor with several slots returns
+        ``(slot, message)`` pairs, every slot's messages in the order the slot sent them.
         """
-        outbox = self._slots[slot].outbox
+        outbox = self._outbox
+        is_urgent = (lambda item: urgent(item[1])) if self._shared else urgent
         try:
             batch = [outbox.get(timeout=timeout)]
         except queue.Empty:
             return []
-        flush = urgent(batch[0])
+        flush = is_urgent(batch[0])
         deadline = time.monotonic() + linger
         while True:
             try:
@@ -292,12 +315,17 @@ class TrialActor:
                 except queue.Empty:
                     return batch
             batch.append(message)
-            flush = flush or urgent(message)
+            flush = flush or is_urgent(message)
 
     def decide(self, decision: str, decide_from: int | None = 0, slot: int = 0) -> None:
         """Answer the running attempt's pending report; ``decide_from`` is the first step
         whose report waits for the next answer (0: every report; None: none will)."""
         self._slots[slot].decisions.put(("decision", decision, decide_from))
+
+    def decide_many(self, answers: list[tuple[int, str, int | None]]) -> None:
+        """:meth:`decide` for several slots in one call: ``(slot, decision, decide_from)``."""
+        for slot, decision, decide_from in answers:
+            self._slots[slot].decisions.put(("decision", decision, decide_from))
 
     def acknowledge(self, slot: int = 0) -> None:
         """Tell the running attempt's :meth:`_QueueConnection.flush` that its reports arrived."""

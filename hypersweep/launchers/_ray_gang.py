@@ -77,13 +77,32 @@ def describe_actor_error(error: BaseException) -> str:
 @dataclass
 class SharedActor:
     """An actor that runs up to ``slots`` trials at once (``trials_per_actor``), in the
-    placement group it owns; ``assigned`` slots have been given to trials so far."""
+    placement group it owns; ``assigned`` slots have been given to trials so far.
+
+    The driver talks to the actor, not to each slot: one long-polling ``messages`` call
+    returns what every slot said, and the answers of a pass of the driver's loop go in one
+    ``decide_many`` call, so that the driver's Ray calls grow with actors, not trials.
+    """
 
     actor: Any
     placement_group: Any
     slots: int
     assigned: int = 0
     dead: bool = False
+    placed: bool = False  # a slot's prepare() answered: the actor runs
+    pending: Any = None  # the outstanding messages() call
+    owners: dict[int, RayAttempt] = field(default_factory=dict)  # slot -> its latest attempt
+    answers: list[tuple[int, str, int | None]] = field(default_factory=list)  # not yet sent
+
+    def poll(self) -> None:
+        """Issue the next long-polling ``messages`` call, for every slot."""
+        self.pending = self.actor.messages.remote(POLL_SECONDS, LINGER_SECONDS)
+
+    def send_answers(self) -> None:
+        """Send the answers decided since the last call, in one actor call."""
+        if self.answers and not self.dead:
+            self.actor.decide_many.remote(self.answers)
+        self.answers = []
 
     def next_slot(self) -> int | None:
         """A slot that no trial has had yet, or None."""
@@ -121,8 +140,11 @@ class RayReplica:
     waiting_step: int | None = None
 
     def poll(self) -> None:
-        """Issue the next long-polling ``messages`` call."""
-        self.pending = self.actor.messages.remote(POLL_SECONDS, LINGER_SECONDS, self.slot)
+        """Issue the next long-polling ``messages`` call (a shared actor's slots have one,
+        the actor's own)."""
+        if self.shared is not None:
+            return
+        self.pending = self.actor.messages.remote(POLL_SECONDS, LINGER_SECONDS)
         self.pending_kind = "messages"
 
     def end(self) -> None:
@@ -387,7 +409,10 @@ class RayAttempt:
         if step is None:
             return
         rank0 = self.replicas[0]
-        rank0.actor.decide.remote(decision, decide_from if self.job is None else 0, rank0.slot)
+        if rank0.shared is not None:  # sent with the actor's other answers of this pass
+            rank0.shared.answers.append((rank0.slot, decision, decide_from))
+        else:
+            rank0.actor.decide.remote(decision, decide_from if self.job is None else 0)
         for member in self.replicas[1:]:
             if member.waiting_step is not None and member.waiting_step <= step:
                 self._answer(member, self._shared.settled(member.waiting_step))
