@@ -779,6 +779,7 @@ class RayLauncher(Launcher):
             attempt = shared.owners.get(slot)
             if attempt is not None and attempt.phase != "done":
                 events.extend(attempt.on_messages(attempt.replicas[0], messages))
+                shared.unanswered += attempt.awaiting()
         if not shared.dead:
             shared.poll()
 

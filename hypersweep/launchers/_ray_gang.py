@@ -93,6 +93,15 @@ class SharedActor:
     pending: Any = None  # the outstanding messages() call
     owners: dict[int, RayAttempt] = field(default_factory=dict)  # slot -> its latest attempt
     answers: list[tuple[int, str, int | None]] = field(default_factory=list)  # not yet sent
+    unanswered: int = 0  # reports of the last reply that wait and have no answer yet
+
+    def answer(self, slot: int, decision: str, decide_from: int | None) -> None:
+        """Queue a slot's answer; send the queue once every waiting report of the last reply
+        has its answer (the trials need not wait for the rest of the driver's pass)."""
+        self.answers.append((slot, decision, decide_from))
+        self.unanswered -= 1
+        if self.unanswered <= 0:
+            self.send_answers()
 
     def poll(self) -> None:
         """Issue the next long-polling ``messages`` call, for every slot."""
@@ -103,6 +112,7 @@ class SharedActor:
         if self.answers and not self.dead:
             self.actor.decide_many.remote(self.answers)
         self.answers = []
+        self.unanswered = 0
 
     def next_slot(self) -> int | None:
         """A slot that no trial has had yet, or None."""
@@ -303,6 +313,10 @@ class RayAttempt:
 
     # --- messages ------------------------------------------------------------------------
 
+    def awaiting(self) -> int:
+        """Rank 0's reports passed on that wait for their answer."""
+        return sum(self._awaits)
+
     def on_messages(self, member: RayReplica, messages: list[tuple[Any, ...]]) -> list[Event]:
         """Handle a batch from ``member``; poll it again unless the attempt is over for it."""
         events: list[Event] = []
@@ -409,8 +423,8 @@ class RayAttempt:
         if step is None:
             return
         rank0 = self.replicas[0]
-        if rank0.shared is not None:  # sent with the actor's other answers of this pass
-            rank0.shared.answers.append((rank0.slot, decision, decide_from))
+        if rank0.shared is not None:  # sent with the actor's other answers
+            rank0.shared.answer(rank0.slot, decision, decide_from)
         else:
             rank0.actor.decide.remote(decision, decide_from if self.job is None else 0)
         for member in self.replicas[1:]:
