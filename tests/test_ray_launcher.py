@@ -979,6 +979,9 @@ def test_trials_per_actor_is_checked_before_anything_starts() -> None:
     for bad in (0, 2.5, "3", True):
         with pytest.raises(ConfigError, match=r"launcher\.trials_per_actor: expected an integer"):
             RayLauncher(trials_per_actor=bad)  # type: ignore[arg-type]
+    from_file = RayLauncher.from_spec({"type": "ray", "trials_per_actor": 8})
+    assert from_file.trials_per_actor == 8
+    assert RayLauncher.from_spec(from_file.to_spec()).trials_per_actor == 8  # resume keeps it
     with pytest.raises(ConfigError, match=r"launcher\.trials_per_actor: .*reuse_actors=True"):
         RayLauncher(trials_per_actor=4, reuse_actors=False)
     with pytest.raises(ConfigError, match=r"launcher\.trials_per_actor: .*replica"):
