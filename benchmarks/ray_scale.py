@@ -1,7 +1,8 @@
 """The Ray driver under load: 200+ concurrent trials reporting, on a multi-node Ray cluster.
 
 On a ``ray.cluster_utils.Cluster`` (a head node that runs no trials and ``--nodes`` worker
-nodes), ``--trials`` simulated trials run at once, one warm actor each. A simulated trial
+nodes), ``--trials`` simulated trials run at once, ``--trials-per-actor`` of them in each warm
+actor (``RayLauncher(trials_per_actor=...)``, a thread per trial). A simulated trial
 reports ``--reports`` steps, one every ``--step-ms`` (its training step), and its sweep decides
 every ``--interval`` steps (a pruner's interval: ``ThresholdPruner(interval_steps=...)``, which
 never prunes, so the load stays constant). All trials first wait at a barrier until every one
@@ -17,16 +18,19 @@ Per-trial overhead, in the same run: ``--overhead-trials`` trivial trials, ``--c
 at a time, under hypersweep's ``RayLauncher``, Ray Tune's ``Tuner`` with ``reuse_actors=True``
 and Ray Tune's default (a fresh actor per trial), on the same cluster.
 
-    python benchmarks/ray_scale.py [--trials 200] [--reports 100] [--step-ms 40]
-                                   [--interval 25] [--repeats 2] [--overhead-trials 100]
+    python benchmarks/ray_scale.py [--trials 200] [--trials-per-actor 25] [--reports 100]
+                                   [--step-ms 40] [--interval 25] [--repeats 2]
+                                   [--overhead-trials 100] [--profile driver.txt]
 
 Writes benchmarks/results/ray_scale.json (arguments, every round, load averages, and the
 driver's CPU time per report after the barrier). ``--skip-throughput`` or ``--skip-overhead``
 run one half, ``--time-limit`` starts no round after that many seconds, and
 ``--round-timeout`` ends a throughput round that cannot keep up.
 
-Each simulated trial is a Ray actor of its own (a Python worker process with Ray loaded), so
-the number of concurrent trials is bounded by the machine's memory, not by the driver.
+With ``--trials-per-actor 1`` each simulated trial is a Ray actor of its own (a Python worker
+process with Ray loaded), so the number of concurrent trials is bounded by the machine's memory
+and cores, not by the driver. ``--profile`` writes the driver's cProfile (its main thread, the
+sweep loop) of the first batched round, by cumulative and by own time.
 """
 
 from __future__ import annotations
@@ -121,7 +125,9 @@ def throughput_round(args: argparse.Namespace, *, batched: bool) -> dict[str, An
             early_stopping=pruner,
             storage=f"{folder}/sweep.journal",
             callbacks=[counter],
-            launcher=RayLauncher(max_pending_trials=args.trials),
+            launcher=RayLauncher(
+                max_pending_trials=args.trials, trials_per_actor=args.trials_per_actor
+            ),
             timeout=args.round_timeout,  # a round that cannot keep up ends, and says so
         )
         wall = time.perf_counter() - began
@@ -140,6 +146,7 @@ def throughput_round(args: argparse.Namespace, *, batched: bool) -> dict[str, An
     return {
         "mode": "batched" if batched else "every report waits",
         "trials": args.trials,
+        "trials_per_actor": args.trials_per_actor,
         "reports_after_barrier": counter.count,
         "seconds_after_barrier": round(elapsed, 3),
         "reports_per_s": round(counter.count / elapsed, 1),
@@ -165,6 +172,24 @@ def throughput_round(args: argparse.Namespace, *, batched: bool) -> dict[str, An
         "loadavg_before": loadavg_before,
         "loadavg_after": os.getloadavg(),
     }
+
+
+def _profiled(args: argparse.Namespace, batched: bool, profile: bool) -> dict[str, Any]:
+    """A throughput round, under cProfile when asked (the profile written to ``--profile``)."""
+    if not profile:
+        return throughput_round(args, batched=batched)
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    row = profiler.runcall(throughput_round, args, batched=batched)
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("cumulative").print_stats(40)
+    stats.sort_stats("tottime").print_stats(40)
+    Path(args.profile).write_text(text.getvalue())
+    return {**row, "profiled": True}
 
 
 def trivial(config: dict[str, Any]) -> float:
@@ -267,6 +292,8 @@ def _start_cluster(nodes: int, per_node: int, tries: int = 3) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--trials-per-actor", type=int, default=25)
+    parser.add_argument("--profile", default=None, help="write the driver's profile here")
     parser.add_argument("--reports", type=int, default=100)
     parser.add_argument("--step-ms", type=float, default=40.0)
     parser.add_argument("--interval", type=int, default=25)
@@ -288,7 +315,9 @@ def main() -> None:
     import ray
 
     loadavg_before = os.getloadavg()
-    per_node = -(-args.trials // args.nodes)
+    # A CPU (by Ray's accounting) per trial; whole actors per node.
+    actors = -(-args.trials // args.trials_per_actor)
+    per_node = -(-actors // args.nodes) * args.trials_per_actor
     cluster = _start_cluster(args.nodes, per_node)
     # The workers import this module by name, and the same hypersweep as this driver.
     paths = [str(Path(__file__).parent), str(Path(hs.__file__).resolve().parent.parent)]
@@ -350,7 +379,8 @@ def main() -> None:
             for batched in (True, False):
                 if time.monotonic() - began > args.time_limit:
                     break
-                row = {"repeat": repeat, **throughput_round(args, batched=batched)}
+                profile = args.profile and batched and repeat == 0
+                row = {"repeat": repeat, **_profiled(args, batched, profile)}
                 print(json.dumps(row), flush=True)
                 rounds.append(row)
                 save()

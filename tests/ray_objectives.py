@@ -244,3 +244,43 @@ def elastic_node_train(config: dict[str, Any]) -> dict[str, float]:
             time.sleep(0.1)
 
     return elastic_regression(config, before_epoch)
+
+
+def _wait_for(condition: Any, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
+def shared_actor_trial(config: dict[str, Any]) -> float:
+    """A light trial for actors that run several (``trials_per_actor``).
+
+    Its first attempt waits until ``config["trials"]`` first attempts run, so that the test
+    sees them run at once; then it reports ``x * (step + 1)`` for 5 steps, its own values. With
+    ``config["kill"]``, trial 0's first attempt then ends its whole actor process
+    (``os._exit``), and the first attempts that share the process wait to die with it.
+    """
+    import threading
+
+    context = _context()
+    trial, attempt = context.trial_number, context.attempt
+    record(f"shared-t{trial}-a{attempt}", thread=threading.get_ident())
+    if attempt == 0:
+
+        def started() -> bool:
+            return len(list(_markers().glob("shared-t*-a0.json"))) >= config["trials"]
+
+        _wait_for(started, "every first attempt to start")
+    for step in range(5):
+        hs.report(step, loss=config["x"] * (step + 1))
+    if config["kill"] and attempt == 0:
+        if trial == 0:
+            (_markers() / "killing").write_text("")
+            os._exit(1)
+        _wait_for((_markers() / "killing").exists, "trial 0 to end its actor")
+        killer = json.loads((_markers() / "shared-t0-a0.json").read_text())
+        while killer["pid"] == os.getpid():  # ends with the process
+            time.sleep(0.05)
+    return float(config["x"]) * 5

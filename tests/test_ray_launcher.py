@@ -928,3 +928,68 @@ def test_tune_with_parameters_puts_large_objects_in_the_object_store_once(
     assert len(cloudpickle.dumps(put_in_object_store(shipped))) < 2**20
     local = hs.tune(space, trainable, metric="loss", strategy="grid")
     assert {t.config["x"]: t.value for t in local.trials} == expected
+
+
+def _shared_sweep(markers: Path, *, kill: bool) -> tuple[hs.SweepResult, dict[int, int]]:
+    """6 trials, 3 per actor (half a CPU each), all running at once; trial -> first pid."""
+    result = hs.tune(
+        {"x": hs.uniform(1, 2), "trials": 6, "kill": kill},
+        ray_objectives.shared_actor_trial,
+        metric="loss",
+        n_trials=6,
+        max_retries=1,
+        launcher=_launcher(markers, trials_per_actor=3, num_cpus=0.5),
+    )
+    pids = {m["trial"]: m["pid"] for m in read_markers(markers, "shared-t*-a0")}
+    return result, pids
+
+
+def test_trials_share_an_actor_run_at_once_and_report_for_themselves(
+    cluster: Cluster, markers: Path
+) -> None:
+    result, pids = _shared_sweep(markers, kill=False)
+    assert result.counts() == {"completed": 6}
+    # Two actors of three trials each; the first attempts waited for one another, so the
+    # three trials of an actor ran at the same time, each in its own thread.
+    assert sorted(list(pids.values()).count(pid) for pid in set(pids.values())) == [3, 3]
+    threads = {(m["pid"], m["thread"]) for m in read_markers(markers, "shared-t*-a0")}
+    assert len(threads) == 6
+    for trial in result.trials:
+        assert trial.attempts == 1
+        x = trial.config["x"]
+        assert trial.intermediate_values == {s: pytest.approx(x * (s + 1)) for s in range(5)}
+
+
+def test_a_lost_shared_actor_retries_exactly_its_trials(cluster: Cluster, markers: Path) -> None:
+    result, pids = _shared_sweep(markers, kill=True)
+    assert result.counts() == {"completed": 6}
+    lost = {trial for trial, pid in pids.items() if pid == pids[0]}
+    assert len(lost) == 3
+    assert {t.number: t.attempts for t in result.trials} == {
+        n: 2 if n in lost else 1 for n in range(6)
+    }
+    retried = {m["trial"] for m in read_markers(markers, "shared-t*-a1")}
+    assert retried == lost
+    for trial in result.trials:
+        x = trial.config["x"]
+        assert trial.intermediate_values == {s: pytest.approx(x * (s + 1)) for s in range(5)}
+
+
+def test_trials_per_actor_is_checked_before_anything_starts() -> None:
+    for bad in (0, 2.5, "3", True):
+        with pytest.raises(ConfigError, match=r"launcher\.trials_per_actor: expected an integer"):
+            RayLauncher(trials_per_actor=bad)  # type: ignore[arg-type]
+    from_file = RayLauncher.from_spec({"type": "ray", "trials_per_actor": 8})
+    assert from_file.trials_per_actor == 8
+    assert RayLauncher.from_spec(from_file.to_spec()).trials_per_actor == 8  # resume keeps it
+    with pytest.raises(ConfigError, match=r"launcher\.trials_per_actor: .*reuse_actors=True"):
+        RayLauncher(trials_per_actor=4, reuse_actors=False)
+    with pytest.raises(ConfigError, match=r"launcher\.trials_per_actor: .*replica"):
+        hs.tune(
+            {"x": hs.uniform(0, 1)},
+            ray_objectives.gang_allreduce,
+            metric="loss",
+            n_trials=1,
+            replicas=hs.Replicas(n=2),
+            launcher=RayLauncher(trials_per_actor=2),
+        )

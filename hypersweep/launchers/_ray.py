@@ -41,6 +41,7 @@ from hypersweep.launchers._ray_elastic import ElasticRayAttempt
 from hypersweep.launchers._ray_gang import (
     RayAttempt,
     RayReplica,
+    SharedActor,
     describe_actor_error,
     kill_actor,
     remove_group,
@@ -100,6 +101,15 @@ class RayLauncher(Launcher):
             that interval, as Ray Tune's insufficient-resources warning.
         pending_timeout: seconds after which such a trial fails, instead of waiting for the
             cluster to grow; None (default) waits as long as it takes.
+        trials_per_actor: trials that share one actor (one Ray worker process), each in a
+            thread of its own with its own reports and decisions: for light trials (I/O
+            bound, or in numpy/sklearn/torch code that releases the GIL), so that hundreds
+            run at once without a process each. The actor reserves ``num_cpus``,
+            ``num_gpus`` and ``resources`` for each of its trials (a bundle of
+            ``trials_per_actor`` times them), so they keep counting per trial. A lost actor
+            fails (and retries) exactly the trials it ran. Default 1: an actor per trial.
+            Needs ``reuse_actors`` and trials without replicas; a trial reports with
+            ``hypersweep.report`` (Ray Tune's ``tune.report`` needs an actor of its own).
     """
 
     def __init__(
@@ -119,6 +129,7 @@ class RayLauncher(Launcher):
         max_pending_trials: int | None = None,
         pending_warning: float = 60.0,
         pending_timeout: float | None = None,
+        trials_per_actor: int = 1,
     ) -> None:
         if placement_strategy not in PLACEMENT_STRATEGIES:
             raise ConfigError(
@@ -128,6 +139,7 @@ class RayLauncher(Launcher):
         for field_name, count in (
             ("max_concurrent", max_concurrent),
             ("max_pending_trials", max_pending_trials),
+            ("trials_per_actor", trials_per_actor),
         ):
             if count is not None and (
                 isinstance(count, bool) or not isinstance(count, int) or count < 1
@@ -148,7 +160,13 @@ class RayLauncher(Launcher):
         for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"launcher.{name}: expected a number >= 0, got {value!r}")
+        if trials_per_actor > 1 and not reuse_actors:
+            raise ConfigError(
+                "launcher.trials_per_actor: an actor that runs several trials is kept for the "
+                "next ones; set reuse_actors=True, or trials_per_actor=1"
+            )
         self.address = address
+        self.trials_per_actor = trials_per_actor
         self.max_concurrent = max_concurrent
         self.max_pending_trials = max_pending_trials or max_concurrent or 16
         self.pending_warning = float(pending_warning)
@@ -171,7 +189,8 @@ class RayLauncher(Launcher):
         self._actor_options: dict[str, Any] = {}
         self._attempts: dict[int, RayAttempt] = {}
         self._ending: list[RayAttempt] = []  # gangs whose outcome is known, still ending
-        self._idle: list[RayReplica] = []  # warm actors of trials without replicas
+        self._idle: list[RayReplica] = []  # warm actors (or slots) of trials without replicas
+        self._shared: list[SharedActor] = []  # the live actors of trials_per_actor > 1
         self._backlog: list[Event] = []
         self._hosts: set[str] = set()
         self._warned_shared_dir = False
@@ -241,6 +260,11 @@ class RayLauncher(Launcher):
             raise ConfigError(
                 "launcher: RayLauncher needs Ray; pip install 'hypersweep[ray]'"
             ) from None
+        if self.trials_per_actor > 1 and context.job is not None:
+            raise ConfigError(
+                "launcher.trials_per_actor: a trial with replicas runs each replica in an "
+                "actor of its own; set trials_per_actor=1 for this sweep"
+            )
         self._context = context
         self._job = context.job
         job_env = self._check_runtime_env(owns_connection=not ray.is_initialized())
@@ -256,7 +280,9 @@ class RayLauncher(Launcher):
         runtime_env = {} if job_env else dict(self.runtime_env)
         if self.env:
             runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **self.env}
-        self._actor_options = {"max_concurrency": _ACTOR_CONCURRENCY, "max_restarts": 0}
+        # Each slot of a shared actor holds one long-polling messages() call at a time.
+        concurrency = _ACTOR_CONCURRENCY + self.trials_per_actor - 1
+        self._actor_options = {"max_concurrency": concurrency, "max_restarts": 0}
         if runtime_env:
             self._actor_options["runtime_env"] = runtime_env
         self._actor_class = ray.remote(TrialActor)
@@ -470,17 +496,73 @@ class RayLauncher(Launcher):
         if self._job is None and self._idle:
             member = self._idle.pop()
             attempt = RayAttempt(assignment, None, [member], grace=self.replica_grace)
+            if member.shared is not None:
+                member.shared.owners[member.slot] = attempt
             attempt.run(self._objective, self._objective_payload)
             self._attempts[number] = attempt
             return
         try:
-            attempt = self._new_attempt(assignment)
+            attempt = (
+                self._shared_attempt(assignment)
+                if self.trials_per_actor > 1
+                else self._new_attempt(assignment)
+            )
         except Exception as error:  # noqa: BLE001 - reported as a crash, retried or failed
             self._backlog.append(Crashed(number, f"could not start the trial on Ray: {error}"))
             return
         self._attempts[number] = attempt
-        if assignment.attempt > 0:
+        if assignment.attempt > 0 and self.trials_per_actor == 1:
             self._queue_behind(attempt)
+
+    def _shared_attempt(self, assignment: TrialAssignment) -> RayAttempt:
+        """The attempt in a slot no trial has had yet, on a new shared actor if none is left.
+
+        The slot's trial starts once the actor is placed (its ``prepare`` answers).
+        """
+        self._shared = [actor for actor in self._shared if not actor.dead]
+        slot = None
+        for shared in self._shared:
+            if (slot := shared.next_slot()) is not None:
+                break
+        if slot is None:
+            shared = self._new_shared_actor()
+            self._shared.append(shared)
+            slot = shared.next_slot()
+        assert slot is not None
+        member = RayReplica(ReplicaId(0, "trial", 0), shared.actor, shared=shared, slot=slot)
+        attempt = RayAttempt(assignment, None, [member], grace=self.replica_grace)
+        shared.owners[slot] = attempt
+        attempt.prepare()
+        return attempt
+
+    def _new_shared_actor(self) -> SharedActor:
+        """An actor with ``trials_per_actor`` slots, in a placement group of its own whose
+        bundle is that many trials' resources."""
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        assert self._context is not None
+        slots = self.trials_per_actor
+        bundle = {name: amount * slots for name, amount in self._bundle(None, None).items()}
+        self._slot_counter += 1
+        # Unique in the cluster: another sweep of this name may still be ending its actors.
+        suffix = f"{self._slot_counter}-{uuid.uuid4().hex[:6]}"
+        label = f"hs-{self._context.sweep_name}-shared-{suffix}"
+        group = placement_group([bundle], strategy=self.placement_strategy, name=label)
+        custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
+        options = dict(
+            self._actor_options,
+            num_cpus=bundle.get("CPU", 0.0),
+            num_gpus=bundle.get("GPU", 0.0),
+            resources=custom or None,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+            ),
+        )
+        actor = self._actor_class.options(name=label, **options).remote(
+            self._sys_path, label, slots
+        )
+        return SharedActor(actor, group, slots)
 
     def _queue_behind(self, retry: RayAttempt) -> None:
         """Put the placement groups of new trials still waiting behind a retry's.
@@ -609,6 +691,13 @@ class RayLauncher(Launcher):
         for member in self._idle:
             if member.pending is not None:
                 waiting[member.pending] = (None, member)
+        hosts: dict[Any, SharedActor] = {}
+        for shared in self._shared:
+            shared.send_answers()  # what the last pass decided for its slots
+            if shared.pending is None and shared.placed and not shared.dead:
+                shared.poll()
+            if shared.pending is not None:
+                hosts[shared.pending] = shared
         if events:
             timeout = 0.0
         timeout = min(timeout, max(0.0, self._next_cluster_check - now))
@@ -619,13 +708,16 @@ class RayLauncher(Launcher):
         ]
         if deadlines:
             timeout = min(timeout, max(0.0, min(deadlines) - time.monotonic()))
-        if waiting:
-            refs = list(waiting)
+        if waiting or hosts:
+            refs = [*waiting, *hosts]
             ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
             if ready:
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             values = _get_all(ready)
             for ref in ready:
+                if ref in hosts:
+                    self._on_shared_reply(hosts[ref], ref, events, values)
+                    continue
                 owner, member = waiting[ref]
                 if member.pending is None or member.pending != ref:
                     continue  # superseded while handling an earlier reply (Ray Client hands
@@ -662,13 +754,51 @@ class RayLauncher(Launcher):
             return
         if kind == "prepare":
             assert self._context is not None
+            if member.shared is not None:
+                member.shared.placed = True
             attempt.on_prepared(member, value, self._objective, self._objective_payload)
         else:
             events.extend(attempt.on_messages(member, value))
 
+    def _on_shared_reply(
+        self, shared: SharedActor, ref: Any, events: list[Event], values: dict[Any, Any] | None
+    ) -> None:
+        """Hand what a shared actor's slots said to their attempts, and poll it again."""
+        import ray
+
+        shared.pending = None
+        try:
+            value = values[ref] if values is not None else ray.get(ref)
+        except Exception as error:  # noqa: BLE001 - any failed call means the actor is lost
+            self._lose_shared(shared, error, events)
+            return
+        by_slot: dict[int, list[tuple[Any, ...]]] = {}
+        for slot, message in value:
+            by_slot.setdefault(slot, []).append(message)
+        for slot, messages in by_slot.items():
+            attempt = shared.owners.get(slot)
+            if attempt is not None and attempt.phase != "done":
+                events.extend(attempt.on_messages(attempt.replicas[0], messages))
+                shared.unanswered += attempt.awaiting()
+        if not shared.dead:
+            shared.poll()
+
+    def _lose_shared(self, shared: SharedActor, error: BaseException, events: list[Event]) -> None:
+        """A shared actor died: each trial it ran crashes (and is retried); its warm slots go."""
+        shared.end()
+        for attempt in (*self._attempts.values(), *self._ending):
+            for member in attempt.replicas[:1]:  # a shared actor's trials have no replicas
+                if member.shared is shared and not member.dead:
+                    events.extend(attempt.on_death(member, error))
+        if any(member.shared is shared for member in self._idle):
+            logger.info("A warm Ray actor was lost between trials: %s", describe_actor_error(error))
+            self._idle = [member for member in self._idle if member.shared is not shared]
+
     def _drop_idle(self, member: RayReplica, error: BaseException) -> None:
         logger.info("A warm Ray actor was lost between trials: %s", describe_actor_error(error))
         self._idle.remove(member)
+        if member.shared is not None:
+            member.shared.end()  # its other slots learn it from their own calls
         kill_actor(member.actor)
         remove_group(member.placement_group)
 
@@ -698,8 +828,8 @@ class RayLauncher(Launcher):
         the very resources that the idle actors hold, while new trials took them.
         """
         assert self._context is not None
-        if not self._idle:
-            return
+        if not self._idle or self.trials_per_actor > 1:
+            return  # a shared actor's trials wait for its one placement group, not their own
         waiting = sorted(
             (
                 attempt
@@ -775,7 +905,12 @@ class RayLauncher(Launcher):
         for member in self._idle:
             kill_actor(member.actor)
             remove_group(member.placement_group)
+            if member.shared is not None:
+                member.shared.end()
         self._idle.clear()
+        for shared in self._shared:
+            shared.end()
+        self._shared.clear()
         self._backlog.clear()
         self._objective_payload = None
         if self._owns_ray:

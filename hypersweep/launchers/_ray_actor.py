@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from hypersweep.orchestrator._events import TrialAssignment
 from hypersweep.orchestrator._objective import Objective, ObjectiveRef
@@ -49,6 +49,22 @@ def urgent(message: Message) -> bool:
     return message[0] != "report" or bool(message[3])
 
 
+class _Outbox(Protocol):
+    def put(self, item: Message) -> None: ...
+
+
+class _SlotOutbox:
+    """A slot's outbox in the outbox its actor shares among slots: messages go tagged with
+    the slot, so that one ``messages`` call returns what every slot said, in order."""
+
+    def __init__(self, shared: queue.Queue[Message], slot: int) -> None:
+        self._shared = shared
+        self._slot = slot
+
+    def put(self, item: Message) -> None:
+        self._shared.put((self._slot, item))
+
+
 class _QueueConnection:
     """The two methods of a ``Connection`` that ``run_assignment`` uses, over two queues.
 
@@ -64,15 +80,20 @@ class _QueueConnection:
     answer.
     """
 
-    def __init__(self, outbox: queue.Queue[Message], decisions: queue.Queue[Message]) -> None:
+    def __init__(self, outbox: _Outbox, decisions: queue.Queue[Message]) -> None:
         self._outbox = outbox
         self._decisions = decisions
         self.decide_from: int | None = 0  # None: no later report can be decided
         self._answered: Message | None = None
         self._unacknowledged = False  # reports in the outbox that no answer has covered yet
         self._checkpointed: int | None = None  # the step of a checkpoint sent since then
+        self.cancelled = False  # the driver gave the trial up: its next report stops it
 
     def send(self, message: Message) -> None:
+        if self.cancelled:
+            if message[0] == "report":
+                self._answered = ("decision", "stop")
+            return
         if message[0] == "report":
             step = message[1]
             waits = (self.decide_from is not None and step >= self.decide_from) or (
@@ -92,7 +113,7 @@ class _QueueConnection:
 
     def flush(self) -> None:
         """Wait until the driver has received every report sent so far."""
-        if self._unacknowledged:
+        if self._unacknowledged and not self.cancelled:
             self._outbox.put(("sync",))
             self._decisions.get()  # the driver's acknowledgement
             self._unacknowledged = False
@@ -105,8 +126,24 @@ class _QueueConnection:
         return (kind, decision)
 
 
+class _Slot:
+    """One trial at a time in an actor: its messages to the driver, answers, thread."""
+
+    def __init__(self, outbox: _Outbox) -> None:
+        self.outbox = outbox
+        self.decisions: queue.Queue[Message] = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.connection: _QueueConnection | None = None
+
+
 class TrialActor:
-    """Runs trial attempts, one at a time, and queues what they say for the driver.
+    """Runs trial attempts, one at a time in each of its slots, and queues what they say.
+
+    An actor has one slot unless the launcher's ``trials_per_actor`` gives it more: each slot
+    then runs its own trial in its own thread, with its own messages and decisions, so that
+    light trials (I/O bound, or in code that releases the GIL) share one Ray worker process.
+    Every method that concerns a trial takes its ``slot``; the slots share one outbox, so the
+    driver collects what all of them said with one ``messages`` call per actor.
 
     Args:
         sys_path: the driver's ``sys.path``; entries that exist on this node are added, so
@@ -116,7 +153,7 @@ class TrialActor:
         label: the actor's name (``hs-<sweep>-t<N>``), also the prefix of its output lines.
     """
 
-    def __init__(self, sys_path: list[str], label: str = "TrialActor") -> None:
+    def __init__(self, sys_path: list[str], label: str = "TrialActor", slots: int = 1) -> None:
         import ray
 
         shipped = bool((ray.get_runtime_context().runtime_env or {}).get("working_dir"))
@@ -126,11 +163,14 @@ class TrialActor:
         else:
             sys.path[:0] = entries
         self._label = label
+        self._shared = slots > 1  # trials run side by side in this process
         self._outbox: queue.Queue[Message] = queue.Queue()
-        self._decisions: queue.Queue[Message] = queue.Queue()
+        self._slots = [
+            _Slot(_SlotOutbox(self._outbox, slot) if self._shared else self._outbox)
+            for slot in range(slots)
+        ]
         self._objectives: dict[str, Objective | str] = {}
         self._held: HeldPort | None = None
-        self._thread: threading.Thread | None = None
 
     def prepare(self, hold_port: str | None = None) -> dict[str, Any]:
         """Where this replica runs (node id, IP, its GPUs) and, if asked, a port held for it."""
@@ -156,12 +196,14 @@ class TrialActor:
         env: dict[str, str],
         replica: tuple[int, int] | None = None,
         serve_store: bool = False,
+        slot: int = 0,
     ) -> None:
         """Start an attempt in a thread and return at once; its messages follow in the queue.
 
         ``objective`` is sent once per actor (None afterwards: the cached ``key`` is used).
         ``replica`` is ``(rank, world_size)`` for a replica of a multi-replica trial.
         """
+        state = self._slots[slot]
         if objective is not None and key not in self._objectives:
             try:
                 # The function itself where the driver put it so (tune.with_parameters).
@@ -169,17 +211,19 @@ class TrialActor:
                 self._objectives[key] = loaded
             except Exception:  # noqa: BLE001 - reported with the trial that needs it
                 self._objectives[key] = traceback.format_exc()
-        while not self._decisions.empty():  # nothing stale from an earlier attempt
-            self._decisions.get_nowait()
-        self._tag_output(f"hs-{assignment.sweep_name}-t{assignment.trial_number}")
+        while not state.decisions.empty():  # nothing stale from an earlier attempt
+            state.decisions.get_nowait()
+        if not self._shared:  # the trials of a shared actor print under the actor's name
+            self._tag_output(f"hs-{assignment.sweep_name}-t{assignment.trial_number}")
         os.environ.update(env)
-        self._thread = threading.Thread(
+        state.connection = _QueueConnection(state.outbox, state.decisions)
+        state.thread = threading.Thread(
             target=self._run,
-            args=(key, assignment, replica, serve_store),
+            args=(state, key, assignment, replica, serve_store),
             name=f"hypersweep-trial-{assignment.trial_number}",
             daemon=True,
         )
-        self._thread.start()
+        state.thread.start()
 
     def __repr__(self) -> str:
         # Ray prefixes the actor's output lines with its repr (``(hs-sweep-t3 pid=...)``).
@@ -199,6 +243,7 @@ class TrialActor:
 
     def _run(
         self,
+        state: _Slot,
         key: str,
         assignment: TrialAssignment,
         replica: tuple[int, int] | None,
@@ -208,7 +253,7 @@ class TrialActor:
 
         objective = self._objectives.get(key, "the objective was never sent to this actor")
         if isinstance(objective, str):
-            self._outbox.put(("error", "the objective could not be loaded", objective))
+            state.outbox.put(("error", "the objective could not be loaded", objective))
             return
         context: dict[str, Any] = {}
         store = None
@@ -219,11 +264,17 @@ class TrialActor:
                     store = self._serve_store(replica[1])
                 except Exception as error:  # noqa: BLE001 - reported as this replica's error
                     message = f"could not serve torch.distributed's store: {error}"
-                    self._outbox.put(("error", message, traceback.format_exc()))
+                    state.outbox.put(("error", message, traceback.format_exc()))
                     return
-        connection = _QueueConnection(self._outbox, self._decisions)
+        assert state.connection is not None
         try:
-            run_assignment(cast("Connection", connection), objective, assignment, **context)
+            run_assignment(
+                cast("Connection", state.connection),
+                objective,
+                assignment,
+                shared_process=self._shared,
+                **context,
+            )
         finally:
             del store
 
@@ -241,33 +292,52 @@ class TrialActor:
 
         Reports that await no answer are held up to ``linger`` seconds after the first, to go
         in fewer, larger batches; any other message (a report that waits, a checkpoint, the
-        trial's end) returns the batch at once.
+        trial's end) returns the batch at once. An actor with several slots returns
+        ``(slot, message)`` pairs, every slot's messages in the order the slot sent them.
         """
+        outbox = self._outbox
+        is_urgent = (lambda item: urgent(item[1])) if self._shared else urgent
         try:
-            batch = [self._outbox.get(timeout=timeout)]
+            batch = [outbox.get(timeout=timeout)]
         except queue.Empty:
             return []
-        flush = urgent(batch[0])
+        flush = is_urgent(batch[0])
         deadline = time.monotonic() + linger
         while True:
             try:
-                message = self._outbox.get_nowait()
+                message = outbox.get_nowait()
             except queue.Empty:
                 left = deadline - time.monotonic()
                 if flush or left <= 0:
                     return batch
                 try:
-                    message = self._outbox.get(timeout=left)
+                    message = outbox.get(timeout=left)
                 except queue.Empty:
                     return batch
             batch.append(message)
-            flush = flush or urgent(message)
+            flush = flush or is_urgent(message)
 
-    def decide(self, decision: str, decide_from: int | None = 0) -> None:
+    def decide(self, decision: str, decide_from: int | None = 0, slot: int = 0) -> None:
         """Answer the running attempt's pending report; ``decide_from`` is the first step
         whose report waits for the next answer (0: every report; None: none will)."""
-        self._decisions.put(("decision", decision, decide_from))
+        self._slots[slot].decisions.put(("decision", decision, decide_from))
 
-    def acknowledge(self) -> None:
+    def decide_many(self, answers: list[tuple[int, str, int | None]]) -> None:
+        """:meth:`decide` for several slots in one call: ``(slot, decision, decide_from)``."""
+        for slot, decision, decide_from in answers:
+            self._slots[slot].decisions.put(("decision", decision, decide_from))
+
+    def acknowledge(self, slot: int = 0) -> None:
         """Tell the running attempt's :meth:`_QueueConnection.flush` that its reports arrived."""
-        self._decisions.put(("ack", None, None))
+        self._slots[slot].decisions.put(("ack", None, None))
+
+    def cancel(self, slot: int) -> None:
+        """Give up a slot's trial without killing the actor (its other slots run on).
+
+        A thread cannot be killed: the trial stops at its next report, or ends by itself;
+        what it says after this is dropped, and the slot is not given another trial.
+        """
+        state = self._slots[slot]
+        if state.connection is not None:
+            state.connection.cancelled = True
+        state.decisions.put(("decision", "stop", None))  # a report waiting now stops too

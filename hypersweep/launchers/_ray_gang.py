@@ -75,12 +75,72 @@ def describe_actor_error(error: BaseException) -> str:
 
 
 @dataclass
+class SharedActor:
+    """An actor that runs up to ``slots`` trials at once (``trials_per_actor``), in the
+    placement group it owns; ``assigned`` slots have been given to trials so far.
+
+    The driver talks to the actor, not to each slot: one long-polling ``messages`` call
+    returns what every slot said, and the answers of a pass of the driver's loop go in one
+    ``decide_many`` call, so that the driver's Ray calls grow with actors, not trials.
+    """
+
+    actor: Any
+    placement_group: Any
+    slots: int
+    assigned: int = 0
+    dead: bool = False
+    placed: bool = False  # a slot's prepare() answered: the actor runs
+    pending: Any = None  # the outstanding messages() call
+    owners: dict[int, RayAttempt] = field(default_factory=dict)  # slot -> its latest attempt
+    answers: list[tuple[int, str, int | None]] = field(default_factory=list)  # not yet sent
+    unanswered: int = 0  # reports of the last reply that wait and have no answer yet
+
+    def answer(self, slot: int, decision: str, decide_from: int | None) -> None:
+        """Queue a slot's answer; send the queue once every waiting report of the last reply
+        has its answer (the trials need not wait for the rest of the driver's pass)."""
+        self.answers.append((slot, decision, decide_from))
+        self.unanswered -= 1
+        if self.unanswered <= 0:
+            self.send_answers()
+
+    def poll(self) -> None:
+        """Issue the next long-polling ``messages`` call, for every slot."""
+        self.pending = self.actor.messages.remote(POLL_SECONDS, LINGER_SECONDS)
+
+    def send_answers(self) -> None:
+        """Send the answers decided since the last call, in one actor call."""
+        if self.answers and not self.dead:
+            self.actor.decide_many.remote(self.answers)
+        self.answers = []
+        self.unanswered = 0
+
+    def next_slot(self) -> int | None:
+        """A slot that no trial has had yet, or None."""
+        if self.dead or self.assigned >= self.slots:
+            return None
+        self.assigned += 1
+        return self.assigned - 1
+
+    def end(self) -> None:
+        """Kill the actor (with whatever its slots still run) and free its placement group."""
+        self.dead = True
+        kill_actor(self.actor)
+        remove_group(self.placement_group)
+
+
+@dataclass
 class RayReplica:
-    """One replica's actor and what the driver knows of it."""
+    """One replica's actor and what the driver knows of it.
+
+    A trial on a shared actor (``shared`` set) is one ``slot`` of it: every call names the
+    slot, and ending the trial cancels the slot rather than killing the actor.
+    """
 
     id: ReplicaId
     actor: Any
     placement_group: Any = None  # owned by this replica when it is a warm, reusable slot
+    shared: SharedActor | None = None
+    slot: int = 0
     info: dict[str, Any] | None = None  # from TrialActor.prepare: node_id, ip, pid, port
     has_objective: str | None = None  # the key of the objective the actor has loaded
     pending: Any = None  # the outstanding prepare() or messages() call
@@ -90,9 +150,22 @@ class RayReplica:
     waiting_step: int | None = None
 
     def poll(self) -> None:
-        """Issue the next long-polling ``messages`` call."""
+        """Issue the next long-polling ``messages`` call (a shared actor's slots have one,
+        the actor's own)."""
+        if self.shared is not None:
+            return
         self.pending = self.actor.messages.remote(POLL_SECONDS, LINGER_SECONDS)
         self.pending_kind = "messages"
+
+    def end(self) -> None:
+        """Kill this replica's actor, or give up its slot of a shared actor that runs on."""
+        self.dead = self.finished = True
+        self.pending = None
+        if self.shared is None:
+            kill_actor(self.actor)
+            remove_group(self.placement_group)
+        elif not self.shared.dead:
+            self.actor.cancel.remote(self.slot)
 
 
 @dataclass
@@ -176,7 +249,13 @@ class RayAttempt:
             replica = (rank, self.world_size) if self.job is not None else None
             serve_store = self.job is not None and self.hold_port(rank) == PORT_LISTEN
             member.actor.run.remote(
-                send, objective.key, self.assignment, environments[rank], replica, serve_store
+                send,
+                objective.key,
+                self.assignment,
+                environments[rank],
+                replica,
+                serve_store,
+                member.slot,
             )
             member.has_objective = objective.key
             if member.pending is None:  # a warm actor is being polled already
@@ -234,6 +313,10 @@ class RayAttempt:
 
     # --- messages ------------------------------------------------------------------------
 
+    def awaiting(self) -> int:
+        """Rank 0's reports passed on that wait for their answer."""
+        return sum(self._awaits)
+
     def on_messages(self, member: RayReplica, messages: list[tuple[Any, ...]]) -> list[Event]:
         """Handle a batch from ``member``; poll it again unless the attempt is over for it."""
         events: list[Event] = []
@@ -263,7 +346,7 @@ class RayAttempt:
                 self._answer_or_wait(member, message[1])
         elif kind == "sync":  # every message before it has been handled
             if not member.dead:
-                member.actor.acknowledge.remote()
+                member.actor.acknowledge.remote(member.slot)
         elif kind == "checkpoint":
             if rank == 0 and self.phase == "running":
                 events.append(Checkpointed(number, message[1], message[2]))
@@ -292,6 +375,8 @@ class RayAttempt:
         """``member``'s actor died (killed, out of memory, its node gone) or never started."""
         member.dead = member.finished = True
         member.pending = None
+        if member.shared is not None:  # its other slots' trials learn it from their calls
+            member.shared.end()
         events: list[Event] = []
         if self.phase in ("starting", "running", "failing"):
             what = describe_actor_error(error)
@@ -337,7 +422,11 @@ class RayAttempt:
         step = self._shared.decide(decision)
         if step is None:
             return
-        self.replicas[0].actor.decide.remote(decision, decide_from if self.job is None else 0)
+        rank0 = self.replicas[0]
+        if rank0.shared is not None:  # sent with the actor's other answers
+            rank0.shared.answer(rank0.slot, decision, decide_from)
+        else:
+            rank0.actor.decide.remote(decision, decide_from if self.job is None else 0)
         for member in self.replicas[1:]:
             if member.waiting_step is not None and member.waiting_step <= step:
                 self._answer(member, self._shared.settled(member.waiting_step))
@@ -383,10 +472,7 @@ class RayAttempt:
         """Kill every replica's actor and give the placement group back to the cluster."""
         self._end(reusable=False)
         for member in self.replicas:
-            member.dead = member.finished = True
-            member.pending = None
-            kill_actor(member.actor)
-            remove_group(member.placement_group)
+            member.end()
         remove_group(self.placement_group)
 
 

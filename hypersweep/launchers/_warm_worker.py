@@ -233,7 +233,7 @@ def _run(
                 problem = f"could not serve torch.distributed's store: {error}"
                 connection.send(("error", problem, traceback.format_exc()))
                 return
-        context = {"rank": replica_run.rank, "world_size": replica_run.world_size}
+        context: dict[str, Any] = {"rank": replica_run.rank, "world_size": replica_run.world_size}
         guarded = _GuardedConnection(connection)
         _running = True
         try:

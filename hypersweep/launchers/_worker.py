@@ -113,9 +113,19 @@ def _redirect_output(log_path: str | None) -> None:
 
 
 def run_assignment(
-    connection: Connection, objective: Objective, assignment: TrialAssignment, **context: Any
+    connection: Connection,
+    objective: Objective,
+    assignment: TrialAssignment,
+    *,
+    shared_process: bool = False,
+    **context: Any,
 ) -> None:
-    """Run one trial attempt and send its outcome; never raises for the objective's errors."""
+    """Run one trial attempt and send its outcome; never raises for the objective's errors.
+
+    ``shared_process``: other trials run in other threads of this process at the same time;
+    the trial's context is then its thread's alone, and Ray Tune's process-wide session
+    (``tune.report``) is not set up for it.
+    """
     trial_context = TrialContext(
         trial_number=assignment.trial_number,
         config=assignment.config,
@@ -129,11 +139,16 @@ def run_assignment(
         **context,
     )
     try:
-        _set_context(trial_context)  # may raise (e.g. JAX set-up): the trial's error, not a crash
-        with ray_tune_session() as ray_session:  # tune.report() in a Ray Tune trainable
-            result = call_objective(objective, json.loads(json.dumps(assignment.config)))
-        if result is None and ray_session.last_metrics:
-            result = ray_session.last_metrics  # Ray Tune's result: the last report
+        # May raise (e.g. JAX set-up): the trial's error, not a crash.
+        _set_context(trial_context, thread_only=shared_process)
+        config = json.loads(json.dumps(assignment.config))
+        if shared_process:
+            result = call_objective(objective, config)
+        else:
+            with ray_tune_session() as ray_session:  # tune.report() in a Ray Tune trainable
+                result = call_objective(objective, config)
+            if result is None and ray_session.last_metrics:
+                result = ray_session.last_metrics  # Ray Tune's result: the last report
     except TrialPruned:
         connection.send(("stopped", "stop"))
     except TrialPaused:
@@ -147,7 +162,7 @@ def run_assignment(
             message = f"objective returned an unsendable {type(result).__name__}: {error}"
             connection.send(("error", message, message))
     finally:
-        _set_context(None)
+        _set_context(None, thread_only=shared_process)
         sys.stdout.flush()
         sys.stderr.flush()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -78,20 +79,33 @@ class TrialContext:
         self.started_from = self.restore_path
 
 
-_current: TrialContext | None = None
+_process_context: TrialContext | None = None
+# Trials that share a process (a Ray actor running several trials, one thread each) keep their
+# context in their own thread, so that each thread's report() is its own trial's.
+_thread_contexts = threading.local()
 _warned_outside = False
 
 
-def _set_context(context: TrialContext | None) -> None:
-    global _current
-    _current = context
+def _set_context(context: TrialContext | None, *, thread_only: bool = False) -> None:
+    """Set the running trial's context: for the process (and the threads the objective
+    starts), or with ``thread_only`` for the calling thread alone."""
+    global _process_context
+    if thread_only:
+        _thread_contexts.context = context
+        return
+    _process_context = context
     if context is not None and is_jax_replica():
         prepare_jax_replica()  # before the objective calls jax.distributed.initialize()
 
 
+def _current() -> TrialContext | None:
+    context: TrialContext | None = getattr(_thread_contexts, "context", None)
+    return context if context is not None else _process_context
+
+
 def get_trial_context() -> TrialContext | None:
     """The running trial's context, or None outside a trial."""
-    return _current
+    return _current()
 
 
 def _outside_trial(function: str) -> None:
@@ -119,7 +133,7 @@ def report(step: int | None = None, **metrics: float) -> None:
             f"hs.report(step, {', '.join(f'{k}=...' for k in step) or 'loss=...'}) instead of "
             "hs.report({...}) with a dict"
         )
-    context = _current
+    context = _current()
     if context is None:
         _outside_trial("report")
         return
@@ -170,7 +184,7 @@ def checkpoint(
     trial trains; the next ``checkpoint`` call, and the trial's end, wait for it. The checkpoint
     counts (for resuming, pausing, cloning) once its upload has ended.
     """
-    context = _current
+    context = _current()
     if context is None:
         _outside_trial("checkpoint")
         return None
@@ -314,7 +328,7 @@ def call_objective(objective: Callable[[Any], Any], config: Any) -> Any:
     try:
         return objective(config)
     finally:
-        context = _current
+        context = _current()
         if context is not None:
             _settle(context, wait=True)
 
@@ -324,7 +338,7 @@ def restore() -> Any:
 
     A retried, resumed or promoted trial calls it first to continue where it stopped.
     """
-    context = _current
+    context = _current()
     if context is None or context.restore_path is None:
         return None
     return _checkpoints.read_checkpoint(
