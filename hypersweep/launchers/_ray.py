@@ -407,6 +407,23 @@ class RayLauncher(Launcher):
             for r in job.replica_ids()
         ]
 
+    def _actor_options_in(
+        self, bundle: Mapping[str, float], group: Any, index: int
+    ) -> dict[str, Any]:
+        """Actor options that take ``bundle``'s resources from bundle ``index`` of ``group``."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
+        return dict(
+            self._actor_options,
+            num_cpus=bundle.get("CPU", 0.0),
+            num_gpus=bundle.get("GPU", 0.0),
+            resources=custom or None,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                group, placement_group_bundle_index=index, placement_group_capture_child_tasks=True
+            ),
+        )
+
     def _bundle(self, cpus: float | None, gpus: int | None) -> dict[str, float]:
         bundle: dict[str, float] = {}
         cpu = self.num_cpus if cpus is None else float(cpus)
@@ -539,7 +556,6 @@ class RayLauncher(Launcher):
         """An actor with ``trials_per_actor`` slots, in a placement group of its own whose
         bundle is that many trials' resources."""
         from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         assert self._context is not None
         slots = self.trials_per_actor
@@ -549,16 +565,7 @@ class RayLauncher(Launcher):
         suffix = f"{self._slot_counter}-{uuid.uuid4().hex[:6]}"
         label = f"hs-{self._context.sweep_name}-shared-{suffix}"
         group = placement_group([bundle], strategy=self.placement_strategy, name=label)
-        custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
-        options = dict(
-            self._actor_options,
-            num_cpus=bundle.get("CPU", 0.0),
-            num_gpus=bundle.get("GPU", 0.0),
-            resources=custom or None,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(
-                group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
-            ),
-        )
+        options = self._actor_options_in(bundle, group, 0)
         actor = self._actor_class.options(name=label, **options).remote(
             self._sys_path, label, slots
         )
@@ -625,7 +632,6 @@ class RayLauncher(Launcher):
 
         ``tag`` tells apart the actors of an elastic attempt's later rounds.
         """
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         sweep = self._context.sweep_name if self._context else assignment.sweep_name
         number = assignment.trial_number
@@ -634,18 +640,7 @@ class RayLauncher(Launcher):
         replicas = []
         for replica_id, (group, index) in zip(ids, slots, strict=False):
             bundle = bundles[replica_id.rank]
-            custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
-            options = dict(
-                self._actor_options,
-                num_cpus=bundle.get("CPU", 0.0),
-                num_gpus=bundle.get("GPU", 0.0),
-                resources=custom or None,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    group,
-                    placement_group_bundle_index=index,
-                    placement_group_capture_child_tasks=True,
-                ),
-            )
+            options = self._actor_options_in(bundle, group, index)
             # Named after its trial, so that `ray list actors` and the dashboard say which.
             label = _actor_name(sweep, number, assignment.attempt, replica_id, job)
             label += f"-{tag}" if tag else ""
