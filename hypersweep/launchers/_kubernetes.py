@@ -106,6 +106,9 @@ _LONG_POLL = 20.0
 _FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 #: Seconds between writes of a running trial's latest value on its TrainJob.
 VALUE_INTERVAL = 10.0
+#: A trial whose TrainJob has ``ttlSecondsAfterFinished`` at most this leaves its Secret to go
+#: with the job (the garbage collector), rather than deleting it itself.
+SECRET_GOES_WITH_JOB_TTL = 60
 _MAX_PICKLE = 96 * 1024  # one environment variable holds at most 128 KiB on Linux
 _SPEC_KEYS = ("replicaSpecs", "pytorchReplicaSpecs", "tfReplicaSpecs", "jaxReplicaSpecs")
 _ROLE_NAMES = {"master": "Master", "worker": "Worker", "chief": "Chief"}
@@ -548,10 +551,19 @@ class KubernetesLauncher(Launcher):
         """Write a trial attempt's Secret (and its gang's PodGroup or Workload) and TrainJob;
         the refusal, if any."""
         try:
-            self._write_secret(trial, assignment)
             self._create_gang_objects(trial.name, trial.number)
             job = self._render_job(trial, assignment, pool)
-            uid = self.kube.create(TRAINJOBS, self.namespace, job)["metadata"]["uid"]
+            created = self.kube.create(TRAINJOBS, self.namespace, job)
+            # After its TrainJob, which owns it: the garbage collector deletes it with the job
+            # (no delete of ours). A pod that starts first waits for it, as a kubelet retries
+            # a missing Secret.
+            uid = created["metadata"]["uid"]
+            try:
+                self._write_secret(trial, assignment, created)
+            except ApiError:
+                # No job without its Secret: a relaunch creates both again.
+                self.kube.delete(TRAINJOBS, self.namespace, trial.name, uid=uid)
+                raise
             # The watch has 30 s to show the job from now, not from when its write was queued
             # (a thousand trials started at once queue their writes for minutes); set before
             # the uid, which is what makes a check (in another thread) look for the job.
@@ -818,7 +830,15 @@ class KubernetesLauncher(Launcher):
             meta["ownerReferences"] = [owner_reference(self._owner)]
         return meta
 
-    def _write_secret(self, trial: _Trial, assignment: TrialAssignment) -> None:
+    def _secret_goes_with_job(self) -> bool:
+        """Whether a finished trial's TrainJob is deleted soon (``ttlSecondsAfterFinished``
+        at most a minute), taking the Secret it owns with it: then no delete of ours."""
+        ttl = (self._template.get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+        return ttl is not None and int(ttl) <= SECRET_GOES_WITH_JOB_TTL
+
+    def _write_secret(self, trial: _Trial, assignment: TrialAssignment, job: JsonDict) -> None:
+        """Write the trial attempt's Secret (its token, config and objective), owned by its
+        TrainJob ``job``."""
         assert self._context is not None
         data = {
             names.TOKEN_KEY: trial.token,
@@ -828,10 +848,12 @@ class KubernetesLauncher(Launcher):
         if objective.reference is None and objective.pickled is not None:
             data[names.OBJECTIVE_KEY] = base64.b64encode(objective.pickled).decode()
         name = self._secret_name(trial.name)
+        metadata = self._metadata(name, trial.number)
+        metadata["ownerReferences"] = [owner_reference(job)]
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": self._metadata(name, trial.number),
+            "metadata": metadata,
             "type": "Opaque",
             "stringData": data,
         }
@@ -1002,7 +1024,9 @@ class KubernetesLauncher(Launcher):
                 job = self.kube.get(TRAINJOBS, self.namespace, job_name)
             if job is not None:
                 suspend_trainjob(self.kube, job, outcome, shown=shown)
-            self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
+            # A paused trial's job stays suspended (no TTL): its Secret goes now.
+            if outcome == "paused" or not self._secret_goes_with_job():
+                self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
 
         return action
 
@@ -1013,7 +1037,8 @@ class KubernetesLauncher(Launcher):
             self._withdraw(job_name)
             if shown:
                 self._annotate(job_name, shown)
-            self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
+            if not self._secret_goes_with_job():
+                self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
 
         return action
 
