@@ -553,17 +553,24 @@ class KubernetesLauncher(Launcher):
         try:
             self._create_gang_objects(trial.name, trial.number)
             job = self._render_job(trial, assignment, pool)
-            created = self.kube.create(TRAINJOBS, self.namespace, job)
-            # After its TrainJob, which owns it: the garbage collector deletes it with the job
-            # (no delete of ours). A pod that starts first waits for it, as a kubelet retries
-            # a missing Secret.
-            uid = created["metadata"]["uid"]
+            created = self.kube.create(TRAINJOBS, self.namespace, copy.deepcopy(job))
+            # The Secret after its TrainJob, which owns it: the garbage collector deletes it
+            # with the job (no delete of ours). A pod that starts first waits for it, as a
+            # kubelet retries a missing Secret.
             try:
-                self._write_secret(trial, assignment, created)
+                if not self._write_secret(trial, assignment, created):
+                    # A leftover Secret was there, which a pod may have started with (a stale
+                    # token, every report refused): the job starts again, with the fresh one.
+                    self.kube.delete(TRAINJOBS, self.namespace, trial.name, uid=_uid(created))
+                    self._wait_gone(trial.name, _uid(created))
+                    created = self.kube.create(TRAINJOBS, self.namespace, job)
+                    if not self._write_secret(trial, assignment, created):
+                        raise ApiError(409, f"Secret {self._secret_name(trial.name)} came back")
             except ApiError:
                 # No job without its Secret: a relaunch creates both again.
-                self.kube.delete(TRAINJOBS, self.namespace, trial.name, uid=uid)
+                self.kube.delete(TRAINJOBS, self.namespace, trial.name, uid=_uid(created))
                 raise
+            uid = _uid(created)
             # The watch has 30 s to show the job from now, not from when its write was queued
             # (a thousand trials started at once queue their writes for minutes); set before
             # the uid, which is what makes a check (in another thread) look for the job.
@@ -836,9 +843,9 @@ class KubernetesLauncher(Launcher):
         ttl = (self._template.get("runPolicy") or {}).get("ttlSecondsAfterFinished")
         return ttl is not None and int(ttl) <= SECRET_GOES_WITH_JOB_TTL
 
-    def _write_secret(self, trial: _Trial, assignment: TrialAssignment, job: JsonDict) -> None:
+    def _write_secret(self, trial: _Trial, assignment: TrialAssignment, job: JsonDict) -> bool:
         """Write the trial attempt's Secret (its token, config and objective), owned by its
-        TrainJob ``job``."""
+        TrainJob ``job``; False if one was there (deleted, not replaced: see the caller)."""
         assert self._context is not None
         data = {
             names.TOKEN_KEY: trial.token,
@@ -862,10 +869,11 @@ class KubernetesLauncher(Launcher):
         except ApiError as error:
             if not error.conflict:
                 raise
-            # Left by a driver killed before it made the TrainJob: replaced by delete and
-            # create, so that the operator needs no "update" on Secrets.
+            # Left behind (by an earlier version, or not yet collected): deleted, for the
+            # caller to write anew, so that the operator needs no "update" on Secrets.
             self.kube.delete(SECRETS, self.namespace, name)
-            self.kube.create(SECRETS, self.namespace, body)
+            return False
+        return True
 
     def _create_gang_objects(self, name: str, number: int) -> None:
         """The PodGroup (or Workload and PodGroup) that makes the trial's pods one gang for a
@@ -1367,6 +1375,10 @@ def _show(value: float) -> str:
 
 def _new_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+def _uid(obj: JsonDict) -> str:
+    return str(obj["metadata"]["uid"])
 
 
 def _secret_env(name: str, secret: str, key: str) -> JsonDict:
