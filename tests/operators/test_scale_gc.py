@@ -136,6 +136,8 @@ def test_finished_trials_are_collected_and_live_objects_stay_bounded(
     assert per_trial.get("delete trainjobs", 0) <= TRIALS, per_trial  # once each
     # Its Service goes with it (the garbage collector), not by a delete of ours.
     assert per_trial.get("delete services", 0) == 0, per_trial
+    # Its Service created once: not again by a reconcile whose watch does not show it yet.
+    assert per_trial.get("create services", 0) == TRIALS, per_trial
     # ...and its Secret, which it owns: created after it, deleted by no request of ours.
     assert per_trial.get("delete secrets", 0) == 0, per_trial
 
