@@ -106,6 +106,9 @@ _LONG_POLL = 20.0
 _FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 #: Seconds between writes of a running trial's latest value on its TrainJob.
 VALUE_INTERVAL = 10.0
+#: A trial whose TrainJob has ``ttlSecondsAfterFinished`` at most this leaves its Secret to go
+#: with the job (the garbage collector), rather than deleting it itself.
+SECRET_GOES_WITH_JOB_TTL = 60
 _MAX_PICKLE = 96 * 1024  # one environment variable holds at most 128 KiB on Linux
 _SPEC_KEYS = ("replicaSpecs", "pytorchReplicaSpecs", "tfReplicaSpecs", "jaxReplicaSpecs")
 _ROLE_NAMES = {"master": "Master", "worker": "Worker", "chief": "Chief"}
@@ -548,10 +551,26 @@ class KubernetesLauncher(Launcher):
         """Write a trial attempt's Secret (and its gang's PodGroup or Workload) and TrainJob;
         the refusal, if any."""
         try:
-            self._write_secret(trial, assignment)
             self._create_gang_objects(trial.name, trial.number)
             job = self._render_job(trial, assignment, pool)
-            uid = self.kube.create(TRAINJOBS, self.namespace, job)["metadata"]["uid"]
+            created = self.kube.create(TRAINJOBS, self.namespace, copy.deepcopy(job))
+            # The Secret after its TrainJob, which owns it: the garbage collector deletes it
+            # with the job (no delete of ours). A pod that starts first waits for it, as a
+            # kubelet retries a missing Secret.
+            try:
+                if not self._write_secret(trial, assignment, created):
+                    # A leftover Secret was there, which a pod may have started with (a stale
+                    # token, every report refused): the job starts again, with the fresh one.
+                    self.kube.delete(TRAINJOBS, self.namespace, trial.name, uid=_uid(created))
+                    self._wait_gone(trial.name, _uid(created))
+                    created = self.kube.create(TRAINJOBS, self.namespace, job)
+                    if not self._write_secret(trial, assignment, created):
+                        raise ApiError(409, f"Secret {self._secret_name(trial.name)} came back")
+            except ApiError:
+                # No job without its Secret: a relaunch creates both again.
+                self.kube.delete(TRAINJOBS, self.namespace, trial.name, uid=_uid(created))
+                raise
+            uid = _uid(created)
             # The watch has 30 s to show the job from now, not from when its write was queued
             # (a thousand trials started at once queue their writes for minutes); set before
             # the uid, which is what makes a check (in another thread) look for the job.
@@ -818,7 +837,15 @@ class KubernetesLauncher(Launcher):
             meta["ownerReferences"] = [owner_reference(self._owner)]
         return meta
 
-    def _write_secret(self, trial: _Trial, assignment: TrialAssignment) -> None:
+    def _secret_goes_with_job(self) -> bool:
+        """Whether a finished trial's TrainJob is deleted soon (``ttlSecondsAfterFinished``
+        at most a minute), taking the Secret it owns with it: then no delete of ours."""
+        ttl = (self._template.get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+        return ttl is not None and int(ttl) <= SECRET_GOES_WITH_JOB_TTL
+
+    def _write_secret(self, trial: _Trial, assignment: TrialAssignment, job: JsonDict) -> bool:
+        """Write the trial attempt's Secret (its token, config and objective), owned by its
+        TrainJob ``job``; False if one was there (deleted, not replaced: see the caller)."""
         assert self._context is not None
         data = {
             names.TOKEN_KEY: trial.token,
@@ -828,10 +855,12 @@ class KubernetesLauncher(Launcher):
         if objective.reference is None and objective.pickled is not None:
             data[names.OBJECTIVE_KEY] = base64.b64encode(objective.pickled).decode()
         name = self._secret_name(trial.name)
+        metadata = self._metadata(name, trial.number)
+        metadata["ownerReferences"] = [owner_reference(job)]
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": self._metadata(name, trial.number),
+            "metadata": metadata,
             "type": "Opaque",
             "stringData": data,
         }
@@ -840,10 +869,11 @@ class KubernetesLauncher(Launcher):
         except ApiError as error:
             if not error.conflict:
                 raise
-            # Left by a driver killed before it made the TrainJob: replaced by delete and
-            # create, so that the operator needs no "update" on Secrets.
+            # Left behind (by an earlier version, or not yet collected): deleted, for the
+            # caller to write anew, so that the operator needs no "update" on Secrets.
             self.kube.delete(SECRETS, self.namespace, name)
-            self.kube.create(SECRETS, self.namespace, body)
+            return False
+        return True
 
     def _create_gang_objects(self, name: str, number: int) -> None:
         """The PodGroup (or Workload and PodGroup) that makes the trial's pods one gang for a
@@ -1002,7 +1032,9 @@ class KubernetesLauncher(Launcher):
                 job = self.kube.get(TRAINJOBS, self.namespace, job_name)
             if job is not None:
                 suspend_trainjob(self.kube, job, outcome, shown=shown)
-            self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
+            # A paused trial's job stays suspended (no TTL): its Secret goes now.
+            if outcome == "paused" or not self._secret_goes_with_job():
+                self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
 
         return action
 
@@ -1013,7 +1045,8 @@ class KubernetesLauncher(Launcher):
             self._withdraw(job_name)
             if shown:
                 self._annotate(job_name, shown)
-            self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
+            if not self._secret_goes_with_job():
+                self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
 
         return action
 
@@ -1342,6 +1375,10 @@ def _show(value: float) -> str:
 
 def _new_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+def _uid(obj: JsonDict) -> str:
+    return str(obj["metadata"]["uid"])
 
 
 def _secret_env(name: str, secret: str, key: str) -> JsonDict:

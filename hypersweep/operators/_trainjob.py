@@ -668,6 +668,10 @@ UNSEEN_NODE_GRACE = 30.0
 #: Node names remembered as deleted at most.
 DELETED_NODES_KEPT = 10_000
 
+#: Seconds a created Service stands in for the watch's view of it, at most (it shows it
+#: within seconds; a Service deleted meanwhile is then created again).
+MADE_SERVICE_TTL = 30.0
+
 #: TrainJob uids remembered as deleted at most (each one's cache catches up within seconds).
 DELETED_JOBS_KEPT = 10_000
 
@@ -1077,6 +1081,9 @@ class TrainJobController:
         self._reread: set[str] = set()
         # TrainJobs this controller deleted after their TTL (by uid, oldest first).
         self._deleted_jobs: dict[str, None] = {}
+        # Services this controller created that its watch may not show yet (by job key: the
+        # Service and when), so that a reconcile in between does not create them again.
+        self._made_services: dict[str, tuple[JsonDict, float]] = {}
         self._specs: dict[tuple[str, int], JobSpec] = {}  # by TrainJob uid and generation
         self.jobs = Informer(kube, TRAINJOBS, namespace=namespace)
         self.pods = Informer(
@@ -1192,7 +1199,7 @@ class TrainJobController:
             job,
             spec,
             pods,
-            self.services.list(namespace, labels),
+            self._services_of(key, self.services.list(namespace, labels)),
             dt.datetime.now(dt.timezone.utc),
             self.networking,
             nodes=nodes,
@@ -1207,6 +1214,22 @@ class TrainJobController:
         if recheck is not None:
             after = recheck if after is None else min(after, recheck)
         return after
+
+    def _services_of(self, key: str, watched: Sequence[JsonDict]) -> Sequence[JsonDict]:
+        """The job's Services: those watched, plus one this controller created that the
+        watch does not show yet (for at most MADE_SERVICE_TTL seconds)."""
+        with self._lock:
+            made = self._made_services.get(key)
+            if made is None:
+                return watched
+            service, at = made
+            uid = service["metadata"].get("uid")
+            if any(s["metadata"].get("uid") == uid for s in watched) or (
+                time.monotonic() - at > MADE_SERVICE_TTL
+            ):
+                del self._made_services[key]  # the watch shows it: the cache is the truth
+                return watched
+        return [*watched, service]
 
     def _nodes(self, pods: Sequence[JsonDict]) -> tuple[frozenset[str] | None, float | None]:
         """The names of the nodes that hold ``pods`` and are taken to exist (None when nodes
@@ -1366,7 +1389,7 @@ class TrainJobController:
         # The Service goes alongside the pods: their DNS names resolve once both exist.
         refused: list[str] = []
         services = [
-            self._calls.submit(self._create, SERVICES, job, service, plan, refused)
+            self._calls.submit(self._create_service, key, job, service, plan, refused)
             for service in plan.create_services
         ]
         try:
@@ -1469,7 +1492,7 @@ class TrainJobController:
             tried.append(pod)
             created = False
             try:
-                created = self._create(PODS, job, pod, plan, refused)
+                created = self._create(PODS, job, pod, plan, refused) is not None
                 if created:
                     operator_metrics().pods_created.inc()
             finally:
@@ -1483,22 +1506,34 @@ class TrainJobController:
             for _ in range(len(pods) - len(tried)):
                 self._expectations.created(key)  # never tried after a failed batch
 
+    def _create_service(
+        self, key: str, job: JsonDict, body: JsonDict, plan: Plan, refused: list[str]
+    ) -> bool:
+        """Create the job's Service, remembered until the watch shows it."""
+        created = self._create(SERVICES, job, body, plan, refused)
+        if created is not None:
+            with self._lock:
+                while len(self._made_services) >= DELETED_JOBS_KEPT:
+                    del self._made_services[next(iter(self._made_services))]
+                self._made_services[key] = (created, time.monotonic())
+        return created is not None
+
     def _create(
         self, resource: Any, job: JsonDict, body: JsonDict, plan: Plan, refused: list[str]
-    ) -> bool:
-        """Create one object; a refusal (invalid, or refused by admission) goes to
-        ``refused``, for the job to be refused once however many creations it failed."""
+    ) -> JsonDict | None:
+        """Create one object (the object created; None if not); a refusal (invalid, or
+        refused by admission) goes to ``refused``, for the job to be refused once however
+        many creations it failed."""
         try:
-            self.kube.create(resource, job["metadata"]["namespace"], body)
+            return self.kube.create(resource, job["metadata"]["namespace"], body)
         except ApiError as error:
             if error.conflict:
                 plan.requeue(1.0)  # the cache had not seen it yet, or an old one is going away
-                return False
+                return None
             if error.status in (400, 403, 422):
                 refused.append(f"{resource.kind} {body['metadata']['name']}: {error.message}")
-                return False
+                return None
             raise
-        return True
 
     def _refuse(self, job: JsonDict, message: str) -> None:
         """Fail a TrainJob whose spec cannot run, once."""

@@ -420,7 +420,12 @@ def test_a_trial_cannot_report_for_another(
     assert _post(f"{base}/0", None, forged) == 401
     assert "wrong token" in operator.log_path.read_text()
     secret = kubectl_json(cluster, "get", "secret", "tokens-trial-0-trial", "-n", namespace.name)
-    assert secret["metadata"]["ownerReferences"][0]["kind"] == "Sweep"
+    # Owned by its TrainJob (which the Sweep owns): it goes with the job.
+    [owner] = secret["metadata"]["ownerReferences"]
+    assert owner["kind"] == "TrainJob" and owner["name"] == "tokens-trial-0", owner
+    job = kubectl_json(cluster, "get", "trainjob", "tokens-trial-0", "-n", namespace.name)
+    assert owner["uid"] == job["metadata"]["uid"], (owner, job["metadata"])
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "Sweep"
 
     release.touch()
     status = wait_sweep(cluster, namespace, "tokens", operator)
