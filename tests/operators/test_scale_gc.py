@@ -119,15 +119,19 @@ def test_finished_trials_are_collected_and_live_objects_stay_bounded(
     assert counted.get("create trainjobs", 0) >= TRIALS, counted
     # Per finished trial (lists, watches and leader election are per operator, not per trial):
     # its pod, Secret, Service and TrainJob are created; its status is written when it starts,
-    # runs and ends, and the Sweep's when it ends; an Event when it starts and one when it
-    # ends; its outcome shown; its running pods deleted in one request; its TrainJob
-    # deleted (its Service and Secret go with the TrainJob): about 12. Repeated
-    # writes, or one per pod or phase, exceed it.
+    # runs and ends; an Event when it starts and one when it ends; its outcome shown; its
+    # running pods deleted in one request; its TrainJob deleted (its Service and Secret go
+    # with the TrainJob): about 11. Repeated writes, or one per pod or phase, exceed 12.
     per_trial = {
         kind: count
         for kind, count in counted.items()
         if kind.split(" ")[0] not in ("list", "watch") and not kind.endswith(" leases")
     }
+    # The Sweep's own status writes are per sweep (a few, however many trials), not per
+    # trial: bounded on their own, so that the per-trial bound does not hang on how often a
+    # busy machine made the Sweep's loop write its counts.
+    per_sweep = {kind: per_trial.pop(kind) for kind in list(per_trial) if " sweeps" in kind}
+    assert sum(per_sweep.values()) <= TRIALS, per_sweep
     total = sum(per_trial.values()) / TRIALS
     assert total <= MAX_REQUESTS_PER_TRIAL, (total, json.dumps(per_trial, sort_keys=True))
     assert per_trial.get("delete pods", 0) <= TRIALS, per_trial  # not one per pod
@@ -227,8 +231,7 @@ def test_a_pod_on_a_node_the_watch_has_not_shown_yet_is_not_lost(
             },
         )
         wait_until(
-            lambda: controller.nodes is not None
-            and controller.nodes.get("", node) is not None,
+            lambda: controller.nodes is not None and controller.nodes.get("", node) is not None,
             timeout=30,
             what="the node's ADDED event",
         )
