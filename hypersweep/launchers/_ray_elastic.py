@@ -14,7 +14,10 @@ _elastic.ElasticPolicy`) and Ray Train V2's placement:
   with the survivors' count, from the trial's latest checkpoint, without using a retry: a
   process joins one ``torch.distributed`` group for its life, so every replica of the new
   round is a new actor. Its placement groups are made anew (the lost bundle may sit on a node
-  that is gone): a core of the survivors' count and a spare of the rest. Below ``min`` the
+  that is gone): a core of the survivors' count and, once the core is placed, a spare of the
+  rest. Made together, the spare could take the capacity the core needs: a core first placed
+  on a lost node that Ray has not yet declared dead is placed again once it has, and by then
+  the spare may hold the survivors' node, and the round would wait for ever. Below ``min`` the
   crash is the trial's, retried (counted) with the full world, as a fixed gang's. Which
   replicas were lost is asked of Ray, not guessed from their peers' errors: a replica that
   neither ended nor is known dead when the round fails has its actor pinged.
@@ -94,19 +97,27 @@ class ElasticRayAttempt(RayAttempt):
         assert self.policy is not None
         return self.policy
 
-    def _reserve(self, world_size: int) -> None:
-        """New placement groups: a core of ``world_size`` bundles and a spare of the rest."""
+    def _reserve(self, world_size: int, *, spare: bool = True) -> None:
+        """New placement groups: a core of ``world_size`` bundles and, with ``spare``, a spare
+        of the rest now (else :meth:`_reserve_spare` makes it once the core is placed)."""
         assert self.place is not None
-        full = self._policy.max_replicas
         core = self.place(self.assignment, range(world_size))
         self._groups = [core]
         self._core = [(core, index) for index in range(world_size)]
         self._spare, self._spare_ready, self._spare_slots = None, None, []
-        if world_size < full:
-            self._spare = self.place(self.assignment, range(world_size, full))
-            self._groups.append(self._spare)
-            self._spare_ready = self._spare.ready()
-            self._spare_slots = [(self._spare, index) for index in range(full - world_size)]
+        if spare:
+            self._reserve_spare()
+
+    def _reserve_spare(self) -> None:
+        """A spare placement group for the replicas the core lacks, unless one is held."""
+        assert self.place is not None
+        world, full = len(self._core), self._policy.max_replicas
+        if self._spare is not None or world >= full:
+            return
+        self._spare = self.place(self.assignment, range(world, full))
+        self._groups.append(self._spare)
+        self._spare_ready = self._spare.ready()
+        self._spare_slots = [(self._spare, index) for index in range(full - world)]
 
     def _room(self) -> bool:
         """Whether the spare is placed: the missing replicas have their bundles."""
@@ -147,6 +158,8 @@ class ElasticRayAttempt(RayAttempt):
                 spare.pending = None
                 kill_actor(spare.actor)
             self.replicas = core
+        else:
+            self._reserve_spare()  # a shrunk round's: its core is placed, it cannot take its room
         self.run(objective, payload)
 
     # --- rounds --------------------------------------------------------------------------
@@ -163,7 +176,8 @@ class ElasticRayAttempt(RayAttempt):
         else:
             for group in self._groups:
                 remove_group(group)
-            self._reserve(world_size)
+            # The spare once the core is placed (module doc): its replicas run from then on.
+            self._reserve(world_size, spare=False)
         self.job = self._policy.begin(world_size, reason)
         self.assignment = replace(self.assignment, restore_path=self._policy.latest_checkpoint)
         self.phase = "starting"
