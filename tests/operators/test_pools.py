@@ -609,10 +609,17 @@ def test_a_lost_node_restarts_the_gang_from_its_checkpoint_on_other_capacity(
         return None
 
     node, pid = wait_until(worker_node, 120, "the worker replica running")
+    # A few steps in: a checkpoint past step 2 (checkpoint-NNNNNN counts from 1).
     wait_until(
-        lambda: len(list((namespace.data_dir).rglob("checkpoint-*"))) >= 1, 60, "a checkpoint"
+        lambda: any(
+            number.isdigit() and int(number) >= 3
+            for number in (
+                p.name.rsplit("-", 1)[1] for p in namespace.data_dir.rglob("checkpoint-*")
+            )
+        ),
+        60,
+        "a checkpoint a few steps in",
     )
-    time.sleep(1.0)  # a few steps in
     # The node goes: its Node object, its agent (frozen, as a dead kubelet), its processes.
     lost_agent = next(a for a in agents.started if a.node_name == node)
     os.kill(lost_agent.component.process.pid, signal.SIGSTOP)
