@@ -56,6 +56,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +416,16 @@ class SimulatedTrials:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _events_by_reason(api: Any) -> dict[str, int]:
+    """The namespace's Events by the kind of object they are about and their reason."""
+    from kubernetes import client
+
+    counts: Counter[str] = Counter()
+    for event in client.CoreV1Api(api).list_namespaced_event(NAMESPACE).items:
+        counts[f"{event.involved_object.kind} {event.reason}"] += event.count or 1
+    return dict(counts.most_common())
+
+
 def run(
     trials: int,
     nodes: int,
@@ -424,6 +435,7 @@ def run(
     workers: int,
     ttl: int,
     replicas: int = 4,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="k8s-scale-"))
     try:
@@ -439,6 +451,7 @@ def run(
                 run_ms,
                 ttl,
                 replicas,
+                profile,
             )
             result["simulated_run_ms"] = run_ms
             return result
@@ -457,6 +470,7 @@ def _run(
     run_ms: int,
     ttl: int,
     replicas: int,
+    profile: str | None,
 ) -> dict[str, Any]:
     from kubernetes import client
 
@@ -531,6 +545,29 @@ def _run(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+    )
+
+    # py-spy samples the operator from outside (its own session), and writes its profile
+    # once the operator has exited.
+    profiler = (
+        subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--pid",
+                str(operator.pid),
+                "--rate",
+                "50",
+                "--format",
+                "raw",
+                "--output",
+                profile,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if profile
+        else None
     )
 
     def end_operator() -> None:
@@ -666,8 +703,11 @@ def _run(
     time.sleep(ttl + 5)
     stored_end = _stored_objects(api)
     etcd_end = _etcd_size(cluster)
+    events = _events_by_reason(api)
     os.killpg(operator.pid, signal.SIGTERM)
     operator.wait(60)
+    if profiler is not None:
+        profiler.wait(60)
     log.close()
     times = sorted(created)
     # The first wave: as many pods as the pools hold at once (4 replicas of 2 per 8-GPU node),
@@ -732,6 +772,9 @@ def _run(
         "operator_requests_per_trial": round(per_trial_total / trials, 2),
         "operator_requests_by_kind": {k: int(v) for k, v in operator_delta.items()},
         "operator_cpu_ms_per_trial": round(cpu * 1000 / trials, 1),
+        # The Events the namespace holds at the end (the API server keeps them an hour), by
+        # who wrote them and why.
+        "events_at_end_by_reason": events,
         "simulated_trial_outcomes": dict(simulated.outcomes),
         # Every client (operator, scheduler, kwok, controller-manager, this benchmark).
         "api_requests_per_trial_all_clients": dict(list(per_trial.items())[:20]),
@@ -771,6 +814,9 @@ def main() -> None:
         "--ttl", type=int, default=5, help="the trials' runPolicy.ttlSecondsAfterFinished"
     )
     parser.add_argument("--output", default=str(RESULTS / "k8s_scale.json"))
+    parser.add_argument(
+        "--profile", help="a file for the operator's CPU profile (py-spy's raw format)"
+    )
     args = parser.parse_args()
     # SIGTERM ends the run like Ctrl-C: the control plane and the operator are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -784,6 +830,7 @@ def main() -> None:
             args.workers,
             args.ttl,
             args.replicas,
+            args.profile,
         )
     except SystemExit as stop:
         # Stopped (SIGTERM: a time limit) after the control plane and the operator were: end

@@ -16,10 +16,10 @@ Two measurements, on Optuna's in-memory storage so that what is timed is the sam
 
     python benchmarks/tpe_bound.py --part quality
     python benchmarks/tpe_bound.py --part default
-    flock /work/wt/bench.lock python benchmarks/tpe_bound.py --part cost
+    python benchmarks/tpe_bound.py --part cost
 
 Each part writes its section of benchmarks/results/tpe_bound.json (its arguments, the load
-average, every block and every seed) and keeps the other part's section.
+average, every block and every seed) and keeps the other parts' sections.
 """
 
 from __future__ import annotations
@@ -73,6 +73,11 @@ FUNCTIONS: dict[str, Callable[[optuna.Trial], float]] = {
 }
 
 Window = tuple[int, int, int]  # best, sample, recent
+
+
+def _default_window() -> Window:
+    default = BoundedHistorySampler(optuna.samplers.TPESampler())
+    return (default.best, default.sample, default.recent)
 
 
 def _sampler(seed: int, window: Window | None) -> optuna.samplers.BaseSampler:
@@ -172,8 +177,7 @@ def main() -> None:
         "loadavg_before": os.getloadavg(),
     }
     if args.part == "cost":
-        default = BoundedHistorySampler(optuna.samplers.TPESampler())
-        window = (default.best, default.sample, default.recent)
+        window = _default_window()
         plain_cost = cost(args.plain_trials, args.block, None)
         print("plain TPE ms/trial by block:", [round(b, 2) for b in plain_cost], flush=True)
         bounded_cost = cost(args.bounded_trials, args.block, window)
@@ -192,8 +196,7 @@ def main() -> None:
                 pool, args.quality_trials, args.seeds, [None, "random", *args.windows]
             )
     else:
-        default = BoundedHistorySampler(optuna.samplers.TPESampler())
-        window = (default.best, default.sample, default.recent)
+        window = _default_window()
         with ProcessPoolExecutor(args.jobs) as pool:
             section["trials"] = args.default_trials
             section["seeds"] = args.default_seeds

@@ -61,19 +61,6 @@ def test_a_bounded_history_shows_the_best_a_sample_and_the_most_recent_trials_on
     assert sum(bool(shown) for shown, _ in recording.running) >= 20  # 2 at a time: most times
 
 
-class _LastShown(optuna.samplers.RandomSampler):
-    """A real sampler that records the finished trials it was shown for the last proposal."""
-
-    def __init__(self) -> None:
-        super().__init__(seed=0)
-        self.shown: list[int] = []
-
-    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
-        finished = study._get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        self.shown = [t.number for t in finished]
-        return super().sample_independent(study, trial, name, distribution)
-
-
 def _quadratic(trial: optuna.Trial) -> float:
     return (trial.suggest_float("x", -5, 5) - 2.0) ** 2
 
@@ -82,13 +69,13 @@ def _last_windows(seeds: int, trials: int, **window: int) -> list[tuple[list[int
     """For each seed, one trial at a time: (the last window shown, the trials by value)."""
     windows = []
     for seed in range(seeds):
-        recording = _LastShown()
+        recording = _Recording()
         sampler = hs.strategies.BoundedHistorySampler(recording, seed=seed, **window)
         study = optuna.create_study(sampler=sampler)
         study.optimize(_quadratic, n_trials=trials)
         values = [t.values[0] for t in study.get_trials(deepcopy=False)]
         by_value = sorted(range(trials), key=values.__getitem__)
-        windows.append((recording.shown, by_value))
+        windows.append((recording.shown[-1][1], by_value))
     return windows
 
 

@@ -536,7 +536,7 @@ def test_a_replay_snapshot_killed_mid_write_never_disagrees_with_the_journal(
         assert _opened_trials(journal)[1] == expected
 
 
-# --- a resume, a status and a driver's end at 100,000 trials --------------------------------
+# --- a resume, a status and a driver's end: what keeps them fast at 100,000 trials ----------
 
 
 def test_a_resume_with_nothing_to_run_keeps_the_results_snapshot_current() -> None:

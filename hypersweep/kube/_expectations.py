@@ -154,3 +154,52 @@ class LatestWrites:
         with self._lock:
             self._written.pop(key, None)
             self._delivered.pop(key, None)
+
+
+class HeldStatuses:
+    """Status changes a controller holds back for a moment, to write them together.
+
+    Like the Job controller's pod-update batch period: the changes a new job goes through in
+    its first second (created, its pods counted, running) are one status write, not one
+    each. A reconcile that holds a change keeps it here; the next reconcile of the key starts
+    from it (:meth:`overlay`), so it neither decides on an older status nor announces a
+    transition again, and the held status is written once ``period`` has passed since the
+    key's last write (or its first held change). What the caller deems urgent is written at
+    once, with whatever is held.
+    """
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._lock = threading.Lock()
+        self._since: dict[str, float] = {}  # key -> its last write, or its first held change
+        self._held: dict[str, tuple[str | None, JsonDict]] = {}  # key -> uid, status
+
+    def overlay(self, key: str, obj: JsonDict) -> JsonDict:
+        """``obj`` with the status held for it, if any (the same object: by uid)."""
+        with self._lock:
+            held = self._held.get(key)
+        if held is None or held[0] != obj["metadata"].get("uid"):
+            return obj
+        return {**obj, "status": held[1]}
+
+    def hold(self, key: str, uid: str | None, status: JsonDict) -> float | None:
+        """Hold ``status`` for the key: the seconds until it is due, or None if it is due now
+        (then the caller writes it, and calls :meth:`wrote`)."""
+        now = time.monotonic()
+        with self._lock:
+            left = self._since.setdefault(key, now) + self.period - now
+            if left <= 0:
+                return None
+            self._held[key] = (uid, status)
+            return left
+
+    def wrote(self, key: str) -> None:
+        """The key's status was written: nothing is held, and the period starts again."""
+        with self._lock:
+            self._held.pop(key, None)
+            self._since[key] = time.monotonic()
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._held.pop(key, None)
+            self._since.pop(key, None)

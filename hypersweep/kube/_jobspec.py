@@ -24,6 +24,10 @@ JAX_ROLES = ("Worker",)  # JAXJob's one replica type; worker 0 hosts the coordin
 FRAMEWORKS = ("pytorch", "tensorflow", "jax", "generic")
 RESTART_POLICIES = ("OnFailure", "Never", "ExitCode", "Always")
 CLEAN_POD_POLICIES = ("All", "Running", "None")
+#: A finished job whose ``ttlSecondsAfterFinished`` is at most this is collected soon: what it
+#: owns (its Services, a trial's Secret) goes with it rather than by a delete of ours, and its
+#: end gets no Normal Event (the Event would outlive the job by an hour).
+COLLECTED_SOON_TTL = 60
 DEFAULT_BACKOFF_LIMIT = 3
 #: Seconds a TrainJob's pod may stay unable to start before the job fails (runPolicy).
 DEFAULT_STALLED_TIMEOUT = 300
@@ -293,6 +297,14 @@ def condition(conditions: Sequence[Mapping[str, Any]], kind: str) -> Mapping[str
 def is_true(conditions: Sequence[Mapping[str, Any]], kind: str) -> bool:
     found = condition(conditions, kind)
     return found is not None and found.get("status") == "True"
+
+
+def true_conditions(status: Mapping[str, Any]) -> frozenset[str]:
+    """The types of a status's conditions that are True: the object's state, without the
+    reasons, messages and times that change along with it."""
+    return frozenset(
+        str(c.get("type")) for c in status.get("conditions") or [] if c.get("status") == "True"
+    )
 
 
 def set_condition(

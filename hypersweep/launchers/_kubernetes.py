@@ -52,6 +52,7 @@ from hypersweep.kube._client import (
 )
 from hypersweep.kube._informer import Informer
 from hypersweep.kube._jobspec import (
+    COLLECTED_SOON_TTL,
     CONTAINER_NAMES,
     MAX_SWEEP_NAME,
     JobSpec,
@@ -106,9 +107,6 @@ _LONG_POLL = 20.0
 _FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 #: Seconds between writes of a running trial's latest value on its TrainJob.
 VALUE_INTERVAL = 10.0
-#: A trial whose TrainJob has ``ttlSecondsAfterFinished`` at most this leaves its Secret to go
-#: with the job (the garbage collector), rather than deleting it itself.
-SECRET_GOES_WITH_JOB_TTL = 60
 _MAX_PICKLE = 96 * 1024  # one environment variable holds at most 128 KiB on Linux
 _SPEC_KEYS = ("replicaSpecs", "pytorchReplicaSpecs", "tfReplicaSpecs", "jaxReplicaSpecs")
 _ROLE_NAMES = {"master": "Master", "worker": "Worker", "chief": "Chief"}
@@ -769,7 +767,6 @@ class KubernetesLauncher(Launcher):
         if job is None:
             return None
         meta = job["metadata"]
-        conditions = (job.get("status") or {}).get("conditions") or []
         run_policy = (job.get("spec") or {}).get("runPolicy") or {}
         owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
         adoptable = (
@@ -778,8 +775,7 @@ class KubernetesLauncher(Launcher):
             == str(assignment.attempt)
             and names.OUTCOME_ANNOTATION not in (meta.get("annotations") or {})
             and not run_policy.get("suspend")
-            and not is_true(conditions, "Succeeded")
-            and not is_true(conditions, "Failed")
+            and not _finished(job)
             and (self._owner is None or self._owner["metadata"]["uid"] in owners)
         )
         token = self._read_token(name) if adoptable else None
@@ -841,7 +837,7 @@ class KubernetesLauncher(Launcher):
         """Whether a finished trial's TrainJob is deleted soon (``ttlSecondsAfterFinished``
         at most a minute), taking the Secret it owns with it: then no delete of ours."""
         ttl = (self._template.get("runPolicy") or {}).get("ttlSecondsAfterFinished")
-        return ttl is not None and int(ttl) <= SECRET_GOES_WITH_JOB_TTL
+        return ttl is not None and int(ttl) <= COLLECTED_SOON_TTL
 
     def _write_secret(self, trial: _Trial, assignment: TrialAssignment, job: JsonDict) -> bool:
         """Write the trial attempt's Secret (its token, config and objective), owned by its
@@ -1125,16 +1121,14 @@ class KubernetesLauncher(Launcher):
                     job = None  # an earlier attempt's, not gone from the cache yet
                 if job is None:
                     job = self._gone.get(trial.name)
-                    if job is not None and not _finished(job):
-                        # Deleted while it ran (by hand, or its Sweep's owner went).
-                        events.append(Crashed(trial.number, f"TrainJob {trial.name} was deleted"))
-                        self._drop(trial)
+                    if job is None or not _finished(job):
+                        # Deleted while it ran (by hand, or its Sweep's owner went), or never
+                        # seen long after it was created.
+                        if job is not None or trial.job_seen or now - trial.created > 30.0:
+                            message = f"TrainJob {trial.name} was deleted"
+                            events.append(Crashed(trial.number, message))
+                            self._drop(trial)
                         continue
-                if job is None:
-                    if trial.job_seen or now - trial.created > 30.0:
-                        events.append(Crashed(trial.number, f"TrainJob {trial.name} was deleted"))
-                        self._drop(trial)
-                    continue
                 trial.job_seen = True
                 conditions = (job.get("status") or {}).get("conditions") or []
                 if stuck is None and is_true(conditions, "Stalled"):

@@ -280,7 +280,7 @@ class RayLauncher(Launcher):
         runtime_env = {} if job_env else dict(self.runtime_env)
         if self.env:
             runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **self.env}
-        # Each slot of a shared actor holds one long-polling messages() call at a time.
+        # Each trial of a shared actor runs its objective in a thread (a call) of its own.
         concurrency = _ACTOR_CONCURRENCY + self.trials_per_actor - 1
         self._actor_options = {"max_concurrency": concurrency, "max_restarts": 0}
         if runtime_env:
@@ -900,10 +900,8 @@ class RayLauncher(Launcher):
         for member in self._idle:
             kill_actor(member.actor)
             remove_group(member.placement_group)
-            if member.shared is not None:
-                member.shared.end()
         self._idle.clear()
-        for shared in self._shared:
+        for shared in self._shared:  # every live one, idle or not
             shared.end()
         self._shared.clear()
         self._backlog.clear()

@@ -1,13 +1,15 @@
 """The trial side of the Ray launcher: an actor that runs trial attempts in one Ray worker.
 
 The actor is the Ray counterpart of a local worker process (``_worker``): it loads the objective
-once, runs one attempt at a time, and speaks the same messages (``report``, ``checkpoint``,
-``result``, ``stopped``, ``error``). Only the transport differs. A local worker writes to a
-socket; this actor puts messages in a queue that the driver drains with a long-polling
-:meth:`TrialActor.messages` call, and gets decisions through :meth:`TrialActor.decide`. Every
-call goes from the driver to the actor, so it works wherever Ray's own calls do (``ray://``
-clients included) and needs no route from the cluster back to the driver. The objective runs
-in a thread of its own, so the actor keeps answering calls while the trial trains.
+once, runs one attempt at a time in each of its slots (one slot, or ``trials_per_actor``), and
+speaks the same messages (``report``, ``checkpoint``, ``result``, ``stopped``, ``error``). Only
+the transport differs. A local worker writes to a socket; this actor puts messages in a queue
+that the driver drains with a long-polling :meth:`TrialActor.messages` call, and gets
+decisions through :meth:`TrialActor.decide` (:meth:`TrialActor.decide_many` for several
+slots). Every call goes from the driver to the actor, so it works wherever Ray's own calls do
+(``ray://`` clients included) and needs no route from the cluster back to the driver. The
+objective runs in a thread of its own, so the actor keeps answering calls while the trial
+trains.
 
 A replica of a multi-replica trial learns its rendezvous environment only once every replica
 of its gang has been placed: :meth:`TrialActor.prepare` reports where it runs (and, for rank 0
@@ -127,12 +129,11 @@ class _QueueConnection:
 
 
 class _Slot:
-    """One trial at a time in an actor: its messages to the driver, answers, thread."""
+    """One trial at a time in an actor: its messages to the driver and their answers."""
 
     def __init__(self, outbox: _Outbox) -> None:
         self.outbox = outbox
         self.decisions: queue.Queue[Message] = queue.Queue()
-        self.thread: threading.Thread | None = None
         self.connection: _QueueConnection | None = None
 
 
@@ -217,13 +218,12 @@ class TrialActor:
             self._tag_output(f"hs-{assignment.sweep_name}-t{assignment.trial_number}")
         os.environ.update(env)
         state.connection = _QueueConnection(state.outbox, state.decisions)
-        state.thread = threading.Thread(
+        threading.Thread(
             target=self._run,
             args=(state, key, assignment, replica, serve_store),
             name=f"hypersweep-trial-{assignment.trial_number}",
             daemon=True,
-        )
-        state.thread.start()
+        ).start()
 
     def __repr__(self) -> str:
         # Ray prefixes the actor's output lines with its repr (``(hs-sweep-t3 pid=...)``).
@@ -325,7 +325,7 @@ class TrialActor:
     def decide_many(self, answers: list[tuple[int, str, int | None]]) -> None:
         """:meth:`decide` for several slots in one call: ``(slot, decision, decide_from)``."""
         for slot, decision, decide_from in answers:
-            self._slots[slot].decisions.put(("decision", decision, decide_from))
+            self.decide(decision, decide_from, slot)
 
     def acknowledge(self, slot: int = 0) -> None:
         """Tell the running attempt's :meth:`_QueueConnection.flush` that its reports arrived."""

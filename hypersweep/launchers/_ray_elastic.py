@@ -41,7 +41,7 @@ from typing import Any
 
 from hypersweep.launchers._decisions import SharedDecisions
 from hypersweep.launchers._elastic import ElasticPolicy, resized
-from hypersweep.launchers._ray_gang import RayAttempt, RayReplica, kill_actor, remove_group
+from hypersweep.launchers._ray_gang import RayAttempt, RayReplica, remove_group
 from hypersweep.orchestrator._events import Event, TrialAssignment
 from hypersweep.orchestrator._job import TrainJob
 from hypersweep.orchestrator._objective import ObjectiveRef
@@ -154,9 +154,7 @@ class ElasticRayAttempt(RayAttempt):
             self._core, self._spare, self._spare_slots = self._core + self._spare_slots, None, []
         elif extra:
             for spare in extra:  # the trial goes on without them; the spare stays reserved
-                spare.dead = spare.finished = True
-                spare.pending = None
-                kill_actor(spare.actor)
+                spare.end()
             self.replicas = core
         else:
             self._reserve_spare()  # a shrunk round's: its core is placed, it cannot take its room
@@ -168,9 +166,7 @@ class ElasticRayAttempt(RayAttempt):
         """Kill this round's actors and start ``world_size`` new ones from the checkpoint."""
         assert self.spawn is not None
         for member in self.replicas:
-            member.dead = member.finished = True
-            member.pending = None
-            kill_actor(member.actor)
+            member.end()
         if reason == "grow":  # into the bundles held: the core's and the spare's
             self._core, self._spare, self._spare_slots = self._core + self._spare_slots, None, []
         else:

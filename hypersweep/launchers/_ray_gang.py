@@ -469,7 +469,8 @@ class RayAttempt:
         return self.deadline if self.phase in ("finishing", "failing") else None
 
     def kill(self) -> None:
-        """Kill every replica's actor and give the placement group back to the cluster."""
+        """End every replica (kill its actor, or cancel its slot of a shared actor) and give
+        the placement group back to the cluster."""
         self._end(reusable=False)
         for member in self.replicas:
             member.end()

@@ -57,7 +57,14 @@ from hypersweep.kube._client import (
 )
 from hypersweep.kube._expectations import LatestWrites
 from hypersweep.kube._informer import Controller, Informer, enqueue_self
-from hypersweep.kube._jobspec import JobSpec, SpecError, is_true, rfc3339, set_condition
+from hypersweep.kube._jobspec import (
+    JobSpec,
+    SpecError,
+    is_true,
+    rfc3339,
+    set_condition,
+    true_conditions,
+)
 from hypersweep.kube._names import SWEEP_FINALIZER
 from hypersweep.kube._pools import GangAdmission, parse_policy, parse_pools
 from hypersweep.kube._recorder import EventRecorder
@@ -97,6 +104,9 @@ LauncherFactory = Callable[..., "Launcher"]
 
 DATA_VOLUME = "hypersweep-data"
 GOAL_REACHED = "goal reached"
+#: Seconds a running Sweep's changed counts wait to be written with the next ones (its trial
+#: counts are refreshed every 2 s anyway); a condition that turns is written at once.
+SWEEP_STATUS_BATCH_SECONDS = 2.0
 
 
 def study_name(sweep: JsonDict) -> str:
@@ -383,6 +393,7 @@ class SweepController:
         # A reconcile reads the Sweep from the cache, or this controller's last write of it
         # until the cache shows that (a GET per reconcile cost a request per trial event).
         self._written = LatestWrites()
+        self._status_written: dict[str, float] = {}  # key -> when its status was last written
         self._runners: dict[str, SweepRunner] = {}
         self._lock = threading.Lock()
         self._failures: dict[str, int] = {}
@@ -427,6 +438,7 @@ class SweepController:
     def _seen(self, kind: str, sweep: JsonDict) -> None:
         if kind == "DELETED":
             self._written.forget(object_key(sweep))
+            self._status_written.pop(object_key(sweep), None)
         else:
             self._written.observed(object_key(sweep), sweep)
 
@@ -496,14 +508,15 @@ class SweepController:
         if runner.done:
             self._drop(key, runner)
             return self._finished(key, sweep, runner)
-        self._write_status(
+        due = self._write_status(
             sweep,
             runner.summary,
             running=True,
             queue=runner.launcher.admission_status(),
             stalled=runner.launcher.stalled_status(),
+            batch=True,
         )
-        return 10.0
+        return 10.0 if due is None else min(due, 10.0)
 
     def _drop(self, key: str, runner: SweepRunner) -> None:
         with self._lock:
@@ -836,10 +849,14 @@ class SweepController:
         error: str | None = None,
         queue: JsonDict | None = None,
         stalled: tuple[str, str] | None = None,
-    ) -> None:
+        batch: bool = False,
+    ) -> float | None:
         """Write the status from the runner's view of storage; nothing if nothing changed.
 
         ``queue`` (sweeps with pools) gives ``queuedTrials`` and the ``TrialsQueued`` condition.
+        With ``batch``, a change of counts and messages only (no condition turned true or
+        false) waits until ``SWEEP_STATUS_BATCH_SECONDS`` have passed since the last write:
+        the seconds until then are returned, and the next reconcile writes it.
         """
         meta = sweep["metadata"]
         old = sweep.get("status") or {}
@@ -902,8 +919,16 @@ class SweepController:
             set_condition(conditions, kind, True, reason, message, stamp)
             status.setdefault("completionTime", stamp)
         if status == old:
-            return
+            return None
+        key = object_key(sweep)
+        now = time.monotonic()
+        if batch and true_conditions(status) == true_conditions(old):
+            left = self._status_written.get(key, -math.inf) + SWEEP_STATUS_BATCH_SECONDS - now
+            if left > 0:
+                return left
         body = {**sweep, "status": status}
         self._wrote(
             self.kube.replace(SWEEPS, meta["namespace"], meta["name"], body, subresource="status")
         )
+        self._status_written[key] = now
+        return None

@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hypersweep._errors import ConfigError
 from hypersweep._metrics import operator_metrics
@@ -76,9 +76,10 @@ from hypersweep.kube._client import (
     owner_reference,
     split_key,
 )
-from hypersweep.kube._expectations import Expectations, LatestWrites
+from hypersweep.kube._expectations import Expectations, HeldStatuses, LatestWrites
 from hypersweep.kube._informer import Controller, Informer, enqueue_owner, enqueue_self
 from hypersweep.kube._jobspec import (
+    COLLECTED_SOON_TTL,
     CONTAINER_NAMES,
     PORT_NAMES,
     JobSpec,
@@ -91,6 +92,7 @@ from hypersweep.kube._jobspec import (
     parse_time,
     rfc3339,
     set_condition,
+    true_conditions,
     with_suspend,
 )
 from hypersweep.kube._names import (
@@ -123,6 +125,27 @@ logger = logging.getLogger("hypersweep.operator")
 FIRST_BATCH = 4
 #: Seconds a pod's change waits before its job is reconciled, with the other changes since.
 POD_BATCH_SECONDS = 0.5
+#: Seconds a status change that is not urgent waits to be written with the next ones: a new
+#: job's "created", its pods' counts and "running" are one write when its pods start fast.
+STATUS_BATCH_SECONDS = 1.0
+#: The conditions whose change is written at once: what users and the sweep act on.
+URGENT_CONDITIONS = frozenset(("Succeeded", "Failed", "Suspended", "Restarting", "Stalled"))
+
+
+def urgent_status_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """Whether a status change must be written now: the job ended, restarted, was suspended or
+    resumed, or a pod stalled (or recovered). Its creation, its pods' counts and its running
+    can wait for the batch period."""
+
+    def shown(status: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (
+            true_conditions(status) & URGENT_CONDITIONS,
+            status.get("restartCount") or 0,
+            status.get("completionTime"),
+        )
+
+    return shown(before) != shown(after)
+
 
 # TensorFlow roles in no collective: the evaluator is not part of TF_CONFIG's cluster.
 _OUTSIDE_CLUSTER = ("evaluator",)
@@ -439,6 +462,10 @@ class Plan:
     #: The job's pods not being deleted yet (but those force-deleted): a plan that deletes all
     #: of them (or all that still run) does it in one request.
     alive_pods: list[JsonDict] = field(default_factory=list)
+    #: Whether Normal Events are recorded: not for a job collected within a minute of its end
+    #: (each would outlive it by an hour, one per trial of a long sweep; its conditions say
+    #: the same). Warnings always are.
+    normal_events: bool = True
 
     def requeue(self, seconds: float) -> None:
         self.requeue_after = (
@@ -480,6 +507,7 @@ def decide(
     admission; otherwise the pods and the Service converge on the spec.
     """
     seen = _observe(job, spec, pods, services, now, nodes, unready)
+    seen.plan.normal_events = not seen.collected_soon
     name = seen.name
     if set_condition(
         seen.conditions,
@@ -552,6 +580,12 @@ class _Observed:
         self.status.setdefault("completionTime", self.stamp)
         self.plan.events.append((event_type, reason, message))
 
+    @property
+    def collected_soon(self) -> bool:
+        """Whether the job is deleted within a minute of its end (ttlSecondsAfterFinished)."""
+        ttl = self.spec.ttl_seconds_after_finished
+        return ttl is not None and ttl <= COLLECTED_SOON_TTL
+
     def counts(self, creating: Collection[str] = ()) -> None:
         """``replicaStatuses`` from the pods, counting those being created as active (as the
         Job controller does: one status write less per start)."""
@@ -582,10 +616,9 @@ class _Observed:
                 policy == "Running" and _phase(pod) not in ("Succeeded", "Failed")
             ):
                 self.plan.delete_pods.append(pod)
-        ttl = self.spec.ttl_seconds_after_finished
         # A job deleted soon after it finished takes its Services with it (the garbage
         # collector deletes what the job owns): no request of ours for them.
-        if policy != "None" and (ttl is None or ttl > SERVICES_GO_WITH_JOB_TTL):
+        if policy != "None" and not self.collected_soon:
             self.plan.delete_services.extend(self.own_services)
 
     def who(self, replica: Replica) -> str:
@@ -659,10 +692,6 @@ def _observe(
     )
 
 
-#: A finished job whose ttlSecondsAfterFinished is at most this leaves its Services to go with
-#: it, rather than deleting them itself.
-SERVICES_GO_WITH_JOB_TTL = 60
-
 #: Seconds a pod's node may be missing from the watched nodes before its replica is lost.
 UNSEEN_NODE_GRACE = 30.0
 #: Node names remembered as deleted at most.
@@ -674,11 +703,22 @@ MADE_SERVICE_TTL = 30.0
 
 #: TrainJob uids remembered as deleted at most (each one's cache catches up within seconds).
 DELETED_JOBS_KEPT = 10_000
+#: Created Services remembered at most until the watch shows them.
+MADE_SERVICES_KEPT = 10_000
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-def _collection_selector(
-    deleting: Mapping[str, JsonDict], alive: Sequence[JsonDict]
-) -> str | None:
+def _remember(kept: dict[K, V], key: K, value: V, limit: int) -> None:
+    """Keep ``key`` in ``kept`` as its newest entry, forgetting the oldest beyond ``limit``."""
+    kept.pop(key, None)
+    kept[key] = value
+    while len(kept) > limit:
+        del kept[next(iter(kept))]
+
+
+def _collection_selector(deleting: Mapping[str, JsonDict], alive: Sequence[JsonDict]) -> str | None:
     """The field selector (``""`` for none) that, with the job's label, deletes exactly
     ``deleting`` in one request: every alive pod of the job, or every one that still runs
     (``cleanPodPolicy: Running``). None when neither is what is deleted, or for one pod."""
@@ -687,9 +727,7 @@ def _collection_selector(
     if deleting.keys() == {str(pod["metadata"]["uid"]) for pod in alive}:
         return ""
     running = {
-        str(pod["metadata"]["uid"])
-        for pod in alive
-        if _phase(pod) not in ("Succeeded", "Failed")
+        str(pod["metadata"]["uid"]) for pod in alive if _phase(pod) not in ("Succeeded", "Failed")
     }
     if deleting.keys() == running:
         return "status.phase!=Succeeded,status.phase!=Failed"
@@ -1078,6 +1116,7 @@ class TrainJobController:
         # next reconcile reads the TrainJob from the API server (a status write conflicted).
         self._expectations = Expectations()
         self._written = LatestWrites()
+        self._held = HeldStatuses(STATUS_BATCH_SECONDS)
         self._reread: set[str] = set()
         # TrainJobs this controller deleted after their TTL (by uid, oldest first).
         self._deleted_jobs: dict[str, None] = {}
@@ -1138,9 +1177,7 @@ class TrainJobController:
                 self._node_names = None  # heartbeats (MODIFIED) change no name
                 self._unseen_nodes.pop(gone, None)
             if kind == "DELETED":
-                self._deleted_nodes[gone] = None
-                while len(self._deleted_nodes) > DELETED_NODES_KEPT:
-                    del self._deleted_nodes[next(iter(self._deleted_nodes))]
+                _remember(self._deleted_nodes, gone, None, DELETED_NODES_KEPT)
             else:
                 self._deleted_nodes.pop(gone, None)
             # Only a change of readiness queues anything: heartbeats are most node events.
@@ -1182,7 +1219,10 @@ class TrainJobController:
         job = self._latest(key)
         if job is None or job["metadata"].get("deletionTimestamp"):
             self._forget_readmission(key)
+            self._held.forget(key)
             return None
+        written_status = job.get("status") or {}
+        job = self._held.overlay(key, job)
         job.setdefault("apiVersion", TRAINJOBS.api_version)
         job.setdefault("kind", TRAINJOBS.kind)
         try:
@@ -1210,7 +1250,7 @@ class TrainJobController:
             finished = plan.status.get("conditions") or []
             if is_true(finished, "Succeeded") or is_true(finished, "Failed"):
                 self._forget_readmission(key)
-        after = self.apply(job, plan)
+        after = self.apply(job, plan, written_status)
         if recheck is not None:
             after = recheck if after is None else min(after, recheck)
         return after
@@ -1232,8 +1272,9 @@ class TrainJobController:
         return [*watched, service]
 
     def _nodes(self, pods: Sequence[JsonDict]) -> tuple[frozenset[str] | None, float | None]:
-        """The names of the nodes that hold ``pods`` and are taken to exist (None when nodes
-        are not watched), and when to look again at a pod's node the watch has not shown.
+        """The names of the nodes taken to exist (None when nodes are not watched): every
+        watched node, and a node of ``pods`` the watch has not shown yet; and when to look
+        again at such a node.
 
         A node the watch showed deleted is gone. One it has not shown at all is given
         ``UNSEEN_NODE_GRACE`` seconds to appear: a cluster adding many nodes binds pods to
@@ -1347,24 +1388,34 @@ class TrainJobController:
         if waiting is not None and self._admission is not None:
             self._admission().withdraw(key)
 
-    def apply(self, job: JsonDict, plan: Plan) -> float | None:
+    def apply(
+        self, job: JsonDict, plan: Plan, written_status: JsonDict | None = None
+    ) -> float | None:
         """Carry a plan out: status first (guarded by the resourceVersion), then the rest.
 
-        A plan that starts pods of the same gang writes its status alongside their creation
-        (one round trip instead of two, the critical path of a trial's start): the pods' names
-        are fixed, so a plan made from a stale cache cannot create a second set, and a
-        conflicting status write still requeues the job. A plan that restarts the gang writes
-        its new restart count before anything else.
+        ``job`` carries the status held back for it (:class:`HeldStatuses`), if any;
+        ``written_status`` is the one last written (default: ``job``'s). A change that is not
+        urgent (:func:`urgent_status_change`) waits up to ``STATUS_BATCH_SECONDS`` to be
+        written together with the next ones. A plan that starts pods of the same gang writes
+        its status alongside their creation (one round trip instead of two, the critical path
+        of a trial's start): the pods' names are fixed, so a plan made from a stale cache
+        cannot create a second set, and a conflicting status write still requeues the job. A
+        plan that restarts the gang writes its new restart count before anything else.
         """
         meta = job["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         key = f"{namespace}/{name}"
         latest = job  # the TrainJob as of the last write, for a refusal's own status write
         status_write: Future[JsonDict] | None = None
-        if plan.status != (job.get("status") or {}):
-            same_gang = plan.status.get("restartCount") == (job.get("status") or {}).get(
-                "restartCount", 0
-            )
+        written = (job.get("status") or {}) if written_status is None else written_status
+        if plan.status == written:
+            self._held.forget(key)
+        elif not urgent_status_change(written, plan.status) and (
+            (wait := self._held.hold(key, meta.get("uid"), plan.status)) is not None
+        ):
+            plan.requeue(wait)
+        else:
+            same_gang = plan.status.get("restartCount") == written.get("restartCount", 0)
             if plan.create_pods and same_gang:
                 status_write = self._calls.submit(self._write_status, key, job, plan.status)
             else:
@@ -1375,7 +1426,9 @@ class TrainJobController:
         created_event = ("Normal", "Created", f"TrainJob {name} is created")
         fold = bool(plan.create_pods) and created_event in plan.events
         for event in plan.events:
-            if not (fold and event == created_event):
+            if not (fold and event == created_event) and (
+                plan.normal_events or event[0] != "Normal"
+            ):
                 self.recorder.event(job, *event)
         for pod in plan.force_delete_pods:
             self.kube.delete(
@@ -1401,7 +1454,7 @@ class TrainJobController:
                 latest = status_write.result()  # a conflict raises: the job is queued again
         if refused:
             self._refuse(latest, refused[0])
-        if created:
+        if created and plan.normal_events:
             names = [pod["metadata"]["name"] for pod in created]
             message = (
                 f"Created pod: {names[0]}"
@@ -1411,14 +1464,12 @@ class TrainJobController:
             if fold:
                 message = f"TrainJob {name} is created. {message}"
             self.recorder.event(job, "Normal", "SuccessfulCreatePod", message)
-        elif fold:
+        elif fold and plan.normal_events:
             self.recorder.event(job, *created_event)
         if plan.delete_job and meta["uid"] not in self._deleted_jobs:
             # Once per job: a reconcile from a cache that does not show the deletion yet
             # would send it again.
-            self._deleted_jobs[meta["uid"]] = None
-            while len(self._deleted_jobs) > DELETED_JOBS_KEPT:
-                del self._deleted_jobs[next(iter(self._deleted_jobs))]
+            _remember(self._deleted_jobs, meta["uid"], None, DELETED_JOBS_KEPT)
             self.kube.delete(TRAINJOBS, namespace, name, uid=meta["uid"])
             # Logged, not an Event: an Event of a deleted object outlives it (an hour in the
             # API server) and costs a write per trial; Kubernetes' own TTL controller has none.
@@ -1440,6 +1491,7 @@ class TrainJobController:
                 self._reread.add(key)
             raise
         self._written.wrote(key, written)
+        self._held.wrote(key)
         return written
 
     def _delete(self, key: str, plan: Plan) -> None:
@@ -1513,9 +1565,7 @@ class TrainJobController:
         created = self._create(SERVICES, job, body, plan, refused)
         if created is not None:
             with self._lock:
-                while len(self._made_services) >= DELETED_JOBS_KEPT:
-                    del self._made_services[next(iter(self._made_services))]
-                self._made_services[key] = (created, time.monotonic())
+                _remember(self._made_services, key, (created, time.monotonic()), MADE_SERVICES_KEPT)
         return created is not None
 
     def _create(
@@ -1552,6 +1602,7 @@ class TrainJobController:
             TRAINJOBS, meta["namespace"], meta["name"], body, subresource="status"
         )
         self._written.wrote(object_key(job), written)
+        self._held.wrote(object_key(job))
         self.recorder.event(job, "Warning", "InvalidSpec", message)
 
 

@@ -57,10 +57,9 @@ class FlockJournalFileBackend(JournalFileBackend):
         self._fsync = fsync
         self._cursor = (0, 0)  # (number, byte offset) of the first line not read yet
         self.restored_lines = 0  # lines the replay snapshot restored (or last saved) covers
-        self._fd: int | None = None  # kept open for reading: storages read before every call
-        self._fd_pid = 0  # the process that opened it (a forked child opens its own)
-        self._append_fd: int | None = None
-        self._append_pid = 0
+        # Open flags -> (the process that opened it, descriptor): kept open (storages read
+        # before every call); a forked child opens its own.
+        self._fds: dict[int, tuple[int, int]] = {}
 
     # Not an Optuna ``BaseJournalSnapshot``: Optuna's storage then pickles its whole replay
     # every 100 trials created (a sweep creates its budget at once: quadratic in the budget).
@@ -86,23 +85,26 @@ class FlockJournalFileBackend(JournalFileBackend):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_fd"] = state["_append_fd"] = None  # descriptors mean nothing elsewhere
+        state["_fds"] = {}  # descriptors mean nothing elsewhere
         return state
 
     def __del__(self, _close: Callable[[int], None] = os.close) -> None:
         # ``os.close`` bound early: at interpreter exit the module's globals may be gone.
-        for descriptor in (getattr(self, "_fd", None), getattr(self, "_append_fd", None)):
-            if descriptor is not None:
-                _close(descriptor)
+        for _, descriptor in getattr(self, "_fds", {}).values():
+            _close(descriptor)
+
+    def _open(self, flags: int) -> int:
+        """The journal's descriptor for ``flags``, opened once per process."""
+        opened = self._fds.get(flags)
+        if opened is None or opened[0] != os.getpid():
+            opened = self._fds[flags] = (os.getpid(), os.open(self._file_path, flags))
+        return opened[1]
 
     def _reader(self) -> int:
         """The journal's descriptor for reading, opened once: opening it for every read was
         most of a trial's time in the driver (about 20 reads per trial). ``pread`` at the
         cursor shares no file offset with a forked child."""
-        if self._fd is None or self._fd_pid != os.getpid():
-            self._fd = os.open(self._file_path, os.O_RDONLY)
-            self._fd_pid = os.getpid()
-        return self._fd
+        return self._open(os.O_RDONLY)
 
     def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
         """The logs from number ``log_number_from`` on, as Optuna's reader yields them.
@@ -146,10 +148,7 @@ class FlockJournalFileBackend(JournalFileBackend):
     def _appender(self) -> int:
         """The journal's descriptor for appending, opened once (like the reader's): a forked
         child opens its own, as a descriptor it shared would share the parent's lock too."""
-        if self._append_fd is None or self._append_pid != os.getpid():
-            self._append_fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            self._append_pid = os.getpid()
-        return self._append_fd
+        return self._open(os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         payload = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
@@ -166,7 +165,12 @@ class FlockJournalFileBackend(JournalFileBackend):
             fcntl.flock(descriptor, fcntl.LOCK_UN)
 
 
-def save_replay_snapshot(storage: Any, min_new_lines: int = 1) -> bool:
+#: Lines read past the replay snapshot after which a driver's end or ``load()`` saves it again
+#: (about 150 trials): a few trials more are cheap to replay.
+REPLAY_RESAVE_LINES = 1000
+
+
+def save_replay_snapshot(storage: Any, min_new_lines: int = REPLAY_RESAVE_LINES) -> bool:
     """Save the replay result of ``storage`` beside its journal file, if it is one of ours and
     read at least ``min_new_lines`` lines more than the snapshot it started from (any line
     if it started from none).

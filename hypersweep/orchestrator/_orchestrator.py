@@ -403,15 +403,7 @@ class Orchestrator:
         if saved is None:
             return self.result()
         # The records just saved (or still current) are this result's: built once, not twice.
-        return replace(
-            saved,
-            metric=self.settings.metric,
-            mode=self.settings.mode,
-            constraints=self.settings.constraints,
-            storage=self.storage_description,
-            stopped_reason=self.stop_reason,
-            space=self.settings.space,
-        )
+        return self._result_of(saved.trials, saved.queued)
 
     def _save_snapshot(self) -> SweepResult | None:
         """Save the sweep's results beside its journal, for a fast ``load``/``status``, and
@@ -422,14 +414,14 @@ class Orchestrator:
         """
         from hypersweep.orchestrator._journal import save_replay_snapshot
         from hypersweep.orchestrator._snapshot import journal_of, read_snapshot
-        from hypersweep.orchestrator._tune import REPLAY_RESAVE_LINES, read_sweep
+        from hypersweep.orchestrator._tune import read_sweep
 
         journal = journal_of(self.settings.storage, self.name)
         if journal is None:
             return None
         try:
             # A driver that ran only a few trials leaves the next start a few lines to read.
-            save_replay_snapshot(self.store.storage, min_new_lines=REPLAY_RESAVE_LINES)
+            save_replay_snapshot(self.store.storage)
             saved = read_snapshot(journal, self.name)
             if saved is None:
                 # The storage's trials are released as the records are built: this driver
@@ -1078,6 +1070,9 @@ class Orchestrator:
                 records.append(
                     TrialRecord.from_frozen(trial, self.settings.space, self.settings.metric)
                 )
+        return self._result_of(records, queued)
+
+    def _result_of(self, records: list[TrialRecord], queued: int) -> SweepResult:
         return SweepResult(
             name=self.name,
             metric=self.settings.metric,

@@ -98,14 +98,11 @@ def _set_context(context: TrialContext | None, *, thread_only: bool = False) -> 
         prepare_jax_replica()  # before the objective calls jax.distributed.initialize()
 
 
-def _current() -> TrialContext | None:
+def get_trial_context() -> TrialContext | None:
+    """The running trial's context (this thread's trial on a shared actor), or None outside
+    a trial."""
     context: TrialContext | None = getattr(_thread_contexts, "context", None)
     return context if context is not None else _process_context
-
-
-def get_trial_context() -> TrialContext | None:
-    """The running trial's context, or None outside a trial."""
-    return _current()
 
 
 def _outside_trial(function: str) -> None:
@@ -133,7 +130,7 @@ def report(step: int | None = None, **metrics: float) -> None:
             f"hs.report(step, {', '.join(f'{k}=...' for k in step) or 'loss=...'}) instead of "
             "hs.report({...}) with a dict"
         )
-    context = _current()
+    context = get_trial_context()
     if context is None:
         _outside_trial("report")
         return
@@ -184,7 +181,7 @@ def checkpoint(
     trial trains; the next ``checkpoint`` call, and the trial's end, wait for it. The checkpoint
     counts (for resuming, pausing, cloning) once its upload has ended.
     """
-    context = _current()
+    context = get_trial_context()
     if context is None:
         _outside_trial("checkpoint")
         return None
@@ -328,7 +325,7 @@ def call_objective(objective: Callable[[Any], Any], config: Any) -> Any:
     try:
         return objective(config)
     finally:
-        context = _current()
+        context = get_trial_context()
         if context is not None:
             _settle(context, wait=True)
 
@@ -338,7 +335,7 @@ def restore() -> Any:
 
     A retried, resumed or promoted trial calls it first to continue where it stopped.
     """
-    context = _current()
+    context = get_trial_context()
     if context is None or context.restore_path is None:
         return None
     return _checkpoints.read_checkpoint(

@@ -198,8 +198,8 @@ def write_replay_snapshot(journal: Path, lines: int, size: int, replay: Any) -> 
 def read_replay_snapshot(journal: Path) -> tuple[int, int, bytes] | None:
     """``(lines, size, pickled replay result)`` if the snapshot covers the start of ``journal``.
 
-    The replay result is returned pickled, as Optuna's ``BaseJournalSnapshot.load_snapshot``
-    gives it to ``JournalStorage``.
+    The replay result is returned pickled, as ``FlockJournalFileBackend.load_snapshot`` gives
+    it to ``SweepJournalStorage``.
     """
     payload = _verified_payload(replay_snapshot_path(journal), _REPLAY_MAGIC)
     if payload is None:

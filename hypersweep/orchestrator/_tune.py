@@ -225,12 +225,8 @@ def load(name: str, storage: str | optuna.storages.BaseStorage | None = None) ->
         raise ConfigError(f"name: no sweep {name!r} in {describe_storage(storage, name)}") from None
     result = read_sweep(opened, study_id, name, describe_storage(storage, name), snapshot=journal)
     # Many lines read past the replay snapshot (a sweep still running): save it again.
-    save_replay_snapshot(opened, min_new_lines=REPLAY_RESAVE_LINES)
+    save_replay_snapshot(opened)
     return result
-
-
-# Lines read past the replay snapshot after which load() saves it again (about 150 trials).
-REPLAY_RESAVE_LINES = 1000
 
 
 def read_sweep(

@@ -93,7 +93,8 @@ class BoundedHistorySampler(BaseSampler):
     Args:
         sampler: the sampler that proposes (TPE, typically).
         best: how many of the best completed trials it sees: at least TPE's ``gamma`` (25).
-        sample: how many trials, drawn uniformly from every finished one, it sees.
+        sample: how many trials, drawn uniformly from those finished before the ``recent``
+            ones, it sees.
         recent: how many of the most recently finished (completed or stopped early) trials.
         seed: seeds the uniform sample, so that a seeded sweep proposes the same again.
     """

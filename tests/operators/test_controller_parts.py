@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from hypersweep.kube._expectations import Expectations, LatestWrites
+from hypersweep.kube._expectations import Expectations, HeldStatuses, LatestWrites
 from hypersweep.operators._batch import all_at_once, slow_start
+from hypersweep.operators._trainjob import urgent_status_change
 
 
 @pytest.fixture
@@ -107,3 +108,44 @@ def test_latest_writes_are_kept_until_the_cache_shows_that_version() -> None:
     short.wrote("ns/job", mine)
     time.sleep(0.06)
     assert short.get("ns/job") is None  # after a relist the exact version may never come
+
+
+def test_held_statuses_are_written_together_once_the_period_is_over() -> None:
+    held = HeldStatuses(period=0.2)
+    job = {"metadata": {"name": "job", "uid": "u1"}, "status": {}}
+    created = {"conditions": [{"type": "Created", "status": "True"}]}
+    left = held.hold("ns/job", "u1", created)
+    assert left is not None and 0 < left <= 0.2
+    # The next reconcile starts from the held status (no second "created"), the same job only.
+    assert held.overlay("ns/job", job)["status"] == created
+    assert held.overlay("ns/job", {**job, "metadata": {"uid": "u2"}})["status"] == {}
+    running = {"conditions": [*created["conditions"], {"type": "Running", "status": "True"}]}
+    left = held.hold("ns/job", "u1", running)
+    assert left is not None and left <= 0.2  # the period counts from the first held change
+    assert held.overlay("ns/job", job)["status"] == running
+    time.sleep(left + 0.01)
+    assert held.hold("ns/job", "u1", running) is None  # due: the caller writes it
+    held.wrote("ns/job")
+    assert held.overlay("ns/job", job)["status"] == {}  # nothing held after the write
+    assert held.hold("ns/job", "u1", running) is not None  # the period starts again
+    held.forget("ns/job")
+    assert held.overlay("ns/job", job)["status"] == {}
+
+
+def test_a_job_ending_restarting_stalling_or_suspended_is_written_at_once() -> None:
+    def status(*true: str, **fields: Any) -> dict[str, Any]:
+        return {"conditions": [{"type": t, "status": "True"} for t in true], **fields}
+
+    created = status("Created", restartCount=0)
+    # Created, counted and running can wait for the batch period...
+    assert not urgent_status_change({}, created)
+    assert not urgent_status_change(created, status("Created", "Running", restartCount=0))
+    assert not urgent_status_change(
+        created, {**created, "replicaStatuses": {"Worker": {"active": 4}}}
+    )
+    # ...what the sweep and users act on cannot.
+    for urgent in ("Succeeded", "Failed", "Suspended", "Restarting", "Stalled"):
+        assert urgent_status_change(created, status("Created", urgent, restartCount=0)), urgent
+    assert urgent_status_change(created, status("Created", restartCount=1))
+    assert urgent_status_change(created, {**created, "completionTime": "2026-12-02T00:00:00Z"})
+    assert urgent_status_change(status("Suspended"), status())  # resumed

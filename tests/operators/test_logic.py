@@ -265,6 +265,16 @@ def test_ttl_deletes_a_finished_job() -> None:
     assert run(job, [], NOW + dt.timedelta(seconds=31)).delete_job
 
 
+def test_a_job_collected_within_a_minute_records_warnings_only() -> None:
+    """Each Event outlives its object by an hour: a short-TTL job (a long sweep's trial) keeps
+    its Normal ones in its conditions only; a job that stays records them."""
+    for ttl, normal in ((None, True), (60, False), (61, True)):
+        job = pytorch_job() if ttl is None else pytorch_job(ttlSecondsAfterFinished=ttl)
+        plan = run(job, [])
+        assert ("Normal", "Created", "TrainJob job is created") in plan.events
+        assert plan.normal_events is normal, ttl
+
+
 def test_conditions_turning_true_move_last() -> None:
     conditions: list[dict[str, Any]] = []
     assert set_condition(conditions, "Running", True, "A", "a", "t1")
