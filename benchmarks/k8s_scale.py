@@ -416,14 +416,19 @@ class SimulatedTrials:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _events_by_reason(api: Any) -> dict[str, int]:
-    """The namespace's Events by the kind of object they are about and their reason."""
+def _events_by_reason(api: Any) -> dict[str, Any]:
+    """The namespace's Events by the kind of object they are about and their reason, and the
+    last message of each Warning reason."""
     from kubernetes import client
 
     counts: Counter[str] = Counter()
+    warnings: dict[str, str] = {}
     for event in client.CoreV1Api(api).list_namespaced_event(NAMESPACE).items:
-        counts[f"{event.involved_object.kind} {event.reason}"] += event.count or 1
-    return dict(counts.most_common())
+        kind = f"{event.involved_object.kind} {event.reason}"
+        counts[kind] += event.count or 1
+        if event.type == "Warning":
+            warnings[kind] = event.message
+    return {"counts": dict(counts.most_common()), "warning_messages": warnings}
 
 
 def run(
@@ -547,8 +552,9 @@ def _run(
         start_new_session=True,
     )
 
-    # py-spy samples the operator from outside (its own session), and writes its profile
-    # once the operator has exited.
+    # py-spy samples the operator from outside (its own session; without stopping it, and only
+    # the thread holding the GIL: Python's CPU time), and writes its profile once the operator
+    # has exited.
     profiler = (
         subprocess.Popen(
             [
@@ -558,6 +564,8 @@ def _run(
                 str(operator.pid),
                 "--rate",
                 "50",
+                "--nonblocking",
+                "--gil",
                 "--format",
                 "raw",
                 "--output",
@@ -705,7 +713,11 @@ def _run(
     etcd_end = _etcd_size(cluster)
     events = _events_by_reason(api)
     os.killpg(operator.pid, signal.SIGTERM)
-    operator.wait(60)
+    try:
+        operator.wait(60)
+    except subprocess.TimeoutExpired:  # measured already: its exit is not what is measured
+        os.killpg(operator.pid, signal.SIGKILL)
+        operator.wait(60)
     if profiler is not None:
         profiler.wait(60)
     log.close()

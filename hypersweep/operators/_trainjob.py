@@ -385,6 +385,11 @@ STALLED_WAITING_REASONS = frozenset(
 )
 
 
+#: Seconds a pod may wait for the scheduler before it counts as stalled: room that pods still
+#: terminating hold comes free within seconds (a busy sweep's usual churn, not a stall).
+UNSCHEDULABLE_NOTICE_SECONDS = 5.0
+
+
 def stalled(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     """Why a pending pod cannot start (reason, message), or None if it is making progress:
     the scheduler found no node for it, or a container waits for what will not come."""
@@ -392,8 +397,8 @@ def stalled(pod: Mapping[str, Any]) -> tuple[str, str] | None:
         return None
     status = pod.get("status") or {}
     name = pod["metadata"]["name"]
-    scheduled = condition(status.get("conditions") or [], "PodScheduled")
-    if scheduled is not None and scheduled.get("status") == "False":
+    scheduled = _unscheduled(pod)
+    if scheduled is not None:
         reason = str(scheduled.get("reason") or "Unschedulable")
         return reason, f"pod {name}: {scheduled.get('message') or 'no node fits it'}"
     for entry in [
@@ -406,6 +411,21 @@ def stalled(pod: Mapping[str, Any]) -> tuple[str, str] | None:
             detail = waiting.get("message") or why
             return str(why), f"pod {name}, container {entry.get('name')}: {detail}"
     return None
+
+
+def _unscheduled(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The pod's ``PodScheduled`` condition if the scheduler has not placed it."""
+    found = condition((pod.get("status") or {}).get("conditions") or [], "PodScheduled")
+    return found if found is not None and found.get("status") == "False" else None
+
+
+def _notice_left(pod: Mapping[str, Any], now: dt.datetime) -> float:
+    """Seconds until a pod the scheduler has not placed counts as stalled (0: it does)."""
+    unscheduled = _unscheduled(pod)
+    if unscheduled is None:
+        return 0.0
+    since = parse_time(unscheduled.get("lastTransitionTime")) or now
+    return max(0.0, (since - now).total_seconds() + UNSCHEDULABLE_NOTICE_SECONDS)
 
 
 #: Seconds before the first restart of a gang after a replica failed; doubled at each
@@ -935,15 +955,16 @@ def _stalled_pods(seen: _Observed) -> bool:
     """A pod that cannot start fails the job after the grace period (it counts as active, not
     failed, to the pods' phases: nothing else would ever end the trial)."""
     name, conditions, stamp = seen.name, seen.conditions, seen.stamp
-    stuck = [
-        why
-        for why in (
-            stalled(seen.current[r.pod_name(name)])
-            for r in seen.replicas
-            if r.pod_name(name) in seen.current
-        )
-        if why is not None
-    ]
+    stuck = []
+    for pod in (seen.current.get(r.pod_name(name)) for r in seen.replicas):
+        why = stalled(pod) if pod is not None else None
+        if pod is None or why is None:
+            continue
+        left = _notice_left(pod, seen.now)
+        if left > 0:
+            seen.plan.requeue(left)  # not yet: room may come free within seconds
+        else:
+            stuck.append(why)
     if not stuck:
         set_condition(conditions, "Stalled", False, "PodsStarting", "No pod is stalled.", stamp)
         return False

@@ -45,6 +45,30 @@ def test_an_image_that_cannot_be_pulled_fails_the_job_after_the_grace_period() -
     )
 
 
+def test_a_pod_waiting_a_few_seconds_for_room_is_not_stalled_yet() -> None:
+    """Room that terminating pods hold comes free within seconds: a pod the scheduler could
+    not place is noticed (condition, Warning, the stalledTimeoutSeconds clock) after 5 s."""
+    job = pytorch_job(workers=1, stalledTimeoutSeconds=60)
+    job = with_status(job, run(job, []))
+    unplaced = pod("job-master-0", "Pending")
+    unplaced["status"]["conditions"] = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/3 nodes are available",
+            "lastTransitionTime": "2026-11-28T12:00:00Z",  # NOW
+        }
+    ]
+    pods = [unplaced, pod("job-worker-0", "Running")]
+    plan = run(job, pods, NOW + dt.timedelta(seconds=2))
+    assert "Stalled" not in true_conditions(plan) and not plan.events
+    assert plan.requeue_after == 3.0  # looks again when the 5 s are over
+    plan = run(job, pods, NOW + dt.timedelta(seconds=5))
+    assert "Stalled" in true_conditions(plan)
+    assert [e[:2] for e in plan.events] == [("Warning", "Unschedulable")]
+
+
 def test_restarts_after_a_failure_back_off_but_a_lost_node_does_not() -> None:
     assert [restart_backoff(n) for n in (1, 2, 3, 4)] == [2.0, 4.0, 8.0, 16.0]
     assert restart_backoff(20) == 120.0

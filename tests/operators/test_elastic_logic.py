@@ -108,7 +108,13 @@ def test_a_replica_waiting_for_room_does_not_fail_an_elastic_job() -> None:
     unschedulable = {
         "phase": "Pending",
         "conditions": [
-            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "x"}
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "x",
+                "lastTransitionTime": "2026-11-28T11:59:00Z",  # a minute before NOW
+            }
         ],
     }
     for job, survives in [
