@@ -385,9 +385,10 @@ STALLED_WAITING_REASONS = frozenset(
 )
 
 
-#: Seconds a pod may wait for the scheduler before it counts as stalled: room that pods still
-#: terminating hold comes free within seconds (a busy sweep's usual churn, not a stall).
-UNSCHEDULABLE_NOTICE_SECONDS = 5.0
+#: Seconds a pod may wait for the scheduler before it counts as stalled: longer than the
+#: scheduler's longest back-off between two tries (``podMaxBackoffSeconds``, 10 s by default).
+#: A busy sweep's churn (room freed a moment before the scheduler's cache shows it) is no stall.
+UNSCHEDULABLE_NOTICE_SECONDS = 15.0
 
 
 def stalled(pod: Mapping[str, Any]) -> tuple[str, str] | None:
