@@ -855,8 +855,9 @@ class SweepController:
 
         ``queue`` (sweeps with pools) gives ``queuedTrials`` and the ``TrialsQueued`` condition.
         With ``batch``, a change of counts and messages only (no condition turned true or
-        false) waits until ``SWEEP_STATUS_BATCH_SECONDS`` have passed since the last write:
-        the seconds until then are returned, and the next reconcile writes it.
+        false; not the first counts) waits until ``SWEEP_STATUS_BATCH_SECONDS`` have passed
+        since the last write: the seconds until then are returned, and the next reconcile
+        writes it.
         """
         meta = sweep["metadata"]
         old = sweep.get("status") or {}
@@ -922,7 +923,8 @@ class SweepController:
             return None
         key = object_key(sweep)
         now = time.monotonic()
-        if batch and true_conditions(status) == true_conditions(old):
+        # The first counts go at once: a sweep just applied shows them.
+        if batch and "trials" in old and true_conditions(status) == true_conditions(old):
             left = self._status_written.get(key, -math.inf) + SWEEP_STATUS_BATCH_SECONDS - now
             if left > 0:
                 return left

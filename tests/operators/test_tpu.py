@@ -356,6 +356,18 @@ def test_a_slice_trial_starts_whole_on_one_slice_or_not_at_all(
     cluster.kubectl("delete", "sweep", "tpu", "-n", ns, "--wait=false")
 
 
+def counts_with_the_trial_running(
+    cluster: LocalCluster, namespace: Namespace, name: str
+) -> dict[str, Any]:
+    """The Sweep's status once its counts (written at most every 2 s while they change) show
+    its trial running."""
+    return wait_until(
+        lambda: (s := status_of(cluster, namespace, name)).get("trials", {}).get("running") and s,
+        30,
+        f"sweep {name}'s counts to show its trial running",
+    )
+
+
 @pytest.mark.k8s
 def test_a_lost_host_restarts_the_whole_slice_on_another_slice(
     cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
@@ -384,7 +396,7 @@ def test_a_lost_host_restarts_the_whole_slice_on_another_slice(
     assert job["status"]["restartCount"] == 1
     events = events_of(cluster, namespace, "Restarting")
     assert any(f"was lost with its node {lost}" in e for e in events), events
-    status = status_of(cluster, namespace, "lost")
+    status = counts_with_the_trial_running(cluster, namespace, "lost")
     assert not status["trials"].get("failed"), status["trials"]
     cluster.kubectl("delete", "sweep", "lost", "-n", ns, "--wait=false")
 
@@ -473,7 +485,7 @@ def test_a_host_that_goes_not_ready_restarts_the_whole_slice_on_another_slice(
         assert job["status"]["restartCount"] == 1
         events = events_of(cluster, namespace, "Restarting")
         assert any(f"was lost with its node {silent} (NotReady" in e for e in events), events
-        status = status_of(cluster, namespace, "silent")
+        status = counts_with_the_trial_running(cluster, namespace, "silent")
         assert not status["trials"].get("failed"), status["trials"]
         cluster.kubectl("delete", "sweep", "silent", "-n", ns, "--wait=false")
     finally:
