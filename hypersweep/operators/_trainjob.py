@@ -1410,13 +1410,11 @@ class TrainJobController:
         if waiting is not None and self._admission is not None:
             self._admission().withdraw(key)
 
-    def apply(
-        self, job: JsonDict, plan: Plan, written_status: JsonDict | None = None
-    ) -> float | None:
+    def apply(self, job: JsonDict, plan: Plan, written: JsonDict) -> float | None:
         """Carry a plan out: status first (guarded by the resourceVersion), then the rest.
 
         ``job`` carries the status held back for it (:class:`HeldStatuses`), if any;
-        ``written_status`` is the one last written (default: ``job``'s). A change that is not
+        ``written`` is the one last written. A change that is not
         urgent (:func:`urgent_status_change`) waits up to ``STATUS_BATCH_SECONDS`` to be
         written together with the next ones. A plan that starts pods of the same gang writes
         its status alongside their creation (one round trip instead of two, the critical path
@@ -1429,7 +1427,6 @@ class TrainJobController:
         key = f"{namespace}/{name}"
         latest = job  # the TrainJob as of the last write, for a refusal's own status write
         status_write: Future[JsonDict] | None = None
-        written = (job.get("status") or {}) if written_status is None else written_status
         if plan.status == written:
             self._held.forget(key)
         elif not urgent_status_change(written, plan.status) and (
@@ -1618,13 +1615,7 @@ class TrainJobController:
         set_condition(conditions, "Running", False, "InvalidSpec", message, stamp)
         status.setdefault("completionTime", stamp)
         status["observedGeneration"] = job["metadata"].get("generation", 1)
-        body = {**job, "status": status}
-        meta = job["metadata"]
-        written = self.kube.replace(
-            TRAINJOBS, meta["namespace"], meta["name"], body, subresource="status"
-        )
-        self._written.wrote(object_key(job), written)
-        self._held.wrote(object_key(job))
+        self._write_status(object_key(job), job, status)
         self.recorder.event(job, "Warning", "InvalidSpec", message)
 
 
