@@ -19,7 +19,9 @@ Measured, in the same run:
 
 * the operator's API requests per trial by verb and resource, as its own client counted them
   (``hypersweep_operator_api_requests`` on its ``/metrics``; watches are listed, not counted per
-  trial), its CPU per trial and its memory (``/proc``), every 10 s and at the end;
+  trial), its CPU per trial (from ``kubectl apply`` on, like its requests: its own start is
+  ``operator_cpu_s_before_apply``) and its memory (``/proc``), every 10 s and at the end
+  (once the last trial's objects are gone: their clean-up is part of their cost);
 * time from ``kubectl apply`` to the first trial pod (seen by a watch);
 * what the API server holds (the namespace's TrainJobs, pods, Services, EndpointSlices, Secrets,
   Events) every 10 s and after the last TTL, and etcd's database size at the end;
@@ -73,12 +75,16 @@ IMAGE = "hypersweep-sim:trial"
 WORKER_IMAGE = "hypersweep-sim:worker"
 #: The label the reporter puts on a master pod once its result is in: kwok then ends the pod.
 SIM_DONE_LABEL = "hypersweep-sim-done"
+SCHEDULER_ARGS = ("--kube-api-qps=5000", "--kube-api-burst=10000")
+#: kwok plays this many pod stages at once (its default, 4, lags tens of seconds behind
+#: 1,000 running trials: ranks that exit would be deleted as stuck first).
+KWOK_POD_STAGE_PARALLELISM = 32
 NAMESPACE = "bench"
 
 
 def _stages() -> str:
-    """kwok's default stages plus one that ends a trial's master pod once its simulated
-    process has reported its result (the reporter labels the pod ``SIM_DONE_LABEL``)."""
+    """kwok's default stages plus one that ends a trial's pods once its simulated process
+    has reported its result or stopped (the reporter labels each pod ``SIM_DONE_LABEL``)."""
     default = (find_binaries().directory / "kwok-stages.yaml").read_text()
     complete: dict[str, Any] = {
         "apiVersion": "kwok.x-k8s.io/v1alpha1",
@@ -91,7 +97,11 @@ def _stages() -> str:
                 "matchExpressions": [
                     {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
                     {"key": ".status.phase", "operator": "In", "values": ["Running"]},
-                    {"key": ".spec.containers.[].image", "operator": "In", "values": [IMAGE]},
+                    {
+                        "key": ".spec.containers.[].image",
+                        "operator": "In",
+                        "values": [IMAGE, WORKER_IMAGE],
+                    },
                 ],
             },
             "next": {
@@ -106,7 +116,18 @@ def _stages() -> str:
             },
         },
     }
-    return yaml.safe_dump(complete) + "---\n" + default
+    options = {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokConfiguration",
+        # The others as kwok's defaults (a configuration given replaces them all).
+        "options": {
+            "podPlayStageParallelism": KWOK_POD_STAGE_PARALLELISM,
+            "nodePlayStageParallelism": 4,
+            "nodeLeaseParallelism": 4,
+            "podsOnNodeSyncParallelism": 1,
+        },
+    }
+    return yaml.safe_dump(options) + "---\n" + yaml.safe_dump(complete) + "---\n" + default
 
 
 def _bin_dir(workdir: Path) -> Path:
@@ -312,27 +333,41 @@ class SimulatedTrials:
     When kwok marks a trial's master pod Running, the trial "trains" for ``run_ms``: it reports
     ``steps`` steps of a loss through the real report path (``HttpChannel``, the trial's own
     token read from its Secret, the URL, sweep, trial number and attempt from the pod's
-    environment), then its final value, or ends as pruned when the operator says stop. Then it
-    "exits": the pod gets ``SIM_DONE_LABEL`` and kwok ends it as Succeeded.
+    environment), then its final value, or ends as pruned when the operator says stop. Then
+    every rank "exits", as a real trial's ranks do at the end of training or when told to stop
+    (each gets the same decision): its pods get ``SIM_DONE_LABEL`` and kwok ends them as
+    Succeeded.
     """
 
-    def __init__(self, api: Any, namespace: str, run_ms: int, steps: int = 3) -> None:
+    def __init__(
+        self, api: Any, namespace: str, run_ms: int, replicas: int, steps: int = 3
+    ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.api = api
         self.namespace = namespace
         self.run_ms = run_ms
+        self.replicas = replicas
         self.steps = steps
         self._seen: set[str] = set()
         # Trials sleep most of their run: a thread each for the trials running at once.
         self._pool = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="trial")
         self.outcomes: dict[str, int] = {}
         self._lock = threading.Lock()
+        # How long a trial's end takes, in seconds, each step apart: the operator's answer to
+        # its last message, labelling its ranks, and kwok ending each labelled pod.
+        self.delays: dict[str, list[float]] = {"answer": [], "labels": [], "kwok_end": []}
+        self._labelled: dict[str, float] = {}  # pod -> when it was labelled
 
     def pod_event(self, pod: dict[str, Any]) -> None:
         """A pod changed: start its trial once a master pod runs."""
         meta = pod["metadata"]
         containers = (pod.get("spec") or {}).get("containers") or []
+        if (pod.get("status") or {}).get("phase") == "Succeeded":
+            with self._lock:
+                labelled = self._labelled.pop(meta["name"], None)
+                if labelled is not None:
+                    self.delays["kwok_end"].append(time.perf_counter() - labelled)
         if (
             meta["uid"] in self._seen
             or (pod.get("status") or {}).get("phase") != "Running"
@@ -394,23 +429,46 @@ class SimulatedTrials:
             time.sleep(self.run_ms / 1000 / self.steps)
             loss = lr + 1.0 / (step + 2)
             if channel.request(("report", step, {"loss": loss})) == "stop":
-                channel.send(("stopped", "stop"))
                 outcome = "pruned"
                 break
-        else:
-            channel.send(("result", loss))
-        # The process exits: kwok ends the pod (gone already if the trial was pruned).
-        try:
-            core.patch_namespaced_pod(
-                pod,
-                self.namespace,
-                {"metadata": {"labels": {SIM_DONE_LABEL: "true"}}},
-                _preload_content=False,
-            )
-        except client.ApiException as error:
-            if error.status != 404:
-                raise
+        ending = time.perf_counter()
+        channel.send(("stopped", "stop") if outcome == "pruned" else ("result", loss))
+        answered = time.perf_counter()
+        # Every rank's process exits: kwok ends their pods (unless deleted already).
+        job = pod.removesuffix("-master-0")
+        ranks = [pod] + [f"{job}-worker-{index}" for index in range(self.replicas - 1)]
+        for rank in ranks:
+            try:
+                core.patch_namespaced_pod(
+                    rank,
+                    self.namespace,
+                    {"metadata": {"labels": {SIM_DONE_LABEL: "true"}}},
+                    _preload_content=False,
+                )
+                with self._lock:
+                    self._labelled[rank] = time.perf_counter()
+            except client.ApiException as error:
+                if error.status != 404:
+                    raise
+        with self._lock:
+            self.delays["answer"].append(answered - ending)
+            self.delays["labels"].append(time.perf_counter() - answered)
         return outcome
+
+    def delay_summary(self) -> dict[str, dict[str, float]]:
+        """Median, 90th percentile and most of each delay, in seconds."""
+        summary = {}
+        with self._lock:
+            for what, values in self.delays.items():
+                ordered = sorted(values)
+                if ordered:
+                    summary[what] = {
+                        "n": len(ordered),
+                        "p50": round(ordered[len(ordered) // 2], 3),
+                        "p90": round(ordered[int(len(ordered) * 0.9)], 3),
+                        "max": round(ordered[-1], 3),
+                    }
+        return summary
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -444,7 +502,14 @@ def run(
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="k8s-scale-"))
     try:
-        with LocalCluster(bin_dir=_bin_dir(workdir), crds=crd_manifests()) as cluster:
+        with LocalCluster(
+            bin_dir=_bin_dir(workdir),
+            crds=crd_manifests(),
+            # The simulated cluster must not be what limits the operator: no client rate limit
+            # on the scheduler (as kwokctl's --disable-qps-limits), whose default of 50
+            # requests/s (a binding and an Event per pod) holds pods Pending at this scale.
+            extra_scheduler_args=SCHEDULER_ARGS,
+        ) as cluster:
             result = _run(
                 cluster,
                 workdir,
@@ -585,7 +650,7 @@ def _run(
     atexit.register(end_operator)  # its own session: it would outlive an interrupted run
     created: list[float] = []
     stop = threading.Event()
-    simulated = SimulatedTrials(api, NAMESPACE, run_ms)
+    simulated = SimulatedTrials(api, NAMESPACE, run_ms, replicas)
 
     def watch_pods() -> None:
         # Plain JSON lines, not the client's models: the benchmark must not compete for CPU.
@@ -666,6 +731,8 @@ def _run(
     requests_before = _request_counts(cluster)
     operator_before = _operator_requests(port)
     load_at_apply = os.getloadavg()
+    # The operator's start (imports, first lists) is not a trial's cost, like its requests.
+    cpu_at_apply = _proc(operator.pid)[0]
     applied = time.perf_counter()
     cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(sweep))
     status_sizes: list[int] = []
@@ -702,14 +769,21 @@ def _run(
             break
         if operator.poll() is not None:
             raise RuntimeError("the operator exited")
+    stop.set()
+    simulated.shutdown()
+    # The trials' clean-up is part of their cost: the operator's requests and CPU are read
+    # once the last trial's objects are gone (its TTL passed), or 60 s after the TTL.
+    deadline = time.perf_counter() + ttl + 60
+    while True:
+        stored_end = _stored_objects(api)
+        left = sum(stored_end[kind] for kind in ("trainjobs", "pods", "services", "secrets"))
+        if not left or time.perf_counter() > deadline:
+            break
+        time.sleep(1)
+    cleaned_s = time.perf_counter() - finished
     cpu, peak = _proc(operator.pid)
     requests = _request_counts(cluster)
     operator_requests = _operator_requests(port)
-    stop.set()
-    simulated.shutdown()
-    # What the API server and etcd hold at the end, once the last TTL has passed.
-    time.sleep(ttl + 5)
-    stored_end = _stored_objects(api)
     etcd_end = _etcd_size(cluster)
     events = _events_by_reason(api)
     os.killpg(operator.pid, signal.SIGTERM)
@@ -768,7 +842,9 @@ def _run(
         "operator_vs_raw": {
             kind: round(best / max(rates), 3) for kind, rates in raw_rates.items() if max(rates)
         },
+        "cleaned_up_s_after_sweep": round(cleaned_s, 1),
         "operator_cpu_s": round(cpu, 1),
+        "operator_cpu_s_before_apply": round(cpu_at_apply, 2),
         "operator_peak_rss_mib": round(peak / 2**20, 1),
         "sweep_object_bytes_first_last_max": [
             status_sizes[0],
@@ -783,10 +859,15 @@ def _run(
         # The operator's own requests, counted by its client (its /metrics).
         "operator_requests_per_trial": round(per_trial_total / trials, 2),
         "operator_requests_by_kind": {k: int(v) for k, v in operator_delta.items()},
-        "operator_cpu_ms_per_trial": round(cpu * 1000 / trials, 1),
+        "operator_cpu_ms_per_trial": round((cpu - cpu_at_apply) * 1000 / trials, 1),
         # The Events the namespace holds at the end (the API server keeps them an hour), by
         # who wrote them and why.
         "events_at_end_by_reason": events,
+        "simulated_trial_end_delays_s": simulated.delay_summary(),
+        "simulated_cluster": {
+            "scheduler_args": list(SCHEDULER_ARGS),
+            "kwok_pod_stage_parallelism": KWOK_POD_STAGE_PARALLELISM,
+        },
         "simulated_trial_outcomes": dict(simulated.outcomes),
         # Every client (operator, scheduler, kwok, controller-manager, this benchmark).
         "api_requests_per_trial_all_clients": dict(list(per_trial.items())[:20]),

@@ -193,6 +193,13 @@ class HeldStatuses:
             self._held[key] = (uid, status)
             return left
 
+    def keep(self, key: str, uid: str | None, status: JsonDict) -> None:
+        """Hold ``status`` for the key however long, until the caller writes (something
+        urgent, with it)."""
+        with self._lock:
+            self._since.setdefault(key, time.monotonic())
+            self._held[key] = (uid, status)
+
     def wrote(self, key: str) -> None:
         """The key's status was written: nothing is held, and the period starts again."""
         with self._lock:

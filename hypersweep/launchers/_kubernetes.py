@@ -18,8 +18,9 @@ the orchestrator has handled it (a report gets its decision; a result is in stor
 Names are deterministic, so the launcher of a restarted operator finds the TrainJobs of the
 trials it resumes: a TrainJob of the same trial and attempt that still runs is *adopted* (its
 pods go on, and their retried messages arrive here); anything else of that name is deleted and
-created again. Early stopping suspends the trial's TrainJob (its pods are deleted, the job stays
-for inspection); interrupting the sweep deletes the TrainJobs of the trials it stopped.
+created again. A pruned trial's TrainJob ends as pruned once its ranks, told to stop, have exited
+(their pods stay for ``kubectl logs``); a paused one is suspended (its pods are deleted, the job
+stays to resume); interrupting the sweep deletes the TrainJobs of the trials it stopped.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hypersweep._errors import ConfigError
 from hypersweep.kube import _names as names
+from hypersweep.kube._batch import all_at_once
 from hypersweep.kube._client import (
     SECRETS,
     TRAINJOBS,
@@ -97,6 +99,7 @@ from hypersweep.orchestrator._job import TrainJob, dns_label
 from hypersweep.strategies._space import flatten_config
 
 logger = logging.getLogger("hypersweep")
+T = TypeVar("T")
 
 ENTRYPOINT = ("python", "-m", "hypersweep.operators.trial_entrypoint")
 #: An elastic trial's replicas run the entry point under torch's elastic agent (torchrun), which
@@ -619,8 +622,8 @@ class KubernetesLauncher(Launcher):
         self._admit()
         with self._cond:
             actions, self._actions = [a for _, a in self._actions], []
-        # First suspend the TrainJobs of trials that stopped early, then answer them: a pod
-        # exits only after its job is suspended, so the job ends Suspended, not Succeeded.
+        # First mark the TrainJobs of trials that stopped early (suspended if paused), then
+        # answer them: a pod exits only after its job says why, so it does not end Succeeded.
         self._run_actions(actions)
         with self._cond:
             # The orchestrator handles every event of a poll before it polls again.
@@ -647,13 +650,25 @@ class KubernetesLauncher(Launcher):
             self._next_sync = time.monotonic() + self.sync_interval
         return events
 
-    @staticmethod
-    def _run_actions(actions: Sequence[Callable[[], None]]) -> None:
-        for action in actions:
+    def _run_actions(self, actions: Sequence[Callable[[], None]]) -> None:
+        """Run the ended trials' clean-ups at once: each is an API call, and the sweep's loop
+        (and each trial waiting for its answer) waits for them all; one after another, they
+        made a trial wait seconds for its answer when many trials end together."""
+
+        def run(action: Callable[[], None]) -> None:
             try:
                 action()
             except ApiError as error:
                 logger.warning("cleaning up a trial's TrainJob failed: %s", error)
+
+        self._at_once(actions, run)
+
+    def _at_once(self, items: Sequence[T], call: Callable[[T], None]) -> None:
+        if self._creates is None or len(items) < 2:
+            for item in items:
+                call(item)
+        else:
+            all_at_once(items, call, self._creates)
 
     def respond(self, trial_number: int, decision: str) -> None:
         with self._cond:
@@ -1016,9 +1031,9 @@ class KubernetesLauncher(Launcher):
         except ApiError as error:
             logger.warning("could not delete TrainJob %s: %s", job_name, error)
 
-    def _end_job(self, job_name: str, outcome: str, shown: Mapping[str, str]) -> Callable[[], None]:
-        """An action that suspends a trial's TrainJob (its pods go, the job stays to look at)
-        and shows the trial's state on it."""
+    def _pause_job(self, job_name: str, shown: Mapping[str, str]) -> Callable[[], None]:
+        """An action that suspends a paused trial's TrainJob (its pods go, the job stays to
+        resume) and shows the trial's state on it."""
 
         def action() -> None:
             self._withdraw(job_name)
@@ -1027,10 +1042,9 @@ class KubernetesLauncher(Launcher):
             if job is None:
                 job = self.kube.get(TRAINJOBS, self.namespace, job_name)
             if job is not None:
-                suspend_trainjob(self.kube, job, outcome, shown=shown)
-            # A paused trial's job stays suspended (no TTL): its Secret goes now.
-            if outcome == "paused" or not self._secret_goes_with_job():
-                self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
+                suspend_trainjob(self.kube, job, "paused", shown=shown)
+            # Its job stays suspended (no TTL): its Secret goes now.
+            self.kube.delete(SECRETS, self.namespace, self._secret_name(job_name))
 
         return action
 
@@ -1090,11 +1104,15 @@ class KubernetesLauncher(Launcher):
                 ):
                     trial.value_shown, trial.value_shown_at = value, now
                     due.append((trial.name, value))
-        for name, value in due:
+
+        def show(item: tuple[str, float]) -> None:
+            name, value = item
             try:
                 self._annotate(name, {names.VALUE_ANNOTATION: _show(value)})
             except ApiError as error:
                 logger.warning("could not show trial %s's value: %s", name, error)
+
+        self._at_once(due, show)
 
     def _sync(self) -> list[Event]:
         """Events that only the TrainJobs' states tell: a job that failed or vanished.
@@ -1308,8 +1326,14 @@ class KubernetesLauncher(Launcher):
         elif kind == "stopped":
             decision = str(message.get("decision", "stop"))
             event = Stopped(number, decision)
-            ending = "paused" if decision == "pause" else "pruned"
-            action = self._end_job(trial.name, ending, self._shown(trial, ending))
+            if decision == "pause":
+                action = self._pause_job(trial.name, self._shown(trial, "paused"))
+            else:
+                # Not suspended: every rank was told to stop, and their pods exit by
+                # themselves (their logs stay); the TrainJob controller ends the job as pruned.
+                shown = self._shown(trial, "pruned")
+                shown[names.OUTCOME_ANNOTATION] = "pruned"
+                action = self._forget_secret(trial.name, shown)
         elif kind == "error":
             text = str(message.get("message"))
             event = Errored(number, text, str(message.get("traceback")))

@@ -60,6 +60,7 @@ class LeaderElector:
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
         self._observed_at = 0.0
         self._leading = False
+        self._written: JsonDict | None = None  # the lease as this candidate last wrote it
 
     @property
     def leading(self) -> bool:
@@ -98,6 +99,7 @@ class LeaderElector:
         if not self._leading:
             return
         self._leading = False
+        self._written = None
         try:
             lease = self.kube.get(LEASES, self.namespace, self.name)
             if lease is None or lease.get("spec", {}).get("holderIdentity") != self.identity:
@@ -127,6 +129,15 @@ class LeaderElector:
         }
 
     def _try_acquire_or_renew(self) -> bool:
+        if self._leading and self._written is not None:
+            # The leader renews the lease it last wrote without reading it first (client-go's
+            # fast path): one request per renewal. A conflict means someone else wrote it.
+            try:
+                return self._write(self._written, acquired=True)
+            except ApiError as error:
+                if not error.conflict:
+                    raise
+            self._written = None
         lease = self.kube.get(LEASES, self.namespace, self.name)
         if lease is None:
             body = {
@@ -136,7 +147,7 @@ class LeaderElector:
                 "spec": self._spec(0, None),
             }
             try:
-                self.kube.create(LEASES, self.namespace, body)
+                self._written = self.kube.create(LEASES, self.namespace, body)
             except ApiError as error:
                 if error.conflict:
                     return False
@@ -152,20 +163,25 @@ class LeaderElector:
         expired = time.monotonic() - self._observed_at > duration
         if holder and holder != self.identity and not expired:
             return False
-        transitions = int(spec.get("leaseTransitions") or 0)
-        acquired = spec.get("acquireTime") if holder == self.identity else None
-        if holder != self.identity:
-            transitions += 1
-        body = {
-            "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
-            "spec": self._spec(transitions, acquired),
-        }
         try:
-            updated = self.kube.patch(LEASES, self.namespace, self.name, body)
+            return self._write(lease, acquired=holder == self.identity)
         except ApiError as error:
             if error.conflict:
                 return False
             raise
+
+    def _write(self, lease: JsonDict, *, acquired: bool) -> bool:
+        """Take or renew ``lease`` as this candidate, if it is still at its resourceVersion
+        (else an :class:`ApiError` that is a conflict). ``acquired``: this candidate holds it
+        already (its acquireTime and transitions stay)."""
+        spec = lease.get("spec") or {}
+        transitions = int(spec.get("leaseTransitions") or 0) + (0 if acquired else 1)
+        body = {
+            "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+            "spec": self._spec(transitions, spec.get("acquireTime") if acquired else None),
+        }
+        updated = self.kube.patch(LEASES, self.namespace, self.name, body)
+        self._written = updated
         updated_spec = updated.get("spec") or {}
         self._observed = (self.identity, str(updated_spec.get("renewTime")))
         self._observed_at = time.monotonic()

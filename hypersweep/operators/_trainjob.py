@@ -17,7 +17,7 @@ missing an event changes nothing either, because the next reconcile sees the sam
   and port for TensorFlow. The Service publishes not-ready addresses, so a name resolves as soon
   as its pod has an IP: workers do not crash looking up a master that is still starting.
 * **Creating fast, as Kubernetes' controllers do.** A reconcile creates the missing pods in
-  slow-start batches (4, 8, 16... at once, ``_batch``), like the Job controller, and records
+  slow-start batches (4, 8, 16... at once, ``kube._batch``), like the Job controller, and records
   one ``SuccessfulCreatePod`` event for them; events are written in the background
   (``_recorder``). The TrainJob is read from the informer's cache, and a reconcile waits until
   the caches show the controller's own writes (``_expectations``): a status it wrote, pods it
@@ -64,6 +64,7 @@ from typing import Any, TypeVar
 
 from hypersweep._errors import ConfigError
 from hypersweep._metrics import operator_metrics
+from hypersweep.kube._batch import all_at_once, slow_start
 from hypersweep.kube._client import (
     PODS,
     SERVICES,
@@ -107,7 +108,6 @@ from hypersweep.kube._names import (
 from hypersweep.kube._pools import NODES, GangAdmission, GangRequest, parse_pools, pod_requests
 from hypersweep.kube._recorder import EventRecorder
 from hypersweep.kube._tpu import SLICE_ANNOTATION, current_slice, node_down, tpu_pod, with_slice
-from hypersweep.operators._batch import all_at_once, slow_start
 from hypersweep.orchestrator._job import ReplicaId
 from hypersweep.orchestrator._rendezvous import (
     cluster_addresses,
@@ -462,6 +462,11 @@ FINAL_OUTCOMES: dict[str, tuple[str, str, str]] = {
     "failed": ("Failed", "TrialFailed", "failed: its trial reported an error."),
 }
 
+#: Seconds a pruned trial's ranks get to exit by themselves once the controller sees the
+#: outcome on the job (each rank was told to stop; their pods then stay for ``kubectl logs``):
+#: those still running then are deleted (``cleanPodPolicy``), like a pod past its grace period.
+RANKS_EXIT_SECONDS = 10.0
+
 
 @dataclass
 class Plan:
@@ -487,6 +492,9 @@ class Plan:
     #: (each would outlive it by an hour, one per trial of a long sweep; its conditions say
     #: the same). Warnings always are.
     normal_events: bool = True
+    #: The job is ending within the plan's requeue (a pruned trial's ranks exiting): a status
+    #: change that is not urgent waits for its end, and is written with it.
+    status_waits_for_end: bool = False
 
     def requeue(self, seconds: float) -> None:
         self.requeue_after = (
@@ -509,6 +517,7 @@ def decide(
     nodes: Collection[str] | None = None,
     unready: Collection[str] = (),
     admitted: bool = True,
+    outcome_seen: dt.datetime | None = None,
 ) -> Plan:
     """Everything a reconcile of ``job`` should do, from what was observed. No I/O.
 
@@ -520,6 +529,8 @@ def decide(
     replica there is lost like one on a deleted node, since the slice cannot run without that
     host; other jobs leave such pods to the node lifecycle controller. ``admitted`` is False
     while a restarted gang waits for gang admission: its pods are not created yet.
+    ``outcome_seen`` is when the trial's final outcome was first seen on the job (None: now):
+    a pruned trial's ranks have ``RANKS_EXIT_SECONDS`` from then to exit by themselves.
 
     The phases run in order, and the first that settles the job ends the reconcile: a finished
     job is cleaned up; a trial's final outcome finishes it; a suspended job runs nothing; the
@@ -543,7 +554,7 @@ def decide(
         _after_finish(seen)
         return seen.plan
     if (
-        _ended_trial(seen)
+        _ended_trial(seen, outcome_seen or now)
         or _suspended(seen)
         or _past_deadline(seen)
         or _failed_replicas(seen)
@@ -726,6 +737,8 @@ MADE_SERVICE_TTL = 30.0
 DELETED_JOBS_KEPT = 10_000
 #: Created Services remembered at most until the watch shows them.
 MADE_SERVICES_KEPT = 10_000
+#: At most this many ending jobs' first sight of their trial's outcome are remembered.
+OUTCOMES_SEEN_KEPT = 10_000
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -769,20 +782,29 @@ def _after_finish(seen: _Observed) -> None:
             seen.plan.requeue(left)
 
 
-def _ended_trial(seen: _Observed) -> bool:
+def _ended_trial(seen: _Observed, outcome_seen: dt.datetime) -> bool:
     """A trial that ended for good (not paused to resume): the job finishes, so that its
-    Service goes and ttlSecondsAfterFinished applies; nothing restarts it. Unsuspended (a
-    failed trial's), it finishes once a replica has exited, and cleanPodPolicy says which pods
-    stay: a failed trial's exited pods stay for ``kubectl logs``."""
+    Service goes and ttlSecondsAfterFinished applies; nothing restarts it. Unsuspended, a
+    failed trial's job finishes once a replica has exited (the others may wait for it
+    forever), a pruned one's once every replica has exited (each was told to stop), or
+    ``RANKS_EXIT_SECONDS`` after ``outcome_seen``; cleanPodPolicy says which pods stay: exited
+    ones stay for ``kubectl logs``."""
     annotations = seen.job["metadata"].get("annotations") or {}
-    ended = FINAL_OUTCOMES.get(str(annotations.get(OUTCOME_ANNOTATION)))
+    outcome = str(annotations.get(OUTCOME_ANNOTATION))
+    ended = FINAL_OUTCOMES.get(outcome)
     if ended is None:
         return False
     spec, current = seen.spec, seen.current
-    exited = [p for p in current.values() if _phase(p) in ("Succeeded", "Failed")]
-    if not (spec.suspend or exited or not current):
-        seen.counts()
-        return True  # its replicas are exiting: their events bring the job back
+    running = [p for p in current.values() if _phase(p) not in ("Succeeded", "Failed")]
+    if not spec.suspend and running:
+        left = RANKS_EXIT_SECONDS - (seen.now - outcome_seen).total_seconds()
+        waiting = left > 0 if outcome == "pruned" else len(running) == len(current)
+        if waiting:
+            seen.counts()
+            if outcome == "pruned":
+                seen.plan.requeue(left)
+                seen.plan.status_waits_for_end = True
+            return True  # its replicas are exiting: their events bring the job back
     kind, reason, text = ended
     failure = annotations.get(FAILURE_ANNOTATION)
     message = f"TrainJob {seen.name} {text}" + (f" {failure}" if failure else "")
@@ -1146,6 +1168,8 @@ class TrainJobController:
         # Service and when), so that a reconcile in between does not create them again.
         self._made_services: dict[str, tuple[JsonDict, float]] = {}
         self._specs: dict[tuple[str, int], JobSpec] = {}  # by TrainJob uid and generation
+        # When each ending trial's outcome was first seen on its TrainJob (by uid).
+        self._outcomes_seen: dict[str, dt.datetime] = {}
         self.jobs = Informer(kube, TRAINJOBS, namespace=namespace)
         self.pods = Informer(
             kube, PODS, namespace=namespace, label_selector=JOB_NAME_LABEL, index=JOB_NAME_LABEL
@@ -1174,6 +1198,8 @@ class TrainJobController:
         if kind == "DELETED":
             self._written.forget(key)
             self._expectations.forget(key)
+            with self._lock:
+                self._outcomes_seen.pop(str(job["metadata"].get("uid")), None)
         else:
             self._written.observed(key, job)
 
@@ -1257,16 +1283,18 @@ class TrainJobController:
         admitted = self._gang_admitted(key, job, spec, pods)
         job = self._on_slice(key, job, pods)
         nodes, recheck = self._nodes(pods)
+        now = dt.datetime.now(dt.timezone.utc)
         plan = decide(
             job,
             spec,
             pods,
             self._services_of(key, self.services.list(namespace, labels)),
-            dt.datetime.now(dt.timezone.utc),
+            now,
             self.networking,
             nodes=nodes,
             unready=self._unready,
             admitted=admitted,
+            outcome_seen=self._outcome_seen(job, now),
         )
         if not plan.awaiting_admission:
             finished = plan.status.get("conditions") or []
@@ -1276,6 +1304,18 @@ class TrainJobController:
         if recheck is not None:
             after = recheck if after is None else min(after, recheck)
         return after
+
+    def _outcome_seen(self, job: JsonDict, now: dt.datetime) -> dt.datetime | None:
+        """When this controller first saw the trial's outcome on ``job`` (None: none yet)."""
+        if OUTCOME_ANNOTATION not in (job["metadata"].get("annotations") or {}):
+            return None
+        uid = str(job["metadata"]["uid"])
+        with self._lock:
+            seen = self._outcomes_seen.get(uid)
+            if seen is None:
+                seen = now
+                _remember(self._outcomes_seen, uid, now, OUTCOMES_SEEN_KEPT)
+        return seen
 
     def _services_of(self, key: str, watched: Sequence[JsonDict]) -> Sequence[JsonDict]:
         """The job's Services: those watched, plus one this controller created that the
@@ -1414,24 +1454,27 @@ class TrainJobController:
         """Carry a plan out: status first (guarded by the resourceVersion), then the rest.
 
         ``job`` carries the status held back for it (:class:`HeldStatuses`), if any;
-        ``written`` is the one last written. A change that is not
-        urgent (:func:`urgent_status_change`) waits up to ``STATUS_BATCH_SECONDS`` to be
-        written together with the next ones. A plan that starts pods of the same gang writes
-        its status alongside their creation (one round trip instead of two, the critical path
-        of a trial's start): the pods' names are fixed, so a plan made from a stale cache
-        cannot create a second set, and a conflicting status write still requeues the job. A
-        plan that restarts the gang writes its new restart count before anything else.
+        ``written`` is the one last written. A change that is not urgent
+        (:func:`urgent_status_change`) waits up to ``STATUS_BATCH_SECONDS`` to be written
+        together with the next ones, or, for a job about to end, until its end. A plan that
+        starts pods of the same gang writes its status alongside their creation (one round
+        trip instead of two, the critical path of a trial's start): the pods' names are fixed,
+        so a plan made from a stale cache cannot create a second set, and a conflicting status
+        write still requeues the job. A plan that restarts the gang writes its new restart
+        count before anything else.
         """
         meta = job["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         key = f"{namespace}/{name}"
         latest = job  # the TrainJob as of the last write, for a refusal's own status write
         status_write: Future[JsonDict] | None = None
+        urgent = urgent_status_change(written, plan.status)
+        uid = meta.get("uid")
         if plan.status == written:
             self._held.forget(key)
-        elif not urgent_status_change(written, plan.status) and (
-            (wait := self._held.hold(key, meta.get("uid"), plan.status)) is not None
-        ):
+        elif not urgent and plan.status_waits_for_end:
+            self._held.keep(key, uid, plan.status)
+        elif not urgent and (wait := self._held.hold(key, uid, plan.status)) is not None:
             plan.requeue(wait)
         else:
             same_gang = plan.status.get("restartCount") == written.get("restartCount", 0)

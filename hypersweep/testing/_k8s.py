@@ -455,6 +455,7 @@ class LocalCluster:
         startup_timeout: float = 90.0,
         keep_workdir: bool | None = None,
         extra_apiserver_args: Sequence[str] = (),
+        extra_scheduler_args: Sequence[str] = (),
         crds: Sequence[Mapping[str, Any] | Path | str] = (),
         audit_users: Sequence[str] = (),
         alpha_gang_scheduling: bool = True,
@@ -468,6 +469,7 @@ class LocalCluster:
             else os.environ.get("HYPERSWEEP_K8S_KEEP", "") == "1"
         )
         self.extra_apiserver_args = tuple(extra_apiserver_args)
+        self.extra_scheduler_args = tuple(extra_scheduler_args)
         self.crds = tuple(crds)
         #: Users whose every API request the API server writes to its audit log.
         self.audit_users = tuple(audit_users)
@@ -828,6 +830,7 @@ class LocalCluster:
                     "--leader-elect=false",
                     "--profiling=false",
                     *self._gate_args(),
+                    *self.extra_scheduler_args,
                 ],
                 logs,
                 env,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from hypersweep.kube._batch import all_at_once, slow_start
 from hypersweep.kube._expectations import Expectations, HeldStatuses, LatestWrites
-from hypersweep.operators._batch import all_at_once, slow_start
 from hypersweep.operators._trainjob import urgent_status_change
 
 
@@ -129,6 +129,12 @@ def test_held_statuses_are_written_together_once_the_period_is_over() -> None:
     assert held.overlay("ns/job", job)["status"] == {}  # nothing held after the write
     assert held.hold("ns/job", "u1", running) is not None  # the period starts again
     held.forget("ns/job")
+    assert held.overlay("ns/job", job)["status"] == {}
+    # A job about to end keeps its change however long: it is written with the end.
+    held.keep("ns/job", "u1", running)
+    time.sleep(0.25)
+    assert held.overlay("ns/job", job)["status"] == running
+    held.wrote("ns/job")
     assert held.overlay("ns/job", job)["status"] == {}
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from hypersweep.operators._trainjob import JobSpec, decide, restart_backoff
+from hypersweep.operators._trainjob import RANKS_EXIT_SECONDS, JobSpec, decide, restart_backoff
 
 from .test_logic import NOW, pod, pytorch_job, run, true_conditions, with_status
 
@@ -125,3 +125,33 @@ def test_a_trial_ended_for_good_finishes_its_job_without_restarts() -> None:
     plan = run(suspended, [])
     ended = next(c for c in plan.status["conditions"] if c["type"] == "Succeeded")
     assert ended["reason"] == "EarlyStopped"
+
+
+def test_a_pruned_trials_ranks_exit_by_themselves_within_their_grace() -> None:
+    job = pytorch_job(workers=2)
+    job = with_status(job, run(job, []))
+    job["metadata"]["annotations"] = {"hypersweep.io/outcome": "pruned"}
+    seen = NOW
+    # Every rank was told to stop: none is deleted while they exit, even once one has exited.
+    running = [pod(f"job-{name}", "Running") for name in ("master-0", "worker-0", "worker-1")]
+    plan = decide(job, JobSpec.from_spec(job["spec"]), running, [], NOW, outcome_seen=seen)
+    assert not plan.delete_pods and not true_conditions(plan) & {"Succeeded", "Failed"}
+    assert plan.requeue_after is not None and 0 < plan.requeue_after <= RANKS_EXIT_SECONDS
+    exiting = [pod("job-master-0", "Succeeded"), *running[1:]]
+    later = NOW + dt.timedelta(seconds=RANKS_EXIT_SECONDS / 2)
+    plan = decide(job, JobSpec.from_spec(job["spec"]), exiting, [], later, outcome_seen=seen)
+    assert not plan.delete_pods and not true_conditions(plan) & {"Succeeded", "Failed"}
+    # All exited: the job ends as pruned, deleting nothing (their logs stay).
+    exited = [pod(f"job-{name}", "Succeeded") for name in ("master-0", "worker-0", "worker-1")]
+    plan = decide(job, JobSpec.from_spec(job["spec"]), exited, [], later, outcome_seen=seen)
+    ended = next(c for c in plan.status["conditions"] if c["type"] == "Succeeded")
+    assert ended["reason"] == "EarlyStopped" and not plan.delete_pods
+    assert "Suspended" not in true_conditions(plan)
+    # A rank still running once the grace is over is deleted, and the job ends all the same.
+    past = NOW + dt.timedelta(seconds=RANKS_EXIT_SECONDS + 1)
+    plan = decide(job, JobSpec.from_spec(job["spec"]), exiting, [], past, outcome_seen=seen)
+    assert "Succeeded" in true_conditions(plan)
+    assert sorted(p["metadata"]["name"] for p in plan.delete_pods) == [
+        "job-worker-0",
+        "job-worker-1",
+    ]

@@ -96,6 +96,8 @@ def test_finished_trials_are_collected_and_live_objects_stay_bounded(
     last_seen: dict[tuple[str, str], float] = {}  # (kind, TrainJob) -> when last listed
     sizes: list[int] = []
     last: dict[str, Any] = {}
+    suspended: set[str] = set()  # TrainJobs seen suspended
+    early_stopped: set[str] = set()  # TrainJobs seen ended as pruned
     done = threading.Event()
 
     def sample() -> None:
@@ -104,9 +106,15 @@ def test_finished_trials_are_collected_and_live_objects_stay_bounded(
             now = time.time()
             samples.append(_counts(live))
             for job in live["trainjobs"]:
-                completed = parse_time((job.get("status") or {}).get("completionTime"))
+                name = job["metadata"]["name"]
+                status = job.get("status") or {}
+                completed = parse_time(status.get("completionTime"))
                 if completed is not None:
-                    finished_at[job["metadata"]["name"]] = completed.timestamp()
+                    finished_at[name] = completed.timestamp()
+                if job["spec"].get("runPolicy", {}).get("suspend"):
+                    suspended.add(name)
+                if any(c.get("reason") == "EarlyStopped" for c in status.get("conditions") or []):
+                    early_stopped.add(name)
             for kind, items in live.items():
                 for obj in items:
                     if (job_name := _job_of(kind, obj)) is not None:
@@ -139,6 +147,11 @@ def test_finished_trials_are_collected_and_live_objects_stay_bounded(
         done.set()
         sampler.join(30)
     assert status["trials"]["succeeded"] + status["trials"]["pruned"] == TRIALS, status
+    # A pruned trial's rank, told to stop, exits by itself: its TrainJob ends as pruned
+    # without being suspended (nothing deletes its pod; its log stays).
+    assert not suspended, suspended
+    if status["trials"]["pruned"]:
+        assert early_stopped, "no TrainJob was seen ended as pruned"
 
     # What is live at any moment is the running trials' objects (at most the parallelism's)
     # plus the finished ones' within their TTL: each finished trial's TrainJob, pods, Secret
