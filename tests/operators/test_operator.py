@@ -54,3 +54,48 @@ def test_only_the_lease_holder_is_ready(
     finally:
         standby.stop()
         leader.stop()
+
+
+def _lease_requests(verb: str) -> float:
+    from hypersweep._metrics import operator_metrics
+
+    registry = operator_metrics().registry
+    value = registry.get_sample_value(
+        "hypersweep_operator_api_requests_total", {"verb": verb, "resource": "leases"}
+    )
+    return value or 0.0
+
+
+def test_the_leader_renews_with_one_request_and_steps_down_when_another_took_the_lease(
+    cluster: LocalCluster, namespace: Namespace
+) -> None:
+    import threading
+
+    from hypersweep.kube._client import LEASES, Kube
+    from hypersweep.operators._leader import LeaderElector
+
+    kube = Kube(cluster.api_client())
+    leader = LeaderElector(
+        kube, namespace.name, "renewals", "a", lease_duration=3, renew_deadline=2, retry_period=0.1
+    )
+    stop, lost = threading.Event(), threading.Event()
+    assert leader.acquire(stop)
+    reads, writes = _lease_requests("get"), _lease_requests("patch")
+    keeper = threading.Thread(target=leader.keep, args=(stop, lost.set), daemon=True)
+    keeper.start()
+    wait_until(lambda: _lease_requests("patch") - writes >= 5, 30, "five renewals")
+    # Each renewal writes the lease it last wrote, without reading it first.
+    assert _lease_requests("get") == reads
+    assert not lost.is_set()
+    # Someone else holds the lease now: the next renewal conflicts, reads the lease, sees
+    # another holder and does not overwrite it; past the renew deadline the leader steps down.
+    lease = kube.get(LEASES, namespace.name, "renewals")
+    assert lease is not None
+    kube.patch(LEASES, namespace.name, "renewals", {"spec": {"holderIdentity": "b"}})
+    assert lost.wait(30), "the leader did not step down"
+    assert _lease_requests("get") > reads
+    lease = kube.get(LEASES, namespace.name, "renewals")
+    assert lease is not None and lease["spec"]["holderIdentity"] == "b"
+    assert not leader.leading
+    stop.set()
+    keeper.join(10)
