@@ -474,6 +474,26 @@ class SimulatedTrials:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def profile_shares(path: str, top: int = 20) -> dict[str, float]:
+    """From py-spy's raw profile (one ``frame;frame;... count`` line per stack): the share of
+    samples whose stack holds each function, for the ``top`` functions of this project or the
+    HTTP and JSON code under them (the threads' own bootstrap frames aside)."""
+    holding: Counter[str] = Counter()
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        total += int(count)
+        functions = {frame.rsplit(":", 1)[0] + ")" for frame in stack.split(";")}
+        for function in functions:
+            if "hypersweep/" in function or any(
+                part in function for part in ("urllib3/", "http/", "ssl.py", "json")
+            ):
+                holding[function] += int(count)
+    return {function: round(n / total, 3) for function, n in holding.most_common(top)}
+
+
 def _events_by_reason(api: Any) -> dict[str, Any]:
     """The namespace's Events by the kind of object they are about and their reason, and the
     last message of each Warning reason."""
@@ -499,6 +519,7 @@ def run(
     ttl: int,
     replicas: int = 4,
     profile: str | None = None,
+    time_limit: float | None = None,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="k8s-scale-"))
     try:
@@ -522,6 +543,7 @@ def run(
                 ttl,
                 replicas,
                 profile,
+                time_limit,
             )
             result["simulated_run_ms"] = run_ms
             return result
@@ -541,6 +563,7 @@ def _run(
     ttl: int,
     replicas: int,
     profile: str | None,
+    time_limit: float | None,
 ) -> dict[str, Any]:
     from kubernetes import client
 
@@ -769,11 +792,24 @@ def _run(
             break
         if operator.poll() is not None:
             raise RuntimeError("the operator exited")
+        if time_limit and time.perf_counter() - applied > time_limit:
+            finished = time.perf_counter()  # measured as far as it got (not completed)
+            break
+    completed = (
+        finished is not None and polls and not (time_limit and finished - applied > time_limit)
+    )
+    finished_trials = sum(
+        ((got.get("status") or {}).get("trials") or {}).get(k, 0)
+        for k in ("succeeded", "pruned", "failed")
+    )
+    # Per trial: per finished trial (a run stopped at its time limit divides what its running
+    # trials cost so far by the finished ones only: an overestimate).
+    per = max(finished_trials, 1) if not completed else trials
     stop.set()
     simulated.shutdown()
     # The trials' clean-up is part of their cost: the operator's requests and CPU are read
     # once the last trial's objects are gone (its TTL passed), or 60 s after the TTL.
-    deadline = time.perf_counter() + ttl + 60
+    deadline = time.perf_counter() + (ttl + 60 if completed else 0)
     while True:
         stored_end = _stored_objects(api)
         left = sum(stored_end[kind] for kind in ("trainjobs", "pods", "services", "secrets"))
@@ -804,9 +840,7 @@ def _run(
     wave_cpu = _cpu_between(cpu_samples, times[0], times[wave - 1]) if wave > 1 else {}
     wave_s = times[wave - 1] - times[0] if wave > 1 else 0.0
     delta = {k: v - requests_before.get(k, 0) for k, v in requests.items()}
-    per_trial = {
-        k: round(v / trials, 2) for k, v in sorted(delta.items(), key=lambda kv: -kv[1]) if v
-    }
+    per_trial = {k: round(v / per, 2) for k, v in sorted(delta.items(), key=lambda kv: -kv[1]) if v}
     operator_delta = {
         k: v - operator_before.get(k, 0.0)
         for k, v in sorted(operator_requests.items(), key=lambda kv: -kv[1])
@@ -816,6 +850,9 @@ def _run(
     per_trial_total = sum(v for k, v in operator_delta.items() if not k.startswith("watch "))
     return {
         "trials": trials,
+        # False: stopped at --time-limit; per-trial figures are then per finished trial.
+        "completed": bool(completed),
+        "finished_trials": finished_trials,
         # The machine's load average (1, 5, 15 min) at apply and at the end: on 2 shared
         # cores, how busy it was with other work tells how to read the times.
         "load_average_at_apply_and_end": [
@@ -857,9 +894,9 @@ def _run(
         if wave_s
         else {},
         # The operator's own requests, counted by its client (its /metrics).
-        "operator_requests_per_trial": round(per_trial_total / trials, 2),
+        "operator_requests_per_trial": round(per_trial_total / per, 2),
         "operator_requests_by_kind": {k: int(v) for k, v in operator_delta.items()},
-        "operator_cpu_ms_per_trial": round((cpu - cpu_at_apply) * 1000 / trials, 1),
+        "operator_cpu_ms_per_trial": round((cpu - cpu_at_apply) * 1000 / per, 1),
         # The Events the namespace holds at the end (the API server keeps them an hour), by
         # who wrote them and why.
         "events_at_end_by_reason": events,
@@ -908,6 +945,11 @@ def main() -> None:
     )
     parser.add_argument("--output", default=str(RESULTS / "k8s_scale.json"))
     parser.add_argument(
+        "--time-limit",
+        type=float,
+        help="seconds after apply to stop and save what was measured (completed: false)",
+    )
+    parser.add_argument(
         "--profile", help="a file for the operator's CPU profile (py-spy's raw format)"
     )
     args = parser.parse_args()
@@ -924,6 +966,7 @@ def main() -> None:
             args.ttl,
             args.replicas,
             args.profile,
+            args.time_limit,
         )
     except SystemExit as stop:
         # Stopped (SIGTERM: a time limit) after the control plane and the operator were: end
@@ -931,10 +974,20 @@ def main() -> None:
         # report channel retries for minutes; the benchmark lock stays held meanwhile).
         sys.stdout.flush()
         os._exit(stop.code if isinstance(stop.code, int) else 1)
-    result["arguments"] = vars(args)
+    # Saved as the command line says it (the default, inside the repository, relative to it).
+    output = Path(args.output).resolve()
+    shown = output.relative_to(RESULTS.parents[1]) if output.is_relative_to(RESULTS) else output
+    result["arguments"] = {**vars(args), "output": str(shown)}
+    if args.profile:
+        result["profile_shares"] = profile_shares(args.profile)
     print(json.dumps(result, indent=2))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    if not result["completed"]:
+        # Stopped at its time limit: the threads of trials still running would retry their
+        # reports to the stopped operator for minutes.
+        sys.stdout.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
