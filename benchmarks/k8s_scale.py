@@ -764,6 +764,7 @@ def _run(
     polls = 0
     reader = Kube(api)
     progress: list[dict[str, Any]] = []
+    completed = False  # the Sweep ended (not stopped at --time-limit)
     while True:
         time.sleep(2)
         polls += 1
@@ -788,16 +789,13 @@ def _run(
             c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions") or []
         }
         if conditions.get("Succeeded") == "True" or conditions.get("Failed") == "True":
-            finished = time.perf_counter()
+            finished, completed = time.perf_counter(), True
             break
         if operator.poll() is not None:
             raise RuntimeError("the operator exited")
         if time_limit and time.perf_counter() - applied > time_limit:
             finished = time.perf_counter()  # measured as far as it got (not completed)
             break
-    completed = (
-        finished is not None and polls and not (time_limit and finished - applied > time_limit)
-    )
     finished_trials = sum(
         ((got.get("status") or {}).get("trials") or {}).get(k, 0)
         for k in ("succeeded", "pruned", "failed")
@@ -851,7 +849,7 @@ def _run(
     return {
         "trials": trials,
         # False: stopped at --time-limit; per-trial figures are then per finished trial.
-        "completed": bool(completed),
+        "completed": completed,
         "finished_trials": finished_trials,
         # The machine's load average (1, 5, 15 min) at apply and at the end: on 2 shared
         # cores, how busy it was with other work tells how to read the times.
