@@ -12,8 +12,9 @@ of its pools has room for every replica at once, and creates the pods then.
 
 Capacity is read from the API, not from our own bookkeeping: for each node, allocatable minus
 the requests of every non-terminated pod bound to it (``spec.nodeName``) or nominated for it
-(``status.nominatedNodeName``), whoever created the pod; a replica must fit on one node, so the
-check bin-packs replicas onto nodes (largest first, best fit). The only bookkeeping is a
+(``status.nominatedNodeName``), whoever created the pod, kept up to date from pod events
+rather than recounted on every pass; a replica must fit on one node, so the check bin-packs
+replicas onto nodes (largest first, best fit). The only bookkeeping is a
 *reservation* per admitted gang, held from its admission until the scheduler has bound all of
 its pods (their requests then count from the API), so that two admissions in a row do not
 both count the same free GPUs.
@@ -45,7 +46,7 @@ from typing import Any
 
 from hypersweep._errors import ConfigError
 from hypersweep._metrics import operator_metrics
-from hypersweep.kube._client import PODS, ApiError, JsonDict, Kube, Resource
+from hypersweep.kube._client import PODS, ApiError, JsonDict, Kube, Resource, object_key
 from hypersweep.kube._informer import Informer
 from hypersweep.kube._names import JOB_NAME_LABEL
 from hypersweep.kube._tpu import TPU_RESOURCE, TpuSlice, chips_per_host, parse_tpu, slices
@@ -324,6 +325,88 @@ class _Reservation:
     per_node: dict[str, Demand]
 
 
+def _use(pod: Mapping[str, Any]) -> tuple[str, Demand] | None:
+    """The node a live pod is bound to or nominated for, and what it requests there; None for
+    a pod that holds no room (not placed yet, or terminated)."""
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    spec = pod.get("spec") or {}
+    node = spec.get("nodeName") or status.get("nominatedNodeName")
+    return (str(node), pod_requests(spec)) if node else None
+
+
+class _PodUsage:
+    """What live pods request per node, kept up to date from pod events.
+
+    An admission pass used to recount every pod's requests; with thousands of pods that
+    recount was most of the operator's work. Each event now moves one pod's requests instead.
+    Pods are keyed by the informer they come from too, so a pod that moves between informers
+    (its job label removed) is never counted twice or dropped by the order of their events.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pods: dict[tuple[int, str], tuple[str, Demand]] = {}
+        self._by_node: dict[str, Demand] = {}
+        # Keys an event touched while a listing was being read: the listing is older for them.
+        self._touched: set[tuple[int, str]] | None = None
+
+    def begin_seeding(self) -> None:
+        """Call before adding the handlers: events from then on win over the listing."""
+        with self._lock:
+            self._touched = set()
+
+    def seed(self, source: int, pods: Sequence[Mapping[str, Any]]) -> None:
+        """Count the pods an informer held when its handler was added."""
+        with self._lock:
+            touched = self._touched or set()
+            for pod in pods:
+                key = (source, object_key(pod))
+                if key not in touched and key not in self._pods:
+                    self._set(key, _use(pod))
+
+    def end_seeding(self) -> None:
+        with self._lock:
+            self._touched = None
+
+    def changed(self, source: int, kind: str, pod: Mapping[str, Any]) -> None:
+        key = (source, object_key(pod))
+        use = None if kind == "DELETED" else _use(pod)
+        with self._lock:
+            if self._touched is not None:
+                self._touched.add(key)
+            self._set(key, use)
+
+    def _set(self, key: tuple[int, str], use: tuple[str, Demand] | None) -> None:
+        old = self._pods.pop(key, None)
+        if old is not None:
+            left = self._by_node[old[0]]
+            for name, amount in old[1].items():
+                left[name] -= amount
+            if not any(left.values()):
+                del self._by_node[old[0]]
+        if use is not None:
+            self._pods[key] = use
+            total = self._by_node.setdefault(use[0], {})
+            for name, amount in use[1].items():
+                total[name] = total.get(name, 0) + amount
+
+    def subtract_from(self, free: dict[str, Demand]) -> None:
+        """Take the pods' requests off ``free`` (nodes not in it are skipped)."""
+        with self._lock:
+            for node, used in self._by_node.items():
+                left = free.get(node)
+                if left is not None:
+                    for name, amount in used.items():
+                        left[name] = left.get(name, 0) - amount
+
+    def of(self, source: int, pod: Mapping[str, Any]) -> tuple[str, Demand] | None:
+        """What ``pod`` (of the informer ``source``) is counted as, if anything."""
+        with self._lock:
+            return self._pods.get((source, object_key(pod)))
+
+
 class GangAdmission:
     """Admits trials' gangs onto node pools, for every sweep this process runs.
 
@@ -376,7 +459,7 @@ class GangAdmission:
             self._own.append(self.pods)
         self._own += self._other_pods
         self._lock = threading.Lock()
-        self._waiting: list[GangRequest] = []
+        self._waiting: dict[str, GangRequest] = {}  # by key, in arrival order
         self._reserved: dict[str, _Reservation] = {}
         self._seq = 0
         self._changes = 0
@@ -387,10 +470,9 @@ class GangAdmission:
         self._node_shapes: dict[str, tuple[str, ...]] = {}
         self._node_version = 0
         self._fits: dict[tuple[int, str, str], bool] = {}
-        # Parsed node allocatable (with the raw form it came from) and pod requests (by uid and
-        # resource version): an admission pass reads every node and pod, mostly unchanged.
+        # Parsed node allocatable, with the raw form it came from: mostly unchanged.
         self._allocatable: dict[str, tuple[Any, Demand]] = {}
-        self._requests: dict[tuple[str, str], Demand] = {}
+        self._usage = _PodUsage()
 
     def start(self, timeout: float = 60.0) -> None:
         """Start watching nodes and pods (once); returns when both caches are filled, for
@@ -399,12 +481,17 @@ class GangAdmission:
             if not self._started:
                 self._started = True
                 self.nodes.add_handler(self._node_changed)
-                for informer in self._informers():
-                    informer.add_handler(self._changed)
+                self.nodes.add_handler(self._changed)
+                self._usage.begin_seeding()
+                for source, informer in enumerate(self._pod_informers()):
+                    informer.add_handler(functools.partial(self._pod_changed, source))
+                    # A shared informer may have listed already: count what it holds.
+                    self._usage.seed(source, informer.list())
                     informer.start()
         for informer in self._informers():
             if not informer.wait_synced(timeout):
                 raise TimeoutError(f"could not list {informer.resource.plural}")
+        self._usage.end_seeding()
 
     def stop(self) -> None:
         """Stop the informers of its own (shared ones belong to whoever shared them)."""
@@ -412,15 +499,17 @@ class GangAdmission:
             informer.stop()
 
     def _informers(self) -> list[Informer]:
-        return [self.nodes, self.pods, *self._other_pods]
+        return [self.nodes, *self._pod_informers()]
 
-    def _all_pods(self) -> list[JsonDict]:
-        pods = self.pods.list()
-        for informer in self._other_pods:
-            pods += informer.list()
-        return pods
+    def _pod_informers(self) -> list[Informer]:
+        """Every pod is in one of these; the first holds the trial pods, by job."""
+        return [self.pods, *self._other_pods]
 
     def _changed(self, _type: str, _obj: JsonDict) -> None:
+        self._changes += 1
+
+    def _pod_changed(self, source: int, kind: str, pod: JsonDict) -> None:
+        self._usage.changed(source, kind, pod)
         self._changes += 1
 
     # --- what fits -------------------------------------------------------------------------
@@ -436,34 +525,35 @@ class GangAdmission:
             if known is None or known[0] != raw:
                 known = self._allocatable[name] = (raw, allocatable(item))
             free[name] = dict(known[1])
-        reserved_jobs = {(r.namespace, r.name) for r in self._reserved.values()}
-        requests, self._requests = self._requests, {}
-        for pod in self._all_pods():
-            status = pod.get("status") or {}
-            if status.get("phase") in ("Succeeded", "Failed"):
-                continue
-            spec = pod.get("spec") or {}
-            node = spec.get("nodeName") or status.get("nominatedNodeName")
-            if not node or node not in free:
-                continue
-            meta = pod["metadata"]
-            job = (meta.get("labels") or {}).get(JOB_NAME_LABEL)
-            if job and (meta.get("namespace"), job) in reserved_jobs:
-                continue  # counted by its reservation until the whole gang is bound
-            version = (str(meta.get("uid")), str(meta.get("resourceVersion")))
-            needs = requests.get(version)
-            if needs is None:
-                needs = pod_requests(spec)
-            self._requests[version] = needs
-            left = free[node]
-            for name, amount in needs.items():
-                left[name] = left.get(name, 0) - amount
+        self._usage.subtract_from(free)
         for reservation in self._reserved.values():
+            # Its pods count by its reservation until the whole gang is bound.
+            for use in self._gang_uses(reservation):
+                if use[0] in free:
+                    left = free[use[0]]
+                    for name, amount in use[1].items():
+                        left[name] = left.get(name, 0) + amount
             for node, demand in reservation.per_node.items():
                 if node in free:
                     for name, amount in demand.items():
                         free[node][name] = free[node].get(name, 0) - amount
         return free
+
+    def _gang_uses(self, reservation: _Reservation) -> list[tuple[str, Demand]]:
+        """What the pods of a reserved gang are counted as: from the trial pods' index, or,
+        for a namespace that informer does not watch, from the others."""
+        labels = {JOB_NAME_LABEL: reservation.name}
+        if self.pods.namespace in (None, reservation.namespace):
+            sources = [(0, self.pods)]
+        else:
+            sources = list(enumerate(self._pod_informers()))[1:]
+        uses = []
+        for source, informer in sources:
+            for pod in informer.list(reservation.namespace, labels):
+                use = self._usage.of(source, pod)
+                if use is not None:
+                    uses.append(use)
+        return uses
 
     def fits_empty(self, pool: Pool, replicas: Sequence[Demand]) -> bool:
         """Whether the gang would fit in ``pool`` with nothing else running there.
@@ -519,12 +609,13 @@ class GangAdmission:
             self._reserved.pop(request.key, None)
             self._seq += 1
             request.seq = self._seq
-            self._waiting.append(request)
+            self._waiting.pop(request.key, None)  # superseded: it joins the back of the queue
+            self._waiting[request.key] = request
 
     def withdraw(self, key: str) -> None:
         """Forget a gang: waiting, or admitted and holding a reservation (its trial ended)."""
         with self._lock:
-            self._waiting = [r for r in self._waiting if r.key != key]
+            self._waiting.pop(key, None)
             self._reserved.pop(key, None)
             self._changes += 1
 
@@ -547,14 +638,14 @@ class GangAdmission:
                 return
             free = self.free()
             blocked: set[str] = set()
-            still: list[GangRequest] = []
             admitted: list[float] = []  # seconds each admitted gang waited
             usable_nodes: dict[int, list[tuple[str | None, list[str]]]] = {}  # by pool (id)
-            for request in self._waiting:
+            for request in list(self._waiting.values()):
+                if blocked and all(pool.name in blocked for pool in request.pools):
+                    continue  # behind a gang that waits for the same pools
                 choice = self._choose(request, free, blocked, usable_nodes)
                 if choice is None:
                     blocked.update(pool.name for pool in request.pools)
-                    still.append(request)
                     continue
                 pool, placement = choice
                 replicas = request.demands[pool.name]
@@ -569,7 +660,7 @@ class GangAdmission:
                 self._reserved[request.key] = _Reservation(namespace, name, len(replicas), per_node)
                 request.admitted = pool
                 admitted.append(now - request.since)
-            self._waiting = still
+                del self._waiting[request.key]
         if admitted:  # outside the lock: the metric has its own
             wait = operator_metrics().admission_wait
             for seconds in admitted:

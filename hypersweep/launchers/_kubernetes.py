@@ -473,17 +473,17 @@ class KubernetesLauncher(Launcher):
             admitted = [q for q in self._queued.values() if q.request.admitted is not None]
             for queued in admitted:
                 del self._queued[queued.assignment.trial_number]
-            waiting = sorted(self._queued.values(), key=lambda q: q.request.seq)
+            waiting = len(self._queued)
+            head = min(self._queued.values(), key=lambda q: q.request.seq, default=None)
         for queued in admitted:
             number = queued.assignment.trial_number
             pool = queued.request.admitted
             self._create(number, queued.name, queued.assignment, None, pool, wait=False)
         note = ""
-        if waiting:
-            head = waiting[0]
+        if head is not None:
             pool = head.request.pools[0]
             note = (
-                f"{len(waiting)} trial(s) wait for capacity: trial "
+                f"{waiting} trial(s) wait for capacity: trial "
                 f"{head.assignment.trial_number} needs "
                 f"{describe_demand(head.request.demands[pool.name], pool)} on one of "
                 f"{', '.join(p.name for p in head.request.pools)}, and none has room for all "

@@ -15,12 +15,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from hypersweep.kube._pools import (
+    NODES,
     Pool,
     parse_policy,
     parse_pools,
@@ -514,6 +515,148 @@ def test_without_gang_admission_partial_gangs_deadlock_a_pool(
     assert wait_until(lambda: events_of(cluster, namespace, "TrialsQueued"), timeout=10)
     for name in ("none", "gang"):
         cluster.kubectl("delete", "sweep", name, "-n", ns, "--wait=false")
+
+
+@pytest.mark.k8s
+def test_admissions_room_follows_pod_events_as_a_recount_from_the_api_would(
+    cluster: LocalCluster, namespace: Namespace
+) -> None:
+    """Gang admission keeps each node's used room from pod events, not by recounting every
+    pod on every pass. Pods listed before admission started (by an informer it shares), then
+    pods bound, finished and deleted, pods without a job label and pods of another namespace
+    leave it with the room a recount from the API finds; a reserved gang's own pods count once
+    (by its reservation) until all are bound, then by their requests."""
+    from hypersweep.kube._client import PODS, Kube
+    from hypersweep.kube._informer import Informer
+    from hypersweep.kube._names import JOB_NAME_LABEL
+    from hypersweep.kube._pools import GangAdmission, GangRequest, pod_requests
+    from hypersweep.testing import create_namespace
+
+    ns = namespace.name
+    label = f"{ns}-room"
+    api = cluster.api_client()
+    kube = Kube(api)
+    nodes = create_node_pool(
+        api,
+        label,
+        2,
+        labels={POOL_LABEL: label},
+        capacity={GPU: 4},
+        taints=[f"{POOL_LABEL}={label}:NoSchedule"],
+    )
+    other_ns = create_namespace(api, f"{ns}-other")
+
+    def make_pod(name: str, node: str, gpus: int, *, job: str = "", space: str = ns) -> None:
+        labels = {JOB_NAME_LABEL: job} if job else {}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": space, "labels": labels},
+            "spec": {
+                "nodeName": node,
+                "tolerations": [{"key": POOL_LABEL, "operator": "Exists"}],
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "example.invalid/trial",
+                        "resources": {
+                            "requests": {GPU: str(gpus), "cpu": "250m"},
+                            "limits": {GPU: str(gpus)},  # an extended resource needs both
+                        },
+                    }
+                ],
+            },
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+
+    def recount() -> dict[str, tuple[int, int]]:
+        """Free GPUs and milli-CPUs per pool node, from every pod the API holds."""
+        free = {}
+        for node in nodes:
+            allocatable = kubectl_json(cluster, "get", "node", node)["status"]["allocatable"]
+            free[node] = (quantity(allocatable[GPU]), quantity(allocatable["cpu"]))
+        for pod in kubectl_json(cluster, "get", "pods", "-A")["items"]:
+            node = pod["spec"].get("nodeName")
+            if node in free and pod["status"].get("phase") not in ("Succeeded", "Failed"):
+                needs = pod["spec"]["containers"][0]["resources"]["requests"]
+                gpus, cpu = free[node]
+                free[node] = (gpus - quantity(needs[GPU]), cpu - quantity(needs["cpu"]))
+        return free
+
+    def found(admission: GangAdmission) -> dict[str, tuple[int, int]]:
+        free = admission.free()
+        return {node: (free[node][GPU], free[node]["cpu"]) for node in nodes}
+
+    def agrees(admission: GangAdmission) -> bool:
+        return found(admission) == recount()
+
+    # Listed by the shared informer before admission watches anything.
+    make_pod("early-a", nodes[0], 1, job="early")
+    make_pod("early-b", nodes[1], 2, job="early")
+    trial_pods = Informer(
+        kube, PODS, namespace=ns, label_selector=JOB_NAME_LABEL, index=JOB_NAME_LABEL
+    )
+    trial_pods.start()
+    assert trial_pods.wait_synced(30)
+    wait_until(lambda: len(trial_pods.list()) == 2, what="the shared informer to list both")
+    admission = GangAdmission(kube, nodes=Informer(kube, NODES), trial_pods=trial_pods)
+    admission.nodes.start()
+    try:
+        admission.start()
+        wait_until(lambda: agrees(admission), what="the room of the pods listed first")
+        assert found(admission)[nodes[1]][0] == 2000  # 4 GPUs, 2 used
+
+        make_pod("plain", nodes[0], 1)  # no job label
+        make_pod("elsewhere", nodes[1], 1, space=other_ns)  # another namespace
+        make_pod("late", nodes[0], 1, job="late")
+        cluster.kubectl("delete", "pod", "early-b", "-n", ns, "--wait=false")
+        cluster.kubectl(
+            "patch", "pod", "late", "-n", ns, "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": {"phase": "Succeeded"}}),
+        )  # fmt: skip
+        wait_until(
+            lambda: agrees(admission) and found(admission)[nodes[1]][0] == 3000,
+            what="the room after pods came, finished and went",
+        )
+        assert found(admission)[nodes[0]][0] == 2000  # early-a and plain; late finished
+
+        # A gang admitted onto the pool holds its room by reservation until all its pods
+        # are bound, then by the pods themselves: never both.
+        the_pool = Pool(
+            name="room",
+            node_selector={POOL_LABEL: label},
+            resource=GPU,
+            per_replica=2,
+            tolerations=({"key": POOL_LABEL, "operator": "Exists"},),
+        )
+        demand = pod_requests(
+            {"containers": [{"resources": {"requests": {GPU: "2", "cpu": "250m"}}}]}
+        )
+        request = GangRequest(f"{ns}/gang", "test", (the_pool,), {"room": [demand, demand]})
+
+        def pumped(done: Callable[[], bool]) -> Callable[[], bool]:
+            return lambda: (admission.pump(), done())[1]
+
+        admission.submit(request)
+        wait_until(pumped(lambda: request.admitted is not None), what="the gang admitted")
+        reserved = found(admission)
+        assert sum(gpus for gpus, _ in reserved.values()) == 1000  # 5 free, 4 reserved
+        placement = admission._reserved[request.key].per_node
+        for index, (node, need) in enumerate(placement.items()):
+            for replica in range(need[GPU] // 2000):
+                make_pod(f"gang-{index}-{replica}", node, 2, job="gang")
+        wait_until(lambda: agrees(admission), what="the gang's pods counted once")
+        wait_until(
+            pumped(lambda: request.key not in admission._reserved),
+            what="the reservation released once its pods are bound",
+        )
+        assert agrees(admission) and found(admission) == reserved
+    finally:
+        admission.stop()
+        admission.nodes.stop()
+        trial_pods.stop()
+        cluster.kubectl("delete", "namespace", other_ns, "--wait=false", check=False)
+        cluster.kubectl("delete", "node", *nodes, "--wait=false", check=False)
 
 
 @pytest.mark.k8s
