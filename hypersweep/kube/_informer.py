@@ -28,6 +28,7 @@ import heapq
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 
 from hypersweep._metrics import operator_metrics
@@ -283,16 +284,24 @@ class _Expired(Exception):
 
 
 class WorkQueue:
-    """Keys to reconcile, each queued once and processed by one worker at a time."""
+    """Keys to reconcile, each queued once and processed by one worker at a time.
+
+    A key asked for later (:meth:`add_after`) is remembered once, at the earliest time asked:
+    the many events of one object in a batch window cost a lookup each, not a timer. One idle
+    worker at a time waits for the next such key to fall due; the others sleep until a key is
+    queued, so that it does not wake every worker.
+    """
 
     def __init__(self, base_delay: float = 0.05, max_delay: float = 30.0) -> None:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self._condition = threading.Condition()
-        self._queue: list[str] = []
+        self._queue: deque[str] = deque()
         self._dirty: set[str] = set()
         self._processing: set[str] = set()
-        self._delayed: list[tuple[float, str]] = []
+        self._delayed: list[tuple[float, str]] = []  # a heap; stale entries are skipped
+        self._due: dict[str, float] = {}  # when each delayed key falls due
+        self._watched: float | None = None  # the due time a worker waits for, if any
         self._failures: dict[str, int] = {}
         self._closed = False
 
@@ -306,13 +315,19 @@ class WorkQueue:
                 self._condition.notify()
 
     def add_after(self, key: str, delay: float) -> None:
-        """Queue ``key`` in ``delay`` seconds (at once if ``delay`` <= 0)."""
+        """Queue ``key`` in ``delay`` seconds (at once if ``delay`` <= 0); nothing to do if it
+        is queued already or due sooner."""
         if delay <= 0:
             self.add(key)
             return
+        due = time.monotonic() + delay
         with self._condition:
-            heapq.heappush(self._delayed, (time.monotonic() + delay, key))
-            self._condition.notify()
+            if self._closed or key in self._dirty or self._due.get(key, due + 1) <= due:
+                return
+            self._due[key] = due
+            heapq.heappush(self._delayed, (due, key))
+            if self._watched is None or due < self._watched:
+                self._condition.notify()  # a worker to wait for this one
 
     def add_rate_limited(self, key: str) -> None:
         """Queue ``key`` again after an exponentially growing delay (after a failure)."""
@@ -333,9 +348,11 @@ class WorkQueue:
             while True:
                 self._promote_delayed()
                 if self._queue:
-                    key = self._queue.pop(0)
+                    key = self._queue.popleft()
                     self._dirty.discard(key)
                     self._processing.add(key)
+                    if self._queue or (self._delayed and self._watched is None):
+                        self._condition.notify()  # the next key, or the next timer, to another
                     return key
                 if self._closed:
                     return None
@@ -343,9 +360,15 @@ class WorkQueue:
                 if now >= deadline:
                     return None
                 wait = deadline - now
-                if self._delayed:
-                    wait = min(wait, max(0.0, self._delayed[0][0] - now))
+                due = self._delayed[0][0] if self._delayed else None
+                watching = due is not None and (self._watched is None or due < self._watched)
+                if watching:
+                    assert due is not None
+                    self._watched = due
+                    wait = min(wait, max(0.0, due - now))
                 self._condition.wait(wait)
+                if watching and self._watched == due:
+                    self._watched = None
 
     def done(self, key: str) -> None:
         with self._condition:
@@ -362,7 +385,10 @@ class WorkQueue:
     def _promote_delayed(self) -> None:
         now = time.monotonic()
         while self._delayed and self._delayed[0][0] <= now:
-            _, key = heapq.heappop(self._delayed)
+            due, key = heapq.heappop(self._delayed)
+            if self._due.get(key) != due:
+                continue  # asked again for sooner, and queued then
+            del self._due[key]
             if key not in self._dirty:
                 self._dirty.add(key)
                 if key not in self._processing:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from hypersweep.operators._trainjob import (
     set_condition,
 )
 from hypersweep.operators.trial_entrypoint import replica_rank
+from hypersweep.testing import wait_until
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -395,6 +397,47 @@ def test_work_queue_coalesces_and_delays() -> None:
     queue.add_after("b", 0.2)
     assert queue.get(0.05) is None
     assert queue.get(1.0) == "b"
+    queue.done("b")
+
+    # The events of one object in a batch window make one timer; asking sooner moves it.
+    for _ in range(100):
+        queue.add_after("c", 30.0)
+    queue.add_after("c", 0.1)
+    queue.add_after("c", 20.0)
+    assert len({key for _, key in queue._delayed}) == 1 and len(queue._delayed) == 2
+    assert queue.get(5.0) == "c"
+    queue.add_after("c", 0.05)  # being processed, not queued: due again
+    queue.add("c")
+    queue.add_after("c", 0.01)  # queued already (after done): nothing more to do
+    queue.done("c")
+    assert queue.get(1.0) == "c"
+    queue.done("c")
+    assert queue.get(0.2) == "c"  # the 0.05 s one, asked for while it was processed
+    queue.done("c")
+    assert queue.get(0.2) is None
+
+
+def test_work_queue_hands_delayed_keys_to_idle_workers_without_waking_them_all() -> None:
+    """One idle worker waits for the next delayed key, the others for queued keys: every key
+    still reaches a worker when due, including one asked for sooner than the watched one."""
+    queue = WorkQueue()
+    got: list[str | None] = []
+
+    def worker() -> None:
+        got.append(queue.get(60.0))  # a key due late would leave it waiting a minute
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(queue._condition._waiters) == 4, what="four idle workers")  # type: ignore[attr-defined]
+    queue.add_after("late", 0.3)
+    wait_until(lambda: queue._watched is not None, what="a worker to watch the timer")
+    queue.add_after("sooner", 0.05)
+    queue.add("now")
+    queue.add_after("later", 0.5)
+    for thread in threads:
+        thread.join(20)
+    assert sorted(key or "" for key in got) == ["late", "later", "now", "sooner"]
 
 
 def test_goal_and_secret_scrubbing() -> None:
