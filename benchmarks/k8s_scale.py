@@ -267,20 +267,25 @@ def _etcd_size(cluster: LocalCluster) -> dict[str, int]:
     return sizes
 
 
-def _operator_requests(port: int) -> dict[str, float]:
-    """The operator's own API requests by verb and resource, as its client counted them."""
+def _operator_counts(port: int) -> dict[str, float]:
+    """The operator's own API requests by verb and resource, as its client counted them
+    (``create pods``), and its reconciles by controller (``reconcile trainjob``)."""
     import urllib.request
 
+    metrics = {
+        "hypersweep_operator_api_requests_total{": ("verb", "resource"),
+        "hypersweep_operator_reconcile_duration_seconds_count{": ("", "controller"),
+    }
     counts: dict[str, float] = {}
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
         for line in response.read().decode().splitlines():
-            prefix = "hypersweep_operator_api_requests_total{"
-            if line.startswith(prefix):
-                labels_text, value = line[len(prefix) :].rsplit("} ", 1)
-                labels = dict(
-                    part.split("=", 1) for part in labels_text.replace('"', "").split(",")
-                )
-                counts[f"{labels['verb']} {labels['resource']}"] = float(value)
+            for prefix, (first, second) in metrics.items():
+                if line.startswith(prefix):
+                    labels_text, value = line[len(prefix) :].rsplit("} ", 1)
+                    labels = dict(
+                        part.split("=", 1) for part in labels_text.replace('"', "").split(",")
+                    )
+                    counts[f"{labels.get(first, 'reconcile')} {labels[second]}"] = float(value)
     return counts
 
 
@@ -293,6 +298,15 @@ def _cpu_between(
     first = min(samples, key=lambda s: abs(s[0] - start))
     last = min(samples, key=lambda s: abs(s[0] - end))
     return {name: last[1][name] - first[1].get(name, 0.0) for name in last[1]}
+
+
+def _cores_from(samples: list[tuple[float, dict[str, float]]], start: float) -> dict[str, float]:
+    """Share of one core each sampled process used from ``start`` to the last sample."""
+    if not samples or samples[-1][0] <= start:
+        return {}
+    seconds = samples[-1][0] - start
+    used = _cpu_between(samples, start, samples[-1][0])
+    return {name: round(cpu / seconds, 2) for name, cpu in used.items()}
 
 
 def _container() -> dict[str, Any]:
@@ -752,7 +766,7 @@ def _run(
         },
     }
     requests_before = _request_counts(cluster)
-    operator_before = _operator_requests(port)
+    operator_before = _operator_counts(port)
     load_at_apply = os.getloadavg()
     # The operator's start (imports, first lists) is not a trial's cost, like its requests.
     cpu_at_apply = _proc(operator.pid)[0]
@@ -817,7 +831,7 @@ def _run(
     cleaned_s = time.perf_counter() - finished
     cpu, peak = _proc(operator.pid)
     requests = _request_counts(cluster)
-    operator_requests = _operator_requests(port)
+    operator_requests = _operator_counts(port)
     etcd_end = _etcd_size(cluster)
     events = _events_by_reason(api)
     os.killpg(operator.pid, signal.SIGTERM)
@@ -845,6 +859,9 @@ def _run(
         if v - operator_before.get(k, 0.0)
     }
     # Watches are long-lived streams, not per-trial work; they are listed but not counted.
+    reconciles = {
+        k: operator_delta.pop(k) for k in list(operator_delta) if k.startswith("reconcile ")
+    }
     per_trial_total = sum(v for k, v in operator_delta.items() if not k.startswith("watch "))
     return {
         "trials": trials,
@@ -891,9 +908,12 @@ def _run(
         "first_wave_cores": {k: round(v / wave_s, 2) for k, v in wave_cpu.items()}
         if wave_s
         else {},
+        # The same from apply to the end of the run: where the machine's CPU went.
+        "cores_from_apply_to_end": _cores_from(cpu_samples, applied),
         # The operator's own requests, counted by its client (its /metrics).
         "operator_requests_per_trial": round(per_trial_total / per, 2),
         "operator_requests_by_kind": {k: int(v) for k, v in operator_delta.items()},
+        "operator_reconciles_per_trial": {k: round(v / per, 2) for k, v in reconciles.items()},
         "operator_cpu_ms_per_trial": round((cpu - cpu_at_apply) * 1000 / per, 1),
         # The Events the namespace holds at the end (the API server keeps them an hour), by
         # who wrote them and why.
