@@ -461,16 +461,27 @@ class Controller:
                 self.queue.done(key)
 
 
-def enqueue_owner(queue: WorkQueue, label: str, *, batch: float = 0.0) -> Handler:
+def enqueue_owner(
+    queue: WorkQueue,
+    label: str,
+    *,
+    batch: float = 0.0,
+    owner_exists: Callable[[str, str], bool] | None = None,
+) -> Handler:
     """An informer handler that queues the owner named by ``label`` of the changed object,
-    ``batch`` seconds later: the changes of that time are reconciled at once."""
+    ``batch`` seconds later: the changes of that time are reconciled at once.
+
+    With ``owner_exists(namespace, name)``, the changes of an object whose owner is gone (its
+    objects deleted after it, by the garbage collector) queue nothing: there is nothing left
+    to reconcile."""
 
     def handler(kind: str, obj: JsonDict) -> None:
         del kind
         meta = obj["metadata"]
         owner = (meta.get("labels") or {}).get(label)
-        if owner:
-            queue.add_after(f"{meta.get('namespace', '')}/{owner}", batch)
+        namespace = meta.get("namespace", "")
+        if owner and (owner_exists is None or owner_exists(namespace, owner)):
+            queue.add_after(f"{namespace}/{owner}", batch)
 
     return handler
 

@@ -78,7 +78,7 @@ from hypersweep.kube._client import (
     split_key,
 )
 from hypersweep.kube._expectations import Expectations, HeldStatuses, LatestWrites
-from hypersweep.kube._informer import Controller, Informer, enqueue_owner, enqueue_self
+from hypersweep.kube._informer import Controller, Informer, enqueue_owner
 from hypersweep.kube._jobspec import (
     COLLECTED_SOON_TTL,
     CONTAINER_NAMES,
@@ -1183,13 +1183,20 @@ class TrainJobController:
         self.controller = Controller("trainjob", self.reconcile, workers=workers)
         queue = self.controller.queue
         # Expectations are ticked off first: the reconcile that an event queues must see them.
+        # A deleted job's reconcile would only forget it: _job_seen does, and queues nothing.
         self.jobs.add_handler(self._job_seen)
-        self.jobs.add_handler(enqueue_self(queue))
         self.pods.add_handler(self._pod_seen)
+
         # Like the Job controller's sync batch period: the pods of a gang change together, and
-        # one reconcile (one status write) for them all is enough.
-        self.pods.add_handler(enqueue_owner(queue, JOB_NAME_LABEL, batch=POD_BATCH_SECONDS))
-        self.services.add_handler(enqueue_owner(queue, JOB_NAME_LABEL))
+        # one reconcile (one status write) for them all is enough. The pods and Service of a
+        # job deleted after its TTL go after it, and queue nothing.
+        def job_exists(namespace: str, name: str) -> bool:
+            return self.jobs.get(namespace, name) is not None
+
+        self.pods.add_handler(
+            enqueue_owner(queue, JOB_NAME_LABEL, batch=POD_BATCH_SECONDS, owner_exists=job_exists)
+        )
+        self.services.add_handler(enqueue_owner(queue, JOB_NAME_LABEL, owner_exists=job_exists))
         if self.nodes is not None:
             self.nodes.add_handler(self._node_changed)
 
@@ -1198,10 +1205,14 @@ class TrainJobController:
         if kind == "DELETED":
             self._written.forget(key)
             self._expectations.forget(key)
+            self._forget_readmission(key)
+            self._held.forget(key)
             with self._lock:
                 self._outcomes_seen.pop(str(job["metadata"].get("uid")), None)
+                self._reread.discard(key)
         else:
             self._written.observed(key, job)
+            self.controller.queue.add(key)
 
     def _pod_seen(self, kind: str, pod: JsonDict) -> None:
         meta = pod["metadata"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hypersweep.kube._informer import WorkQueue
+from hypersweep.kube._informer import WorkQueue, enqueue_owner
 from hypersweep.launchers._kubernetes import substitute_parameters
 from hypersweep.operators._sweep import goal_reached, scrub
 from hypersweep.operators._trainjob import (
@@ -415,6 +415,20 @@ def test_work_queue_coalesces_and_delays() -> None:
     assert queue.get(0.2) == "c"  # the 0.05 s one, asked for while it was processed
     queue.done("c")
     assert queue.get(0.2) is None
+
+
+def test_the_objects_of_a_deleted_owner_queue_nothing() -> None:
+    """A job's pods and Service, deleted after it by the garbage collector, would queue a
+    reconcile that finds nothing: with ``owner_exists`` they queue nothing."""
+    queue = WorkQueue()
+    owners = {("ns", "live")}
+    handler = enqueue_owner(queue, "job", owner_exists=lambda ns, name: (ns, name) in owners)
+    pod = {"metadata": {"namespace": "ns", "name": "p", "labels": {"job": "gone"}}}
+    handler("DELETED", pod)
+    handler("MODIFIED", {"metadata": {"namespace": "ns", "name": "q"}})  # no owner label
+    assert queue.get(0.05) is None
+    handler("DELETED", {"metadata": {**pod["metadata"], "labels": {"job": "live"}}})
+    assert queue.get(0.05) == "ns/live"
 
 
 def test_work_queue_hands_delayed_keys_to_idle_workers_without_waking_them_all() -> None:
