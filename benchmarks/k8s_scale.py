@@ -945,6 +945,133 @@ def _run(
     }
 
 
+#: The runs the README's scale table quotes, in its column order.
+README_RUNS = ("k8s_scale.json", "k8s_scale_1000.json", "k8s_scale_10000.json")
+
+
+def _share(payload: dict[str, Any], kind: str) -> float:
+    """Requests of ``kind`` per trial, on the run's own per-trial basis."""
+    counted = {k: v for k, v in payload["operator_requests_by_kind"].items() if "watch" not in k}
+    return payload["operator_requests_per_trial"] * counted.get(kind, 0) / sum(counted.values())
+
+
+def _readme_rows() -> list[tuple[str, Any, str]]:
+    def objects(counts: dict[str, int]) -> str:
+        return ", ".join(f"{counts[k]:,}" for k in ("trainjobs", "pods", "services", "secrets"))
+
+    def events(payload: dict[str, Any]) -> str:
+        counts = payload["events_at_end_by_reason"]["counts"]
+        ours = sum(v for k, v in counts.items() if k.split()[0] in ("Sweep", "TrainJob"))
+        return f"{sum(counts.values()):,}, {ours} of them the operator's"
+
+    def ended(payload: dict[str, Any]) -> str:
+        if payload.get("completed", True):
+            return "yes"
+        limit = payload["arguments"]["time_limit"]
+        return f"no: stopped at {limit:.0f} s, {payload['finished_trials']:,} trials ended"
+
+    def counts(payload: dict[str, Any]) -> str:
+        got = payload["final_trial_counts"]
+        return " / ".join(f"{got.get(k, 0):,}" for k in ("succeeded", "pruned", "failed"))
+
+    def reconciles(payload: dict[str, Any]) -> str:
+        got = payload.get("operator_reconciles_per_trial", {}).get("reconcile trainjob")
+        return "not counted" if got is None else f"{got:.2f}"
+
+    def apiserver(payload: dict[str, Any]) -> str:
+        got = payload.get("cores_from_apply_to_end", {}).get("kube-apiserver")
+        return "not measured" if got is None else f"{got:.2f}"
+
+    def answered(payload: dict[str, Any]) -> str:
+        got = payload["simulated_trial_end_delays_s"]["answer"]
+        return f"{got['p50']:.3f} / {got['p90']:.3f} s"
+
+    def load(payload: dict[str, Any]) -> str:
+        at_apply, at_end = payload["load_average_at_apply_and_end"]
+        return f"{at_apply[0]:.2f} / {at_end[0]:.2f}"
+
+    return [
+        (
+            "saved in `benchmarks/results/`",
+            lambda p: f"`{Path(p['arguments']['output']).name}`",
+            "",
+        ),
+        ("run to the end", ended, ""),
+        ("trials succeeded / pruned / failed", counts, ""),
+        ("sweep time", lambda p: f"{p['sweep_s']:,} s", ""),
+        (
+            "first trial pod after `kubectl apply`",
+            lambda p: f"{p['first_pod_s']:.3f} s",
+            "within 1 s",
+        ),
+        (
+            "operator API requests per trial (watches aside)",
+            lambda p: f"{p['operator_requests_per_trial']:.2f}",
+            "at most 12",
+        ),
+        (
+            "of them, TrainJob status writes",
+            lambda p: f"{_share(p, 'update trainjobs/status'):.2f}",
+            "",
+        ),
+        ("TrainJob reconciles per trial", reconciles, ""),
+        (
+            "operator CPU per trial",
+            lambda p: f"{p['operator_cpu_ms_per_trial']:.1f} ms",
+            "at most 15 ms",
+        ),
+        (
+            "operator peak memory",
+            lambda p: f"{p['operator_peak_rss_mib']:.1f} MiB",
+            "at most 300 MiB at 1,000 trials, 1.5 times that at 10,000",
+        ),
+        (
+            "most TrainJobs / pods live at once (every 10 s)",
+            lambda p: (
+                f"{p['stored_objects_max']['trainjobs']:,} / {p['stored_objects_max']['pods']:,}"
+            ),
+            "",
+        ),
+        (
+            "TrainJobs, pods, Services, Secrets at the end",
+            lambda p: objects(p["stored_objects_end"]),
+            "",
+        ),
+        ("Events left (the API server keeps them an hour)", events, ""),
+        (
+            "etcd database at the end",
+            lambda p: f"{p['etcd_end']['db_total_size_in_bytes'] / 2**20:.1f} MiB",
+            "",
+        ),
+        (
+            "Sweep object, first poll / last",
+            lambda p: "{:,} / {:,} bytes".format(*p["sweep_object_bytes_first_last_max"][:2]),
+            "the same size",
+        ),
+        ("a trial's last message answered (median / 90th percentile)", answered, ""),
+        ("the API server's share of a core, apply to end", apiserver, ""),
+        ("load average at apply / at the end", load, ""),
+    ]
+
+
+def readme_table(runs: list[dict[str, Any]]) -> str:
+    """The README's scale table, one column per run, from the saved results alone."""
+    heads = [f"{p['trials']:,} trials, {sum(p['nodes'].values()):,} nodes" for p in runs]
+    lines = [
+        f"| {runs[0]['replicas_per_trial']} replicas per trial, on 2 cores | "
+        + " | ".join(heads)
+        + " | target |",
+        "|---" * (len(runs) + 2) + "|",
+    ]
+    for label, cell, target in _readme_rows():
+        lines.append(f"| {label} | " + " | ".join(cell(p) for p in runs) + f" | {target} |")
+    return "\n".join(lines)
+
+
+def load_readme_runs() -> list[dict[str, Any]]:
+    return [json.loads((RESULTS / name).read_text()) for name in README_RUNS]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=1000)
@@ -970,7 +1097,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", help="a file for the operator's CPU profile (py-spy's raw format)"
     )
+    parser.add_argument(
+        "--readme-table",
+        action="store_true",
+        help="print the README's table from the saved results, and run nothing",
+    )
     args = parser.parse_args()
+    if args.readme_table:
+        print(readme_table(load_readme_runs()))
+        return
     # SIGTERM ends the run like Ctrl-C: the control plane and the operator are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
