@@ -945,6 +945,24 @@ def _run(
     }
 
 
+def _commit() -> str | None:
+    """The commit the operator ran from, ``+changes`` if the tree differed from it."""
+    root = RESULTS.parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "hypersweep"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return None
+    return (head + ("+changes" if changed else "")) or None
+
+
 #: The runs the README's scale table quotes, in its column order.
 README_RUNS = ("k8s_scale.json", "k8s_scale_1000.json", "k8s_scale_10000.json")
 
@@ -963,6 +981,9 @@ def _readme_rows() -> list[tuple[str, Any, str]]:
         counts = payload["events_at_end_by_reason"]["counts"]
         ours = sum(v for k, v in counts.items() if k.split()[0] in ("Sweep", "TrainJob"))
         return f"{sum(counts.values()):,}, {ours} of them the operator's"
+
+    def commit(payload: dict[str, Any]) -> str:
+        return f"`{payload['commit']}`" if payload.get("commit") else "not recorded"
 
     def ended(payload: dict[str, Any]) -> str:
         if payload.get("completed", True):
@@ -996,6 +1017,7 @@ def _readme_rows() -> list[tuple[str, Any, str]]:
             lambda p: f"`{Path(p['arguments']['output']).name}`",
             "",
         ),
+        ("the operator's commit", commit, ""),
         ("run to the end", ended, ""),
         ("trials succeeded / pruned / failed", counts, ""),
         ("sweep time", lambda p: f"{p['sweep_s']:,} s", ""),
@@ -1131,6 +1153,7 @@ def main() -> None:
     output = Path(args.output).resolve()
     shown = output.relative_to(RESULTS.parents[1]) if output.is_relative_to(RESULTS) else output
     result["arguments"] = {**vars(args), "output": str(shown)}
+    result["commit"] = _commit()
     if args.profile:
         result["profile_shares"] = profile_shares(args.profile)
     print(json.dumps(result, indent=2))

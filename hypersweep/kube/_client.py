@@ -166,9 +166,11 @@ class Kube:
             config.load_kube_config(
                 config_file=kubeconfig, context=context, client_configuration=configuration
             )
-        # Informers hold one connection each for their watches; controllers and the trial
-        # server need more at once than the default pool of 4.
-        configuration.connection_pool_maxsize = 32
+        # Every thread that may call at once keeps its connection: an informer's watch, the
+        # TrainJob controller's calls (6 per worker, 48 by default), the launcher's creates
+        # (16). A smaller pool discards the extra connections, and each new one costs both
+        # sides a TLS handshake.
+        configuration.connection_pool_maxsize = 128
         return cls(client.ApiClient(configuration))
 
     def request(

@@ -1167,7 +1167,8 @@ class TrainJobController:
         # Services this controller created that its watch may not show yet (by job key: the
         # Service and when), so that a reconcile in between does not create them again.
         self._made_services: dict[str, tuple[JsonDict, float]] = {}
-        self._specs: dict[tuple[str, int], JobSpec] = {}  # by TrainJob uid and generation
+        # Each live job's parsed spec, by uid, with the generation it was parsed from.
+        self._specs: dict[str, tuple[int, JobSpec]] = {}
         # When each ending trial's outcome was first seen on its TrainJob (by uid).
         self._outcomes_seen: dict[str, dt.datetime] = {}
         self.jobs = Informer(kube, TRAINJOBS, namespace=namespace)
@@ -1207,8 +1208,10 @@ class TrainJobController:
             self._expectations.forget(key)
             self._forget_readmission(key)
             self._held.forget(key)
+            uid = str(job["metadata"].get("uid"))
+            self._specs.pop(uid, None)
             with self._lock:
-                self._outcomes_seen.pop(str(job["metadata"].get("uid")), None)
+                self._outcomes_seen.pop(uid, None)
                 self._reread.discard(key)
         else:
             self._written.observed(key, job)
@@ -1377,13 +1380,14 @@ class TrainJobController:
         """The job's parsed spec: parsed once per generation (a spec change bumps it), not at
         every reconcile. Raises :class:`SpecError`."""
         meta = job["metadata"]
-        key = (str(meta["uid"]), int(meta.get("generation") or 0))
-        spec = self._specs.get(key)
-        if spec is None:
-            spec = JobSpec.from_spec(job.get("spec") or {})
-            if len(self._specs) >= 4096:
-                self._specs.clear()  # old jobs' and generations' specs; any job parses again
-            self._specs[key] = spec
+        uid, generation = str(meta["uid"]), int(meta.get("generation") or 0)
+        known = self._specs.get(uid)
+        if known is not None and known[0] == generation:
+            return known[1]
+        spec = JobSpec.from_spec(job.get("spec") or {})
+        if len(self._specs) >= 4096:
+            self._specs.clear()  # jobs whose deletion was missed (a relist); any parses again
+        self._specs[uid] = (generation, spec)
         return spec
 
     def _latest(self, key: str) -> JsonDict | None:

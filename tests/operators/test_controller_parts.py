@@ -155,3 +155,51 @@ def test_a_job_ending_restarting_stalling_or_suspended_is_written_at_once() -> N
     assert urgent_status_change(created, status("Created", restartCount=1))
     assert urgent_status_change(created, {**created, "completionTime": "2026-12-02T00:00:00Z"})
     assert urgent_status_change(status("Suspended"), status())  # resumed
+
+
+def test_a_deleted_trainjob_leaves_nothing_of_itself_in_the_controller() -> None:
+    """What the TrainJob controller keeps per job (its parsed spec, the status it holds back,
+    its last write, when its outcome was seen) goes with the job's deletion, so the
+    controller's memory follows the live jobs, not every job a sweep ever ran."""
+    import datetime as dt
+
+    from hypersweep.kube._client import Kube
+    from hypersweep.kube._recorder import EventRecorder
+    from hypersweep.operators._trainjob import OUTCOME_ANNOTATION, TrainJobController
+
+    kube = Kube(None)  # nothing here reaches an API server
+    controller = TrainJobController(kube, EventRecorder(kube), watch_nodes=False)
+    job = {
+        "apiVersion": "hypersweep.io/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": {
+            "namespace": "ns",
+            "name": "trial-1",
+            "uid": "u1",
+            "generation": 1,
+            "resourceVersion": "7",
+            "annotations": {OUTCOME_ANNOTATION: "pruned"},
+        },
+        "spec": {
+            "framework": "pytorch",
+            "replicaSpecs": {
+                "Master": {
+                    "replicas": 1,
+                    "template": {"spec": {"containers": [{"name": "pytorch", "image": "x"}]}},
+                }
+            }
+        },
+    }
+    controller._spec(job)
+    controller._outcome_seen(job, dt.datetime.now(dt.timezone.utc))
+    controller._held.keep("ns/trial-1", "u1", {"phase": "Running"})
+    controller._written.wrote("ns/trial-1", job)
+    controller._job_seen(
+        "MODIFIED", {**job, "metadata": {**job["metadata"], "resourceVersion": "6"}}
+    )
+    assert controller._specs and controller._outcomes_seen and controller._written.get("ns/trial-1")
+    controller._job_seen("DELETED", job)
+    assert controller._specs == {} and controller._outcomes_seen == {}
+    assert controller._written.get("ns/trial-1") is None
+    assert controller._held.overlay("ns/trial-1", job) == job  # nothing held back any more
+    controller.stop()
