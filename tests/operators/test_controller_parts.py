@@ -187,7 +187,7 @@ def test_a_deleted_trainjob_leaves_nothing_of_itself_in_the_controller() -> None
                     "replicas": 1,
                     "template": {"spec": {"containers": [{"name": "pytorch", "image": "x"}]}},
                 }
-            }
+            },
         },
     }
     controller._spec(job)

@@ -1,0 +1,65 @@
+"""The README's Kubernetes scale section quotes benchmarks/results/ as it is saved.
+
+The table is rendered from the saved runs by the benchmark's own ``readme_table``, and each
+target the text calls met or missed is checked against the figure it names.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _benchmark() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("k8s_scale", ROOT / "benchmarks" / "k8s_scale.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _section() -> tuple[str, str]:
+    """The table block, and the text of the scale section around it (one line)."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- k8s-scale -->\n(.*?)\n<!-- /k8s-scale -->", readme, re.S)
+    assert block is not None, "README.md: no <!-- k8s-scale --> block"
+    start = readme.rindex("`benchmarks/k8s_scale.py` measures", 0, block.start())
+    end = readme.index("\n## ", block.end())
+    return block.group(1), " ".join(readme[start:end].split())
+
+
+def test_the_readme_scale_table_is_the_saved_runs() -> None:
+    bench = _benchmark()
+    table, _ = _section()
+    assert table == bench.readme_table(bench.load_readme_runs())
+
+
+def test_each_target_the_readme_calls_met_or_missed_is_so_in_the_saved_runs() -> None:
+    bench = _benchmark()
+    small, thousand, large = bench.load_readme_runs()
+    _, text = _section()
+
+    def verdict(name: str, met: bool) -> None:
+        said = f"{name}: **{'met' if met else 'missed'}**"
+        assert said in text, f"README.md should say '{said}'"
+
+    # Per-trial figures of a run stopped early count what its unfinished trials cost so far:
+    # only the runs that ended are held to the per-trial targets.
+    ended: list[dict[str, Any]] = [r for r in (small, thousand, large) if r["completed"]]
+    assert small["completed"] and thousand["completed"]
+    verdict("requests", all(r["operator_requests_per_trial"] <= 12 for r in ended))
+    verdict("first pod", all(r["first_pod_s"] <= 1 for r in (small, thousand, large)))
+    verdict("CPU", all(r["operator_cpu_ms_per_trial"] <= 15 for r in ended))
+    verdict("memory at 1,000 trials", thousand["operator_peak_rss_mib"] <= 300)
+    ratio = large["operator_peak_rss_mib"] / thousand["operator_peak_rss_mib"]
+    verdict("memory at 10,000 trials", ratio <= 1.5 and large["completed"])
+    assert f"{ratio:.2f} times" in text
+    verdict("10,000 trials", large["completed"] and large["trials"] == 10000)
+    # Every figure of the 10,000-trial column the text repeats is the saved one.
+    assert f"{large['operator_peak_rss_mib']:.1f} MiB" in text
+    assert f"{large['sweep_s']:,} s" in text
