@@ -272,20 +272,18 @@ def _operator_counts(port: int) -> dict[str, float]:
     (``create pods``), and its reconciles by controller (``reconcile trainjob``)."""
     import urllib.request
 
-    metrics = {
-        "hypersweep_operator_api_requests_total{": ("verb", "resource"),
-        "hypersweep_operator_reconcile_duration_seconds_count{": ("", "controller"),
-    }
-    counts: dict[str, float] = {}
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
-        for line in response.read().decode().splitlines():
-            for prefix, (first, second) in metrics.items():
-                if line.startswith(prefix):
-                    labels_text, value = line[len(prefix) :].rsplit("} ", 1)
-                    labels = dict(
-                        part.split("=", 1) for part in labels_text.replace('"', "").split(",")
-                    )
-                    counts[f"{labels.get(first, 'reconcile')} {labels[second]}"] = float(value)
+        text = response.read().decode()
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "hypersweep_operator_api_requests_total":
+                counts[f"{labels['verb']} {labels['resource']}"] = sample.value
+            elif sample.name == "hypersweep_operator_reconcile_duration_seconds_count":
+                counts[f"reconcile {labels['controller']}"] = sample.value
     return counts
 
 
