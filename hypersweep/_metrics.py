@@ -177,6 +177,18 @@ class OperatorMetrics:
             ["verb", "resource"],
             registry=registry,
         )
+        self.watch_events = prometheus.Counter(
+            "hypersweep_operator_watch_events",
+            "Events this process's watches received, by resource (bookmarks too)",
+            ["resource"],
+            registry=registry,
+        )
+        self.watch_bytes = prometheus.Counter(
+            "hypersweep_operator_watch_bytes",
+            "JSON bytes this process's watches decoded, by resource",
+            ["resource"],
+            registry=registry,
+        )
         self.pods_created = prometheus.Counter(
             "hypersweep_operator_pods_created", "Pods the operator created", registry=registry
         )

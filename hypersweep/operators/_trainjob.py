@@ -1156,12 +1156,10 @@ class TrainJobController:
         self.networking = networking
         # Default: every worker's status write, Service and 4-replica gang at once.
         self._calls = ThreadPoolExecutor(calls or 6 * workers, thread_name_prefix="trainjob-call")
-        # Own writes that the caches may not show yet (see _expectations), and keys whose
-        # next reconcile reads the TrainJob from the API server (a status write conflicted).
+        # Own writes that the caches may not show yet (see _expectations).
         self._expectations = Expectations()
         self._written = LatestWrites()
         self._held = HeldStatuses(STATUS_BATCH_SECONDS)
-        self._reread: set[str] = set()
         # TrainJobs this controller deleted after their TTL (by uid, oldest first).
         self._deleted_jobs: dict[str, None] = {}
         # Services this controller created that its watch may not show yet (by job key: the
@@ -1212,7 +1210,6 @@ class TrainJobController:
             self._specs.pop(uid, None)
             with self._lock:
                 self._outcomes_seen.pop(uid, None)
-                self._reread.discard(key)
         else:
             self._written.observed(key, job)
             self.controller.queue.add(key)
@@ -1395,13 +1392,9 @@ class TrainJobController:
 
         Its status (the restart count above all) must be current when deciding to restart the
         gang. It comes from the cache once the cache shows that write (until then, from the
-        write's answer), so a reconcile reads nothing from the API server; after a conflict
-        (someone else wrote meanwhile), from the API server.
+        write's answer), so a reconcile reads nothing from the API server.
         """
         namespace, name = split_key(key)
-        if key in self._reread:
-            self._reread.discard(key)
-            return self.kube.get(TRAINJOBS, namespace, name)
         cached = self.jobs.get(namespace, name)
         if cached is None:
             return None  # deleted (or not seen yet: its ADDED event will queue it)
@@ -1466,7 +1459,7 @@ class TrainJobController:
             self._admission().withdraw(key)
 
     def apply(self, job: JsonDict, plan: Plan, written: JsonDict) -> float | None:
-        """Carry a plan out: status first (guarded by the resourceVersion), then the rest.
+        """Carry a plan out: status first, then the rest.
 
         ``job`` carries the status held back for it (:class:`HeldStatuses`), if any;
         ``written`` is the one last written. A change that is not urgent
@@ -1474,9 +1467,9 @@ class TrainJobController:
         together with the next ones, or, for a job about to end, until its end. A plan that
         starts pods of the same gang writes its status alongside their creation (one round
         trip instead of two, the critical path of a trial's start): the pods' names are fixed,
-        so a plan made from a stale cache cannot create a second set, and a conflicting status
-        write still requeues the job. A plan that restarts the gang writes its new restart
-        count before anything else.
+        so a plan made from a stale cache cannot create a second set. A plan that restarts the
+        gang writes its new restart count before anything else, guarded by the resourceVersion
+        it was made from.
         """
         meta = job["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -1496,7 +1489,7 @@ class TrainJobController:
             if plan.create_pods and same_gang:
                 status_write = self._calls.submit(self._write_status, key, job, plan.status)
             else:
-                latest = self._write_status(key, job, plan.status)
+                latest = self._write_status(key, job, plan.status, guarded=not same_gang)
                 if not same_gang:
                     operator_metrics().trainjob_restarts.inc()
         # A new job's "Created" goes with its pods' creation: one Event for both.
@@ -1528,7 +1521,7 @@ class TrainJobController:
             for service in services:
                 service.result()
             if status_write is not None:
-                latest = status_write.result()  # a conflict raises: the job is queued again
+                latest = status_write.result()
         if refused:
             self._refuse(latest, refused[0])
         if created and plan.normal_events:
@@ -1553,19 +1546,38 @@ class TrainJobController:
             logger.info("TrainJob %s/%s deleted after its TTL", namespace, name)
         return plan.requeue_after
 
-    def _write_status(self, key: str, job: JsonDict, status: JsonDict) -> JsonDict:
-        """Replace the job's status (if its resourceVersion is still current); the job as
-        written."""
+    def _write_status(
+        self, key: str, job: JsonDict, status: JsonDict, *, guarded: bool = False
+    ) -> JsonDict:
+        """Write the job's status; the job as written.
+
+        A patch that sets the status, not a replace: the launcher's outcome annotation and a
+        user's edits move the job's resourceVersion too, and a replace would then fail with a
+        conflict and cost a read and a second write. Only this controller (its leader) writes
+        the status, from ``job``, which holds what it last wrote, so nothing of another
+        writer's is lost. The patch first tests the uid: a write meant for a deleted job is
+        refused by a new job of the same name. A ``guarded`` write (a gang's restart) also
+        carries the resourceVersion the plan was made from: if anything changed since, it
+        fails with a conflict and the job is reconciled again from the cache.
+        """
         meta = job["metadata"]
-        body = {**job, "status": status}
+        operations: list[JsonDict] = [{"op": "test", "path": "/metadata/uid", "value": meta["uid"]}]
+        if guarded:
+            operations.append(
+                {
+                    "op": "replace",
+                    "path": "/metadata/resourceVersion",
+                    "value": meta["resourceVersion"],
+                }
+            )
+        operations.append({"op": "add", "path": "/status", "value": status})
         try:
-            written = self.kube.replace(
-                TRAINJOBS, meta["namespace"], meta["name"], body, subresource="status"
+            written = self.kube.json_patch(
+                TRAINJOBS, meta["namespace"], meta["name"], operations, subresource="status"
             )
         except ApiError as error:
             if error.conflict:
                 self._written.forget(key)
-                self._reread.add(key)
             raise
         self._written.wrote(key, written)
         self._held.wrote(key)

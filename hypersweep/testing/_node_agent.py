@@ -916,7 +916,7 @@ class NodeAgent:
                     _request_timeout=(5, 30),
                 )
                 try:
-                    for event in json_lines(response):
+                    for event in map(json.loads, json_lines(response)):
                         kind = event.get("type")
                         obj = event.get("object") or {}
                         if kind == "ERROR":
