@@ -250,15 +250,19 @@ def _tolerated(taint: Mapping[str, Any], tolerations: Sequence[Mapping[str, Any]
     return False
 
 
+def is_ready(node: Mapping[str, Any]) -> bool:
+    """Whether the node's Ready condition is True."""
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
 def usable(node: Mapping[str, Any], pool: Pool, *, now: bool = True) -> bool:
     """A node of ``pool`` that takes new pods: not cordoned, its taints tolerated and, if
     ``now``, Ready. Without ``now`` (could the gang *ever* run here?), what node conditions
     say for the moment (not Ready, ``node.kubernetes.io/*`` taints) does not count."""
     if not pool.matches(node) or (node.get("spec") or {}).get("unschedulable"):
         return False
-    conditions = (node.get("status") or {}).get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    if now and not ready:
+    if now and not is_ready(node):
         return False
     return all(
         taint.get("effect") == "PreferNoSchedule"
@@ -466,10 +470,14 @@ class GangAdmission:
         self._last_pass: tuple[int, int] = (-1, -1)
         self._last_time = 0.0
         self._started = False
-        # What fits_empty found, valid while no node changes what it depends on.
+        # What fits_empty found, valid while no node changes what it depends on (its shape).
         self._node_shapes: dict[str, tuple[str, ...]] = {}
         self._node_version = 0
         self._fits: dict[tuple[int, str, str], bool] = {}
+        # Each pool's usable nodes, valid while no node changes its shape or readiness.
+        self._node_ready: dict[str, bool] = {}
+        self._usable_version = 0
+        self._usable: dict[str, tuple[int, list[tuple[str | None, list[str]]]]] = {}
         # Parsed node allocatable, with the raw form it came from: mostly unchanged.
         self._allocatable: dict[str, tuple[Any, Demand]] = {}
         self._usage = _PodUsage()
@@ -481,7 +489,8 @@ class GangAdmission:
             if not self._started:
                 self._started = True
                 self.nodes.add_handler(self._node_changed)
-                self.nodes.add_handler(self._changed)
+                for node in self.nodes.list():  # a shared informer may have listed already
+                    self._node_changed("ADDED", node)
                 self._usage.begin_seeding()
                 for source, informer in enumerate(self._pod_informers()):
                     informer.add_handler(functools.partial(self._pod_changed, source))
@@ -504,9 +513,6 @@ class GangAdmission:
     def _pod_informers(self) -> list[Informer]:
         """Every pod is in one of these; the first holds the trial pods, by job."""
         return [self.pods, *self._other_pods]
-
-    def _changed(self, _type: str, _obj: JsonDict) -> None:
-        self._changes += 1
 
     def _pod_changed(self, source: int, kind: str, pod: JsonDict) -> None:
         self._usage.changed(source, kind, pod)
@@ -577,8 +583,10 @@ class GangAdmission:
         return fits
 
     def _node_changed(self, kind: str, node: JsonDict) -> None:
-        """Count the node changes that can change what :meth:`fits_empty` finds (heartbeats,
-        which change a node every few seconds, do not)."""
+        """Count the node changes that can change admission: its shape (labels, allocatable,
+        taints, cordon: what :meth:`fits_empty` finds) and its readiness (which nodes take
+        pods now). Heartbeats, which change a node every few seconds, change neither, so
+        they neither start an admission pass nor make one list the nodes again."""
         meta = node["metadata"]
         spec = node.get("spec") or {}
         shape = (
@@ -591,11 +599,31 @@ class GangAdmission:
         if kind == "DELETED":
             self._node_shapes.pop(name, None)
             self._allocatable.pop(name, None)
-        elif self._node_shapes.get(name) == shape:
-            return
-        else:
+            self._node_ready.pop(name, None)
+            self._node_version += 1
+        elif self._node_shapes.get(name) != shape:
             self._node_shapes[name] = shape
-        self._node_version += 1
+            self._node_ready[name] = is_ready(node)
+            self._node_version += 1
+        elif self._node_ready.get(name) != (now_ready := is_ready(node)):
+            self._node_ready[name] = now_ready
+        else:
+            return
+        self._usable_version += 1
+        self._changes += 1
+
+    def _usable_groups(self, pool: Pool) -> list[tuple[str | None, list[str]]]:
+        """The pool's usable nodes (by slice, for a TPU pool), listed again only after a node
+        changed its shape or readiness: every gang of every pass looks at the same pools."""
+        key = repr(pool)
+        version = self._usable_version  # before listing: a change meanwhile lists again
+        known = self._usable.get(key)
+        if known is None or known[0] != version:
+            if len(self._usable) > 256:
+                self._usable.clear()
+            groups = pool.groups([n for n in self.nodes.list() if usable(n, pool)])
+            known = self._usable[key] = (version, groups)
+        return known[1]
 
     # --- the queue -------------------------------------------------------------------------
 
@@ -675,9 +703,9 @@ class GangAdmission:
     ) -> tuple[Pool, dict[str, list[int]]] | None:
         """The pool for a gang now: highest weight, then the most accelerators left (spread).
 
-        ``usable_nodes`` keeps each pool's usable nodes (by slice, for TPU pools) for the pass
-        (every gang of a sweep looks at the same pools). Pools are tried heaviest first, and
-        none lighter than one that fits: it could not rank above it.
+        ``usable_nodes`` keeps each pool's usable nodes (by slice, for TPU pools) for the pass,
+        by the pool's id (cheaper than :meth:`_usable_groups`'s key). Pools are tried heaviest
+        first, and none lighter than one that fits: it could not rank above it.
         """
         best: tuple[tuple[int, int], Pool, dict[str, list[int]]] | None = None
         pools = sorted(
@@ -688,8 +716,7 @@ class GangAdmission:
                 break
             groups = usable_nodes.get(id(pool))
             if groups is None:
-                groups = pool.groups([n for n in self.nodes.list() if usable(n, pool)])
-                usable_nodes[id(pool)] = groups
+                groups = usable_nodes[id(pool)] = self._usable_groups(pool)
             for slice_name, names in groups:
                 room = {name: free[name] for name in names if name in free}
                 placement = place(request.demands[pool.name], room)

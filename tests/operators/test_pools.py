@@ -660,6 +660,100 @@ def test_admissions_room_follows_pod_events_as_a_recount_from_the_api_would(
 
 
 @pytest.mark.k8s
+def test_admission_looks_at_nodes_again_when_readiness_changes_not_at_heartbeats(
+    cluster: LocalCluster, namespace: Namespace
+) -> None:
+    """An admission pass keeps each pool's usable nodes from the passes before it, until a
+    node changes its shape or its readiness: a node that stops being Ready takes no gang from
+    the next pass, and takes gangs again once Ready. A heartbeat (a node status that only
+    says the node is still there) starts no pass and lists no node again. (The node lifecycle
+    controller taints a node that is not Ready within moments, which changes its shape too;
+    readiness counts on its own for the moments before.)"""
+    from hypersweep.kube._client import Kube
+    from hypersweep.kube._informer import Informer
+    from hypersweep.kube._pools import GangAdmission, GangRequest, is_ready, pod_requests
+
+    label = f"{namespace.name}-ready"
+    api = cluster.api_client()
+    kube = Kube(api)
+    # Nodes no simulated kubelet keeps (kwok would make a node Ready again at once): the
+    # test alone says whether they are Ready.
+    nodes = [f"{label}-{index}" for index in range(2)]
+    for node in nodes:
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
+        body["metadata"]["labels"] = {POOL_LABEL: label}
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+        room = {GPU: "4", "cpu": "8", "pods": "110"}
+        status = {"capacity": room, "allocatable": room, "conditions": []}
+        cluster.kubectl(
+            "patch", "node", node, "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": status}),
+        )  # fmt: skip
+    # Tolerating every taint: the taint the node lifecycle controller adds to a node that is
+    # not Ready must not be what keeps gangs away; readiness alone must.
+    pool = Pool(
+        name="ready",
+        node_selector={POOL_LABEL: label},
+        resource=GPU,
+        per_replica=4,
+        tolerations=({"operator": "Exists"},),
+    )
+    whole_node = pod_requests({"containers": [{"resources": {"requests": {GPU: "4"}}}]})
+
+    def gang(name: str) -> GangRequest:
+        return GangRequest(f"{namespace.name}/{name}", "test", (pool,), {"ready": [whole_node] * 2})
+
+    def set_ready(node: str, status: str, heartbeat: str = "2026-12-01T00:00:00Z") -> None:
+        ready = {"type": "Ready", "status": status, "reason": "Test", "message": ""}
+        ready |= {"lastHeartbeatTime": heartbeat, "lastTransitionTime": "2026-12-01T00:00:00Z"}
+        cluster.kubectl(
+            "patch", "node", node, "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": {"conditions": [ready]}}),
+        )  # fmt: skip
+
+    def seen(node: str, check: Callable[[dict[str, Any]], bool]) -> Callable[[], bool]:
+        return lambda: (found := admission.nodes.get("", node)) is not None and check(found)
+
+    admission = GangAdmission(kube, nodes=Informer(kube, NODES))
+    admission.nodes.start()
+
+    def pumped(done: Callable[[], bool]) -> Callable[[], bool]:
+        return lambda: (admission.pump(), done())[1]
+
+    try:
+        for node in nodes:
+            set_ready(node, "True")
+        admission.start()
+        first = gang("first")
+        admission.submit(first)
+        wait_until(pumped(lambda: first.admitted is not None), what="a gang on both nodes")
+        admission.withdraw(first.key)
+
+        # A heartbeat: the Ready condition's time moves, nothing else does.
+        passes, version = admission._changes, admission._usable_version
+        set_ready(nodes[1], "True", heartbeat="2030-01-01T00:00:00Z")
+        wait_until(
+            seen(nodes[1], lambda n: "2030" in json.dumps(n["status"]["conditions"])),
+            what="the heartbeat seen",
+        )
+        assert (admission._changes, admission._usable_version) == (passes, version)
+
+        set_ready(nodes[0], "False")
+        wait_until(seen(nodes[0], lambda n: not is_ready(n)), what="the node seen not Ready")
+        second = gang("second")
+        admission.submit(second)
+        wait_until(pumped(lambda: bool(second.reason)), what="a pass to try the second gang")
+        assert second.admitted is None, "a gang was admitted onto a node that is not Ready"
+
+        set_ready(nodes[0], "True")
+        wait_until(pumped(lambda: second.admitted is not None), what="the gang admitted")
+    finally:
+        admission.stop()
+        admission.nodes.stop()
+        cluster.kubectl("delete", "node", *nodes, "--wait=false", check=False)
+
+
+@pytest.mark.k8s
 def test_a_trial_that_fits_no_pool_is_refused(
     cluster: LocalCluster, namespace: Namespace, operator: OperatorProcess
 ) -> None:
