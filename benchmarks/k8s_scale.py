@@ -79,6 +79,15 @@ SCHEDULER_ARGS = ("--kube-api-qps=5000", "--kube-api-burst=10000")
 #: kwok plays this many pod stages at once (its default, 4, lags tens of seconds behind
 #: 1,000 running trials: ranks that exit would be deleted as stuck first).
 KWOK_POD_STAGE_PARALLELISM = 32
+#: Each simulated node's lease (kwok renews it a quarter of that apart). A kubelet's 40 s
+#: makes 1,000 nodes 100 lease writes a second, more than 2 cores serve beside the sweep:
+#: in the 10,000-trial run renewals fell behind, nodes went NotReady and were tainted, and
+#: their pods were evicted.
+NODE_LEASE_SECONDS = 240
+#: How long the node lifecycle controller waits for a renewal: longer than kwok's interval.
+CONTROLLER_MANAGER_ARGS = ("--node-monitor-grace-period=180s",)
+#: kwok renews this many leases at once (its default, 4).
+KWOK_NODE_LEASE_PARALLELISM = 16
 NAMESPACE = "bench"
 
 
@@ -123,7 +132,7 @@ def _stages() -> str:
         "options": {
             "podPlayStageParallelism": KWOK_POD_STAGE_PARALLELISM,
             "nodePlayStageParallelism": 4,
-            "nodeLeaseParallelism": 4,
+            "nodeLeaseParallelism": KWOK_NODE_LEASE_PARALLELISM,
             "podsOnNodeSyncParallelism": 1,
         },
     }
@@ -284,6 +293,10 @@ def _operator_counts(port: int) -> dict[str, float]:
                 counts[f"{labels['verb']} {labels['resource']}"] = sample.value
             elif sample.name == "hypersweep_operator_reconcile_duration_seconds_count":
                 counts[f"reconcile {labels['controller']}"] = sample.value
+            elif sample.name == "hypersweep_operator_watch_events_total":
+                counts[f"watch events {labels['resource']}"] = sample.value
+            elif sample.name == "hypersweep_operator_watch_bytes_total":
+                counts[f"watch KiB {labels['resource']}"] = sample.value / 1024
     return counts
 
 
@@ -542,6 +555,8 @@ def run(
             # on the scheduler (as kwokctl's --disable-qps-limits), whose default of 50
             # requests/s (a binding and an Event per pod) holds pods Pending at this scale.
             extra_scheduler_args=SCHEDULER_ARGS,
+            extra_controller_manager_args=CONTROLLER_MANAGER_ARGS,
+            node_lease_seconds=NODE_LEASE_SECONDS,
         ) as cluster:
             result = _run(
                 cluster,
@@ -558,6 +573,7 @@ def run(
                 time_limit,
             )
             result["simulated_run_ms"] = run_ms
+            result["machine_reference_cpu_s"] = machine_speed()
             return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -860,6 +876,11 @@ def _run(
     reconciles = {
         k: operator_delta.pop(k) for k in list(operator_delta) if k.startswith("reconcile ")
     }
+    watched = {
+        k: operator_delta.pop(k)
+        for k in list(operator_delta)
+        if k.startswith(("watch events ", "watch KiB "))
+    }
     per_trial_total = sum(v for k, v in operator_delta.items() if not k.startswith("watch "))
     return {
         "trials": trials,
@@ -912,6 +933,8 @@ def _run(
         "operator_requests_per_trial": round(per_trial_total / per, 2),
         "operator_requests_by_kind": {k: int(v) for k, v in operator_delta.items()},
         "operator_reconciles_per_trial": {k: round(v / per, 2) for k, v in reconciles.items()},
+        # What the operator's watches delivered and it decoded, by resource.
+        "operator_watched_per_trial": {k: round(v / per, 2) for k, v in watched.items()},
         "operator_cpu_ms_per_trial": round((cpu - cpu_at_apply) * 1000 / per, 1),
         # The Events the namespace holds at the end (the API server keeps them an hour), by
         # who wrote them and why.
@@ -920,6 +943,9 @@ def _run(
         "simulated_cluster": {
             "scheduler_args": list(SCHEDULER_ARGS),
             "kwok_pod_stage_parallelism": KWOK_POD_STAGE_PARALLELISM,
+            "kwok_node_lease_parallelism": KWOK_NODE_LEASE_PARALLELISM,
+            "node_lease_seconds": NODE_LEASE_SECONDS,
+            "controller_manager_args": list(CONTROLLER_MANAGER_ARGS),
         },
         "simulated_trial_outcomes": dict(simulated.outcomes),
         # Every client (operator, scheduler, kwok, controller-manager, this benchmark).
@@ -941,6 +967,17 @@ def _run(
         # Pods created in each second after the first one (the first wave and beyond).
         "pods_per_second_timeline": _timeline(times, 60),
     }
+
+
+def machine_speed() -> float:
+    """CPU seconds of a fixed pure-Python workload (10 million additions) in this process:
+    machines of the same nominal size differ per core, so CPU per trial from two machines
+    compares only with this beside it."""
+    started = time.process_time()
+    total = 0
+    for number in range(10_000_000):
+        total += number
+    return round(time.process_time() - started, 3)
 
 
 def _commit() -> str | None:

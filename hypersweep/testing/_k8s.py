@@ -444,7 +444,10 @@ class LocalCluster:
     ``audit_users`` turns on the API server's audit log for those users (see
     :meth:`audit_events`): tests derive the permissions a component needs from what it did.
     ``alpha_gang_scheduling=False`` leaves out the alpha gates of the upstream Workload API
-    (:data:`FEATURE_GATES`), which are on by default.
+    (:data:`FEATURE_GATES`), which are on by default. ``node_lease_seconds`` and
+    ``extra_controller_manager_args`` let a benchmark simulate a thousand nodes on a few cores:
+    kwok renews each node's lease a quarter of that apart, and the controller-manager's
+    ``--node-monitor-grace-period`` must then be longer than that.
     """
 
     def __init__(
@@ -456,6 +459,8 @@ class LocalCluster:
         keep_workdir: bool | None = None,
         extra_apiserver_args: Sequence[str] = (),
         extra_scheduler_args: Sequence[str] = (),
+        extra_controller_manager_args: Sequence[str] = (),
+        node_lease_seconds: int = 40,
         crds: Sequence[Mapping[str, Any] | Path | str] = (),
         audit_users: Sequence[str] = (),
         alpha_gang_scheduling: bool = True,
@@ -470,6 +475,9 @@ class LocalCluster:
         )
         self.extra_apiserver_args = tuple(extra_apiserver_args)
         self.extra_scheduler_args = tuple(extra_scheduler_args)
+        self.extra_controller_manager_args = tuple(extra_controller_manager_args)
+        #: The lease kwok keeps for each simulated node (a kubelet's default: 40 s).
+        self.node_lease_seconds = node_lease_seconds
         self.crds = tuple(crds)
         #: Users whose every API request the API server writes to its audit log.
         self.audit_users = tuple(audit_users)
@@ -811,6 +819,7 @@ class LocalCluster:
                     f"--cluster-cidr={_POD_CIDR}",
                     "--profiling=false",
                     *self._gate_args(),
+                    *self.extra_controller_manager_args,
                 ],
                 logs,
                 env,
@@ -848,7 +857,7 @@ class LocalCluster:
                     f"--server-address=127.0.0.1:{ports.kwok}",
                     "--node-ip=10.0.0.1",
                     "--cidr=10.0.0.1/16",
-                    "--node-lease-duration-seconds=40",
+                    f"--node-lease-duration-seconds={self.node_lease_seconds}",
                 ],
                 logs,
                 # kwok reads ~/.kwok by default; keep it inside the cluster directory.
