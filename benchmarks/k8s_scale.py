@@ -1046,6 +1046,18 @@ def _readme_rows() -> list[tuple[str, Any, str]]:
         at_apply, at_end = payload["load_average_at_apply_and_end"]
         return f"{at_apply[0]:.2f} / {at_end[0]:.2f}"
 
+    def watched(payload: dict[str, Any]) -> str:
+        got = payload.get("operator_watched_per_trial")
+        if got is None:
+            return "not counted"
+        events = sum(v for k, v in got.items() if k.startswith("watch events "))
+        kib = sum(v for k, v in got.items() if k.startswith("watch KiB "))
+        return f"{events:.1f} / {kib:.0f} KiB"
+
+    def status_writes(payload: dict[str, Any]) -> str:
+        kinds = ("update trainjobs/status", "patch trainjobs/status")
+        return f"{sum(_share(payload, kind) for kind in kinds):.2f}"
+
     return [
         (
             "saved in `benchmarks/results/`",
@@ -1066,12 +1078,9 @@ def _readme_rows() -> list[tuple[str, Any, str]]:
             lambda p: f"{p['operator_requests_per_trial']:.2f}",
             "at most 12",
         ),
-        (
-            "of them, TrainJob status writes",
-            lambda p: f"{_share(p, 'update trainjobs/status'):.2f}",
-            "",
-        ),
+        ("of them, TrainJob status writes", status_writes, ""),
         ("TrainJob reconciles per trial", reconciles, ""),
+        ("watch events / JSON decoded per trial", watched, ""),
         (
             "operator CPU per trial",
             lambda p: f"{p['operator_cpu_ms_per_trial']:.1f} ms",
@@ -1108,6 +1117,11 @@ def _readme_rows() -> list[tuple[str, Any, str]]:
         ("a trial's last message answered (median / 90th percentile)", answered, ""),
         ("the API server's share of a core, apply to end", apiserver, ""),
         ("load average at apply / at the end", load, ""),
+        (
+            "the machine: a plain client's trial-like pods per second",
+            lambda p: f"{p['raw_pods_per_s']['trial_like']:.1f}",
+            "",
+        ),
     ]
 
 

@@ -63,3 +63,38 @@ def test_each_target_the_readme_calls_met_or_missed_is_so_in_the_saved_runs() ->
     # Every figure of the 10,000-trial column the text repeats is the saved one.
     assert f"{large['operator_peak_rss_mib']:.1f} MiB" in text
     assert f"{large['sweep_s']:,} s" in text
+
+
+def _saved(name: str) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads((ROOT / "benchmarks" / "results" / name).read_text()))
+
+
+def test_the_figures_the_text_quotes_beside_the_table_are_the_saved_ones() -> None:
+    """The machine comparison (the code before, on the same machine as the table's runs) and
+    where the 200-trial run's CPU goes."""
+    bench = _benchmark()
+    small, _, _ = bench.load_readme_runs()
+    before = _saved("k8s_scale_200_eb13cc4_same_machine.json")
+    earlier = _saved("k8s_scale_200_e3e1770.json")
+    _, text = _section()
+    reads = before["operator_requests_by_kind"]["get trainjobs"]
+    assert (
+        f"made {before['operator_requests_per_trial']:.2f} requests per trial at 200 trials, "
+        f"{reads} of them single TrainJob reads" in text
+    )
+    assert f"measured {before['operator_cpu_ms_per_trial']:.1f} ms per trial" in text
+    assert f"against {earlier['operator_cpu_ms_per_trial']:.1f} ms on the earlier machine" in text
+    rates = small["raw_pods_per_s"]["trial_like"], earlier["raw_pods_per_s"]["trial_like"]
+    assert "made {:.1f} trial-like pods a second, against {:.1f}".format(*rates) in text
+
+    shares = small["profile_shares"]
+    watches = shares["Informer._run (hypersweep/kube/_informer.py)"]
+    requests = shares["Kube.request (hypersweep/kube/_client.py)"]
+    assert f"{watches:.1%} of the operator's Python samples are in its watches" in text
+    assert f"{requests:.1%} in HTTP requests" in text
+    watched = small["operator_watched_per_trial"]
+    events = sum(v for k, v in watched.items() if k.startswith("watch events "))
+    kib = sum(v for k, v in watched.items() if k.startswith("watch KiB "))
+    assert f"deliver {events:.1f} events and {kib:.0f} KiB of JSON" in text
