@@ -298,13 +298,8 @@ class Kube:
     ) -> JsonDict:
         """A JSON merge patch. With ``metadata.resourceVersion`` in ``body`` it is applied only
         if the object has not changed since (409 otherwise): optimistic concurrency."""
-        result: JsonDict = self.request(
-            "PATCH",
-            resource.path(namespace, name, subresource),
-            body=dict(body),
-            content_type=MERGE_PATCH,
-        )
-        return result
+        path = resource.path(namespace, name, subresource)
+        return self._patch(path, dict(body), MERGE_PATCH)
 
     def json_patch(
         self,
@@ -317,12 +312,11 @@ class Kube:
     ) -> JsonDict:
         """A JSON patch (RFC 6902): its operations applied in order, all or none. A ``test``
         operation that fails refuses the whole patch (422)."""
-        result: JsonDict = self.request(
-            "PATCH",
-            resource.path(namespace, name, subresource),
-            body=list(operations),
-            content_type=JSON_PATCH,
-        )
+        path = resource.path(namespace, name, subresource)
+        return self._patch(path, list(operations), JSON_PATCH)
+
+    def _patch(self, path: str, body: Any, content_type: str) -> JsonDict:
+        result: JsonDict = self.request("PATCH", path, body=body, content_type=content_type)
         return result
 
     def delete(
