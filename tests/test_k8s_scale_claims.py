@@ -98,3 +98,16 @@ def test_the_figures_the_text_quotes_beside_the_table_are_the_saved_ones() -> No
     events = sum(v for k, v in watched.items() if k.startswith("watch events "))
     kib = sum(v for k, v in watched.items() if k.startswith("watch KiB "))
     assert f"deliver {events:.1f} events and {kib:.0f} KiB of JSON" in text
+
+
+def test_the_simulated_cluster_the_text_describes_is_the_one_the_runs_used() -> None:
+    bench = _benchmark()
+    _, text = _section()
+    lease = bench.NODE_LEASE_SECONDS
+    (grace,) = bench.CONTROLLER_MANAGER_ARGS
+    assert f"each simulated node's lease lasts {lease} s (renewed every {lease // 4} s" in text
+    assert f"{bench.KWOK_NODE_LEASE_PARALLELISM} at once" in text
+    assert f"node-monitor grace is {grace.split('=')[1].rstrip('s')} s" in text
+    for run in bench.load_readme_runs()[:2]:
+        assert run["simulated_cluster"]["node_lease_seconds"] == lease
+        assert run["simulated_cluster"]["controller_manager_args"] == [grace]
